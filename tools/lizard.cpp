@@ -1,17 +1,180 @@
 // lizard: command-line front end. Thin: parses flags, calls the library, prints.
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <iterator>
+#include <map>
+#include <sstream>
 
+#include "formats/gguf.h"
+#include "model/checkpoint.h"
+#include "tokenizer/tokenizer.h"
 #include "util/error.h"
+
+namespace fs = std::filesystem;
+using namespace lizard;
+
+namespace {
+
+std::string model_or_default(const std::string& m) { return m.empty() ? default_model_path() : m; }
+
+std::string human_count(int64_t n) {
+  if (n >= 1000000000) return fmt::format("{:.2f}B", n / 1e9);
+  if (n >= 1000000) return fmt::format("{:.1f}M", n / 1e6);
+  if (n >= 1000) return fmt::format("{:.1f}K", n / 1e3);
+  return std::to_string(n);
+}
+
+// ---- info -------------------------------------------------------------------------------------
+void cmd_info(const std::string& model_arg) {
+  Checkpoint ck = open_checkpoint(model_or_default(model_arg));
+  const ModelConfig& c = ck.config;
+  std::map<std::string, int> types;
+  int64_t bytes = 0;
+  for (auto& [name, t] : ck.tensors) {
+    types[dtype_name(t.type)]++;
+    bytes += static_cast<int64_t>(t.nbytes);
+  }
+  std::string type_list;
+  for (auto& [n, k] : types) type_list += fmt::format("{}{} x{}", type_list.empty() ? "" : ", ", n, k);
+  fmt::print("model:          {}\n", ck.path);
+  fmt::print("format:         {}\n", ck.format);
+  fmt::print("name:           {}\n", c.name);
+  fmt::print("architecture:   {}\n", c.arch);
+  fmt::print("parameters:     {} ({})\n", human_count(c.param_count()), c.param_count());
+  fmt::print("layers:         {}\n", c.n_layers);
+  fmt::print("d_model:        {}\n", c.d_model);
+  fmt::print("heads:          {} query, {} key/value, head dim {}\n", c.n_heads, c.n_kv_heads, c.head_dim);
+  fmt::print("ffn:            {} (SwiGLU)\n", c.d_ff);
+  fmt::print("context length: {}\n", c.max_seq_len);
+  std::string scaling = c.rope_scaling.kind == RopeScaling::Kind::Llama3   ? fmt::format(", llama3 scaling x{}", c.rope_scaling.factor)
+                        : c.rope_scaling.kind == RopeScaling::Kind::Linear ? fmt::format(", linear scaling x{}", c.rope_scaling.factor)
+                                                                             : std::string();
+  fmt::print("rope:           theta {}{}\n", c.rope_theta, scaling);
+  fmt::print("norm eps:       {}\n", c.rms_eps);
+  fmt::print("embeddings:     {}\n", c.tied_embeddings ? "tied" : "separate output head");
+  if (c.qkv_bias) fmt::print("qkv bias:       yes\n");
+  fmt::print("tensors:        {} ({}), {:.1f} MiB\n", ck.tensors.size(), type_list, bytes / 1048576.0);
+  if (ck.tokenizer) {
+    const Tokenizer& t = *ck.tokenizer;
+    fmt::print("tokenizer:      {}, {} tokens, pre-tokenizer {}, bos {}, eos {}\n", t.kind(), t.vocab_size(),
+               t.pretokenizer(), t.bos_id() ? t.token_text(*t.bos_id()) : "none",
+               t.eos_id() ? t.token_text(*t.eos_id()) : "none");
+  }
+  fmt::print("chat template:  {}\n", ck.chat_template.name());
+}
+
+// ---- tokenize ---------------------------------------------------------------------------------
+Tokenizer load_tokenizer(const std::string& model_arg, const std::string& tokenizer_json) {
+  if (!tokenizer_json.empty()) return Tokenizer::from_json_file(tokenizer_json);
+  std::string path = model_or_default(model_arg);
+  if (fs::is_directory(path)) {
+    auto tj = fs::path(path) / "tokenizer.json";
+    LZ_CHECK(fs::exists(tj), "'{}' has no tokenizer.json", path);
+    return Tokenizer::from_json_file(tj.string());
+  }
+  GGUFFile f(path);  // the tokenizer lives in the metadata; no need to touch the weights
+  return Tokenizer::from_gguf(f);
+}
+
+std::vector<int32_t> parse_ids(const std::string& s) {
+  std::vector<int32_t> ids;
+  std::string cleaned = s;
+  for (char& ch : cleaned)
+    if (ch == '[' || ch == ']' || ch == ',') ch = ' ';
+  std::istringstream in(cleaned);
+  std::string tok;
+  while (in >> tok) {
+    char* end = nullptr;
+    long v = std::strtol(tok.c_str(), &end, 10);
+    LZ_CHECK(end && *end == 0, "not a token id: '{}'", tok);
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  return ids;
+}
+
+void check_ids(const Tokenizer& t, const std::vector<int32_t>& ids) {
+  for (int32_t id : ids) LZ_CHECK(id >= 0 && id < t.vocab_size(), "token id {} is out of range [0, {})", id, t.vocab_size());
+}
+
+void cmd_tokenize(const std::string& model_arg, const std::string& tokenizer_json, bool jsonl, bool decode, bool bos) {
+  Tokenizer t = load_tokenizer(model_arg, tokenizer_json);
+  if (!jsonl) {
+    std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+    if (decode) {
+      auto ids = parse_ids(input);
+      check_ids(t, ids);
+      std::cout << t.decode(ids);
+    } else {
+      std::cout << nlohmann::json(t.encode(input, bos)).dump() << "\n";
+    }
+    return;
+  }
+  std::string line;
+  size_t lineno = 0;
+  while (std::getline(std::cin, line)) {
+    ++lineno;
+    if (line.empty()) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const std::exception&) {
+      fail("stdin line {}: not valid JSON", lineno);
+    }
+    if (decode) {
+      LZ_CHECK(j.is_array(), "stdin line {}: expected a JSON array of token ids", lineno);
+      std::vector<int32_t> ids;
+      for (auto& v : j) {
+        LZ_CHECK(v.is_number_integer(), "stdin line {}: expected integer token ids", lineno);
+        ids.push_back(v.get<int32_t>());
+      }
+      check_ids(t, ids);
+      std::cout << nlohmann::json(t.decode(ids)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    } else {
+      LZ_CHECK(j.is_string(), "stdin line {}: expected a JSON string", lineno);
+      std::cout << nlohmann::json(t.encode(j.get<std::string>(), bos)).dump() << "\n";
+    }
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"lizard: linearize Llama-family LLMs and generate with constant memory"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", "lizard 0.1.0");
+
+  std::string model;
+  auto* info = app.add_subcommand("info", "Describe a model: architecture, size, tensor types, tokenizer");
+  info->add_option("model", model, "GGUF file or Hugging Face directory (default: the bundled teacher)");
+  info->add_option("-m,--model", model, "same as the positional MODEL");
+
+  std::string tokenizer_json;
+  bool jsonl = false, decode = false, bos = false;
+  auto* tok = app.add_subcommand("tokenize", "Text on stdin -> token ids (or back with --decode)");
+  tok->add_option("-m,--model", model, "model whose tokenizer to use (default: the bundled teacher)");
+  tok->add_option("--tokenizer", tokenizer_json, "a tokenizer.json file instead of a model")->check(CLI::ExistingFile);
+  tok->add_flag("--jsonl", jsonl, "each input line is a JSON string; each output line a JSON array of ids");
+  tok->add_flag("--decode", decode, "ids -> text");
+  tok->add_flag("--bos", bos, "add the BOS token where the tokenizer's config adds it");
+
   try {
     app.parse(argc, argv);
+    if (*info) cmd_info(model);
+    else if (*tok) cmd_tokenize(model, tokenizer_json, jsonl, decode, bos);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
-  } catch (const lizard::Error& e) {
+  } catch (const Error& e) {
+    std::fprintf(stderr, "lizard: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "lizard: error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
     std::fprintf(stderr, "lizard: error: %s\n", e.what());
     return 1;
   }

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: dependencies, default model, build, every test.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/scripts/install_deps.sh"
+"$root/scripts/fetch_model.sh"
+"$root/scripts/build.sh"
+cd "$root/build"
+ctest --output-on-failure -j2 "$@"
