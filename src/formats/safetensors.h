@@ -24,6 +24,7 @@ class SafeTensorsFile {
   std::vector<TensorView> tensors_;
   std::map<std::string, size_t> index_;
   std::map<std::string, std::string> metadata_;
+  std::vector<std::unique_ptr<uint8_t[]>> copies_;  // misaligned tensors, copied once
 };
 
 // All tensors of a HF model directory: model.safetensors, or the shards named by
