@@ -11,6 +11,11 @@ namespace lizard {
 // dst[0..n) = dequantized src row; n must be a multiple of the type's block size.
 void dequantize_row(DType t, const void* src, float* dst, int64_t n);
 
+// Rows [row0, row0 + nrows) of a row-major weight w (row stride dtype_row_bytes(t, n)) to fp32:
+// dst is nrows x n, row-major. Multi-threaded (OpenMP) for large tiles unless already inside a
+// parallel region. For prefill: dequantize a tile, then sgemm it.
+void dequantize_rows(DType t, const void* w, int64_t row0, int64_t nrows, int64_t n, float* dst);
+
 // Activations quantized once per matrix-vector product, as llama.cpp does: blocks of 32 int8 with an
 // fp32 scale (and the block sum, used by Q4_1/Q4_K's offsets). size n/32 blocks.
 struct Q8Block {
