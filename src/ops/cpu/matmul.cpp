@@ -1,0 +1,81 @@
+#include "ops/cpu/matmul.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <mutex>
+
+#include "formats/quant.h"
+#include "util/error.h"
+
+namespace lizard {
+
+namespace {
+
+// OpenMP owns the cores: BLAS runs single-threaded inside each of our tasks. Debian's OpenBLAS
+// is the pthread build, whose own spinning workers would otherwise compete with OpenMP's.
+void blas_single_threaded() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+#ifdef OPENBLAS_VERSION
+    openblas_set_num_threads(1);
+#endif
+  });
+}
+
+}  // namespace
+
+std::vector<float> dequantize_tensor(const TensorView& t) {
+  const int64_t rows = t.rows(), cols = t.cols();
+  std::vector<float> out(static_cast<size_t>(rows * cols));
+  const size_t row_bytes = dtype_row_bytes(t.type, cols);
+  const auto* base = static_cast<const uint8_t*>(t.data);
+#pragma omp parallel for schedule(static) if (rows > 64)
+  for (int64_t r = 0; r < rows; ++r) dequantize_row(t.type, base + r * row_bytes, out.data() + r * cols, cols);
+  return out;
+}
+
+void matmul(const TensorView& w, const float* x, int64_t n, float* y, const float* w_f32, const float* bias) {
+  LZ_CHECK(w.shape.size() == 2, "weight '{}' must be 2-D, has shape {}", w.name, w.shape_str());
+  const int64_t out = w.shape[0], in = w.shape[1];
+  if (n <= 0) return;
+  if (n <= kMatvecMaxRows) {
+    for (int64_t i = 0; i < n; ++i) matvec(w.type, w.data, out, in, x + i * in, y + i * out);
+  } else {
+    blas_single_threaded();
+    const int threads = omp_get_max_threads();
+    // Enough tiles to balance the threads, each large enough to keep sgemm efficient.
+    int64_t tile = (out + 4 * threads - 1) / (4 * threads);
+    tile = std::clamp<int64_t>((tile + 15) / 16 * 16, 32, 256);
+    const int64_t n_tiles = (out + tile - 1) / tile;
+#pragma omp parallel
+    {
+      thread_local std::vector<float> buf;
+      if (!w_f32 && static_cast<int64_t>(buf.size()) < tile * in) buf.resize(tile * in);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t ti = 0; ti < n_tiles; ++ti) {
+        const int64_t r0 = ti * tile, rows = std::min(tile, out - r0);
+        const float* wt;
+        if (w_f32) {
+          wt = w_f32 + r0 * in;
+        } else {
+          dequantize_rows(w.type, w.data, r0, rows, in, buf.data());
+          wt = buf.data();
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(rows),
+                    static_cast<int>(in), 1.0f, x, static_cast<int>(in), wt, static_cast<int>(in), 0.0f,
+                    y + r0, static_cast<int>(out));
+      }
+    }
+  }
+  if (bias) {
+    for (int64_t i = 0; i < n; ++i) {
+      float* yi = y + i * out;
+#pragma omp simd
+      for (int64_t j = 0; j < out; ++j) yi[j] += bias[j];
+    }
+  }
+}
+
+}  // namespace lizard
