@@ -341,3 +341,82 @@ TEST(Llama, MixerSwap) {
   EXPECT_GT(d, 1e-3);
   EXPECT_EQ(model.mixer(0).name(), "softmax");
 }
+
+// generate(): greedy output equals an argmax loop over full forwards; stops and streaming.
+TEST(LlamaGenerate, GreedyStopsAndStreams) {
+  Seeded s;
+  SCOPED_TRACE(s.trace());
+  TinyModel m = lizard::testing::make_tiny(s, TinySpec{});
+  LlamaModel model(m.ck);
+  auto prompt = random_tokens(s, 6, 97);
+  auto bytes = [](int32_t id) { return "<" + std::to_string(id) + ">"; };
+
+  GenerateOptions opt;
+  opt.max_new_tokens = 12;
+  opt.sampling.temperature = 0;
+  std::string streamed;
+  int calls = 0;
+  LlamaState st = model.new_state();
+  GenerateStats g = generate(model, st, prompt, opt, bytes, std::nullopt, [&](int32_t id, std::string_view t) {
+    ++calls;
+    streamed += t;
+    return true;
+  });
+  EXPECT_EQ(g.stop_reason, "length");
+  EXPECT_EQ(g.new_tokens, 12);
+  EXPECT_EQ(g.decode_steps, 11);
+  EXPECT_EQ(g.prompt_tokens, 6);
+  EXPECT_EQ(st.n_past(), 6 + 11);
+  EXPECT_EQ(calls, 12);
+  std::vector<int32_t> seq = prompt;
+  std::string expect;
+  for (int i = 0; i < 12; ++i) {
+    LlamaState fresh = model.new_state();
+    auto l = model.forward(seq, 0, fresh);
+    const int32_t next = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+    ASSERT_EQ(g.tokens[i], next) << "token " << i;
+    seq.push_back(next);
+    expect += bytes(next);
+  }
+  EXPECT_EQ(streamed, expect);
+
+  // A stop id ends generation before its text is streamed; EOS likewise.
+  GenerateOptions stop = opt;
+  stop.stop_ids = {g.tokens[3]};
+  streamed.clear();
+  const size_t first = std::find(g.tokens.begin(), g.tokens.end(), g.tokens[3]) - g.tokens.begin();
+  GenerateStats gs = generate(model, st = model.new_state(), prompt, stop, bytes, std::nullopt,
+                              [&](int32_t, std::string_view t) { streamed += t; return true; });
+  EXPECT_EQ(gs.stop_reason, "stop");
+  EXPECT_EQ(gs.new_tokens, static_cast<int64_t>(first + 1));
+  GenerateStats ge = generate(model, st = model.new_state(), prompt, opt, bytes, g.tokens[0], {});
+  EXPECT_EQ(ge.stop_reason, "eos");
+  EXPECT_EQ(ge.new_tokens, 1);
+  // The callback can stop it.
+  GenerateStats gc = generate(model, st = model.new_state(), prompt, opt, bytes, std::nullopt,
+                              [&](int32_t, std::string_view) { return false; });
+  EXPECT_EQ(gc.stop_reason, "callback");
+  EXPECT_EQ(gc.new_tokens, 1);
+  // The context ends it: 6 + 58 positions fill the 64.
+  opt.max_new_tokens = 100;
+  GenerateStats gx = generate(model, st = model.new_state(), prompt, opt, bytes, std::nullopt, {});
+  EXPECT_EQ(gx.stop_reason, "context");
+  EXPECT_EQ(st.n_past(), 64);
+  // A prompt that does not fit.
+  std::vector<int32_t> huge(70, 1);
+  try {
+    generate(model, st = model.new_state(), huge, opt, bytes, std::nullopt, {});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "prompt has 70 tokens, the context is 64");
+  }
+  // Streaming loses no byte, with characters split across tokens and a dangling lead byte at the end.
+  auto euro = [](int32_t id) { return std::string(id % 2 ? "\x82\xAC" : "\xE2"); };
+  opt.max_new_tokens = 7;
+  std::string joined;
+  GenerateStats gu = generate(model, st = model.new_state(), prompt, opt, euro, std::nullopt,
+                              [&](int32_t, std::string_view t) { joined += t; return true; });
+  std::string all;
+  for (int32_t id : gu.tokens) all += euro(id);
+  EXPECT_EQ(joined, all);
+}
