@@ -1,0 +1,182 @@
+// Tokenizer parity with Hugging Face `tokenizers`: fixtures from scripts/make_tokenizer_fixtures.py
+// hold HF's ids and decodes for a few hundred varied texts per tokenizer.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
+#include "util/error.h"
+
+using namespace lizard;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Case {
+  std::string text, decoded, decoded_skip;
+  std::vector<int32_t> ids, ids_bos;
+};
+
+std::vector<Case> load_cases(const std::string& name) {
+  std::ifstream f(std::string(LIZARD_SOURCE_DIR) + "/tests/fixtures/tokenizer/" + name + ".jsonl");
+  EXPECT_TRUE(f) << "missing fixture " << name;
+  std::vector<Case> cases;
+  std::string line;
+  while (std::getline(f, line)) {
+    auto j = nlohmann::json::parse(line);
+    cases.push_back({j["text"], j["decoded"], j["decoded_skip"], j["ids"], j["ids_bos"]});
+  }
+  return cases;
+}
+
+std::string hf_dir() {
+  const char* e = std::getenv("LIZARD_TOKENIZERS_DIR");
+  return e ? e : "/work/shared/data/tokenizers";
+}
+
+std::string ids_str(const std::vector<int32_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+// Compares every fixture; reports the count and the first few mismatches.
+void check_parity(const Tokenizer& t, const std::string& name) {
+  auto cases = load_cases(name);
+  ASSERT_FALSE(cases.empty());
+  int ok_ids = 0, ok_bos = 0, ok_dec = 0, ok_skip = 0, shown = 0;
+  for (const Case& c : cases) {
+    auto ids = t.encode(c.text);
+    auto ids_bos = t.encode(c.text, true);
+    std::string dec = t.decode(c.ids), skip = t.decode(c.ids, true);
+    ok_ids += ids == c.ids;
+    ok_bos += ids_bos == c.ids_bos;
+    ok_dec += dec == c.decoded;
+    ok_skip += skip == c.decoded_skip;
+    if ((ids != c.ids || ids_bos != c.ids_bos || dec != c.decoded || skip != c.decoded_skip) && shown++ < 5)
+      ADD_FAILURE() << name << " text " << nlohmann::json(c.text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n  HF ids " << ids_str(c.ids)
+                    << "\n  ours   " << ids_str(ids) << "\n  HF decoded " << nlohmann::json(c.decoded).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+                    << "\n  ours       " << nlohmann::json(dec).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+  size_t n = cases.size();
+  std::printf("[%s] ids %d/%zu, ids+bos %d/%zu, decode %d/%zu, decode(skip_special) %d/%zu\n", name.c_str(), ok_ids, n,
+              ok_bos, n, ok_dec, n, ok_skip, n);
+  EXPECT_EQ(ok_ids, static_cast<int>(n));
+  EXPECT_EQ(ok_bos, static_cast<int>(n));
+  EXPECT_EQ(ok_dec, static_cast<int>(n));
+  EXPECT_EQ(ok_skip, static_cast<int>(n));
+}
+
+std::optional<Tokenizer> hf_tokenizer(const std::string& name) {
+  std::string p = hf_dir() + "/" + name + "/tokenizer.json";
+  if (!fs::exists(p)) return std::nullopt;
+  return Tokenizer::from_json_file(p);
+}
+
+// Random valid UTF-8 from a mix of scripts, whitespace and emoji.
+std::string random_text(std::mt19937& rng, bool allow_specials) {
+  static const std::vector<std::pair<uint32_t, uint32_t>> ranges = {
+      {0x20, 0x7E},     {0x20, 0x7E},     {0x9, 0xD},       {0xA0, 0x17F},   {0x300, 0x36F}, {0x391, 0x3C9},
+      {0x410, 0x44F},   {0x5D0, 0x5EA},   {0x620, 0x64A},   {0x900, 0x97F},  {0xE01, 0xE5B}, {0x1100, 0x11FF},
+      {0x2000, 0x206F}, {0x3040, 0x30FF}, {0x4E00, 0x9FFF}, {0xAC00, 0xD7A3}, {0xFF01, 0xFF5E},
+      {0x1F300, 0x1F6FF}, {0x1F900, 0x1F9FF}, {0x10000, 0x1007F}, {0x20000, 0x2A6DF}, {0xE000, 0xF8FF}};
+  std::uniform_int_distribution<int> len(0, 60), pick(0, static_cast<int>(ranges.size()) - 1);
+  std::string s;
+  int n = len(rng);
+  for (int i = 0; i < n; ++i) {
+    auto [lo, hi] = ranges[pick(rng)];
+    uint32_t cp = std::uniform_int_distribution<uint32_t>(lo, hi)(rng);
+    if (!allow_specials && (cp == '<' || cp == 0x2581)) continue;
+    uni::append_utf8(s, cp);
+  }
+  return s;
+}
+
+}  // namespace
+
+TEST(TokenizerHF, Llama2) {
+  auto t = hf_tokenizer("llama2");
+  if (!t) GTEST_SKIP() << "no " << hf_dir() << "/llama2";
+  EXPECT_EQ(t->kind(), "SentencePiece BPE");
+  EXPECT_TRUE(t->adds_bos());
+  check_parity(*t, "llama2");
+}
+
+TEST(TokenizerHF, Llama3) {
+  auto t = hf_tokenizer("llama3");
+  if (!t) GTEST_SKIP() << "no " << hf_dir() << "/llama3";
+  EXPECT_EQ(t->kind(), "byte-level BPE");
+  EXPECT_EQ(t->token_text(*t->bos_id()), "<|begin_of_text|>");
+  check_parity(*t, "llama3");
+}
+
+TEST(TokenizerHF, Qwen3) {
+  auto t = hf_tokenizer("qwen3");
+  if (!t) GTEST_SKIP() << "no " << hf_dir() << "/qwen3";
+  EXPECT_FALSE(t->adds_bos());
+  EXPECT_EQ(t->token_text(*t->eos_id()), "<|im_end|>");
+  check_parity(*t, "qwen3");
+}
+
+TEST(TokenizerHF, RoundTripRandomUtf8) {
+  uint32_t seed = std::random_device{}();
+  std::mt19937 rng(seed);
+  for (const char* name : {"llama3", "qwen3", "llama2"}) {
+    auto t = hf_tokenizer(name);
+    if (!t) continue;
+    bool sp = std::string(name) == "llama2", qwen = std::string(name) == "qwen3";
+    for (int i = 0; i < 300; ++i) {
+      std::string s = random_text(rng, !sp);
+      std::string want = qwen ? uni::nfc(s) : s;
+      ASSERT_EQ(t->decode(t->encode(s)), want) << name << " seed " << seed << " text " << nlohmann::json(s).dump();
+      // streaming: token_bytes concatenated give the same bytes (byte-level)
+      if (!sp) {
+        std::string cat;
+        for (int32_t id : t->encode(s)) cat += t->token_bytes(id);
+        ASSERT_EQ(cat, want) << name << " seed " << seed;
+      }
+    }
+  }
+}
+
+TEST(TokenizerHF, SpecialTokensAndTokenBytes) {
+  auto t = hf_tokenizer("llama2");
+  if (!t) GTEST_SKIP();
+  auto ids = t->encode("<s>Hi</s>");
+  ASSERT_EQ(ids.size(), 3u);
+  EXPECT_EQ(ids[0], 1);
+  EXPECT_TRUE(t->is_special(1));
+  EXPECT_EQ(t->decode(ids, true), "Hi");
+  EXPECT_EQ(t->token_bytes(*t->token_id("<0x0A>")), "\n");
+  EXPECT_EQ(t->token_bytes(*t->token_id("\xE2\x96\x81Hello")), " Hello");
+}
+
+TEST(TokenizerUnicode, NfcAndLossy) {
+  EXPECT_EQ(uni::nfc("e\xCC\x81"), "\xC3\xA9");                  // e + acute -> é
+  EXPECT_EQ(uni::nfc("\xE2\x84\xAB"), "\xC3\x85");               // Angstrom sign -> Å
+  EXPECT_EQ(uni::nfc("\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8"), "\xEA\xB0\x81");  // jamo -> 각
+  EXPECT_EQ(uni::nfc("q\xCC\x87\xCC\xA3"), "q\xCC\xA3\xCC\x87");  // reordered by combining class
+  EXPECT_EQ(uni::utf8_lossy("a\xF0\x9F\x98"), "a\xEF\xBF\xBD");   // truncated sequence: one U+FFFD
+  EXPECT_EQ(uni::utf8_lossy("\xC0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(uni::utf8_lossy("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
+}
+
+TEST(TokenizerErrors, UnsupportedComponentIsNamed) {
+  auto dir = fs::temp_directory_path() / ("lizard_tok_" + std::to_string(std::random_device{}()));
+  fs::create_directories(dir);
+  auto p = (dir / "tokenizer.json").string();
+  std::ofstream(p) << R"({"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"normalizer":{"type":"NFKD"}})";
+  try {
+    Tokenizer::from_json_file(p);
+    ADD_FAILURE() << "expected an Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("NFKD"), std::string::npos) << e.what();
+  }
+  std::ofstream(p) << R"({"model":{"type":"Unigram","vocab":[]}})";
+  EXPECT_THROW(Tokenizer::from_json_file(p), Error);
+  fs::remove_all(dir);
+}
