@@ -5,13 +5,17 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <random>
 #include <iostream>
 #include <iterator>
 #include <map>
 #include <sstream>
 
 #include "formats/gguf.h"
+#include "generate/generate.h"
 #include "model/checkpoint.h"
+#include "model/llama.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
@@ -141,6 +145,103 @@ void cmd_tokenize(const std::string& model_arg, const std::string& tokenizer_jso
   }
 }
 
+// ---- generate ---------------------------------------------------------------------------------
+struct GenerateArgs {
+  std::string model, prompt, prompt_file, system;
+  int n = 256, threads = 0, top_k = 40;
+  int64_t ctx = 0;
+  float temp = 0.8f, top_p = 0.95f, repeat_penalty = 1.0f;
+  uint64_t seed = 0;
+  bool seed_set = false, chat = false, quiet = false;
+};
+
+std::string read_stdin() { return std::string((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>()); }
+
+void cmd_generate(const GenerateArgs& a) {
+  std::string prompt = a.prompt;
+  if (!a.prompt_file.empty()) {
+    std::ifstream in(a.prompt_file, std::ios::binary);
+    LZ_CHECK(in.good(), "cannot read prompt file '{}'", a.prompt_file);
+    prompt.assign((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  } else if (prompt.empty()) {
+    prompt = read_stdin();
+  }
+  LZ_CHECK(!prompt.empty(), "empty prompt: give -p TEXT, -f FILE or text on stdin");
+
+  auto ck = std::make_shared<Checkpoint>(open_checkpoint(model_or_default(a.model)));
+  LZ_CHECK(ck->tokenizer != nullptr, "model '{}' has no tokenizer", ck->path);
+  const Tokenizer& tok = *ck->tokenizer;
+  ModelOptions mo;
+  mo.n_threads = a.threads;
+  mo.context = a.ctx;
+  LlamaModel model(ck, mo);
+
+  GenerateOptions go;
+  go.max_new_tokens = a.n;
+  go.sampling.temperature = a.temp;
+  go.sampling.top_k = a.top_k;
+  go.sampling.top_p = a.top_p;
+  go.sampling.repetition_penalty = a.repeat_penalty;
+  go.sampling.seed = a.seed_set ? a.seed : std::random_device{}();
+
+  std::vector<int32_t> ids;
+  if (a.chat) {
+    const ChatTemplate& tmpl = ck->chat_template;
+    LZ_CHECK(tmpl.format != ChatFormat::Unknown,
+             "model '{}' has no chat template lizard knows (ChatML, Llama-3, Llama-2); drop --chat", ck->path);
+    std::vector<ChatMessage> msgs;
+    if (!a.system.empty()) msgs.push_back({"system", a.system});
+    msgs.push_back({"user", prompt});
+    // The template writes BOS itself where the model wants one.
+    ids = tok.encode(tmpl.render(msgs, /*add_generation_prompt=*/true), /*add_bos=*/false);
+    go.stop_ids = chat_stop_ids(tok, tmpl);
+  } else {
+    ids = tok.encode(prompt, /*add_bos=*/true);
+  }
+  LZ_CHECK(static_cast<int64_t>(ids.size()) < model.context_length(),
+           "prompt has {} tokens, the context is {} (raise it with --ctx)", ids.size(), model.context_length());
+
+  if (!a.chat && !a.quiet) {
+    std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+  }
+  std::fflush(stdout);
+  GenerateStats st = generate(model, tok, ids, go, [](int32_t, std::string_view text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+    return true;
+  });
+  std::fputc('\n', stdout);
+  std::fprintf(stderr, "[%lld prompt tokens at %.1f tok/s, %lld generated at %.1f tok/s, stop: %s]\n",
+               static_cast<long long>(st.prompt_tokens), st.prefill_tokens_per_s(), static_cast<long long>(st.new_tokens),
+               st.decode_tokens_per_s(), st.stop_reason.c_str());
+}
+
+// ---- debug-logits: full-vocabulary logits and greedy ids, for parity checks against other tools ----
+void cmd_debug_logits(const std::string& model_arg, const std::string& prompts_json, const std::string& out_dir, int greedy_n) {
+  std::ifstream in(prompts_json);
+  LZ_CHECK(in.good(), "cannot read '{}'", prompts_json);
+  nlohmann::json prompts = nlohmann::json::parse(in);
+  auto ck = std::make_shared<Checkpoint>(open_checkpoint(model_or_default(model_arg)));
+  LlamaModel model(ck);
+  fs::create_directories(out_dir);
+  for (auto& p : prompts) {
+    auto name = p.at("name").get<std::string>();
+    auto ids = p.at("ids").get<std::vector<int32_t>>();
+    LlamaState st = model.new_state();
+    auto logits = model.forward(ids, 0, st, /*all_logits=*/true);
+    std::ofstream(fs::path(out_dir) / (name + ".logits.f32"), std::ios::binary)
+        .write(reinterpret_cast<const char*>(logits.data()), static_cast<std::streamsize>(logits.size() * sizeof(float)));
+    GenerateOptions go;
+    go.max_new_tokens = greedy_n;
+    go.sampling.temperature = 0;
+    go.stop_at_eos = false;
+    LlamaState st2 = model.new_state();
+    auto gs = generate(model, st2, ids, go, [](int32_t) { return std::string(); }, std::nullopt);
+    std::ofstream(fs::path(out_dir) / (name + ".greedy.json")) << nlohmann::json(gs.tokens).dump() << "\n";
+    fmt::print("{}: {} tokens\n", name, ids.size());
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -162,10 +263,38 @@ int main(int argc, char** argv) {
   tok->add_flag("--decode", decode, "ids -> text");
   tok->add_flag("--bos", bos, "add the BOS token where the tokenizer's config adds it");
 
+  GenerateArgs g;
+  auto* gen = app.add_subcommand("generate", "Generate text, streaming tokens as they come");
+  gen->add_option("-m,--model", g.model, "GGUF file or Hugging Face directory (default: the bundled teacher)");
+  gen->add_option("-p,--prompt", g.prompt, "prompt text (default: -f FILE or stdin)");
+  gen->add_option("-f,--file", g.prompt_file, "read the prompt from a file");
+  gen->add_option("-n,--n-predict", g.n, "tokens to generate")->capture_default_str()->check(CLI::NonNegativeNumber);
+  gen->add_option("--temp", g.temp, "sampling temperature; 0 = greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
+  gen->add_option("--top-k", g.top_k, "keep the k most likely tokens (0 = all)")->capture_default_str();
+  gen->add_option("--top-p", g.top_p, "nucleus sampling threshold")->capture_default_str()->check(CLI::Range(0.0f, 1.0f));
+  gen->add_option("--repeat-penalty", g.repeat_penalty, "repetition penalty (1 = off)")->capture_default_str();
+  gen->add_option("--seed", g.seed, "random seed (default: random)")->each([&](const std::string&) { g.seed_set = true; });
+  gen->add_flag("--chat", g.chat, "wrap the prompt in the model's own chat template");
+  gen->add_option("--system", g.system, "system message for --chat (default: the template's own)");
+  gen->add_option("-t,--threads", g.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  gen->add_option("--ctx", g.ctx, "context length (default: the model's)")->check(CLI::NonNegativeNumber);
+  gen->add_flag("-q,--quiet", g.quiet, "do not echo the prompt");
+
+  std::string prompts_json, out_dir;
+  int greedy_n = 64;
+  auto* dbg = app.add_subcommand("debug-logits", "Write all-position logits and greedy ids (parity checks)");
+  dbg->group("");  // for developers: not listed in --help
+  dbg->add_option("-m,--model", model, "model");
+  dbg->add_option("--prompts", prompts_json, "JSON [{name, ids}]")->required();
+  dbg->add_option("--out", out_dir, "output folder")->required();
+  dbg->add_option("--greedy", greedy_n, "greedy tokens to generate");
+
   try {
     app.parse(argc, argv);
     if (*info) cmd_info(model);
     else if (*tok) cmd_tokenize(model, tokenizer_json, jsonl, decode, bos);
+    else if (*gen) cmd_generate(g);
+    else if (*dbg) cmd_debug_logits(model, prompts_json, out_dir, greedy_n);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const Error& e) {
