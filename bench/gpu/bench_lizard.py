@@ -1,0 +1,160 @@
+# Lizard attention (CUDA, this repo) vs flash-linear-attention's chunk_gla / chunk_simple_gla and
+# PyTorch SDPA (flash, causal), same run, same card. Medians of triton's do_bench (CUDA events,
+# warm-up first). Needs build-dev/liblizard_capi.so (scripts/device_cuda.sh build) and, for FLA, its
+# `fla/` package folder in .fla/ (carried; never committed).
+#   python3 bench/gpu/bench_lizard.py [--quick]
+import ctypes, math, os, sys, time
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(root, ".fla"))
+lib = ctypes.CDLL(os.path.join(root, "build-dev", "liblizard_capi.so"))
+lib.lz_last_error.restype = ctypes.c_char_p
+P, I, Fl = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+lib.lz_forward_bf16.argtypes = [P] * 9 + [I] * 9 + [P]
+lib.lz_forward_recurrent.argtypes = [P] * 9 + [I] * 10 + [P]
+have_bwd = hasattr(lib, "lz_backward_bf16")
+if have_bwd:
+    lib.lz_backward_bf16.argtypes = [P] * 17 + [I] * 10 + [P]
+
+try:
+    from fla.ops.gla import chunk_gla
+    from fla.ops.simple_gla import chunk_simple_gla
+    have_fla = True
+except Exception as e:  # noqa: BLE001
+    print("FLA not importable:", repr(e)[:200])
+    have_fla = False
+
+dev, bf = "cuda", torch.bfloat16
+FEAT, WIN, META = 64, 128, 4
+
+
+def ptr(t):
+    return ctypes.c_void_p(t.data_ptr()) if t is not None else None
+
+
+def check(rc):
+    if rc != 0:
+        raise RuntimeError(lib.lz_last_error().decode())
+
+
+class Lizard:
+    def __init__(self, B, L, H, Hkv, D, Fd=FEAT, w=WIN, m=META):
+        self.shape = (B, L, H, Hkv, D, Fd, w, m)
+        g = torch.Generator(device=dev).manual_seed(1)
+        self.q = torch.randn(B, L, H, D, device=dev, dtype=bf, generator=g)
+        self.k = torch.randn(B, L, Hkv, D, device=dev, dtype=bf, generator=g)
+        self.v = torch.randn(B, L, Hkv, D, device=dev, dtype=bf, generator=g)
+        self.lg = F.logsigmoid(torch.randn(B, L, device=dev, generator=g) + 3).float().contiguous()
+        self.wq = (torch.randn(H, D, Fd, device=dev, generator=g) / math.sqrt(D)).to(bf)
+        self.wk = (torch.randn(H, D, Fd, device=dev, generator=g) / math.sqrt(D)).to(bf)
+        self.meta = torch.randn(m, device=dev, generator=g)
+        self.alpha = torch.ones(H, device=dev)
+        self.y = torch.empty_like(self.q)
+        self.dy = torch.randn_like(self.q)
+
+    def fwd(self):
+        B, L, H, Hkv, D, Fd, w, m = self.shape
+        check(lib.lz_forward_bf16(ptr(self.q), ptr(self.k), ptr(self.v), ptr(self.lg), ptr(self.wq), ptr(self.wk),
+                                  ptr(self.meta), ptr(self.alpha), ptr(self.y), B, L, H, Hkv, D, Fd, w, m, 0,
+                                  ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
+        return self.y
+
+    def fwd_recurrent_f32(self):
+        B, L, H, Hkv, D, Fd, w, m = self.shape
+        t = [x.float().contiguous() for x in (self.q, self.k, self.v, self.wq, self.wk)]
+        y = torch.empty_like(t[0])
+        check(lib.lz_forward_recurrent(ptr(t[0]), ptr(t[1]), ptr(t[2]), ptr(self.lg), ptr(t[3]), ptr(t[4]),
+                                       ptr(self.meta), ptr(self.alpha), ptr(y), B, L, H, Hkv, D, Fd, w, m, 0, 1,
+                                       ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
+        return y
+
+
+def med(fn, warmup=25, rep=100):
+    return do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def bench_fla(B, L, H, D):
+    r = {}
+    q = torch.randn(B, L, H, D, device=dev, dtype=bf, requires_grad=True)
+    k = torch.randn(B, L, H, D, device=dev, dtype=bf, requires_grad=True)
+    v = torch.randn(B, L, H, D, device=dev, dtype=bf, requires_grad=True)
+    gk = (F.logsigmoid(torch.randn(B, L, H, D, device=dev)) / 16).requires_grad_(True)
+    gs = F.logsigmoid(torch.randn(B, L, H, device=dev) + 3).requires_grad_(True)
+    do = torch.randn(B, L, H, D, device=dev, dtype=bf)
+
+    def both(name, fn, dout):
+        try:
+            f = med(fn)
+        except Exception as e:  # noqa: BLE001
+            print(f"  {name} forward failed: {str(e).splitlines()[0][:160]}")
+            r[name] = (float("nan"), float("nan"))
+            return
+        def fb():
+            o = fn()
+            o = o[0] if isinstance(o, tuple) else o
+            o.backward(dout)
+        try:
+            b = med(fb, 10, 50)
+        except Exception as e:  # noqa: BLE001
+            print(f"  {name} backward refused: {str(e).splitlines()[0][:160]}")
+            b = float("nan")
+        r[name] = (f, b)
+
+    if have_fla:
+        both("fla chunk_gla", lambda: chunk_gla(q, k, v, gk)[0], do)
+        both("fla chunk_simple_gla", lambda: chunk_simple_gla(q, k, v, g=gs)[0], do)
+    qt, kt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_(True) for x in (q, k, v))
+    dot = do.transpose(1, 2).contiguous()
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        both("sdpa flash causal", lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True), dot)
+    return r
+
+
+def main():
+    quick = "--quick" in sys.argv
+    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    shapes = [(16, 32, 32, 128, 2048), (16, 32, 32, 128, 4096), (16, 32, 32, 128, 8192), (8, 9, 3, 64, 2048)]
+    if quick:
+        shapes = [shapes[0], shapes[3]]
+    rows = []
+    # Spot check at a bench shape: chunked bf16 vs the fp32 recurrent kernel on one sequence.
+    z = Lizard(1, 1000, 4, 2, 128)
+    y1 = z.fwd().float()
+    y2 = z.fwd_recurrent_f32()
+    torch.cuda.synchronize()
+    print(f"spot check B1 L1000 H4/2 D128: chunked bf16 vs recurrent fp32 rel err "
+          f"{((y1 - y2).norm() / y2.norm()).item():.3e}", flush=True)
+    del z, y1, y2
+    for (B, H, Hkv, D, L) in shapes:
+        tag = f"B{B} H{H} D{D} L{L}"
+        z = Lizard(B, L, H, Hkv, D)
+        t0 = time.time()
+        f = med(z.fwd)
+        fb = float("nan")
+        rows.append((tag, f"lizard (cuda, Hkv={Hkv})", f, fb))
+        print(f"{tag} lizard fwd {f:.3f} ms ({time.time() - t0:.1f}s)", flush=True)
+        del z
+        torch.cuda.empty_cache()
+        r = bench_fla(B, L, H, D)
+        for name, (a, b) in r.items():
+            rows.append((tag, name, a, b))
+            print(f"{tag} {name} fwd {a:.3f} ms fwd+bwd {b:.3f} ms", flush=True)
+        torch.cuda.empty_cache()
+    print()
+    print(torch.cuda.get_device_name())
+    print(f"{'shape':22s} {'kernel':26s} {'fwd ms':>8s} {'f+b ms':>8s} {'lizard fwd speed-up':>20s}")
+    base = {}
+    for s, n, a, b in rows:
+        if n.startswith("lizard"):
+            base[s] = a
+    for s, n, a, b in rows:
+        ratio = a / base[s] if s in base and not n.startswith("lizard") else float("nan")
+        print(f"{s:22s} {n:26s} {a:8.3f} {b:8.3f} {ratio:20.2f}")
+
+
+if __name__ == "__main__":
+    main()

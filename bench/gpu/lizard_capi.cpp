@@ -1,0 +1,56 @@
+// C ABI over the CUDA Lizard kernels for the Python benchmark (ctypes, raw device pointers from
+// torch tensors' data_ptr()). Returns 0 on success, -1 with lz_last_error() set otherwise.
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "ops/cuda/lizard_attention.h"
+
+namespace {
+thread_local std::string g_err;
+
+lizard::cuda::LizardAttnArgs make(const void* q, const void* k, const void* v, const float* lg, const void* wq,
+                                  const void* wk, const float* meta, const float* alpha, void* y, int B, int L,
+                                  int Hq, int Hkv, int D, int F, int w, int m, int act) {
+  lizard::cuda::LizardAttnArgs a;
+  a.B = B, a.L = L, a.Hq = Hq, a.Hkv = Hkv, a.D = D, a.F = F, a.window = w, a.n_meta = m;
+  a.act = act ? lizard::cuda::FeatureAct::Exp : lizard::cuda::FeatureAct::Softmax;
+  a.q = q, a.k = k, a.v = v, a.log_gamma = lg, a.wq = wq, a.wk = wk, a.meta = meta, a.alpha = alpha, a.y = y;
+  return a;
+}
+}  // namespace
+
+extern "C" {
+
+const char* lz_last_error() { return g_err.c_str(); }
+
+// bf16 chunked forward; scalar gate [B, L], meta [m] per layer, alpha [Hq] per head.
+int lz_forward_bf16(const void* q, const void* k, const void* v, const float* lg, const void* wq, const void* wk,
+                    const float* meta, const float* alpha, void* y, int B, int L, int Hq, int Hkv, int D, int F,
+                    int w, int m, int act, void* stream) {
+  try {
+    lizard::cuda::lizard_attention_forward_bf16(make(q, k, v, lg, wq, wk, meta, alpha, y, B, L, Hq, Hkv, D, F, w, m, act),
+                                                static_cast<cudaStream_t>(stream));
+    return 0;
+  } catch (const std::exception& e) {
+    g_err = e.what();
+    return -1;
+  }
+}
+
+// fp32-arithmetic recurrent forward (fp32 = 1: float tensors, 0: bf16 tensors).
+int lz_forward_recurrent(const void* q, const void* k, const void* v, const float* lg, const void* wq,
+                         const void* wk, const float* meta, const float* alpha, void* y, int B, int L, int Hq,
+                         int Hkv, int D, int F, int w, int m, int act, int fp32, void* stream) {
+  try {
+    lizard::cuda::lizard_attention_forward_recurrent(
+        make(q, k, v, lg, wq, wk, meta, alpha, y, B, L, Hq, Hkv, D, F, w, m, act), fp32 != 0,
+        static_cast<cudaStream_t>(stream));
+    return 0;
+  } catch (const std::exception& e) {
+    g_err = e.what();
+    return -1;
+  }
+}
+
+}  // extern "C"

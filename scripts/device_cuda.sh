@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# CUDA kernels: build here, check and time on the lent GPU machine in one call.
+#
+#   scripts/device_cuda.sh build     # on the dev machine (nvcc 13, no GPU): reduced build into build-dev/
+#   scripts/device_cuda.sh run       # on the GPU machine: tests, compute-sanitizer, benchmark
+#
+# Why a reduced build: the GPU machine has nvcc, cmake, ninja and python3/torch/triton, but none of
+# the Debian dev packages the full CMake build needs (OpenBLAS, nlohmann, fmt, CLI11, PCRE2, gtest).
+# So `build` compiles only what the GPU tests and the benchmark need (src/ops/cuda/*, the CPU Lizard
+# reference, its config, tests/gpu/test_*.cpp) here, with fmt header-only and gtest, OpenBLAS,
+# gfortran, libgomp, libstdc++ and cudart linked statically: the binaries then need only glibc and
+# the NVIDIA driver there. x86-64 baseline flags (-mavx2 -mfma), never -march=native: this machine's
+# CPU is not the GPU machine's.
+#
+# Device call (device tool `run`), carry build-dev and (for the FLA comparison) .fla:
+#   run(command="bash scripts/device_cuda.sh run", carry=["build-dev", ".fla"])
+# .fla/fla is flash-linear-attention's package folder, extracted from a fetched mirror
+# (git archive HEAD fla | tar -x -C .fla); it is git-ignored and never committed.
+# Also: CMake 3.25 (this machine) does not know nvcc's C++20 flag; for the full CMake build add
+#   -DCMAKE_CUDA20_STANDARD_COMPILE_OPTION=-std=c++20 -DCMAKE_CUDA20_EXTENSION_COMPILE_OPTION=-std=c++20
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+mode=${1:-run}
+out=build-dev
+
+build() {
+  mkdir -p $out/obj $out/log
+  local cxx="ccache g++" nvcc="ccache /usr/local/cuda/bin/nvcc"
+  command -v ccache >/dev/null || { cxx=g++; nvcc=/usr/local/cuda/bin/nvcc; }
+  local cxxflags="-O2 -std=c++20 -mavx2 -mfma -mf16c -fopenmp -fPIC -DFMT_HEADER_ONLY -DLIZARD_HAVE_CUDA=1
+    -DLIZARD_SOURCE_DIR=\"$root\" -Isrc -Iinclude -isystem /usr/local/cuda/include -Wall -Wno-unused-parameter"
+  local nvflags="-O3 -std=c++20 -arch=sm_90 --expt-relaxed-constexpr -lineinfo -Xptxas -v -Xcompiler -fPIC
+    -Isrc -Iinclude"
+  local objs=() jobs=()
+  for f in src/ops/cuda/*.cu; do
+    local o=$out/obj/$(basename "$f").o
+    $nvcc $nvflags -c "$f" -o "$o" >$out/log/$(basename "$f").ptxas 2>&1 &
+    jobs+=($!)
+    objs+=("$o")
+    # at most two compiles at once (shared machine)
+    if ((${#jobs[@]} >= 2)); then wait "${jobs[0]}" || { cat $out/log/*.ptxas; exit 1; }; jobs=("${jobs[@]:1}"); fi
+  done
+  for j in "${jobs[@]}"; do wait "$j" || { cat $out/log/*.ptxas; exit 1; }; done
+  local cpu_objs=()
+  for f in src/ops/cuda/*.cpp src/ops/cpu/lizard_attention.cpp src/ops/cpu/lizard_chunked.cpp \
+           src/model/lizard_config.cpp; do
+    [ -f "$f" ] || continue
+    local o=$out/obj/$(echo "$f" | tr / _).o
+    $cxx $cxxflags -c "$f" -o "$o"
+    cpu_objs+=("$o")
+  done
+  local test_objs=()
+  for f in tests/gpu/test_*.cpp; do
+    local o=$out/obj/$(basename "$f").o
+    $cxx $cxxflags -c "$f" -o "$o"
+    test_objs+=("$o")
+  done
+  local gcclib=$(dirname "$(g++ -print-libgcc-file-name)")
+  local libs="-L/usr/local/cuda/lib64 -lcudart_static -Wl,-Bstatic -lopenblas -lgfortran -lquadmath
+    $gcclib/libgomp.a -Wl,-Bdynamic -ldl -lrt -lpthread -static-libstdc++ -static-libgcc"
+  g++ -o $out/lizard_gpu_tests "${test_objs[@]}" "${cpu_objs[@]}" "${objs[@]}" \
+    -Wl,-Bstatic -lgtest -lgtest_main -Wl,-Bdynamic $libs
+  $cxx $cxxflags -c bench/gpu/lizard_capi.cpp -o $out/obj/lizard_capi.o
+    # the kernels only (no CPU reference, no OpenBLAS): small, and every symbol resolved
+  g++ -shared -Wl,--no-undefined -o $out/liblizard_capi.so $out/obj/lizard_capi.o $out/obj/src_ops_cuda_cuda_error.cpp.o \
+    "${objs[@]}" -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -static-libstdc++ -static-libgcc
+  strip $out/lizard_gpu_tests $out/liblizard_capi.so
+  grep -hE "Compiling entry|registers|spill" $out/log/*.ptxas | sed 's/_ZN6lizard4cuda[^ ]*_cu_[0-9a-f]*//' |
+    paste - - - | awk '{print}' > $out/log/ptxas_summary.txt || true
+  echo "built: $out/lizard_gpu_tests $out/liblizard_capi.so"
+  grep -c "spill stores" $out/log/*.ptxas >/dev/null && grep -hE "[1-9][0-9]* bytes spill" $out/log/*.ptxas || true
+}
+
+run() {
+  local o=${OUT:-/tmp/out}
+  mkdir -p "$o"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$o/gpu.txt"
+  [ -x $out/lizard_gpu_tests ] || { echo "no $out/lizard_gpu_tests: run 'scripts/device_cuda.sh build' here first"; exit 1; }
+  echo "== GPU tests"
+  timeout 150 $out/lizard_gpu_tests --gtest_color=no 2>&1 | tee "$o/tests.log" | grep -E "lizard-cuda|OK|FAILED|PASSED|Failure|error" | head -80 || true
+  echo "== compute-sanitizer (memcheck, racecheck) on the small cases"
+  timeout 100 compute-sanitizer --tool memcheck --leak-check no $out/lizard_gpu_tests --gtest_color=no \
+    --gtest_filter='*SanitizerSmall*' 2>&1 | tail -4 | tee "$o/sanitizer.log" || true
+  timeout 100 compute-sanitizer --tool racecheck $out/lizard_gpu_tests --gtest_color=no \
+    --gtest_filter='*SanitizerSmall*' 2>&1 | tail -4 | tee -a "$o/sanitizer.log" || true
+  echo "== benchmark"
+  PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-240} python3 bench/gpu/bench_lizard.py 2>&1 | tee "$o/bench.log" || true
+}
+
+case "$mode" in
+  build) build ;;
+  run) run ;;
+  *) echo "usage: $0 build|run"; exit 2 ;;
+esac

@@ -1,0 +1,74 @@
+// Lizard attention on the GPU (LIZARD.md sections 1-5): gated linear branch with Hedgehog feature
+// maps and normaliser, plus a sliding-window softmax branch with meta-memory sinks, y = y_gate +
+// alpha * y_anchor. All pointers are device pointers; all tensors are contiguous.
+//
+// Layouts (Hq query heads, Hkv key/value heads, Hq % Hkv == 0, GQA group = Hq / Hkv):
+//   q [B, L, Hq, D], k and v [B, L, Hkv, D], y [B, L, Hq, D]          (bf16 or fp32)
+//   log_gamma [B, L] (gate = scalar) or [B, L, Hq] (gate = per_head)   fp32, each <= 0
+//   wq, wk [Hq, D, F] (feature-map weights, bf16 for the bf16 kernels, fp32 for the fp32 ones)
+//   meta [m] (one set per layer) or [Hq, m] (per head)                  fp32
+//   alpha [1] (per layer) or [Hq] (per head)                            fp32
+//   state S [B, Hq, 2F, D], z [B, Hq, 2F]                                fp32
+// Feature maps: phi(x) = [softmax(xW), softmax(-xW)] (FeatureAct::Softmax) or [exp(xW), exp(-xW)].
+#pragma once
+#include <cstdint>
+
+// cudaStream_t without cuda_runtime.h, so plain C++ (no CUDA toolkit) can include this header.
+struct CUstream_st;
+typedef CUstream_st* cudaStream_t;
+
+namespace lizard {
+struct LizardConfig;
+struct LizardShape;
+}  // namespace lizard
+
+namespace lizard::cuda {
+
+enum class FeatureAct : int { Softmax = 0, Exp = 1 };
+
+struct LizardAttnArgs {
+  int B = 0, L = 0, Hq = 0, Hkv = 0, D = 0, F = 0;
+  int window = 128;            // w >= 1: keys t in [i-w+1, i]
+  int n_meta = 4;              // m >= 0 meta-memory sinks
+  bool meta_per_head = false;  // meta is [Hq, m] instead of [m]
+  bool alpha_per_head = true;  // alpha is [Hq] instead of [1]
+  bool gate_per_head = false;  // log_gamma is [B, L, Hq] instead of [B, L]
+  FeatureAct act = FeatureAct::Softmax;
+  float eps = 1e-6f;           // added to the gate normaliser
+  float scale = 0.0f;          // window score scale; 0 means 1/sqrt(D)
+
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const float* log_gamma = nullptr;
+  const void* wq = nullptr;
+  const void* wk = nullptr;
+  const float* meta = nullptr;
+  const float* alpha = nullptr;
+  void* y = nullptr;
+  // Optional outputs (nullptr to skip): the state after the last token, for decoding on.
+  float* state_s = nullptr;
+  float* state_z = nullptr;
+};
+
+// Chunked tensor-core forward (C = 64), bf16 q/k/v/y/wq/wk. D in {64, 128}, F in {32, 64},
+// window <= 192 at D = 128 (shared memory). Throws lizard::Error on anything it cannot do.
+void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream = nullptr);
+
+// Token-by-token recurrent forward in fp32 arithmetic (the check path; slow). `fp32` selects the
+// element type of q/k/v/y/wq/wk: true for float, false for bf16. Any D <= 256, F <= 128.
+void lizard_attention_forward_recurrent(const LizardAttnArgs& a, bool fp32, cudaStream_t stream = nullptr);
+
+// One generation step for every sequence of the batch. q/k/v/y hold one token: [B, Hq|Hkv, D].
+// log_gamma is [B] or [B, Hq]. pos [B] (device int32) is each sequence's position of this token.
+// The ring buffers ring_k, ring_v [B, Hkv, w, D] (element type as q) keep the last w keys/values;
+// slot pos % w receives this token. S and z (state_s/state_z, required) are updated in place.
+void lizard_attention_decode(const LizardAttnArgs& a, bool fp32, const int* pos, void* ring_k, void* ring_v,
+                             cudaStream_t stream = nullptr);
+
+// Options and sizes from a layer config (pointers left null). Throws lizard::Error for options the
+// kernels do not implement: combine = lolcats, and feature_on_rope != window_rope (the kernels take
+// one q/k pair; apply RoPE to q, k before the call when both options are on).
+LizardAttnArgs lizard_cuda_args(const LizardConfig& c, const LizardShape& s, int batch, int L);
+
+}  // namespace lizard::cuda

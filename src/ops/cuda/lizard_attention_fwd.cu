@@ -1,0 +1,533 @@
+// Chunked Lizard attention forward on tensor cores (LIZARD.md section 5), C = 64.
+//
+// One CTA of 8 warps per (batch, query head) walks the chunks in order; the state S (2F x D, fp32)
+// lives in registers, 16 feature rows per warp, with a bf16 copy in shared memory for the products.
+// Warps 0-3 ("gate") compute phi_Q for 16 query rows each, the intra-chunk decayed scores, the
+// gated output and its normaliser. Warps 4-7 ("window") compute phi_K (into shared memory, with the
+// normaliser's key sums) and the sliding-window softmax with meta sinks for the same 16 rows,
+// reading keys/values of the current chunk and the ceil((w-1)/C) before it from a ring of chunk
+// tiles in shared memory. The window result goes through shared memory (bf16) to the gate warp of
+// the same rows, which adds it and stores y with 16-byte writes.
+#include <cuda_bf16.h>
+
+#include <cmath>
+
+#include "ops/cuda/lizard_attention.h"
+#include "ops/cuda/mma.cuh"
+#include "ops/cuda/cuda_check.h"
+
+namespace lizard::cuda {
+namespace {
+
+using namespace mma;
+constexpr int kC = 64;
+constexpr int kThreads = 256;
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <int D, int F>
+struct FwdSmem {
+  static constexpr int F2 = 2 * F;
+  static constexpr int LDD = D + 8;   // q/k/v/S16 rows
+  static constexpr int LDF = F2 + 8;  // phi_K rows
+  static constexpr int LDW = F + 8;   // W rows
+  static size_t bytes(int ring) {
+    size_t h = size_t(kC) * LDD                 // Q (then the window output)
+               + size_t(2) * ring * kC * LDD    // K, V ring
+               + size_t(kC) * LDF               // phi_K
+               + size_t(F2) * LDD               // S (bf16)
+               + size_t(2) * D * LDW;           // Wq, Wk
+    size_t f = kC + F2 + 4 * F2;                // b, z, z partial sums
+    return h * 2 + f * 4;
+  }
+};
+
+// Feature map of 16 rows held as C fragments acc[F/8][4] (pre-activations x W) -> phi in fp32,
+// rounded to bf16 values: out_p (plus half), out_m (minus half), same fragment layout.
+template <int F>
+__device__ __forceinline__ void feature_map(float (&acc)[F / 8][4], float (&out_m)[F / 8][4], FeatureAct act) {
+  if (act == FeatureAct::Softmax) {
+    float mx0 = -INFINITY, mx1 = -INFINITY, mn0 = INFINITY, mn1 = INFINITY;
+#pragma unroll
+    for (int j = 0; j < F / 8; ++j) {
+      mx0 = fmaxf(mx0, fmaxf(acc[j][0], acc[j][1]));
+      mn0 = fminf(mn0, fminf(acc[j][0], acc[j][1]));
+      mx1 = fmaxf(mx1, fmaxf(acc[j][2], acc[j][3]));
+      mn1 = fminf(mn1, fminf(acc[j][2], acc[j][3]));
+    }
+    mx0 = quad_max(mx0), mx1 = quad_max(mx1), mn0 = quad_min(mn0), mn1 = quad_min(mn1);
+    float sp0 = 0, sp1 = 0, sm0 = 0, sm1 = 0;
+#pragma unroll
+    for (int j = 0; j < F / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float x0 = acc[j][e], x1 = acc[j][2 + e];
+        float p0 = __expf(x0 - mx0), p1 = __expf(x1 - mx1);
+        float m0 = __expf(mn0 - x0), m1 = __expf(mn1 - x1);
+        acc[j][e] = p0, acc[j][2 + e] = p1, out_m[j][e] = m0, out_m[j][2 + e] = m1;
+        sp0 += p0, sp1 += p1, sm0 += m0, sm1 += m1;
+      }
+    }
+    sp0 = 1.f / quad_sum(sp0), sp1 = 1.f / quad_sum(sp1), sm0 = 1.f / quad_sum(sm0), sm1 = 1.f / quad_sum(sm1);
+#pragma unroll
+    for (int j = 0; j < F / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        acc[j][e] = round_bf16(acc[j][e] * sp0);
+        acc[j][2 + e] = round_bf16(acc[j][2 + e] * sp1);
+        out_m[j][e] = round_bf16(out_m[j][e] * sm0);
+        out_m[j][2 + e] = round_bf16(out_m[j][2 + e] * sm1);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < F / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = acc[j][e];
+        acc[j][e] = round_bf16(__expf(x));
+        out_m[j][e] = round_bf16(__expf(-x));
+      }
+  }
+}
+
+// Pre-activations of 16 rows (m0) of X (smem [64][LDD]) times W (smem [D][LDW]).
+template <int D, int F>
+__device__ __forceinline__ void rows_times_w(float (&acc)[F / 8][4], const bf16* X, const bf16* W, int m0) {
+  constexpr int LDD = D + 8, LDW = F + 8;
+#pragma unroll
+  for (int j = 0; j < F / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    uint32_t a[4];
+    load_a(a, X, LDD, m0, ks * 16);
+#pragma unroll
+    for (int np = 0; np < F / 16; ++np) {
+      uint32_t b[4];
+      load_b_kn(b, W, LDW, np * 16, ks * 16);
+      mma16816(acc[2 * np], a, b[0], b[1]);
+      mma16816(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+template <int D, int F>
+__global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAttnArgs a, int ring, int nb) {
+  using S = FwdSmem<D, F>;
+  constexpr int F2 = S::F2, LDD = S::LDD, LDF = S::LDF, LDW = S::LDW;
+  constexpr int ND = D / 8;    // n-tiles over D
+  constexpr int NK = kC / 8;   // n-tiles over a chunk's keys
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Ks = Qs + kC * LDD;
+  bf16* Vs = Ks + ring * kC * LDD;
+  bf16* Pk = Vs + ring * kC * LDD;
+  bf16* S16 = Pk + kC * LDF;
+  bf16* Wq = S16 + F2 * LDD;
+  bf16* Wk = Wq + D * LDW;
+  float* bsum = reinterpret_cast<float*>(Wk + D * LDW);
+  float* zs = bsum + kC;
+  float* zpart = zs + F2;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int hq = blockIdx.x % a.Hq, b = blockIdx.x / a.Hq;
+  const int hkv = hq / (a.Hq / a.Hkv);
+  const int L = a.L, w = a.window;
+  const bf16* q = static_cast<const bf16*>(a.q);
+  const bf16* k = static_cast<const bf16*>(a.k);
+  const bf16* v = static_cast<const bf16*>(a.v);
+  bf16* y = static_cast<bf16*>(a.y);
+  const int64_t qstride = int64_t(a.Hq) * D, kstride = int64_t(a.Hkv) * D;
+  const bf16* qb = q + int64_t(b) * L * qstride + int64_t(hq) * D;
+  const bf16* kb = k + int64_t(b) * L * kstride + int64_t(hkv) * D;
+  const bf16* vb = v + int64_t(b) * L * kstride + int64_t(hkv) * D;
+  bf16* yb = y + int64_t(b) * L * qstride + int64_t(hq) * D;
+  const int gts = a.gate_per_head ? a.Hq : 1;
+  const float* lgb = a.log_gamma + int64_t(b) * L * gts + (a.gate_per_head ? hq : 0);
+  const float alpha = a.alpha[a.alpha_per_head ? hq : 0];
+  const float scale2 = (a.scale > 0 ? a.scale : rsqrtf(float(D))) * kLog2e;
+
+  // Meta sinks in the log2 domain: running max starts at max mu, sum at sum exp(mu - max).
+  float meta_m = -INFINITY, meta_l = 0.f;
+  if (a.n_meta > 0) {
+    const float* mu = a.meta + (a.meta_per_head ? hq * a.n_meta : 0);
+    for (int j = 0; j < a.n_meta; ++j) meta_m = fmaxf(meta_m, mu[j] * kLog2e);
+    for (int j = 0; j < a.n_meta; ++j) meta_l += exp2f(mu[j] * kLog2e - meta_m);
+  }
+
+  // Feature weights, once.
+  {
+    const bf16* wq = static_cast<const bf16*>(a.wq) + int64_t(hq) * D * F;
+    const bf16* wk = static_cast<const bf16*>(a.wk) + int64_t(hq) * D * F;
+    for (int p = tid; p < D * F / 8; p += kThreads) {
+      int r = p / (F / 8), c = (p % (F / 8)) * 8;
+      cp_async16(Wq + r * LDW + c, wq + r * F + c, 16);
+      cp_async16(Wk + r * LDW + c, wk + r * F + c, 16);
+    }
+    cp_async_commit();
+  }
+  for (int i = tid; i < F2 * LDD; i += kThreads) S16[i] = __float2bfloat16(0.f);
+  for (int i = tid; i < F2; i += kThreads) zs[i] = 0.f;
+
+  float sreg[ND][4];
+#pragma unroll
+  for (int j = 0; j < ND; ++j) sreg[j][0] = sreg[j][1] = sreg[j][2] = sreg[j][3] = 0.f;
+  const bool owns_s = warp < F2 / 16;
+  const int f0 = warp * 16;
+
+  const int nchunks = (L + kC - 1) / kC;
+  for (int n = 0; n < nchunks; ++n) {
+    __syncthreads();  // (A) previous chunk fully consumed
+    const int slot = n % ring;
+    bf16* Kc = Ks + slot * kC * LDD;
+    bf16* Vc = Vs + slot * kC * LDD;
+    for (int p = tid; p < kC * D / 8; p += kThreads) {
+      int r = p / (D / 8), c = (p % (D / 8)) * 8;
+      int pos = n * kC + r;
+      bool ok = pos < L;
+      int pc = ok ? pos : 0;
+      cp_async16(Qs + r * LDD + c, qb + pc * qstride + c, ok ? 16 : 0);
+      cp_async16(Kc + r * LDD + c, kb + pc * kstride + c, ok ? 16 : 0);
+      cp_async16(Vc + r * LDD + c, vb + pc * kstride + c, ok ? 16 : 0);
+    }
+    cp_async_commit();
+    if (warp == 0) {  // b_i: inclusive prefix sums of log gamma inside the chunk
+      int p0 = n * kC + 2 * lane;
+      float v0 = p0 < L ? lgb[int64_t(p0) * gts] : 0.f;
+      float v1 = p0 + 1 < L ? lgb[int64_t(p0 + 1) * gts] : 0.f;
+      float s = v0 + v1, inc = s;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        float u = __shfl_up_sync(0xffffffffu, inc, o);
+        if (lane >= o) inc += u;
+      }
+      bsum[2 * lane] = inc - s + v0;
+      bsum[2 * lane + 1] = inc;
+    }
+    cp_async_wait_all();
+    __syncthreads();  // (B) chunk tiles and b ready
+    const float bC = bsum[kC - 1];
+
+    const int r0 = (warp & 3) * 16;  // the 16 rows this warp works on
+    uint32_t phq[F2 / 16][4];        // gate warps: phi_Q as A fragments
+    float qz0 = 0.f, qz1 = 0.f;      // gate warps: phi_Q . z (previous state)
+    if (warp < 4) {
+      float ap[F / 8][4], am[F / 8][4];
+      rows_times_w<D, F>(ap, Qs, Wq, r0);
+      feature_map<F>(ap, am, a.act);
+#pragma unroll
+      for (int j = 0; j < F / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          int c = 8 * j + 2 * t4 + e;
+          qz0 += ap[j][e] * zs[c] + am[j][e] * zs[F + c];
+          qz1 += ap[j][2 + e] * zs[c] + am[j][2 + e] * zs[F + c];
+        }
+      }
+#pragma unroll
+      for (int s = 0; s < F / 16; ++s) {
+        phq[s][0] = pack_bf16(ap[2 * s][0], ap[2 * s][1]);
+        phq[s][1] = pack_bf16(ap[2 * s][2], ap[2 * s][3]);
+        phq[s][2] = pack_bf16(ap[2 * s + 1][0], ap[2 * s + 1][1]);
+        phq[s][3] = pack_bf16(ap[2 * s + 1][2], ap[2 * s + 1][3]);
+        phq[F / 16 + s][0] = pack_bf16(am[2 * s][0], am[2 * s][1]);
+        phq[F / 16 + s][1] = pack_bf16(am[2 * s][2], am[2 * s][3]);
+        phq[F / 16 + s][2] = pack_bf16(am[2 * s + 1][0], am[2 * s + 1][1]);
+        phq[F / 16 + s][3] = pack_bf16(am[2 * s + 1][2], am[2 * s + 1][3]);
+      }
+    } else {
+      float ap[F / 8][4], am[F / 8][4];
+      rows_times_w<D, F>(ap, Kc, Wk, r0);
+      feature_map<F>(ap, am, a.act);
+      const bool v0 = n * kC + r0 + g < L, v1 = n * kC + r0 + g + 8 < L;
+      const float d0 = v0 ? __expf(bC - bsum[r0 + g]) : 0.f, d1 = v1 ? __expf(bC - bsum[r0 + g + 8]) : 0.f;
+#pragma unroll
+      for (int j = 0; j < F / 8; ++j) {
+        int c = 8 * j + 2 * t4;
+        float p00 = v0 ? ap[j][0] : 0.f, p01 = v0 ? ap[j][1] : 0.f;
+        float p10 = v1 ? ap[j][2] : 0.f, p11 = v1 ? ap[j][3] : 0.f;
+        float m00 = v0 ? am[j][0] : 0.f, m01 = v0 ? am[j][1] : 0.f;
+        float m10 = v1 ? am[j][2] : 0.f, m11 = v1 ? am[j][3] : 0.f;
+        *reinterpret_cast<uint32_t*>(Pk + (r0 + g) * LDF + c) = pack_bf16(p00, p01);
+        *reinterpret_cast<uint32_t*>(Pk + (r0 + g + 8) * LDF + c) = pack_bf16(p10, p11);
+        *reinterpret_cast<uint32_t*>(Pk + (r0 + g) * LDF + F + c) = pack_bf16(m00, m01);
+        *reinterpret_cast<uint32_t*>(Pk + (r0 + g + 8) * LDF + F + c) = pack_bf16(m10, m11);
+        // key sums for z: sum over the warp's 16 rows of decayed phi_K
+        float zp0 = p00 * d0 + p10 * d1, zp1 = p01 * d0 + p11 * d1;
+        float zm0 = m00 * d0 + m10 * d1, zm1 = m01 * d0 + m11 * d1;
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) {
+          zp0 += __shfl_xor_sync(0xffffffffu, zp0, o);
+          zp1 += __shfl_xor_sync(0xffffffffu, zp1, o);
+          zm0 += __shfl_xor_sync(0xffffffffu, zm0, o);
+          zm1 += __shfl_xor_sync(0xffffffffu, zm1, o);
+        }
+        if (g == 0) {
+          float* zp = zpart + (warp - 4) * F2;
+          zp[c] = zp0, zp[c + 1] = zp1, zp[F + c] = zm0, zp[F + c + 1] = zm1;
+        }
+      }
+    }
+    __syncthreads();  // (C) phi_K ready
+
+    float og[ND][4];  // gate warps: gated output; window warps: window output
+    float l0 = 0.f, l1 = 0.f;
+    if (warp < 4) {
+      // Intra-chunk scores phi_Q phi_K^T, decayed and causal.
+      float sc[NK][4];
+#pragma unroll
+      for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+#pragma unroll
+      for (int s = 0; s < F2 / 16; ++s) {
+#pragma unroll
+        for (int np = 0; np < NK / 2; ++np) {
+          uint32_t bb[4];
+          load_b_nk(bb, Pk, LDF, np * 16, s * 16);
+          mma16816(sc[2 * np], phq[s], bb[0], bb[1]);
+          mma16816(sc[2 * np + 1], phq[s], bb[2], bb[3]);
+        }
+      }
+      const int i0 = r0 + g, i1 = r0 + g + 8;
+      const float bi0 = bsum[i0], bi1 = bsum[i1];
+      uint32_t pa[NK / 2][4];
+#pragma unroll
+      for (int j = 0; j < NK; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          int tt = 8 * j + 2 * t4 + e;
+          float bt = bsum[tt];
+          float x0 = tt <= i0 ? sc[j][e] * __expf(bi0 - bt) : 0.f;
+          float x1 = tt <= i1 ? sc[j][2 + e] * __expf(bi1 - bt) : 0.f;
+          sc[j][e] = round_bf16(x0), sc[j][2 + e] = round_bf16(x1);
+          l0 += sc[j][e], l1 += sc[j][2 + e];
+        }
+      }
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s) {
+        pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
+        pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
+        pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
+        pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
+      }
+      // Inter-chunk: exp(b_i) phi_Q S_n, then add the intra part A V.
+#pragma unroll
+      for (int j = 0; j < ND; ++j) og[j][0] = og[j][1] = og[j][2] = og[j][3] = 0.f;
+#pragma unroll
+      for (int s = 0; s < F2 / 16; ++s) {
+#pragma unroll
+        for (int np = 0; np < ND / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, S16, LDD, np * 16, s * 16);
+          mma16816(og[2 * np], phq[s], bb[0], bb[1]);
+          mma16816(og[2 * np + 1], phq[s], bb[2], bb[3]);
+        }
+      }
+      const float e0 = __expf(bi0), e1 = __expf(bi1);
+#pragma unroll
+      for (int j = 0; j < ND; ++j) og[j][0] *= e0, og[j][1] *= e0, og[j][2] *= e1, og[j][3] *= e1;
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s) {
+#pragma unroll
+        for (int np = 0; np < ND / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, Vc, LDD, np * 16, s * 16);
+          mma16816(og[2 * np], pa[s], bb[0], bb[1]);
+          mma16816(og[2 * np + 1], pa[s], bb[2], bb[3]);
+        }
+      }
+      l0 = quad_sum(l0) + e0 * quad_sum(qz0);
+      l1 = quad_sum(l1) + e1 * quad_sum(qz1);
+      const float inv0 = 1.f / (l0 + a.eps), inv1 = 1.f / (l1 + a.eps);
+#pragma unroll
+      for (int j = 0; j < ND; ++j) og[j][0] *= inv0, og[j][1] *= inv0, og[j][2] *= inv1, og[j][3] *= inv1;
+    } else {
+      // Sliding window with meta sinks, online softmax over key blocks (log2 domain).
+      const int ia = n * kC + r0 + g, ib = ia + 8;  // global query positions of this thread's rows
+      float m0 = meta_m, m1 = meta_m;
+      l0 = t4 == 0 ? meta_l : 0.f, l1 = l0;
+#pragma unroll
+      for (int j = 0; j < ND; ++j) og[j][0] = og[j][1] = og[j][2] = og[j][3] = 0.f;
+      const int wmin = n * kC + r0, wmax = wmin + 15;  // the warp's query positions
+      for (int jb = nb; jb >= 0; --jb) {
+        const int cn = n - jb;
+        if (cn < 0) continue;
+        const int t0 = cn * kC;
+        if (t0 + kC - 1 < wmin - w + 1 || t0 > wmax) continue;  // no key of this block in any window
+        const bf16* Kb = Ks + (cn % ring) * kC * LDD;
+        const bf16* Vb = Vs + (cn % ring) * kC * LDD;
+        float sc[NK][4];
+#pragma unroll
+        for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) {
+          uint32_t qa[4];
+          load_a(qa, Qs, LDD, r0, ks * 16);
+#pragma unroll
+          for (int np = 0; np < NK / 2; ++np) {
+            uint32_t bb[4];
+            load_b_nk(bb, Kb, LDD, np * 16, ks * 16);
+            mma16816(sc[2 * np], qa, bb[0], bb[1]);
+            mma16816(sc[2 * np + 1], qa, bb[2], bb[3]);
+          }
+        }
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < NK; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            int tt = t0 + 8 * j + 2 * t4 + e;
+            sc[j][e] = (tt <= ia && tt > ia - w) ? sc[j][e] * scale2 : -INFINITY;
+            sc[j][2 + e] = (tt <= ib && tt > ib - w) ? sc[j][2 + e] * scale2 : -INFINITY;
+            mx0 = fmaxf(mx0, sc[j][e]), mx1 = fmaxf(mx1, sc[j][2 + e]);
+          }
+        }
+        const float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
+        const float u0 = mn0 == -INFINITY ? 0.f : mn0, u1 = mn1 == -INFINITY ? 0.f : mn1;
+        const float c0 = exp2f(m0 - u0), c1 = exp2f(m1 - u1);
+        m0 = mn0, m1 = mn1;
+        l0 *= c0, l1 *= c1;
+#pragma unroll
+        for (int j = 0; j < ND; ++j) og[j][0] *= c0, og[j][1] *= c0, og[j][2] *= c1, og[j][3] *= c1;
+        uint32_t pa[NK / 2][4];
+#pragma unroll
+        for (int j = 0; j < NK; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            sc[j][e] = round_bf16(exp2f(sc[j][e] - u0));
+            sc[j][2 + e] = round_bf16(exp2f(sc[j][2 + e] - u1));
+            l0 += sc[j][e], l1 += sc[j][2 + e];
+          }
+        }
+#pragma unroll
+        for (int s = 0; s < NK / 2; ++s) {
+          pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
+          pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
+          pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
+          pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
+        }
+#pragma unroll
+        for (int s = 0; s < NK / 2; ++s) {
+#pragma unroll
+          for (int np = 0; np < ND / 2; ++np) {
+            uint32_t bb[4];
+            load_b_kn(bb, Vb, LDD, np * 16, s * 16);
+            mma16816(og[2 * np], pa[s], bb[0], bb[1]);
+            mma16816(og[2 * np + 1], pa[s], bb[2], bb[3]);
+          }
+        }
+      }
+      l0 = quad_sum(l0), l1 = quad_sum(l1);
+      const float inv0 = alpha / l0, inv1 = alpha / l1;
+      __syncwarp();  // all lanes done reading this warp's Q rows
+#pragma unroll
+      for (int j = 0; j < ND; ++j) {
+        int c = 8 * j + 2 * t4;
+        *reinterpret_cast<uint32_t*>(Qs + (r0 + g) * LDD + c) = pack_bf16(og[j][0] * inv0, og[j][1] * inv0);
+        *reinterpret_cast<uint32_t*>(Qs + (r0 + g + 8) * LDD + c) = pack_bf16(og[j][2] * inv1, og[j][3] * inv1);
+      }
+    }
+
+    // State update S = exp(b_C) S + (phi_K * exp(b_C - b_t))^T V for this warp's 16 feature rows.
+    if (owns_s) {
+      const float eC = __expf(bC);
+#pragma unroll
+      for (int j = 0; j < ND; ++j) sreg[j][0] *= eC, sreg[j][1] *= eC, sreg[j][2] *= eC, sreg[j][3] *= eC;
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s) {
+        uint32_t pa[4];
+        load_a_t(pa, Pk, LDF, f0, s * 16);
+        const int tt = s * 16 + 2 * t4;
+        const float dk0 = __expf(bC - bsum[tt]), dk1 = __expf(bC - bsum[tt + 1]);
+        const float dk2 = __expf(bC - bsum[tt + 8]), dk3 = __expf(bC - bsum[tt + 9]);
+        pa[0] = scale_bf16x2(pa[0], dk0, dk1);
+        pa[1] = scale_bf16x2(pa[1], dk0, dk1);
+        pa[2] = scale_bf16x2(pa[2], dk2, dk3);
+        pa[3] = scale_bf16x2(pa[3], dk2, dk3);
+#pragma unroll
+        for (int np = 0; np < ND / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, Vc, LDD, np * 16, s * 16);
+          mma16816(sreg[2 * np], pa, bb[0], bb[1]);
+          mma16816(sreg[2 * np + 1], pa, bb[2], bb[3]);
+        }
+      }
+    }
+    __syncthreads();  // (D) S16, z and the window output may now be touched
+
+    if (owns_s) {
+#pragma unroll
+      for (int j = 0; j < ND; ++j) {
+        int c = 8 * j + 2 * t4;
+        *reinterpret_cast<uint32_t*>(S16 + (f0 + g) * LDD + c) = pack_bf16(sreg[j][0], sreg[j][1]);
+        *reinterpret_cast<uint32_t*>(S16 + (f0 + g + 8) * LDD + c) = pack_bf16(sreg[j][2], sreg[j][3]);
+      }
+    }
+    if (tid < F2) {
+      const float eC = __expf(bC);
+      zs[tid] = eC * zs[tid] + zpart[tid] + zpart[F2 + tid] + zpart[2 * F2 + tid] + zpart[3 * F2 + tid];
+    }
+    if (warp < 4) {
+#pragma unroll
+      for (int j = 0; j < ND; ++j) {
+        int c = 8 * j + 2 * t4;
+        uint32_t* p0 = reinterpret_cast<uint32_t*>(Qs + (r0 + g) * LDD + c);
+        uint32_t* p1 = reinterpret_cast<uint32_t*>(Qs + (r0 + g + 8) * LDD + c);
+        float2 w0 = unpack_bf16(*p0), w1 = unpack_bf16(*p1);
+        *p0 = pack_bf16(og[j][0] + w0.x, og[j][1] + w0.y);
+        *p1 = pack_bf16(og[j][2] + w1.x, og[j][3] + w1.y);
+      }
+      __syncwarp();
+      for (int p = lane; p < 16 * D / 8; p += 32) {
+        int r = p / (D / 8), c = (p % (D / 8)) * 8;
+        int pos = n * kC + r0 + r;
+        if (pos < L)
+          *reinterpret_cast<uint4*>(yb + int64_t(pos) * qstride + c) =
+              *reinterpret_cast<const uint4*>(Qs + (r0 + r) * LDD + c);
+      }
+    }
+  }
+
+  if (a.state_s != nullptr) {
+    __syncthreads();
+    float* sb = a.state_s + (int64_t(b) * a.Hq + hq) * F2 * D;
+    if (owns_s) {
+#pragma unroll
+      for (int j = 0; j < ND; ++j) {
+        int c = 8 * j + 2 * t4;
+        sb[(f0 + g) * D + c] = sreg[j][0], sb[(f0 + g) * D + c + 1] = sreg[j][1];
+        sb[(f0 + g + 8) * D + c] = sreg[j][2], sb[(f0 + g + 8) * D + c + 1] = sreg[j][3];
+      }
+    }
+    if (a.state_z != nullptr && tid < F2) a.state_z[(int64_t(b) * a.Hq + hq) * F2 + tid] = zs[tid];
+  }
+}
+
+template <int D, int F>
+void launch_fwd(const LizardAttnArgs& a, cudaStream_t stream) {
+  const int nb = a.window > 1 ? (a.window - 1 + kC - 1) / kC : 0;
+  const int ring = nb + 1;
+  const size_t smem = FwdSmem<D, F>::bytes(ring);
+  int dev = 0, optin = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  LZ_CUDA_CHECK(smem <= size_t(optin), "lizard attention (cuda): window ", a.window, " needs ", smem, " bytes of shared memory at D=", D, " F=", F, ", the device has ", optin);
+  auto kern = lizard_fwd_kernel<D, F>;
+  cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  kern<<<a.B * a.Hq, kThreads, smem, stream>>>(a, ring, nb);
+  cudaError_t e = cudaGetLastError();
+  LZ_CUDA_CHECK(e == cudaSuccess, "lizard attention (cuda): launch failed: ", cudaGetErrorString(e));
+}
+
+}  // namespace
+
+void check_common_args(const LizardAttnArgs& a);
+
+void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream) {
+  check_common_args(a);
+  if (a.D == 128 && a.F == 64) return launch_fwd<128, 64>(a, stream);
+  if (a.D == 64 && a.F == 64) return launch_fwd<64, 64>(a, stream);
+  if (a.D == 128 && a.F == 32) return launch_fwd<128, 32>(a, stream);
+  if (a.D == 64 && a.F == 32) return launch_fwd<64, 32>(a, stream);
+  fail_cat("lizard attention (cuda): the chunked kernel supports D of 64 or 128 and F of 32 or 64, got D=", a.D, " F=", a.F);
+}
+
+}  // namespace lizard::cuda

@@ -1,0 +1,104 @@
+// Warp-level bf16 tensor-core helpers (mma.sync m16n8k16, fp32 accumulate) and ldmatrix fragment
+// loaders for shared-memory tiles. Fragment layouts (PTX ISA, m16n8k16 .bf16): lane = 4 * g + t.
+//   A (16x16): a0 = (row g, k 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
+//   B (16x8):  b0 = (k 2t..2t+1, col g), b1 = (k 2t+8.., col g)
+//   C (16x8):  c0, c1 = (row g, cols 2t, 2t+1), c2, c3 = (row g+8, cols 2t, 2t+1)
+// All loaders take a bf16 shared-memory base, its row stride in elements (a multiple of 8, padded
+// so that 8 consecutive rows fall in distinct banks) and a tile origin.
+#pragma once
+#include <cstdint>
+
+#include <cuda_bf16.h>
+
+namespace lizard::cuda::mma {
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// A tile (16 x 16) of a row-major [m][k] matrix.
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const bf16* base, int ld, int m0, int k0) {
+  const int l = threadIdx.x & 31;
+  ldsm4(a, base + (m0 + (l & 15)) * ld + k0 + (l >> 4) * 8);
+}
+
+// A tile (16 x 16) of a matrix stored transposed, [k][m].
+__device__ __forceinline__ void load_a_t(uint32_t (&a)[4], const bf16* base, int ld, int m0, int k0) {
+  const int l = threadIdx.x & 31, mi = l >> 3, rr = l & 7;
+  ldsm4t(a, base + (k0 + (mi >> 1) * 8 + rr) * ld + m0 + (mi & 1) * 8);
+}
+
+// B fragments for two n-tiles (n0..n0+15) and k0..k0+15 from storage [n][k] (k contiguous):
+// b[0], b[1] for n-tile n0, b[2], b[3] for n-tile n0 + 8.
+__device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const bf16* base, int ld, int n0, int k0) {
+  const int l = threadIdx.x & 31, mi = l >> 3, rr = l & 7;
+  ldsm4(b, base + (n0 + (mi >> 1) * 8 + rr) * ld + k0 + (mi & 1) * 8);
+}
+
+// Same fragments from storage [k][n] (n contiguous).
+__device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const bf16* base, int ld, int n0, int k0) {
+  const int l = threadIdx.x & 31, mi = l >> 3, rr = l & 7;
+  ldsm4t(b, base + (k0 + (mi & 1) * 8 + rr) * ld + n0 + (mi >> 1) * 8);
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+__device__ __forceinline__ float2 unpack_bf16(uint32_t u) {
+  __nv_bfloat162 h = *reinterpret_cast<__nv_bfloat162*>(&u);
+  return __bfloat1622float2(h);
+}
+
+__device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16(x)); }
+
+// Multiply the two bf16 halves of a packed register by (s0, s1), rounding back to bf16.
+__device__ __forceinline__ uint32_t scale_bf16x2(uint32_t u, float s0, float s1) {
+  float2 f = unpack_bf16(u);
+  return pack_bf16(f.x * s0, f.y * s1);
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_min(float x) {
+  x = fminf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fminf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// cp.async 16 bytes; src_bytes = 0 zero-fills the destination.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::); }
+
+}  // namespace lizard::cuda::mma

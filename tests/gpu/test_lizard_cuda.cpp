@@ -1,0 +1,333 @@
+// GPU Lizard attention against the CPU reference (ops/cpu/lizard_attention.h, parallel form in
+// double) on fresh random inputs of odd sizes. Prints relative errors ||y - ref|| / ||ref||.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "model/lizard_config.h"
+#include "ops/cpu/lizard_attention.h"
+#include "ops/cuda/lizard_attention.h"
+#include "util/error.h"
+#include "util/half.h"
+
+namespace {
+
+using lizard::LizardConfig;
+using lizard::LizardShape;
+using lizard::cuda::LizardAttnArgs;
+
+#define CK(x) ASSERT_EQ((x), cudaSuccess) << cudaGetErrorString(x)
+
+struct Case {
+  int B, L, Hq, Hkv, D, F, w, m;
+  bool gate_per_head = false, meta_per_head = false, alpha_per_layer = false;
+  LizardConfig::FeatureAct act = LizardConfig::FeatureAct::Softmax;
+};
+
+std::string describe(const Case& c) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "B%d L%d Hq%d Hkv%d D%d F%d w%d m%d%s%s%s%s", c.B, c.L, c.Hq, c.Hkv, c.D, c.F, c.w,
+                c.m, c.gate_per_head ? " gate/head" : "", c.meta_per_head ? " meta/head" : "",
+                c.alpha_per_layer ? " alpha/layer" : "", c.act == LizardConfig::FeatureAct::Exp ? " exp" : "");
+  return buf;
+}
+
+double bf16r(double x) { return lizard::bf16_to_f32(lizard::f32_to_bf16(static_cast<float>(x))); }
+
+// Random problem; host data in double. `round` rounds q, k, v and the feature weights to bf16 values.
+struct Problem {
+  Case c;
+  LizardConfig cfg;
+  LizardShape shape;
+  lizard::LizardParamsT<double> p;
+  std::vector<double> x, q, k, v, lg;  // lg [B, L] or [B, L, Hq]
+  std::vector<double> yref;            // [B, L, Hq, D]
+
+  Problem(const Case& cs, uint64_t seed, bool round) : c(cs) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> nd(0.0, 1.0);
+    cfg.feature_dim = c.F;
+    cfg.window = c.w;
+    cfg.meta_tokens = c.m;
+    cfg.meta_per_head = c.meta_per_head;
+    cfg.alpha_per_layer = c.alpha_per_layer;
+    cfg.gate = c.gate_per_head ? LizardConfig::Gate::PerHead : LizardConfig::Gate::Scalar;
+    cfg.feature_act = c.act;
+    shape.d_model = 24;
+    shape.n_heads = c.Hq;
+    shape.n_kv_heads = c.Hkv;
+    shape.head_dim = c.D;
+    p.resize(cfg, shape);
+    auto fill = [&](std::vector<double>& t, double sd, double mean = 0.0) {
+      for (auto& e : t) e = mean + sd * nd(rng);
+    };
+    const double wsd = c.act == LizardConfig::FeatureAct::Exp ? 0.3 / std::sqrt(c.D) : 1.5 / std::sqrt(c.D);
+    fill(p.feat_q, wsd);
+    fill(p.feat_k, wsd);
+    fill(p.gate_w, 0.3);
+    for (auto& b : p.gate_b) b = 2.5 + 0.5 * nd(rng);  // gamma mostly 0.85-0.97
+    fill(p.meta, 1.0);
+    fill(p.alpha, 0.3, 1.0);
+    const size_t nq = size_t(c.B) * c.L * c.Hq * c.D, nk = size_t(c.B) * c.L * c.Hkv * c.D;
+    x.resize(size_t(c.B) * c.L * shape.d_model);
+    q.resize(nq);
+    k.resize(nk);
+    v.resize(nk);
+    fill(x, 1.0);
+    fill(q, 1.0);
+    fill(k, 1.0);
+    fill(v, 1.0);
+    if (round) {
+      for (auto* t : {&q, &k, &v, &p.feat_q, &p.feat_k})
+        for (auto& e : *t) e = bf16r(e);
+    }
+    const int G = c.gate_per_head ? c.Hq : 1;
+    lg.resize(size_t(c.B) * c.L * G);
+    for (int64_t i = 0; i < int64_t(c.B) * c.L; ++i)
+      for (int h = 0; h < G; ++h) {
+        double a = p.gate_b[h];
+        for (int d = 0; d < shape.d_model; ++d) a += x[i * shape.d_model + d] * p.gate_w[h * shape.d_model + d];
+        double l = a >= 0 ? -std::log1p(std::exp(-a)) : a - std::log1p(std::exp(a));
+        lg[i * G + h] = static_cast<float>(l);  // the kernel sees it in fp32
+      }
+    yref.resize(nq);
+    for (int b = 0; b < c.B; ++b) {
+      lizard::LizardInput<double> in;
+      in.L = c.L;
+      in.x = x.data() + size_t(b) * c.L * shape.d_model;
+      in.q = q.data() + size_t(b) * c.L * c.Hq * c.D;
+      in.k = k.data() + size_t(b) * c.L * c.Hkv * c.D;
+      in.v = v.data() + size_t(b) * c.L * c.Hkv * c.D;
+      lizard::lizard_forward_parallel<double>(cfg, shape, p, nullptr, in, yref.data() + size_t(b) * c.L * c.Hq * c.D);
+    }
+  }
+};
+
+template <typename T>
+T to_t(double x);
+template <>
+float to_t<float>(double x) {
+  return static_cast<float>(x);
+}
+template <>
+__nv_bfloat16 to_t<__nv_bfloat16>(double x) {
+  return __float2bfloat16(static_cast<float>(x));
+}
+double from_t(float x) { return x; }
+double from_t(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+struct Dev {
+  T* p = nullptr;
+  size_t n = 0;
+  Dev() = default;
+  explicit Dev(size_t count) : n(count) { EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess); }
+  template <typename S>
+  Dev(const std::vector<S>& h) : Dev(h.size()) {
+    std::vector<T> t(h.size());
+    for (size_t i = 0; i < h.size(); ++i) t[i] = to_t<T>(static_cast<double>(h[i]));
+    EXPECT_EQ(cudaMemcpy(p, t.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  ~Dev() { cudaFree(p); }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  std::vector<double> get() const {
+    std::vector<T> t(n);
+    EXPECT_EQ(cudaMemcpy(t.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    std::vector<double> r(n);
+    for (size_t i = 0; i < n; ++i) r[i] = from_t(t[i]);
+    return r;
+  }
+  void poison() { EXPECT_EQ(cudaMemset(p, 0xff, n * sizeof(T)), cudaSuccess); }  // NaN in fp32 and bf16
+};
+
+double rel_err(const std::vector<double>& a, const std::vector<double>& ref, size_t* nonfinite) {
+  double num = 0, den = 0;
+  *nonfinite = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) ++*nonfinite;
+    num += (a[i] - ref[i]) * (a[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / den);
+}
+
+// Device copies of a problem's inputs in element type T (T = float or bf16).
+template <typename T>
+struct DevInputs {
+  Dev<T> q, k, v, wq, wk;
+  Dev<float> lg, meta, alpha;
+  explicit DevInputs(const Problem& P)
+      : q(P.q), k(P.k), v(P.v), wq(P.p.feat_q), wk(P.p.feat_k), lg(P.lg), meta(P.p.meta), alpha(P.p.alpha) {}
+  LizardAttnArgs args(const Problem& P, void* y) const {
+    LizardAttnArgs a = lizard::cuda::lizard_cuda_args(P.cfg, P.shape, P.c.B, P.c.L);
+    a.q = q.p, a.k = k.p, a.v = v.p, a.wq = wq.p, a.wk = wk.p;
+    a.log_gamma = lg.p, a.meta = P.c.m > 0 ? meta.p : nullptr, a.alpha = alpha.p, a.y = y;
+    return a;
+  }
+};
+
+uint64_t fresh_seed() {
+  std::random_device rd;
+  return (uint64_t(rd()) << 32) ^ rd();
+}
+
+const std::vector<Case> kCases = {
+    {2, 77, 4, 2, 64, 32, 16, 4},
+    {1, 200, 2, 2, 128, 64, 100, 0, true, true, false},
+    {2, 131, 3, 1, 64, 64, 64, 2, false, false, true},
+    {1, 257, 2, 1, 128, 64, 128, 4, false, true, false},
+    {1, 150, 2, 2, 64, 64, 1, 3},
+    {1, 190, 2, 2, 64, 64, 130, 4},
+    {1, 99, 2, 2, 128, 32, 65, 4, false, false, false, LizardConfig::FeatureAct::Exp},
+};
+
+void chunked_bf16(const std::vector<Case>& cases) {
+  for (const Case& c : cases) {
+    const uint64_t seed = fresh_seed();
+    Problem P(c, seed, /*round=*/true);
+    DevInputs<__nv_bfloat16> in(P);
+    Dev<__nv_bfloat16> y(P.yref.size());
+    y.poison();
+    lizard::cuda::lizard_attention_forward_bf16(in.args(P, y.p));
+    CK(cudaDeviceSynchronize());
+    size_t bad = 0;
+    const double e = rel_err(y.get(), P.yref, &bad);
+    std::printf("[lizard-cuda] chunked bf16  %-44s rel err %.3e (seed %llu)\n", describe(c).c_str(), e,
+                (unsigned long long)seed);
+    EXPECT_EQ(bad, 0u) << describe(c) << " seed " << seed;
+    EXPECT_LT(e, 2e-2) << describe(c) << " seed " << seed;
+  }
+}
+
+TEST(LizardCuda, ChunkedBf16MatchesReference) { chunked_bf16(kCases); }
+
+// Small cases for compute-sanitizer (memcheck, racecheck): scripts/device_cuda.sh runs this one.
+TEST(LizardCuda, SanitizerSmall) { chunked_bf16({{1, 77, 2, 1, 64, 32, 16, 4}, {1, 130, 1, 1, 128, 64, 128, 4}}); }
+
+TEST(LizardCuda, RecurrentFp32AndBf16MatchReference) {
+  for (const Case& c : kCases) {
+    const uint64_t seed = fresh_seed();
+    {
+      Problem P(c, seed, false);
+      DevInputs<float> in(P);
+      Dev<float> y(P.yref.size());
+      y.poison();
+      lizard::cuda::lizard_attention_forward_recurrent(in.args(P, y.p), true);
+      CK(cudaDeviceSynchronize());
+      size_t bad = 0;
+      const double e = rel_err(y.get(), P.yref, &bad);
+      std::printf("[lizard-cuda] recurrent f32 %-44s rel err %.3e (seed %llu)\n", describe(c).c_str(), e,
+                  (unsigned long long)seed);
+      EXPECT_EQ(bad, 0u);
+      EXPECT_LT(e, 2e-5) << describe(c) << " seed " << seed;
+    }
+    {
+      Problem P(c, seed, true);
+      DevInputs<__nv_bfloat16> in(P);
+      Dev<__nv_bfloat16> y(P.yref.size());
+      y.poison();
+      lizard::cuda::lizard_attention_forward_recurrent(in.args(P, y.p), false);
+      CK(cudaDeviceSynchronize());
+      size_t bad = 0;
+      const double e = rel_err(y.get(), P.yref, &bad);
+      std::printf("[lizard-cuda] recurrent bf16 %-43s rel err %.3e\n", describe(c).c_str(), e);
+      EXPECT_EQ(bad, 0u);
+      EXPECT_LT(e, 1e-2) << describe(c) << " seed " << seed;
+    }
+  }
+}
+
+// Token-by-token decode from an empty state reproduces the reference at every position, and ends
+// in the same state as the chunked kernel's final state.
+TEST(LizardCuda, DecodeMatchesReferenceAndChunkedState) {
+  for (const Case& c : {kCases[0], kCases[1], kCases[3]}) {
+    const uint64_t seed = fresh_seed();
+    Problem P(c, seed, true);
+    DevInputs<float> in(P);
+    const int F2 = 2 * c.F;
+    Dev<float> S(size_t(c.B) * c.Hq * F2 * c.D), z(size_t(c.B) * c.Hq * F2);
+    CK(cudaMemset(S.p, 0, S.n * 4));
+    CK(cudaMemset(z.p, 0, z.n * 4));
+    Dev<float> rk(size_t(c.B) * c.Hkv * c.w * c.D), rv(rk.n);
+    CK(cudaMemset(rk.p, 0, rk.n * 4));
+    CK(cudaMemset(rv.p, 0, rv.n * 4));
+    Dev<int> pos(c.B);
+    const int G = c.gate_per_head ? c.Hq : 1;
+    std::vector<double> yd(P.yref.size());
+    for (int t = 0; t < c.L; ++t) {
+      std::vector<double> qt, kt, vt, lt;
+      for (int b = 0; b < c.B; ++b) {
+        auto tok = [&](const std::vector<double>& src, int H, std::vector<double>& dst) {
+          const double* s = src.data() + (size_t(b) * c.L + t) * H * c.D;
+          dst.insert(dst.end(), s, s + size_t(H) * c.D);
+        };
+        tok(P.q, c.Hq, qt);
+        tok(P.k, c.Hkv, kt);
+        tok(P.v, c.Hkv, vt);
+        for (int h = 0; h < G; ++h) lt.push_back(P.lg[(size_t(b) * c.L + t) * G + h]);
+      }
+      Dev<float> dq(qt), dk(kt), dv(vt), dl(lt), dy(qt.size());
+      std::vector<int> ph(c.B, t);
+      CK(cudaMemcpy(pos.p, ph.data(), c.B * sizeof(int), cudaMemcpyHostToDevice));
+      LizardAttnArgs a = in.args(P, dy.p);
+      a.q = dq.p, a.k = dk.p, a.v = dv.p, a.log_gamma = dl.p, a.state_s = S.p, a.state_z = z.p;
+      lizard::cuda::lizard_attention_decode(a, true, pos.p, rk.p, rv.p);
+      std::vector<double> yt = dy.get();
+      for (int b = 0; b < c.B; ++b)
+        for (size_t j = 0; j < size_t(c.Hq) * c.D; ++j)
+          yd[(size_t(b) * c.L + t) * c.Hq * c.D + j] = yt[size_t(b) * c.Hq * c.D + j];
+    }
+    CK(cudaDeviceSynchronize());
+    size_t bad = 0;
+    const double e = rel_err(yd, P.yref, &bad);
+    std::printf("[lizard-cuda] decode f32    %-44s rel err %.3e (seed %llu)\n", describe(c).c_str(), e,
+                (unsigned long long)seed);
+    EXPECT_EQ(bad, 0u);
+    EXPECT_LT(e, 2e-5) << describe(c) << " seed " << seed;
+
+    // Final state of the chunked bf16 kernel vs the fp32 decode state.
+    DevInputs<__nv_bfloat16> inb(P);
+    Dev<__nv_bfloat16> yb(P.yref.size());
+    Dev<float> S2(S.n), z2(z.n);
+    LizardAttnArgs a = inb.args(P, yb.p);
+    a.state_s = S2.p, a.state_z = z2.p;
+    lizard::cuda::lizard_attention_forward_bf16(a);
+    CK(cudaDeviceSynchronize());
+    const double es = rel_err(S2.get(), S.get(), &bad);
+    EXPECT_EQ(bad, 0u);
+    const double ez = rel_err(z2.get(), z.get(), &bad);
+    std::printf("[lizard-cuda] chunked final state vs decode: S %.3e z %.3e\n", es, ez);
+    EXPECT_LT(es, 2e-2);
+    EXPECT_LT(ez, 2e-2);
+  }
+}
+
+TEST(LizardCuda, RefusesWhatItCannotDo) {
+  LizardConfig cfg;
+  LizardShape s{64, 4, 2, 64};
+  cfg.combine = LizardConfig::Combine::Lolcats;
+  EXPECT_THROW(lizard::cuda::lizard_cuda_args(cfg, s, 1, 10), lizard::Error);
+  cfg = LizardConfig{};
+  cfg.feature_on_rope = true;
+  EXPECT_THROW(lizard::cuda::lizard_cuda_args(cfg, s, 1, 10), lizard::Error);
+  cfg = LizardConfig{};
+  LizardAttnArgs a = lizard::cuda::lizard_cuda_args(cfg, LizardShape{64, 4, 2, 96}, 1, 10);
+  int dummy = 0;
+  a.q = a.k = a.v = a.wq = a.wk = &dummy;
+  a.y = &dummy;
+  a.log_gamma = a.alpha = a.meta = reinterpret_cast<float*>(&dummy);
+  EXPECT_THROW(lizard::cuda::lizard_attention_forward_bf16(a), lizard::Error);  // D = 96
+  a.D = 128;
+  a.window = 400;
+  EXPECT_THROW(lizard::cuda::lizard_attention_forward_bf16(a), lizard::Error);  // shared memory
+}
+
+}  // namespace
