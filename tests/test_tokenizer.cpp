@@ -7,6 +7,7 @@
 #include <fstream>
 #include <random>
 
+#include "formats/gguf.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
 #include "util/error.h"
@@ -179,4 +180,127 @@ TEST(TokenizerErrors, UnsupportedComponentIsNamed) {
   std::ofstream(p) << R"({"model":{"type":"Unigram","vocab":[]}})";
   EXPECT_THROW(Tokenizer::from_json_file(p), Error);
   fs::remove_all(dir);
+}
+
+// ---- GGUF ------------------------------------------------------------------------------------
+
+TEST(TokenizerGGUF, SmolLM2MatchesHF) {
+  std::string path = std::string(LIZARD_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  if (!fs::exists(path)) GTEST_SKIP() << "no " << path << " (scripts/fetch_model.sh)";
+  GGUFFile f(path);
+  Tokenizer t = Tokenizer::from_gguf(f);
+  EXPECT_EQ(t.kind(), "byte-level BPE");
+  EXPECT_EQ(t.vocab_size(), 49152);
+  // This GGUF says bos 1 (<|im_start|>), eos 2 (<|im_end|>), add_bos_token false: HF's SmolLM2
+  // tokenizer adds no BOS either.
+  EXPECT_EQ(t.bos_id(), 1);
+  EXPECT_EQ(t.eos_id(), 2);
+  EXPECT_FALSE(t.adds_bos());
+  EXPECT_TRUE(t.is_special(0) && t.is_special(1) && t.is_special(2));
+  EXPECT_EQ(t.token_text(2), "<|im_end|>");
+  check_parity(t, "smollm2");
+}
+
+namespace {
+// A minimal GGUF v3 writer (metadata only) for synthetic tokenizers.
+struct GGUFWriter {
+  std::string kv;
+  uint64_t n = 0;
+  template <typename T>
+  void raw(std::string& o, T v) {
+    o.append(reinterpret_cast<const char*>(&v), sizeof v);
+  }
+  void str(std::string& o, const std::string& s) {
+    raw<uint64_t>(o, s.size());
+    o += s;
+  }
+  void key(const std::string& k, uint32_t type) {
+    str(kv, k);
+    raw<uint32_t>(kv, type);
+    ++n;
+  }
+  void put(const std::string& k, const std::string& v) { key(k, 8), str(kv, v); }
+  void put_u32(const std::string& k, uint32_t v) { key(k, 4), raw(kv, v); }
+  void put_bool(const std::string& k, bool v) { key(k, 7), raw<uint8_t>(kv, v); }
+  void put(const std::string& k, const std::vector<std::string>& v) {
+    key(k, 9), raw<uint32_t>(kv, 8), raw<uint64_t>(kv, v.size());
+    for (auto& s : v) str(kv, s);
+  }
+  void put(const std::string& k, const std::vector<float>& v) {
+    key(k, 9), raw<uint32_t>(kv, 6), raw<uint64_t>(kv, v.size());
+    for (float x : v) raw(kv, x);
+  }
+  void put(const std::string& k, const std::vector<int32_t>& v) {
+    key(k, 9), raw<uint32_t>(kv, 5), raw<uint64_t>(kv, v.size());
+    for (int32_t x : v) raw(kv, x);
+  }
+  void write(const std::string& path) {
+    std::string o = "GGUF";
+    raw<uint32_t>(o, 3);
+    raw<uint64_t>(o, 0);
+    raw<uint64_t>(o, n);
+    o += kv;
+    o.resize((o.size() + 31) / 32 * 32, '\0');
+    std::ofstream(path, std::ios::binary) << o;
+  }
+};
+}  // namespace
+
+// A SentencePiece ("llama") GGUF has tokens and scores but no merges: BPE by score must give HF's
+// merge-rank result. Built from the Llama-2-style tokenizer.json; each token's score is minus the
+// rank of its first merge (HF's converter ranks merges by the merged piece's score), tokens no
+// merge makes score lowest.
+TEST(TokenizerGGUF, LlamaScoresMatchHF) {
+  std::string p = hf_dir() + "/llama2/tokenizer.json";
+  if (!fs::exists(p)) GTEST_SKIP() << "no " << p;
+  std::ifstream in(p);
+  auto j = nlohmann::json::parse(in);
+  std::vector<std::string> tokens(j["model"]["vocab"].size());
+  for (auto& [tok, id] : j["model"]["vocab"].items()) tokens[id.get<int>()] = tok;
+  std::vector<float> scores(tokens.size(), -1e9f);
+  std::vector<int32_t> types(tokens.size(), 1);
+  int rank = 0;
+  for (auto& m : j["model"]["merges"]) {
+    std::string s = m.is_string() ? m.get<std::string>() : m[0].get<std::string>() + " " + m[1].get<std::string>();
+    int id = j["model"]["vocab"][s.substr(0, s.find(' ')) + s.substr(s.find(' ') + 1)].get<int>();
+    scores[id] = std::max(scores[id], -static_cast<float>(rank++));
+  }
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i].size() == 6 && tokens[i].rfind("<0x", 0) == 0) types[i] = 6;
+  }
+  types[0] = 2, types[1] = 3, types[2] = 3;
+  GGUFWriter w;
+  w.put("general.architecture", std::string("llama"));
+  w.put("tokenizer.ggml.model", std::string("llama"));
+  w.put("tokenizer.ggml.tokens", tokens);
+  w.put("tokenizer.ggml.scores", scores);
+  w.put("tokenizer.ggml.token_type", types);
+  w.put_u32("tokenizer.ggml.bos_token_id", 1);
+  w.put_u32("tokenizer.ggml.eos_token_id", 2);
+  w.put_u32("tokenizer.ggml.unknown_token_id", 0);
+  w.put_bool("tokenizer.ggml.add_bos_token", true);
+  auto path = (fs::temp_directory_path() / ("lizard_tok_" + std::to_string(std::random_device{}()) + ".gguf")).string();
+  w.write(path);
+  Tokenizer t = Tokenizer::from_gguf(GGUFFile(path));
+  fs::remove(path);
+  EXPECT_EQ(t.kind(), "SentencePiece BPE");
+  EXPECT_TRUE(t.adds_bos());
+  check_parity(t, "llama2");
+}
+
+TEST(TokenizerGGUF, UnsupportedPreIsNamed) {
+  GGUFWriter w;
+  w.put("tokenizer.ggml.model", std::string("gpt2"));
+  w.put("tokenizer.ggml.pre", std::string("deepseek-coder"));
+  w.put("tokenizer.ggml.tokens", std::vector<std::string>{"a", "b", "ab"});
+  w.put("tokenizer.ggml.merges", std::vector<std::string>{"a b"});
+  auto path = (fs::temp_directory_path() / ("lizard_tok_" + std::to_string(std::random_device{}()) + ".gguf")).string();
+  w.write(path);
+  try {
+    Tokenizer::from_gguf(GGUFFile(path));
+    ADD_FAILURE() << "expected an Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("deepseek-coder"), std::string::npos) << e.what();
+  }
+  fs::remove(path);
 }
