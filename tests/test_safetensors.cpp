@@ -142,6 +142,9 @@ TEST(SafeTensors, RejectsBadHeaders) {
       {R"([1,2])", "not a JSON object"},
       {R"({"x":{"dtype":"F32",)", "not valid JSON"},
       {R"({"__metadata__":"nope"})", "__metadata__"},
+      {R"({"__metadata__":{"a":[[1]]}})", "not a string"},
+      {R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"x":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+       "names 'x' twice"},
   };
   for (auto& [h, want] : cases) {
     write_file(p, raw_st(h, data));

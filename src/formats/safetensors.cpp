@@ -40,7 +40,7 @@ const char* st_name(DType t) {
   }
 }
 
-// Parses JSON without exceptions or unbounded recursion surprises; nullopt-like: discarded on error.
+// Parses JSON without exceptions: a discarded value on error.
 json parse_json(const char* b, const char* e) { return json::parse(b, e, nullptr, /*allow_exceptions=*/false); }
 
 }  // namespace
@@ -56,8 +56,19 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : file_(path) {
   if (hlen > size - 8)
     err(fmt::format("not a safetensors file or truncated: header length {} exceeds the file size {}", hlen, size));
   const char* hb = reinterpret_cast<const char*>(base + 8);
-  json h = parse_json(hb, hb + hlen);
+  // Top-level keys are tensor names; the callback catches repeats that the parser would overwrite.
+  std::set<std::string> keys;
+  std::string dup;
+  json h = json::parse(
+      hb, hb + hlen,
+      [&](int depth, json::parse_event_t ev, json& parsed) {
+        if (ev == json::parse_event_t::key && depth == 1 && dup.empty() && !keys.insert(parsed.get<std::string>()).second)
+          dup = parsed.get<std::string>();
+        return true;
+      },
+      /*allow_exceptions=*/false);
   if (h.is_discarded()) err("the safetensors header is not valid JSON");
+  if (!dup.empty()) err(fmt::format("the safetensors header names '{}' twice", dup));
   if (!h.is_object()) err("the safetensors header is not a JSON object");
   const size_t data_start = 8 + static_cast<size_t>(hlen);
   const size_t data_size = size - data_start;
@@ -72,8 +83,10 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : file_(path) {
     const json& v = it.value();
     if (name == "__metadata__") {
       if (!v.is_object()) err("__metadata__ is not a JSON object");
-      for (auto m = v.begin(); m != v.end(); ++m)
-        metadata_[m.key()] = m.value().is_string() ? m.value().get<std::string>() : m.value().dump();
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        if (!m.value().is_string()) err(fmt::format("__metadata__ value of '{}' is not a string", m.key()));
+        metadata_[m.key()] = m.value().get<std::string>();
+      }
       continue;
     }
     if (!v.is_object()) err(fmt::format("tensor '{}': entry is not a JSON object", name));
