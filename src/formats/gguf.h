@@ -13,7 +13,9 @@
 
 namespace lizard {
 
-// A metadata value. Arrays hold one of the vector alternatives.
+// A metadata value. Arrays hold one of the vector alternatives. Integer scalars are int64_t except
+// GGUF uint64 (uint64_t); integer arrays of any width are vector<int64_t>; float32/64 are double.
+// Arrays of arrays are flattened into one vector (their inner arrays must share an element kind).
 using GGUFValue = std::variant<int64_t, uint64_t, double, bool, std::string, std::vector<int64_t>,
                                std::vector<double>, std::vector<std::string>, std::vector<bool>>;
 
