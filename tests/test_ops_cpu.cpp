@@ -159,7 +159,8 @@ TEST(OpsCpu, SoftmaxAttentionGQA) {
   const AttentionDims dims{6, 2, 20};
   const int H = 6, Hkv = 2, D = 20, group = 3;
   for (auto [n, pos0, window] : {std::tuple{7, 5, 0}, std::tuple{1, 40, 0}, std::tuple{13, 0, 0},
-                                 std::tuple{9, 11, 6}, std::tuple{1, 30, 1}}) {
+                                 std::tuple{9, 11, 6}, std::tuple{1, 30, 1}, std::tuple{70, 3, 0},
+                                 std::tuple{45, 20, 17}, std::tuple{33, 0, 1}}) {
     const int total = pos0 + n, stride = Hkv * D + 3;
     auto q = s.vec(n * H * D, 2.0f);
     auto k = s.vec(total * stride, 2.0f), v = s.vec(total * stride, 1.0f);
@@ -251,6 +252,25 @@ TEST(OpsCpu, MatmulAllDtypesAndPaths) {
       }
     }
   }
+}
+
+TEST(OpsCpu, MatvecManyEqualsMatvecs) {
+  Seeded s;
+  SCOPED_TRACE(s.trace());
+  auto a = lizard::testing::make_tensor(s, DType::Q4_1, {67, 96}, 0.5f);
+  auto b = lizard::testing::make_tensor(s, DType::F32, {5, 96}, 0.5f);
+  auto c = lizard::testing::make_tensor(s, DType::Q8_0, {130, 96}, 0.5f);
+  auto va = lizard::testing::view_of("a", a), vb = lizard::testing::view_of("b", b), vc = lizard::testing::view_of("c", c);
+  auto x = s.vec(96, 1.0f), bias = s.vec(130, 1.0f);
+  std::vector<float> ya(67), yb(5), yc(130), ra(67), rb(5), rc(130);
+  const MatvecJob jobs[3] = {{&va, ya.data()}, {&vb, yb.data()}, {&vc, yc.data(), bias.data()}};
+  matvec_many(jobs, 3, x.data());
+  matmul(va, x.data(), 1, ra.data());
+  matmul(vb, x.data(), 1, rb.data());
+  matmul(vc, x.data(), 1, rc.data(), nullptr, bias.data());
+  EXPECT_EQ(ya, ra);
+  EXPECT_EQ(yb, rb);
+  EXPECT_EQ(yc, rc);
 }
 
 TEST(OpsCpu, DequantizeTensorMatchesBlocks) {

@@ -209,15 +209,25 @@ void LlamaModel::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos0, L
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& L = layers_[li];
     rmsnorm(x, L.attn_norm.data(), xn, n, d, cfg_.rms_eps);
-    L.q.run(xn, n, q);
-    L.k.run(xn, n, k);
-    L.v.run(xn, n, v);
+    if (n == 1) {
+      const MatvecJob jobs[3] = {L.q.job(q), L.k.job(k), L.v.job(v)};
+      matvec_many(jobs, 3, xn);
+    } else {
+      L.q.run(xn, n, q);
+      L.k.run(xn, n, k);
+      L.v.run(xn, n, v);
+    }
     L.mixer->forward(xn, q, k, v, n, pos0, *st.mixers_[li], att);
     L.o.run(att, n, tmp);
     add_into(x, tmp, n * d);
     rmsnorm(x, L.ffn_norm.data(), xn, n, d, cfg_.rms_eps);
-    L.gate.run(xn, n, gate);
-    L.up.run(xn, n, up);
+    if (n == 1) {
+      const MatvecJob jobs[2] = {L.gate.job(gate), L.up.job(up)};
+      matvec_many(jobs, 2, xn);
+    } else {
+      L.gate.run(xn, n, gate);
+      L.up.run(xn, n, up);
+    }
     swiglu(gate, up, gate, n * F);
     L.down.run(gate, n, tmp);
     add_into(x, tmp, n * d);

@@ -10,6 +10,7 @@
 
 #include "model/checkpoint.h"
 #include "model/sequence_mixer.h"
+#include "ops/cpu/matmul.h"
 
 namespace lizard {
 
@@ -73,6 +74,7 @@ class LlamaModel {
     std::vector<float> f32;   // dequantized copy for prefill, when within the cache budget
     std::vector<float> bias;  // empty if none
     void run(const float* x, int64_t n, float* y) const;
+    MatvecJob job(float* y) const { return {w, y, bias.empty() ? nullptr : bias.data()}; }
   };
   struct Layer {
     std::vector<float> attn_norm, ffn_norm;

@@ -11,10 +11,7 @@
 
 namespace lizard {
 
-namespace {
-
-// OpenMP owns the cores: BLAS runs single-threaded inside each of our tasks. Debian's OpenBLAS
-// is the pthread build, whose own spinning workers would otherwise compete with OpenMP's.
+// Debian's OpenBLAS is the pthread build, whose own spinning workers would compete with OpenMP's.
 void blas_single_threaded() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -24,8 +21,6 @@ void blas_single_threaded() {
   });
 }
 
-}  // namespace
-
 std::vector<float> dequantize_tensor(const TensorView& t) {
   const int64_t rows = t.rows(), cols = t.cols();
   std::vector<float> out(static_cast<size_t>(rows * cols));
@@ -34,6 +29,23 @@ std::vector<float> dequantize_tensor(const TensorView& t) {
 #pragma omp parallel for schedule(static) if (rows > 64)
   for (int64_t r = 0; r < rows; ++r) dequantize_row(t.type, base + r * row_bytes, out.data() + r * cols, cols);
   return out;
+}
+
+void matvec_many(const MatvecJob* jobs, int count, const float* x) {
+#pragma omp parallel
+  {
+    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    for (int j = 0; j < count; ++j) {
+      const TensorView& w = *jobs[j].w;
+      const int64_t rows = w.shape[0], in = w.shape[1];
+      const int64_t r0 = rows * tid / nt, r1 = rows * (tid + 1) / nt;
+      if (r1 > r0)
+        matvec(w.type, static_cast<const uint8_t*>(w.data) + r0 * dtype_row_bytes(w.type, in), r1 - r0, in, x,
+               jobs[j].y + r0);
+      if (const float* b = jobs[j].bias)
+        for (int64_t r = r0; r < r1; ++r) jobs[j].y[r] += b[r];
+    }
+  }
 }
 
 void matmul(const TensorView& w, const float* x, int64_t n, float* y, const float* w_f32, const float* bias) {

@@ -19,6 +19,19 @@ inline constexpr int64_t kMatvecMaxRows = 2;
 void matmul(const TensorView& w, const float* x, int64_t n, float* y, const float* w_f32 = nullptr,
             const float* bias = nullptr);
 
+// Several matrix-vector products on the same x in one parallel region (decode: q/k/v, gate/up):
+// each thread takes its share of every matrix's rows, so there is one barrier instead of one each.
+struct MatvecJob {
+  const TensorView* w;
+  float* y;
+  const float* bias = nullptr;
+};
+void matvec_many(const MatvecJob* jobs, int count, const float* x);
+
+// OpenMP owns the cores: BLAS is set to run single-threaded inside our tasks (once per process).
+// Call before using cblas from inside an OpenMP region.
+void blas_single_threaded();
+
 // The whole tensor as fp32 (any dtype), e.g. for a cached copy or small vectors such as norm weights.
 std::vector<float> dequantize_tensor(const TensorView& t);
 
