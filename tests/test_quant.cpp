@@ -103,6 +103,21 @@ double ref_elem(DType t, const uint8_t* row, int64_t e) {
   return NAN;
 }
 
+// Size of the constant part the kernels fold in separately (q*d + offset): they sum the two parts
+// apart and subtract, so their rounding scales with both magnitudes, not with the (maybe tiny) value.
+double ref_offset_mag(DType t, const uint8_t* row, int64_t e) {
+  switch (t) {
+    case DType::Q4_0: return 8 * std::fabs(hf(row + 18 * (e / 32)));
+    case DType::Q4_1: return std::fabs(hf(row + 20 * (e / 32) + 2));
+    case DType::Q4_K: return std::fabs(hf(row + 144 * (e / 256) + 2)) * 63;
+    case DType::Q6_K: {
+      const uint8_t* b = row + 210 * (e / 256);
+      return 32 * std::fabs(hf(b + 208) * static_cast<int8_t>(b[192 + (e % 256) / 16]));
+    }
+    default: return 0;
+  }
+}
+
 std::vector<uint8_t> random_row(DType t, int64_t n, std::mt19937& rng) {
   std::vector<uint8_t> row(row_size(t, n));
   std::uniform_int_distribution<int> byte(0, 255);
@@ -468,9 +483,12 @@ namespace {
 // Checks one weight row's dot product three ways; returns false (with a gtest failure) on mismatch.
 void check_dot(DType t, const uint8_t* row, const float* x, const Q8Block* xq, int64_t n, float got,
                const char* what) {
-  // (1) Against dot(dequant(w), dequant(quantize(x))) in fp64: the int8 sums are exact, so only the
-  // float accumulation of ~n/32 block terms (each a few roundings of 2^-24) remains; 1e-5 of the
-  // L1 size sum|w||x| covers it with a wide margin. L1 instead of |dot|: the dot may cancel to ~0.
+  // (1) Against dot(dequant(w), dequant(quantize(x))) in fp64, to 1e-5 of the L1 size
+  // sum(|w| + |offset|)|x| (L1, not |dot|: the dot may cancel to ~0; offsets: ref_offset_mag).
+  // The int8 block sums are exact, so only float rounding remains: to first order at most
+  // (chain length + 3) * 2^-24 * L1. The quantized kernels' chains hold <= n/32 terms
+  // (<= 131 * 6e-8 = 8e-6 at n = 4096); the float types' scalar fallback has one chain of n terms
+  // whose errors are random-signed, ~sqrt(n) * 2^-24 = 4e-6 at 4096.
   // (2) Against the fp32 x: quantizing x moves each element by at most d/2 = max|x_block|/254,
   // so |dot(w,x) - dot(w,xq)| <= sum_i |w_i| d_b / 2 exactly; check that bound (+ the float slack).
   double exact_q = 0, l1_q = 0, exact_x = 0, l1_x = 0, qbound = 0;
@@ -478,7 +496,7 @@ void check_dot(DType t, const uint8_t* row, const float* x, const Q8Block* xq, i
     double w = ref_elem(t, row, e);
     double xv = is_quant(t) ? static_cast<double>(xq[e / 32].d) * xq[e / 32].qs[e % 32] : x[e];
     exact_q += w * xv;
-    l1_q += std::fabs(w * xv);
+    l1_q += (std::fabs(w) + ref_offset_mag(t, row, e)) * std::fabs(xv);
     exact_x += w * x[e];
     l1_x += std::fabs(w * x[e]);
     if (is_quant(t)) qbound += std::fabs(w) * xq[e / 32].d / 2;
@@ -499,7 +517,7 @@ TEST(QuantRandom, DotRowAndMatvec) {
                                                     : std::vector<int64_t>{32, 64, 96, 288, 576, 1536, 4096};
     if (!is_quant(t)) sizes.insert(sizes.end(), {1, 7, 13, 37, 301, 1001});
     for (int64_t n : sizes) {
-      for (int64_t rows : {1, 7, 37, 129}) {
+      for (int64_t rows : {1, 6, 7, 37, 129}) {
         if (rows * n > 600000) continue;
         std::vector<uint8_t> w;
         for (int64_t r = 0; r < rows; ++r) {
@@ -547,6 +565,9 @@ TEST(QuantRandom, ExtremeValues) {
         if (payload) row[i] = fill;
       }
       check_dot(t, row.data(), x.data(), xq.data(), n, dot_row(t, row.data(), x.data(), xq.data(), n), "extreme");
+      float y[1];
+      matvec(t, row.data(), 1, n, x.data(), y);
+      check_dot(t, row.data(), x.data(), xq.data(), n, y[0], "extreme matvec");
     }
   }
 }

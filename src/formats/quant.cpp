@@ -569,6 +569,261 @@ void deq_bf16_avx2(const uint16_t* w, float* y, int64_t n) {
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, load_bf16x8(w + i));
   for (; i < n; ++i) y[i] = bf16_to_f32(w[i]);
 }
+
+// ---- matvec kernels: activations pre-arranged once per product (XPack), scales vectorised ----
+// Per-block scalar work (fp16 scale loads, multiplies, broadcasts) dominated the simple kernels;
+// here 8 blocks' scales are fetched and multiplied at once, and Q4_0/Q4_1 read two blocks' nibbles
+// per 256-bit register against activations interleaved to match.
+
+struct XPack {
+  const Q8Block* q;
+  const float* d;     // activation scale per 32-block (zero-padded to a multiple of 8)
+  const float* s;     // d * sum(qs)
+  const float* sumq;  // sum(qs), exact
+  const int8_t* q4;   // pairs of blocks: [x0 0..15 | x1 0..15 | x0 16..31 | x1 16..31] (Q4_0/Q4_1)
+  const float* xd16;  // Q6_K: d per 16 elements
+  const float* c16;   // Q6_K: 32 * d * sum of each 16 qs
+};
+
+// 8 fp16 values at p, p + stride, ... -> floats (low halves of the dwords there).
+// The dwords at p, p + stride, ... (only the first r; the rest read as 0).
+inline __m256i gather_dwords8(const uint8_t* p, int stride, int r = 8) {
+  // Plain loads and inserts: vpgatherdd is slow on AMD; no stack round trip (store forwarding).
+  auto ld = [&](int k) {
+    int v = 0;
+    if (k < r) std::memcpy(&v, p + k * stride, 4);
+    return v;
+  };
+  __m128i a = _mm_insert_epi32(_mm_insert_epi32(_mm_insert_epi32(_mm_cvtsi32_si128(ld(0)), ld(1), 1), ld(2), 2), ld(3), 3);
+  __m128i b = _mm_insert_epi32(_mm_insert_epi32(_mm_insert_epi32(_mm_cvtsi32_si128(ld(4)), ld(5), 1), ld(6), 2), ld(7), 3);
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
+}
+// dwords (lo16 | hi16 << 16) -> lo halves as 8 floats, hi halves as 8 floats.
+inline void split_f16_pairs(__m256i dm, __m256& lo, __m256& hi) {
+  __m256i pk = _mm256_packus_epi32(_mm256_and_si256(dm, _mm256_set1_epi32(0xFFFF)), _mm256_srli_epi32(dm, 16));
+  pk = _mm256_permute4x64_epi64(pk, 0xD8);
+  lo = _mm256_cvtph_ps(_mm256_castsi256_si128(pk));
+  hi = _mm256_cvtph_ps(_mm256_extracti128_si256(pk, 1));
+}
+inline __m256 low_f16s(__m256i dm) {
+  __m256i pk = _mm256_packus_epi32(_mm256_and_si256(dm, _mm256_set1_epi32(0xFFFF)), _mm256_setzero_si256());
+  return _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(pk, 0xD8)));
+}
+inline __m256 lane_bcast(__m256 v, int k) { return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(k)); }
+inline __m256 lane_pair(__m256 v, int k) {
+  return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(k, k, k, k, k + 1, k + 1, k + 1, k + 1));
+}
+inline __m256i dp_acc(__m256i acc, __m256i u, __m256i s) {
+#ifdef LZ_Q_VNNI
+  return _mm256_dpbusd_epi32(acc, u, s);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+float dot_q8_0_packed(const void* row, const XPack& xp, int64_t nb) {
+  // Measured: vectorising Q8_0's scales gains nothing (a block is already 32 bytes of work).
+  return dot_q8_0_avx2(static_cast<const qblock::Q8_0*>(row), xp.q, nb);
+}
+
+// Q4_0 (Q41 = false): (q - 8) d; Q4_1: q d + m.
+// R rows at once: the activation loads are shared and the R horizontal sums overlap.
+template <bool Q41, int R>
+void dot_q4_packed_rows(const uint8_t* row, size_t rb, const XPack& xp, int64_t nb, float* y) {
+  constexpr int BB = Q41 ? 20 : 18, QO = Q41 ? 4 : 2;
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  __m256 acc[R], off[R];
+  for (int r = 0; r < R; ++r) acc[r] = off[r] = _mm256_setzero_ps();
+  auto pair = [&](const uint8_t* bp, __m256i xa, __m256i xb) {  // two blocks -> 8 int32 (4 per block)
+    __m256i v = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(bp + BB + QO),
+                                    reinterpret_cast<const __m128i*>(bp + QO));
+    __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    return _mm256_cvtepi32_ps(dp_acc(dp_acc(_mm256_setzero_si256(), lo, xa), hi, xb));
+  };
+  // 8 blocks' d * d_x; accumulates the offset terms (m s_x for Q4_1, d d_x sum(q_x) for Q4_0)
+  auto scales = [&](__m256i dm, __m256 xd, __m256 xo, __m256& o) {
+    __m256 d, m;
+    if constexpr (Q41) {
+      split_f16_pairs(dm, d, m);
+      o = _mm256_fmadd_ps(m, xo, o);
+      return _mm256_mul_ps(d, xd);
+    } else {
+      __m256 S = _mm256_mul_ps(low_f16s(dm), xd);
+      o = _mm256_fmadd_ps(S, xo, o);
+      return S;
+    }
+  };
+  const float* xoff = Q41 ? xp.s : xp.sumq;
+  int64_t i = 0;
+  for (; i + 8 <= nb; i += 8) {
+    const int8_t* xq4 = xp.q4 + i * 32;
+    __m256i x[8];
+    for (int k = 0; k < 8; ++k) x[k] = loadu256(xq4 + 32 * k);
+    __m256 xd = _mm256_loadu_ps(xp.d + i), xo = _mm256_loadu_ps(xoff + i);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* bp = row + r * rb + i * BB;
+      __m256 S = scales(gather_dwords8(bp, BB), xd, xo, off[r]);
+      __m256 a0 = _mm256_mul_ps(pair(bp, x[0], x[1]), lane_pair(S, 0));
+      __m256 a1 = _mm256_mul_ps(pair(bp + 2 * BB, x[2], x[3]), lane_pair(S, 2));
+      a0 = _mm256_fmadd_ps(pair(bp + 4 * BB, x[4], x[5]), lane_pair(S, 4), a0);
+      a1 = _mm256_fmadd_ps(pair(bp + 6 * BB, x[6], x[7]), lane_pair(S, 6), a1);
+      acc[r] = _mm256_add_ps(acc[r], _mm256_add_ps(a0, a1));
+    }
+  }
+  if (i < nb) {  // last 1..7 blocks: same, one pair at a time
+    int rem = static_cast<int>(nb - i);
+    __m256 xd = _mm256_loadu_ps(xp.d + i), xo = _mm256_loadu_ps(xoff + i);
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* bp = row + r * rb + i * BB;
+      __m256 S = scales(gather_dwords8(bp, BB, rem), xd, xo, off[r]);  // 4 bytes at a block start stay inside it
+      __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+      int k = 0;
+      for (; k + 1 < rem; k += 2, idx = _mm256_add_epi32(idx, _mm256_set1_epi32(2))) {
+        const int8_t* xq4 = xp.q4 + (i + k) * 32;
+        acc[r] = _mm256_fmadd_ps(pair(bp + k * BB, loadu256(xq4), loadu256(xq4 + 32)),
+                                 _mm256_permutevar8x32_ps(S, idx), acc[r]);
+      }
+      if (k < rem) {
+        __m256i p = dot_us(unpack_nibbles16(bp + k * BB + QO), loadu256(xp.q[i + k].qs));
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_permutevar8x32_ps(S, _mm256_set1_epi32(k)), acc[r]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    y[r] = hsum(Q41 ? _mm256_add_ps(acc[r], off[r]) : _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), off[r], acc[r]));
+}
+
+template <bool Q41>
+float dot_q4_packed(const void* row, const XPack& xp, int64_t nb) {
+  float y;
+  dot_q4_packed_rows<Q41, 1>(static_cast<const uint8_t*>(row), 0, xp, nb, &y);
+  return y;
+}
+
+inline __m256 u8x8_to_ps(uint64_t v) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(v))));
+}
+
+float dot_q4_k_packed(const void* row, const XPack& xp, int64_t nb) {
+  auto* b = static_cast<const qblock::Q4_K*>(row);
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), off = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const Q8Block* x = xp.q + 8 * i;
+    uint64_t sc, mn;
+    q4k_unpack_scales(b[i].scales, reinterpret_cast<uint8_t*>(&sc), reinterpret_cast<uint8_t*>(&mn));
+    __m256 S = _mm256_mul_ps(u8x8_to_ps(sc), _mm256_mul_ps(_mm256_set1_ps(h2f(b[i].d)), _mm256_loadu_ps(xp.d + 8 * i)));
+    off = _mm256_fmadd_ps(_mm256_mul_ps(u8x8_to_ps(mn), _mm256_set1_ps(h2f(b[i].dmin))), _mm256_loadu_ps(xp.s + 8 * i),
+                          off);
+    alignas(32) float Sa[8];
+    _mm256_store_ps(Sa, S);
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g) {
+      __m256i q = loadu256(b[i].qs + 32 * g);
+      __m256i p0 = dot_us(_mm256_and_si256(q, m4), loadu256(x[2 * g].qs));
+      __m256i p1 = dot_us(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), loadu256(x[2 * g + 1].qs));
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(Sa + 2 * g), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(Sa + 2 * g + 1), acc1);
+    }
+  }
+  return hsum(_mm256_sub_ps(_mm256_add_ps(acc0, acc1), off));
+}
+
+// sum d sc (q - 32) x = sum (d sc xd) sum16(q xq) - d sum sc * c16, c16 = 32 xd sum16(xq) precomputed.
+float dot_q6_k_packed(const void* row, const XPack& xp, int64_t nb) {
+  auto* b = static_cast<const qblock::Q6_K*>(row);
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), off = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const Q8Block* x = xp.q + 8 * i;
+    __m256 d = _mm256_set1_ps(h2f(b[i].d));
+    __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[i].scales));
+    __m256 sc0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc));
+    __m256 sc1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)));
+    off = _mm256_fmadd_ps(d, _mm256_fmadd_ps(sc1, _mm256_loadu_ps(xp.c16 + 16 * i + 8),
+                                             _mm256_mul_ps(sc0, _mm256_loadu_ps(xp.c16 + 16 * i))), off);
+    __m256 F[2] = {_mm256_mul_ps(_mm256_mul_ps(d, sc0), _mm256_loadu_ps(xp.xd16 + 16 * i)),
+                   _mm256_mul_ps(_mm256_mul_ps(d, sc1), _mm256_loadu_ps(xp.xd16 + 16 * i + 8))};
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      __m256i A = loadu256(b[i].ql + 64 * h), B = loadu256(b[i].ql + 64 * h + 32);
+      __m256i H = loadu256(b[i].qh + 32 * h);
+      __m256i q0 = _mm256_or_si256(_mm256_and_si256(A, m4), _mm256_and_si256(_mm256_slli_epi16(H, 4), m30));
+      __m256i q1 = _mm256_or_si256(_mm256_and_si256(B, m4), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30));
+      __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m4), _mm256_and_si256(H, m30));
+      __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), m4),
+                                   _mm256_and_si256(_mm256_srli_epi16(H, 2), m30));
+      const Q8Block* xh = x + 4 * h;
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_us(q0, loadu256(xh[0].qs))), lane_pair(F[h], 0), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_us(q1, loadu256(xh[1].qs))), lane_pair(F[h], 2), acc1);
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_us(q2, loadu256(xh[2].qs))), lane_pair(F[h], 4), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_us(q3, loadu256(xh[3].qs))), lane_pair(F[h], 6), acc1);
+    }
+  }
+  return hsum(_mm256_sub_ps(_mm256_add_ps(acc0, acc1), off));
+}
+
+// Buffers behind an XPack; one per thread, reused across calls.
+struct XPackBuf {
+  std::vector<Q8Block> q;
+  std::vector<float> d, s, sumq, xd16, c16;
+  std::vector<int8_t> q4;
+};
+
+XPack build_pack(DType t, const float* x, int64_t n, XPackBuf& b) {
+  int64_t nb = n / 32, padded = (nb + 7) / 8 * 8;
+  b.q.resize(nb);
+  quantize_q8_avx2(x, b.q.data(), nb);
+  b.d.assign(padded, 0.0f);
+  b.s.assign(padded, 0.0f);
+  b.sumq.assign(padded, 0.0f);
+  for (int64_t i = 0; i < nb; ++i) {
+    int sum = 0;
+    for (int j = 0; j < 32; ++j) sum += b.q[i].qs[j];
+    b.d[i] = b.q[i].d;
+    b.s[i] = b.q[i].s;
+    b.sumq[i] = static_cast<float>(sum);
+  }
+  XPack p{b.q.data(), b.d.data(), b.s.data(), b.sumq.data(), nullptr, nullptr, nullptr};
+  if (t == DType::Q4_0 || t == DType::Q4_1) {
+    b.q4.resize(nb / 2 * 64);
+    for (int64_t k = 0; k + 1 < nb; k += 2) {
+      int8_t* o = b.q4.data() + k * 32;
+      std::memcpy(o, b.q[k].qs, 16);
+      std::memcpy(o + 16, b.q[k + 1].qs, 16);
+      std::memcpy(o + 32, b.q[k].qs + 16, 16);
+      std::memcpy(o + 48, b.q[k + 1].qs + 16, 16);
+    }
+    p.q4 = b.q4.data();
+  }
+  if (t == DType::Q6_K) {
+    b.xd16.resize(2 * nb);
+    b.c16.resize(2 * nb);
+    for (int64_t i = 0; i < nb; ++i)
+      for (int h = 0; h < 2; ++h) {
+        int sum = 0;
+        for (int j = 0; j < 16; ++j) sum += b.q[i].qs[16 * h + j];
+        b.xd16[2 * i + h] = b.q[i].d;
+        b.c16[2 * i + h] = 32.0f * b.q[i].d * static_cast<float>(sum);
+      }
+    p.xd16 = b.xd16.data();
+    p.c16 = b.c16.data();
+  }
+  return p;
+}
+
+using PDot = float (*)(const void* row, const XPack& xp, int64_t nb);
+PDot packed_kernel(DType t) {
+  switch (t) {
+    case DType::Q8_0: return dot_q8_0_packed;
+    case DType::Q4_0: return dot_q4_packed<false>;
+    case DType::Q4_1: return dot_q4_packed<true>;
+    case DType::Q4_K: return dot_q4_k_packed;
+    case DType::Q6_K: return dot_q6_k_packed;
+    default: return nullptr;
+  }
+}
 #endif  // LZ_Q_AVX2
 
 // ---------------------------------------------------------------------------------------------
@@ -704,14 +959,36 @@ void matvec(DType t, const void* w, int64_t rows, int64_t n, const float* x, flo
     return;
   }
   // Quantize the activations once; every row reads them.
+  int64_t nb = n / l.block;
+#ifdef LZ_Q_AVX2
+  thread_local XPackBuf buf;
+  const XPack xp = build_pack(t, x, n, buf);
+  if (t == DType::Q4_0 || t == DType::Q4_1) {
+    auto k4 = t == DType::Q4_1 ? dot_q4_packed_rows<true, 4> : dot_q4_packed_rows<false, 4>;
+    auto k1 = t == DType::Q4_1 ? dot_q4_packed_rows<true, 1> : dot_q4_packed_rows<false, 1>;
+    int64_t groups = (rows + 3) / 4;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t g = 0; g < groups; ++g) {
+      int64_t r0 = 4 * g;
+      if (r0 + 4 <= rows)
+        k4(base + r0 * rb, rb, xp, nb, y + r0);
+      else
+        for (int64_t r = r0; r < rows; ++r) k1(base + r * rb, rb, xp, nb, y + r);
+    }
+    return;
+  }
+  PDot k = packed_kernel(t);
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t r = 0; r < rows; ++r) y[r] = k(base + r * rb, xp, nb);
+#else
   thread_local std::vector<Q8Block> xq;
   if (xq.size() < static_cast<size_t>(n / 32)) xq.resize(n / 32);
   quantize_row_q8(x, xq.data(), n);
   const Q8Block* xp = xq.data();
   QDot k = qdot_kernel(t);
-  int64_t nb = n / l.block;
 #pragma omp parallel for schedule(static) if (par)
   for (int64_t r = 0; r < rows; ++r) y[r] = k(base + r * rb, xp, nb);
+#endif
 }
 
 // Kept callable from tests: the plain scalar kernels, independent of the SIMD dispatch.
