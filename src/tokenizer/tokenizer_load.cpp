@@ -465,6 +465,9 @@ Tokenizer Tokenizer::from_gguf(const GGUFFile& file) {
            "qwen2, gpt2, default)", pre);
     }
     m.byte_level = true;
+    // GGUF's unknown_token_id comes from tokenizer_config.json; the HF byte-level model has no unk
+    // and silently drops bytes missing from the vocabulary (SmolLM2 lacks 21 of them).
+    m.unk.reset();
     m.decoders.emplace_back(DecStep::ByteLevel);
     set_bytes_bl(m);
     m.kind_name = "byte-level BPE";
