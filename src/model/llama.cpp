@@ -88,6 +88,7 @@ void LlamaModel::init(const ModelOptions& opt) {
   context_ = opt.context > 0 ? opt.context : c.max_seq_len;
   LZ_CHECK(context_ > 0, "the model's context length is unknown; give one");
   max_batch_ = std::max<int64_t>(1, opt.max_batch);
+  exact_ = opt.exact;
   set_threads(opt.n_threads);
 
   const int64_t d = c.d_model, V = c.vocab_size, qd = int64_t(c.n_heads) * c.head_dim,
@@ -119,7 +120,9 @@ void LlamaModel::init(const ModelOptions& opt) {
     L.up = linear(p + "ffn_up", F, d, false);
     L.down = linear(p + "ffn_down", d, F, false);
     L.mixer = mixer;
+    for (Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) l->exact = exact_;
   }
+  head_.exact = exact_;
 
   // fp32 copies for prefill, layers first (every prefill uses them), then the output head (used
   // for all positions only when scoring).
@@ -157,7 +160,7 @@ LlamaState LlamaModel::new_state() const {
 }
 
 void LlamaModel::Linear::run(const float* x, int64_t n, float* y) const {
-  matmul(*w, x, n, y, f32.empty() ? nullptr : f32.data(), bias.empty() ? nullptr : bias.data());
+  matmul(*w, x, n, y, f32.empty() ? nullptr : f32.data(), bias.empty() ? nullptr : bias.data(), exact);
 }
 
 std::span<const float> LlamaModel::forward(const int32_t* tokens, int64_t n, int64_t start_pos, LlamaState& st,
@@ -209,7 +212,7 @@ void LlamaModel::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos0, L
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& L = layers_[li];
     rmsnorm(x, L.attn_norm.data(), xn, n, d, cfg_.rms_eps);
-    if (n == 1) {
+    if (n == 1 && !exact_) {
       const MatvecJob jobs[3] = {L.q.job(q), L.k.job(k), L.v.job(v)};
       matvec_many(jobs, 3, xn);
     } else {
@@ -221,7 +224,7 @@ void LlamaModel::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos0, L
     L.o.run(att, n, tmp);
     add_into(x, tmp, n * d);
     rmsnorm(x, L.ffn_norm.data(), xn, n, d, cfg_.rms_eps);
-    if (n == 1) {
+    if (n == 1 && !exact_) {
       const MatvecJob jobs[2] = {L.gate.job(gate), L.up.job(up)};
       matvec_many(jobs, 2, xn);
     } else {

@@ -19,6 +19,9 @@ struct ModelOptions {
   int64_t context = 0;          // longest sequence; 0: the config's max_seq_len
   int64_t max_batch = 512;      // tokens per internal chunk of a long forward (bounds scratch memory)
   size_t fp32_cache_bytes = 0;  // keep fp32 copies of weights for prefill, up to this many bytes
+  // Decode as prefill does, on dequantized weights in fp32, instead of rounding activations to
+  // 8 bits for the quantized dot products (llama.cpp's way, and much faster). For parity checks.
+  bool exact = false;
 };
 
 class LlamaModel;
@@ -28,6 +31,13 @@ class LlamaState {
   int64_t n_past() const { return n_past_; }  // positions held
   void reset();
   size_t cache_bytes() const;                 // memory held by the mixers' states
+
+  // For saving and restoring a sequence (generate/state_io.h): the layers' states, in order.
+  const LlamaModel* model() const { return model_; }
+  size_t n_layers() const { return mixers_.size(); }
+  const MixerState& layer_state(size_t i) const { return *mixers_.at(i); }
+  MixerState& layer_state(size_t i) { return *mixers_.at(i); }
+  void set_restored_n_past(int64_t n) { n_past_ = n; }  // once every layer's state is read back
 
  private:
   friend class LlamaModel;
@@ -73,6 +83,7 @@ class LlamaModel {
     const TensorView* w = nullptr;
     std::vector<float> f32;   // dequantized copy for prefill, when within the cache budget
     std::vector<float> bias;  // empty if none
+    bool exact = false;
     void run(const float* x, int64_t n, float* y) const;
     MatvecJob job(float* y) const { return {w, y, bias.empty() ? nullptr : bias.data()}; }
   };
@@ -90,6 +101,7 @@ class LlamaModel {
   ModelConfig cfg_;
   int64_t context_ = 0, max_batch_ = 512;
   int n_threads_ = 1;
+  bool exact_ = false;
   size_t cached_bytes_ = 0;
   uint64_t mixers_version_ = 1;
   const TensorView* embd_ = nullptr;

@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <istream>
+#include <ostream>
 
 #include "ops/cpu/rope.h"
 #include "util/error.h"
@@ -26,9 +28,33 @@ struct KVCacheState : MixerState {
     return true;
   }
   size_t bytes() const override { return static_cast<size_t>(2 * len * width) * sizeof(float); }
+  // Positions < len only: {int64 len, int64 width, k [len, width], v [len, width]} (fp32, RoPE'd k).
+  void serialize(std::ostream& out) const override {
+    const int64_t hdr[2] = {len, width};
+    out.write(reinterpret_cast<const char*>(hdr), sizeof hdr);
+    out.write(reinterpret_cast<const char*>(k.get()), static_cast<std::streamsize>(len * width * sizeof(float)));
+    out.write(reinterpret_cast<const char*>(v.get()), static_cast<std::streamsize>(len * width * sizeof(float)));
+  }
+  void deserialize(std::istream& in) override {
+    int64_t hdr[2] = {0, 0};
+    in.read(reinterpret_cast<char*>(hdr), sizeof hdr);
+    LZ_CHECK(in.good(), "saved attention cache is truncated");
+    LZ_CHECK(hdr[1] == width, "saved attention cache has {} floats per position, this model {}", hdr[1], width);
+    LZ_CHECK(hdr[0] >= 0 && hdr[0] <= capacity, "saved attention cache holds {} positions, the context is {}",
+             hdr[0], capacity);
+    len = 0;
+    const auto n = static_cast<std::streamsize>(hdr[0] * width * sizeof(float));
+    in.read(reinterpret_cast<char*>(k.get()), n);
+    in.read(reinterpret_cast<char*>(v.get()), n);
+    LZ_CHECK(in.good(), "saved attention cache is truncated");
+    len = hdr[0];
+  }
 };
 
 }  // namespace
+
+void MixerState::serialize(std::ostream&) const { fail("this mixer's state cannot be saved"); }
+void MixerState::deserialize(std::istream&) { fail("this mixer's state cannot be saved"); }
 
 SoftmaxMixer::SoftmaxMixer(const ModelConfig& cfg, int64_t window)
     : dims_{cfg.n_heads, cfg.n_kv_heads, cfg.head_dim},

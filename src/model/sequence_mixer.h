@@ -4,6 +4,7 @@
 // sequence lives in its MixerState, one per layer per sequence.
 #pragma once
 #include <cstdint>
+#include <iosfwd>
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,6 +25,11 @@ struct MixerState {
     return true;
   }
   virtual size_t bytes() const { return 0; }  // memory held, for reports
+  // Saving a conversation (generate/state_io.h): write what the sequence holds, and read it back
+  // into a state made by the same mixer. Mixers whose state can not be saved keep the defaults,
+  // which throw Error. deserialize throws Error on data that does not fit this state.
+  virtual void serialize(std::ostream& out) const;
+  virtual void deserialize(std::istream& in);
 };
 
 class SequenceMixer {

@@ -48,11 +48,13 @@ void matvec_many(const MatvecJob* jobs, int count, const float* x) {
   }
 }
 
-void matmul(const TensorView& w, const float* x, int64_t n, float* y, const float* w_f32, const float* bias) {
+void matmul(const TensorView& w, const float* x, int64_t n, float* y, const float* w_f32, const float* bias,
+            bool exact) {
   LZ_CHECK(w.shape.size() == 2, "weight '{}' must be 2-D, has shape {}", w.name, w.shape_str());
   const int64_t out = w.shape[0], in = w.shape[1];
   if (n <= 0) return;
-  if (n <= kMatvecMaxRows) {
+  const bool float_weights = w.type == DType::F32 || w.type == DType::F16 || w.type == DType::BF16;
+  if (n <= kMatvecMaxRows && (!exact || float_weights)) {
     for (int64_t i = 0; i < n; ++i) matvec(w.type, w.data, out, in, x + i * in, y + i * out);
   } else {
     blas_single_threaded();

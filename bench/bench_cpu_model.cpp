@@ -1,0 +1,111 @@
+// CPU speed of the teacher: prefill tokens/s (prompts of 128 and 512 tokens) and decode tokens/s
+// (128 tokens after a short prompt), with 1 thread and with all cores.
+//   bench_cpu_model [MODEL] [--threads N,M,...] [--fp32-cache MiB] [--reps R]
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "model/checkpoint.h"
+#include "model/llama.h"
+#include "util/error.h"
+
+using namespace lizard;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double secs(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::vector<int32_t> random_prompt(int n, int vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = std::uniform_int_distribution<int32_t>(0, vocab - 1)(rng);
+  return t;
+}
+
+double prefill_rate(const LlamaModel& m, int n, int reps) {
+  auto prompt = random_prompt(n, m.vocab_size(), 7);
+  LlamaState st = m.new_state();
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    st.reset();
+    auto t0 = Clock::now();
+    m.forward(prompt, 0, st);
+    best = std::min(best, secs(t0));
+  }
+  return n / best;
+}
+
+double decode_rate(const LlamaModel& m, int n, int reps) {
+  auto prompt = random_prompt(16, m.vocab_size(), 11);
+  LlamaState st = m.new_state();
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    st.reset();
+    auto logits = m.forward(prompt, 0, st);
+    int64_t pos = static_cast<int64_t>(prompt.size());
+    auto t0 = Clock::now();
+    for (int i = 0; i < n; ++i) {
+      const int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      logits = m.forward(&next, 1, pos++, st);
+    }
+    best = std::min(best, secs(t0));
+  }
+  return n / best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  std::string path;
+  std::vector<int> threads;
+  size_t cache_mib = 0;
+  int reps = 3;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--threads" && i + 1 < argc) {
+      for (char* tok = std::strtok(argv[++i], ","); tok; tok = std::strtok(nullptr, ",")) threads.push_back(std::atoi(tok));
+    } else if (a == "--fp32-cache" && i + 1 < argc) {
+      cache_mib = std::strtoull(argv[++i], nullptr, 10);
+    } else if (a == "--reps" && i + 1 < argc) {
+      reps = std::max(1, std::atoi(argv[++i]));
+    } else {
+      path = a;
+    }
+  }
+  if (path.empty()) path = default_model_path();
+  const int all = omp_get_num_procs();
+  if (threads.empty()) threads = all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
+
+  auto t0 = Clock::now();
+  auto ck = std::make_shared<const Checkpoint>(open_checkpoint(path));
+  ModelOptions opt;
+  opt.fp32_cache_bytes = cache_mib << 20;
+  LlamaModel model(ck, opt);
+  const auto& c = model.config();
+  fmt::print("model {} ({}, {} layers, d {}, {} params), loaded in {:.2f} s, fp32 cache {:.0f} MiB\n", path, c.arch,
+             c.n_layers, c.d_model, c.param_count(), secs(t0), model.fp32_cached_bytes() / 1048576.0);
+  fmt::print("best of {} runs; {} cores available\n\n", reps, all);
+  fmt::print("{:>8} | {:>16} | {:>16} | {:>16}\n", "threads", "prefill 128 t/s", "prefill 512 t/s", "decode 128 t/s");
+  fmt::print("{:->8}-+-{:->16}-+-{:->16}-+-{:->16}\n", "", "", "", "");
+  for (int t : threads) {
+    model.set_threads(t);
+    decode_rate(model, 8, 1);  // warm-up: thread pools, page cache, scratch
+    const double p128 = prefill_rate(model, 128, reps);
+    const double p512 = prefill_rate(model, 512, reps);
+    const double dec = decode_rate(model, 128, reps);
+    fmt::print("{:>8} | {:>16.1f} | {:>16.1f} | {:>16.1f}\n", t, p128, p512, dec);
+    std::fflush(stdout);
+  }
+  return 0;
+} catch (const Error& e) {
+  fmt::print(stderr, "error: {}\n", e.what());
+  return 1;
+}
