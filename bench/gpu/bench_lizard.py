@@ -16,9 +16,7 @@ lib.lz_last_error.restype = ctypes.c_char_p
 P, I, Fl = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 lib.lz_forward_bf16.argtypes = [P] * 9 + [I] * 9 + [P]
 lib.lz_forward_recurrent.argtypes = [P] * 9 + [I] * 10 + [P]
-have_bwd = hasattr(lib, "lz_backward_bf16")
-if have_bwd:
-    lib.lz_backward_bf16.argtypes = [P] * 17 + [I] * 10 + [P]
+lib.lz_backward_parallel.argtypes = [P] * 17 + [I] * 10 + [P]
 
 try:
     from fla.ops.gla import chunk_gla
@@ -63,6 +61,22 @@ class Lizard:
                                   ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
         return self.y
 
+    def grads(self):
+        B, L, H, Hkv, D, Fd, w, m = self.shape
+        if not hasattr(self, "g"):
+            z = lambda t: torch.empty(t.shape, device=dev, dtype=torch.float32)
+            self.g = [z(self.q), z(self.k), z(self.v), z(self.wq), z(self.wk), z(self.lg), z(self.meta), z(self.alpha)]
+        return self.g
+
+    def fwd_bwd(self):
+        B, L, H, Hkv, D, Fd, w, m = self.shape
+        self.fwd()
+        g = self.grads()
+        check(lib.lz_backward_parallel(ptr(self.q), ptr(self.k), ptr(self.v), ptr(self.lg), ptr(self.wq), ptr(self.wk),
+                                       ptr(self.meta), ptr(self.alpha), ptr(self.dy), *[ptr(t) for t in g],
+                                       B, L, H, Hkv, D, Fd, w, m, 0, 0,
+                                       ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
+
     def fwd_recurrent_f32(self):
         B, L, H, Hkv, D, Fd, w, m = self.shape
         t = [x.float().contiguous() for x in (self.q, self.k, self.v, self.wq, self.wk)]
@@ -77,51 +91,53 @@ def med(fn, warmup=25, rep=100):
     return do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
-def bench_fla(B, L, H, D):
-    r = {}
+def events_ms(fn, reps=3):
+    fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    return sorted(ts)[len(ts) // 2]
+
+
+def fla_inputs(B, L, H, D):
     q = torch.randn(B, L, H, D, device=dev, dtype=bf, requires_grad=True)
     k = torch.randn(B, L, H, D, device=dev, dtype=bf, requires_grad=True)
     v = torch.randn(B, L, H, D, device=dev, dtype=bf, requires_grad=True)
     gk = (F.logsigmoid(torch.randn(B, L, H, D, device=dev)) / 16).requires_grad_(True)
     gs = F.logsigmoid(torch.randn(B, L, H, device=dev) + 3).requires_grad_(True)
     do = torch.randn(B, L, H, D, device=dev, dtype=bf)
+    return q, k, v, gk, gs, do
 
-    def both(name, fn, dout):
-        try:
-            f = med(fn)
-        except Exception as e:  # noqa: BLE001
-            print(f"  {name} forward failed: {str(e).splitlines()[0][:160]}")
-            r[name] = (float("nan"), float("nan"))
-            return
-        def fb():
-            o = fn()
-            o = o[0] if isinstance(o, tuple) else o
-            o.backward(dout)
-        try:
-            b = med(fb, 10, 50)
-        except Exception as e:  # noqa: BLE001
-            print(f"  {name} backward refused: {str(e).splitlines()[0][:160]}")
-            b = float("nan")
-        r[name] = (f, b)
 
-    if have_fla:
-        both("fla chunk_gla", lambda: chunk_gla(q, k, v, gk)[0], do)
-        both("fla chunk_simple_gla", lambda: chunk_simple_gla(q, k, v, g=gs)[0], do)
-    qt, kt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_(True) for x in (q, k, v))
-    dot = do.transpose(1, 2).contiguous()
-    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
-        both("sdpa flash causal", lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True), dot)
-    return r
+def fwd_and_bwd(name, fn, dout, want_bwd=True):
+    try:
+        f = med(fn)
+    except Exception as e:  # noqa: BLE001
+        print(f"  {name} forward failed: {str(e).splitlines()[0][:160]}")
+        return float("nan"), float("nan")
+    if not want_bwd:
+        return f, float("nan")
+    def fb():
+        o = fn()
+        o = o[0] if isinstance(o, tuple) else o
+        o.backward(dout)
+    try:
+        return f, med(fb, 10, 50)
+    except Exception as e:  # noqa: BLE001
+        print(f"  {name} backward refused: {str(e).splitlines()[0][:160]}")
+        return f, float("nan")
 
 
 def main():
     quick = "--quick" in sys.argv
-    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    card = torch.cuda.get_device_name()
+    print(card, torch.__version__, flush=True)
     shapes = [(16, 32, 32, 128, 2048), (16, 32, 32, 128, 4096), (16, 32, 32, 128, 8192), (8, 9, 3, 64, 2048)]
     if quick:
         shapes = [shapes[0], shapes[3]]
-    rows = []
-    # Spot check at a bench shape: chunked bf16 vs the fp32 recurrent kernel on one sequence.
     z = Lizard(1, 1000, 4, 2, 128)
     y1 = z.fwd().float()
     y2 = z.fwd_recurrent_f32()
@@ -129,31 +145,49 @@ def main():
     print(f"spot check B1 L1000 H4/2 D128: chunked bf16 vs recurrent fp32 rel err "
           f"{((y1 - y2).norm() / y2.norm()).item():.3e}", flush=True)
     del z, y1, y2
+    liz = {}
+    rows = []
+
+    def row(tag, name, f, fb):
+        base = liz.get(tag, float("nan"))
+        rows.append((tag, name, f, fb))
+        print(f"ROW {tag:20s} {name:28s} fwd {f:8.3f} ms  fwd+bwd {fb:9.3f} ms  (this / lizard fwd: {f / base:5.2f})",
+              flush=True)
+
+    # 1. Lizard forward at every shape, SDPA flash (fast to set up).
     for (B, H, Hkv, D, L) in shapes:
         tag = f"B{B} H{H} D{D} L{L}"
         z = Lizard(B, L, H, Hkv, D)
-        t0 = time.time()
-        f = med(z.fwd)
+        liz[tag] = med(z.fwd)
         fb = float("nan")
-        rows.append((tag, f"lizard (cuda, Hkv={Hkv})", f, fb))
-        print(f"{tag} lizard fwd {f:.3f} ms ({time.time() - t0:.1f}s)", flush=True)
+        if B * H * L * L <= 8 * 9 * 2048 * 2048:  # the parallel-form backward is O(L^2): small shape only
+            fb = events_ms(z.fwd_bwd)
+        row(tag, f"lizard cuda (Hkv={Hkv})", liz[tag], fb)
         del z
         torch.cuda.empty_cache()
-        r = bench_fla(B, L, H, D)
-        for name, (a, b) in r.items():
-            rows.append((tag, name, a, b))
-            print(f"{tag} {name} fwd {a:.3f} ms fwd+bwd {b:.3f} ms", flush=True)
+        q, k, v, gk, gs, do = fla_inputs(B, L, H, D)
+        qt, kt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_(True) for x in (q, k, v))
+        dot = do.transpose(1, 2).contiguous()
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            row(tag, "sdpa flash causal", *fwd_and_bwd("sdpa", lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True), dot))
+        del q, k, v, gk, gs, do, qt, kt, vt, dot
         torch.cuda.empty_cache()
+    # 2. FLA last: its first calls compile and autotune for minutes.
+    if have_fla:
+        for (B, H, Hkv, D, L) in [shapes[-1]] + shapes[:-1]:
+            tag = f"B{B} H{H} D{D} L{L}"
+            q, k, v, gk, gs, do = fla_inputs(B, L, H, D)
+            t0 = time.time()
+            row(tag, "fla chunk_simple_gla", *fwd_and_bwd("simple_gla", lambda: chunk_simple_gla(q, k, v, g=gs)[0], do, L == 2048))
+            row(tag, "fla chunk_gla", *fwd_and_bwd("gla", lambda: chunk_gla(q, k, v, gk)[0], do, L == 2048))
+            print(f"  ({time.time() - t0:.0f} s for FLA at {tag})", flush=True)
+            del q, k, v, gk, gs, do
+            torch.cuda.empty_cache()
     print()
-    print(torch.cuda.get_device_name())
-    print(f"{'shape':22s} {'kernel':26s} {'fwd ms':>8s} {'f+b ms':>8s} {'lizard fwd speed-up':>20s}")
-    base = {}
-    for s, n, a, b in rows:
-        if n.startswith("lizard"):
-            base[s] = a
-    for s, n, a, b in rows:
-        ratio = a / base[s] if s in base and not n.startswith("lizard") else float("nan")
-        print(f"{s:22s} {n:26s} {a:8.3f} {b:8.3f} {ratio:20.2f}")
+    print(card)
+    print(f"{'shape':22s} {'kernel':28s} {'fwd ms':>8s} {'f+b ms':>9s} {'this/lizard fwd':>16s}")
+    for s_, n, a, b in rows:
+        print(f"{s_:22s} {n:28s} {a:8.3f} {b:9.3f} {a / liz.get(s_, float('nan')):16.2f}")
 
 
 if __name__ == "__main__":

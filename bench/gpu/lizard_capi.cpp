@@ -53,4 +53,22 @@ int lz_forward_recurrent(const void* q, const void* k, const void* v, const floa
   }
 }
 
+// Backward, parallel form, fp32 arithmetic; gradients fp32 (see lizard_attention.h).
+int lz_backward_parallel(const void* q, const void* k, const void* v, const float* lg, const void* wq, const void* wk,
+                         const float* meta, const float* alpha, const void* dy, float* dq, float* dk, float* dv,
+                         float* dwq, float* dwk, float* dlg, float* dmeta, float* dalpha, int B, int L, int Hq,
+                         int Hkv, int D, int F, int w, int m, int act, int fp32, void* stream) {
+  try {
+    lizard::cuda::LizardAttnGrads g;
+    g.dq = dq, g.dk = dk, g.dv = dv, g.dwq = dwq, g.dwk = dwk, g.dlog_gamma = dlg, g.dmeta = dmeta, g.dalpha = dalpha;
+    lizard::cuda::lizard_attention_backward_parallel(
+        make(q, k, v, lg, wq, wk, meta, alpha, const_cast<void*>(dy), B, L, Hq, Hkv, D, F, w, m, act), fp32 != 0, dy, g,
+        static_cast<cudaStream_t>(stream));
+    return 0;
+  } catch (const std::exception& e) {
+    g_err = e.what();
+    return -1;
+  }
+}
+
 }  // extern "C"

@@ -66,6 +66,26 @@ void lizard_attention_forward_recurrent(const LizardAttnArgs& a, bool fp32, cuda
 void lizard_attention_decode(const LizardAttnArgs& a, bool fp32, const int* pos, void* ring_k, void* ring_v,
                              cudaStream_t stream = nullptr);
 
+// Gradients of lizard_attention_forward_* for an upstream dy (element type as q). All fp32,
+// OVERWRITTEN (not accumulated). Any pointer may be null except dq, dk, dv.
+//   dq [B, L, Hq, D], dk, dv [B, L, Hkv, D], dwq, dwk [Hq, D, F], dlog_gamma like log_gamma,
+//   dmeta like meta, dalpha like alpha.
+struct LizardAttnGrads {
+  float* dq = nullptr;
+  float* dk = nullptr;
+  float* dv = nullptr;
+  float* dwq = nullptr;
+  float* dwk = nullptr;
+  float* dlog_gamma = nullptr;
+  float* dmeta = nullptr;
+  float* dalpha = nullptr;
+};
+
+// Backward in the parallel form with fp32 arithmetic on CUDA cores (exact gradients; O(L^2 (2F+D))
+// per head, so a check path, not the fast path). Allocates its fp32 workspace on `stream`.
+void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
+                                        cudaStream_t stream = nullptr);
+
 // Options and sizes from a layer config (pointers left null). Throws lizard::Error for options the
 // kernels do not implement: combine = lolcats, and feature_on_rope != window_rope (the kernels take
 // one q/k pair; apply RoPE to q, k before the call when both options are on).

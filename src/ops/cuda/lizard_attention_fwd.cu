@@ -276,10 +276,12 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       float sc[NK][4];
 #pragma unroll
       for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+      const int gw = warp;  // causal: key pairs (16 keys) beyond this warp's last row are all masked
 #pragma unroll
       for (int s = 0; s < F2 / 16; ++s) {
 #pragma unroll
         for (int np = 0; np < NK / 2; ++np) {
+          if (np > gw) continue;
           uint32_t bb[4];
           load_b_nk(bb, Pk, LDF, np * 16, s * 16);
           mma16816(sc[2 * np], phq[s], bb[0], bb[1]);
@@ -326,6 +328,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       for (int j = 0; j < ND; ++j) og[j][0] *= e0, og[j][1] *= e0, og[j][2] *= e1, og[j][3] *= e1;
 #pragma unroll
       for (int s = 0; s < NK / 2; ++s) {
+        if (s > gw) continue;
 #pragma unroll
         for (int np = 0; np < ND / 2; ++np) {
           uint32_t bb[4];
@@ -354,6 +357,9 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         if (t0 + kC - 1 < wmin - w + 1 || t0 > wmax) continue;  // no key of this block in any window
         const bf16* Kb = Ks + (cn % ring) * kC * LDD;
         const bf16* Vb = Vs + (cn % ring) * kC * LDD;
+        // key pairs (16 keys) [plo, phi] hold a key of some row's window; the rest are skipped
+        const int plo = max(0, wmin - w + 1 - t0) / 16;
+        const int phi = min(NK / 2 - 1, (wmax - t0) / 16);
         float sc[NK][4];
 #pragma unroll
         for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
@@ -363,6 +369,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
           load_a(qa, Qs, LDD, r0, ks * 16);
 #pragma unroll
           for (int np = 0; np < NK / 2; ++np) {
+            if (np < plo || np > phi) continue;
             uint32_t bb[4];
             load_b_nk(bb, Kb, LDD, np * 16, ks * 16);
             mma16816(sc[2 * np], qa, bb[0], bb[1]);
@@ -406,6 +413,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         }
 #pragma unroll
         for (int s = 0; s < NK / 2; ++s) {
+          if (s < plo || s > phi) continue;
 #pragma unroll
           for (int np = 0; np < ND / 2; ++np) {
             uint32_t bb[4];

@@ -1,0 +1,531 @@
+// Lizard attention backward, parallel form, fp32 arithmetic on CUDA cores (LIZARD.md sections 2-4).
+// Exact gradients, O(L^2 (2F + D)) per head: the reference-grade GPU backward that training can
+// use today; the chunked tensor-core backward (reverse chunks with dS) is the fast path to come.
+//
+// With Bc_i = sum_{l<=i} lg_l, K_it = (phi_q_i . phi_k_t) exp(Bc_i - Bc_t) for t <= i:
+//   G_i = N_i / (den_i + eps), N_i = sum_t K_it v_t, den_i = sum_t K_it
+//   dN_i = dy_i / (den_i + eps), dden_i = -(dy_i . G_i) / (den_i + eps), dK_it = dN_i . v_t + dden_i
+//   dphi_q_i = sum_t dK_it e_it phi_k_t, dphi_k_t = sum_i dK_it e_it phi_q_i, dv_t += sum_i K_it dN_i
+//   dBc_i = sum_t dK_it K_it - sum_i' dK_i'i K_i'i,  d lg_l = sum_{i>=l} dBc_i
+// Window (p_it = exp(s_it - lse_i), lse over window and sinks): dA_i = alpha dy_i,
+//   Delta_i = dA_i . A_i, ds_it = p_it (dA_i . v_t - Delta_i), dq_i = scale sum_t ds_it k_t,
+//   dk_t = scale sum_i ds_it q_i, dv_t += sum_i p_it dA_i, dmu_j = -sum_i exp(mu_j - lse_i) Delta_i,
+//   dalpha = sum_i dy_i . A_i.
+#include <cuda_bf16.h>
+
+#include <cmath>
+
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/lizard_attention.h"
+
+namespace lizard::cuda {
+
+void check_common_args(const LizardAttnArgs& a);
+
+namespace {
+
+constexpr int kWarps = 8;
+
+__device__ __forceinline__ float ld(const float* p) { return *p; }
+__device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+
+__device__ __forceinline__ float wsum(float x) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float wmax(float x) {
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+// Serial dot of a (shared/global fp32) vector with a row of T.
+template <typename T>
+__device__ __forceinline__ float dot_row(const float* a, const T* row, int n) {
+  float s = 0.f;
+  for (int j = 0; j < n; ++j) s += a[j] * ld(row + j);
+  return s;
+}
+
+struct Ws {  // fp32 workspace, all [BH, L, X]
+  float *phq, *phk, *bc, *dn, *dden, *lse, *delta, *dphq, *dphk, *dbq, *dbk;
+};
+
+struct Dims {
+  int B, L, Hq, Hkv, D, F, w, m, group;
+  __host__ __device__ int64_t q_off(int b, int i, int h) const { return ((int64_t(b) * L + i) * Hq + h) * D; }
+  __host__ __device__ int64_t k_off(int b, int i, int h) const { return ((int64_t(b) * L + i) * Hkv + h / group) * D; }
+  __host__ __device__ int64_t bh(int b, int h) const { return int64_t(b) * Hq + h; }
+};
+
+// Feature maps of q and k for every token: warp per (b, h, i).
+template <typename T>
+__global__ void feat_kernel(const LizardAttnArgs a, Dims d, Ws ws) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int i = blockIdx.x * kWarps + warp, bh = blockIdx.y, h = bh % d.Hq, b = bh / d.Hq;
+  if (i >= d.L) return;
+  const int F = d.F;
+  for (int which = 0; which < 2; ++which) {
+    const T* x = static_cast<const T*>(which ? a.k : a.q) + (which ? d.k_off(b, i, h) : d.q_off(b, i, h));
+    const T* W = static_cast<const T*>(which ? a.wk : a.wq) + int64_t(h) * d.D * F;
+    float* out = (which ? ws.phk : ws.phq) + (int64_t(bh) * d.L + i) * 2 * F;
+    float u[4];
+    float mx = -INFINITY, mn = INFINITY;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int f = lane + 32 * r;
+      u[r] = 0.f;
+      if (f < F) {
+        for (int e = 0; e < d.D; ++e) u[r] += ld(x + e) * ld(W + int64_t(e) * F + f);
+        mx = fmaxf(mx, u[r]), mn = fminf(mn, u[r]);
+      }
+    }
+    if (a.act == FeatureAct::Exp) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int f = lane + 32 * r;
+        if (f < F) out[f] = expf(u[r]), out[F + f] = expf(-u[r]);
+      }
+      continue;
+    }
+    mx = wmax(mx);
+    mn = -wmax(-mn);
+    float sp = 0.f, sm = 0.f;
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+      if (lane + 32 * r < F) sp += expf(u[r] - mx), sm += expf(mn - u[r]);
+    sp = 1.f / wsum(sp);
+    sm = 1.f / wsum(sm);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int f = lane + 32 * r;
+      if (f < F) out[f] = expf(u[r] - mx) * sp, out[F + f] = expf(mn - u[r]) * sm;
+    }
+  }
+}
+
+// Bc = cumulative sum of log gamma per (b, h): one warp per (b, h).
+__global__ void cumsum_kernel(const LizardAttnArgs a, Dims d, Ws ws) {
+  const int lane = threadIdx.x, bh = blockIdx.x, h = bh % d.Hq, b = bh / d.Hq;
+  float carry = 0.f;
+  for (int i0 = 0; i0 < d.L; i0 += 32) {
+    const int i = i0 + lane;
+    float v = 0.f;
+    if (i < d.L) v = a.log_gamma[a.gate_per_head ? (int64_t(b) * d.L + i) * d.Hq + h : int64_t(b) * d.L + i];
+    for (int o = 1; o < 32; o <<= 1) {
+      float u = __shfl_up_sync(0xffffffffu, v, o);
+      if (lane >= o) v += u;
+    }
+    if (i < d.L) ws.bc[int64_t(bh) * d.L + i] = carry + v;
+    carry += __shfl_sync(0xffffffffu, v, 31);
+  }
+}
+
+// Forward quantities per query (warp per (b, h, i)): dN, dden, lse, Delta, and dalpha.
+template <typename T>
+__global__ void stats_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dya_out) {
+  extern __shared__ float sm[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int F2 = 2 * d.F, D = d.D;
+  float* sphq = sm + warp * (F2 + 2 * D);
+  float* sq = sphq + F2;
+  float* sdy = sq + D;
+  const int i = blockIdx.x * kWarps + warp, bh = blockIdx.y, h = bh % d.Hq, b = bh / d.Hq;
+  if (i >= d.L) return;
+  const T* q = static_cast<const T*>(a.q);
+  const T* k = static_cast<const T*>(a.k);
+  const T* v = static_cast<const T*>(a.v);
+  const float* bc = ws.bc + int64_t(bh) * d.L;
+  const float* phk = ws.phk + int64_t(bh) * d.L * F2;
+  for (int f = lane; f < F2; f += 32) sphq[f] = ws.phq[(int64_t(bh) * d.L + i) * F2 + f];
+  for (int e = lane; e < D; e += 32) sq[e] = ld(q + d.q_off(b, i, h) + e), sdy[e] = ld(dy + d.q_off(b, i, h) + e);
+  __syncwarp();
+  constexpr int R = 8;  // D <= 256
+  float N[R] = {}, A[R] = {};
+  float den = 0.f;
+  for (int t0 = 0; t0 <= i; t0 += 32) {
+    const int t = t0 + lane;
+    float kt = 0.f;
+    if (t <= i) kt = dot_row(sphq, phk + int64_t(t) * F2, F2) * expf(bc[i] - bc[t]);
+    den += kt;
+    const int nj = min(32, i - t0 + 1);
+    for (int j = 0; j < nj; ++j) {
+      const float c = __shfl_sync(0xffffffffu, kt, j);
+      const T* vr = v + d.k_off(b, t0 + j, h);
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (lane + 32 * r < D) N[r] += c * ld(vr + lane + 32 * r);
+    }
+  }
+  den = wsum(den);
+  const float inv = 1.f / (den + a.eps);
+  // Window: max over scores and sinks, then the softmax sums.
+  const float scale = a.scale > 0 ? a.scale : rsqrtf(float(D));
+  const int tlo = max(0, i - d.w + 1);
+  const float* mu = a.meta + (a.meta_per_head ? h * d.m : 0);
+  float mx = -INFINITY;
+  for (int t0 = tlo; t0 <= i; t0 += 32) {
+    const int t = t0 + lane;
+    if (t <= i) mx = fmaxf(mx, dot_row(sq, k + d.k_off(b, t, h), D) * scale);
+  }
+  for (int j = lane; j < d.m; j += 32) mx = fmaxf(mx, mu[j]);
+  mx = wmax(mx);
+  float sum = 0.f;
+  for (int j = lane; j < d.m; j += 32) sum += expf(mu[j] - mx);
+  for (int t0 = tlo; t0 <= i; t0 += 32) {
+    const int t = t0 + lane;
+    float p = 0.f;
+    if (t <= i) p = expf(dot_row(sq, k + d.k_off(b, t, h), D) * scale - mx);
+    sum += p;
+    const int nj = min(32, i - t0 + 1);
+    for (int j = 0; j < nj; ++j) {
+      const float c = __shfl_sync(0xffffffffu, p, j);
+      const T* vr = v + d.k_off(b, t0 + j, h);
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (lane + 32 * r < D) A[r] += c * ld(vr + lane + 32 * r);
+    }
+  }
+  sum = wsum(sum);
+  const float alpha = a.alpha[a.alpha_per_head ? h : 0];
+  float dyg = 0.f, dya = 0.f;
+  float* dn = ws.dn + (int64_t(bh) * d.L + i) * D;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int e = lane + 32 * r;
+    if (e < D) {
+      const float g = N[r] * inv, an = A[r] / sum;
+      dyg += sdy[e] * g;
+      dya += sdy[e] * an;
+      dn[e] = sdy[e] * inv;
+    }
+  }
+  dyg = wsum(dyg);
+  dya = wsum(dya);
+  if (lane == 0) {
+    const int64_t o = int64_t(bh) * d.L + i;
+    ws.dden[o] = -dyg * inv;
+    ws.lse[o] = mx + logf(sum);
+    ws.delta[o] = alpha * dya;
+    dya_out[o] = dya;
+  }
+}
+
+// Query-side gradients (warp per (b, h, i)): dphi_q, the window part of dq, dBc (query side), dmu.
+template <typename T>
+__global__ void qgrad_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dq, float* dmeta) {
+  extern __shared__ float sm[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int F2 = 2 * d.F, D = d.D;
+  float* sphq = sm + warp * (F2 + 3 * D);
+  float* sq = sphq + F2;
+  float* sdn = sq + D;
+  float* sda = sdn + D;
+  const int i = blockIdx.x * kWarps + warp, bh = blockIdx.y, h = bh % d.Hq, b = bh / d.Hq;
+  if (i >= d.L) return;
+  const T* q = static_cast<const T*>(a.q);
+  const T* k = static_cast<const T*>(a.k);
+  const T* v = static_cast<const T*>(a.v);
+  const float* bc = ws.bc + int64_t(bh) * d.L;
+  const float* phk = ws.phk + int64_t(bh) * d.L * F2;
+  const int64_t o = int64_t(bh) * d.L + i;
+  const float alpha = a.alpha[a.alpha_per_head ? h : 0];
+  for (int f = lane; f < F2; f += 32) sphq[f] = ws.phq[o * F2 + f];
+  for (int e = lane; e < D; e += 32) {
+    sq[e] = ld(q + d.q_off(b, i, h) + e);
+    sdn[e] = ws.dn[o * D + e];
+    sda[e] = alpha * ld(dy + d.q_off(b, i, h) + e);
+  }
+  __syncwarp();
+  const float dden = ws.dden[o], lse = ws.lse[o], delta = ws.delta[o];
+  constexpr int R = 8;
+  float dph[R] = {}, dqa[R] = {};
+  float dbq = 0.f;
+  for (int t0 = 0; t0 <= i; t0 += 32) {
+    const int t = t0 + lane;
+    float c = 0.f;
+    if (t <= i) {
+      const float e = expf(bc[i] - bc[t]);
+      const float kk = dot_row(sphq, phk + int64_t(t) * F2, F2) * e;
+      const float dk = dot_row(sdn, v + d.k_off(b, t, h), D) + dden;
+      c = dk * e;
+      dbq += dk * kk;
+    }
+    const int nj = min(32, i - t0 + 1);
+    for (int j = 0; j < nj; ++j) {
+      const float cj = __shfl_sync(0xffffffffu, c, j);
+      const float* pr = phk + int64_t(t0 + j) * F2;
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (lane + 32 * r < F2) dph[r] += cj * pr[lane + 32 * r];
+    }
+  }
+  const float scale = a.scale > 0 ? a.scale : rsqrtf(float(D));
+  const int tlo = max(0, i - d.w + 1);
+  for (int t0 = tlo; t0 <= i; t0 += 32) {
+    const int t = t0 + lane;
+    float ds = 0.f;
+    if (t <= i) {
+      const float p = expf(dot_row(sq, k + d.k_off(b, t, h), D) * scale - lse);
+      ds = p * (dot_row(sda, v + d.k_off(b, t, h), D) - delta);
+    }
+    const int nj = min(32, i - t0 + 1);
+    for (int j = 0; j < nj; ++j) {
+      const float cj = __shfl_sync(0xffffffffu, ds, j) * scale;
+      const T* kr = k + d.k_off(b, t0 + j, h);
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (lane + 32 * r < D) dqa[r] += cj * ld(kr + lane + 32 * r);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (lane + 32 * r < F2) ws.dphq[o * F2 + lane + 32 * r] = dph[r];
+    if (lane + 32 * r < D) dq[d.q_off(b, i, h) + lane + 32 * r] = dqa[r];
+  }
+  dbq = wsum(dbq);
+  if (lane == 0) ws.dbq[o] = dbq;
+  if (dmeta != nullptr) {
+    const float* mu = a.meta + (a.meta_per_head ? h * d.m : 0);
+    for (int j = lane; j < d.m; j += 32)
+      atomicAdd(dmeta + (a.meta_per_head ? h * d.m : 0) + j, -expf(mu[j] - lse) * delta);
+  }
+}
+
+// Key-side gradients (warp per (b, h, t)): dphi_k, dk (window), dv, dBc (key side). dk, dv are
+// accumulated with atomics (the query heads of a GQA group share them).
+template <typename T>
+__global__ void kgrad_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dk, float* dv) {
+  extern __shared__ float sm[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int F2 = 2 * d.F, D = d.D;
+  float* sphk = sm + warp * (F2 + 2 * D);
+  float* sk = sphk + F2;
+  float* sv = sk + D;
+  const int t = blockIdx.x * kWarps + warp, bh = blockIdx.y, h = bh % d.Hq, b = bh / d.Hq;
+  if (t >= d.L) return;
+  const T* q = static_cast<const T*>(a.q);
+  const T* k = static_cast<const T*>(a.k);
+  const T* v = static_cast<const T*>(a.v);
+  const float* bc = ws.bc + int64_t(bh) * d.L;
+  const float* phq = ws.phq + int64_t(bh) * d.L * F2;
+  const float* dn = ws.dn + int64_t(bh) * d.L * D;
+  const int64_t o = int64_t(bh) * d.L + t;
+  const float alpha = a.alpha[a.alpha_per_head ? h : 0];
+  for (int f = lane; f < F2; f += 32) sphk[f] = ws.phk[o * F2 + f];
+  for (int e = lane; e < D; e += 32) sk[e] = ld(k + d.k_off(b, t, h) + e), sv[e] = ld(v + d.k_off(b, t, h) + e);
+  __syncwarp();
+  constexpr int R = 8;
+  float dph[R] = {}, dka[R] = {}, dva[R] = {};
+  float dbk = 0.f;
+  for (int i0 = t; i0 < d.L; i0 += 32) {
+    const int i = i0 + lane;
+    float kk = 0.f, c = 0.f;
+    if (i < d.L) {
+      const float e = expf(bc[i] - bc[t]);
+      kk = dot_row(sphk, phq + int64_t(i) * F2, F2) * e;
+      const float dkk = dot_row(sv, dn + int64_t(i) * D, D) + ws.dden[int64_t(bh) * d.L + i];
+      c = dkk * e;
+      dbk -= dkk * kk;
+    }
+    const int nj = min(32, d.L - i0);
+    for (int j = 0; j < nj; ++j) {
+      const float cj = __shfl_sync(0xffffffffu, c, j), kj = __shfl_sync(0xffffffffu, kk, j);
+      const float* pr = phq + int64_t(i0 + j) * F2;
+      const float* nr = dn + int64_t(i0 + j) * D;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (lane + 32 * r < F2) dph[r] += cj * pr[lane + 32 * r];
+        if (lane + 32 * r < D) dva[r] += kj * nr[lane + 32 * r];
+      }
+    }
+  }
+  const float scale = a.scale > 0 ? a.scale : rsqrtf(float(D));
+  const int ihi = min(d.L - 1, t + d.w - 1);
+  for (int i0 = t; i0 <= ihi; i0 += 32) {
+    const int i = i0 + lane;
+    float p = 0.f, ds = 0.f;
+    if (i <= ihi) {
+      const int64_t oi = int64_t(bh) * d.L + i;
+      p = expf(dot_row(sk, q + d.q_off(b, i, h), D) * scale - ws.lse[oi]);
+      ds = p * (alpha * dot_row(sv, dy + d.q_off(b, i, h), D) - ws.delta[oi]);
+    }
+    const int nj = min(32, ihi - i0 + 1);
+    for (int j = 0; j < nj; ++j) {
+      const float pj = __shfl_sync(0xffffffffu, p, j) * alpha, dsj = __shfl_sync(0xffffffffu, ds, j) * scale;
+      const T* qr = q + d.q_off(b, i0 + j, h);
+      const T* gr = dy + d.q_off(b, i0 + j, h);
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (lane + 32 * r < D) {
+          dka[r] += dsj * ld(qr + lane + 32 * r);
+          dva[r] += pj * ld(gr + lane + 32 * r);
+        }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (lane + 32 * r < F2) ws.dphk[o * F2 + lane + 32 * r] = dph[r];
+    if (lane + 32 * r < D) {
+      atomicAdd(dk + d.k_off(b, t, h) + lane + 32 * r, dka[r]);
+      atomicAdd(dv + d.k_off(b, t, h) + lane + 32 * r, dva[r]);
+    }
+  }
+  dbk = wsum(dbk);
+  if (lane == 0) ws.dbk[o] = dbk;
+}
+
+// Feature-map backward (warp per (b, h, i)): du from phi and dphi (stored over dphi), and the
+// input gradients dq += du_q Wq^T, dk += du_k Wk^T.
+template <typename T>
+__global__ void featbwd_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dq, float* dk) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int i = blockIdx.x * kWarps + warp, bh = blockIdx.y, h = bh % d.Hq, b = bh / d.Hq;
+  if (i >= d.L) return;
+  const int F = d.F, F2 = 2 * F;
+  for (int which = 0; which < 2; ++which) {
+    const float* ph = (which ? ws.phk : ws.phq) + (int64_t(bh) * d.L + i) * F2;
+    float* dph = (which ? ws.dphk : ws.dphq) + (int64_t(bh) * d.L + i) * F2;
+    float du[4] = {};
+    if (a.act == FeatureAct::Exp) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int f = lane + 32 * r;
+        if (f < F) du[r] = dph[f] * ph[f] - dph[F + f] * ph[F + f];
+      }
+    } else {
+      float sp = 0.f, sn = 0.f;
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int f = lane + 32 * r;
+        if (f < F) sp += ph[f] * dph[f], sn += ph[F + f] * dph[F + f];
+      }
+      sp = wsum(sp);
+      sn = wsum(sn);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int f = lane + 32 * r;
+        if (f < F) du[r] = ph[f] * (dph[f] - sp) - ph[F + f] * (dph[F + f] - sn);
+      }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+      if (lane + 32 * r < F) dph[lane + 32 * r] = du[r];  // du overwrites the first half
+    __syncwarp();
+    const T* W = static_cast<const T*>(which ? a.wk : a.wq) + int64_t(h) * d.D * F;
+    for (int e = lane; e < d.D; e += 32) {
+      float s = 0.f;
+      for (int f = 0; f < F; ++f) s += dph[f] * ld(W + int64_t(e) * F + f);
+      if (which)
+        atomicAdd(dk + d.k_off(b, i, h) + e, s);
+      else
+        dq[d.q_off(b, i, h) + e] += s;
+    }
+  }
+}
+
+// dW[h][e][f] = sum over (b, i) of x[b,i,h][e] du[b,h,i][f]: block per (h, e), threads over f.
+template <typename T>
+__global__ void dw_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dwq, float* dwk) {
+  const int h = blockIdx.x / d.D, e = blockIdx.x % d.D, F = d.F, F2 = 2 * F;
+  for (int which = 0; which < 2; ++which) {
+    float* out = which ? dwk : dwq;
+    if (out == nullptr) continue;
+    const T* x = static_cast<const T*>(which ? a.k : a.q);
+    const float* du = which ? ws.dphk : ws.dphq;
+    for (int f = threadIdx.x; f < F; f += blockDim.x) {
+      float s = 0.f;
+      for (int b = 0; b < d.B; ++b)
+        for (int i = 0; i < d.L; ++i) {
+          const float xv = ld(x + (which ? d.k_off(b, i, h) : d.q_off(b, i, h)) + e);
+          s += xv * du[(d.bh(b, h) * d.L + i) * F2 + f];
+        }
+      out[(int64_t(h) * d.D + e) * F + f] = s;
+    }
+  }
+}
+
+// d lg_l = sum_{i >= l} (dbq_i + dbk_i): warp per (b, h), suffix scan; dalpha from dy . A.
+__global__ void dlg_kernel(const LizardAttnArgs a, Dims d, Ws ws, const float* dya, float* dlg, float* dalpha) {
+  const int lane = threadIdx.x, bh = blockIdx.x, h = bh % d.Hq, b = bh / d.Hq;
+  float carry = 0.f, sa = 0.f;
+  for (int i0 = d.L - 1; i0 >= 0; i0 -= 32) {
+    const int i = i0 - lane;
+    float v = 0.f;
+    if (i >= 0) v = ws.dbq[int64_t(bh) * d.L + i] + ws.dbk[int64_t(bh) * d.L + i], sa += dya[int64_t(bh) * d.L + i];
+    for (int o = 1; o < 32; o <<= 1) {
+      float u = __shfl_up_sync(0xffffffffu, v, o);
+      if (lane >= o) v += u;
+    }
+    if (i >= 0 && dlg != nullptr) {
+      const float g = carry + v;
+      if (a.gate_per_head)
+        dlg[(int64_t(b) * d.L + i) * d.Hq + h] = g;
+      else
+        atomicAdd(dlg + int64_t(b) * d.L + i, g);
+    }
+    carry += __shfl_sync(0xffffffffu, v, 31);
+  }
+  sa = wsum(sa);
+  if (lane == 0 && dalpha != nullptr) atomicAdd(dalpha + (a.alpha_per_head ? h : 0), sa);
+}
+
+template <typename T>
+void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g, cudaStream_t st) {
+  const T* dy = static_cast<const T*>(dy_);
+  Dims d{a.B, a.L, a.Hq, a.Hkv, a.D, a.F, a.window, a.n_meta, a.Hq / a.Hkv};
+  const int64_t BHL = int64_t(a.B) * a.Hq * a.L, F2 = 2 * a.F;
+  const int64_t total = BHL * (4 * F2 + a.D + 8) + BHL;  // + dy.A scratch
+  float* buf = nullptr;
+  LZ_CUDA_OK(cudaMallocAsync(&buf, total * sizeof(float), st));
+  Ws ws;
+  float* p = buf;
+  ws.phq = p, p += BHL * F2;
+  ws.phk = p, p += BHL * F2;
+  ws.dphq = p, p += BHL * F2;
+  ws.dphk = p, p += BHL * F2;
+  ws.dn = p, p += BHL * a.D;
+  ws.bc = p, p += BHL;
+  ws.dden = p, p += BHL;
+  ws.lse = p, p += BHL;
+  ws.delta = p, p += BHL;
+  ws.dbq = p, p += BHL;
+  ws.dbk = p, p += BHL;
+  float* dya = p;
+  p += BHL;
+  const size_t nk = size_t(a.B) * a.L * a.Hkv * a.D;
+  LZ_CUDA_OK(cudaMemsetAsync(g.dk, 0, nk * 4, st));
+  LZ_CUDA_OK(cudaMemsetAsync(g.dv, 0, nk * 4, st));
+  if (g.dlog_gamma && !a.gate_per_head) LZ_CUDA_OK(cudaMemsetAsync(g.dlog_gamma, 0, size_t(a.B) * a.L * 4, st));
+  if (g.dmeta && a.n_meta > 0)
+    LZ_CUDA_OK(cudaMemsetAsync(g.dmeta, 0, size_t(a.meta_per_head ? a.Hq : 1) * a.n_meta * 4, st));
+  if (g.dalpha) LZ_CUDA_OK(cudaMemsetAsync(g.dalpha, 0, size_t(a.alpha_per_head ? a.Hq : 1) * 4, st));
+  const dim3 grid((a.L + kWarps - 1) / kWarps, a.B * a.Hq), block(32 * kWarps);
+  feat_kernel<T><<<grid, block, 0, st>>>(a, d, ws);
+  cumsum_kernel<<<a.B * a.Hq, 32, 0, st>>>(a, d, ws);
+  stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya);
+  qgrad_kernel<T><<<grid, block, kWarps * (F2 + 3 * a.D) * 4, st>>>(a, d, ws, dy, g.dq,
+                                                                    a.n_meta > 0 ? g.dmeta : nullptr);
+  kgrad_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, g.dk, g.dv);
+  featbwd_kernel<T><<<grid, block, 0, st>>>(a, d, ws, g.dq, g.dk);
+  if (g.dwq || g.dwk) dw_kernel<T><<<a.Hq * a.D, 128, 0, st>>>(a, d, ws, g.dwq, g.dwk);
+  dlg_kernel<<<a.B * a.Hq, 32, 0, st>>>(a, d, ws, dya, g.dlog_gamma, g.dalpha);
+  LZ_CUDA_OK(cudaGetLastError());
+  LZ_CUDA_OK(cudaFreeAsync(buf, st));
+}
+
+}  // namespace
+
+void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
+                                        cudaStream_t stream) {
+  check_common_args(a);
+  LZ_CUDA_CHECK(g.dq && g.dk && g.dv && dy, "lizard attention backward (cuda): dy, dq, dk, dv are required");
+  LZ_CUDA_CHECK(a.D <= 256 && a.F <= 128, "lizard attention backward (cuda): needs D <= 256 and F <= 128, got D=",
+                a.D, " F=", a.F);
+  if (fp32)
+    run_bwd<float>(a, dy, g, stream);
+  else
+    run_bwd<__nv_bfloat16>(a, dy, g, stream);
+}
+
+}  // namespace lizard::cuda
