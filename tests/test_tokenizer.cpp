@@ -304,3 +304,38 @@ TEST(TokenizerGGUF, UnsupportedPreIsNamed) {
   }
   fs::remove(path);
 }
+
+// GGUF gpt2 tokenizers named by tokenizer.ggml.pre: the vocab and merges of Llama-3's and Qwen3's
+// tokenizer.json written as GGUF metadata must tokenize exactly as HF does from the JSON.
+TEST(TokenizerGGUF, ByteLevelPresetsMatchHF) {
+  for (auto [name, pre] : {std::pair{"llama3", "llama-bpe"}, std::pair{"qwen3", "qwen2"}}) {
+    std::string p = hf_dir() + "/" + name + "/tokenizer.json";
+    if (!fs::exists(p)) continue;
+    std::ifstream in(p);
+    auto j = nlohmann::json::parse(in);
+    size_t n = j["model"]["vocab"].size();
+    for (auto& a : j["added_tokens"]) n = std::max<size_t>(n, a["id"].get<size_t>() + 1);
+    std::vector<std::string> tokens(n);
+    std::vector<int32_t> types(n, 1);
+    for (auto& [tok, id] : j["model"]["vocab"].items()) tokens[id.get<int>()] = tok;
+    for (auto& a : j["added_tokens"]) {
+      tokens[a["id"].get<int>()] = a["content"];
+      types[a["id"].get<int>()] = a["special"].get<bool>() ? 3 : 4;
+    }
+    std::vector<std::string> merges;
+    for (auto& m : j["model"]["merges"])
+      merges.push_back(m.is_string() ? m.get<std::string>() : m[0].get<std::string>() + " " + m[1].get<std::string>());
+    GGUFWriter w;
+    w.put("tokenizer.ggml.model", std::string("gpt2"));
+    w.put("tokenizer.ggml.pre", std::string(pre));
+    w.put("tokenizer.ggml.tokens", tokens);
+    w.put("tokenizer.ggml.token_type", types);
+    w.put("tokenizer.ggml.merges", merges);
+    auto path = (fs::temp_directory_path() / ("lizard_tok_" + std::to_string(std::random_device{}()) + ".gguf")).string();
+    w.write(path);
+    Tokenizer t = Tokenizer::from_gguf(GGUFFile(path));
+    fs::remove(path);
+    EXPECT_FALSE(t.adds_bos());
+    check_parity(t, name);
+  }
+}
