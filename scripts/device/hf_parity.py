@@ -108,7 +108,13 @@ def build_hf(meta, t):
                       num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=Hkv,
                       rms_norm_eps=meta[a + ".attention.layer_norm_rms_epsilon"], rope_theta=meta[a + ".rope.freq_base"],
                       max_position_embeddings=meta[a + ".context_length"], tie_word_embeddings="output.weight" not in t,
-                      torch_dtype="float32")
+                      )
+    theta = meta[a + ".rope.freq_base"]
+    # transformers 5 keeps RoPE settings in rope_parameters; older versions in rope_theta
+    if getattr(cfg, "rope_parameters", None) is not None:
+        cfg.rope_parameters["rope_theta"] = theta
+    cfg.rope_theta = theta
+    print("HF config:", cfg.to_dict().get("rope_parameters"), cfg.rope_theta, flush=True)
     sd = {"model.embed_tokens.weight": t["token_embd.weight"], "model.norm.weight": t["output_norm.weight"]}
     if "output.weight" in t:
         sd["lm_head.weight"] = t["output.weight"]
@@ -155,7 +161,7 @@ def main():
         # CI fixture: reference logits of the first 24 positions at the 64 largest entries + the greedy ids.
         k = min(24, ref.shape[0])
         top = np.argsort(-ref[:k], axis=1)[:, :64]
-        json.dump({"ids": p["ids"][:k], "top_ids": top.tolist(), "top_logits": np.take_along_axis(ref[:k], top, 1).tolist(),
+        json.dump({"prompt_ids": p["ids"], "ids": p["ids"][:k], "top_ids": top.tolist(), "top_logits": np.take_along_axis(ref[:k], top, 1).tolist(),
                    "greedy": gen}, open(os.path.join(out_dir, f"fixture_{p['name']}.json"), "w"))
     json.dump(report, open(os.path.join(out_dir, "parity.json"), "w"), indent=1)
 
