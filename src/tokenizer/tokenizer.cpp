@@ -146,6 +146,26 @@ int unicode_to_byte(uint32_t cp) {
 }
 
 // ---- Impl ------------------------------------------------------------------------------------
+void TokImpl::MergeTable::set(uint64_t k, int32_t rank, int32_t id) {
+  if ((count + 1) * 2 > slots.size()) {  // keep the load factor under 1/2
+    std::vector<Slot> old;
+    old.swap(slots);
+    slots.assign(std::max<size_t>(1024, old.size() * 2), Slot{});
+    mask = slots.size() - 1;
+    count = 0;
+    for (const Slot& s : old)
+      if (s.key != ~0ull) set(s.key, s.rank, s.id);
+  }
+  for (size_t i = hash(k) & mask;; i = (i + 1) & mask) {
+    if (slots[i].key == k || slots[i].key == ~0ull) {
+      if (slots[i].key != k) ++count;
+      slots[i] = {k, rank, id};
+      return;
+    }
+  }
+}
+
+
 void TokImpl::finish() {
   special.assign(vocab.size(), 0);
   for (auto& t : added) {
@@ -264,9 +284,9 @@ void TokImpl::split_added(std::string_view text, bool normalized_set,
 
 std::optional<std::pair<int32_t, int32_t>> TokImpl::find_merge(int32_t a, int32_t b) const {
   if (!score_merges) {
-    auto it = merges.find((static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b));
-    if (it == merges.end()) return std::nullopt;
-    return it->second;
+    const MergeTable::Slot* sl = merges.find(MergeTable::key_of(a, b));
+    if (!sl) return std::nullopt;
+    return std::pair(sl->rank, sl->id);
   }
   std::string t = vocab[a] + vocab[b];
   auto it = model_ids.find(t);

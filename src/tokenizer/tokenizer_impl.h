@@ -78,7 +78,29 @@ struct TokImpl {
   std::string pre_desc;
 
   // BPE
-  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;  // (left,right) -> (rank,new)
+  // (left,right) -> (rank,new): open addressing, since BPE spends most of its time here
+  struct MergeTable {
+    struct Slot {
+      uint64_t key = ~0ull;
+      int32_t rank = 0, id = 0;
+    };
+    std::vector<Slot> slots;
+    size_t mask = 0, count = 0;
+    static uint64_t key_of(int32_t a, int32_t b) {
+      return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+    }
+    static size_t hash(uint64_t k) { return static_cast<size_t>((k * 0x9E3779B97F4A7C15ull) >> 20); }
+    const Slot* find(uint64_t k) const {
+      if (slots.empty()) return nullptr;
+      for (size_t i = hash(k) & mask;; i = (i + 1) & mask) {
+        if (slots[i].key == k) return &slots[i];
+        if (slots[i].key == ~0ull) return nullptr;
+      }
+    }
+    void set(uint64_t k, int32_t rank, int32_t id);  // overwrites an existing pair
+    bool empty() const { return count == 0; }
+  };
+  MergeTable merges;
   bool score_merges = false;         // SentencePiece GGUF: merge priority from token scores
   std::vector<int32_t> score_rank;   // per id, rank by score (score_merges); -1: not a merge target
   bool ignore_merges = false, byte_fallback = false, fuse_unk = false;

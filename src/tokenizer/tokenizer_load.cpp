@@ -226,8 +226,8 @@ void add_merge(TokImpl& m, const std::string& a, const std::string& b, int32_t r
   LZ_CHECK(ia != m.model_ids.end() && ib != m.model_ids.end(), "{}: merge '{} {}' uses a token not in the vocabulary",
            where, a, b);
   LZ_CHECK(ic != m.model_ids.end(), "{}: merge '{} {}' makes a token not in the vocabulary", where, a, b);
-  uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(ia->second)) << 32) | static_cast<uint32_t>(ib->second);
-  m.merges[key] = {rank, ic->second};  // a repeated pair keeps its last rank, as HF's map does
+  // a repeated pair keeps its last rank, as HF's map does
+  m.merges.set(TokImpl::MergeTable::key_of(ia->second, ib->second), rank, ic->second);
 }
 
 }  // namespace
