@@ -10,6 +10,8 @@ computed with the Hugging Face `tokenizers` library (pip install tokenizers gguf
 
 Tokenizers:
   llama2, llama3, qwen3: /work/shared/data/tokenizers/<name>/tokenizer.json as is.
+  synth_a, synth_b: small BPEs trained here on the texts (saved as synth_*.json beside the
+    fixtures) with the rarer components; see synthetic_tokenizers().
   smollm2: there is no tokenizer.json next to the GGUF, so one is built from the GGUF metadata
     (tokenizer.ggml.tokens / merges / token_type) with SmolLM2's real pre-tokenizer config:
       model         BPE(vocab = tokens, merges = merges split on their one space)
@@ -99,7 +101,9 @@ FIXED = [
     "<s>[INST] What is 2+2? [/INST] 4</s>", "Hello <s> world</s>x", "<s><s></s>", "<unk>",
     "<think>\nLet me think.\n</think>\n\nAnswer", "text<|endoftext|>more text", "<|im_start",
     "<|im_start|", "<|im_start|><|im_end|>", " <|im_end|> ", "<repo_name>lizard<file_sep>x.py",
-    "<|eot_id|><|eot_id|>", "<<s>>", "<</s>", "<|fim_prefix|>def f():<|fim_suffix|>",
+    "<|eot_id|><|eot_id|>", "hello world", "say hello, hello_x helloworld xhello", "a <mask> b",
+    "x  \t<mask>\n  y<mask>", "rstrip!   z", "new york and new  york", "\tworld\t", " lstrip  lstrip",
+ "<<s>>", "<</s>", "<|fim_prefix|>def f():<|fim_suffix|>",
 ]
 
 
@@ -199,6 +203,42 @@ def smollm2_tokenizer(gguf_path):
     return Tokenizer.from_str(json.dumps(spec))
 
 
+def synthetic_tokenizers(texts):
+    """Small byte-level BPEs trained on the texts, dressed with the components the real tokenizers
+    don't use (Split behaviours, inverted splits, Digits contiguous, ByteLevel add_prefix_space,
+    lstrip/rstrip/single_word/normalized added tokens) so that lizard's versions are checked too."""
+    from tokenizers import models, pre_tokenizers, trainers, decoders, normalizers, AddedToken, Regex
+    base = Tokenizer(models.BPE())
+    base.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(vocab_size=700, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    base.train_from_iterator(texts, trainer=trainer)
+    spec = json.loads(base.to_str())
+    out = {}
+    a = Tokenizer.from_str(json.dumps(spec))
+    a.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(" ", "merged_with_next"),
+        pre_tokenizers.Split(Regex(r"[\p{P}]"), "merged_with_previous"),
+        pre_tokenizers.Digits(individual_digits=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    a.decoder = decoders.ByteLevel()
+    a.add_special_tokens([AddedToken("<mask>", lstrip=True, rstrip=True), AddedToken("<|im_end|>")])
+    a.add_tokens([AddedToken("hello", single_word=True, normalized=False),
+                  AddedToken("world", normalized=True), AddedToken("rstrip!", rstrip=True, normalized=False)])
+    out["synth_a"] = a
+    b = Tokenizer.from_str(json.dumps(spec))
+    b.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace("\t", "    ")])
+    b.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\s+"), "removed", invert=False),
+        pre_tokenizers.Split(Regex(r"\p{L}+"), "contiguous", invert=True),
+        pre_tokenizers.Split("'", "isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)])
+    b.decoder = decoders.ByteLevel()
+    b.add_tokens([AddedToken("new york", normalized=True), AddedToken(" lstrip", lstrip=True, normalized=False)])
+    out["synth_b"] = b
+    return out
+
+
 def write(tok, texts, path):
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -287,6 +327,10 @@ def main():
     for name in ["llama2", "llama3", "qwen3"]:
         tok = Tokenizer.from_file(os.path.join(a.tokenizers, name, "tokenizer.json"))
         write(tok, texts, os.path.join(a.out, name + ".jsonl"))
+    for name, tok in synthetic_tokenizers(texts).items():
+        tok.save(os.path.join(a.out, name + ".json.tmp"))
+        os.replace(os.path.join(a.out, name + ".json.tmp"), os.path.join(a.out, name + ".json"))
+        write(tok, texts[:len(FIXED)] + texts[len(FIXED)::3], os.path.join(a.out, name + ".jsonl"))
     if os.path.exists(a.gguf):
         write(smollm2_tokenizer(a.gguf), texts, os.path.join(a.out, "smollm2.jsonl"))
     else:

@@ -339,3 +339,13 @@ TEST(TokenizerGGUF, ByteLevelPresetsMatchHF) {
     check_parity(t, name);
   }
 }
+
+// Small BPEs trained by the fixture script, with the components the real tokenizers don't use:
+// Split behaviours (MergedWithNext/Previous, Removed, Contiguous, inverted), Digits contiguous,
+// ByteLevel add_prefix_space, Replace/NFC normalizers, lstrip/rstrip/single_word/normalized tokens.
+TEST(TokenizerHF, SyntheticComponents) {
+  for (const char* name : {"synth_a", "synth_b"}) {
+    Tokenizer t = Tokenizer::from_json_file(std::string(LIZARD_SOURCE_DIR) + "/tests/fixtures/tokenizer/" + name + ".json");
+    check_parity(t, name);
+  }
+}

@@ -403,8 +403,7 @@ namespace {
 using Range = std::pair<size_t, size_t>;
 
 // One Split step over one piece: the HF SplitDelimiterBehavior rules.
-void split_piece(const PreStep& st, std::string_view s, size_t base, std::vector<Range>& out,
-                 std::vector<Range>& m) {
+void split_piece(const PreStep& st, std::string_view s, std::vector<std::string_view>& out, std::vector<Range>& m) {
   m.clear();
   st.regex->find_all(s, m);
   std::vector<std::pair<Range, bool>> parts;
@@ -454,7 +453,7 @@ void split_piece(const PreStep& st, std::string_view s, size_t base, std::vector
     }
   }
   for (auto& p : res)
-    if (p.first.second > p.first.first) out.emplace_back(base + p.first.first, base + p.first.second);
+    if (p.first.second > p.first.first) out.push_back(s.substr(p.first.first, p.first.second - p.first.first));
 }
 }  // namespace
 
@@ -470,26 +469,28 @@ void TokImpl::encode_segment(std::string_view seg, std::vector<int32_t>& out) co
     split_added(text, true, subs);
   else
     subs.emplace_back(text, -1);
-  std::vector<Range> pieces, next, scratch;
-  std::string prefixed;
+  std::vector<std::string_view> pieces, next;
+  std::vector<Range> scratch;
+  std::vector<std::string> owned;
   for (auto [sub, id] : subs) {
     if (id >= 0) {
       out.push_back(id);
       continue;
     }
-    std::string_view s = sub;
-    if (prefix_space && !s.empty() && s[0] != ' ') {
-      prefixed = " ";
-      prefixed += s;
-      s = prefixed;
-    }
-    pieces.assign(1, {0, s.size()});
-    for (const PreStep& st : pretokenizers) {
+    pieces.assign(1, sub);
+    for (size_t k = 0; k <= pretokenizers.size(); ++k) {
+      if (prefix_space && k == prefix_space_at) {  // ByteLevel add_prefix_space, on every piece so far
+        owned.clear();
+        owned.reserve(pieces.size());
+        for (std::string_view p : pieces) owned.push_back(p.empty() || p[0] == ' ' ? std::string(p) : " " + std::string(p));
+        for (size_t q = 0; q < pieces.size(); ++q) pieces[q] = owned[q];
+      }
+      if (k == pretokenizers.size()) break;
       next.clear();
-      for (auto [a, b] : pieces) split_piece(st, s.substr(a, b - a), a, next, scratch);
+      for (std::string_view p : pieces) split_piece(pretokenizers[k], p, next, scratch);
       pieces.swap(next);
     }
-    for (auto [a, b] : pieces) model_encode(s.substr(a, b - a), out);
+    for (std::string_view p : pieces) model_encode(p, out);
   }
 }
 

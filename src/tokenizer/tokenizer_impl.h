@@ -73,7 +73,8 @@ struct TokImpl {
 
   std::vector<NormStep> normalizers;
   std::vector<PreStep> pretokenizers;
-  bool prefix_space = false;  // ByteLevel add_prefix_space (only as the first pre-tokenizer)
+  bool prefix_space = false;   // ByteLevel add_prefix_space: a space before each piece...
+  size_t prefix_space_at = 0;  // ...made by the first prefix_space_at pre-tokenizer steps
   std::vector<DecStep> decoders;
   std::string pre_desc;
 

@@ -120,9 +120,8 @@ struct Loader {
                 ind ? "Digits(individual)" : "Digits");
     } else if (t == "ByteLevel") {
       if (bool_or(j, "add_prefix_space", false)) {
-        LZ_CHECK(m.pretokenizers.empty(),
-                 "tokenizer.json: ByteLevel add_prefix_space after another pre-tokenizer is not supported");
         m.prefix_space = true;
+        m.prefix_space_at = m.pretokenizers.size();
       }
       if (bool_or(j, "use_regex", true)) {
         add_split(kGpt2Pattern, SplitBehavior::Isolated, false, "ByteLevel(gpt2 regex)");
