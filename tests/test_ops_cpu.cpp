@@ -7,6 +7,7 @@
 
 #include "llama_fixture.h"
 #include "ops/cpu/embedding.h"
+#include "ops/cpu/fast_exp.h"
 #include "ops/cpu/matmul.h"
 #include "ops/cpu/rmsnorm.h"
 #include "ops/cpu/rope.h"
@@ -281,4 +282,18 @@ TEST(OpsCpu, DequantizeTensorMatchesBlocks) {
     auto f = dequantize_tensor(lizard::testing::view_of("w", w));
     for (size_t i = 0; i < f.size(); ++i) ASSERT_EQ(f[i], w.values[i]) << dtype_name(t) << " " << i;
   }
+}
+
+TEST(OpsCpu, FastExp) {
+  Seeded s;
+  SCOPED_TRACE(s.trace());
+  for (int i = 0; i < 200000; ++i) {
+    const float x = s.uniform(-87.0f, 88.0f);
+    const double ref = std::exp(double(x));
+    ASSERT_NEAR(fast_exp(x), ref, 3e-7 * ref) << x;
+  }
+  EXPECT_EQ(fast_exp(0.0f), 1.0f);
+  EXPECT_GT(fast_exp(-1000.0f), 0.0f);
+  EXPECT_LT(fast_exp(-1000.0f), 1e-37f);
+  EXPECT_TRUE(std::isfinite(fast_exp(1000.0f)));
 }

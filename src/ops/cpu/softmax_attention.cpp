@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "ops/cpu/fast_exp.h"
 #include "ops/cpu/matmul.h"
 
 namespace lizard {
@@ -49,7 +50,8 @@ void attention_blocked(const float* q, int64_t n, int64_t pos0, const float* k, 
         float mx = -INFINITY;
         for (int64_t t = lo; t <= hi; ++t) mx = std::max(mx, sr[t]);
         float sum = 0.0f;
-        for (int64_t t = lo; t <= hi; ++t) sum += (sr[t] = std::exp(sr[t] - mx));
+#pragma omp simd reduction(+ : sum)
+        for (int64_t t = lo; t <= hi; ++t) sum += (sr[t] = fast_exp(sr[t] - mx));
         const float inv = 1.0f / sum;
         for (int64_t t = 0; t < lo; ++t) sr[t] = 0.0f;
         for (int64_t t = lo; t <= hi; ++t) sr[t] *= inv;
@@ -99,10 +101,8 @@ void softmax_attention(const float* q, int64_t n, int64_t pos0, const float* k, 
         mx = std::max(mx, dot);
       }
       float sum = 0.0f;
-      for (int64_t t = t0; t <= pos; ++t) {
-        s[t] = std::exp(s[t] - mx);
-        sum += s[t];
-      }
+#pragma omp simd reduction(+ : sum)
+      for (int64_t t = t0; t <= pos; ++t) sum += (s[t] = fast_exp(s[t] - mx));
       float* o = out + i * H * D + static_cast<int64_t>(h) * D;
       std::fill(o, o + D, 0.0f);
       for (int64_t t = t0; t <= pos; ++t) {
