@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -12,10 +13,13 @@
 #include <map>
 #include <sstream>
 
+#include "eval/eval_cli.h"
 #include "formats/gguf.h"
 #include "generate/generate.h"
+#include "generate/state_io.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
+#include "server/server.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
@@ -153,6 +157,7 @@ struct GenerateArgs {
   float temp = 0.8f, top_p = 0.95f, repeat_penalty = 1.0f;
   uint64_t seed = 0;
   bool seed_set = false, chat = false, quiet = false;
+  std::string save_state, load_state;  // --save-state / --load-state FILE
 };
 
 std::string read_stdin() { return std::string((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>()); }
@@ -166,7 +171,7 @@ void cmd_generate(const GenerateArgs& a) {
   } else if (prompt.empty()) {
     prompt = read_stdin();
   }
-  LZ_CHECK(!prompt.empty(), "empty prompt: give -p TEXT, -f FILE or text on stdin");
+  LZ_CHECK(!prompt.empty() || !a.load_state.empty(), "empty prompt: give -p TEXT, -f FILE or text on stdin");
 
   auto ck = std::make_shared<Checkpoint>(open_checkpoint(model_or_default(a.model)));
   LZ_CHECK(ck->tokenizer != nullptr, "model '{}' has no tokenizer", ck->path);
@@ -175,6 +180,10 @@ void cmd_generate(const GenerateArgs& a) {
   mo.n_threads = a.threads;
   mo.context = a.ctx;
   LlamaModel model(ck, mo);
+  // --load-state: continue a saved conversation; the new prompt is appended to it.
+  LlamaState state = model.new_state();
+  SavedSequence saved;
+  if (!a.load_state.empty()) saved = load_state(a.load_state, model, state);
 
   GenerateOptions go;
   go.max_new_tokens = a.n;
@@ -192,20 +201,31 @@ void cmd_generate(const GenerateArgs& a) {
     std::vector<ChatMessage> msgs;
     if (!a.system.empty()) msgs.push_back({"system", a.system});
     msgs.push_back({"user", prompt});
-    // The template writes BOS itself where the model wants one.
-    ids = tok.encode(tmpl.render(msgs, /*add_generation_prompt=*/true), /*add_bos=*/false);
+    if (a.load_state.empty()) {
+      // The template writes BOS itself where the model wants one.
+      ids = tok.encode(tmpl.render(msgs, /*add_generation_prompt=*/true), /*add_bos=*/false);
+    } else {
+      // A further turn: no BOS, no default system message; ChatML separates turns with a newline.
+      ChatTemplate turn = tmpl;
+      turn.default_system.clear();
+      turn.bos_text.clear();
+      ids = tok.encode((turn.format == ChatFormat::ChatML ? "\n" : "") + turn.render(msgs, true), false);
+    }
     go.stop_ids = chat_stop_ids(tok, tmpl);
   } else {
-    ids = tok.encode(prompt, /*add_bos=*/true);
+    ids = tok.encode(prompt, /*add_bos=*/a.load_state.empty());
   }
-  LZ_CHECK(static_cast<int64_t>(ids.size()) < model.context_length(),
-           "prompt has {} tokens, the context is {} (raise it with --ctx)", ids.size(), model.context_length());
+  const std::vector<int32_t> run = continuation(saved, state, ids);  // saved tokens not yet run first
+  LZ_CHECK(!run.empty(), "nothing to continue from in '{}': give a prompt", a.load_state);
+  LZ_CHECK(state.n_past() + static_cast<int64_t>(run.size()) < model.context_length(),
+           "prompt has {} tokens, the context is {} (raise it with --ctx)", state.n_past() + run.size(),
+           model.context_length());
 
   if (!a.chat && !a.quiet) {
     std::fwrite(prompt.data(), 1, prompt.size(), stdout);
   }
   std::fflush(stdout);
-  GenerateStats st = generate(model, tok, ids, go, [](int32_t, std::string_view text) {
+  GenerateStats st = generate(model, state, tok, run, go, [](int32_t, std::string_view text) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
     return true;
@@ -214,6 +234,53 @@ void cmd_generate(const GenerateArgs& a) {
   std::fprintf(stderr, "[%lld prompt tokens at %.1f tok/s, %lld generated at %.1f tok/s, stop: %s]\n",
                static_cast<long long>(st.prompt_tokens), st.prefill_tokens_per_s(), static_cast<long long>(st.new_tokens),
                st.decode_tokens_per_s(), st.stop_reason.c_str());
+  if (!a.save_state.empty()) {
+    // The whole context: what was loaded, the prompt and the generated tokens.
+    saved.tokens.insert(saved.tokens.end(), ids.begin(), ids.end());
+    saved.tokens.insert(saved.tokens.end(), st.tokens.begin(), st.tokens.end());
+    saved.seed = go.sampling.seed;
+    save_state(a.save_state, model, state, saved);
+    std::fprintf(stderr, "[state saved to %s: %zu tokens, %.2f MiB]\n", a.save_state.c_str(), saved.tokens.size(),
+                 static_cast<double>(std::filesystem::file_size(a.save_state)) / 1048576.0);
+  }
+}
+
+// ---- serve: OpenAI-compatible HTTP API ----------------------------------------------------------
+struct ServeArgs {
+  std::string model, host = "127.0.0.1", alias;
+  int port = 8080, parallel = 1, threads = 0;
+  int64_t ctx = 0;
+  bool quiet = false;
+};
+
+void cmd_serve(const ServeArgs& a) {
+  auto ck = std::make_shared<Checkpoint>(open_checkpoint(model_or_default(a.model)));
+  ModelOptions mo;
+  mo.context = a.ctx;
+  auto model = std::make_shared<LlamaModel>(ck, mo);
+  ServerOptions so;
+  so.host = a.host;
+  so.port = a.port;
+  so.parallel = a.parallel;
+  so.threads = a.threads;
+  so.model_name = a.alias;
+  so.log = !a.quiet;
+  // Ctrl-C / SIGTERM: wait for them on this thread (blocked everywhere else), then stop cleanly.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  Server server(model, so);
+  const int port = server.bind();
+  server.start();
+  std::fprintf(stderr, "lizard: serving %s as '%s' on http://%s:%d (%d slot%s, %d threads each, context %lld)\n",
+               ck->path.c_str(), server.model_name().c_str(), a.host.c_str(), port, a.parallel,
+               a.parallel == 1 ? "" : "s", model->n_threads(), static_cast<long long>(model->context_length()));
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  std::fprintf(stderr, "lizard: stopping\n");
+  server.stop();
 }
 
 // ---- debug-logits: full-vocabulary logits and greedy ids, for parity checks against other tools ----
@@ -279,6 +346,22 @@ int main(int argc, char** argv) {
   gen->add_option("-t,--threads", g.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   gen->add_option("--ctx", g.ctx, "context length (default: the model's)")->check(CLI::NonNegativeNumber);
   gen->add_flag("-q,--quiet", g.quiet, "do not echo the prompt");
+  gen->add_option("--save-state", g.save_state, "after generating, save the whole context (prompt + output) to FILE");
+  gen->add_option("--load-state", g.load_state, "continue the context saved in FILE; the prompt is appended")
+      ->check(CLI::ExistingFile);
+
+  ServeArgs sv;
+  auto* serve = app.add_subcommand("serve", "OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)");
+  serve->add_option("-m,--model", sv.model, "GGUF file or Hugging Face directory (default: the bundled teacher)");
+  serve->add_option("--host", sv.host, "address to listen on")->capture_default_str();
+  serve->add_option("--port", sv.port, "port (0: any free one)")->capture_default_str()->check(CLI::Range(0, 65535));
+  serve->add_option("--parallel", sv.parallel, "requests generated at once (more wait)")->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  serve->add_option("-t,--threads", sv.threads, "CPU threads in all, shared by the slots (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  serve->add_option("--ctx", sv.ctx, "context length (default: the model's)")->check(CLI::NonNegativeNumber);
+  serve->add_option("--alias", sv.alias, "model id in the API (default: the model file's name)");
+  serve->add_flag("-q,--quiet", sv.quiet, "do not log requests");
 
   std::string prompts_json, out_dir;
   int greedy_n = 64;
@@ -289,12 +372,46 @@ int main(int argc, char** argv) {
   dbg->add_option("--out", out_dir, "output folder")->required();
   dbg->add_option("--greedy", greedy_n, "greedy tokens to generate");
 
+  // ---- eval: the paper's measurements (src/eval) ----
+  EvalArgs ea;
+  auto* ev = app.add_subcommand("eval", "Evaluate: ppl, kl, passkey, mqar, mc (or --compare result files)");
+  ev->add_option("task", ea.task, "ppl | kl | passkey | mqar | mc");
+  ev->add_option("data", ea.data, "text files/folders (ppl, kl) or the JSONL file (mc); same as --data");
+  ev->add_option("-m,--model", ea.model, "model to evaluate, the teacher for kl (default: the bundled teacher)");
+  ev->add_option("--student", ea.student, "second model: the student for kl; other tasks evaluate it too");
+  ev->add_option("--name", ea.name, "label of -m in reports (default: its file name)");
+  ev->add_option("--student-name", ea.student_name, "label of --student in reports");
+  ev->add_option("-d,--data", ea.data, "text files/folders (ppl, kl) or the JSONL file (mc)");
+  ev->add_option("--out", ea.out_dir, "folder for the JSON and markdown results")->capture_default_str();
+  ev->add_option("--compare", ea.compare, "print these result JSON files side by side (no task)")->expected(1, -1);
+  ev->add_option("--ctx", ea.ctx, "ppl/kl window length in tokens (default: min(2048, model context))");
+  ev->add_option("--stride", ea.stride, "ppl/kl window advance (default: ctx / 2)");
+  ev->add_option("--max-tokens", ea.max_tokens, "ppl/kl: read at most this many tokens of text (0: all)");
+  ev->add_option("--lengths", ea.lengths, "passkey prompt lengths in tokens")->delimiter(',')->capture_default_str();
+  ev->add_option("--depths", ea.depths, "passkey depths in percent")->delimiter(',')->capture_default_str();
+  ev->add_option("--samples", ea.samples, "prompts per passkey cell / MQAR setting")->capture_default_str();
+  ev->add_option("--pairs", ea.pairs, "MQAR key-value pairs")->delimiter(',')->capture_default_str();
+  ev->add_option("--seq-len", ea.seq_lens, "MQAR prompt lengths in tokens, padded with filler (0: none)")
+      ->delimiter(',')->capture_default_str();
+  ev->add_option("--queries", ea.queries, "MQAR keys asked per prompt (0: all)");
+  ev->add_option("--keys", ea.keys, "MQAR keys: letters | words")->capture_default_str();
+  ev->add_option("--task-format", ea.task_format, "mc: mmlu | piqa | arc | hellaswag | winogrande");
+  ev->add_option("--shots", ea.shots, "mc: few-shot examples (MMLU: 5)");
+  ev->add_option("--fewshot-file", ea.fewshot_file, "mc: JSONL of labelled examples (e.g. MMLU dev)");
+  ev->add_option("--limit", ea.limit, "mc: score only the first N documents");
+  ev->add_flag("--bos", ea.bos, "mc: start each request with BOS (lm-eval's default adds none)");
+  ev->add_option("--seed", ea.seed, "seed of the synthetic prompts")->capture_default_str();
+  ev->add_option("-t,--threads", ea.threads, "CPU threads (default: all cores)");
+  ev->add_flag("-q,--quiet", ea.quiet, "no progress lines");
+
   try {
     app.parse(argc, argv);
     if (*info) cmd_info(model);
     else if (*tok) cmd_tokenize(model, tokenizer_json, jsonl, decode, bos);
     else if (*gen) cmd_generate(g);
+    else if (*serve) cmd_serve(sv);
     else if (*dbg) cmd_debug_logits(model, prompts_json, out_dir, greedy_n);
+    else if (*ev) run_eval(ea);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const Error& e) {
