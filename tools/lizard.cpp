@@ -14,7 +14,6 @@
 #include <sstream>
 
 #include "eval/eval_cli.h"
-#include "eval/eval_cli.h"
 #include "formats/gguf.h"
 #include "generate/generate.h"
 #include "generate/state_io.h"
@@ -405,38 +404,6 @@ int main(int argc, char** argv) {
   ev->add_option("-t,--threads", ea.threads, "CPU threads (default: all cores)");
   ev->add_flag("-q,--quiet", ea.quiet, "no progress lines");
 
-  // ---- eval: the paper's measurements (src/eval) ----
-  EvalArgs ea;
-  auto* ev = app.add_subcommand("eval", "Evaluate: ppl, kl, passkey, mqar, mc (or --compare result files)");
-  ev->add_option("task", ea.task, "ppl | kl | passkey | mqar | mc");
-  ev->add_option("data", ea.data, "text files/folders (ppl, kl) or the JSONL file (mc); same as --data");
-  ev->add_option("-m,--model", ea.model, "model to evaluate, the teacher for kl (default: the bundled teacher)");
-  ev->add_option("--student", ea.student, "second model: the student for kl; other tasks evaluate it too");
-  ev->add_option("--name", ea.name, "label of -m in reports (default: its file name)");
-  ev->add_option("--student-name", ea.student_name, "label of --student in reports");
-  ev->add_option("-d,--data", ea.data, "text files/folders (ppl, kl) or the JSONL file (mc)");
-  ev->add_option("--out", ea.out_dir, "folder for the JSON and markdown results")->capture_default_str();
-  ev->add_option("--compare", ea.compare, "print these result JSON files side by side (no task)")->expected(1, -1);
-  ev->add_option("--ctx", ea.ctx, "ppl/kl window length in tokens (default: min(2048, model context))");
-  ev->add_option("--stride", ea.stride, "ppl/kl window advance (default: ctx / 2)");
-  ev->add_option("--max-tokens", ea.max_tokens, "ppl/kl: read at most this many tokens of text (0: all)");
-  ev->add_option("--lengths", ea.lengths, "passkey prompt lengths in tokens")->delimiter(',')->capture_default_str();
-  ev->add_option("--depths", ea.depths, "passkey depths in percent")->delimiter(',')->capture_default_str();
-  ev->add_option("--samples", ea.samples, "prompts per passkey cell / MQAR setting")->capture_default_str();
-  ev->add_option("--pairs", ea.pairs, "MQAR key-value pairs")->delimiter(',')->capture_default_str();
-  ev->add_option("--seq-len", ea.seq_lens, "MQAR prompt lengths in tokens, padded with filler (0: none)")
-      ->delimiter(',')->capture_default_str();
-  ev->add_option("--queries", ea.queries, "MQAR keys asked per prompt (0: all)");
-  ev->add_option("--keys", ea.keys, "MQAR keys: letters | words")->capture_default_str();
-  ev->add_option("--task-format", ea.task_format, "mc: mmlu | piqa | arc | hellaswag | winogrande");
-  ev->add_option("--shots", ea.shots, "mc: few-shot examples (MMLU: 5)");
-  ev->add_option("--fewshot-file", ea.fewshot_file, "mc: JSONL of labelled examples (e.g. MMLU dev)");
-  ev->add_option("--limit", ea.limit, "mc: score only the first N documents");
-  ev->add_flag("--bos", ea.bos, "mc: start each request with BOS (lm-eval's default adds none)");
-  ev->add_option("--seed", ea.seed, "seed of the synthetic prompts")->capture_default_str();
-  ev->add_option("-t,--threads", ea.threads, "CPU threads (default: all cores)");
-  ev->add_flag("-q,--quiet", ea.quiet, "no progress lines");
-
   try {
     app.parse(argc, argv);
     if (*info) cmd_info(model);
@@ -444,7 +411,6 @@ int main(int argc, char** argv) {
     else if (*gen) cmd_generate(g);
     else if (*serve) cmd_serve(sv);
     else if (*dbg) cmd_debug_logits(model, prompts_json, out_dir, greedy_n);
-    else if (*ev) run_eval(ea);
     else if (*ev) run_eval(ea);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
