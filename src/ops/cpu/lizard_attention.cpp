@@ -241,7 +241,8 @@ void lizard_step(const LizardConfig& c, const LizardShape& s, const LizardParams
   const T scale = T(1) / std::sqrt(T(D)), eps = T(c.eps);
   const int64_t n = st.n_tokens;
   const size_t slot = size_t(n % w);
-  std::vector<T> qr, kr;
+  // per-thread scratch: a decode step allocates nothing
+  thread_local std::vector<T> qr, kr, u, phq, phk, sc, wn, num;
   if (needs_rope(c)) {
     qr.assign(q, q + size_t(H) * D);
     kr.assign(k, k + size_t(Hkv) * D);
@@ -252,12 +253,15 @@ void lizard_step(const LizardConfig& c, const LizardShape& s, const LizardParams
   const T* kf = c.feature_on_rope ? kr.data() : k;
   const T* qw = window_uses_rope(c) ? qr.data() : q;
   const T* kw = window_uses_rope(c) ? kr.data() : k;
-  std::vector<T> u(F), phq(F2), phk(F2);
+  u.resize(F);
+  phq.resize(F2);
+  phk.resize(F2);
   auto fmap = [&](const T* xin, const T* W, T* phi) {
-    for (int f = 0; f < F; ++f) {
-      T a = 0;
-      for (int d = 0; d < D; ++d) a += xin[d] * W[d * F + f];
-      u[f] = a;
+    std::fill(u.begin(), u.end(), T(0));
+    for (int d = 0; d < D; ++d) {
+      const T xd = xin[d];
+      const T* Wd = W + size_t(d) * F;
+      for (int f = 0; f < F; ++f) u[f] += xd * Wd[f];
     }
     feature_map(c.feature_act, F, u.data(), phi);
   };
@@ -266,30 +270,27 @@ void lizard_step(const LizardConfig& c, const LizardShape& s, const LizardParams
     for (int h = 0; h < H; ++h) {
       const int g = s.kv_head(h);
       fmap(&st.ring_kf[slot * rs + g * D], p.feat_k.data() + size_t(h) * D * F, phk.data());
-      T* S = &st.S[size_t(h) * F2 * D];
-      const T* vo = &st.ring_v[slot * rs + g * D];
-      for (int f = 0; f < F2; ++f) {
-        for (int d = 0; d < D; ++d) S[f * D + d] += phk[f] * vo[d];
-        st.z[size_t(h) * F2 + f] += phk[f];
-      }
+      ger(F2, D, T(1), phk.data(), &st.ring_v[slot * rs + g * D], &st.S[size_t(h) * F2 * D], D);
+      for (int f = 0; f < F2; ++f) st.z[size_t(h) * F2 + f] += phk[f];
     }
   }
   std::copy(kw, kw + rs, &st.ring_k[slot * rs]);
   std::copy(v, v + rs, &st.ring_v[slot * rs]);
   if (lol) std::copy(kf, kf + rs, &st.ring_kf[slot * rs]);
 
-  const int64_t t0 = std::max<int64_t>(0, n - w + 1);
-  std::vector<T> sc(size_t(n - t0 + 1)), wn(D), num(D);
+  // ring slots [0, nv) hold exactly the window tokens (in ring order; order does not matter)
+  const int nv = int(std::min<int64_t>(n + 1, w));
+  sc.resize(nv);
+  wn.resize(D);
+  num.resize(D);
   for (int h = 0; h < H; ++h) {
     const int g = s.kv_head(h);
     T* S = &st.S[size_t(h) * F2 * D];
     T* z = &st.z[size_t(h) * F2];
     fmap(qf + size_t(h) * D, p.feat_q.data() + size_t(h) * D * F, phq.data());
+    gemv(false, nv, D, scale, &st.ring_k[size_t(g) * D], int(rs), qw + size_t(h) * D, T(0), sc.data());
     T smax = -std::numeric_limits<T>::infinity();
-    for (int64_t t = t0; t <= n; ++t) {
-      sc[t - t0] = scale * dot(qw + size_t(h) * D, &st.ring_k[size_t(t % w) * rs + g * D], D);
-      smax = std::max(smax, sc[t - t0]);
-    }
+    for (int t = 0; t < nv; ++t) smax = std::max(smax, sc[t]);
     T* yh = y + size_t(h) * D;
     if (!lol) {
       const int gc = c.gate == LizardConfig::Gate::PerHead ? h : 0;
@@ -304,49 +305,28 @@ void lizard_step(const LizardConfig& c, const LizardShape& s, const LizardParams
       st.log_scale[h] = ls;
       fmap(kf + size_t(g) * D, p.feat_k.data() + size_t(h) * D * F, phk.data());
       const T inv = std::exp(-ls);  // <= e
-      for (int f = 0; f < F2; ++f) {
-        const T pk = inv * phk[f];
-        for (int d = 0; d < D; ++d) S[f * D + d] += pk * v[g * D + d];
-        z[f] += pk;
-      }
-      std::fill(num.begin(), num.end(), T(0));
-      T den = 0;
-      for (int f = 0; f < F2; ++f) {
-        for (int d = 0; d < D; ++d) num[d] += phq[f] * S[f * D + d];
-        den += phq[f] * z[f];
-      }
+      ger(F2, D, inv, phk.data(), v + size_t(g) * D, S, D);
+      for (int f = 0; f < F2; ++f) z[f] += inv * phk[f];
+      gemv(true, F2, D, T(1), S, D, phq.data(), T(0), num.data());
+      const T den = dot(phq.data(), z, F2);
       const T es = std::exp(ls);
       const T* mu = meta_row(c, p, h);
       T M = smax;
       for (int j = 0; j < c.meta_tokens; ++j) M = std::max(M, mu[j]);
       T Z = 0;
       for (int j = 0; j < c.meta_tokens; ++j) Z += std::exp(mu[j] - M);
-      std::fill(wn.begin(), wn.end(), T(0));
-      for (int64_t t = t0; t <= n; ++t) {
-        const T e = std::exp(sc[t - t0] - M);
-        Z += e;
-        const T* vt = &st.ring_v[size_t(t % w) * rs + g * D];
-        for (int d = 0; d < D; ++d) wn[d] += e * vt[d];
-      }
+      for (int t = 0; t < nv; ++t) Z += (sc[t] = std::exp(sc[t] - M));
+      gemv(true, nv, D, T(1), &st.ring_v[size_t(g) * D], int(rs), sc.data(), T(0), wn.data());
       const T al = alpha_of(c, p, h);
       for (int d = 0; d < D; ++d) yh[d] = es * num[d] / (es * den + eps) + al * wn[d] / Z;
     } else {
       const T sg = sigmoid(p.lolcats_f[h]);
       const T M = std::max(T(0), smax), e = std::exp(-M);
       T wd = 0;
-      std::fill(wn.begin(), wn.end(), T(0));
-      for (int64_t t = t0; t <= n; ++t) {
-        const T ex = std::exp(sc[t - t0] - M);
-        wd += ex;
-        const T* vt = &st.ring_v[size_t(t % w) * rs + g * D];
-        for (int d = 0; d < D; ++d) wn[d] += ex * vt[d];
-      }
-      std::fill(num.begin(), num.end(), T(0));
-      T ld = 0;
-      for (int f = 0; f < F2; ++f) {
-        for (int d = 0; d < D; ++d) num[d] += phq[f] * S[f * D + d];
-        ld += phq[f] * z[f];
-      }
+      for (int t = 0; t < nv; ++t) wd += (sc[t] = std::exp(sc[t] - M));
+      gemv(true, nv, D, T(1), &st.ring_v[size_t(g) * D], int(rs), sc.data(), T(0), wn.data());
+      gemv(true, F2, D, T(1), S, D, phq.data(), T(0), num.data());
+      const T ld = dot(phq.data(), z, F2);
       const T den = sg * wd + (T(1) - sg) * e * ld + eps * e;
       for (int d = 0; d < D; ++d) yh[d] = (sg * wn[d] + (T(1) - sg) * e * num[d]) / den;
     }

@@ -38,6 +38,22 @@ inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const doub
               lda, B, ldb, beta, C, ldc);
 }
 
+// y = alpha op(A) x + beta y, A row-major [M, N] with leading dimension lda.
+inline void gemv(bool ta, int M, int N, float alpha, const float* A, int lda, const float* x, float beta, float* y) {
+  cblas_sgemv(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, M, N, alpha, A, lda, x, 1, beta, y, 1);
+}
+inline void gemv(bool ta, int M, int N, double alpha, const double* A, int lda, const double* x, double beta,
+                 double* y) {
+  cblas_dgemv(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, M, N, alpha, A, lda, x, 1, beta, y, 1);
+}
+// A += alpha x y^T
+inline void ger(int M, int N, float alpha, const float* x, const float* y, float* A, int lda) {
+  cblas_sger(CblasRowMajor, M, N, alpha, x, 1, y, 1, A, lda);
+}
+inline void ger(int M, int N, double alpha, const double* x, const double* y, double* A, int lda) {
+  cblas_dger(CblasRowMajor, M, N, alpha, x, 1, y, 1, A, lda);
+}
+
 template <typename T>
 inline T log_sigmoid(T a) {
   return a >= T(0) ? -std::log1p(std::exp(-a)) : a - std::log1p(std::exp(a));
@@ -82,10 +98,15 @@ inline void feature_map_bwd(Cfg::FeatureAct act, int F, const T* phi, const T* d
   for (int f = 0; f < F; ++f) du[f] = phi[f] * (dphi[f] - d1) - phi[F + f] * (dphi[F + f] - d2);
 }
 
+// Eight partial sums: lets the compiler vectorise without -ffast-math.
 template <typename T>
 inline T dot(const T* a, const T* b, int n) {
-  T s = 0;
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  T s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
   return s;
 }
 
