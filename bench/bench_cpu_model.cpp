@@ -1,6 +1,9 @@
 // CPU speed of the teacher: prefill tokens/s (prompts of 128 and 512 tokens) and decode tokens/s
 // (128 tokens after a short prompt), with 1 thread and with all cores.
-//   bench_cpu_model [MODEL] [--threads N,M,...] [--fp32-cache MiB] [--reps R]
+//   bench_cpu_model [MODEL] [--threads N,M,...] [--fp32-cache MiB] [--reps R] [--exact]
+// On a machine shared with other busy processes, OpenMP's spinning threads lose their cores at
+// every barrier; the load average is printed so such figures can be told apart
+// (OMP_WAIT_POLICY=passive helps there, and hurts on an idle machine).
 #include <fmt/format.h>
 #include <omp.h>
 
@@ -8,6 +11,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -68,12 +72,15 @@ int main(int argc, char** argv) try {
   std::vector<int> threads;
   size_t cache_mib = 0;
   int reps = 3;
+  bool exact = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--threads" && i + 1 < argc) {
       for (char* tok = std::strtok(argv[++i], ","); tok; tok = std::strtok(nullptr, ",")) threads.push_back(std::atoi(tok));
     } else if (a == "--fp32-cache" && i + 1 < argc) {
       cache_mib = std::strtoull(argv[++i], nullptr, 10);
+    } else if (a == "--exact") {
+      exact = true;
     } else if (a == "--reps" && i + 1 < argc) {
       reps = std::max(1, std::atoi(argv[++i]));
     } else {
@@ -88,11 +95,15 @@ int main(int argc, char** argv) try {
   auto ck = std::make_shared<const Checkpoint>(open_checkpoint(path));
   ModelOptions opt;
   opt.fp32_cache_bytes = cache_mib << 20;
+  opt.exact = exact;
   LlamaModel model(ck, opt);
   const auto& c = model.config();
   fmt::print("model {} ({}, {} layers, d {}, {} params), loaded in {:.2f} s, fp32 cache {:.0f} MiB\n", path, c.arch,
              c.n_layers, c.d_model, c.param_count(), secs(t0), model.fp32_cached_bytes() / 1048576.0);
-  fmt::print("best of {} runs; {} cores available\n\n", reps, all);
+  double load = 0;
+  std::ifstream("/proc/loadavg") >> load;
+  fmt::print("best of {} runs; {} cores; load average {:.1f} at start{}{}\n\n", reps, all, load,
+             load > all ? " (busy machine: figures are contended)" : "", exact ? "; exact (fp32) decode" : "");
   fmt::print("{:>8} | {:>16} | {:>16} | {:>16}\n", "threads", "prefill 128 t/s", "prefill 512 t/s", "decode 128 t/s");
   fmt::print("{:->8}-+-{:->16}-+-{:->16}-+-{:->16}\n", "", "", "", "");
   for (int t : threads) {
