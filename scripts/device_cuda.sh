@@ -88,8 +88,19 @@ run() {
   PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-280} python3 bench/gpu/bench_lizard.py 2>&1 | tee "$o/bench.log" || true
 }
 
+# Timing only (kernels already checked by `run`): a quick correctness pass, then both forward
+# variants, SDPA and FLA forward in one process.
+bench() {
+  local o=${OUT:-/tmp/out}
+  mkdir -p "$o"
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
+  timeout 60 $out/lizard_gpu_tests --gtest_color=no --gtest_filter='*ChunkedBf16*:*Refuses*' 2>&1 | grep -E "PASSED|FAILED|rel err" || true
+  PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-200} python3 bench/gpu/bench_lizard.py --final 2>&1 | tee "$o/bench.log" || true
+}
+
 case "$mode" in
   build) build ;;
   run) run ;;
-  *) echo "usage: $0 build|run"; exit 2 ;;
+  bench) bench ;;
+  *) echo "usage: $0 build|run|bench"; exit 2 ;;
 esac

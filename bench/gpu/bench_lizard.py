@@ -17,6 +17,7 @@ P, I, Fl = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 lib.lz_forward_bf16.argtypes = [P] * 9 + [I] * 9 + [P]
 lib.lz_forward_recurrent.argtypes = [P] * 9 + [I] * 10 + [P]
 lib.lz_backward_parallel.argtypes = [P] * 17 + [I] * 10 + [P]
+lib.lz_set_forward_variant.argtypes = [I]
 
 try:
     from fla.ops.gla import chunk_gla
@@ -131,7 +132,51 @@ def fwd_and_bwd(name, fn, dout, want_bwd=True):
         return f, float("nan")
 
 
+def final():
+    """Both forward variants in one run, SDPA, then FLA forward at the paper shape (FLA compiles last)."""
+    card = torch.cuda.get_device_name()
+    print(card, torch.__version__, flush=True)
+    shapes = [(16, 32, 32, 128, 2048), (16, 32, 32, 128, 4096), (16, 32, 32, 128, 8192), (8, 9, 3, 64, 2048)]
+    res = {}
+    for (B, H, Hkv, D, L) in shapes:
+        tag = f"B{B} H{H} D{D} L{L}"
+        z = Lizard(B, L, H, Hkv, D)
+        for var in (0, 1, 0, 1):
+            lib.lz_set_forward_variant(var)
+            t = med(z.fwd)
+            res.setdefault((tag, f"lizard fwd v{var}"), []).append(t)
+        lib.lz_set_forward_variant(0)
+        del z
+        torch.cuda.empty_cache()
+        q, k, v, gk, gs, do = fla_inputs(B, L, H, D)
+        qt, kt, vt = (x.detach().transpose(1, 2).contiguous() for x in (q, k, v))
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            res[(tag, "sdpa flash causal fwd")] = [med(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True))]
+        for key in [kk for kk in res if kk[0] == tag]:
+            print("ROW", key[0], key[1], " ".join(f"{t:.3f}" for t in res[key]), flush=True)
+        del q, k, v, gk, gs, do, qt, kt, vt
+        torch.cuda.empty_cache()
+    if have_fla:
+        for (B, H, Hkv, D, L) in [shapes[3], shapes[0]]:
+            tag = f"B{B} H{H} D{D} L{L}"
+            q, k, v, gk, gs, do = fla_inputs(B, L, H, D)
+            with torch.no_grad():
+                t0 = time.time()
+                res[(tag, "fla chunk_simple_gla fwd")] = [med(lambda: chunk_simple_gla(q, k, v, g=gs)[0])]
+                print("ROW", tag, "fla chunk_simple_gla fwd", f"{res[(tag, 'fla chunk_simple_gla fwd')][0]:.3f}",
+                      f"({time.time() - t0:.0f} s incl. compile)", flush=True)
+                if "--with-gla" in sys.argv:  # chunk_gla compiles/autotunes for minutes on a fresh machine
+                    t0 = time.time()
+                    res[(tag, "fla chunk_gla fwd")] = [med(lambda: chunk_gla(q, k, v, gk)[0])]
+                    print("ROW", tag, "fla chunk_gla fwd", f"{res[(tag, 'fla chunk_gla fwd')][0]:.3f}",
+                          f"({time.time() - t0:.0f} s incl. compile)", flush=True)
+            del q, k, v, gk, gs, do
+            torch.cuda.empty_cache()
+
+
 def main():
+    if "--final" in sys.argv:
+        return final()
     quick = "--quick" in sys.argv
     card = torch.cuda.get_device_name()
     print(card, torch.__version__, flush=True)

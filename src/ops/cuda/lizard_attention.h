@@ -55,6 +55,9 @@ struct LizardAttnArgs {
 // window <= 192 at D = 128 (shared memory). Throws lizard::Error on anything it cannot do.
 void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream = nullptr);
 
+// Benchmarking only: 0 = straight-line tiles (default), 1 = skip fully masked 16-key tiles.
+void set_forward_variant(int variant);
+
 // Token-by-token recurrent forward in fp32 arithmetic (the check path; slow). `fp32` selects the
 // element type of q/k/v/y/wq/wk: true for float, false for bf16. Any D <= 256, F <= 128.
 void lizard_attention_forward_recurrent(const LizardAttnArgs& a, bool fp32, cudaStream_t stream = nullptr);
