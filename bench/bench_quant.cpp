@@ -1,8 +1,9 @@
 // matvec speed per weight type at the default model's shapes (SmolLM-135M: hidden 576, ffn 1536,
 // vocab 49152), single- and multi-threaded. "hot": the same matrix again and again (cache-resident
 // when small); "cold": cycling through enough copies to overflow the caches, as a real decode step
-// does when it walks all layers. Also dequantize_rows throughput (prefill path).
-// Usage: bench_quant [min_seconds_per_case=0.3] [type filter, e.g. Q4_1]
+// does when it walks all layers. Then Exact vs Q8 activation precision (1 thread). Also dequantize_rows throughput (prefill path).
+// Usage: bench_quant [min_seconds_per_case=0.3] [type filter, e.g. Q4_1, or "" for all] [precision: only
+// the Exact vs Q8 table]
 #include <omp.h>
 
 #include <algorithm>
@@ -96,6 +97,7 @@ double read_bandwidth(int threads, double min_s) {
 int main(int argc, char** argv) {
   double min_s = argc > 1 ? std::atof(argv[1]) : 0.3;
   std::string filter = argc > 2 ? argv[2] : "";
+  const bool only_precision = argc > 3 && std::string(argv[3]) == "precision";
   std::mt19937 rng(1234);
   const DType types[] = {DType::Q4_1, DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q6_K,
                          DType::F16, DType::BF16, DType::F32};
@@ -106,6 +108,7 @@ int main(int argc, char** argv) {
   if (max_threads >= 2) thread_counts.push_back(2);
   if (max_threads > 2) thread_counts.push_back(max_threads);
 
+  if (!only_precision) {
   for (int th : thread_counts)
     std::printf("streaming read bandwidth, %d thread(s): %.1f GB/s\n", th, read_bandwidth(th, min_s));
   std::printf("\n%-5s %-12s %3s %12s %10s %10s %12s %10s\n", "type", "rows x n", "thr", "hot us/call", "hot GB/s",
@@ -144,6 +147,50 @@ int main(int argc, char** argv) {
     }
   }
 
+  }  // !only_precision
+
+  // Decode precision: the exact (fp32-activation) kernels against the int8-activation ones, 1 thread.
+  // "exact avx2": the AVX2 kernels, for builds without AVX-512 (0 when not compiled in).
+  omp_set_num_threads(1);
+  std::printf("\n1 thread, GB/s of weights: %-5s %-12s %10s %10s %10s %10s %10s %12s\n", "type", "rows x n", "Q8 hot",
+              "Exact hot", "Q8 cold", "Exact cold", "Exact/Q8", "exact avx2 h");
+  for (DType t : types) {
+    if (!filter.empty() && filter != dtype_name(t)) continue;
+    if (dtype_info(t).block_size == 1) continue;  // float weights: one path
+    int64_t bs = dtype_info(t).block_size;
+    for (Shape sh : shapes) {
+      int64_t n = (sh.n + bs - 1) / bs * bs;
+      size_t bytes = dtype_row_bytes(t, n) * sh.rows;
+      int copies = static_cast<int>(std::clamp<size_t>((size_t(192) << 20) / bytes + 1, 1, 64));
+      std::vector<std::vector<uint8_t>> ws;
+      for (int c = 0; c < copies; ++c) ws.push_back(make_weights(t, sh.rows, n, rng));
+      std::vector<float> x(n), y(sh.rows);
+      std::normal_distribution<float> g;
+      for (auto& v : x) v = g(rng);
+      auto gbs = [&](MatvecPrecision p, bool cold) {
+        int c = 0;
+        double s = time_it(
+            [&] {
+              matvec(t, ws[c].data(), sh.rows, n, x.data(), y.data(), p);
+              if (cold) c = (c + 1) % copies;
+            },
+            min_s);
+        return bytes / s / 1e9;
+      };
+      double q8h = gbs(MatvecPrecision::Q8, false), exh = gbs(MatvecPrecision::Exact, false);
+      double q8c = gbs(MatvecPrecision::Q8, true), exc = gbs(MatvecPrecision::Exact, true);
+      double avx2 = 0;
+      if (matvec_exact_isa(1, t, ws[0].data(), sh.rows, n, x.data(), y.data()))
+        avx2 = bytes / time_it([&] { matvec_exact_isa(1, t, ws[0].data(), sh.rows, n, x.data(), y.data()); }, min_s) / 1e9;
+      char shape[32];
+      std::snprintf(shape, sizeof shape, "%lldx%lld", static_cast<long long>(sh.rows), static_cast<long long>(n));
+      std::printf("%27s %-5s %-12s %10.2f %10.2f %10.2f %10.2f %10.2f %12.2f\n", "", dtype_name(t), shape, q8h, exh,
+                  q8c, exc, exh / q8h, avx2);
+      std::fflush(stdout);
+    }
+  }
+
+  if (only_precision) return 0;
   // Prefill: dequantize a tile of 256 rows x 1536 to fp32.
   std::printf("\n%-5s %-24s %3s %12s %14s\n", "type", "dequantize_rows", "thr", "us/tile", "Gelem/s");
   for (DType t : types) {

@@ -571,3 +571,120 @@ TEST(QuantRandom, ExtremeValues) {
     }
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Exact (fp32-activation) matvec: against fp64 dot(dequant(w), x), every compiled instruction set.
+
+namespace {
+const char* kIsaName[] = {"scalar", "avx2", "avx512"};
+}  // namespace
+
+TEST(QuantExact, MatchesFp64) {
+  unsigned seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.f, 1.f);
+  for (DType t : kAll) {
+    std::vector<int64_t> sizes = block_of(t) == 256 ? std::vector<int64_t>{256, 512, 768, 1536, 4096}
+                                                    : std::vector<int64_t>{32, 64, 96, 288, 576, 1536, 4096};
+    if (!is_quant(t)) sizes.insert(sizes.end(), {1, 7, 37, 301});
+    for (int64_t n : sizes) {
+      for (int64_t rows : {1, 3, 5, 7, 37}) {
+        if (rows * n > 100000) continue;
+        std::vector<uint8_t> w;
+        for (int64_t r = 0; r < rows; ++r) {
+          auto row = random_row(t, n, rng);
+          w.insert(w.end(), row.begin(), row.end());
+        }
+        std::vector<float> x(n);
+        for (auto& v : x) v = g(rng);
+        std::vector<double> want(rows), l1(rows);
+        for (int64_t r = 0; r < rows; ++r) {
+          const uint8_t* row = w.data() + r * row_size(t, n);
+          for (int64_t e = 0; e < n; ++e) {
+            double wv = ref_elem(t, row, e);
+            want[r] += wv * x[e];
+            l1[r] += std::fabs(wv * x[e]);
+          }
+        }
+        auto check = [&](const std::vector<float>& y, const std::string& what) {
+          for (int64_t r = 0; r < rows; ++r)
+            ASSERT_NEAR(y[r], want[r], 1e-5 * l1[r] + 1e-30)
+                << what << " " << dtype_name(t) << " n=" << n << " rows=" << rows << " row " << r;
+        };
+        std::vector<float> y(rows, NAN);
+        matvec(t, w.data(), rows, n, x.data(), y.data(), MatvecPrecision::Exact);
+        check(y, "matvec Exact");
+        for (int64_t r = 0; r < rows; ++r) y[r] = dot_row_f32(t, w.data() + r * row_size(t, n), x.data(), n);
+        check(y, "dot_row_f32");
+        for (int isa = 0; isa < 3; ++isa) {
+          std::fill(y.begin(), y.end(), NAN);
+          if (matvec_exact_isa(isa, t, w.data(), rows, n, x.data(), y.data())) check(y, kIsaName[isa]);
+        }
+      }
+    }
+  }
+}
+
+// A unit vector x = e_j picks dequantize_row's value out of each row: exact for the kernels that
+// multiply by the dequantized weights; AVX2's Q4 kernels fold the block constants apart (ulps).
+TEST(QuantExact, UnitVectorGivesDequantizedValue) {
+  unsigned seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  const int64_t n = 512, rows = 7;
+  for (DType t : kQuant) {
+    std::vector<uint8_t> w;
+    for (int64_t r = 0; r < rows; ++r) {
+      auto row = random_row(t, n, rng);
+      w.insert(w.end(), row.begin(), row.end());
+    }
+    std::vector<float> deqw(rows * n);
+    dequantize_rows(t, w.data(), 0, rows, n, deqw.data());
+    for (int trial = 0; trial < 8; ++trial) {
+      int64_t j = rng() % n;
+      std::vector<float> x(n, 0.f), y(rows);
+      x[j] = 1.f;
+      for (int isa = 0; isa < 3; ++isa) {
+        if (!matvec_exact_isa(isa, t, w.data(), rows, n, x.data(), y.data())) continue;
+        bool folded = isa == 1 && (t == DType::Q4_1 || t == DType::Q4_K);
+        for (int64_t r = 0; r < rows; ++r) {
+          float v = deqw[r * n + j];
+          if (folded)
+            ASSERT_NEAR(y[r], v, 4e-7 * (std::fabs(v) + ref_offset_mag(t, w.data() + r * row_size(t, n), j)))
+                << kIsaName[isa] << " " << dtype_name(t) << " j=" << j;
+          else
+            ASSERT_EQ(y[r], v) << kIsaName[isa] << " " << dtype_name(t) << " j=" << j;
+        }
+      }
+    }
+  }
+}
+
+// The precision flag keeps Q8 as it was: bitwise the 5-argument matvec.
+TEST(QuantExact, Q8FlagIsTheOldMatvec) {
+  unsigned seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.f, 1.f);
+  const int64_t n = 768, rows = 37;
+  for (DType t : kAll) {
+    std::vector<uint8_t> w;
+    for (int64_t r = 0; r < rows; ++r) {
+      auto row = random_row(t, n, rng);
+      w.insert(w.end(), row.begin(), row.end());
+    }
+    std::vector<float> x(n), a(rows), b(rows);
+    for (auto& v : x) v = g(rng);
+    matvec(t, w.data(), rows, n, x.data(), a.data());
+    matvec(t, w.data(), rows, n, x.data(), b.data(), MatvecPrecision::Q8);
+    for (int64_t r = 0; r < rows; ++r) ASSERT_EQ(a[r], b[r]) << dtype_name(t);
+  }
+}
+
+TEST(QuantExact, BadSizesThrow) {
+  std::vector<uint8_t> w(1024);
+  std::vector<float> x(64), y(1);
+  EXPECT_THROW(matvec(DType::Q4_K, w.data(), 1, 64, x.data(), y.data(), MatvecPrecision::Exact), Error);
+  EXPECT_THROW(dot_row_f32(DType::Q8_0, w.data(), x.data(), 33), Error);
+}

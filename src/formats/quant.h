@@ -33,4 +33,19 @@ float dot_row(DType t, const void* row, const float* x, const Q8Block* xq, int64
 // Multi-threaded with OpenMP over rows.
 void matvec(DType t, const void* w, int64_t rows, int64_t n, const float* x, float* y);
 
+// How a block-quantized matvec treats the activations. Exact: x stays fp32 and each weight block
+// is dequantized in registers (the values dequantize_row gives) and multiplied in fp32 with fp32
+// accumulation, so decode matches the dequantize + sgemm prefill to fp32 rounding. Q8: x is
+// quantized to int8 blocks first (quantize_row_q8, llama.cpp's way): faster, but it perturbs logits.
+// F32/F16/BF16 weights use fp32 x either way.
+enum class MatvecPrecision { Exact, Q8 };
+void matvec(DType t, const void* w, int64_t rows, int64_t n, const float* x, float* y, MatvecPrecision p);
+
+// Exact dot product of one weight row (n elements) with fp32 x: sum_j dequant(w_j) x_j in fp32.
+float dot_row_f32(DType t, const void* row, const float* x, int64_t n);
+
+// For tests and benchmarks: the exact matvec with the kernels of one instruction set
+// (0 scalar, 1 AVX2, 2 AVX-512); returns false, computing nothing, if that set is not compiled in.
+bool matvec_exact_isa(int isa, DType t, const void* w, int64_t rows, int64_t n, const float* x, float* y);
+
 }  // namespace lizard
