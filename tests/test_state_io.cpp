@@ -25,6 +25,12 @@ fs::path temp_dir() {
   return d;
 }
 
+ModelOptions one_thread() {
+  ModelOptions o;
+  o.n_threads = 1;
+  return o;
+}
+
 std::vector<int32_t> random_ids(Seeded& s, int n, int vocab) {
   std::vector<int32_t> ids(n);
   for (auto& id : ids) id = std::uniform_int_distribution<int>(0, vocab - 1)(s.rng);
@@ -76,7 +82,7 @@ TEST(StateIO, ResumeEqualsUninterruptedTiny) {
   TinySpec sp;
   sp.ctx = 128;
   auto tm = lizard::testing::make_tiny(s, sp);
-  LlamaModel model(tm.ck);
+  LlamaModel model(tm.ck, one_thread());
   const auto a = random_ids(s, 13, sp.vocab), b = random_ids(s, 5, sp.vocab);
   const fs::path dir = temp_dir();
   check_resume(model, a, b, 17, 20, 0.0f, dir / "greedy.lzs");
@@ -105,8 +111,8 @@ TEST(StateIO, RefusesOtherModelsCorruptAndTruncated) {
   TinySpec wide = sp;
   wide.d = 96;
   auto m3 = lizard::testing::make_tiny(s, wide);
-  LlamaModel a(m1.ck), b(m2.ck), c(m3.ck);
-  EXPECT_EQ(model_fingerprint(a), model_fingerprint(LlamaModel(m1.ck)));
+  LlamaModel a(m1.ck, one_thread()), b(m2.ck, one_thread()), c(m3.ck, one_thread());
+  EXPECT_EQ(model_fingerprint(a), model_fingerprint(LlamaModel(m1.ck, one_thread())));
   EXPECT_NE(model_fingerprint(a), model_fingerprint(b));
 
   LlamaState st = a.new_state();
@@ -137,7 +143,7 @@ TEST(StateIO, RefusesOtherModelsCorruptAndTruncated) {
     EXPECT_EQ(t.n_past(), 0);
   }
   // A state longer than a smaller context does not fit.
-  ModelOptions small;
+  ModelOptions small = one_thread();
   small.context = 8;
   LlamaModel a8(m1.ck, small);
   LlamaState s8 = a8.new_state();
@@ -181,7 +187,7 @@ TEST(StateIO, ResumeEqualsUninterruptedDefaultModel) {
   const std::string path = std::string(LIZARD_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!fs::exists(path)) GTEST_SKIP() << "default model not present";
   auto ck = std::make_shared<const Checkpoint>(open_checkpoint(path));
-  ModelOptions mo;
+  ModelOptions mo = one_thread();  // OpenMP barriers crawl on a busy machine; one thread is steady
   mo.context = 256;
   LlamaModel model(ck, mo);
   const Tokenizer& tok = *ck->tokenizer;

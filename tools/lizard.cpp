@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -205,11 +206,18 @@ void cmd_generate(const GenerateArgs& a) {
       // The template writes BOS itself where the model wants one.
       ids = tok.encode(tmpl.render(msgs, /*add_generation_prompt=*/true), /*add_bos=*/false);
     } else {
-      // A further turn: no BOS, no default system message; ChatML separates turns with a newline.
+      // A further turn: no BOS, no default system message. An answer cut off by -n is closed
+      // first; ChatML separates turns with a newline.
       ChatTemplate turn = tmpl;
       turn.default_system.clear();
       turn.bos_text.clear();
-      ids = tok.encode((turn.format == ChatFormat::ChatML ? "\n" : "") + turn.render(msgs, true), false);
+      const auto stops = chat_stop_ids(tok, tmpl);
+      std::string text;
+      if (!saved.tokens.empty() && std::find(stops.begin(), stops.end(), saved.tokens.back()) == stops.end() &&
+          !tmpl.stop_texts().empty())
+        text = tmpl.stop_texts().front();
+      if (turn.format == ChatFormat::ChatML) text += "\n";
+      ids = tok.encode(text + turn.render(msgs, true), false);
     }
     go.stop_ids = chat_stop_ids(tok, tmpl);
   } else {

@@ -231,8 +231,8 @@ Request parse_request(const json& body, bool chat) {
     } else if (k == "presence_penalty" || k == "frequency_penalty") {
       if (number(k, v) != 0) unsupported(k, "a non-zero value");
     } else if (k == "logprobs") {
-      if (v.is_boolean() ? v.get<bool>() : v.is_number_integer() ? v.get<int64_t>() != 0 : (wrong_type(k, "a boolean", v), true))
-        unsupported(k, "returning log probabilities");
+      if (!v.is_boolean() && !v.is_number_integer()) wrong_type(k, "a boolean or an integer", v);
+      if (v.is_boolean() ? v.get<bool>() : v.get<int64_t>() != 0) unsupported(k, "returning log probabilities");
     } else if (k == "top_logprobs") {
       if (integer(k, v) != 0) unsupported(k, "returning log probabilities");
     } else if (k == "logit_bias") {
@@ -504,8 +504,7 @@ struct Server::Impl {
                                     static_cast<long long>(o.completion_tokens));
           return false;
         }
-        json last = chunk(*job, job->req.chat ? nullptr : &o.text, o.finish.c_str());
-        if (!job->req.chat) last["choices"][0]["text"] = "";
+        json last = chunk(*job, nullptr, o.finish.c_str());  // no more text: the reason, and usage
         last["usage"] = o.usage();
         if (!send(last)) return false;
         if (job->req.include_usage) {
