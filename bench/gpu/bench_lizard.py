@@ -18,6 +18,7 @@ lib.lz_forward_bf16.argtypes = [P] * 9 + [I] * 9 + [P]
 lib.lz_forward_recurrent.argtypes = [P] * 9 + [I] * 10 + [P]
 lib.lz_backward_parallel.argtypes = [P] * 17 + [I] * 10 + [P]
 lib.lz_set_forward_variant.argtypes = [I]
+lib.lz_set_forward_split.argtypes = [I]
 
 try:
     from fla.ops.gla import chunk_gla
@@ -141,11 +142,13 @@ def final():
     for (B, H, Hkv, D, L) in shapes:
         tag = f"B{B} H{H} D{D} L{L}"
         z = Lizard(B, L, H, Hkv, D)
-        for var in (0, 1, 0, 1):
+        for var, split in ((0, 1), (0, 2), (0, 1), (0, 2)):
             lib.lz_set_forward_variant(var)
+            lib.lz_set_forward_split(split)
             t = med(z.fwd)
-            res.setdefault((tag, f"lizard fwd v{var}"), []).append(t)
+            res.setdefault((tag, f"lizard fwd v{var} {'split' if split == 2 else 'nosplit'}"), []).append(t)
         lib.lz_set_forward_variant(0)
+        lib.lz_set_forward_split(0)
         del z
         torch.cuda.empty_cache()
         q, k, v, gk, gs, do = fla_inputs(B, L, H, D)

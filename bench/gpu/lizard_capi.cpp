@@ -25,6 +25,7 @@ extern "C" {
 const char* lz_last_error() { return g_err.c_str(); }
 
 void lz_set_forward_variant(int v) { lizard::cuda::set_forward_variant(v); }
+void lz_set_forward_split(int m) { lizard::cuda::set_forward_split(m); }
 
 // bf16 chunked forward; scalar gate [B, L], meta [m] per layer, alpha [Hq] per head.
 int lz_forward_bf16(const void* q, const void* k, const void* v, const float* lg, const void* wq, const void* wk,

@@ -208,7 +208,19 @@ void chunked_bf16(const std::vector<Case>& cases) {
   }
 }
 
-TEST(LizardCuda, ChunkedBf16MatchesReference) { chunked_bf16(kCases); }
+// Every forward configuration: one CTA per (b, h), value columns split over two CTAs, tile skipping.
+TEST(LizardCuda, ChunkedBf16MatchesReference) {
+  for (int mode : {1, 2}) {
+    std::printf("[lizard-cuda] value-column split mode %d\n", mode);
+    lizard::cuda::set_forward_split(mode);
+    chunked_bf16(kCases);
+  }
+  lizard::cuda::set_forward_split(0);
+  std::printf("[lizard-cuda] tile-skipping variant\n");
+  lizard::cuda::set_forward_variant(1);
+  chunked_bf16(kCases);
+  lizard::cuda::set_forward_variant(0);
+}
 
 // Small cases for compute-sanitizer (memcheck, racecheck): scripts/device_cuda.sh runs this one.
 TEST(LizardCuda, SanitizerSmall) { chunked_bf16({{1, 77, 2, 1, 64, 32, 16, 4}, {1, 130, 1, 1, 128, 64, 128, 4}}); }

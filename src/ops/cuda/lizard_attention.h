@@ -57,6 +57,9 @@ void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream 
 
 // Benchmarking only: 0 = straight-line tiles (default), 1 = skip fully masked 16-key tiles.
 void set_forward_variant(int variant);
+// Value-column split over two CTAs per (b, h): 0 = auto (when B * Hq < multiprocessors), 1 = never,
+// 2 = always.
+void set_forward_split(int mode);
 
 // Token-by-token recurrent forward in fp32 arithmetic (the check path; slow). `fp32` selects the
 // element type of q/k/v/y/wq/wk: true for float, false for bf16. Any D <= 256, F <= 128.

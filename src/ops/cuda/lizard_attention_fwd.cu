@@ -24,17 +24,21 @@ constexpr int kC = 64;
 constexpr int kThreads = 256;
 constexpr float kLog2e = 1.4426950408889634f;
 
-template <int D, int F>
+// DV: value/output columns handled by one CTA (D, or D/2 when the value dimension is split over
+// two CTAs to put more CTAs on the chip for small batch x heads).
+template <int D, int F, int DV>
 struct FwdSmem {
   static constexpr int F2 = 2 * F;
-  static constexpr int LDD = D + 8;   // q/k/v/S16 rows
+  static constexpr int LDD = D + 8;   // q/k rows
+  static constexpr int LDV = DV + 8;  // v/S16 rows
   static constexpr int LDF = F2 + 8;  // phi_K rows
   static constexpr int LDW = F + 8;   // W rows
   static size_t bytes(int ring) {
     size_t h = size_t(kC) * LDD                 // Q (then the window output)
-               + size_t(2) * ring * kC * LDD    // K, V ring
+               + size_t(ring) * kC * LDD        // K ring
+               + size_t(ring) * kC * LDV        // V ring
                + size_t(kC) * LDF               // phi_K
-               + size_t(F2) * LDD               // S (bf16)
+               + size_t(F2) * LDV               // S (bf16)
                + size_t(2) * D * LDW;           // Wq, Wk
     size_t f = kC + F2 + 4 * F2;                // b, z, z partial sums
     return h * 2 + f * 4;
@@ -112,26 +116,28 @@ __device__ __forceinline__ void rows_times_w(float (&acc)[F / 8][4], const bf16*
 
 // kSkip: skip 16-key tiles that are fully masked (causal / outside every row's window). Fewer mma,
 // but the data-dependent branches split the unrolled load/mma stream (measured slower on H200).
-template <int D, int F, bool kSkip>
+template <int D, int F, bool kSkip, int DV>
 __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAttnArgs a, int ring, int nb) {
-  using S = FwdSmem<D, F>;
-  constexpr int F2 = S::F2, LDD = S::LDD, LDF = S::LDF, LDW = S::LDW;
-  constexpr int ND = D / 8;    // n-tiles over D
+  using S = FwdSmem<D, F, DV>;
+  constexpr int F2 = S::F2, LDD = S::LDD, LDV = S::LDV, LDF = S::LDF, LDW = S::LDW;
+  constexpr int ND = DV / 8;   // n-tiles over this CTA's value columns
+  constexpr int NSPLIT = D / DV;
   constexpr int NK = kC / 8;   // n-tiles over a chunk's keys
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
   bf16* Ks = Qs + kC * LDD;
   bf16* Vs = Ks + ring * kC * LDD;
-  bf16* Pk = Vs + ring * kC * LDD;
+  bf16* Pk = Vs + ring * kC * LDV;
   bf16* S16 = Pk + kC * LDF;
-  bf16* Wq = S16 + F2 * LDD;
+  bf16* Wq = S16 + F2 * LDV;
   bf16* Wk = Wq + D * LDW;
   float* bsum = reinterpret_cast<float*>(Wk + D * LDW);
   float* zs = bsum + kC;
   float* zpart = zs + F2;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int hq = blockIdx.x % a.Hq, b = blockIdx.x / a.Hq;
+  const int sp = blockIdx.x % NSPLIT, bhq = blockIdx.x / NSPLIT;
+  const int hq = bhq % a.Hq, b = bhq / a.Hq, voff = sp * DV;
   const int hkv = hq / (a.Hq / a.Hkv);
   const int L = a.L, w = a.window;
   const bf16* q = static_cast<const bf16*>(a.q);
@@ -141,8 +147,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
   const int64_t qstride = int64_t(a.Hq) * D, kstride = int64_t(a.Hkv) * D;
   const bf16* qb = q + int64_t(b) * L * qstride + int64_t(hq) * D;
   const bf16* kb = k + int64_t(b) * L * kstride + int64_t(hkv) * D;
-  const bf16* vb = v + int64_t(b) * L * kstride + int64_t(hkv) * D;
-  bf16* yb = y + int64_t(b) * L * qstride + int64_t(hq) * D;
+  const bf16* vb = v + int64_t(b) * L * kstride + int64_t(hkv) * D + voff;
+  bf16* yb = y + int64_t(b) * L * qstride + int64_t(hq) * D + voff;
   const int gts = a.gate_per_head ? a.Hq : 1;
   const float* lgb = a.log_gamma + int64_t(b) * L * gts + (a.gate_per_head ? hq : 0);
   const float alpha = a.alpha[a.alpha_per_head ? hq : 0];
@@ -167,7 +173,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
     }
     cp_async_commit();
   }
-  for (int i = tid; i < F2 * LDD; i += kThreads) S16[i] = __float2bfloat16(0.f);
+  for (int i = tid; i < F2 * LDV; i += kThreads) S16[i] = __float2bfloat16(0.f);
   for (int i = tid; i < F2; i += kThreads) zs[i] = 0.f;
 
   float sreg[ND][4];
@@ -181,7 +187,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
     __syncthreads();  // (A) previous chunk fully consumed
     const int slot = n % ring;
     bf16* Kc = Ks + slot * kC * LDD;
-    bf16* Vc = Vs + slot * kC * LDD;
+    bf16* Vc = Vs + slot * kC * LDV;
     for (int p = tid; p < kC * D / 8; p += kThreads) {
       int r = p / (D / 8), c = (p % (D / 8)) * 8;
       int pos = n * kC + r;
@@ -189,7 +195,12 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       int pc = ok ? pos : 0;
       cp_async16(Qs + r * LDD + c, qb + pc * qstride + c, ok ? 16 : 0);
       cp_async16(Kc + r * LDD + c, kb + pc * kstride + c, ok ? 16 : 0);
-      cp_async16(Vc + r * LDD + c, vb + pc * kstride + c, ok ? 16 : 0);
+    }
+    for (int p = tid; p < kC * DV / 8; p += kThreads) {
+      int r = p / (DV / 8), c = (p % (DV / 8)) * 8;
+      int pos = n * kC + r;
+      bool ok = pos < L;
+      cp_async16(Vc + r * LDV + c, vb + (ok ? pos : 0) * kstride + c, ok ? 16 : 0);
     }
     cp_async_commit();
     if (warp == 0) {  // b_i: inclusive prefix sums of log gamma inside the chunk
@@ -320,7 +331,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
 #pragma unroll
         for (int np = 0; np < ND / 2; ++np) {
           uint32_t bb[4];
-          load_b_kn(bb, S16, LDD, np * 16, s * 16);
+          load_b_kn(bb, S16, LDV, np * 16, s * 16);
           mma16816(og[2 * np], phq[s], bb[0], bb[1]);
           mma16816(og[2 * np + 1], phq[s], bb[2], bb[3]);
         }
@@ -334,7 +345,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
 #pragma unroll
         for (int np = 0; np < ND / 2; ++np) {
           uint32_t bb[4];
-          load_b_kn(bb, Vc, LDD, np * 16, s * 16);
+          load_b_kn(bb, Vc, LDV, np * 16, s * 16);
           mma16816(og[2 * np], pa[s], bb[0], bb[1]);
           mma16816(og[2 * np + 1], pa[s], bb[2], bb[3]);
         }
@@ -358,7 +369,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         const int t0 = cn * kC;
         if (t0 + kC - 1 < wmin - w + 1 || t0 > wmax) continue;  // no key of this block in any window
         const bf16* Kb = Ks + (cn % ring) * kC * LDD;
-        const bf16* Vb = Vs + (cn % ring) * kC * LDD;
+        const bf16* Vb = Vs + (cn % ring) * kC * LDV;
         // key pairs (16 keys) [plo, phi] hold a key of some row's window; the rest are skipped
         const int plo = max(0, wmin - w + 1 - t0) / 16;
         const int phi = min(NK / 2 - 1, (wmax - t0) / 16);
@@ -419,7 +430,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
 #pragma unroll
           for (int np = 0; np < ND / 2; ++np) {
             uint32_t bb[4];
-            load_b_kn(bb, Vb, LDD, np * 16, s * 16);
+            load_b_kn(bb, Vb, LDV, np * 16, s * 16);
             mma16816(og[2 * np], pa[s], bb[0], bb[1]);
             mma16816(og[2 * np + 1], pa[s], bb[2], bb[3]);
           }
@@ -455,7 +466,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
 #pragma unroll
         for (int np = 0; np < ND / 2; ++np) {
           uint32_t bb[4];
-          load_b_kn(bb, Vc, LDD, np * 16, s * 16);
+          load_b_kn(bb, Vc, LDV, np * 16, s * 16);
           mma16816(sreg[2 * np], pa, bb[0], bb[1]);
           mma16816(sreg[2 * np + 1], pa, bb[2], bb[3]);
         }
@@ -467,8 +478,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
 #pragma unroll
       for (int j = 0; j < ND; ++j) {
         int c = 8 * j + 2 * t4;
-        *reinterpret_cast<uint32_t*>(S16 + (f0 + g) * LDD + c) = pack_bf16(sreg[j][0], sreg[j][1]);
-        *reinterpret_cast<uint32_t*>(S16 + (f0 + g + 8) * LDD + c) = pack_bf16(sreg[j][2], sreg[j][3]);
+        *reinterpret_cast<uint32_t*>(S16 + (f0 + g) * LDV + c) = pack_bf16(sreg[j][0], sreg[j][1]);
+        *reinterpret_cast<uint32_t*>(S16 + (f0 + g + 8) * LDV + c) = pack_bf16(sreg[j][2], sreg[j][3]);
       }
     }
     if (tid < F2) {
@@ -486,8 +497,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         *p1 = pack_bf16(og[j][2] + w1.x, og[j][3] + w1.y);
       }
       __syncwarp();
-      for (int p = lane; p < 16 * D / 8; p += 32) {
-        int r = p / (D / 8), c = (p % (D / 8)) * 8;
+      for (int p = lane; p < 16 * DV / 8; p += 32) {
+        int r = p / (DV / 8), c = (p % (DV / 8)) * 8;
         int pos = n * kC + r0 + r;
         if (pos < L)
           *reinterpret_cast<uint4*>(yb + int64_t(pos) * qstride + c) =
@@ -498,7 +509,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
 
   if (a.state_s != nullptr) {
     __syncthreads();
-    float* sb = a.state_s + (int64_t(b) * a.Hq + hq) * F2 * D;
+    float* sb = a.state_s + (int64_t(b) * a.Hq + hq) * F2 * D + voff;
     if (owns_s) {
 #pragma unroll
       for (int j = 0; j < ND; ++j) {
@@ -507,34 +518,45 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         sb[(f0 + g + 8) * D + c] = sreg[j][2], sb[(f0 + g + 8) * D + c + 1] = sreg[j][3];
       }
     }
-    if (a.state_z != nullptr && tid < F2) a.state_z[(int64_t(b) * a.Hq + hq) * F2 + tid] = zs[tid];
+    if (a.state_z != nullptr && sp == 0 && tid < F2) a.state_z[(int64_t(b) * a.Hq + hq) * F2 + tid] = zs[tid];
   }
 }
 
-template <int D, int F, bool kSkip>
+template <int D, int F, bool kSkip, int DV>
 void launch_fwd1(const LizardAttnArgs& a, cudaStream_t stream) {
   const int nb = a.window > 1 ? (a.window - 1 + kC - 1) / kC : 0;
   const int ring = nb + 1;
-  const size_t smem = FwdSmem<D, F>::bytes(ring);
+  const size_t smem = FwdSmem<D, F, DV>::bytes(ring);
   int dev = 0, optin = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   LZ_CUDA_CHECK(smem <= size_t(optin), "lizard attention (cuda): window ", a.window, " needs ", smem, " bytes of shared memory at D=", D, " F=", F, ", the device has ", optin);
-  auto kern = lizard_fwd_kernel<D, F, kSkip>;
+  auto kern = lizard_fwd_kernel<D, F, kSkip, DV>;
   cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  kern<<<a.B * a.Hq, kThreads, smem, stream>>>(a, ring, nb);
+  kern<<<a.B * a.Hq * (D / DV), kThreads, smem, stream>>>(a, ring, nb);
   cudaError_t e = cudaGetLastError();
   LZ_CUDA_CHECK(e == cudaSuccess, "lizard attention (cuda): launch failed: ", cudaGetErrorString(e));
 }
 
-int g_fwd_variant = 0;
+int g_fwd_variant = 0;  // 1: tile skipping
+int g_split_mode = 0;   // 0: auto, 1: never split the value columns, 2: always
 
 template <int D, int F>
 void launch_fwd(const LizardAttnArgs& a, cudaStream_t stream) {
-  if (g_fwd_variant == 1)
-    launch_fwd1<D, F, true>(a, stream);
+  if (g_fwd_variant == 1) return launch_fwd1<D, F, true, D>(a, stream);
+  bool split = g_split_mode == 2;
+  if (g_split_mode == 0) {
+    // Fewer (b, h) pairs than multiprocessors: two CTAs per pair (half the value columns each;
+    // feature maps and scores are computed by both) keep more of the chip busy.
+    int dev = 0, sms = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    split = a.B * a.Hq < sms;
+  }
+  if (split)
+    launch_fwd1<D, F, false, D / 2>(a, stream);
   else
-    launch_fwd1<D, F, false>(a, stream);
+    launch_fwd1<D, F, false, D>(a, stream);
 }
 
 }  // namespace
@@ -542,6 +564,7 @@ void launch_fwd(const LizardAttnArgs& a, cudaStream_t stream) {
 void check_common_args(const LizardAttnArgs& a);
 
 void set_forward_variant(int variant) { g_fwd_variant = variant; }
+void set_forward_split(int mode) { g_split_mode = mode; }
 
 void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream) {
   check_common_args(a);
