@@ -11,6 +11,26 @@
 
 namespace lizard {
 
+namespace {
+
+// fp32 dot with 64 independent partial sums: a single accumulator would make every row wait on
+// the FMA latency chain.
+inline float dot_f32(const float* a, const float* b, int64_t n) {
+  float acc[64] = {};
+  int64_t j = 0;
+  for (; j + 64 <= n; j += 64)
+#pragma omp simd
+    for (int k = 0; k < 64; ++k) acc[k] += a[j + k] * b[j + k];
+  float s = 0.0f;
+  for (; j < n; ++j) s += a[j] * b[j];
+  for (int w = 32; w >= 1; w /= 2)  // pairwise, so it stays in vector registers
+#pragma omp simd
+    for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
+  return s + acc[0];
+}
+
+}  // namespace
+
 // Debian's OpenBLAS is the pthread build, whose own spinning workers would compete with OpenMP's.
 void blas_single_threaded() {
   static std::once_flag once;
@@ -56,6 +76,21 @@ void matmul(const TensorView& w, const float* x, int64_t n, float* y, const floa
   const bool float_weights = w.type == DType::F32 || w.type == DType::F16 || w.type == DType::BF16;
   if (n <= kMatvecMaxRows && (!exact || float_weights)) {
     for (int64_t i = 0; i < n; ++i) matvec(w.type, w.data, out, in, x + i * in, y + i * out);
+  } else if (n <= kMatvecMaxRows) {
+    // Exact decode: each row dequantized into L1 and dotted with the fp32 activations.
+    const size_t row_bytes = dtype_row_bytes(w.type, in);
+    const auto* base = static_cast<const uint8_t*>(w.data);
+#pragma omp parallel
+    {
+      thread_local std::vector<float> row;
+      if (static_cast<int64_t>(row.size()) < in) row.resize(in);
+      float* r = row.data();
+#pragma omp for schedule(static)
+      for (int64_t o = 0; o < out; ++o) {
+        dequantize_row(w.type, base + o * row_bytes, r, in);
+        for (int64_t i = 0; i < n; ++i) y[i * out + o] = dot_f32(r, x + i * in, in);
+      }
+    }
   } else {
     blas_single_threaded();
     const int threads = omp_get_max_threads();
