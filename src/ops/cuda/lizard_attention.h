@@ -57,7 +57,7 @@ void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream 
 
 // Benchmarking only: 0 = straight-line tiles (default), 1 = skip fully masked 16-key tiles.
 void set_forward_variant(int variant);
-// Value-column split over two CTAs per (b, h): 0 = auto (when B * Hq < multiprocessors), 1 = never,
+// Value-column split over two CTAs per (b, h): 0 = auto (when 2 * B * Hq <= multiprocessors), 1 = never,
 // 2 = always.
 void set_forward_split(int mode);
 
