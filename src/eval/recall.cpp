@@ -148,9 +148,10 @@ PasskeyResult run_passkey(EvalModel& m, const TextCodec& codec, const PasskeyOpt
       for (int s = 0; s < opt.samples; ++s) {
         // Each prompt has its own seed, so a cell does not depend on which others are run.
         std::mt19937_64 rng(mix(opt.seed, static_cast<uint64_t>(L), static_cast<uint64_t>(d), static_cast<uint64_t>(s)));
-        auto p = make_passkey_prompt(codec, L, d / 100.0, opt, rng);
-        // Room for the digits and a little more; stop early at EOS.
-        auto ids = greedy_continue(m, p.tokens, opt.max_digits + 3, codec.stop_ids);
+        // The answer (the digits and a little more; EOS stops early) fits within the L tokens too.
+        const int answer_room = opt.max_digits + 3;
+        auto p = make_passkey_prompt(codec, L - answer_room, d / 100.0, opt, rng);
+        auto ids = greedy_continue(m, p.tokens, answer_room, codec.stop_ids);
         PasskeyRecord r;
         r.length = L;
         r.depth = d;

@@ -18,7 +18,7 @@ namespace lizard {
 
 // ---- passkey --------------------------------------------------------------------------------------
 struct PasskeyOptions {
-  std::vector<int64_t> lengths{2048, 4096, 8192};  // prompt tokens
+  std::vector<int64_t> lengths{2048, 4096, 8192};  // tokens of prompt + answer
   std::vector<int> depths{0, 25, 50, 75, 100};     // percent of the filler before the asked key
   int samples = 5;                                 // prompts per (length, depth)
   int keys = 5;                                    // passkeys hidden per prompt

@@ -1,6 +1,7 @@
 #include "eval/report.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <cctype>
@@ -29,8 +30,8 @@ void write_atomic(const fs::path& path, const std::string& text) {
 }
 
 std::string fmt_value(double v) {
-  if (v == 0) return "0";
   const double a = std::abs(v);
+  if (a < 1e15 && v == std::floor(v)) return fmt::format("{}", static_cast<int64_t>(v));  // counts
   if (a >= 1000) return fmt::format("{:.1f}", v);
   if (a >= 1) return fmt::format("{:.4g}", v);
   return fmt::format("{:.4f}", v);
