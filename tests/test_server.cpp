@@ -381,6 +381,39 @@ TEST(ServerHttp, BadRequests) {
   EXPECT_EQ(get(port, "/health").status, 200);
 }
 
+TEST(ServerHttp, RandomRequestsGet200Or400) {
+  // Known fields with values of every type: each answer is a completion or a 400 error object.
+  const int port = tiny_server().port;
+  lizard::testing::Seeded rs;
+  SCOPED_TRACE(rs.trace());
+  const std::vector<std::string> keys = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p",
+                                         "top_k", "seed", "stop", "n", "stream", "user", "logprobs",
+                                         "presence_penalty", "echo", "stream_options", "response_format", "tools",
+                                         "ignore_eos", "max_completion_tokens"};
+  const std::vector<json> values = {nullptr, true, false, 0, 1, -1, 3, 0.5, 2.5, "s", "", json::array(),
+                                    json::array({"a"}), json::array({"a", "b"}), json::array({1, 2}),
+                                    json::object(), json{{"type", "text"}}, json{{"include_usage", true}},
+                                    json::array({{{"role", "user"}, {"content", "x"}}})};
+  auto pick = [&](size_t n) { return std::uniform_int_distribution<size_t>(0, n - 1)(rs.rng); };
+  for (int i = 0; i < 60; ++i) {
+    json req = {{"max_tokens", 3}};
+    const bool chat = i % 2 == 1;
+    if (chat) req["messages"] = json::array({{{"role", "user"}, {"content", "hey"}}});
+    else req["prompt"] = "hey";
+    for (int k = 0; k < 3; ++k) req[keys[pick(keys.size())]] = values[pick(values.size())];
+    Answer a = post(port, chat ? "/v1/chat/completions" : "/v1/completions", req);
+    ASSERT_TRUE(a.status == 200 || a.status == 400) << a.status << " for " << req.dump() << ": " << a.raw;
+    if (a.status == 400) {
+      expect_error(a, 400);
+    } else if (a.content_type.find("event-stream") != std::string::npos) {
+      EXPECT_NE(a.raw.find("data: [DONE]"), std::string::npos) << req.dump();
+    } else {
+      EXPECT_TRUE(a.body.contains("choices") && a.body.contains("usage")) << req.dump() << ": " << a.raw;
+    }
+  }
+  EXPECT_EQ(get(port, "/health").status, 200);
+}
+
 TEST(ServerHttp, ConcurrentRequestsAllAnswered) {
   TinyServer& ts = tiny_server();
   const uint64_t before = ts.server->stats().finished;
