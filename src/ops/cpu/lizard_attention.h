@@ -96,10 +96,13 @@ void lizard_forward_parallel(const LizardConfig& c, const LizardShape& s, const 
                              const LizardRope* rope, const LizardInput<T>& in, T* y);
 
 // final_state (optional) receives the state after the last token, ready for lizard_step.
+// initial_state (optional; may be the same object as final_state) continues a sequence: the chunk
+// starts from its S, z (pending log-decay applied) and the window also reads its ring's last w-1
+// tokens. in.pos must then hold the absolute positions. combine = lizard only (lolcats: Error).
 template <typename T>
 void lizard_forward_chunked(const LizardConfig& c, const LizardShape& s, const LizardParamsT<T>& p,
                             const LizardRope* rope, const LizardInput<T>& in, T* y,
-                            LizardState<T>* final_state = nullptr);
+                            LizardState<T>* final_state = nullptr, const LizardState<T>* initial_state = nullptr);
 
 // One token: x [d_model], q [H, D], k, v [Hkv, D] (pre-RoPE), position; y [H, D]. Uses/updates st
 // (st.reset() first for a fresh sequence).

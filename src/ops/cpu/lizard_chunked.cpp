@@ -46,6 +46,13 @@ struct Ctx {
   const LizardInput<T>& in;
   int C = 0, N = 0, nw = 0, F2 = 0, Dv = 0, ldq = 0, ldk = 0;
   T scale = 0;
+  // Continuing a sequence (forward only): the P tokens before this input (relative indices
+  // -P .. -1, [P, Hkv, D] as the window sees them) and the gate state entering the first chunk
+  // ([H, 2F, D+1], pending decay applied). P = 0, S0 = null: a fresh sequence.
+  const T* pre_kw = nullptr;
+  const T* pre_v = nullptr;
+  int64_t P = 0;
+  const T* S0 = nullptr;
 
   Ctx(const Cfg& c_, const LizardShape& s_, const LizardParamsT<T>& p_, const Prepared<T>& pr_,
       const LizardInput<T>& in_)
@@ -87,8 +94,12 @@ struct Ctx {
   }
   // Window scores of query chunk n against key chunk j: sc [cn, kc] = qw kw^T / sqrt(D).
   void scores(int h, int64_t s0, int cn, int64_t ks, int kc, T* sc) const {
+    scores_at(h, s0, cn, pr.kw + ks * ldk, kc, sc);
+  }
+  // Same against kc key rows starting at kwb (row stride ldk).
+  void scores_at(int h, int64_t s0, int cn, const T* kwb, int kc, T* sc) const {
     const int D = pr.D, g = s.kv_head(h);
-    gemm(false, true, cn, kc, D, scale, pr.qw + s0 * ldq + h * D, ldq, pr.kw + ks * ldk + g * D, ldk, T(0), sc, kc);
+    gemm(false, true, cn, kc, D, scale, pr.qw + s0 * ldq + h * D, ldq, kwb + g * D, ldk, T(0), sc, kc);
   }
   bool in_window(int64_t i, int64_t t) const { return t <= i && t > i - c.window; }
 };
@@ -111,6 +122,7 @@ void head_forward_lizard(const Ctx<T>& X, int h, T* y, HeadSave<T>* sv, T* Sfina
       P(size_t(C) * C), out(size_t(C) * Dv), b(C), S(size_t(F2) * Dv, T(0));
   std::vector<T> A(size_t(C) * D), rm(C), rl(C);
   (void)F;
+  if (X.S0) std::copy(X.S0 + size_t(h) * F2 * Dv, X.S0 + size_t(h + 1) * F2 * Dv, S.begin());
   for (int n = 0; n < X.N; ++n) {
     const int64_t s0 = X.start(n);
     const int cn = X.len(n);
@@ -141,11 +153,10 @@ void head_forward_lizard(const Ctx<T>& X, int h, T* y, HeadSave<T>* sv, T* Sfina
     // window: key chunks n-nw .. n, online max seeded with the meta sinks
     for (int r = 0; r < cn; ++r) rm[r] = mu_max, rl[r] = mu_sum;
     std::fill(A.begin(), A.begin() + size_t(cn) * D, T(0));
-    for (int j = X.first_key_chunk(n); j <= n; ++j) {
-      const int64_t ks = X.start(j);
-      const int kc = X.len(j);
-      if (ks + kc - 1 <= s0 - X.c.window) continue;  // entirely before every row's window
-      X.scores(h, s0, cn, ks, kc, P.data());
+    // One block of kc keys at relative indices ks.. (rows kwb, vb of stride ldk).
+    auto key_block = [&](int64_t ks, int kc, const T* kwb, const T* vb) {
+      if (ks + kc - 1 <= s0 - X.c.window) return;  // entirely before every row's window
+      X.scores_at(h, s0, cn, kwb, kc, P.data());
       for (int r = 0; r < cn; ++r) {
         const int64_t i = s0 + r;
         T* sc = &P[size_t(r) * kc];
@@ -170,8 +181,14 @@ void head_forward_lizard(const Ctx<T>& X, int h, T* y, HeadSave<T>* sv, T* Sfina
         }
         rl[r] += sum;
       }
-      gemm(false, false, cn, D, kc, T(1), P.data(), kc, X.in.v + ks * X.ldk + g * D, X.ldk, T(1), A.data(), D);
+      gemm(false, false, cn, D, kc, T(1), P.data(), kc, vb + g * D, X.ldk, T(1), A.data(), D);
+    };
+    for (int64_t ks = -X.P; ks < 0; ks += C) {  // tokens before this input (continuation)
+      const int kc = int(std::min<int64_t>(C, -ks));
+      key_block(ks, kc, X.pre_kw + (X.P + ks) * X.ldk, X.pre_v + (X.P + ks) * X.ldk);
     }
+    for (int j = X.first_key_chunk(n); j <= n; ++j)
+      key_block(X.start(j), X.len(j), pr.kw + X.start(j) * X.ldk, X.in.v + X.start(j) * X.ldk);
     for (int r = 0; r < cn; ++r) {
       const T inv_l = T(1) / rl[r];
       for (int d = 0; d < D; ++d) A[size_t(r) * D + d] *= inv_l;
@@ -554,11 +571,48 @@ void head_backward_lolcats(const Ctx<T>& X, int h, const HeadSave<T>& sv, const 
 
 template <typename T>
 void lizard_forward_chunked(const LizardConfig& c, const LizardShape& s, const LizardParamsT<T>& p,
-                            const LizardRope* rope, const LizardInput<T>& in, T* y, LizardState<T>* final_state) {
+                            const LizardRope* rope, const LizardInput<T>& in, T* y, LizardState<T>* final_state,
+                            const LizardState<T>* initial_state) {
   Prepared<T> pr;
   prepare(c, s, p, rope, in, pr);
   Ctx<T> X(c, s, p, pr, in);
-  const int H = pr.H, Hkv = pr.Hkv, D = pr.D, F2 = X.F2, Dv = X.Dv;
+  const int H = pr.H, Hkv = pr.Hkv, D = pr.D, F2 = X.F2, Dv = X.Dv, w = c.window;
+  const size_t rs = size_t(Hkv) * D;
+  // Continuation: copy what is needed out of initial_state first (it may be final_state).
+  int64_t n0 = 0;
+  std::vector<T> S0, pre_kw, pre_v, ring_k0, ring_v0;
+  if (initial_state && initial_state->n_tokens > 0) {
+    const auto& is = *initial_state;
+    LZ_CHECK(c.combine == Cfg::Combine::Lizard,
+             "lizard: a LoLCATs chunked forward can not continue a sequence; use lizard_step");
+    LZ_CHECK(is.S.size() == size_t(H) * F2 * D && is.z.size() == size_t(H) * F2 && is.log_scale.size() == size_t(H) &&
+                 is.ring_k.size() == size_t(w) * rs && is.ring_v.size() == size_t(w) * rs,
+             "lizard: the initial state does not match the config/shape");
+    n0 = is.n_tokens;
+    S0.resize(size_t(H) * F2 * Dv);
+    for (int h = 0; h < H; ++h) {
+      const T e = std::exp(is.log_scale[h]);
+      for (int f = 0; f < F2; ++f) {
+        for (int d = 0; d < D; ++d) S0[(size_t(h) * F2 + f) * Dv + d] = e * is.S[(size_t(h) * F2 + f) * D + d];
+        S0[(size_t(h) * F2 + f) * Dv + D] = e * is.z[size_t(h) * F2 + f];
+      }
+    }
+    // the window of the first new token reaches back w-1 tokens
+    const int64_t P = std::min<int64_t>(n0, w - 1);
+    pre_kw.resize(size_t(P) * rs);
+    pre_v.resize(size_t(P) * rs);
+    for (int64_t j = 0; j < P; ++j) {
+      const size_t slot = size_t((n0 - P + j) % w);
+      std::copy(&is.ring_k[slot * rs], &is.ring_k[slot * rs] + rs, &pre_kw[size_t(j) * rs]);
+      std::copy(&is.ring_v[slot * rs], &is.ring_v[slot * rs] + rs, &pre_v[size_t(j) * rs]);
+    }
+    ring_k0 = is.ring_k;
+    ring_v0 = is.ring_v;
+    X.P = P;
+    X.pre_kw = pre_kw.data();
+    X.pre_v = pre_v.data();
+    X.S0 = S0.data();
+  }
   std::vector<T> Sfin;
   if (final_state) {
     final_state->reset(c, s);
@@ -573,16 +627,19 @@ void lizard_forward_chunked(const LizardConfig& c, const LizardShape& s, const L
   }
   if (final_state) {
     auto& st = *final_state;
-    st.n_tokens = in.L;
+    st.n_tokens = n0 + in.L;
+    if (in.L == 0 && !S0.empty()) Sfin = S0;  // nothing ran: the state passes through
     for (int h = 0; h < H; ++h)
       for (int f = 0; f < F2; ++f) {
         for (int d = 0; d < D; ++d) st.S[(size_t(h) * F2 + f) * D + d] = Sfin[(size_t(h) * F2 + f) * Dv + d];
         st.z[size_t(h) * F2 + f] = Sfin[(size_t(h) * F2 + f) * Dv + D];
       }
-    const int w = c.window;
-    const size_t rs = size_t(Hkv) * D;
+    if (!ring_k0.empty()) {  // tokens of the earlier input still in the window keep their slots
+      st.ring_k = std::move(ring_k0);
+      st.ring_v = std::move(ring_v0);
+    }
     for (int64_t t = std::max<int64_t>(0, in.L - w); t < in.L; ++t) {
-      const size_t slot = size_t(t % w);
+      const size_t slot = size_t((n0 + t) % w);
       std::copy(pr.kw + t * rs, pr.kw + (t + 1) * rs, &st.ring_k[slot * rs]);
       std::copy(in.v + t * rs, in.v + (t + 1) * rs, &st.ring_v[slot * rs]);
       if (!st.ring_kf.empty()) std::copy(pr.kf + t * rs, pr.kf + (t + 1) * rs, &st.ring_kf[slot * rs]);
@@ -688,7 +745,8 @@ void lizard_backward_chunked(const LizardConfig& c, const LizardShape& s, const 
 
 #define LZ_INST(T)                                                                                          \
   template void lizard_forward_chunked<T>(const LizardConfig&, const LizardShape&, const LizardParamsT<T>&,    \
-                                          const LizardRope*, const LizardInput<T>&, T*, LizardState<T>*);      \
+                                          const LizardRope*, const LizardInput<T>&, T*, LizardState<T>*,       \
+                                          const LizardState<T>*);                                              \
   template void lizard_backward_chunked<T>(const LizardConfig&, const LizardShape&, const LizardParamsT<T>&,   \
                                            const LizardRope*, const LizardInput<T>&, const T*,                 \
                                            LizardParamsT<T>&, T*, T*, T*, T*);
