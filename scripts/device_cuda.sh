@@ -4,16 +4,20 @@
 #   scripts/device_cuda.sh build     # on the dev machine (nvcc 13, no GPU): reduced build into build-dev/
 #   scripts/device_cuda.sh run       # on the GPU machine: tests, compute-sanitizer, benchmark
 #
-# Why a reduced build: the GPU machine has nvcc, cmake, ninja and python3/torch/triton, but none of
-# the Debian dev packages the full CMake build needs (OpenBLAS, nlohmann, fmt, CLI11, PCRE2, gtest).
-# So `build` compiles only what the GPU tests and the benchmark need (src/ops/cuda/*, the CPU Lizard
+# Why a reduced build here: it costs no device minutes and does not depend on the rest of the tree
+# compiling. (Seen on the H200 image, 2026-11-27: /usr/include/{CLI,fmt,gtest,nlohmann}, OpenBLAS,
+# PCRE2 and fmt libraries, cmake 4.4.3 and nvcc 13.0 ARE there, so the full CMake build should also
+# work on the device; here the full build needs the CMake 3.25 CUDA20 flags noted below.)
+# `build` compiles only what the GPU tests and the benchmark need (src/ops/cuda/*, the CPU Lizard
 # reference, its config, tests/gpu/test_*.cpp) here, with fmt header-only and gtest, OpenBLAS,
 # gfortran, libgomp, libstdc++ and cudart linked statically: the binaries then need only glibc and
 # the NVIDIA driver there. x86-64 baseline flags (-mavx2 -mfma), never -march=native: this machine's
 # CPU is not the GPU machine's.
 #
 # Device call (device tool `run`), carry build-dev and (for the FLA comparison) .fla:
-#   run(command="bash scripts/device_cuda.sh run", carry=["build-dev", ".fla"])
+#   run(command="bash scripts/device_cuda.sh run",
+#       carry=["build-dev/lizard_gpu_tests", "build-dev/liblizard_capi.so", ".fla"])   (~5 min)
+#   `bench` instead of `run`: quick correctness pass + forward timings only (~1.5 min).
 # .fla/fla is flash-linear-attention's package folder, extracted from a fetched mirror
 # (git archive HEAD fla | tar -x -C .fla); it is git-ignored and never committed.
 # Also: CMake 3.25 (this machine) does not know nvcc's C++20 flag; for the full CMake build add
