@@ -1,6 +1,7 @@
 #include "ops/cpu/softmax_attention.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -74,45 +75,112 @@ void softmax_attention(const float* q, int64_t n, int64_t pos0, const float* k, 
     return;
   }
   const int H = dims.n_heads, D = dims.head_dim, group = dims.n_heads / dims.n_kv_heads;
-  const int64_t tasks = n * H;
+  // Decode: one task per (query, head, key range). Long contexts with fewer heads than threads
+  // split the keys (flash-decoding): each part keeps its max, sum and unnormalised output, and a
+  // second pass merges them.
+  const int threads = omp_get_max_threads();
+  const int64_t heads = n * H, keys = pos0 + n;
+  int64_t splits = 1;
+  if (heads < 2 * threads && keys >= 512)
+    splits = std::clamp<int64_t>((2 * threads + heads - 1) / heads, 1, keys / 256);
+  const int64_t tasks = heads * splits, part = D + 2;
+  thread_local std::vector<float> parts_buf;  // the caller's, shared by the team
+  if (splits > 1 && static_cast<int64_t>(parts_buf.size()) < tasks * part) parts_buf.resize(tasks * part);
+  float* parts = parts_buf.data();
 #pragma omp parallel
   {
     // Per-thread score buffer, kept across calls so decoding allocates nothing.
     thread_local std::vector<float> scores;
-    const int64_t need = pos0 + n;
-    if (static_cast<int64_t>(scores.size()) < need) scores.resize(need);
+    if (static_cast<int64_t>(scores.size()) < keys) scores.resize(keys);
     float* s = scores.data();
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t i = task / H;
-      const int h = static_cast<int>(task % H);
+      const int64_t qh_index = task / splits, sp = task % splits;
+      const int64_t i = qh_index / H;
+      const int h = static_cast<int>(qh_index % H);
       const int64_t pos = pos0 + i;
-      const int64_t t0 = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+      const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0, len = pos + 1 - first;
+      const int64_t t0 = first + len * sp / splits, t1 = first + len * (sp + 1) / splits;  // [t0, t1)
       const float* qh = q + i * H * D + static_cast<int64_t>(h) * D;
       const int64_t kv_off = static_cast<int64_t>(h / group) * D;
-      float mx = -INFINITY;
-      for (int64_t t = t0; t <= pos; ++t) {
+      float* o = splits > 1 ? parts + task * part : out + i * H * D + static_cast<int64_t>(h) * D;
+      // Four keys at a time: independent accumulators instead of one latency-bound chain.
+      int64_t t = t0;
+      for (; t + 4 <= t1; t += 4) {
+        const float* k0 = k + t * kv_stride + kv_off;
+        const float *k1 = k0 + kv_stride, *k2 = k1 + kv_stride, *k3 = k2 + kv_stride;
+        float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+#pragma omp simd reduction(+ : d0, d1, d2, d3)
+        for (int d = 0; d < D; ++d) {
+          const float qd = qh[d];
+          d0 += qd * k0[d];
+          d1 += qd * k1[d];
+          d2 += qd * k2[d];
+          d3 += qd * k3[d];
+        }
+        s[t] = d0 * scale;
+        s[t + 1] = d1 * scale;
+        s[t + 2] = d2 * scale;
+        s[t + 3] = d3 * scale;
+      }
+      for (; t < t1; ++t) {
         const float* kt = k + t * kv_stride + kv_off;
         float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
         for (int d = 0; d < D; ++d) dot += qh[d] * kt[d];
-        dot *= scale;
-        s[t] = dot;
-        mx = std::max(mx, dot);
+        s[t] = dot * scale;
       }
+      float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+      for (int64_t u = t0; u < t1; ++u) mx = std::max(mx, s[u]);
+#pragma omp simd
+      for (int64_t u = t0; u < t1; ++u) s[u] = fast_exp(s[u] - mx);
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-      for (int64_t t = t0; t <= pos; ++t) sum += (s[t] = fast_exp(s[t] - mx));
-      float* o = out + i * H * D + static_cast<int64_t>(h) * D;
+      for (int64_t u = t0; u < t1; ++u) sum += s[u];
       std::fill(o, o + D, 0.0f);
-      for (int64_t t = t0; t <= pos; ++t) {
+      // Four values per pass over o: a quarter of the store-to-load round trips.
+      for (t = t0; t + 4 <= t1; t += 4) {
+        const float* v0 = v + t * kv_stride + kv_off;
+        const float *v1 = v0 + kv_stride, *v2 = v1 + kv_stride, *v3 = v2 + kv_stride;
+        const float p0 = s[t], p1 = s[t + 1], p2 = s[t + 2], p3 = s[t + 3];
+#pragma omp simd
+        for (int d = 0; d < D; ++d) o[d] += p0 * v0[d] + p1 * v1[d] + p2 * v2[d] + p3 * v3[d];
+      }
+      for (; t < t1; ++t) {
         const float* vt = v + t * kv_stride + kv_off;
         const float p = s[t];
 #pragma omp simd
         for (int d = 0; d < D; ++d) o[d] += p * vt[d];
       }
-      const float inv = 1.0f / sum;
-      for (int d = 0; d < D; ++d) o[d] *= inv;
+      if (splits == 1) {
+        const float inv = 1.0f / sum;
+        for (int d = 0; d < D; ++d) o[d] *= inv;
+      } else {
+        o[D] = mx;  // -inf for an empty range, whose sum and output are 0
+        o[D + 1] = sum;
+      }
+    }
+    if (splits > 1) {
+#pragma omp for schedule(static)
+      for (int64_t qi = 0; qi < heads; ++qi) {
+        const float* pp = parts + qi * splits * part;
+        float m = -INFINITY;
+        for (int64_t sp = 0; sp < splits; ++sp) m = std::max(m, pp[sp * part + D]);
+        float* o = out + (qi / H) * H * D + (qi % H) * D;
+        std::fill(o, o + D, 0.0f);
+        float total = 0.0f;
+        for (int64_t sp = 0; sp < splits; ++sp) {
+          const float* p = pp + sp * part;
+          if (p[D + 1] == 0.0f) continue;
+          const float w = std::exp(p[D] - m);
+          total += w * p[D + 1];
+#pragma omp simd
+          for (int d = 0; d < D; ++d) o[d] += w * p[d];
+        }
+        const float inv = 1.0f / total;
+        for (int d = 0; d < D; ++d) o[d] *= inv;
+      }
     }
   }
 }
