@@ -48,6 +48,7 @@ build() {
   for j in "${jobs[@]}"; do wait "$j" || { cat $out/log/*.ptxas; exit 1; }; done
   local cpu_objs=()
   for f in src/ops/cuda/*.cpp src/ops/cpu/lizard_attention.cpp src/ops/cpu/lizard_chunked.cpp \
+           src/ops/cpu/rmsnorm.cpp src/ops/cpu/rope.cpp src/ops/cpu/swiglu.cpp \
            src/model/lizard_config.cpp; do
     [ -f "$f" ] || continue
     local o=$out/obj/$(echo "$f" | tr / _).o
