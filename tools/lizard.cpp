@@ -12,6 +12,7 @@
 #include <iostream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "eval/eval_cli.h"
@@ -19,9 +20,12 @@
 #include "generate/generate.h"
 #include "generate/state_io.h"
 #include "model/checkpoint.h"
+#include "model/lizard_checkpoint.h"
 #include "model/llama.h"
+#include "model/load_model.h"
 #include "server/server.h"
 #include "tokenizer/tokenizer.h"
+#include "train/linearize_cli.h"
 #include "util/error.h"
 
 namespace fs = std::filesystem;
@@ -39,8 +43,14 @@ std::string human_count(int64_t n) {
 }
 
 // ---- info -------------------------------------------------------------------------------------
-void cmd_info(const std::string& model_arg) {
-  Checkpoint ck = open_checkpoint(model_or_default(model_arg));
+void cmd_info(const std::string& model_arg, const std::string& teacher_arg) {
+  // A Lizard checkpoint: its teacher's summary, then the Lizard part.
+  const std::string path = model_or_default(model_arg);
+  const std::string lizard_file = find_lizard_checkpoint(path);
+  std::optional<LizardCheckpoint> lz;
+  if (!lizard_file.empty()) lz = load_lizard_checkpoint(lizard_file);
+  Checkpoint ck = open_checkpoint(lz ? lizard_teacher_path(*lz, lizard_file, teacher_arg) : path);
+  if (lz) check_lizard_teacher_shape(*lz, ck.config);
   const ModelConfig& c = ck.config;
   std::map<std::string, int> types;
   int64_t bytes = 0;
@@ -75,6 +85,21 @@ void cmd_info(const std::string& model_arg) {
                t.eos_id() ? t.token_text(*t.eos_id()) : "none");
   }
   fmt::print("chat template:  {}\n", ck.chat_template.name());
+  if (!lz) return;
+  const LizardConfig& z = lz->config;
+  int64_t n_new = 0;
+  for (const auto& [l, p] : lz->layers) n_new += static_cast<int64_t>(p.numel());
+  std::string layers;
+  for (const auto& [l, p] : lz->layers) layers += fmt::format("{}{}", layers.empty() ? "" : ",", l);
+  fmt::print("\nlizard:         {}\n", lizard_file);
+  fmt::print("lizard layers:  {} of {}{}\n", lz->layers.size(), c.n_layers,
+             z.lizard_layers.empty() ? " (all)" : fmt::format(" ({}; the rest softmax)", layers));
+  fmt::print("lizard config:  combine {}, F {} ({}), w {}, m {}{}, gate {} (init {}), chunk {}\n", to_string(z.combine),
+             z.feature_dim, to_string(z.feature_act), z.window, z.meta_tokens, z.meta_per_head ? " per head" : "",
+             to_string(z.gate), z.gate_init, z.chunk);
+  fmt::print("new parameters: {} ({}), {:.3f}% of the teacher\n", human_count(n_new), n_new,
+             100.0 * static_cast<double>(n_new) / static_cast<double>(std::max<int64_t>(1, c.param_count())));
+  fmt::print("\n{}", describe_lizard_checkpoint(*lz));
 }
 
 // ---- tokenize ---------------------------------------------------------------------------------
@@ -159,6 +184,7 @@ struct GenerateArgs {
   uint64_t seed = 0;
   bool seed_set = false, chat = false, quiet = false;
   std::string save_state, load_state;  // --save-state / --load-state FILE
+  std::string teacher;                 // --teacher: where a Lizard checkpoint's teacher lives now
 };
 
 std::string read_stdin() { return std::string((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>()); }
@@ -174,13 +200,14 @@ void cmd_generate(const GenerateArgs& a) {
   }
   LZ_CHECK(!prompt.empty() || !a.load_state.empty(), "empty prompt: give -p TEXT, -f FILE or text on stdin");
 
-  auto ck = std::make_shared<Checkpoint>(open_checkpoint(model_or_default(a.model)));
-  LZ_CHECK(ck->tokenizer != nullptr, "model '{}' has no tokenizer", ck->path);
-  const Tokenizer& tok = *ck->tokenizer;
   ModelOptions mo;
   mo.n_threads = a.threads;
   mo.context = a.ctx;
-  LlamaModel model(ck, mo);
+  const LoadedModel lm = load_model(a.model, mo, a.teacher);  // a teacher or a Lizard checkpoint
+  const auto& ck = lm.teacher;
+  LZ_CHECK(ck->tokenizer != nullptr, "model '{}' has no tokenizer", ck->path);
+  const Tokenizer& tok = *ck->tokenizer;
+  const LlamaModel& model = *lm.model;
   // --load-state: continue a saved conversation; the new prompt is appended to it.
   LlamaState state = model.new_state();
   SavedSequence saved;
@@ -259,19 +286,22 @@ struct ServeArgs {
   int port = 8080, parallel = 1, threads = 0;
   int64_t ctx = 0;
   bool quiet = false;
+  std::string teacher;
 };
 
 void cmd_serve(const ServeArgs& a) {
-  auto ck = std::make_shared<Checkpoint>(open_checkpoint(model_or_default(a.model)));
   ModelOptions mo;
   mo.context = a.ctx;
-  auto model = std::make_shared<LlamaModel>(ck, mo);
+  const LoadedModel lm = load_model(a.model, mo, a.teacher);
+  auto model = lm.model;
   ServerOptions so;
   so.host = a.host;
   so.port = a.port;
   so.parallel = a.parallel;
   so.threads = a.threads;
   so.model_name = a.alias;
+  if (so.model_name.empty() && lm.is_lizard())  // default: the checkpoint's name, not the teacher's
+    so.model_name = fs::path(lm.lizard_file).parent_path().filename().string();
   so.log = !a.quiet;
   // Ctrl-C / SIGTERM: wait for them on this thread (blocked everywhere else), then stop cleanly.
   sigset_t sigs;
@@ -283,7 +313,7 @@ void cmd_serve(const ServeArgs& a) {
   const int port = server.bind();
   server.start();
   std::fprintf(stderr, "lizard: serving %s as '%s' on http://%s:%d (%d slot%s, %d threads each, context %lld)\n",
-               ck->path.c_str(), server.model_name().c_str(), a.host.c_str(), port, a.parallel,
+               lm.path.c_str(), server.model_name().c_str(), a.host.c_str(), port, a.parallel,
                a.parallel == 1 ? "" : "s", model->n_threads(), static_cast<long long>(model->context_length()));
   int sig = 0;
   sigwait(&sigs, &sig);
@@ -292,12 +322,13 @@ void cmd_serve(const ServeArgs& a) {
 }
 
 // ---- debug-logits: full-vocabulary logits and greedy ids, for parity checks against other tools ----
-void cmd_debug_logits(const std::string& model_arg, const std::string& prompts_json, const std::string& out_dir, int greedy_n) {
+void cmd_debug_logits(const std::string& model_arg, const std::string& teacher, const std::string& prompts_json,
+                      const std::string& out_dir, int greedy_n) {
   std::ifstream in(prompts_json);
   LZ_CHECK(in.good(), "cannot read '{}'", prompts_json);
   nlohmann::json prompts = nlohmann::json::parse(in);
-  auto ck = std::make_shared<Checkpoint>(open_checkpoint(model_or_default(model_arg)));
-  LlamaModel model(ck);
+  const LoadedModel lm = load_model(model_arg, {}, teacher);
+  const LlamaModel& model = *lm.model;
   fs::create_directories(out_dir);
   for (auto& p : prompts) {
     auto name = p.at("name").get<std::string>();
@@ -317,6 +348,22 @@ void cmd_debug_logits(const std::string& model_arg, const std::string& prompts_j
   }
 }
 
+// ---- init-lizard: a freshly initialised (untrained) Lizard checkpoint ---------------------------
+void cmd_init_lizard(const std::string& model_arg, const std::string& out, const std::string& config_file, uint64_t seed) {
+  const std::string teacher = fs::absolute(model_or_default(model_arg)).lexically_normal().string();
+  const Checkpoint ck = open_checkpoint(teacher);
+  LizardConfig c;
+  if (!config_file.empty()) {
+    std::ifstream in(config_file);
+    LZ_CHECK(in.good(), "cannot read '{}'", config_file);
+    c = lizard_config_from_string(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()));
+  }
+  LizardCheckpoint lz = init_lizard_checkpoint(c, ck.config, seed);
+  lz.teacher = fingerprint_teacher(teacher);
+  save_lizard_dir(out, lz);
+  fmt::print("wrote {}\n{}", (fs::path(out) / kLizardCheckpointFile).string(), describe_lizard_checkpoint(lz));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -326,8 +373,11 @@ int main(int argc, char** argv) {
 
   std::string model;
   auto* info = app.add_subcommand("info", "Describe a model: architecture, size, tensor types, tokenizer");
-  info->add_option("model", model, "GGUF file or Hugging Face directory (default: the bundled teacher)");
+  info->add_option("model", model,
+                   "GGUF file, Hugging Face directory or Lizard checkpoint directory (default: the bundled teacher)");
   info->add_option("-m,--model", model, "same as the positional MODEL");
+  std::string teacher;
+  info->add_option("--teacher", teacher, "teacher of a Lizard checkpoint, if moved from its recorded path");
 
   std::string tokenizer_json;
   bool jsonl = false, decode = false, bos = false;
@@ -340,7 +390,9 @@ int main(int argc, char** argv) {
 
   GenerateArgs g;
   auto* gen = app.add_subcommand("generate", "Generate text, streaming tokens as they come");
-  gen->add_option("-m,--model", g.model, "GGUF file or Hugging Face directory (default: the bundled teacher)");
+  gen->add_option("-m,--model", g.model,
+                  "GGUF file, Hugging Face directory or Lizard checkpoint directory (default: the bundled teacher)");
+  gen->add_option("--teacher", g.teacher, "teacher of a Lizard checkpoint, if moved from its recorded path");
   gen->add_option("-p,--prompt", g.prompt, "prompt text (default: -f FILE or stdin)");
   gen->add_option("-f,--file", g.prompt_file, "read the prompt from a file");
   gen->add_option("-n,--n-predict", g.n, "tokens to generate")->capture_default_str()->check(CLI::NonNegativeNumber);
@@ -360,7 +412,9 @@ int main(int argc, char** argv) {
 
   ServeArgs sv;
   auto* serve = app.add_subcommand("serve", "OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)");
-  serve->add_option("-m,--model", sv.model, "GGUF file or Hugging Face directory (default: the bundled teacher)");
+  serve->add_option("-m,--model", sv.model,
+                    "GGUF file, Hugging Face directory or Lizard checkpoint directory (default: the bundled teacher)");
+  serve->add_option("--teacher", sv.teacher, "teacher of a Lizard checkpoint, if moved from its recorded path");
   serve->add_option("--host", sv.host, "address to listen on")->capture_default_str();
   serve->add_option("--port", sv.port, "port (0: any free one)")->capture_default_str()->check(CLI::Range(0, 65535));
   serve->add_option("--parallel", sv.parallel, "requests generated at once (more wait)")->capture_default_str()
@@ -376,6 +430,7 @@ int main(int argc, char** argv) {
   auto* dbg = app.add_subcommand("debug-logits", "Write all-position logits and greedy ids (parity checks)");
   dbg->group("");  // for developers: not listed in --help
   dbg->add_option("-m,--model", model, "model");
+  dbg->add_option("--teacher", teacher, "teacher of a Lizard checkpoint, if moved");
   dbg->add_option("--prompts", prompts_json, "JSON [{name, ids}]")->required();
   dbg->add_option("--out", out_dir, "output folder")->required();
   dbg->add_option("--greedy", greedy_n, "greedy tokens to generate");
@@ -411,15 +466,61 @@ int main(int argc, char** argv) {
   ev->add_option("--seed", ea.seed, "seed of the synthetic prompts")->capture_default_str();
   ev->add_option("-t,--threads", ea.threads, "CPU threads (default: all cores)");
   ev->add_flag("-q,--quiet", ea.quiet, "no progress lines");
+  ev->add_option("--teacher", ea.teacher, "teacher of Lizard checkpoints (-m/--student), if moved");
+
+  std::string init_out, init_config;
+  uint64_t init_seed = 0;
+  auto* initl = app.add_subcommand("init-lizard", "Write a freshly initialised (untrained) Lizard checkpoint");
+  initl->group("");  // for tests, demos and as training's starting point: not listed in --help
+  initl->add_option("-m,--model", model, "teacher: GGUF file or Hugging Face directory (default: the bundled one)");
+  initl->add_option("--out", init_out, "checkpoint directory to write")->required();
+  initl->add_option("--config", init_config, "Lizard config JSON (default: LIZARD.md's defaults)")
+      ->check(CLI::ExistingFile);
+  initl->add_option("--seed", init_seed, "initialisation seed")->capture_default_str();
+
+  // ---- linearize: stage 1 attention transfer (src/train) ----
+  LinearizeArgs la;
+  auto* lin = app.add_subcommand("linearize", "Train Lizard layers to imitate a teacher's attention (stage 1)");
+  lin->add_option("--teacher", la.teacher, "teacher: GGUF file or Hugging Face directory (default: the bundled one)");
+  lin->add_option("--data", la.data, "text / JSONL files or folders to train on")->expected(1, -1)->required();
+  lin->add_option("--out", la.out, "output folder: the Lizard model, training state, log.jsonl, loss.png")->required();
+  lin->add_option("--config", la.config, "Lizard layer config (JSON; default: LIZARD.md's defaults)")
+      ->check(CLI::ExistingFile);
+  lin->add_option("--stage", la.stage, "training stage (only 1 so far)")->capture_default_str();
+  lin->add_option("--steps", la.steps, "optimizer steps (default: 20M tokens' worth)")->check(CLI::PositiveNumber);
+  lin->add_option("--tokens", la.tokens, "training tokens instead of --steps")->check(CLI::PositiveNumber);
+  lin->add_option("--seq-len", la.seq_len, "tokens per sequence")->capture_default_str()->check(CLI::Range(2, 1 << 20));
+  lin->add_option("--batch", la.batch, "sequences per step")->capture_default_str()->check(CLI::PositiveNumber);
+  lin->add_option("--lr", la.lr, "peak learning rate")->capture_default_str()->check(CLI::PositiveNumber);
+  lin->add_option("--weight-decay", la.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
+  lin->add_option("--clip", la.clip, "global gradient-norm clip (0: off)")->capture_default_str();
+  lin->add_option("--warmup", la.warmup, "fraction of steps of linear warm-up")->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  lin->add_option("--final-lr", la.final_lr, "cosine decay ends at this fraction of --lr")->capture_default_str();
+  lin->add_option("--device", la.device, "cpu (cuda: not yet)")->capture_default_str();
+  lin->add_flag("--resume", la.resume, "continue the run saved in --out (same optimizer state, data position, RNG)");
+  lin->add_option("--save-every", la.save_every, "checkpoint every N steps (0: at the end and on Ctrl-C)");
+  lin->add_option("--eval-every", la.eval_every, "held-out loss every N steps (0: at the end)");
+  lin->add_option("--val-seqs", la.val_seqs, "held-out sequences for the held-out loss")->capture_default_str();
+  lin->add_option("--eval-tokens", la.eval_tokens, "held-out tokens for the final perplexity and KL (0: skip)")
+      ->capture_default_str();
+  lin->add_option("--val-fraction", la.val_fraction, "share of documents held out")->capture_default_str()
+      ->check(CLI::Range(0.0, 0.5));
+  lin->add_option("--max-data-tokens", la.max_data_tokens, "read at most about this many tokens of data (0: all)");
+  lin->add_option("--seed", la.seed, "seed of the initialisation and the data order")->capture_default_str();
+  lin->add_option("-t,--threads", la.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  lin->add_flag("-q,--quiet", la.quiet, "no progress lines");
 
   try {
     app.parse(argc, argv);
-    if (*info) cmd_info(model);
+    if (*info) cmd_info(model, teacher);
     else if (*tok) cmd_tokenize(model, tokenizer_json, jsonl, decode, bos);
     else if (*gen) cmd_generate(g);
     else if (*serve) cmd_serve(sv);
-    else if (*dbg) cmd_debug_logits(model, prompts_json, out_dir, greedy_n);
+    else if (*dbg) cmd_debug_logits(model, teacher, prompts_json, out_dir, greedy_n);
     else if (*ev) run_eval(ea);
+    else if (*lin) return run_linearize(la);
+    else if (*initl) cmd_init_lizard(model, init_out, init_config, init_seed);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const Error& e) {

@@ -9,6 +9,7 @@
 #include "eval/report.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
+#include "model/load_model.h"
 #include "util/error.h"
 
 namespace fs = std::filesystem;
@@ -17,23 +18,27 @@ namespace lizard {
 namespace {
 
 struct Loaded {
-  std::shared_ptr<Checkpoint> ck;
-  std::unique_ptr<LlamaModel> model;
+  std::shared_ptr<const Checkpoint> ck;  // the teacher's (tokenizer)
+  std::shared_ptr<LlamaModel> model;     // teacher or Lizard model
   std::unique_ptr<LlamaEvalModel> eval;
   TextCodec codec;
   std::string label;
 };
 
-Loaded load(const std::string& path_arg, const std::string& label, int64_t context, int threads) {
+Loaded load(const std::string& path_arg, const std::string& label, int64_t context, int threads,
+            const std::string& teacher) {
   Loaded l;
   const std::string path = path_arg.empty() ? default_model_path() : path_arg;
-  l.ck = std::make_shared<Checkpoint>(open_checkpoint(path));
-  LZ_CHECK(l.ck->tokenizer != nullptr, "model '{}' has no tokenizer", path);
   ModelOptions mo;
   mo.n_threads = threads;
   mo.context = context;
-  l.model = std::make_unique<LlamaModel>(l.ck, mo);
-  l.label = label.empty() ? fs::path(path).filename().string() : label;
+  LoadedModel lm = load_model(path, mo, teacher);  // a teacher or a Lizard checkpoint
+  l.ck = lm.teacher;
+  l.model = lm.model;
+  LZ_CHECK(l.ck->tokenizer != nullptr, "model '{}' has no tokenizer", path);
+  fs::path p = fs::path(path).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();  // "dir/"
+  l.label = label.empty() ? p.filename().string() : label;
   l.eval = std::make_unique<LlamaEvalModel>(*l.model, l.label);
   l.codec = codec_of(*l.ck->tokenizer);
   return l;
@@ -97,8 +102,8 @@ void run_eval(const EvalArgs& a) {
   int64_t need = 0;
   if (task == "passkey") need = *std::max_element(a.lengths.begin(), a.lengths.end());
   std::vector<Loaded> models;
-  models.push_back(load(a.model, a.name, need, a.threads));
-  if (!a.student.empty()) models.push_back(load(a.student, a.student_name, need, a.threads));
+  models.push_back(load(a.model, a.name, need, a.threads, a.teacher));
+  if (!a.student.empty()) models.push_back(load(a.student, a.student_name, need, a.threads, a.teacher));
   if (models.size() == 2)
     LZ_CHECK(models[0].ck->tokenizer->vocab_size() == models[1].ck->tokenizer->vocab_size(),
              "the two models' tokenizers differ ({} and {} tokens)", models[0].ck->tokenizer->vocab_size(),

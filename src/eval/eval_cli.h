@@ -11,6 +11,7 @@ struct EvalArgs {
   std::string model;                // teacher (default: the bundled one)
   std::string student;              // second model: kl's student; for other tasks evaluated too
   std::string name, student_name;   // labels in reports (default: file names)
+  std::string teacher;              // teacher of Lizard checkpoints, when moved from its recorded path
   std::vector<std::string> data;    // text files/folders (ppl, kl) or the JSONL file (mc)
   std::vector<std::string> compare; // result files to print side by side (no task then)
   std::string out_dir = "eval_out";

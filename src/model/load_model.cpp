@@ -22,6 +22,22 @@ std::string find_lizard_checkpoint(const std::string& path) {
   return it != f.metadata().end() && it->second.rfind("lizard-checkpoint/", 0) == 0 ? path : std::string();
 }
 
+std::string lizard_teacher_path(const LizardCheckpoint& ck, const std::string& lizard_file,
+                                const std::string& teacher) {
+  std::error_code ec;
+  std::string path = teacher.empty() ? ck.teacher.path : teacher;
+  if (teacher.empty() && fs::path(path).is_relative() && !fs::exists(path, ec)) {
+    const fs::path alt = fs::path(lizard_file).parent_path() / path;
+    if (fs::exists(alt, ec)) path = alt.string();
+  }
+  try {
+    check_lizard_teacher(ck, path);
+  } catch (const Error& e) {
+    fail("Lizard checkpoint '{}': {}{}", lizard_file, e.what(), teacher.empty() ? " (give it with --teacher)" : "");
+  }
+  return path;
+}
+
 void apply_lizard(LlamaModel& model, const LizardCheckpoint& ck) {
   check_lizard_teacher_shape(ck, model.config());
   for (const auto& [layer, params] : ck.layers)
@@ -44,17 +60,7 @@ LoadedModel load_model(const std::string& path_arg, const ModelOptions& opt, con
   std::string teacher_path = m.path;
   if (!m.lizard_file.empty()) {
     m.lizard = load_lizard_checkpoint(m.lizard_file);
-    teacher_path = teacher.empty() ? m.lizard->teacher.path : teacher;
-    // A relative recorded path that is not found from here may be relative to the checkpoint.
-    if (teacher.empty() && fs::path(teacher_path).is_relative() && !fs::exists(teacher_path, ec)) {
-      const fs::path alt = fs::path(m.lizard_file).parent_path() / teacher_path;
-      if (fs::exists(alt, ec)) teacher_path = alt.string();
-    }
-    try {
-      check_lizard_teacher(*m.lizard, teacher_path);
-    } catch (const Error& e) {
-      fail("Lizard checkpoint '{}': {}{}", m.path, e.what(), teacher.empty() ? " (give the teacher with --teacher)" : "");
-    }
+    teacher_path = lizard_teacher_path(*m.lizard, m.lizard_file, teacher);
   }
   m.teacher = std::make_shared<const Checkpoint>(open_checkpoint(teacher_path));
   m.model = std::make_shared<LlamaModel>(m.teacher, opt);

@@ -36,6 +36,11 @@ LoadedModel load_model(const std::string& path, const ModelOptions& opt = {}, co
 // .safetensors file in the Lizard format), or "" when path is not a Lizard checkpoint.
 std::string find_lizard_checkpoint(const std::string& path);
 
+// The teacher of a Lizard checkpoint read from lizard_file: `teacher` when given, else the recorded
+// path (a relative one is also tried beside the checkpoint). Checks its fingerprint; throws Error.
+std::string lizard_teacher_path(const LizardCheckpoint& ck, const std::string& lizard_file,
+                                const std::string& teacher = {});
+
 // Gives every Lizard layer of ck a LizardMixer on `model` (checks the teacher's shape first).
 void apply_lizard(LlamaModel& model, const LizardCheckpoint& ck);
 
