@@ -19,6 +19,14 @@ lib.lz_forward_recurrent.argtypes = [P] * 9 + [I] * 10 + [P]
 lib.lz_backward_parallel.argtypes = [P] * 17 + [I] * 10 + [P]
 lib.lz_set_forward_variant.argtypes = [I]
 lib.lz_set_forward_split.argtypes = [I]
+lib.lz_flash_fwd.argtypes = [P] * 5 + [I] * 5 + [P]
+
+
+def flash_fwd(q, k, v, out):
+    """This repo's causal GQA flash attention; q, out [B, L, H, D], k, v [B, L, Hkv, D] bf16."""
+    B, L, H, D = q.shape
+    check(lib.lz_flash_fwd(ptr(q), ptr(k), ptr(v), ptr(out), None, B, L, H, k.shape[2], D,
+                           ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
 
 try:
     from fla.ops.gla import chunk_gla
@@ -155,6 +163,12 @@ def final():
         qt, kt, vt = (x.detach().transpose(1, 2).contiguous() for x in (q, k, v))
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
             res[(tag, "sdpa flash causal fwd")] = [med(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True))]
+        qd, kd, vd = (x.detach() for x in (q, k, v))
+        out = torch.empty_like(qd)
+        res[(tag, "flash cuda (this repo) fwd")] = [med(lambda: flash_fwd(qd, kd, vd, out))]
+        ref = F.scaled_dot_product_attention(qt[:1], kt[:1], vt[:1], is_causal=True).transpose(1, 2)
+        print(f"  flash cuda vs sdpa (batch 0) rel err {((out[:1].float() - ref.float()).norm() / ref.float().norm()).item():.2e}")
+        del qd, kd, vd, out, ref
         for key in [kk for kk in res if kk[0] == tag]:
             print("ROW", key[0], key[1], " ".join(f"{t:.3f}" for t in res[key]), flush=True)
         del q, k, v, gk, gs, do, qt, kt, vt

@@ -4,6 +4,7 @@
 #include <exception>
 #include <string>
 
+#include "ops/cuda/flash_attention.h"
 #include "ops/cuda/lizard_attention.h"
 
 namespace {
@@ -67,6 +68,20 @@ int lz_backward_parallel(const void* q, const void* k, const void* v, const floa
     lizard::cuda::lizard_attention_backward_parallel(
         make(q, k, v, lg, wq, wk, meta, alpha, const_cast<void*>(dy), B, L, Hq, Hkv, D, F, w, m, act), fp32 != 0, dy, g,
         static_cast<cudaStream_t>(stream));
+    return 0;
+  } catch (const std::exception& e) {
+    g_err = e.what();
+    return -1;
+  }
+}
+
+// Causal GQA flash attention forward, bf16 [B, L, H, D]; lse optional.
+int lz_flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse, int B, int L, int H, int Hkv,
+                 int D, void* stream) {
+  try {
+    lizard::cuda::FlashArgs a;
+    a.B = B, a.L = L, a.H = H, a.Hkv = Hkv, a.D = D, a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse;
+    lizard::cuda::flash_attention_fwd(a, static_cast<cudaStream_t>(stream));
     return 0;
   } catch (const std::exception& e) {
     g_err = e.what();

@@ -1,0 +1,171 @@
+// Causal softmax attention with GQA, flash style (no L x L matrix), bf16 in/out, fp32 accumulate on
+// tensor cores (mma.sync m16n8k16). One CTA of 4 warps per (64-query block, b, h); each warp owns
+// 16 query rows; K/V blocks of 64 keys double-buffered with cp.async; online softmax in the log2
+// domain. Saves the row log-sum-exp (natural log) for a backward pass.
+#include <cuda_bf16.h>
+
+#include <cmath>
+
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/flash_attention.h"
+#include "ops/cuda/mma.cuh"
+
+namespace lizard::cuda {
+namespace {
+
+using namespace mma;
+constexpr int kBQ = 64, kBK = 64, kWarps = 4;
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <int D>
+__global__ void __launch_bounds__(kWarps * 32) flash_fwd_kernel(const FlashArgs a) {
+  constexpr int LD = D + 8, ND = D / 8, NK = kBK / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Ks = Qs + kBQ * LD;  // [2][kBK][LD]
+  bf16* Vs = Ks + 2 * kBK * LD;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int nqb = (a.L + kBQ - 1) / kBQ;
+  const int qb = nqb - 1 - blockIdx.x;  // longest rows first
+  const int h = blockIdx.y % a.H, b = blockIdx.y / a.H, hkv = h / (a.H / a.Hkv);
+  const int64_t qs = int64_t(a.H) * D, ks = int64_t(a.Hkv) * D;
+  const bf16* q = static_cast<const bf16*>(a.q) + int64_t(b) * a.L * qs + int64_t(h) * D;
+  const bf16* k = static_cast<const bf16*>(a.k) + int64_t(b) * a.L * ks + int64_t(hkv) * D;
+  const bf16* v = static_cast<const bf16*>(a.v) + int64_t(b) * a.L * ks + int64_t(hkv) * D;
+  bf16* o = static_cast<bf16*>(a.out) + int64_t(b) * a.L * qs + int64_t(h) * D;
+  const float scale2 = (a.scale > 0 ? a.scale : rsqrtf(float(D))) * kLog2e;
+
+  auto load_tile = [&](bf16* dst, const bf16* src, int64_t stride, int row0) {
+    for (int p = tid; p < 64 * D / 8; p += kWarps * 32) {
+      const int r = p / (D / 8), c = (p % (D / 8)) * 8, pos = row0 + r;
+      const bool ok = pos < a.L;
+      cp_async16(dst + r * LD + c, src + int64_t(ok ? pos : 0) * stride + c, ok ? 16 : 0);
+    }
+  };
+  load_tile(Qs, q, qs, qb * kBQ);
+  load_tile(Ks, k, ks, 0);
+  load_tile(Vs, v, ks, 0);
+  cp_async_commit();
+
+  const int r0 = warp * 16;
+  const int ia = qb * kBQ + r0 + g, ib = ia + 8;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  float acc[ND][4];
+#pragma unroll
+  for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  uint32_t qa[D / 16][4];
+
+  for (int kb = 0; kb <= qb; ++kb) {
+    if (kb < qb) {
+      load_tile(Ks + ((kb + 1) & 1) * kBK * LD, k, ks, (kb + 1) * kBK);
+      load_tile(Vs + ((kb + 1) & 1) * kBK * LD, v, ks, (kb + 1) * kBK);
+      cp_async_commit();
+      asm volatile("cp.async.wait_group 1;\n" ::);
+    } else {
+      cp_async_wait_all();
+    }
+    __syncthreads();
+    if (kb == 0) {
+#pragma unroll
+      for (int s = 0; s < D / 16; ++s) load_a(qa[s], Qs, LD, r0, s * 16);
+    }
+    const bf16* Kb = Ks + (kb & 1) * kBK * LD;
+    const bf16* Vb = Vs + (kb & 1) * kBK * LD;
+    float sc[NK][4];
+#pragma unroll
+    for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s) {
+#pragma unroll
+      for (int np = 0; np < NK / 2; ++np) {
+        uint32_t bb[4];
+        load_b_nk(bb, Kb, LD, np * 16, s * 16);
+        mma16816(sc[2 * np], qa[s], bb[0], bb[1]);
+        mma16816(sc[2 * np + 1], qa[s], bb[2], bb[3]);
+      }
+    }
+    const int t0 = kb * kBK;
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < NK; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int tt = t0 + 8 * j + 2 * t4 + e;
+        sc[j][e] = (tt <= ia && tt < a.L) ? sc[j][e] * scale2 : -INFINITY;
+        sc[j][2 + e] = (tt <= ib && tt < a.L) ? sc[j][2 + e] * scale2 : -INFINITY;
+        mx0 = fmaxf(mx0, sc[j][e]), mx1 = fmaxf(mx1, sc[j][2 + e]);
+      }
+    }
+    const float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
+    const float u0 = mn0 == -INFINITY ? 0.f : mn0, u1 = mn1 == -INFINITY ? 0.f : mn1;
+    const float c0 = exp2f(m0 - u0), c1 = exp2f(m1 - u1);
+    m0 = mn0, m1 = mn1, l0 *= c0, l1 *= c1;
+#pragma unroll
+    for (int j = 0; j < ND; ++j) acc[j][0] *= c0, acc[j][1] *= c0, acc[j][2] *= c1, acc[j][3] *= c1;
+    uint32_t pa[NK / 2][4];
+#pragma unroll
+    for (int j = 0; j < NK; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        sc[j][e] = round_bf16(exp2f(sc[j][e] - u0));
+        sc[j][2 + e] = round_bf16(exp2f(sc[j][2 + e] - u1));
+        l0 += sc[j][e], l1 += sc[j][2 + e];
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < NK / 2; ++s) {
+      pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
+      pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
+      pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
+      pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
+    }
+#pragma unroll
+    for (int s = 0; s < NK / 2; ++s) {
+#pragma unroll
+      for (int np = 0; np < ND / 2; ++np) {
+        uint32_t bb[4];
+        load_b_kn(bb, Vb, LD, np * 16, s * 16);
+        mma16816(acc[2 * np], pa[s], bb[0], bb[1]);
+        mma16816(acc[2 * np + 1], pa[s], bb[2], bb[3]);
+      }
+    }
+    __syncthreads();  // this buffer is refilled two iterations on
+  }
+  l0 = quad_sum(l0), l1 = quad_sum(l1);
+  const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+#pragma unroll
+  for (int j = 0; j < ND; ++j) {
+    const int c = 8 * j + 2 * t4;
+    if (ia < a.L) *reinterpret_cast<uint32_t*>(o + int64_t(ia) * qs + c) = pack_bf16(acc[j][0] * inv0, acc[j][1] * inv0);
+    if (ib < a.L) *reinterpret_cast<uint32_t*>(o + int64_t(ib) * qs + c) = pack_bf16(acc[j][2] * inv1, acc[j][3] * inv1);
+  }
+  if (a.lse != nullptr && t4 == 0) {
+    float* lse = a.lse + (int64_t(b) * a.H + h) * a.L;
+    if (ia < a.L) lse[ia] = (m0 + log2f(l0)) / kLog2e;
+    if (ib < a.L) lse[ib] = (m1 + log2f(l1)) / kLog2e;
+  }
+}
+
+template <int D>
+void launch(const FlashArgs& a, cudaStream_t s) {
+  const size_t smem = size_t(kBQ + 4 * kBK) * (D + 8) * sizeof(bf16);
+  auto kern = flash_fwd_kernel<D>;
+  LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  dim3 grid((a.L + kBQ - 1) / kBQ, a.B * a.H);
+  kern<<<grid, kWarps * 32, smem, s>>>(a);
+  cudaError_t e = cudaGetLastError();
+  LZ_CUDA_CHECK(e == cudaSuccess, "flash attention (cuda): launch failed: ", cudaGetErrorString(e));
+}
+
+}  // namespace
+
+void flash_attention_fwd(const FlashArgs& a, cudaStream_t s) {
+  LZ_CUDA_CHECK(a.B > 0 && a.L > 0 && a.H > 0 && a.Hkv > 0 && a.H % a.Hkv == 0,
+                "flash attention (cuda): bad shape B=", a.B, " L=", a.L, " H=", a.H, " Hkv=", a.Hkv);
+  LZ_CUDA_CHECK(a.q && a.k && a.v && a.out, "flash attention (cuda): a tensor pointer is null");
+  if (a.D == 64) return launch<64>(a, s);
+  if (a.D == 128) return launch<128>(a, s);
+  fail_cat("flash attention (cuda): head dim must be 64 or 128, got ", a.D);
+}
+
+}  // namespace lizard::cuda

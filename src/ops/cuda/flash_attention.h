@@ -1,0 +1,25 @@
+// Causal softmax attention with grouped-query heads on the GPU, flash style (the teacher's layers
+// and the softmax layers of a hybrid). Device pointers, contiguous:
+//   q, out [B, L, H, D] bf16; k, v [B, L, Hkv, D] bf16 (RoPE already applied); lse [B, H, L] fp32
+//   (optional: natural-log row normaliser, for a backward pass). D in {64, 128}.
+#pragma once
+#include <cstdint>
+
+struct CUstream_st;
+typedef CUstream_st* cudaStream_t;
+
+namespace lizard::cuda {
+
+struct FlashArgs {
+  int B = 0, L = 0, H = 0, Hkv = 0, D = 0;
+  float scale = 0.f;  // 0: 1/sqrt(D)
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;
+};
+
+void flash_attention_fwd(const FlashArgs& a, cudaStream_t stream = nullptr);
+
+}  // namespace lizard::cuda
