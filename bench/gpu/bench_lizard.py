@@ -2,7 +2,7 @@
 # PyTorch SDPA (flash, causal), same run, same card. Medians of triton's do_bench (CUDA events,
 # warm-up first). Needs build-dev/liblizard_capi.so (scripts/device_cuda.sh build) and, for FLA, its
 # `fla/` package folder in .fla/ (carried; never committed).
-#   python3 bench/gpu/bench_lizard.py [--quick]
+#   python3 bench/gpu/bench_lizard.py [--quick] [--with-gla]   (chunk_gla: > 4 min of autotune)
 import ctypes, math, os, sys, time
 
 import torch
@@ -20,6 +20,7 @@ lib.lz_backward_parallel.argtypes = [P] * 17 + [I] * 10 + [P]
 lib.lz_set_forward_variant.argtypes = [I]
 lib.lz_set_forward_split.argtypes = [I]
 lib.lz_flash_fwd.argtypes = [P] * 5 + [I] * 5 + [P]
+lib.lz_flash_bwd.argtypes = [P] * 10 + [I] * 5 + [P]
 
 
 def flash_fwd(q, k, v, out):
@@ -27,6 +28,46 @@ def flash_fwd(q, k, v, out):
     B, L, H, D = q.shape
     check(lib.lz_flash_fwd(ptr(q), ptr(k), ptr(v), ptr(out), None, B, L, H, k.shape[2], D,
                            ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
+
+class Flash:
+    """This repo's causal GQA flash attention forward (saving lse) and backward; bf16 [B, L, H, D]."""
+
+    def __init__(self, q, k, v, do):
+        self.q, self.k, self.v, self.do = q, k, v, do
+        B, L, H, D = q.shape
+        self.out = torch.empty_like(q)
+        self.lse = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
+        self.delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
+        self.dq, self.dk, self.dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def fwd(self):
+        B, L, H, D = self.q.shape
+        check(lib.lz_flash_fwd(ptr(self.q), ptr(self.k), ptr(self.v), ptr(self.out), ptr(self.lse), B, L, H,
+                               self.k.shape[2], D, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
+        return self.out
+
+    def fwd_bwd(self):
+        self.fwd()
+        B, L, H, D = self.q.shape
+        check(lib.lz_flash_bwd(ptr(self.q), ptr(self.k), ptr(self.v), ptr(self.out), ptr(self.do), ptr(self.lse),
+                               ptr(self.dq), ptr(self.dk), ptr(self.dv), ptr(self.delta), B, L, H, self.k.shape[2], D,
+                               ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
+
+
+def flash_check_vs_sdpa(q, k, v, do):
+    """Forward and gradients of this repo's flash kernel vs SDPA autograd (batch 0, equal heads)."""
+    q, k, v, do = (x[:1].detach().contiguous() for x in (q, k, v, do))
+    fl = Flash(q, k, v, do)
+    fl.fwd_bwd()
+    qt, kt, vt = (x.transpose(1, 2).contiguous().requires_grad_(True) for x in (q, k, v))
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
+    o.backward(do.transpose(1, 2).contiguous())
+    torch.cuda.synchronize()
+    err = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
+    return (err(fl.out, o.transpose(1, 2)), err(fl.dq, qt.grad.transpose(1, 2)), err(fl.dk, kt.grad.transpose(1, 2)),
+            err(fl.dv, vt.grad.transpose(1, 2)))
+
 
 try:
     from fla.ops.gla import chunk_gla
@@ -232,7 +273,23 @@ def main():
         dot = do.transpose(1, 2).contiguous()
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
             row(tag, "sdpa flash causal", *fwd_and_bwd("sdpa", lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True), dot))
-        del q, k, v, gk, gs, do, qt, kt, vt, dot
+        sd_f, sd_fb = rows[-1][2], rows[-1][3]
+        del qt, kt, vt, dot
+        torch.cuda.empty_cache()
+        # this repo's flash attention (fwd saving lse; fwd+bwd), equal heads as SDPA, then the shape's GQA
+        qd, kd, vd = (x.detach() for x in (q, k, v))
+        e = flash_check_vs_sdpa(qd, kd, vd, do)
+        print(f"  flash cuda vs sdpa (batch 0) rel err: out {e[0]:.2e} dq {e[1]:.2e} dk {e[2]:.2e} dv {e[3]:.2e}", flush=True)
+        for hkv in sorted({H, Hkv}, reverse=True):
+            kk, vv = (kd[:, :, :hkv].contiguous(), vd[:, :, :hkv].contiguous()) if hkv != H else (kd, vd)
+            fl = Flash(qd, kk, vv, do)
+            f, fb = med(fl.fwd), med(fl.fwd_bwd, 10, 50)
+            row(tag, f"flash cuda (Hkv={hkv})", f, fb)
+            print(f"  speed vs sdpa flash (sdpa ms / this ms; goal >= 0.8): fwd {sd_f / f:.2f}  fwd+bwd {sd_fb / fb:.2f}"
+                  f"  bwd only {(sd_fb - sd_f) / (fb - f):.2f}", flush=True)
+            del fl, kk, vv
+            torch.cuda.empty_cache()
+        del q, k, v, gk, gs, do, qd, kd, vd
         torch.cuda.empty_cache()
     # 2. FLA last: its first calls compile and autotune for minutes.
     if have_fla:
@@ -241,7 +298,8 @@ def main():
             q, k, v, gk, gs, do = fla_inputs(B, L, H, D)
             t0 = time.time()
             row(tag, "fla chunk_simple_gla", *fwd_and_bwd("simple_gla", lambda: chunk_simple_gla(q, k, v, g=gs)[0], do, L == 2048))
-            row(tag, "fla chunk_gla", *fwd_and_bwd("gla", lambda: chunk_gla(q, k, v, gk)[0], do, L == 2048))
+            if "--with-gla" in sys.argv:  # chunk_gla's first call compiles/autotunes for > 4 minutes
+                row(tag, "fla chunk_gla", *fwd_and_bwd("gla", lambda: chunk_gla(q, k, v, gk)[0], do, L == 2048))
             print(f"  ({time.time() - t0:.0f} s for FLA at {tag})", flush=True)
             del q, k, v, gk, gs, do
             torch.cuda.empty_cache()

@@ -89,4 +89,19 @@ int lz_flash_fwd(const void* q, const void* k, const void* v, void* out, float* 
   }
 }
 
+// Its backward: dq [B, L, H, D], dk, dv [B, L, Hkv, D] bf16; lse from the forward; delta: B*H*L floats.
+int lz_flash_bwd(const void* q, const void* k, const void* v, const void* out, const void* dout, const float* lse,
+                 void* dq, void* dk, void* dv, float* delta, int B, int L, int H, int Hkv, int D, void* stream) {
+  try {
+    lizard::cuda::FlashBwdArgs a;
+    a.B = B, a.L = L, a.H = H, a.Hkv = Hkv, a.D = D, a.q = q, a.k = k, a.v = v, a.out = out, a.dout = dout;
+    a.lse = lse, a.dq = dq, a.dk = dk, a.dv = dv, a.delta = delta;
+    lizard::cuda::flash_attention_bwd(a, static_cast<cudaStream_t>(stream));
+    return 0;
+  } catch (const std::exception& e) {
+    g_err = e.what();
+    return -1;
+  }
+}
+
 }  // extern "C"

@@ -22,4 +22,25 @@ struct FlashArgs {
 
 void flash_attention_fwd(const FlashArgs& a, cudaStream_t stream = nullptr);
 
+// Backward of flash_attention_fwd. Inputs: q, k, v, out (the forward's output), dout [B, L, H, D]
+// bf16 and lse [B, H, L] (the forward's, natural log). Outputs (bf16, written, not accumulated):
+// dq [B, L, H, D], dk and dv [B, L, Hkv, D] (summed over the query heads of each group).
+// delta: fp32 workspace of B * H * L floats (rowsum(dout .* out)); no L x L matrix is stored.
+struct FlashBwdArgs {
+  int B = 0, L = 0, H = 0, Hkv = 0, D = 0;
+  float scale = 0.f;  // 0: 1/sqrt(D)
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* out = nullptr;
+  const void* dout = nullptr;
+  const float* lse = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  float* delta = nullptr;  // workspace, B * H * L floats
+};
+
+void flash_attention_bwd(const FlashBwdArgs& a, cudaStream_t stream = nullptr);
+
 }  // namespace lizard::cuda
