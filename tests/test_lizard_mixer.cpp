@@ -495,3 +495,21 @@ TEST(LizardMixer, DefaultModelEndToEnd) {
   auto gs = generate(*lm.model, st2, prompt, go, [](int32_t) { return std::string(); }, std::nullopt);
   EXPECT_EQ(gs.tokens.size(), 16u);
 }
+
+// The CLI: init-lizard, then generate and info on the checkpoint (skipped without the binary/model).
+TEST(LizardMixer, CliInitLizardThenGenerate) {
+  const std::string model = std::string(LIZARD_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  const std::string cli = std::string(LIZARD_BINARY_DIR) + "/lizard";
+  if (!fs::exists(model) || !fs::exists(cli)) GTEST_SKIP() << "needs " << model << " and " << cli;
+  TmpDir tmp("cli");
+  const std::string dir = (tmp.p / "ck").string(), log = (tmp.p / "log").string();
+  auto run = [&](const std::string& args) { return std::system((cli + " " + args + " >" + log + " 2>&1").c_str()); };
+  ASSERT_EQ(run("init-lizard -m " + model + " --out " + dir + " --seed 5"), 0);
+  ASSERT_EQ(run("generate -m " + dir + " -n 16 --temp 0 -t 2 -p 'Once upon a time' --save-state " + dir + "/s.lzs"), 0);
+  std::ifstream in(log);
+  const std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(out.find("16 generated"), std::string::npos) << out;
+  EXPECT_LT(fs::file_size(dir + "/s.lzs"), 20u << 20);  // constant-size state: ~14 MiB for 30 layers
+  EXPECT_EQ(run("info " + dir), 0);
+  EXPECT_NE(run("generate -m " + dir + " --teacher " + dir + "/lizard.safetensors -n 1 -p x"), 0);  // wrong teacher
+}
