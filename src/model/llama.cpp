@@ -212,9 +212,9 @@ void LlamaModel::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos0, L
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& L = layers_[li];
     rmsnorm(x, L.attn_norm.data(), xn, n, d, cfg_.rms_eps);
-    if (n == 1 && !exact_) {
+    if (n == 1) {
       const MatvecJob jobs[3] = {L.q.job(q), L.k.job(k), L.v.job(v)};
-      matvec_many(jobs, 3, xn);
+      matvec_many(jobs, 3, xn, exact_);
     } else {
       L.q.run(xn, n, q);
       L.k.run(xn, n, k);
@@ -224,9 +224,9 @@ void LlamaModel::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos0, L
     L.o.run(att, n, tmp);
     add_into(x, tmp, n * d);
     rmsnorm(x, L.ffn_norm.data(), xn, n, d, cfg_.rms_eps);
-    if (n == 1 && !exact_) {
+    if (n == 1) {
       const MatvecJob jobs[2] = {L.gate.job(gate), L.up.job(up)};
-      matvec_many(jobs, 2, xn);
+      matvec_many(jobs, 2, xn, exact_);
     } else {
       L.gate.run(xn, n, gate);
       L.up.run(xn, n, up);

@@ -11,26 +11,6 @@
 
 namespace lizard {
 
-namespace {
-
-// fp32 dot with 64 independent partial sums: a single accumulator would make every row wait on
-// the FMA latency chain.
-inline float dot_f32(const float* a, const float* b, int64_t n) {
-  float acc[64] = {};
-  int64_t j = 0;
-  for (; j + 64 <= n; j += 64)
-#pragma omp simd
-    for (int k = 0; k < 64; ++k) acc[k] += a[j + k] * b[j + k];
-  float s = 0.0f;
-  for (; j < n; ++j) s += a[j] * b[j];
-  for (int w = 32; w >= 1; w /= 2)  // pairwise, so it stays in vector registers
-#pragma omp simd
-    for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
-  return s + acc[0];
-}
-
-}  // namespace
-
 // Debian's OpenBLAS is the pthread build, whose own spinning workers would compete with OpenMP's.
 void blas_single_threaded() {
   static std::once_flag once;
@@ -51,7 +31,8 @@ std::vector<float> dequantize_tensor(const TensorView& t) {
   return out;
 }
 
-void matvec_many(const MatvecJob* jobs, int count, const float* x) {
+void matvec_many(const MatvecJob* jobs, int count, const float* x, bool exact) {
+  const auto prec = exact ? MatvecPrecision::Exact : MatvecPrecision::Q8;
 #pragma omp parallel
   {
     const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
@@ -61,7 +42,7 @@ void matvec_many(const MatvecJob* jobs, int count, const float* x) {
       const int64_t r0 = rows * tid / nt, r1 = rows * (tid + 1) / nt;
       if (r1 > r0)
         matvec(w.type, static_cast<const uint8_t*>(w.data) + r0 * dtype_row_bytes(w.type, in), r1 - r0, in, x,
-               jobs[j].y + r0);
+               jobs[j].y + r0, prec);
       if (const float* b = jobs[j].bias)
         for (int64_t r = r0; r < r1; ++r) jobs[j].y[r] += b[r];
     }
@@ -73,24 +54,9 @@ void matmul(const TensorView& w, const float* x, int64_t n, float* y, const floa
   LZ_CHECK(w.shape.size() == 2, "weight '{}' must be 2-D, has shape {}", w.name, w.shape_str());
   const int64_t out = w.shape[0], in = w.shape[1];
   if (n <= 0) return;
-  const bool float_weights = w.type == DType::F32 || w.type == DType::F16 || w.type == DType::BF16;
-  if (n <= kMatvecMaxRows && (!exact || float_weights)) {
-    for (int64_t i = 0; i < n; ++i) matvec(w.type, w.data, out, in, x + i * in, y + i * out);
-  } else if (n <= kMatvecMaxRows) {
-    // Exact decode: each row dequantized into L1 and dotted with the fp32 activations.
-    const size_t row_bytes = dtype_row_bytes(w.type, in);
-    const auto* base = static_cast<const uint8_t*>(w.data);
-#pragma omp parallel
-    {
-      thread_local std::vector<float> row;
-      if (static_cast<int64_t>(row.size()) < in) row.resize(in);
-      float* r = row.data();
-#pragma omp for schedule(static)
-      for (int64_t o = 0; o < out; ++o) {
-        dequantize_row(w.type, base + o * row_bytes, r, in);
-        for (int64_t i = 0; i < n; ++i) y[i * out + o] = dot_f32(r, x + i * in, in);
-      }
-    }
+  if (n <= kMatvecMaxRows) {
+    const auto prec = exact ? MatvecPrecision::Exact : MatvecPrecision::Q8;
+    for (int64_t i = 0; i < n; ++i) matvec(w.type, w.data, out, in, x + i * in, y + i * out, prec);
   } else {
     blas_single_threaded();
     const int threads = omp_get_max_threads();

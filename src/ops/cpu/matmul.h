@@ -16,8 +16,8 @@ inline constexpr int64_t kMatvecMaxRows = 2;
 
 // x: [n, in] with in = W.cols(); y: [n, out] with out = W.rows(); w_f32 (optional) = W as fp32
 // [out, in]; bias (optional) [out]. y must not alias x.
-// exact: never round the activations to 8 bits (block types then dequantize each row into L1 and
-// dot it with the fp32 activations: about half the speed, same arithmetic as prefill up to order).
+// exact: never round the activations to 8 bits (MatvecPrecision::Exact: weights decoded in
+// registers, fp32 products; about half the speed, the same arithmetic as prefill up to order).
 void matmul(const TensorView& w, const float* x, int64_t n, float* y, const float* w_f32 = nullptr,
             const float* bias = nullptr, bool exact = false);
 
@@ -28,7 +28,7 @@ struct MatvecJob {
   float* y;
   const float* bias = nullptr;
 };
-void matvec_many(const MatvecJob* jobs, int count, const float* x);
+void matvec_many(const MatvecJob* jobs, int count, const float* x, bool exact = false);
 
 // OpenMP owns the cores: BLAS is set to run single-threaded inside our tasks (once per process).
 // Call before using cblas from inside an OpenMP region.
