@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -90,13 +91,15 @@ int main(int argc, char** argv) try {
   std::vector<int> threads;
   size_t cache_mib = 0;
   int reps = 3;
-  bool exact = false;
+  bool exact = false, json = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--threads" && i + 1 < argc) {
       for (char* tok = std::strtok(argv[++i], ","); tok; tok = std::strtok(nullptr, ",")) threads.push_back(std::atoi(tok));
     } else if (a == "--fp32-cache" && i + 1 < argc) {
       cache_mib = std::strtoull(argv[++i], nullptr, 10);
+    } else if (a == "--json") {  // one JSON object {pp128, pp512, tg128} (tokens/s) for the last thread count
+      json = true;
     } else if (a == "--exact") {
       exact = true;
     } else if (a == "--reps" && i + 1 < argc) {
@@ -116,20 +119,25 @@ int main(int argc, char** argv) try {
   opt.exact = exact;
   LlamaModel model(ck, opt);
   const auto& c = model.config();
-  fmt::print("model {} ({}, {} layers, d {}, {} params), loaded in {:.2f} s, fp32 cache {:.0f} MiB\n", path, c.arch,
+  std::FILE* info = json ? stderr : stdout;
+  fmt::print(info, "model {} ({}, {} layers, d {}, {} params), loaded in {:.2f} s, fp32 cache {:.0f} MiB\n", path, c.arch,
              c.n_layers, c.d_model, c.param_count(), secs(t0), model.fp32_cached_bytes() / 1048576.0);
   double load = 0;
   std::ifstream("/proc/loadavg") >> load;
-  fmt::print("best of {} runs; {} cores; load average {:.1f} at start{}{}\n\n", reps, all, load,
+  fmt::print(info, "best of {} runs; {} cores; load average {:.1f} at start{}{}\n\n", reps, all, load,
              load > all ? " (busy machine: figures are contended)" : "", exact ? "; exact (fp32) decode" : "");
-  fmt::print("{:>8} | {:>16} | {:>16} | {:>16}\n", "threads", "prefill 128 t/s", "prefill 512 t/s", "decode 128 t/s");
-  fmt::print("{:->8}-+-{:->16}-+-{:->16}-+-{:->16}\n", "", "", "", "");
+  if (!json) fmt::print("{:>8} | {:>16} | {:>16} | {:>16}\n", "threads", "prefill 128 t/s", "prefill 512 t/s", "decode 128 t/s");
+  if (!json) fmt::print("{:->8}-+-{:->16}-+-{:->16}-+-{:->16}\n", "", "", "", "");
   for (int t : threads) {
     model.set_threads(t);
     decode_rate(model, 8, 1);  // warm-up: thread pools, page cache, scratch
     const Rate p128 = prefill_rate(model, 128, reps);
     const Rate p512 = prefill_rate(model, 512, reps);
     const Rate dec = decode_rate(model, 128, reps);
+    if (json) {
+      if (t == threads.back()) fmt::print("{{\"pp128\": {:.2f}, \"pp512\": {:.2f}, \"tg128\": {:.2f}}}\n", p128.wall, p512.wall, dec.wall);
+      continue;
+    }
     fmt::print("{:>8} | {:>16.1f} | {:>16.1f} | {:>16.1f}\n", t, p128.wall, p512.wall, dec.wall);
     if (t == 1)
       fmt::print("{:>8} | {:>16.1f} | {:>16.1f} | {:>16.1f}\n", "1 (cpu)", p128.cpu, p512.cpu, dec.cpu);
