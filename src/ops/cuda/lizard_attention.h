@@ -92,6 +92,15 @@ struct LizardAttnGrads {
 void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
                                         cudaStream_t stream = nullptr);
 
+// Same gradients with the gated branch in the chunked form of LIZARD.md section 5 (C = 64): a forward
+// sweep over chunks with the state S (dn, dden, dphi_q, d log gamma query side) and a reverse sweep
+// with the state gradient R = dS (dphi_k, dv, d log gamma key side), chunk products on tensor cores
+// (bf16 operands, fp32 accumulation, fp32 states), linear in L. The window branch (O(L w)), the
+// feature-map backward and the weight reductions are the parallel path's kernels. D in {64, 128},
+// F in {32, 64}; throws lizard::Error otherwise.
+void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
+                                       cudaStream_t stream = nullptr);
+
 // Options and sizes from a layer config (pointers left null). Throws lizard::Error for options the
 // kernels do not implement: combine = lolcats, and feature_on_rope != window_rope (the kernels take
 // one q/k pair; apply RoPE to q, k before the call when both options are on).

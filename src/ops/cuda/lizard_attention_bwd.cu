@@ -17,6 +17,7 @@
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/lizard_attention.h"
+#include "ops/cuda/mma.cuh"
 
 namespace lizard::cuda {
 
@@ -122,7 +123,7 @@ __global__ void cumsum_kernel(const LizardAttnArgs a, Dims d, Ws ws) {
 
 // Forward quantities per query (warp per (b, h, i)): dN, dden, lse, Delta, and dalpha.
 template <typename T>
-__global__ void stats_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dya_out) {
+__global__ void stats_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dya_out, bool gate) {
   extern __shared__ float sm[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int F2 = 2 * d.F, D = d.D;
@@ -142,7 +143,7 @@ __global__ void stats_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy,
   constexpr int R = 8;  // D <= 256
   float N[R] = {}, A[R] = {};
   float den = 0.f;
-  for (int t0 = 0; t0 <= i; t0 += 32) {
+  for (int t0 = 0; gate && t0 <= i; t0 += 32) {
     const int t = t0 + lane;
     float kt = 0.f;
     if (t <= i) kt = dot_row(sphq, phk + int64_t(t) * F2, F2) * expf(bc[i] - bc[t]);
@@ -196,14 +197,14 @@ __global__ void stats_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy,
       const float g = N[r] * inv, an = A[r] / sum;
       dyg += sdy[e] * g;
       dya += sdy[e] * an;
-      dn[e] = sdy[e] * inv;
+      if (gate) dn[e] = sdy[e] * inv;
     }
   }
   dyg = wsum(dyg);
   dya = wsum(dya);
   if (lane == 0) {
     const int64_t o = int64_t(bh) * d.L + i;
-    ws.dden[o] = -dyg * inv;
+    if (gate) ws.dden[o] = -dyg * inv;
     ws.lse[o] = mx + logf(sum);
     ws.delta[o] = alpha * dya;
     dya_out[o] = dya;
@@ -212,7 +213,7 @@ __global__ void stats_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy,
 
 // Query-side gradients (warp per (b, h, i)): dphi_q, the window part of dq, dBc (query side), dmu.
 template <typename T>
-__global__ void qgrad_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dq, float* dmeta) {
+__global__ void qgrad_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dq, float* dmeta, bool gate) {
   extern __shared__ float sm[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int F2 = 2 * d.F, D = d.D;
@@ -240,7 +241,7 @@ __global__ void qgrad_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy,
   constexpr int R = 8;
   float dph[R] = {}, dqa[R] = {};
   float dbq = 0.f;
-  for (int t0 = 0; t0 <= i; t0 += 32) {
+  for (int t0 = 0; gate && t0 <= i; t0 += 32) {
     const int t = t0 + lane;
     float c = 0.f;
     if (t <= i) {
@@ -279,11 +280,11 @@ __global__ void qgrad_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy,
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    if (lane + 32 * r < F2) ws.dphq[o * F2 + lane + 32 * r] = dph[r];
+    if (gate && lane + 32 * r < F2) ws.dphq[o * F2 + lane + 32 * r] = dph[r];
     if (lane + 32 * r < D) dq[d.q_off(b, i, h) + lane + 32 * r] = dqa[r];
   }
   dbq = wsum(dbq);
-  if (lane == 0) ws.dbq[o] = dbq;
+  if (gate && lane == 0) ws.dbq[o] = dbq;
   if (dmeta != nullptr) {
     const float* mu = a.meta + (a.meta_per_head ? h * d.m : 0);
     for (int j = lane; j < d.m; j += 32)
@@ -294,7 +295,7 @@ __global__ void qgrad_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy,
 // Key-side gradients (warp per (b, h, t)): dphi_k, dk (window), dv, dBc (key side). dk, dv are
 // accumulated with atomics (the query heads of a GQA group share them).
 template <typename T>
-__global__ void kgrad_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dk, float* dv) {
+__global__ void kgrad_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dk, float* dv, bool gate) {
   extern __shared__ float sm[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int F2 = 2 * d.F, D = d.D;
@@ -317,7 +318,7 @@ __global__ void kgrad_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy,
   constexpr int R = 8;
   float dph[R] = {}, dka[R] = {}, dva[R] = {};
   float dbk = 0.f;
-  for (int i0 = t; i0 < d.L; i0 += 32) {
+  for (int i0 = t; gate && i0 < d.L; i0 += 32) {
     const int i = i0 + lane;
     float kk = 0.f, c = 0.f;
     if (i < d.L) {
@@ -364,14 +365,14 @@ __global__ void kgrad_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy,
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    if (lane + 32 * r < F2) ws.dphk[o * F2 + lane + 32 * r] = dph[r];
+    if (gate && lane + 32 * r < F2) ws.dphk[o * F2 + lane + 32 * r] = dph[r];
     if (lane + 32 * r < D) {
       atomicAdd(dk + d.k_off(b, t, h) + lane + 32 * r, dka[r]);
       atomicAdd(dv + d.k_off(b, t, h) + lane + 32 * r, dva[r]);
     }
   }
   dbk = wsum(dbk);
-  if (lane == 0) ws.dbk[o] = dbk;
+  if (gate && lane == 0) ws.dbk[o] = dbk;
 }
 
 // Feature-map backward (warp per (b, h, i)): du from phi and dphi (stored over dphi), and the
@@ -470,8 +471,616 @@ __global__ void dlg_kernel(const LizardAttnArgs a, Dims d, Ws ws, const float* d
   if (lane == 0 && dalpha != nullptr) atomicAdd(dalpha + (a.alpha_per_head ? h : 0), sa);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Chunked gated branch of the backward on tensor cores (LIZARD.md section 5), C = 64, one CTA of
+// 4 warps per (b, query head). With e_it = exp(Bc_i - Bc_t), K_it = (phq_i . phk_t) e_it, t <= i,
+// V' = [v, 1] and dN'_i = [dn_i, dden_i], dK_it = dN'_i . V'_t:
+//   forward sweep, state S_n = sum_{t < chunk n} e(last of chunk n-1, t) phk_t V'_t^T ([2F x D] + z):
+//     N_i (and den_i) as in the forward, then dn_i, dden_i, and
+//     dphq_i = sum_{t <= i} dK_it e_it phk_t = W phk + exp(b_i) (S dn_i + z dden_i),  dbq_i = phq_i . dphq_i
+//   reverse sweep, state R_n = sum_{i after chunk n} e(i, last of chunk n) phq_i dN'_i^T (the dS):
+//     dphk_t = W^T phq + exp(b_last - b_t) (R v_t + r),  dv_t += A^T dn + exp(b_last - b_t) R^T phk_t,
+//     dbk_t = -phk_t . dphk_t
+// where A = (phq phk^T) .* exp(b_i - b_t) .* causal and W = (dn V^T + dden) .* exp(b_i - b_t) .* causal
+// inside the chunk (b = cumulative log gamma from the chunk start). The feature maps come from
+// the fp32 workspace (feat_kernel), every exponent is <= 0; matrix products in bf16 with fp32
+// accumulation, states fp32 in shared memory (a bf16 copy feeds the tensor cores).
+namespace gate {
+
+using namespace mma;
+constexpr int kC = 64, kGW = 4, kGT = kGW * 32;
+
+template <int D, int P2>
+struct Smem {
+  static constexpr int LDP = P2 + 8, LDD = D + 8;
+  static constexpr size_t bf16_elems = size_t(3) * kC * LDP + size_t(2) * kC * LDD + size_t(P2) * LDD;
+  static constexpr size_t bytes = bf16_elems * 2 + (size_t(P2) * D + P2 + 6 * kC) * 4;
+};
+
+struct ChunkInfo {
+  int c0, nvalid;
+  float blast;
+};
+
+// b (local cumulative log gamma), exp(b), exp(b_last - b) for the 64 rows of chunk n; padded rows
+// take b_last (so every decay stays finite). Threads 0..63.
+__device__ __forceinline__ ChunkInfo chunk_info(const float* bc, int L, int n) {
+  ChunkInfo ci;
+  ci.c0 = n * kC;
+  ci.nvalid = min(kC, L - ci.c0);
+  const float base = ci.c0 > 0 ? bc[ci.c0 - 1] : 0.f;
+  ci.blast = bc[ci.c0 + ci.nvalid - 1] - base;
+  return ci;
+}
+
+template <typename T, int D, int P2>
+__global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy) {
+  using SM = Smem<D, P2>;
+  constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* PQ = reinterpret_cast<bf16*>(smem_raw);
+  bf16* PK = PQ + kC * LDP;
+  bf16* PKd = PK + kC * LDP;
+  bf16* Vt = PKd + kC * LDP;
+  bf16* DN = Vt + kC * LDD;
+  bf16* Sb = DN + kC * LDD;
+  float* Sf = reinterpret_cast<float*>(Sb + P2 * LDD);
+  float* z = Sf + P2 * D;
+  float* bs = z + P2;
+  float* eb = bs + kC;
+  float* ebt = eb + kC;
+  float* zdot = ebt + kC;
+  float* ddn = zdot + kC;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int bh = blockIdx.x, h = bh % d.Hq, b = bh / d.Hq, L = d.L;
+  const float* bc = ws.bc + int64_t(bh) * L;
+  const float* phq = ws.phq + int64_t(bh) * L * P2;
+  const float* phk = ws.phk + int64_t(bh) * L * P2;
+  const T* v = static_cast<const T*>(a.v);
+  for (int x = tid; x < P2 * D; x += kGT) Sf[x] = 0.f;
+  for (int x = tid; x < P2 * LDD; x += kGT) Sb[x] = __float2bfloat16(0.f);
+  for (int x = tid; x < P2; x += kGT) z[x] = 0.f;
+  const int r0 = warp * 16, ra = r0 + g, rb = ra + 8;
+  const int nch = (L + kC - 1) / kC;
+  for (int n = 0; n < nch; ++n) {
+    const ChunkInfo ci = chunk_info(bc, L, n);
+    const float base = ci.c0 > 0 ? bc[ci.c0 - 1] : 0.f;
+    if (tid < kC) {
+      const float bb = tid < ci.nvalid ? bc[ci.c0 + tid] - base : ci.blast;
+      bs[tid] = bb, eb[tid] = expf(bb), ebt[tid] = expf(ci.blast - bb);
+    }
+    for (int x = tid; x < kC * P2; x += kGT) {
+      const int r = x / P2, f = x % P2;
+      const bool ok = r < ci.nvalid;
+      PQ[r * LDP + f] = __float2bfloat16(ok ? phq[int64_t(ci.c0 + r) * P2 + f] : 0.f);
+      PK[r * LDP + f] = __float2bfloat16(ok ? phk[int64_t(ci.c0 + r) * P2 + f] : 0.f);
+    }
+    for (int x = tid; x < kC * D; x += kGT) {
+      const int r = x / D, e = x % D;
+      Vt[r * LDD + e] = __float2bfloat16(r < ci.nvalid ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
+    }
+    __syncthreads();
+    for (int x = tid; x < kC * P2; x += kGT) {
+      const int r = x / P2, f = x % P2;
+      PKd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phk[int64_t(ci.c0 + r) * P2 + f] * ebt[r] : 0.f);
+    }
+    if (tid < kC) {
+      float sacc = 0.f;
+      if (tid < ci.nvalid)
+        for (int f = 0; f < P2; ++f) sacc += phq[int64_t(ci.c0 + tid) * P2 + f] * z[f];
+      zdot[tid] = sacc;
+    }
+    __syncthreads();
+    const float ba = bs[ra], bb_ = bs[rb], eba = eb[ra], ebb = eb[rb];
+    // A = (phq phk^T) .* exp(b_i - b_t) .* causal
+    float sc[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+#pragma unroll
+    for (int s = 0; s < P2 / 16; ++s) {
+      uint32_t qa[4];
+      load_a(qa, PQ, LDP, r0, s * 16);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t bb[4];
+        load_b_nk(bb, PK, LDP, np * 16, s * 16);
+        mma16816(sc[2 * np], qa, bb[0], bb[1]);
+        mma16816(sc[2 * np + 1], qa, bb[2], bb[3]);
+      }
+    }
+    float rsa = 0.f, rsb = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int t = 8 * j + 2 * t4 + e;
+        const float bt = bs[t];
+        sc[j][e] = t <= ra ? sc[j][e] * expf(ba - bt) : 0.f;
+        sc[j][2 + e] = t <= rb ? sc[j][2 + e] * expf(bb_ - bt) : 0.f;
+        rsa += sc[j][e], rsb += sc[j][2 + e];
+      }
+    }
+    const float dena = quad_sum(rsa) + eba * zdot[ra], denb = quad_sum(rsb) + ebb * zdot[rb];
+    const float inva = 1.f / (dena + a.eps), invb = 1.f / (denb + a.eps);
+    // N = A V + exp(b_i) phq S
+    float nacc[ND][4];
+#pragma unroll
+    for (int j = 0; j < ND; ++j) nacc[j][0] = nacc[j][1] = nacc[j][2] = nacc[j][3] = 0.f;
+    {
+      uint32_t pa[4][4];
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
+        pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
+        pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
+        pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
+      }
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+#pragma unroll
+        for (int np = 0; np < ND / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, Vt, LDD, np * 16, s * 16);
+          mma16816(nacc[2 * np], pa[s], bb[0], bb[1]);
+          mma16816(nacc[2 * np + 1], pa[s], bb[2], bb[3]);
+        }
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < P2 / 16; ++s) {
+      uint32_t qa[4];
+      load_a(qa, PQ, LDP, r0, s * 16);
+      qa[0] = scale_bf16x2(qa[0], eba, eba), qa[1] = scale_bf16x2(qa[1], ebb, ebb);
+      qa[2] = scale_bf16x2(qa[2], eba, eba), qa[3] = scale_bf16x2(qa[3], ebb, ebb);
+#pragma unroll
+      for (int np = 0; np < ND / 2; ++np) {
+        uint32_t bb[4];
+        load_b_kn(bb, Sb, LDD, np * 16, s * 16);
+        mma16816(nacc[2 * np], qa, bb[0], bb[1]);
+        mma16816(nacc[2 * np + 1], qa, bb[2], bb[3]);
+      }
+    }
+    // dn = dy / (den + eps), dden = -(dy . N) / (den + eps)^2
+    const bool va = ra < ci.nvalid, vb = rb < ci.nvalid;
+    const int ia = ci.c0 + ra, ib = ci.c0 + rb;
+    float dga = 0.f, dgb = 0.f;
+#pragma unroll
+    for (int j = 0; j < ND; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = 8 * j + 2 * t4 + e;
+        const float ya = va ? ld(dy + d.q_off(b, ia, h) + c) : 0.f;
+        const float yb = vb ? ld(dy + d.q_off(b, ib, h) + c) : 0.f;
+        dga += ya * nacc[j][e], dgb += yb * nacc[j][2 + e];
+        const float dna = ya * inva, dnb = yb * invb;
+        DN[ra * LDD + c] = __float2bfloat16(dna);
+        DN[rb * LDD + c] = __float2bfloat16(dnb);
+        if (va) ws.dn[(int64_t(bh) * L + ia) * D + c] = dna;
+        if (vb) ws.dn[(int64_t(bh) * L + ib) * D + c] = dnb;
+      }
+    }
+    const float ddna = -quad_sum(dga) * inva * inva, ddnb = -quad_sum(dgb) * invb * invb;
+    if (t4 == 0) {
+      ddn[ra] = va ? ddna : 0.f;
+      ddn[rb] = vb ? ddnb : 0.f;
+      if (va) ws.dden[int64_t(bh) * L + ia] = ddna;
+      if (vb) ws.dden[int64_t(bh) * L + ib] = ddnb;
+    }
+    __syncthreads();
+    // W = (dn V^T + dden) .* exp(b_i - b_t) .* causal
+    float w[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) w[j][0] = w[j][1] = w[j][2] = w[j][3] = 0.f;
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s) {
+      uint32_t da[4];
+      load_a(da, DN, LDD, r0, s * 16);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t bb[4];
+        load_b_nk(bb, Vt, LDD, np * 16, s * 16);
+        mma16816(w[2 * np], da, bb[0], bb[1]);
+        mma16816(w[2 * np + 1], da, bb[2], bb[3]);
+      }
+    }
+    const float dda = ddn[ra], ddb = ddn[rb];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int t = 8 * j + 2 * t4 + e;
+        const float bt = bs[t];
+        w[j][e] = t <= ra ? (w[j][e] + dda) * expf(ba - bt) : 0.f;
+        w[j][2 + e] = t <= rb ? (w[j][2 + e] + ddb) * expf(bb_ - bt) : 0.f;
+      }
+    }
+    // dphq = W phk + exp(b_i) (dn S^T + dden z)
+    float dph[NP][4];
+#pragma unroll
+    for (int j = 0; j < NP; ++j) dph[j][0] = dph[j][1] = dph[j][2] = dph[j][3] = 0.f;
+    {
+      uint32_t pa[4][4];
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        pa[s][0] = pack_bf16(w[2 * s][0], w[2 * s][1]);
+        pa[s][1] = pack_bf16(w[2 * s][2], w[2 * s][3]);
+        pa[s][2] = pack_bf16(w[2 * s + 1][0], w[2 * s + 1][1]);
+        pa[s][3] = pack_bf16(w[2 * s + 1][2], w[2 * s + 1][3]);
+      }
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+#pragma unroll
+        for (int np = 0; np < NP / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, PK, LDP, np * 16, s * 16);
+          mma16816(dph[2 * np], pa[s], bb[0], bb[1]);
+          mma16816(dph[2 * np + 1], pa[s], bb[2], bb[3]);
+        }
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s) {
+      uint32_t da[4];
+      load_a(da, DN, LDD, r0, s * 16);
+      da[0] = scale_bf16x2(da[0], eba, eba), da[1] = scale_bf16x2(da[1], ebb, ebb);
+      da[2] = scale_bf16x2(da[2], eba, eba), da[3] = scale_bf16x2(da[3], ebb, ebb);
+#pragma unroll
+      for (int np = 0; np < NP / 2; ++np) {
+        uint32_t bb[4];
+        load_b_nk(bb, Sb, LDD, np * 16, s * 16);
+        mma16816(dph[2 * np], da, bb[0], bb[1]);
+        mma16816(dph[2 * np + 1], da, bb[2], bb[3]);
+      }
+    }
+    float dba = 0.f, dbb = 0.f;
+#pragma unroll
+    for (int j = 0; j < NP; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int f = 8 * j + 2 * t4 + e;
+        dph[j][e] += eba * dda * z[f];
+        dph[j][2 + e] += ebb * ddb * z[f];
+        if (va) {
+          const int64_t o = int64_t(ci.c0 + ra) * P2 + f;
+          ws.dphq[int64_t(bh) * L * P2 + o] = dph[j][e];
+          dba += phq[o] * dph[j][e];
+        }
+        if (vb) {
+          const int64_t o = int64_t(ci.c0 + rb) * P2 + f;
+          ws.dphq[int64_t(bh) * L * P2 + o] = dph[j][2 + e];
+          dbb += phq[o] * dph[j][2 + e];
+        }
+      }
+    }
+    dba = quad_sum(dba), dbb = quad_sum(dbb);
+    if (t4 == 0) {
+      if (va) ws.dbq[int64_t(bh) * L + ia] = dba;
+      if (vb) ws.dbq[int64_t(bh) * L + ib] = dbb;
+    }
+    __syncthreads();  // every read of S, z, the tiles is done
+    // S = exp(b_last) S + (phk .* exp(b_last - b_t))^T V, z likewise
+    const float decay = expf(ci.blast);
+#pragma unroll
+    for (int mt = 0; mt < P2 / 64; ++mt) {
+      const int f0 = warp * (P2 / 4) + mt * 16;
+      float acc[ND][4];
+#pragma unroll
+      for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        uint32_t ka[4];
+        load_a_t(ka, PKd, LDP, f0, s * 16);
+#pragma unroll
+        for (int np = 0; np < ND / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, Vt, LDD, np * 16, s * 16);
+          mma16816(acc[2 * np], ka, bb[0], bb[1]);
+          mma16816(acc[2 * np + 1], ka, bb[2], bb[3]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < ND; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int f = f0 + g + (e >> 1) * 8, c = 8 * j + 2 * t4 + (e & 1);
+          const float nv = Sf[f * D + c] * decay + acc[j][e];
+          Sf[f * D + c] = nv;
+          Sb[f * LDD + c] = __float2bfloat16(nv);
+        }
+      }
+    }
+    if (tid < P2) {
+      float zz = z[tid] * decay;
+      for (int r = 0; r < ci.nvalid; ++r) zz += phk[int64_t(ci.c0 + r) * P2 + tid] * ebt[r];
+      z[tid] = zz;
+    }
+    __syncthreads();
+  }
+}
+
+template <typename T, int D, int P2>
+__global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dv) {
+  using SM = Smem<D, P2>;
+  constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* PQ = reinterpret_cast<bf16*>(smem_raw);
+  bf16* PK = PQ + kC * LDP;
+  bf16* PQd = PK + kC * LDP;
+  bf16* Vt = PQd + kC * LDP;
+  bf16* DN = Vt + kC * LDD;
+  bf16* Rb = DN + kC * LDD;
+  float* Rf = reinterpret_cast<float*>(Rb + P2 * LDD);
+  float* rv = Rf + P2 * D;
+  float* bs = rv + P2;
+  float* eb = bs + kC;
+  float* ebt = eb + kC;
+  float* ddn = ebt + kC;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int bh = blockIdx.x, h = bh % d.Hq, b = bh / d.Hq, L = d.L;
+  const float* bc = ws.bc + int64_t(bh) * L;
+  const float* phq = ws.phq + int64_t(bh) * L * P2;
+  const float* phk = ws.phk + int64_t(bh) * L * P2;
+  const float* dnw = ws.dn + int64_t(bh) * L * D;
+  const T* v = static_cast<const T*>(a.v);
+  for (int x = tid; x < P2 * D; x += kGT) Rf[x] = 0.f;
+  for (int x = tid; x < P2 * LDD; x += kGT) Rb[x] = __float2bfloat16(0.f);
+  for (int x = tid; x < P2; x += kGT) rv[x] = 0.f;
+  const int r0 = warp * 16, ra = r0 + g, rb = ra + 8;
+  const int nch = (L + kC - 1) / kC;
+  for (int n = nch - 1; n >= 0; --n) {
+    const ChunkInfo ci = chunk_info(bc, L, n);
+    const float base = ci.c0 > 0 ? bc[ci.c0 - 1] : 0.f;
+    if (tid < kC) {
+      const bool ok = tid < ci.nvalid;
+      const float bb = ok ? bc[ci.c0 + tid] - base : ci.blast;
+      bs[tid] = bb, eb[tid] = expf(bb), ebt[tid] = expf(ci.blast - bb);
+      ddn[tid] = ok ? ws.dden[int64_t(bh) * L + ci.c0 + tid] : 0.f;
+    }
+    for (int x = tid; x < kC * P2; x += kGT) {
+      const int r = x / P2, f = x % P2;
+      const bool ok = r < ci.nvalid;
+      PQ[r * LDP + f] = __float2bfloat16(ok ? phq[int64_t(ci.c0 + r) * P2 + f] : 0.f);
+      PK[r * LDP + f] = __float2bfloat16(ok ? phk[int64_t(ci.c0 + r) * P2 + f] : 0.f);
+    }
+    for (int x = tid; x < kC * D; x += kGT) {
+      const int r = x / D, e = x % D;
+      const bool ok = r < ci.nvalid;
+      Vt[r * LDD + e] = __float2bfloat16(ok ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
+      DN[r * LDD + e] = __float2bfloat16(ok ? dnw[int64_t(ci.c0 + r) * D + e] : 0.f);
+    }
+    __syncthreads();
+    for (int x = tid; x < kC * P2; x += kGT) {
+      const int r = x / P2, f = x % P2;
+      PQd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phq[int64_t(ci.c0 + r) * P2 + f] * eb[r] : 0.f);
+    }
+    // (PQd is read only after the barrier before the state update.)
+    const float bta = bs[ra], btb = bs[rb], eta = ebt[ra], etb = ebt[rb];
+    // A^T (keys t as rows, queries i as columns) and W^T
+    float at[8][4], wt[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) at[j][e] = wt[j][e] = 0.f;
+    }
+#pragma unroll
+    for (int s = 0; s < P2 / 16; ++s) {
+      uint32_t ka[4];
+      load_a(ka, PK, LDP, r0, s * 16);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t bb[4];
+        load_b_nk(bb, PQ, LDP, np * 16, s * 16);
+        mma16816(at[2 * np], ka, bb[0], bb[1]);
+        mma16816(at[2 * np + 1], ka, bb[2], bb[3]);
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s) {
+      uint32_t va_[4];
+      load_a(va_, Vt, LDD, r0, s * 16);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t bb[4];
+        load_b_nk(bb, DN, LDD, np * 16, s * 16);
+        mma16816(wt[2 * np], va_, bb[0], bb[1]);
+        mma16816(wt[2 * np + 1], va_, bb[2], bb[3]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int i = 8 * j + 2 * t4 + e;
+        const float bi = bs[i], di = ddn[i];
+        const float ea = i >= ra ? expf(bi - bta) : 0.f, ebv = i >= rb ? expf(bi - btb) : 0.f;
+        at[j][e] = i >= ra ? at[j][e] * ea : 0.f;
+        at[j][2 + e] = i >= rb ? at[j][2 + e] * ebv : 0.f;
+        wt[j][e] = i >= ra ? (wt[j][e] + di) * ea : 0.f;
+        wt[j][2 + e] = i >= rb ? (wt[j][2 + e] + di) * ebv : 0.f;
+      }
+    }
+    const bool va = ra < ci.nvalid, vb = rb < ci.nvalid;
+    const int ta = ci.c0 + ra, tb = ci.c0 + rb;
+    // dv_t += A^T dn + exp(b_last - b_t) R^T phk_t
+    {
+      float acc[ND][4];
+#pragma unroll
+      for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+      uint32_t pa[4][4];
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        pa[s][0] = pack_bf16(at[2 * s][0], at[2 * s][1]);
+        pa[s][1] = pack_bf16(at[2 * s][2], at[2 * s][3]);
+        pa[s][2] = pack_bf16(at[2 * s + 1][0], at[2 * s + 1][1]);
+        pa[s][3] = pack_bf16(at[2 * s + 1][2], at[2 * s + 1][3]);
+      }
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+#pragma unroll
+        for (int np = 0; np < ND / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, DN, LDD, np * 16, s * 16);
+          mma16816(acc[2 * np], pa[s], bb[0], bb[1]);
+          mma16816(acc[2 * np + 1], pa[s], bb[2], bb[3]);
+        }
+      }
+#pragma unroll
+      for (int s = 0; s < P2 / 16; ++s) {
+        uint32_t ka[4];
+        load_a(ka, PK, LDP, r0, s * 16);
+        ka[0] = scale_bf16x2(ka[0], eta, eta), ka[1] = scale_bf16x2(ka[1], etb, etb);
+        ka[2] = scale_bf16x2(ka[2], eta, eta), ka[3] = scale_bf16x2(ka[3], etb, etb);
+#pragma unroll
+        for (int np = 0; np < ND / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, Rb, LDD, np * 16, s * 16);
+          mma16816(acc[2 * np], ka, bb[0], bb[1]);
+          mma16816(acc[2 * np + 1], ka, bb[2], bb[3]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < ND; ++j) {
+        const int c = 8 * j + 2 * t4;
+        if (va) {
+          float* p = dv + d.k_off(b, ta, h) + c;
+          atomicAdd(p, acc[j][0]), atomicAdd(p + 1, acc[j][1]);
+        }
+        if (vb) {
+          float* p = dv + d.k_off(b, tb, h) + c;
+          atomicAdd(p, acc[j][2]), atomicAdd(p + 1, acc[j][3]);
+        }
+      }
+    }
+    // dphk_t = W^T phq + exp(b_last - b_t) (R v_t + r)
+    {
+      float dph[NP][4];
+#pragma unroll
+      for (int j = 0; j < NP; ++j) dph[j][0] = dph[j][1] = dph[j][2] = dph[j][3] = 0.f;
+      uint32_t pa[4][4];
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        pa[s][0] = pack_bf16(wt[2 * s][0], wt[2 * s][1]);
+        pa[s][1] = pack_bf16(wt[2 * s][2], wt[2 * s][3]);
+        pa[s][2] = pack_bf16(wt[2 * s + 1][0], wt[2 * s + 1][1]);
+        pa[s][3] = pack_bf16(wt[2 * s + 1][2], wt[2 * s + 1][3]);
+      }
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+#pragma unroll
+        for (int np = 0; np < NP / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, PQ, LDP, np * 16, s * 16);
+          mma16816(dph[2 * np], pa[s], bb[0], bb[1]);
+          mma16816(dph[2 * np + 1], pa[s], bb[2], bb[3]);
+        }
+      }
+#pragma unroll
+      for (int s = 0; s < D / 16; ++s) {
+        uint32_t va_[4];
+        load_a(va_, Vt, LDD, r0, s * 16);
+        va_[0] = scale_bf16x2(va_[0], eta, eta), va_[1] = scale_bf16x2(va_[1], etb, etb);
+        va_[2] = scale_bf16x2(va_[2], eta, eta), va_[3] = scale_bf16x2(va_[3], etb, etb);
+#pragma unroll
+        for (int np = 0; np < NP / 2; ++np) {
+          uint32_t bb[4];
+          load_b_nk(bb, Rb, LDD, np * 16, s * 16);
+          mma16816(dph[2 * np], va_, bb[0], bb[1]);
+          mma16816(dph[2 * np + 1], va_, bb[2], bb[3]);
+        }
+      }
+      float dba = 0.f, dbb = 0.f;
+#pragma unroll
+      for (int j = 0; j < NP; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int f = 8 * j + 2 * t4 + e;
+          dph[j][e] += eta * rv[f];
+          dph[j][2 + e] += etb * rv[f];
+          if (va) {
+            const int64_t o = int64_t(ta) * P2 + f;
+            ws.dphk[int64_t(bh) * L * P2 + o] = dph[j][e];
+            dba += phk[o] * dph[j][e];
+          }
+          if (vb) {
+            const int64_t o = int64_t(tb) * P2 + f;
+            ws.dphk[int64_t(bh) * L * P2 + o] = dph[j][2 + e];
+            dbb += phk[o] * dph[j][2 + e];
+          }
+        }
+      }
+      dba = quad_sum(dba), dbb = quad_sum(dbb);
+      if (t4 == 0) {
+        if (va) ws.dbk[int64_t(bh) * L + ta] = -dba;
+        if (vb) ws.dbk[int64_t(bh) * L + tb] = -dbb;
+      }
+    }
+    __syncthreads();  // every read of R, r done; PQd visible
+    // R = exp(b_last) R + (phq .* exp(b_i))^T dn, r likewise with dden
+    const float decay = expf(ci.blast);
+#pragma unroll
+    for (int mt = 0; mt < P2 / 64; ++mt) {
+      const int f0 = warp * (P2 / 4) + mt * 16;
+      float acc[ND][4];
+#pragma unroll
+      for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        uint32_t qa[4];
+        load_a_t(qa, PQd, LDP, f0, s * 16);
+#pragma unroll
+        for (int np = 0; np < ND / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, DN, LDD, np * 16, s * 16);
+          mma16816(acc[2 * np], qa, bb[0], bb[1]);
+          mma16816(acc[2 * np + 1], qa, bb[2], bb[3]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < ND; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int f = f0 + g + (e >> 1) * 8, c = 8 * j + 2 * t4 + (e & 1);
+          const float nv = Rf[f * D + c] * decay + acc[j][e];
+          Rf[f * D + c] = nv;
+          Rb[f * LDD + c] = __float2bfloat16(nv);
+        }
+      }
+    }
+    if (tid < P2) {
+      float rr = rv[tid] * decay;
+      for (int r = 0; r < ci.nvalid; ++r) rr += phq[int64_t(ci.c0 + r) * P2 + tid] * eb[r] * ddn[r];
+      rv[tid] = rr;
+    }
+    __syncthreads();
+  }
+}
+
+template <typename T, int D, int P2>
+void launch_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, cudaStream_t st) {
+  const size_t smem = Smem<D, P2>::bytes;
+  auto kf = gate_fwd_kernel<T, D, P2>;
+  auto kr = gate_rev_kernel<T, D, P2>;
+  LZ_CUDA_OK(cudaFuncSetAttribute(kf, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  LZ_CUDA_OK(cudaFuncSetAttribute(kr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kf<<<d.B * d.Hq, kGT, smem, st>>>(a, d, ws, dy);
+  LZ_CUDA_OK(cudaGetLastError());
+  kr<<<d.B * d.Hq, kGT, smem, st>>>(a, d, ws, dv);
+  LZ_CUDA_OK(cudaGetLastError());
+}
+
 template <typename T>
-void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g, cudaStream_t st) {
+void run_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, cudaStream_t st) {
+  if (a.D == 64 && a.F == 32) return launch_gate<T, 64, 64>(a, d, ws, dy, dv, st);
+  if (a.D == 64 && a.F == 64) return launch_gate<T, 64, 128>(a, d, ws, dy, dv, st);
+  if (a.D == 128 && a.F == 32) return launch_gate<T, 128, 64>(a, d, ws, dy, dv, st);
+  if (a.D == 128 && a.F == 64) return launch_gate<T, 128, 128>(a, d, ws, dy, dv, st);
+  fail_cat("lizard attention chunked backward (cuda): needs D in {64, 128} and F in {32, 64}, got D=", a.D, " F=", a.F);
+}
+
+}  // namespace gate
+
+template <typename T>
+void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g, cudaStream_t st, bool chunked) {
   const T* dy = static_cast<const T*>(dy_);
   Dims d{a.B, a.L, a.Hq, a.Hkv, a.D, a.F, a.window, a.n_meta, a.Hq / a.Hkv};
   const int64_t BHL = int64_t(a.B) * a.Hq * a.L, F2 = 2 * a.F;
@@ -503,10 +1112,11 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   const dim3 grid((a.L + kWarps - 1) / kWarps, a.B * a.Hq), block(32 * kWarps);
   feat_kernel<T><<<grid, block, 0, st>>>(a, d, ws);
   cumsum_kernel<<<a.B * a.Hq, 32, 0, st>>>(a, d, ws);
-  stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya);
+  stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya, !chunked);
+  if (chunked) gate::run_gate<T>(a, d, ws, dy, g.dv, st);  // dn, dden, dphq, dbq; dv (gate), dphk, dbk
   qgrad_kernel<T><<<grid, block, kWarps * (F2 + 3 * a.D) * 4, st>>>(a, d, ws, dy, g.dq,
-                                                                    a.n_meta > 0 ? g.dmeta : nullptr);
-  kgrad_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, g.dk, g.dv);
+                                                                    a.n_meta > 0 ? g.dmeta : nullptr, !chunked);
+  kgrad_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, g.dk, g.dv, !chunked);
   featbwd_kernel<T><<<grid, block, 0, st>>>(a, d, ws, g.dq, g.dk);
   if (g.dwq || g.dwk) dw_kernel<T><<<a.Hq * a.D, 128, 0, st>>>(a, d, ws, g.dwq, g.dwk);
   dlg_kernel<<<a.B * a.Hq, 32, 0, st>>>(a, d, ws, dya, g.dlog_gamma, g.dalpha);
@@ -523,9 +1133,22 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
   LZ_CUDA_CHECK(a.D <= 256 && a.F <= 128, "lizard attention backward (cuda): needs D <= 256 and F <= 128, got D=",
                 a.D, " F=", a.F);
   if (fp32)
-    run_bwd<float>(a, dy, g, stream);
+    run_bwd<float>(a, dy, g, stream, false);
   else
-    run_bwd<__nv_bfloat16>(a, dy, g, stream);
+    run_bwd<__nv_bfloat16>(a, dy, g, stream, false);
+}
+
+void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
+                                       cudaStream_t stream) {
+  check_common_args(a);
+  LZ_CUDA_CHECK(g.dq && g.dk && g.dv && dy, "lizard attention backward (cuda): dy, dq, dk, dv are required");
+  LZ_CUDA_CHECK((a.D == 64 || a.D == 128) && (a.F == 32 || a.F == 64),
+                "lizard attention chunked backward (cuda): needs D in {64, 128} and F in {32, 64}, got D=", a.D,
+                " F=", a.F, " (lizard_attention_backward_parallel takes any D <= 256, F <= 128)");
+  if (fp32)
+    run_bwd<float>(a, dy, g, stream, true);
+  else
+    run_bwd<__nv_bfloat16>(a, dy, g, stream, true);
 }
 
 }  // namespace lizard::cuda
