@@ -75,6 +75,24 @@ int lz_backward_parallel(const void* q, const void* k, const void* v, const floa
   }
 }
 
+// Same, gated branch chunked on tensor cores (lizard_attention_backward_chunked).
+int lz_backward_chunked(const void* q, const void* k, const void* v, const float* lg, const void* wq, const void* wk,
+                        const float* meta, const float* alpha, const void* dy, float* dq, float* dk, float* dv,
+                        float* dwq, float* dwk, float* dlg, float* dmeta, float* dalpha, int B, int L, int Hq,
+                        int Hkv, int D, int F, int w, int m, int act, int fp32, void* stream) {
+  try {
+    lizard::cuda::LizardAttnGrads g;
+    g.dq = dq, g.dk = dk, g.dv = dv, g.dwq = dwq, g.dwk = dwk, g.dlog_gamma = dlg, g.dmeta = dmeta, g.dalpha = dalpha;
+    lizard::cuda::lizard_attention_backward_chunked(
+        make(q, k, v, lg, wq, wk, meta, alpha, const_cast<void*>(dy), B, L, Hq, Hkv, D, F, w, m, act), fp32 != 0, dy, g,
+        static_cast<cudaStream_t>(stream));
+    return 0;
+  } catch (const std::exception& e) {
+    g_err = e.what();
+    return -1;
+  }
+}
+
 // Causal GQA flash attention forward, bf16 [B, L, H, D]; lse optional.
 int lz_flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse, int B, int L, int H, int Hkv,
                  int D, void* stream) {
