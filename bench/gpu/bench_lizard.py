@@ -294,6 +294,11 @@ def main():
                 print("  chunked backward failed:", str(e)[:200])
                 chunked_ok = False
         liz_fb[tag] = fbc
+        if fbc == fbc:  # one more call with the per-stage breakdown on stderr
+            os.environ["LIZARD_CUDA_BWD_PROFILE"] = "1"
+            z.fwd_bwd_chunked()
+            torch.cuda.synchronize()
+            del os.environ["LIZARD_CUDA_BWD_PROFILE"]
         row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd", liz[tag], fbc)
         del z
         torch.cuda.empty_cache()

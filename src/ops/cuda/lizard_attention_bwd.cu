@@ -14,6 +14,8 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/lizard_attention.h"
@@ -1110,17 +1112,51 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
     LZ_CUDA_OK(cudaMemsetAsync(g.dmeta, 0, size_t(a.meta_per_head ? a.Hq : 1) * a.n_meta * 4, st));
   if (g.dalpha) LZ_CUDA_OK(cudaMemsetAsync(g.dalpha, 0, size_t(a.alpha_per_head ? a.Hq : 1) * 4, st));
   const dim3 grid((a.L + kWarps - 1) / kWarps, a.B * a.Hq), block(32 * kWarps);
+  // LIZARD_CUDA_BWD_PROFILE set: time each stage with events and print one line to stderr.
+  const bool prof = std::getenv("LIZARD_CUDA_BWD_PROFILE") != nullptr;
+  const char* names[12];
+  cudaEvent_t evs[12];
+  int nev = 0;
+  auto mark = [&](const char* n) {
+    if (!prof || nev >= 12) return;
+    LZ_CUDA_OK(cudaEventCreate(&evs[nev]));
+    LZ_CUDA_OK(cudaEventRecord(evs[nev], st));
+    names[nev++] = n;
+  };
+  mark("start");
   feat_kernel<T><<<grid, block, 0, st>>>(a, d, ws);
   cumsum_kernel<<<a.B * a.Hq, 32, 0, st>>>(a, d, ws);
+  mark("feat+cumsum");
   stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya, !chunked);
+  mark("stats");
   if (chunked) gate::run_gate<T>(a, d, ws, dy, g.dv, st);  // dn, dden, dphq, dbq; dv (gate), dphk, dbk
+  if (chunked) mark("gate-chunked");
   qgrad_kernel<T><<<grid, block, kWarps * (F2 + 3 * a.D) * 4, st>>>(a, d, ws, dy, g.dq,
                                                                     a.n_meta > 0 ? g.dmeta : nullptr, !chunked);
+  mark("qgrad");
   kgrad_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, g.dk, g.dv, !chunked);
+  mark("kgrad");
   featbwd_kernel<T><<<grid, block, 0, st>>>(a, d, ws, g.dq, g.dk);
+  mark("featbwd");
   if (g.dwq || g.dwk) dw_kernel<T><<<a.Hq * a.D, 128, 0, st>>>(a, d, ws, g.dwq, g.dwk);
+  mark("dW");
   dlg_kernel<<<a.B * a.Hq, 32, 0, st>>>(a, d, ws, dya, g.dlog_gamma, g.dalpha);
+  mark("dlg");
   LZ_CUDA_OK(cudaGetLastError());
+  if (prof && nev > 1) {
+    LZ_CUDA_OK(cudaEventSynchronize(evs[nev - 1]));
+    std::fprintf(stderr, "[lizard-bwd-profile] %s B%d L%d Hq%d D%d F%d w%d:", chunked ? "chunked" : "parallel", a.B,
+                 a.L, a.Hq, a.D, a.F, a.window);
+    float total = 0.f;
+    for (int i = 1; i < nev; ++i) {
+      float ms = 0.f;
+      LZ_CUDA_OK(cudaEventElapsedTime(&ms, evs[i - 1], evs[i]));
+      total += ms;
+      std::fprintf(stderr, " %s %.3f", names[i], ms);
+    }
+    std::fprintf(stderr, " | total %.3f ms\n", total);
+    for (int i = 0; i < nev; ++i) cudaEventDestroy(evs[i]);
+  }
   LZ_CUDA_OK(cudaFreeAsync(buf, st));
 }
 
