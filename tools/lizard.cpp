@@ -4,7 +4,12 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -289,6 +294,12 @@ struct ServeArgs {
   std::string teacher;
 };
 
+int g_stop_pipe[2] = {-1, -1};
+void on_stop_signal(int) {
+  const char c = 1;
+  [[maybe_unused]] const ssize_t r = ::write(g_stop_pipe[1], &c, 1);
+}
+
 void cmd_serve(const ServeArgs& a) {
   ModelOptions mo;
   mo.context = a.ctx;
@@ -303,20 +314,24 @@ void cmd_serve(const ServeArgs& a) {
   if (so.model_name.empty() && lm.is_lizard())  // default: the checkpoint's name, not the teacher's
     so.model_name = fs::path(lm.lizard_file).parent_path().filename().string();
   so.log = !a.quiet;
-  // Ctrl-C / SIGTERM: wait for them on this thread (blocked everywhere else), then stop cleanly.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  // Ctrl-C / SIGTERM stop cleanly: the handler (on whichever thread: OpenBLAS and OpenMP threads
+  // exist already) writes to a pipe this thread waits on. An inherited "ignore SIGINT" (a
+  // background job of a script) is kept.
+  LZ_CHECK(::pipe2(g_stop_pipe, O_CLOEXEC) == 0, "cannot create a pipe: {}", std::strerror(errno));
+  struct sigaction sa {}, old {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGINT, nullptr, &old) == 0 && old.sa_handler != SIG_IGN) sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
   Server server(model, so);
   const int port = server.bind();
   server.start();
   std::fprintf(stderr, "lizard: serving %s as '%s' on http://%s:%d (%d slot%s, %d threads each, context %lld)\n",
                lm.path.c_str(), server.model_name().c_str(), a.host.c_str(), port, a.parallel,
                a.parallel == 1 ? "" : "s", model->n_threads(), static_cast<long long>(model->context_length()));
-  int sig = 0;
-  sigwait(&sigs, &sig);
+  char c = 0;
+  while (::read(g_stop_pipe[0], &c, 1) < 0 && errno == EINTR) {
+  }
   std::fprintf(stderr, "lizard: stopping\n");
   server.stop();
 }
