@@ -20,6 +20,7 @@ lib.lz_backward_parallel.argtypes = [P] * 17 + [I] * 10 + [P]
 lib.lz_backward_chunked.argtypes = [P] * 17 + [I] * 10 + [P]
 lib.lz_set_forward_variant.argtypes = [I]
 lib.lz_set_forward_split.argtypes = [I]
+lib.lz_set_backward_window_variant.argtypes = [I]
 lib.lz_flash_fwd.argtypes = [P] * 5 + [I] * 5 + [P]
 lib.lz_flash_bwd.argtypes = [P] * 10 + [I] * 5 + [P]
 
@@ -294,10 +295,15 @@ def main():
                 print("  chunked backward failed:", str(e)[:200])
                 chunked_ok = False
         liz_fb[tag] = fbc
-        if fbc == fbc:  # one more call with the per-stage breakdown on stderr
+        if fbc == fbc:  # one more call with the per-stage breakdown on stderr (and the fp32 window stage at L2048)
             os.environ["LIZARD_CUDA_BWD_PROFILE"] = "1"
             z.fwd_bwd_chunked()
             torch.cuda.synchronize()
+            if L == 2048:
+                lib.lz_set_backward_window_variant(0)
+                z.fwd_bwd_chunked()
+                torch.cuda.synchronize()
+                lib.lz_set_backward_window_variant(1)
             del os.environ["LIZARD_CUDA_BWD_PROFILE"]
         row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd", liz[tag], fbc)
         del z

@@ -454,12 +454,19 @@ TEST(LizardCuda, BackwardMatchesReference) {
 }
 
 // Chunked backward (tensor-core gate branch, bf16 operands): every configuration, fresh seeds, odd L.
+// Both window stages: 1 = tensor-core banded kernels (default), 0 = fp32 CUDA-core kernels.
 TEST(LizardCuda, ChunkedBackwardVsReference) {
-  for (const Case& c : kCases) {
-    const uint64_t seed = fresh_seed();
-    backward_case<float>(c, seed, false, 3e-2, true, 1e-1);
-    backward_case<__nv_bfloat16>(c, seed, true, 3e-2, true, 1e-1);
+  for (int variant : {1, 0}) {
+    lizard::cuda::set_backward_window_variant(variant);
+    std::printf("[lizard-cuda] chunked backward, window stage variant %d (%s)\n", variant,
+                variant == 1 ? "tensor cores" : "CUDA cores, fp32");
+    for (const Case& c : kCases) {
+      const uint64_t seed = fresh_seed();
+      backward_case<float>(c, seed, false, 3e-2, true, 1e-1);
+      backward_case<__nv_bfloat16>(c, seed, true, 3e-2, true, 1e-1);
+    }
   }
+  lizard::cuda::set_backward_window_variant(1);
 }
 
 TEST(LizardCuda, SanitizerSmallChunkedBackward) {

@@ -100,6 +100,9 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
 // F in {32, 64}; throws lizard::Error otherwise.
 void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
                                        cudaStream_t stream = nullptr);
+// Window stage of the chunked backward: 1 (default) = banded flash-style kernels on tensor cores (bf16
+// operands), 0 = the parallel path's fp32 CUDA-core window kernels.
+void set_backward_window_variant(int variant);
 
 // Options and sizes from a layer config (pointers left null). Throws lizard::Error for options the
 // kernels do not implement: combine = lolcats, and feature_on_rope != window_rope (the kernels take

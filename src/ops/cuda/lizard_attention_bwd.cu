@@ -1081,6 +1081,291 @@ void run_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, cu
 
 }  // namespace gate
 
+// ---------------------------------------------------------------------------------------------
+// Window branch of the backward on tensor cores: the flash backward (flash_attention_bwd.cu) with a
+// band mask t in [i - w + 1, i], the window lse (meta sinks included) and delta = alpha dy . A from
+// stats_kernel, dO = alpha dy, fp32 outputs: dq assigned (featbwd adds the feature part later), dk
+// and dv added with atomics (the gate sweep and featbwd add to them too). dmeta from lse and delta.
+namespace win {
+
+using namespace mma;
+constexpr int kB = 64, kWT = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// 64 rows (row0..) of a [.., stride] T matrix into a bf16 tile (row stride D + 8), times mul.
+template <typename T, int D>
+__device__ __forceinline__ void load_cvt(bf16* dst, const T* src, int64_t stride, int row0, int L, float mul) {
+  for (int p = threadIdx.x; p < kB * D; p += kWT) {
+    const int r = p / D, c = p % D, pos = row0 + r;
+    dst[r * (D + 8) + c] = __float2bfloat16(pos < L ? ld(src + int64_t(pos) * stride + c) * mul : 0.f);
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kWT) wdq_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dq,
+                                                  float* dmeta) {
+  constexpr int LD = D + 8, ND = D / 8, NK = kB / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
+  bf16* dOs = Qs + kB * LD;
+  bf16* Ks = dOs + kB * LD;
+  bf16* Vs = Ks + kB * LD;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int L = d.L, w = d.w, nqb = (L + kB - 1) / kB, qb = nqb - 1 - blockIdx.x;
+  const int bh = blockIdx.y, h = bh % d.Hq, b = bh / d.Hq;
+  const int64_t qs = int64_t(d.Hq) * D, ks = int64_t(d.Hkv) * D;
+  const T* q = static_cast<const T*>(a.q) + d.q_off(b, 0, h);
+  const T* gy = dy + d.q_off(b, 0, h);
+  const T* k = static_cast<const T*>(a.k) + d.k_off(b, 0, h);
+  const T* v = static_cast<const T*>(a.v) + d.k_off(b, 0, h);
+  const float alpha = a.alpha[a.alpha_per_head ? h : 0];
+  const float scale = a.scale > 0 ? a.scale : rsqrtf(float(D));
+  const float scale2 = scale * kLog2e;
+  load_cvt<T, D>(Qs, q, qs, qb * kB, L, 1.f);
+  load_cvt<T, D>(dOs, gy, qs, qb * kB, L, alpha);
+  const int r0 = warp * 16, ia = qb * kB + r0 + g, ib = ia + 8;
+  const bool va = ia < L, vb = ib < L;
+  const int64_t o = int64_t(bh) * L;
+  const float lsa = va ? ws.lse[o + ia] : 0.f, lsb = vb ? ws.lse[o + ib] : 0.f;
+  const float la = lsa * kLog2e, lb = lsb * kLog2e;
+  const float da = va ? ws.delta[o + ia] : 0.f, db = vb ? ws.delta[o + ib] : 0.f;
+  float acc[ND][4];
+#pragma unroll
+  for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  const int kb_lo = max(0, qb * kB - w + 1) / kB;
+  for (int kb = kb_lo; kb <= qb; ++kb) {
+    __syncthreads();  // previous K, V tiles fully read
+    load_cvt<T, D>(Ks, k, ks, kb * kB, L, 1.f);
+    load_cvt<T, D>(Vs, v, ks, kb * kB, L, 1.f);
+    __syncthreads();
+    float sc[NK][4], dp[NK][4];
+#pragma unroll
+    for (int j = 0; j < NK; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[j][e] = dp[j][e] = 0.f;
+    }
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s) {
+      uint32_t qa[4], oa[4];
+      load_a(qa, Qs, LD, r0, s * 16);
+      load_a(oa, dOs, LD, r0, s * 16);
+#pragma unroll
+      for (int np = 0; np < NK / 2; ++np) {
+        uint32_t bb[4];
+        load_b_nk(bb, Ks, LD, np * 16, s * 16);
+        mma16816(sc[2 * np], qa, bb[0], bb[1]);
+        mma16816(sc[2 * np + 1], qa, bb[2], bb[3]);
+        load_b_nk(bb, Vs, LD, np * 16, s * 16);
+        mma16816(dp[2 * np], oa, bb[0], bb[1]);
+        mma16816(dp[2 * np + 1], oa, bb[2], bb[3]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NK; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int tt = kb * kB + 8 * j + 2 * t4 + e;
+        const bool oka = tt <= ia && tt > ia - w && tt < L, okb = tt <= ib && tt > ib - w && tt < L;
+        const float p0 = oka ? exp2f(sc[j][e] * scale2 - la) : 0.f;
+        const float p1 = okb ? exp2f(sc[j][2 + e] * scale2 - lb) : 0.f;
+        dp[j][e] = p0 * (dp[j][e] - da);
+        dp[j][2 + e] = p1 * (dp[j][2 + e] - db);
+      }
+    }
+    uint32_t pa[NK / 2][4];
+#pragma unroll
+    for (int s = 0; s < NK / 2; ++s) {
+      pa[s][0] = pack_bf16(dp[2 * s][0], dp[2 * s][1]);
+      pa[s][1] = pack_bf16(dp[2 * s][2], dp[2 * s][3]);
+      pa[s][2] = pack_bf16(dp[2 * s + 1][0], dp[2 * s + 1][1]);
+      pa[s][3] = pack_bf16(dp[2 * s + 1][2], dp[2 * s + 1][3]);
+    }
+#pragma unroll
+    for (int s = 0; s < NK / 2; ++s) {
+#pragma unroll
+      for (int np = 0; np < ND / 2; ++np) {
+        uint32_t bb[4];
+        load_b_kn(bb, Ks, LD, np * 16, s * 16);
+        mma16816(acc[2 * np], pa[s], bb[0], bb[1]);
+        mma16816(acc[2 * np + 1], pa[s], bb[2], bb[3]);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < ND; ++j) {
+    const int c = 8 * j + 2 * t4;
+    if (va) *reinterpret_cast<float2*>(dq + d.q_off(b, ia, h) + c) = make_float2(acc[j][0] * scale, acc[j][1] * scale);
+    if (vb) *reinterpret_cast<float2*>(dq + d.q_off(b, ib, h) + c) = make_float2(acc[j][2] * scale, acc[j][3] * scale);
+  }
+  if (dmeta != nullptr && d.m > 0) {
+    const int moff = a.meta_per_head ? h * d.m : 0;
+    for (int j = 0; j < d.m; ++j) {
+      const float mu = a.meta[moff + j];
+      float x = 0.f;
+      if (t4 == 0) {
+        if (va) x -= expf(mu - lsa) * da;
+        if (vb) x -= expf(mu - lsb) * db;
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+      if (lane == 0) atomicAdd(dmeta + moff + j, x);
+    }
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kWT) wdkdv_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dk,
+                                                    float* dv) {
+  constexpr int LD = D + 8, ND = D / 8, NQ = kB / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Vs = Ks + kB * LD;
+  bf16* Qs = Vs + kB * LD;
+  bf16* dOs = Qs + kB * LD;
+  float* l2s = reinterpret_cast<float*>(dOs + kB * LD);
+  float* dls = l2s + kB;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int L = d.L, w = d.w, nqb = (L + kB - 1) / kB, kb = blockIdx.x;
+  const int hkv = blockIdx.y % d.Hkv, b = blockIdx.y / d.Hkv, G = d.group, h0 = hkv * G;
+  const int64_t qs = int64_t(d.Hq) * D, ks = int64_t(d.Hkv) * D;
+  const T* k = static_cast<const T*>(a.k) + d.k_off(b, 0, h0);
+  const T* v = static_cast<const T*>(a.v) + d.k_off(b, 0, h0);
+  const float scale = a.scale > 0 ? a.scale : rsqrtf(float(D));
+  const float scale2 = scale * kLog2e;
+  load_cvt<T, D>(Ks, k, ks, kb * kB, L, 1.f);
+  load_cvt<T, D>(Vs, v, ks, kb * kB, L, 1.f);
+  const int r0 = warp * 16, kr0 = kb * kB + r0 + g, kr1 = kr0 + 8;
+  float dka[ND][4], dva[ND][4];
+#pragma unroll
+  for (int j = 0; j < ND; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dka[j][e] = dva[j][e] = 0.f;
+  }
+  const int qb_hi = min(nqb - 1, (kb * kB + kB - 1 + w - 1) / kB);
+  for (int jh = 0; jh < G; ++jh) {
+    const int h = h0 + jh;
+    const float alpha = a.alpha[a.alpha_per_head ? h : 0];
+    const T* q = static_cast<const T*>(a.q) + d.q_off(b, 0, h);
+    const T* gy = dy + d.q_off(b, 0, h);
+    const int64_t o = (int64_t(b) * d.Hq + h) * L;
+    for (int qb = kb; qb <= qb_hi; ++qb) {
+      __syncthreads();  // previous Q, dO, lse, delta fully read
+      load_cvt<T, D>(Qs, q, qs, qb * kB, L, 1.f);
+      load_cvt<T, D>(dOs, gy, qs, qb * kB, L, alpha);
+      if (tid < kB) {
+        const int i = qb * kB + tid;
+        l2s[tid] = i < L ? ws.lse[o + i] * kLog2e : 0.f;
+        dls[tid] = i < L ? ws.delta[o + i] : 0.f;
+      }
+      __syncthreads();
+      float sc[NQ][4], dp[NQ][4];
+#pragma unroll
+      for (int j = 0; j < NQ; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sc[j][e] = dp[j][e] = 0.f;
+      }
+#pragma unroll
+      for (int s = 0; s < D / 16; ++s) {
+        uint32_t ka[4], va_[4];
+        load_a(ka, Ks, LD, r0, s * 16);
+        load_a(va_, Vs, LD, r0, s * 16);
+#pragma unroll
+        for (int np = 0; np < NQ / 2; ++np) {
+          uint32_t bb[4];
+          load_b_nk(bb, Qs, LD, np * 16, s * 16);
+          mma16816(sc[2 * np], ka, bb[0], bb[1]);
+          mma16816(sc[2 * np + 1], ka, bb[2], bb[3]);
+          load_b_nk(bb, dOs, LD, np * 16, s * 16);
+          mma16816(dp[2 * np], va_, bb[0], bb[1]);
+          mma16816(dp[2 * np + 1], va_, bb[2], bb[3]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < NQ; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int col = 8 * j + 2 * t4 + e, qi = qb * kB + col;
+          const float lq = l2s[col], dl = dls[col];
+          const bool ok0 = qi >= kr0 && qi - kr0 < w && qi < L, ok1 = qi >= kr1 && qi - kr1 < w && qi < L;
+          const float p0 = ok0 ? exp2f(sc[j][e] * scale2 - lq) : 0.f;
+          const float p1 = ok1 ? exp2f(sc[j][2 + e] * scale2 - lq) : 0.f;
+          sc[j][e] = p0, sc[j][2 + e] = p1;
+          dp[j][e] = p0 * (dp[j][e] - dl);
+          dp[j][2 + e] = p1 * (dp[j][2 + e] - dl);
+        }
+      }
+      uint32_t pa[NQ / 2][4], sa[NQ / 2][4];
+#pragma unroll
+      for (int s = 0; s < NQ / 2; ++s) {
+        pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
+        pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
+        pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
+        pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
+        sa[s][0] = pack_bf16(dp[2 * s][0], dp[2 * s][1]);
+        sa[s][1] = pack_bf16(dp[2 * s][2], dp[2 * s][3]);
+        sa[s][2] = pack_bf16(dp[2 * s + 1][0], dp[2 * s + 1][1]);
+        sa[s][3] = pack_bf16(dp[2 * s + 1][2], dp[2 * s + 1][3]);
+      }
+#pragma unroll
+      for (int s = 0; s < NQ / 2; ++s) {
+#pragma unroll
+        for (int np = 0; np < ND / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, dOs, LD, np * 16, s * 16);
+          mma16816(dva[2 * np], pa[s], bb[0], bb[1]);
+          mma16816(dva[2 * np + 1], pa[s], bb[2], bb[3]);
+          load_b_kn(bb, Qs, LD, np * 16, s * 16);
+          mma16816(dka[2 * np], sa[s], bb[0], bb[1]);
+          mma16816(dka[2 * np + 1], sa[s], bb[2], bb[3]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < ND; ++j) {
+    const int c = 8 * j + 2 * t4;
+    if (kr0 < L) {
+      float* pk = dk + d.k_off(b, kr0, h0) + c;
+      float* pv = dv + d.k_off(b, kr0, h0) + c;
+      atomicAdd(pk, dka[j][0] * scale), atomicAdd(pk + 1, dka[j][1] * scale);
+      atomicAdd(pv, dva[j][0]), atomicAdd(pv + 1, dva[j][1]);
+    }
+    if (kr1 < L) {
+      float* pk = dk + d.k_off(b, kr1, h0) + c;
+      float* pv = dv + d.k_off(b, kr1, h0) + c;
+      atomicAdd(pk, dka[j][2] * scale), atomicAdd(pk + 1, dka[j][3] * scale);
+      atomicAdd(pv, dva[j][2]), atomicAdd(pv + 1, dva[j][3]);
+    }
+  }
+}
+
+template <typename T, int D>
+void launch_win(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dq, float* dk, float* dv, float* dmeta,
+                cudaStream_t st) {
+  const size_t tiles = size_t(4) * kB * (D + 8) * sizeof(bf16);
+  const int nb = (d.L + kB - 1) / kB;
+  auto kq = wdq_kernel<T, D>;
+  auto kk = wdkdv_kernel<T, D>;
+  LZ_CUDA_OK(cudaFuncSetAttribute(kq, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiles)));
+  LZ_CUDA_OK(cudaFuncSetAttribute(kk, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiles + 2 * kB * 4)));
+  kq<<<dim3(nb, d.B * d.Hq), kWT, tiles, st>>>(a, d, ws, dy, dq, dmeta);
+  LZ_CUDA_OK(cudaGetLastError());
+  kk<<<dim3(nb, d.B * d.Hkv), kWT, tiles + 2 * kB * 4, st>>>(a, d, ws, dy, dk, dv);
+  LZ_CUDA_OK(cudaGetLastError());
+}
+
+template <typename T>
+void run_win(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dq, float* dk, float* dv, float* dmeta,
+             cudaStream_t st) {
+  if (a.D == 64) return launch_win<T, 64>(a, d, ws, dy, dq, dk, dv, dmeta, st);
+  if (a.D == 128) return launch_win<T, 128>(a, d, ws, dy, dq, dk, dv, dmeta, st);
+  fail_cat("lizard attention chunked backward (cuda): window stage needs D in {64, 128}, got ", a.D);
+}
+
+}  // namespace win
+
+int g_window_variant = 1;  // chunked backward: 1 = tensor-core window stage, 0 = CUDA-core
+
 template <typename T>
 void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g, cudaStream_t st, bool chunked) {
   const T* dy = static_cast<const T*>(dy_);
@@ -1131,11 +1416,16 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   mark("stats");
   if (chunked) gate::run_gate<T>(a, d, ws, dy, g.dv, st);  // dn, dden, dphq, dbq; dv (gate), dphk, dbk
   if (chunked) mark("gate-chunked");
-  qgrad_kernel<T><<<grid, block, kWarps * (F2 + 3 * a.D) * 4, st>>>(a, d, ws, dy, g.dq,
-                                                                    a.n_meta > 0 ? g.dmeta : nullptr, !chunked);
-  mark("qgrad");
-  kgrad_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, g.dk, g.dv, !chunked);
-  mark("kgrad");
+  if (chunked && g_window_variant == 1) {
+    win::run_win<T>(a, d, ws, dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st);
+    mark("window-tc");
+  } else {
+    qgrad_kernel<T><<<grid, block, kWarps * (F2 + 3 * a.D) * 4, st>>>(a, d, ws, dy, g.dq,
+                                                                      a.n_meta > 0 ? g.dmeta : nullptr, !chunked);
+    mark("qgrad");
+    kgrad_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, g.dk, g.dv, !chunked);
+    mark("kgrad");
+  }
   featbwd_kernel<T><<<grid, block, 0, st>>>(a, d, ws, g.dq, g.dk);
   mark("featbwd");
   if (g.dwq || g.dwk) dw_kernel<T><<<a.Hq * a.D, 128, 0, st>>>(a, d, ws, g.dwq, g.dwk);
@@ -1173,6 +1463,8 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
   else
     run_bwd<__nv_bfloat16>(a, dy, g, stream, false);
 }
+
+void set_backward_window_variant(int v) { g_window_variant = v == 0 ? 0 : 1; }
 
 void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
                                        cudaStream_t stream) {
