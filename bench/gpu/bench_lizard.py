@@ -258,14 +258,18 @@ def main():
     torch.cuda.synchronize()
     print(f"spot check B1 L1000 H4/2 D128: chunked bf16 vs recurrent fp32 rel err "
           f"{((y1 - y2).norm() / y2.norm()).item():.3e}", flush=True)
-    z = Lizard(1, 777, 4, 2, 128)
-    z.fwd_bwd()
-    gp = [t.clone() for t in z.grads()]
-    z.fwd_bwd_chunked()
-    names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
-    print("spot check B1 L777 H4/2 D128 backward, chunked vs parallel rel err: " + " ".join(
-        f"{n} {((a - b).norm() / b.norm()).item():.2e}" for n, a, b in zip(names, z.grads(), gp)), flush=True)
-    del z, y1, y2, gp
+    del z, y1, y2
+    try:
+        z = Lizard(1, 777, 4, 2, 128)
+        z.fwd_bwd()
+        gp = [t.clone() for t in z.grads()]
+        z.fwd_bwd_chunked()
+        names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
+        print("spot check B1 L777 H4/2 D128 backward, chunked vs parallel rel err: " + " ".join(
+            f"{n} {((a - b).norm() / b.norm()).item():.2e}" for n, a, b in zip(names, z.grads(), gp)), flush=True)
+        del z, gp
+    except Exception as e:  # noqa: BLE001
+        print("spot check of the chunked backward failed:", str(e)[:300], flush=True)
     liz = {}
     liz_fb = {}
     chunked_ok = True
@@ -318,17 +322,21 @@ def main():
         torch.cuda.empty_cache()
         # this repo's flash attention (fwd saving lse; fwd+bwd), equal heads as SDPA, then the shape's GQA
         qd, kd, vd = (x.detach() for x in (q, k, v))
-        e = flash_check_vs_sdpa(qd, kd, vd, do)
-        print(f"  flash cuda vs sdpa (batch 0) rel err: out {e[0]:.2e} dq {e[1]:.2e} dk {e[2]:.2e} dv {e[3]:.2e}", flush=True)
-        for hkv in sorted({H, Hkv}, reverse=True):
-            kk, vv = (kd[:, :, :hkv].contiguous(), vd[:, :, :hkv].contiguous()) if hkv != H else (kd, vd)
-            fl = Flash(qd, kk, vv, do)
-            f, fb = med(fl.fwd), med(fl.fwd_bwd, 10, 50)
-            row(tag, f"flash cuda (Hkv={hkv})", f, fb)
-            print(f"  speed vs sdpa flash (sdpa ms / this ms; goal >= 0.8): fwd {sd_f / f:.2f}  fwd+bwd {sd_fb / fb:.2f}"
-                  f"  bwd only {(sd_fb - sd_f) / (fb - f):.2f}", flush=True)
-            del fl, kk, vv
-            torch.cuda.empty_cache()
+        try:
+            e = flash_check_vs_sdpa(qd, kd, vd, do)
+            print(f"  flash cuda vs sdpa (batch 0) rel err: out {e[0]:.2e} dq {e[1]:.2e} dk {e[2]:.2e} dv {e[3]:.2e}",
+                  flush=True)
+            for hkv in sorted({H, Hkv}, reverse=True):
+                kk, vv = (kd[:, :, :hkv].contiguous(), vd[:, :, :hkv].contiguous()) if hkv != H else (kd, vd)
+                fl = Flash(qd, kk, vv, do)
+                f, fb = med(fl.fwd), med(fl.fwd_bwd, 10, 50)
+                row(tag, f"flash cuda (Hkv={hkv})", f, fb)
+                print(f"  speed vs sdpa flash (sdpa ms / this ms; goal >= 0.8): fwd {sd_f / f:.2f}  "
+                      f"fwd+bwd {sd_fb / fb:.2f}  bwd only {(sd_fb - sd_f) / (fb - f):.2f}", flush=True)
+                del fl, kk, vv
+                torch.cuda.empty_cache()
+        except Exception as e:  # noqa: BLE001
+            print("  flash cuda failed:", str(e)[:300], flush=True)
         del q, k, v, gk, gs, do, qd, kd, vd
         torch.cuda.empty_cache()
     # 2. FLA last: its first calls compile and autotune for minutes.
