@@ -16,7 +16,9 @@
 #include <thread>
 
 #include "llama_fixture.h"
+#include "model/lizard_checkpoint.h"
 #include "model/llama.h"
+#include "model/load_model.h"
 #include "server/server.h"
 
 using namespace lizard;
@@ -504,6 +506,49 @@ TEST(ServerHttp, StopAndRestart) {
                400, "unsupported");
   server->stop();
   server.reset();
+}
+
+TEST(ServerHttp, LizardHybridModel) {
+  // A tiny teacher whose layer 1 is an (untrained) Lizard layer: served like any model (chunked
+  // prefill, then recurrent decode past the window), and streaming equals non-streaming.
+  lizard::testing::Seeded seed;
+  SCOPED_TRACE(seed.trace());
+  lizard::testing::TinySpec sp;
+  sp.vocab = kTinyVocab;
+  sp.ctx = 2048;
+  auto tiny = lizard::testing::make_tiny(seed, sp);
+  const fs::path dir = fs::temp_directory_path() / ("lizard_server_tok3_" + std::to_string(::getpid()));
+  tiny.ck->tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_json_file(write_tokenizer(dir)));
+  fs::remove_all(dir);
+  LizardConfig lc;
+  lc.feature_dim = 8;
+  lc.window = 16;
+  lc.chunk = 8;
+  lc.lizard_layers = {1};
+  ModelOptions mo;
+  mo.n_threads = 1;
+  auto model = std::make_shared<LlamaModel>(tiny.ck, mo);
+  apply_lizard(*model, init_lizard_checkpoint(lc, tiny.ck->config, seed.rng()));
+  ASSERT_NE(model->mixer(1).name().find("lizard"), std::string::npos);
+  ServerOptions opt;
+  opt.port = 0;
+  opt.threads = 1;
+  Server server(model, opt);
+  server.start();
+  const int port = server.port();
+  json req = {{"prompt", "The quick brown fox jumps over the lazy dog"}, {"max_tokens", 200}, {"temperature", 0},
+              {"ignore_eos", true}};
+  Answer a = post(port, "/v1/completions", req);
+  ASSERT_EQ(a.status, 200) << a.raw;
+  expect_usage(a.body["usage"], 43, 200);
+  req["stream"] = true;
+  Answer s = post(port, "/v1/completions", req);
+  bool done = false;
+  std::string joined;
+  for (const auto& ev : sse_events(s.raw, &done)) joined += ev["choices"][0]["text"].get<std::string>();
+  EXPECT_TRUE(done);
+  EXPECT_EQ(joined, a.body["choices"][0]["text"].get<std::string>());
+  server.stop();
 }
 
 TEST(ServerDefaultModel, ChatAndStream) {
