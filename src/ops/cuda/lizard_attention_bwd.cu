@@ -1364,6 +1364,108 @@ void run_win(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dq, flo
 
 }  // namespace win
 
+// ---------------------------------------------------------------------------------------------
+// dW[h] = X_h^T dU_h (X = q or k rows of head h over all (b, i), dU = the feature-map backward's du,
+// stored by featbwd_kernel in the first F columns of dphq / dphk) on tensor cores, split over token
+// ranges of kDwTokens with fp32 atomicAdd into the zeroed dW. Grid (splits, Hq, 2: q then k).
+namespace dwtc {
+
+using namespace mma;
+constexpr int kT = 64, kThr = 128, kDwTokens = 4096;
+
+template <typename T, int D, int F>
+__global__ void __launch_bounds__(kThr) dw_tc_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dwq, float* dwk) {
+  constexpr int LDX = D + 8, LDU = F + 8, MT = D / 64, NF = F / 8;
+  __shared__ __align__(16) bf16 Xs[kT * LDX];
+  __shared__ __align__(16) bf16 Us[kT * LDU];
+  const int which = blockIdx.z, h = blockIdx.y;
+  float* out = which ? dwk : dwq;
+  if (out == nullptr) return;
+  const T* x = static_cast<const T*>(which ? a.k : a.q);
+  const float* du = which ? ws.dphk : ws.dphq;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int64_t ntok = int64_t(d.B) * d.L;
+  const int64_t n0 = int64_t(blockIdx.x) * kDwTokens, n1 = min(ntok, n0 + kDwTokens);
+  float acc[MT][NF][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NF; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
+  for (int64_t c0 = n0; c0 < n1; c0 += kT) {
+    __syncthreads();
+    for (int p = tid; p < kT * D; p += kThr) {
+      const int r = p / D, e = p % D;
+      const int64_t n = c0 + r;
+      float val = 0.f;
+      if (n < n1) {
+        const int b = int(n / d.L), i = int(n % d.L);
+        val = ld(x + (which ? d.k_off(b, i, h) : d.q_off(b, i, h)) + e);
+      }
+      Xs[r * LDX + e] = __float2bfloat16(val);
+    }
+    for (int p = tid; p < kT * F; p += kThr) {
+      const int r = p / F, f = p % F;
+      const int64_t n = c0 + r;
+      float val = 0.f;
+      if (n < n1) {
+        const int b = int(n / d.L), i = int(n % d.L);
+        val = du[(d.bh(b, h) * d.L + i) * 2 * F + f];
+      }
+      Us[r * LDU + f] = __float2bfloat16(val);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < kT / 16; ++s) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        uint32_t xa[4];
+        load_a_t(xa, Xs, LDX, warp * (D / 4) + mt * 16, s * 16);
+#pragma unroll
+        for (int np = 0; np < NF / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, Us, LDU, np * 16, s * 16);
+          mma16816(acc[mt][2 * np], xa, bb[0], bb[1]);
+          mma16816(acc[mt][2 * np + 1], xa, bb[2], bb[3]);
+        }
+      }
+    }
+  }
+  float* o = out + int64_t(h) * D * F;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int e0 = warp * (D / 4) + mt * 16 + g;
+#pragma unroll
+    for (int j = 0; j < NF; ++j) {
+      const int f = 8 * j + 2 * t4;
+      atomicAdd(o + int64_t(e0) * F + f, acc[mt][j][0]);
+      atomicAdd(o + int64_t(e0) * F + f + 1, acc[mt][j][1]);
+      atomicAdd(o + int64_t(e0 + 8) * F + f, acc[mt][j][2]);
+      atomicAdd(o + int64_t(e0 + 8) * F + f + 1, acc[mt][j][3]);
+    }
+  }
+}
+
+template <typename T, int D, int F>
+void launch_dw(const LizardAttnArgs& a, Dims d, Ws ws, float* dwq, float* dwk, cudaStream_t st) {
+  const int64_t ntok = int64_t(d.B) * d.L;
+  const dim3 grid(unsigned((ntok + kDwTokens - 1) / kDwTokens), d.Hq, 2);
+  dw_tc_kernel<T, D, F><<<grid, kThr, 0, st>>>(a, d, ws, dwq, dwk);
+  LZ_CUDA_OK(cudaGetLastError());
+}
+
+template <typename T>
+void run_dw(const LizardAttnArgs& a, Dims d, Ws ws, float* dwq, float* dwk, cudaStream_t st) {
+  if (dwq) LZ_CUDA_OK(cudaMemsetAsync(dwq, 0, size_t(a.Hq) * a.D * a.F * 4, st));
+  if (dwk) LZ_CUDA_OK(cudaMemsetAsync(dwk, 0, size_t(a.Hq) * a.D * a.F * 4, st));
+  if (a.D == 64 && a.F == 32) return launch_dw<T, 64, 32>(a, d, ws, dwq, dwk, st);
+  if (a.D == 64 && a.F == 64) return launch_dw<T, 64, 64>(a, d, ws, dwq, dwk, st);
+  if (a.D == 128 && a.F == 32) return launch_dw<T, 128, 32>(a, d, ws, dwq, dwk, st);
+  if (a.D == 128 && a.F == 64) return launch_dw<T, 128, 64>(a, d, ws, dwq, dwk, st);
+  fail_cat("lizard attention chunked backward (cuda): dW stage needs D in {64, 128}, F in {32, 64}");
+}
+
+}  // namespace dwtc
+
 int g_window_variant = 1;  // chunked backward: 1 = tensor-core window stage, 0 = CUDA-core
 
 template <typename T>
@@ -1428,7 +1530,10 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   }
   featbwd_kernel<T><<<grid, block, 0, st>>>(a, d, ws, g.dq, g.dk);
   mark("featbwd");
-  if (g.dwq || g.dwk) dw_kernel<T><<<a.Hq * a.D, 128, 0, st>>>(a, d, ws, g.dwq, g.dwk);
+  if ((g.dwq || g.dwk) && chunked)
+    dwtc::run_dw<T>(a, d, ws, g.dwq, g.dwk, st);  // tensor cores, split over tokens
+  else if (g.dwq || g.dwk)
+    dw_kernel<T><<<a.Hq * a.D, 128, 0, st>>>(a, d, ws, g.dwq, g.dwk);
   mark("dW");
   dlg_kernel<<<a.B * a.Hq, 32, 0, st>>>(a, d, ws, dya, g.dlog_gamma, g.dalpha);
   mark("dlg");
