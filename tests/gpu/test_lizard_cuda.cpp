@@ -462,16 +462,16 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
                 variant == 1 ? "tensor cores" : "CUDA cores, fp32");
     for (const Case& c : kCases) {
       const uint64_t seed = fresh_seed();
-      backward_case<float>(c, seed, false, 3e-2, true, 1e-1);
-      backward_case<__nv_bfloat16>(c, seed, true, 3e-2, true, 1e-1);
+      backward_case<float>(c, seed, false, 3e-2, true, 2.5e-1);
+      backward_case<__nv_bfloat16>(c, seed, true, 3e-2, true, 2.5e-1);
     }
   }
   lizard::cuda::set_backward_window_variant(1);
 }
 
 TEST(LizardCuda, SanitizerSmallChunkedBackward) {
-  backward_case<__nv_bfloat16>({1, 77, 2, 1, 64, 32, 16, 4}, fresh_seed(), true, 3e-2, true, 1e-1);
-  backward_case<__nv_bfloat16>({1, 130, 2, 2, 128, 64, 65, 2, true}, fresh_seed(), true, 3e-2, true, 1e-1);
+  backward_case<__nv_bfloat16>({1, 77, 2, 1, 64, 32, 16, 4}, fresh_seed(), true, 3e-2, true, 2.5e-1);
+  backward_case<__nv_bfloat16>({1, 130, 2, 2, 128, 64, 65, 2, true}, fresh_seed(), true, 3e-2, true, 2.5e-1);
 }
 
 TEST(LizardCuda, ChunkedBackwardRefusesUnsupportedSizes) {
