@@ -144,6 +144,12 @@ void LlamaModel::init(const ModelOptions& opt) {
 
 void LlamaModel::set_threads(int n) { n_threads_ = n > 0 ? n : omp_get_num_procs(); }
 
+void LlamaModel::set_context(int64_t n) {
+  LZ_CHECK(n > 0, "the context length must be positive");
+  context_ = n;
+  ++mixers_version_;  // states sized for the old context are refused
+}
+
 void LlamaModel::set_mixer(int layer, std::shared_ptr<const SequenceMixer> mixer) {
   LZ_CHECK(layer >= 0 && layer < cfg_.n_layers, "layer {} does not exist (the model has {})", layer, cfg_.n_layers);
   LZ_CHECK(mixer != nullptr, "no mixer given for layer {}", layer);

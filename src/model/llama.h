@@ -56,6 +56,9 @@ class LlamaModel {
   const ModelConfig& config() const { return cfg_; }
   const Checkpoint& checkpoint() const { return *ckpt_; }
   int64_t context_length() const { return context_; }
+  // Longest sequence; states made before must be remade. Models whose every layer is recurrent
+  // (all Lizard) have no limit but this one.
+  void set_context(int64_t n);
   int vocab_size() const { return cfg_.vocab_size; }
   int n_threads() const { return n_threads_; }
   void set_threads(int n);  // 0: all cores

@@ -64,7 +64,12 @@ LoadedModel load_model(const std::string& path_arg, const ModelOptions& opt, con
   }
   m.teacher = std::make_shared<const Checkpoint>(open_checkpoint(teacher_path));
   m.model = std::make_shared<LlamaModel>(m.teacher, opt);
-  if (m.lizard) apply_lizard(*m.model, *m.lizard);
+  if (m.lizard) {
+    apply_lizard(*m.model, *m.lizard);
+    // With no softmax layer left nothing grows with the sequence: no context limit unless asked.
+    if (opt.context == 0 && static_cast<int>(m.lizard->layers.size()) == m.model->config().n_layers)
+      m.model->set_context(int64_t{1} << 40);
+  }
   return m;
 }
 
