@@ -187,7 +187,7 @@ struct GenerateArgs {
   int64_t ctx = 0;
   float temp = 0.8f, top_p = 0.95f, repeat_penalty = 1.0f;
   uint64_t seed = 0;
-  bool seed_set = false, chat = false, quiet = false;
+  bool seed_set = false, chat = false, quiet = false, exact = false;
   std::string save_state, load_state;  // --save-state / --load-state FILE
   std::string teacher;                 // --teacher: where a Lizard checkpoint's teacher lives now
 };
@@ -208,6 +208,7 @@ void cmd_generate(const GenerateArgs& a) {
   ModelOptions mo;
   mo.n_threads = a.threads;
   mo.context = a.ctx;
+  mo.exact = a.exact;
   const LoadedModel lm = load_model(a.model, mo, a.teacher);  // a teacher or a Lizard checkpoint
   const auto& ck = lm.teacher;
   LZ_CHECK(ck->tokenizer != nullptr, "model '{}' has no tokenizer", ck->path);
@@ -342,7 +343,9 @@ void cmd_debug_logits(const std::string& model_arg, const std::string& teacher, 
   std::ifstream in(prompts_json);
   LZ_CHECK(in.good(), "cannot read '{}'", prompts_json);
   nlohmann::json prompts = nlohmann::json::parse(in);
-  const LoadedModel lm = load_model(model_arg, {}, teacher);
+  ModelOptions mo;
+  mo.exact = true;  // parity checks compare arithmetic, not the 8-bit fast path
+  const LoadedModel lm = load_model(model_arg, mo, teacher);
   const LlamaModel& model = *lm.model;
   fs::create_directories(out_dir);
   for (auto& p : prompts) {
@@ -420,6 +423,7 @@ int main(int argc, char** argv) {
   gen->add_option("--system", g.system, "system message for --chat (default: the template's own)");
   gen->add_option("-t,--threads", g.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   gen->add_option("--ctx", g.ctx, "context length (default: the model's)")->check(CLI::NonNegativeNumber);
+  gen->add_flag("--exact", g.exact, "fp32 activations in decoding (matches reference implementations; slower)");
   gen->add_flag("-q,--quiet", g.quiet, "do not echo the prompt");
   gen->add_option("--save-state", g.save_state, "after generating, save the whole context (prompt + output) to FILE");
   gen->add_option("--load-state", g.load_state, "continue the context saved in FILE; the prompt is appended")
