@@ -357,10 +357,10 @@ struct Server::Impl {
     return fmt::format("{}-{:016x}{:04x}", prefix, id_rng(), ++n_ids & 0xffff);
   }
 
-  Job prepare(const httplib::Request& hreq, bool chat) {
+  Job prepare(const std::string& text, bool chat) {
     json body;
     try {
-      body = json::parse(hreq.body);
+      body = json::parse(text);
     } catch (const json::parse_error& e) {
       throw BadRequest(fmt::format("the request body is not valid JSON ({})", e.what()), "", "invalid_json");
     }
@@ -475,8 +475,8 @@ struct Server::Impl {
     if (opt.log) std::fprintf(stderr, "%s %s -> %d %s\n", req.method.c_str(), req.path.c_str(), status, extra.c_str());
   }
 
-  void handle_generate(const httplib::Request& hreq, httplib::Response& res, bool chat) {
-    auto job = std::make_shared<Job>(prepare(hreq, chat));
+  void handle_generate(const httplib::Request& hreq, const std::string& body, httplib::Response& res, bool chat) {
+    auto job = std::make_shared<Job>(prepare(body, chat));
     if (!job->req.stream) {
       const Outcome o = run(*job, [this](std::string_view) { return !stopping.load(); });
       json j = envelope(*job, false);
@@ -553,12 +553,29 @@ struct Server::Impl {
         }
       };
     };
-    http.Post("/v1/completions", guarded([this](const httplib::Request& q, httplib::Response& r) {
-      handle_generate(q, r, false);
-    }));
-    http.Post("/v1/chat/completions", guarded([this](const httplib::Request& q, httplib::Response& r) {
-      handle_generate(q, r, true);
-    }));
+    // The body is read here rather than by httplib, which caps bodies sent as form data (curl -d
+    // without a JSON Content-Type) at 8 KiB; every body is taken as JSON.
+    auto generation = [this, guarded](bool chat) {
+      return [this, guarded, chat](const httplib::Request& q, httplib::Response& r, const httplib::ContentReader& read) {
+        std::string body;
+        bool too_large = q.get_header_value<uint64_t>("Content-Length") > opt.max_body_bytes, ok = false;
+        if (!too_large)
+          ok = read([&](const char* d, size_t n) {
+            too_large = body.size() + n > opt.max_body_bytes;
+            if (!too_large) body.append(d, n);
+            return !too_large;
+          });
+        guarded([&](const httplib::Request& q2, httplib::Response& r2) {
+          if (too_large)
+            throw BadRequest(fmt::format("the request body is too large (over {} bytes)", opt.max_body_bytes), "",
+                             "request_too_large", 413);
+          if (!ok) throw BadRequest("the request body could not be read", "", "invalid_body");
+          handle_generate(q2, body, r2, chat);
+        })(q, r);
+      };
+    };
+    http.Post("/v1/completions", generation(false));
+    http.Post("/v1/chat/completions", generation(true));
     http.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& r) {
       r.set_content(dump({{"object", "list"}, {"data", json::array({model_json()})}}), "application/json");
     }));
