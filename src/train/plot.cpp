@@ -1,0 +1,109 @@
+#include "train/plot.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+namespace lizard {
+
+namespace {
+
+void line(Raster& r, int x0, int y0, int x1, int y1, Rgb c) {
+  const int dx = std::abs(x1 - x0), dy = -std::abs(y1 - y0), sx = x0 < x1 ? 1 : -1, sy = y0 < y1 ? 1 : -1;
+  int err = dx + dy;
+  for (;;) {
+    r.set(x0, y0, c);
+    if (x0 == x1 && y0 == y1) break;
+    const int e2 = 2 * err;
+    if (e2 >= dy) err += dy, x0 += sx;
+    if (e2 <= dx) err += dx, y0 += sy;
+  }
+}
+
+// One panel: log10(y) against step.
+struct Panel {
+  int x, y, w, h;
+  double xmin, xmax, lmin, lmax;  // lmin/lmax: log10 range
+  int px(double s) const { return x + int(std::lround((s - xmin) / std::max(xmax - xmin, 1e-12) * (w - 1))); }
+  int py(double v) const {
+    const double l = std::log10(std::max(v, 1e-30));
+    return y + h - 1 - int(std::lround((l - lmin) / std::max(lmax - lmin, 1e-12) * (h - 1)));
+  }
+};
+
+Panel make_panel(Raster& r, int x, int y, int w, int h, double xmin, double xmax, double vmin, double vmax,
+                 const std::string& title) {
+  const Rgb black{0, 0, 0}, grid{225, 225, 225};
+  Panel p{x, y, w, h, xmin, xmax, std::floor(std::log10(vmin)), std::ceil(std::log10(vmax))};
+  if (p.lmax <= p.lmin) p.lmax = p.lmin + 1;
+  for (int d = int(p.lmin); d <= int(p.lmax); ++d) {  // decades
+    const int yy = p.py(std::pow(10.0, d));
+    for (int xx = x; xx < x + w; ++xx) r.set(xx, yy, grid);
+    const std::string lab = fmt::format("1e{}", d);
+    r.text(x - Raster::text_width(lab) - 4, yy - 3, lab, black);
+  }
+  line(r, x, y, x, y + h - 1, black);
+  line(r, x, y + h - 1, x + w - 1, y + h - 1, black);
+  r.text(x, y - 12, title, black);
+  r.text(x, y + h + 4, fmt::format("{}", int64_t(xmin)), black);
+  const std::string xm = fmt::format("step {}", int64_t(xmax));
+  r.text(x + w - Raster::text_width(xm), y + h + 4, xm, black);
+  return p;
+}
+
+void curve(Raster& r, const Panel& p, const std::vector<int64_t>& xs, const std::vector<double>& ys, Rgb c) {
+  for (size_t i = 0; i < xs.size(); ++i) {
+    if (!(ys[i] > 0) || !std::isfinite(ys[i])) continue;
+    if (i > 0 && ys[i - 1] > 0 && std::isfinite(ys[i - 1]))
+      line(r, p.px(double(xs[i - 1])), p.py(ys[i - 1]), p.px(double(xs[i])), p.py(ys[i]), c);
+    else
+      r.set(p.px(double(xs[i])), p.py(ys[i]), c);
+  }
+}
+
+}  // namespace
+
+Raster plot_loss_curves(const LossCurves& c) {
+  const int pw = 520, ph = 360, pad = 60;
+  Raster r(2 * pw + 3 * pad, ph + 2 * pad + 20);
+  const Rgb black{0, 0, 0}, blue{30, 90, 200}, orange{230, 120, 20};
+  r.text(pad, 12, c.title, black, 2);
+  if (c.steps.empty()) return r;
+  double lo = INFINITY, hi = 0;
+  auto see = [&](double v) {
+    if (v > 0 && std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
+  };
+  for (double v : c.total) see(v);
+  for (double v : c.val) see(v);
+  double plo = INFINITY, phi = 0;
+  for (const auto& row : c.parts)
+    for (double v : row)
+      if (v > 0 && std::isfinite(v)) plo = std::min(plo, v), phi = std::max(phi, v);
+  if (!(hi > 0)) lo = 1e-3, hi = 1;
+  if (!(phi > 0)) plo = 1e-3, phi = 1;
+  const double x0 = double(c.steps.front()), x1 = double(std::max(c.steps.back(), c.steps.front() + 1));
+  Panel a = make_panel(r, pad, pad + 20, pw, ph, x0, x1, lo, hi, "total loss (train blue, held-out orange)");
+  curve(r, a, c.steps, c.total, blue);
+  for (size_t i = 0; i < c.val.size(); ++i) {
+    if (!(c.val[i] > 0)) continue;
+    const int px = a.px(double(c.val_steps[i])), py = a.py(c.val[i]);
+    r.fill_rect(px - 2, py - 2, 5, 5, orange);
+  }
+  Panel b = make_panel(r, 2 * pad + pw, pad + 20, pw, ph, x0, x1, plo, phi,
+                       "per-layer loss (first blue .. last red)");
+  const size_t np = c.parts.empty() ? 0 : c.parts.front().size();
+  for (size_t k = 0; k < np; ++k) {
+    const double t = np > 1 ? double(k) / double(np - 1) : 0.0;
+    const Rgb col{uint8_t(30 + 200 * t), uint8_t(60 + 40 * (1 - std::fabs(2 * t - 1))), uint8_t(220 - 200 * t)};
+    std::vector<int64_t> xs;
+    std::vector<double> ys;
+    for (size_t s = 0; s < c.parts.size() && s < c.steps.size(); ++s)
+      if (k < c.parts[s].size()) xs.push_back(c.steps[s]), ys.push_back(c.parts[s][k]);
+    curve(r, b, xs, ys, col);
+  }
+  return r;
+}
+
+}  // namespace lizard
