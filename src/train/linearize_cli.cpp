@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <csignal>
+#include <filesystem>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -59,7 +60,9 @@ int run_linearize(const LinearizeArgs& a) {
     LZ_CHECK(in.good(), "cannot read --config '{}'", a.config);
     cfg = lizard_config_from_string(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()));
   }
-  const std::string teacher_path = a.teacher.empty() ? default_model_path() : a.teacher;
+  // Absolute, so that the checkpoint finds its teacher from any working directory.
+  const std::string teacher_path =
+      std::filesystem::absolute(a.teacher.empty() ? default_model_path() : a.teacher).lexically_normal().string();
   auto ck = std::make_shared<Checkpoint>(open_checkpoint(teacher_path));
   LZ_CHECK(ck->tokenizer != nullptr, "teacher '{}' has no tokenizer", teacher_path);
   cfg.validate(ck->config.n_layers);
