@@ -387,6 +387,10 @@ void cmd_init_lizard(const std::string& model_arg, const std::string& out, const
 int main(int argc, char** argv) {
   CLI::App app{"lizard: linearize Llama-family LLMs and generate with constant memory"};
   app.require_subcommand(1);
+  // One line for a bad flag, as for every other error.
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return std::string("lizard: error: ") + e.what() + " (see --help)\n";
+  });
   app.set_version_flag("--version", "lizard 0.1.0");
 
   std::string model;
@@ -413,16 +417,16 @@ int main(int argc, char** argv) {
   gen->add_option("--teacher", g.teacher, "teacher of a Lizard checkpoint, if moved from its recorded path");
   gen->add_option("-p,--prompt", g.prompt, "prompt text (default: -f FILE or stdin)");
   gen->add_option("-f,--file", g.prompt_file, "read the prompt from a file");
-  gen->add_option("-n,--n-predict", g.n, "tokens to generate")->capture_default_str()->check(CLI::NonNegativeNumber);
-  gen->add_option("--temp", g.temp, "sampling temperature; 0 = greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
+  gen->add_option("-n,--n-predict", g.n, "tokens to generate")->capture_default_str()->check(CLI::Range(0, 1 << 30));
+  gen->add_option("--temp", g.temp, "sampling temperature; 0 = greedy")->capture_default_str()->check(CLI::Range(0, 1 << 30));
   gen->add_option("--top-k", g.top_k, "keep the k most likely tokens (0 = all)")->capture_default_str();
   gen->add_option("--top-p", g.top_p, "nucleus sampling threshold")->capture_default_str()->check(CLI::Range(0.0f, 1.0f));
   gen->add_option("--repeat-penalty", g.repeat_penalty, "repetition penalty (1 = off)")->capture_default_str();
   gen->add_option("--seed", g.seed, "random seed (default: random)")->each([&](const std::string&) { g.seed_set = true; });
   gen->add_flag("--chat", g.chat, "wrap the prompt in the model's own chat template");
   gen->add_option("--system", g.system, "system message for --chat (default: the template's own)");
-  gen->add_option("-t,--threads", g.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
-  gen->add_option("--ctx", g.ctx, "context length (default: the model's)")->check(CLI::NonNegativeNumber);
+  gen->add_option("-t,--threads", g.threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1 << 30));
+  gen->add_option("--ctx", g.ctx, "context length (default: the model's)")->check(CLI::Range(0, 1 << 30));
   gen->add_flag("--exact", g.exact, "fp32 activations in decoding (matches reference implementations; slower)");
   gen->add_flag("-q,--quiet", g.quiet, "do not echo the prompt");
   gen->add_option("--save-state", g.save_state, "after generating, save the whole context (prompt + output) to FILE");
@@ -439,8 +443,8 @@ int main(int argc, char** argv) {
   serve->add_option("--parallel", sv.parallel, "requests generated at once (more wait)")->capture_default_str()
       ->check(CLI::Range(1, 256));
   serve->add_option("-t,--threads", sv.threads, "CPU threads in all, shared by the slots (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
-  serve->add_option("--ctx", sv.ctx, "context length (default: the model's)")->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 1 << 30));
+  serve->add_option("--ctx", sv.ctx, "context length (default: the model's)")->check(CLI::Range(0, 1 << 30));
   serve->add_option("--alias", sv.alias, "model id in the API (default: the model file's name)");
   serve->add_flag("-q,--quiet", sv.quiet, "do not log requests");
 
@@ -527,7 +531,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 0.5));
   lin->add_option("--max-data-tokens", la.max_data_tokens, "read at most about this many tokens of data (0: all)");
   lin->add_option("--seed", la.seed, "seed of the initialisation and the data order")->capture_default_str();
-  lin->add_option("-t,--threads", la.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  lin->add_option("-t,--threads", la.threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1 << 30));
   lin->add_flag("-q,--quiet", la.quiet, "no progress lines");
 
   try {
