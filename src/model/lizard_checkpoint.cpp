@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <tuple>
 
 #include "formats/safetensors.h"
 #include "util/error.h"
@@ -209,6 +210,25 @@ void save_lizard_checkpoint(const std::string& path, const LizardCheckpoint& ck)
       tensors.push_back(std::move(t));
     }
   }
+  // Adapter widths: q [H*D, d], k and v [Hkv*D, d].
+  auto lora_out = [&](const std::string& t) {
+    return int64_t(t == "q" ? ck.shape.n_heads : ck.shape.n_kv_heads) * ck.shape.head_dim;
+  };
+  json lora_meta;
+  if (!ck.lora.empty()) {
+    json ls = json::array();
+    for (auto& [l, m] : ck.lora.layers) {
+      ls.push_back(l);
+      for (auto& [t, ad] : m) {
+        const int64_t r = ck.lora.rank, in = ck.shape.d_model, out = lora_out(t);
+        LZ_CHECK(int64_t(ad.a.size()) == r * in && int64_t(ad.b.size()) == out * r,
+                 "lizard checkpoint: LoRA blk.{}.{} has the wrong size", l, t);
+        tensors.push_back({fmt::format("blk.{}.lora.{}.a", l, t), DType::F32, {r, in}, ad.a.data(), ad.a.size() * 4});
+        tensors.push_back({fmt::format("blk.{}.lora.{}.b", l, t), DType::F32, {out, r}, ad.b.data(), ad.b.size() * 4});
+      }
+    }
+    lora_meta = {{"rank", ck.lora.rank}, {"alpha", ck.lora.alpha}, {"targets", ck.lora.targets}, {"layers", ls}};
+  }
   json shape = {{"d_model", ck.shape.d_model},
                 {"n_heads", ck.shape.n_heads},
                 {"n_kv_heads", ck.shape.n_kv_heads},
@@ -222,6 +242,7 @@ void save_lizard_checkpoint(const std::string& path, const LizardCheckpoint& ck)
                                              {"lizard_config", lizard_config_to_json(ck.config).dump()},
                                              {"shape", shape.dump()},
                                              {"teacher", teacher.dump()}};
+  if (!lora_meta.is_null()) meta["lora"] = lora_meta.dump();
   write_safetensors(path, tensors, meta);
 }
 
@@ -269,7 +290,38 @@ LizardCheckpoint load_lizard_checkpoint(const std::string& path) {
     }
     ck.layers[l] = std::move(p);
   }
-  // Other tensors (LoRA, later) are left to their readers; unknown Lizard ones mean a broken file.
+  if (auto it = meta.find("lora"); it != meta.end()) {
+    try {
+      const json j = json::parse(it->second);
+      ck.lora.rank = j.at("rank").get<int>();
+      ck.lora.alpha = j.at("alpha").get<double>();
+      ck.lora.targets = j.at("targets").get<std::vector<std::string>>();
+      for (int l : j.at("layers").get<std::vector<int>>()) ck.lora.layers[l];
+    } catch (const json::exception& e) {
+      fail("'{}': bad LoRA metadata: {}", path, e.what());
+    }
+    LZ_CHECK(ck.lora.rank >= 1, "'{}': bad LoRA rank {}", path, ck.lora.rank);
+    for (auto& [l, m] : ck.lora.layers) {
+      LZ_CHECK(l >= 0 && l < ck.n_layers, "'{}': LoRA for layer {} of {}", path, l, ck.n_layers);
+      for (const std::string& t : ck.lora.targets) {
+        LZ_CHECK(t == "q" || t == "k" || t == "v", "'{}': LoRA target '{}' (q, k, v)", path, t);
+        const int64_t r = ck.lora.rank, in = ck.shape.d_model,
+                      out = int64_t(t == "q" ? ck.shape.n_heads : ck.shape.n_kv_heads) * ck.shape.head_dim;
+        LoraAdapter ad;
+        for (auto [suffix, vec, shp] : {std::tuple{"a", &ad.a, std::vector<int64_t>{r, in}},
+                                        std::tuple{"b", &ad.b, std::vector<int64_t>{out, r}}}) {
+          const std::string name = fmt::format("blk.{}.lora.{}.{}", l, t, suffix);
+          const TensorView* tv = f.find_tensor(name);
+          LZ_CHECK(tv && tv->type == DType::F32 && tv->shape == shp, "'{}': LoRA tensor '{}' is missing or malformed",
+                   path, name);
+          vec->resize(static_cast<size_t>(tv->numel()));
+          std::memcpy(vec->data(), tv->data, vec->size() * sizeof(float));
+        }
+        m[t] = std::move(ad);
+      }
+    }
+  }
+  // Other tensors are left to their readers; unknown Lizard ones mean a broken file.
   for (const auto& t : f.tensors())
     LZ_CHECK(t.name.find(".lizard.") == std::string::npos || expected.count(t.name),
              "'{}': unexpected Lizard tensor '{}' (not a Lizard layer of its config)", path, t.name);

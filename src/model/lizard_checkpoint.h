@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "model/config.h"
 #include "model/lizard_config.h"
@@ -27,12 +28,28 @@ struct TeacherRecord {
 };
 TeacherRecord fingerprint_teacher(const std::string& path);  // throws Error if missing
 
+// LoRA adapters of stage 2 (train/lora.h), stored beside the Lizard tensors as F32
+// blk.N.lora.T.a {rank, in} and blk.N.lora.T.b {out, rank} for T in targets ("q", "k", "v"), with
+// __metadata__ "lora" = JSON {rank, alpha, targets, layers}. The delta is (alpha / rank) B A.
+struct LoraAdapter {
+  std::vector<float> a, b;
+};
+struct LoraSet {
+  int rank = 0;  // 0: no LoRA
+  double alpha = 0;
+  std::vector<std::string> targets;
+  std::map<int, std::map<std::string, LoraAdapter>> layers;  // layer -> target -> adapter
+  bool empty() const { return rank == 0 || layers.empty(); }
+  double scale() const { return rank > 0 ? alpha / rank : 0.0; }
+};
+
 struct LizardCheckpoint {
   LizardConfig config;
   LizardShape shape;
   int n_layers = 0;                    // teacher layers (Lizard and softmax)
   std::map<int, LizardParams> layers;  // one entry per Lizard layer
   TeacherRecord teacher;
+  LoraSet lora;                        // stage 2's adapters (empty after stage 1)
 };
 
 // Builds an empty-teacher checkpoint with init_lizard_params for every Lizard layer.

@@ -167,6 +167,41 @@ LlamaState LlamaModel::new_state() const {
 
 void LlamaModel::Linear::run(const float* x, int64_t n, float* y) const {
   matmul(*w, x, n, y, f32.empty() ? nullptr : f32.data(), bias.empty() ? nullptr : bias.data(), exact);
+  add_lora(x, n, y);
+}
+
+void LlamaModel::Linear::add_lora(const float* x, int64_t n, float* y) const {
+  if (!lora) return;
+  const int64_t in = w->cols(), out = w->rows(), r = lora->rank;
+#pragma omp parallel for if (n * out * r > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    float h[64];  // rank <= 64 (checked in set_lora)
+    for (int64_t j = 0; j < r; ++j) {
+      float s = 0;
+      for (int64_t c = 0; c < in; ++c) s += lora->a[j * in + c] * x[i * in + c];
+      h[j] = s * lora->scale;
+    }
+    for (int64_t o = 0; o < out; ++o) {
+      float s = 0;
+      for (int64_t j = 0; j < r; ++j) s += lora->b[o * r + j] * h[j];
+      y[i * out + o] += s;
+    }
+  }
+}
+
+void LlamaModel::set_lora(int layer, char target, std::shared_ptr<const LoraDelta> delta) {
+  LZ_CHECK(layer >= 0 && layer < cfg_.n_layers, "LoRA for layer {}: the model has {}", layer, cfg_.n_layers);
+  Layer& L = layers_[layer];
+  Linear* l = target == 'q' ? &L.q : target == 'k' ? &L.k : target == 'v' ? &L.v : nullptr;
+  LZ_CHECK(l != nullptr, "LoRA target '{}' is not supported (q, k, v)", target);
+  if (delta) {
+    const int64_t in = l->w->cols(), out = l->w->rows();
+    LZ_CHECK(delta->rank >= 1 && delta->rank <= 64, "LoRA rank {} is out of range (1..64)", delta->rank);
+    LZ_CHECK(int64_t(delta->a.size()) == delta->rank * in && int64_t(delta->b.size()) == out * delta->rank,
+             "LoRA for blk.{}.{}: sizes {} and {} do not fit rank {} on a {}x{} weight", layer, target, delta->a.size(),
+             delta->b.size(), delta->rank, out, in);
+  }
+  l->lora = std::move(delta);
 }
 
 std::span<const float> LlamaModel::forward(const int32_t* tokens, int64_t n, int64_t start_pos, LlamaState& st,
@@ -221,6 +256,9 @@ void LlamaModel::forward_chunk(const int32_t* tokens, int64_t n, int64_t pos0, L
     if (n == 1) {
       const MatvecJob jobs[3] = {L.q.job(q), L.k.job(k), L.v.job(v)};
       matvec_many(jobs, 3, xn, exact_);
+      L.q.add_lora(xn, 1, q);
+      L.k.add_lora(xn, 1, k);
+      L.v.add_lora(xn, 1, v);
     } else {
       L.q.run(xn, n, q);
       L.k.run(xn, n, k);

@@ -26,6 +26,13 @@ struct ModelOptions {
 
 class LlamaModel;
 
+// A low-rank update of a frozen linear layer (LoRA): y += scale * (x A^T) B^T, A [rank, in], B [out, rank].
+struct LoraDelta {
+  int rank = 0;
+  float scale = 0;
+  std::vector<float> a, b;
+};
+
 class LlamaState {
  public:
   int64_t n_past() const { return n_past_; }  // positions held
@@ -80,6 +87,8 @@ class LlamaModel {
   // Replace layer i's mixer (e.g. with a Lizard layer). States made before must be remade.
   void set_mixer(int layer, std::shared_ptr<const SequenceMixer> mixer);
   const SequenceMixer& mixer(int layer) const { return *layers_.at(layer).mixer; }
+  // Adds a LoRA delta to layer's q, k or v projection (target 'q', 'k', 'v'); null removes it.
+  void set_lora(int layer, char target, std::shared_ptr<const LoraDelta> delta);
 
  private:
   struct Linear {
@@ -87,7 +96,9 @@ class LlamaModel {
     std::vector<float> f32;   // dequantized copy for prefill, when within the cache budget
     std::vector<float> bias;  // empty if none
     bool exact = false;
+    std::shared_ptr<const LoraDelta> lora;  // null if none
     void run(const float* x, int64_t n, float* y) const;
+    void add_lora(const float* x, int64_t n, float* y) const;
     MatvecJob job(float* y) const { return {w, y, bias.empty() ? nullptr : bias.data()}; }
   };
   struct Layer {

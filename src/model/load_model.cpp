@@ -42,6 +42,21 @@ void apply_lizard(LlamaModel& model, const LizardCheckpoint& ck) {
   check_lizard_teacher_shape(ck, model.config());
   for (const auto& [layer, params] : ck.layers)
     model.set_mixer(layer, std::make_shared<const LizardMixer>(ck.config, model.config(), params));
+  apply_lora(model, ck.lora);
+}
+
+void apply_lora(LlamaModel& model, const LoraSet& lora) {
+  if (lora.empty()) return;
+  for (const auto& [layer, m] : lora.layers)
+    for (const auto& [t, ad] : m) {
+      auto d = std::make_shared<LoraDelta>();
+      d->rank = lora.rank;
+      d->scale = static_cast<float>(lora.scale());
+      d->a = ad.a;
+      d->b = ad.b;
+      LZ_CHECK(t.size() == 1, "LoRA target '{}' is not supported (q, k, v)", t);
+      model.set_lora(layer, t[0], std::move(d));
+    }
 }
 
 void save_lizard_dir(const std::string& dir, const LizardCheckpoint& ck) {

@@ -41,8 +41,10 @@ std::string find_lizard_checkpoint(const std::string& path);
 std::string lizard_teacher_path(const LizardCheckpoint& ck, const std::string& lizard_file,
                                 const std::string& teacher = {});
 
-// Gives every Lizard layer of ck a LizardMixer on `model` (checks the teacher's shape first).
+// Gives every Lizard layer of ck a LizardMixer on `model` (checks the teacher's shape first), and
+// its LoRA adapters (stage 2), if any, to the q/k/v projections.
 void apply_lizard(LlamaModel& model, const LizardCheckpoint& ck);
+void apply_lora(LlamaModel& model, const LoraSet& lora);
 
 // Writes DIR/lizard.safetensors (creating DIR); the layout load_model opens.
 void save_lizard_dir(const std::string& dir, const LizardCheckpoint& ck);
