@@ -22,6 +22,7 @@
 
 #include "eval/eval_cli.h"
 #include "formats/gguf.h"
+#include "generate/bench_generate.h"
 #include "generate/generate.h"
 #include "generate/state_io.h"
 #include "model/checkpoint.h"
@@ -501,6 +502,25 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   initl->add_option("--seed", init_seed, "initialisation seed")->capture_default_str();
 
+  // ---- bench generate: speed and memory against the context length (src/generate/bench_generate) ----
+  BenchGenerateArgs bg;
+  auto* bench = app.add_subcommand("bench", "Measure: generate (speed and memory against the context length)");
+  bench->require_subcommand(1);
+  auto* bgen = bench->add_subcommand("generate", "Prefill/decode tokens/s, state memory and peak RSS, teacher vs Lizard");
+  bgen->add_option("-m,--model", bg.model, "teacher: GGUF file or Hugging Face directory (default: the bundled one)");
+  bgen->add_option("--lizard", bg.lizard, "Lizard checkpoint (default: an untrained all-layer one, made in a temp dir)");
+  bgen->add_option("--teacher", bg.teacher, "teacher of --lizard, if moved from its recorded path");
+  bgen->add_option("--contexts", bg.contexts, "tokens to prefill")->delimiter(',')->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  bgen->add_option("--decode", bg.decode, "single-token steps timed after each prefill")->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  bgen->add_option("--out", bg.out, "folder for bench_generate.{json,md,png}")->capture_default_str();
+  bgen->add_option("--time-limit", bg.time_limit, "seconds per (model, context) run; longer ones are killed")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  bgen->add_option("-t,--threads", bg.threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1 << 30));
+  bgen->add_option("--seed", bg.seed, "seed of the random prompt tokens")->capture_default_str();
+  bgen->add_flag("-q,--quiet", bg.quiet, "no progress lines");
+
   // ---- linearize: stage 1 attention transfer (src/train) ----
   LinearizeArgs la;
   auto* lin = app.add_subcommand("linearize", "Train Lizard layers to imitate a teacher's attention (stage 1)");
@@ -544,6 +564,7 @@ int main(int argc, char** argv) {
     else if (*ev) run_eval(ea);
     else if (*lin) return run_linearize(la);
     else if (*initl) cmd_init_lizard(model, init_out, init_config, init_seed);
+    else if (*bgen) return run_bench_generate_cli(bg);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const Error& e) {

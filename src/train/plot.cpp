@@ -106,4 +106,122 @@ Raster plot_loss_curves(const LossCurves& c) {
   return r;
 }
 
+namespace {
+
+// One axis: value -> pixel offset along [0, len), on a linear or log10 scale.
+struct Axis {
+  double lo = 0, hi = 1;
+  bool log = false;
+  double t(double v) const { return log ? std::log10(v) : v; }
+  bool ok(double v) const { return std::isfinite(v) && (!log || v > 0); }
+  double frac(double v) const { return (t(v) - t(lo)) / std::max(t(hi) - t(lo), 1e-12); }
+};
+
+Axis fit_axis(const std::vector<double>& vs, bool log, bool from_zero) {
+  Axis a;
+  a.log = log;
+  double lo = INFINITY, hi = -INFINITY;
+  for (double v : vs)
+    if (a.ok(v)) lo = std::min(lo, v), hi = std::max(hi, v);
+  if (!(lo <= hi)) lo = log ? 1 : 0, hi = log ? 10 : 1;
+  if (!log && from_zero) lo = std::min(lo, 0.0);
+  if (log) {
+    lo = std::pow(10.0, std::floor(std::log10(lo))), hi = std::pow(10.0, std::ceil(std::log10(hi)));
+    if (hi <= lo) hi = lo * 10;
+  } else {
+    const double span = hi > lo ? hi - lo : std::max(std::fabs(hi), 1.0);
+    if (!from_zero || lo < 0) lo -= 0.05 * span;
+    hi += 0.1 * span;
+  }
+  a.lo = lo, a.hi = hi;
+  return a;
+}
+
+std::string tick_label(double v) {
+  const double a = std::fabs(v);
+  if (a != 0 && (a >= 1e6 || a < 1e-2)) return fmt::format("{:.0e}", v);
+  if (a >= 100 || v == std::round(v)) return fmt::format("{:.0f}", v);
+  return fmt::format("{:.2g}", v);
+}
+
+void draw_line_panel(Raster& r, const LinePanel& p, int x, int y, int w, int h) {
+  const Rgb black{0, 0, 0}, grid{225, 225, 225};
+  std::vector<double> xs, ys;
+  for (const auto& s : p.series) xs.insert(xs.end(), s.x.begin(), s.x.end()), ys.insert(ys.end(), s.y.begin(), s.y.end());
+  xs.insert(xs.end(), p.x_ticks.begin(), p.x_ticks.end());
+  Axis ax = fit_axis(xs, p.log_x, false), ay = fit_axis(ys, p.log_y, p.y_from_zero);
+  if (p.log_x && !xs.empty()) {  // no padding to whole decades along x: the data's own range
+    double lo = INFINITY, hi = -INFINITY;
+    for (double v : xs)
+      if (ax.ok(v)) lo = std::min(lo, v), hi = std::max(hi, v);
+    if (lo < hi) ax.lo = lo / 1.25, ax.hi = hi * 1.25;
+  }
+  auto px = [&](double v) { return x + int(std::lround(ax.frac(v) * (w - 1))); };
+  auto py = [&](double v) { return y + h - 1 - int(std::lround(ay.frac(v) * (h - 1))); };
+  // y grid and labels: decades on a log axis, 5 steps on a linear one
+  std::vector<double> yt;
+  if (ay.log)
+    for (double d = std::log10(ay.lo); d <= std::log10(ay.hi) + 1e-9; d += 1) yt.push_back(std::pow(10.0, d));
+  else
+    for (int i = 0; i <= 5; ++i) yt.push_back(ay.lo + (ay.hi - ay.lo) * i / 5);
+  for (double v : yt) {
+    const int yy = py(v);
+    for (int xx = x; xx < x + w; ++xx) r.set(xx, yy, grid);
+    const std::string lab = tick_label(v);
+    r.text(x - Raster::text_width(lab) - 4, yy - 3, lab, black);
+  }
+  // x ticks
+  std::vector<double> xt = p.x_ticks;
+  std::vector<std::string> xl = p.x_tick_labels;
+  if (xt.empty()) xt = {ax.lo, ax.hi};
+  for (size_t i = 0; i < xt.size(); ++i) {
+    if (!ax.ok(xt[i])) continue;
+    const int xx = px(xt[i]);
+    for (int yy = y; yy < y + h; ++yy) r.set(xx, yy, grid);
+    line(r, xx, y + h - 1, xx, y + h + 2, black);
+    const std::string lab = i < xl.size() ? xl[i] : tick_label(xt[i]);
+    r.text(xx - Raster::text_width(lab) / 2, y + h + 5, lab, black);
+  }
+  line(r, x, y, x, y + h - 1, black);
+  line(r, x, y + h - 1, x + w - 1, y + h - 1, black);
+  r.text(x, y - 30, p.title, black);
+  r.text(x - 4, y - 16, p.y_label + (p.log_y ? " (log)" : ""), black);
+  const std::string xlab = p.x_label + (p.log_x ? " (log)" : "");
+  r.text(x + (w - Raster::text_width(xlab)) / 2, y + h + 18, xlab, black);
+  // the series, then the legend in the top-right corner
+  int ly = y + 6;
+  for (const auto& s : p.series) {
+    bool prev = false;
+    int qx = 0, qy = 0;
+    for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
+      if (!ax.ok(s.x[i]) || !ay.ok(s.y[i])) {
+        prev = false;
+        continue;
+      }
+      const int cx = px(s.x[i]), cy = py(s.y[i]);
+      if (prev) {
+        line(r, qx, qy, cx, cy, s.color);
+        line(r, qx, qy + 1, cx, cy + 1, s.color);
+      }
+      r.fill_rect(cx - 2, cy - 2, 5, 5, s.color);
+      prev = true, qx = cx, qy = cy;
+    }
+    const int lx = x + w - Raster::text_width(s.name) - 30;
+    r.fill_rect(lx, ly + 2, 16, 3, s.color);
+    r.text(lx + 22, ly, s.name, black);
+    ly += 12;
+  }
+}
+
+}  // namespace
+
+Raster plot_line_panels(const std::string& title, const std::vector<LinePanel>& panels) {
+  const int pw = 460, ph = 320, left = 80, gap = 100, top = 80, bottom = 60;
+  const int n = std::max<int>(1, static_cast<int>(panels.size()));
+  Raster r(left + n * pw + (n - 1) * gap + 40, top + ph + bottom);
+  r.text(left, 12, title, Rgb{0, 0, 0}, 2);
+  for (int i = 0; i < static_cast<int>(panels.size()); ++i) draw_line_panel(r, panels[i], left + i * (pw + gap), top, pw, ph);
+  return r;
+}
+
 }  // namespace lizard

@@ -21,4 +21,22 @@ struct LossCurves {
 
 Raster plot_loss_curves(const LossCurves& c);
 
+// General line charts: panels side by side, each with labelled axes, optional log10 x and/or y,
+// one coloured line (with dots at the points) per series and a legend. Non-finite or (on a log
+// axis) non-positive points are left out, breaking the line.
+struct Series {
+  std::string name;
+  Rgb color;
+  std::vector<double> x, y;
+};
+struct LinePanel {
+  std::string title, x_label, y_label;
+  bool log_x = false, log_y = false;
+  bool y_from_zero = false;             // linear y: start the axis at 0
+  std::vector<double> x_ticks;          // empty: the ends of the data
+  std::vector<std::string> x_tick_labels;
+  std::vector<Series> series;
+};
+Raster plot_line_panels(const std::string& title, const std::vector<LinePanel>& panels);
+
 }  // namespace lizard
