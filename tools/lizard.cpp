@@ -523,13 +523,22 @@ int main(int argc, char** argv) {
 
   // ---- linearize: stage 1 attention transfer (src/train) ----
   LinearizeArgs la;
-  auto* lin = app.add_subcommand("linearize", "Train Lizard layers to imitate a teacher's attention (stage 1)");
+  auto* lin = app.add_subcommand("linearize", "Linearize a teacher: stage 1 attention transfer, stage 2 LoRA fine-tuning");
   lin->add_option("--teacher", la.teacher, "teacher: GGUF file or Hugging Face directory (default: the bundled one)");
   lin->add_option("--data", la.data, "text / JSONL files or folders to train on")->expected(1, -1)->required();
   lin->add_option("--out", la.out, "output folder: the Lizard model, training state, log.jsonl, loss.png")->required();
   lin->add_option("--config", la.config, "Lizard layer config (JSON; default: LIZARD.md's defaults)")
       ->check(CLI::ExistingFile);
-  lin->add_option("--stage", la.stage, "training stage (only 1 so far)")->capture_default_str();
+  lin->add_option("--stage", la.stage,
+                  "1: attention transfer; 2: LoRA fine-tuning (from --teacher when it is a Lizard model); "
+                  "both: 1 into OUT/stage1, then 2 into OUT")
+      ->capture_default_str();
+  lin->add_option("--lora-rank", la.lora_rank, "stage 2: LoRA rank")->capture_default_str()->check(CLI::Range(1, 64));
+  lin->add_option("--lora-alpha", la.lora_alpha, "stage 2: LoRA alpha (delta = alpha/rank B A)")->capture_default_str();
+  lin->add_option("--lora-targets", la.lora_targets, "stage 2: projections with LoRA (of q,k,v)")->capture_default_str();
+  lin->add_option("--lr2", la.lr2, "stage 2: peak learning rate")->capture_default_str()->check(CLI::PositiveNumber);
+  lin->add_flag("--recompute", la.recompute, "stage 2: recompute each layer's activations in the backward (less memory)");
+  lin->add_flag("--train-lizard", la.train_lizard, "stage 2: also train the Lizard parameters");
   lin->add_option("--steps", la.steps, "optimizer steps (default: 20M tokens' worth)")->check(CLI::PositiveNumber);
   lin->add_option("--tokens", la.tokens, "training tokens instead of --steps")->check(CLI::PositiveNumber);
   lin->add_option("--seq-len", la.seq_len, "tokens per sequence")->capture_default_str()->check(CLI::Range(2, 1 << 20));

@@ -356,6 +356,13 @@ LizardCheckpoint load_lizard_checkpoint(const std::string& path, const std::stri
   return ck;
 }
 
+static std::string lora_line(const LoraSet& l) {
+  if (l.empty()) return {};
+  std::string t;
+  for (const auto& x : l.targets) t += (t.empty() ? "" : ",") + x;
+  return fmt::format("  LoRA: rank {}, alpha {} on {} of {} layers\n", l.rank, l.alpha, t, l.layers.size());
+}
+
 std::string describe_lizard_checkpoint(const LizardCheckpoint& ck) {
   size_t n = 0;
   for (const auto& [l, p] : ck.layers) n += p.numel();
@@ -366,7 +373,8 @@ std::string describe_lizard_checkpoint(const LizardCheckpoint& ck) {
       "head_dim {}, {} layers; Lizard layers: {} ({} of {})\n  parameters: {}\n  config: {}\n",
       ck.config.combine == LizardConfig::Combine::Lizard ? "lizard" : "lolcats", ck.teacher.path, ck.teacher.size,
       ck.teacher.fingerprint.substr(0, 16), ck.shape.d_model, ck.shape.n_heads, ck.shape.n_kv_heads, ck.shape.head_dim,
-      ck.n_layers, layers, ck.layers.size(), ck.n_layers, n, lizard_config_to_json(ck.config).dump());
+      ck.n_layers, layers, ck.layers.size(), ck.n_layers, n, lizard_config_to_json(ck.config).dump()) +
+         lora_line(ck.lora);
 }
 
 }  // namespace lizard

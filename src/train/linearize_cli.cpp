@@ -10,13 +10,17 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include "model/checkpoint.h"
 #include "model/lizard_checkpoint.h"
 #include "train/data.h"
+#include "model/load_model.h"
+#include "train/lora.h"
 #include "train/stage1.h"
+#include "train/stage2.h"
 #include "train/trainer.h"
 #include "util/error.h"
 
@@ -44,7 +48,7 @@ struct SigintScope {
 }  // namespace
 
 int run_linearize(const LinearizeArgs& a) {
-  LZ_CHECK(a.stage == "1", "--stage {}: only stage 1 (attention transfer) is implemented so far", a.stage);
+  LZ_CHECK(a.stage == "1" || a.stage == "2" || a.stage == "both", "--stage {}: expected 1, 2 or both", a.stage);
   LZ_CHECK(a.device == "cpu", "--device {}: only cpu is implemented for training so far", a.device);
   LZ_CHECK(!a.out.empty(), "no output directory given (--out DIR)");
   LZ_CHECK(!a.data.empty(), "no training data given (--data PATH...)");
@@ -61,8 +65,18 @@ int run_linearize(const LinearizeArgs& a) {
     cfg = lizard_config_from_string(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()));
   }
   // Absolute, so that the checkpoint finds its teacher from any working directory.
-  const std::string teacher_path =
+  std::string teacher_path =
       std::filesystem::absolute(a.teacher.empty() ? default_model_path() : a.teacher).lexically_normal().string();
+  // --stage 2 from a Lizard model (stage 1's output): its layers, and its teacher.
+  std::optional<LizardCheckpoint> from;
+  if (const std::string lf = find_lizard_checkpoint(teacher_path); !lf.empty()) {
+    LZ_CHECK(a.stage == "2", "--teacher '{}' is a Lizard model: only --stage 2 starts from one", teacher_path);
+    LZ_CHECK(a.config.empty(), "--config: the Lizard model '{}' has its own", teacher_path);
+    from = load_lizard_checkpoint(lf);
+    teacher_path = std::filesystem::absolute(lizard_teacher_path(*from, lf)).lexically_normal().string();
+    from->lora = {};
+    cfg = from->config;
+  }
   auto ck = std::make_shared<Checkpoint>(open_checkpoint(teacher_path));
   LZ_CHECK(ck->tokenizer != nullptr, "teacher '{}' has no tokenizer", teacher_path);
   cfg.validate(ck->config.n_layers);
@@ -77,10 +91,83 @@ int run_linearize(const LinearizeArgs& a) {
   const Dataset data = load_dataset(dopt, *ck->tokenizer, ck->chat_template);
   if (!a.quiet) std::fprintf(stderr, "data: %s\n", data.describe().c_str());
 
+  const TeacherRecord teacher_rec = fingerprint_teacher(teacher_path);
+  namespace fs = std::filesystem;
+  const bool both = a.stage == "both";
+  const std::string out1 = both ? (fs::path(a.out) / "stage1").string() : a.out;
+  auto base_options = [&](const std::string& out, double lr, bool resume) {
+    TrainOptions to;
+    to.out_dir = out;
+    to.steps = steps;
+    to.batch = a.batch;
+    to.seq_len = a.seq_len;
+    to.lr = lr;
+    to.warmup_frac = a.warmup;
+    to.final_lr_frac = a.final_lr;
+    to.adam.weight_decay = a.weight_decay;
+    to.clip = a.clip;
+    to.save_every = a.save_every;
+    to.eval_every = a.eval_every;
+    to.val_seqs = a.val_seqs;
+    to.eval_tokens = a.eval_tokens;
+    to.seed = a.seed;
+    to.resume = resume;
+    to.quiet = a.quiet;
+    return to;
+  };
+  SigintScope sig;
+  if (a.stage == "2" || both) {
+    LizardCheckpoint start;
+    if (both) {
+      // Stage 1 first, unless a resumed run finished it already.
+      const bool done1 = fs::exists(fs::path(out1) / "report.json");
+      if (!(a.resume && done1)) {
+        LinearizeArgs a1 = a;
+        a1.stage = "1";
+        a1.out = out1;
+        a1.teacher = teacher_path;
+        a1.resume = a.resume && fs::exists(fs::path(out1) / kTrainStateFile);
+        const int rc = run_linearize(a1);
+        if (rc != 0) return rc;
+      }
+      start = load_lizard_checkpoint((fs::path(out1) / kLizardCheckpointFile).string());
+    } else if (from) {
+      start = *from;
+    } else {
+      start = init_lizard_checkpoint(cfg, ck->config, a.seed);
+      start.teacher = teacher_rec;
+    }
+    Stage2Options o2;
+    o2.lora.rank = a.lora_rank;
+    o2.lora.alpha = a.lora_alpha;
+    o2.lora.targets = parse_lora_targets(a.lora_targets);
+    o2.init_seed = a.seed;
+    o2.train_lizard = a.train_lizard;
+    o2.recompute = a.recompute;
+    o2.seq_len = a.seq_len;
+    o2.threads = a.threads;
+    Stage2 stage2(ck, start, o2);
+    TrainOptions to = base_options(a.out, a.lr2, a.resume && (!both || fs::exists(fs::path(a.out) / kTrainStateFile)));
+    to.args = {{"teacher", teacher_path}, {"data", a.data}, {"lizard_config", lizard_config_to_json(start.config)},
+               {"stage", "2"}, {"from", both ? out1 : (from ? a.teacher : std::string("(fresh Lizard layers)"))},
+               {"device", a.device}, {"steps", steps}, {"seq_len", a.seq_len}, {"batch", a.batch}, {"lr", a.lr2},
+               {"lora_rank", a.lora_rank}, {"lora_alpha", a.lora_alpha}, {"lora_targets", a.lora_targets},
+               {"train_lizard", a.train_lizard}, {"recompute", a.recompute}, {"weight_decay", a.weight_decay},
+               {"clip", a.clip}, {"warmup", a.warmup}, {"final_lr", a.final_lr}, {"seed", a.seed},
+               {"threads", stage2.teacher().n_threads()}};
+    to.stop = &g_stop;
+    const TrainResult r = train(stage2, data, to);
+    if (r.interrupted) return 130;
+    if (!a.quiet)
+      std::fprintf(stderr, "stage 2 done: %lld steps, %.0f tokens/s; model in %s\n",
+                   static_cast<long long>(r.steps_done), r.tokens_per_s, a.out.c_str());
+    return 0;
+  }
+
   Stage1Options so;
   so.config = cfg;
   so.init_seed = a.seed;
-  so.teacher = fingerprint_teacher(teacher_path);
+  so.teacher = teacher_rec;
   so.seq_len = a.seq_len;
   so.threads = a.threads;
   Stage1 stage(ck, so);
@@ -117,7 +204,6 @@ int run_linearize(const LinearizeArgs& a) {
              {"final_lr", a.final_lr},
              {"seed", a.seed},
              {"threads", stage.teacher().n_threads()}};
-  SigintScope sig;
   to.stop = &g_stop;
   const TrainResult r = train(stage, data, to);
   if (r.interrupted) return 130;

@@ -11,7 +11,10 @@ struct LinearizeArgs {
   std::vector<std::string> data;      // text / JSONL files or folders
   std::string out;                    // output directory (a Lizard model + training state)
   std::string config;                 // LizardConfig JSON file (default: LIZARD.md's defaults)
-  std::string stage = "1";            // 1 (2 and both: not yet)
+  // 1: attention transfer into OUT. 2: LoRA fine-tuning into OUT, starting from --teacher when it is a
+  // Lizard model (stage 1's output), else from freshly initialised Lizard layers. both: stage 1 into
+  // OUT/stage1, then stage 2 from it into OUT (a --resume skips a finished stage 1).
+  std::string stage = "1";
   std::string device = "cpu";
   int64_t steps = 0, tokens = 0;      // steps, or tokens (steps = ceil(tokens / (batch * seq_len)))
   int seq_len = 2048, batch = 8;      // paper: sequences of 2048
@@ -22,9 +25,14 @@ struct LinearizeArgs {
   uint64_t seed = 1234;
   int threads = 0;
   bool resume = false, quiet = false;
+  // Stage 2 (paper: LoRA r 8, alpha 16 on q, k, v; peak lr 5e-4).
+  int lora_rank = 8;
+  double lora_alpha = 16, lr2 = 5e-4;
+  std::string lora_targets = "q,k,v";
+  bool recompute = false, train_lizard = false;
 };
 
-// Runs stage 1 end to end. Returns the process exit status: 0, or 130 after Ctrl-C (the state is
+// Runs the chosen stage(s) end to end. Returns the process exit status: 0, or 130 after Ctrl-C (the state is
 // saved first). Throws Error on bad input.
 int run_linearize(const LinearizeArgs& a);
 
