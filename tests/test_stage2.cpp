@@ -355,14 +355,14 @@ TEST(Stage2Train, LossFallsAndTheSavedModelCarriesTheLora) {
   auto tiny = lizard::testing::make_tiny(sd, sp);
   const int L = 16;
   Stage2 stage(tiny.ck, tiny_lizard(*tiny.ck, tiny_config()), tiny_options(L));
-  Dataset data = random_tokens(sd.rng, sp.vocab, L, 24, 2);
+  Dataset data = random_tokens(sd.rng, sp.vocab, L, 4, 2);  // few sequences: LoRA can fit them
   TempDir dir;
   TrainOptions o;
   o.out_dir = dir.path.string();
   o.steps = 30;
   o.batch = 2;
   o.seq_len = L;
-  o.lr = 2e-2;
+  o.lr = 1e-2;
   o.eval_every = 10;
   o.val_seqs = 2;
   o.eval_tokens = 32;
@@ -371,7 +371,7 @@ TEST(Stage2Train, LossFallsAndTheSavedModelCarriesTheLora) {
   ASSERT_EQ(r.losses.size(), 30u);
   const double first = (r.losses[0] + r.losses[1] + r.losses[2]) / 3,
                last = (r.losses[27] + r.losses[28] + r.losses[29]) / 3;
-  EXPECT_LT(last, 0.9 * first) << "first " << first << " last " << last;
+  EXPECT_LT(last, 0.85 * first) << "first " << first << " last " << last;
   std::printf("[stage2] tiny model: loss %.4g -> %.4g over 30 steps (%.0f tokens/s)\n", first, last, r.tokens_per_s);
   for (const char* f : {kLizardCheckpointFile, kTrainStateFile, kTrainLogFile, "loss.png", "report.json"})
     EXPECT_TRUE(fs::exists(dir.path / f)) << f;
