@@ -1,5 +1,7 @@
 #include "train/stage2.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -291,6 +293,24 @@ LossResult Stage2::run(const std::vector<const int32_t*>& seqs, int seq_len, boo
   LZ_CHECK(seq_len >= 1 && seq_len <= opt_.seq_len, "stage 2: a sequence of {} tokens (up to {})", seq_len,
            opt_.seq_len);
   if (grads) net_->zero_grads();
+  // The projections are single big sgemm calls from this thread: let BLAS use the cores here (the
+  // rest of the process keeps it single-threaded inside OpenMP regions).
+  struct BlasThreads {
+    int prev = 1;
+    explicit BlasThreads(int n) {
+#ifdef OPENBLAS_VERSION
+      prev = openblas_get_num_threads();
+      openblas_set_num_threads(n);
+#else
+      (void)n;
+#endif
+    }
+    ~BlasThreads() {
+#ifdef OPENBLAS_VERSION
+      openblas_set_num_threads(prev);
+#endif
+    }
+  } blas(teacher_->n_threads());
   const auto t0 = std::chrono::steady_clock::now();
   const double w = 1.0 / (double(seqs.size()) * seq_len);
   LossResult r;
