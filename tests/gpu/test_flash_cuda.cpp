@@ -85,7 +85,9 @@ TEST(FlashCuda, CausalGqaMatchesCpu) {
     std::printf("[flash-cuda] B%d L%d H%d Hkv%d D%d: out rel err %.2e, lse max abs err %.2e (seed %llu)\n", c.B, c.L,
                 c.H, c.Hkv, c.D, e, lerr, (unsigned long long)seed);
     EXPECT_LT(e, 1e-2);
-    EXPECT_LT(lerr, 1e-3);
+    // The kernel's row sum adds the bf16-rounded probabilities that also weight V (so out is
+    // normalised consistently); lse carries their rounding, ~2^-9 relative per term.
+    EXPECT_LT(lerr, 3e-3);
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse);
   }
 }
