@@ -19,6 +19,6 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}  # shared cores: waiting thre
 out="$root/out/lizard-smollm2"
 rm -rf "$out"
 "$lz" linearize --data /usr/share/common-licenses --out "$out" --stage 1 \
-  --steps 40 --seq-len 256 --batch 2 --eval-every 20
+  --steps 40 --seq-len 256 --batch 2 --eval-every 20 --val-fraction 0.2
 "$lz" info "$out"
 "$lz" generate -m "$out" --temp 0 -n 32 -p "The GNU General Public License is"

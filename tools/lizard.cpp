@@ -75,7 +75,10 @@ void cmd_info(const std::string& model_arg, const std::string& teacher_arg) {
   fmt::print("d_model:        {}\n", c.d_model);
   fmt::print("heads:          {} query, {} key/value, head dim {}\n", c.n_heads, c.n_kv_heads, c.head_dim);
   fmt::print("ffn:            {} (SwiGLU)\n", c.d_ff);
-  fmt::print("context length: {}\n", c.max_seq_len);
+  if (lz && static_cast<int>(lz->layers.size()) == c.n_layers)
+    fmt::print("context length: unbounded (every layer is Lizard; the teacher was trained to {})\n", c.max_seq_len);
+  else
+    fmt::print("context length: {}\n", c.max_seq_len);
   std::string scaling = c.rope_scaling.kind == RopeScaling::Kind::Llama3   ? fmt::format(", llama3 scaling x{}", c.rope_scaling.factor)
                         : c.rope_scaling.kind == RopeScaling::Kind::Linear ? fmt::format(", linear scaling x{}", c.rope_scaling.factor)
                                                                              : std::string();
