@@ -147,6 +147,11 @@ TEST(BenchGenerate, TinyTeacherAndLizard) {
   const std::string md = read_file(tmp.p / "bench_generate.md");
   EXPECT_NE(md.find("| model | context |"), std::string::npos);
   EXPECT_NE(md.find("| lizard | 256 |"), std::string::npos) << md;
+  // The summary says Lizard's state is flat and the teacher's is not.
+  EXPECT_NE(md.find("- lizard: from 64 to 256 tokens (4x), state"), std::string::npos) << md;
+  EXPECT_NE(md.find("MiB (flat)"), std::string::npos) << md;
+  EXPECT_NE(md.find("- teacher: from 64 to 256 tokens (4x)"), std::string::npos) << md;
+  EXPECT_NE(md.find("MiB (x3.8)"), std::string::npos) << md;  // 260 / 68 positions after decoding
   // PNG: signature, IHDR with the raster's size, IEND at the end.
   const std::string png = read_file(tmp.p / "bench_generate.png");
   ASSERT_GT(png.size(), 33u + 12u);

@@ -338,6 +338,27 @@ std::string bench_generate_markdown(const std::vector<BenchRun>& runs) {
     else
       s += fmt::format("| {} | {} | {} | | | | | {} |\n", r.model, r.context, r.status, r.note);
   }
+  // Per model, shortest against longest finished context: is the state flat, the decode constant?
+  std::vector<std::string> names;
+  for (const auto& r : runs)
+    if (std::find(names.begin(), names.end(), r.model) == names.end()) names.push_back(r.model);
+  std::string summary;
+  for (const auto& name : names) {
+    const BenchRun *a = nullptr, *b = nullptr;
+    for (const auto& r : runs)
+      if (r.model == name && r.ok()) {
+        if (!a) a = &r;
+        b = &r;
+      }
+    if (!a || !b || a == b) continue;
+    const double grow = static_cast<double>(b->state_bytes_end) / static_cast<double>(std::max<uint64_t>(a->state_bytes_end, 1));
+    summary += fmt::format(
+        "- {}: from {} to {} tokens ({:.0f}x), state {} -> {} MiB ({}), decode {:.2f} -> {:.2f} tok/s ({:+.0f}%)\n", name,
+        a->context, b->context, static_cast<double>(b->context) / static_cast<double>(a->context), mib(a->state_bytes_end),
+        mib(b->state_bytes_end), grow == 1.0 ? "flat" : fmt::format("x{:.1f}", grow), a->decode_tok_s, b->decode_tok_s,
+        100.0 * (b->decode_tok_s / std::max(a->decode_tok_s, 1e-12) - 1.0));
+  }
+  if (!summary.empty()) s += "\n" + summary;
   return s;
 }
 
@@ -359,7 +380,7 @@ Raster plot_bench_generate(const std::vector<BenchRun>& runs, const std::string&
   dec.y_label = "tokens/s";
   dec.y_from_zero = true;
   for (LinePanel* p : {&mem, &dec}) {
-    p->x_label = "context (tokens prefilled)";
+    p->x_label = "context: tokens prefilled";
     p->log_x = true;
     for (int64_t L : contexts) p->x_ticks.push_back(static_cast<double>(L)), p->x_tick_labels.push_back(context_label(L));
   }

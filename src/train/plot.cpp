@@ -155,6 +155,7 @@ void draw_line_panel(Raster& r, const LinePanel& p, int x, int y, int w, int h) 
     for (double v : xs)
       if (ax.ok(v)) lo = std::min(lo, v), hi = std::max(hi, v);
     if (lo < hi) ax.lo = lo / 1.25, ax.hi = hi * 1.25;
+    else if (lo == hi) ax.lo = lo / 2, ax.hi = hi * 2;  // one point: centred
   }
   auto px = [&](double v) { return x + int(std::lround(ax.frac(v) * (w - 1))); };
   auto py = [&](double v) { return y + h - 1 - int(std::lround(ay.frac(v) * (h - 1))); };
