@@ -26,6 +26,7 @@
 #include "generate/generate.h"
 #include "generate/state_io.h"
 #include "model/checkpoint.h"
+#include "model/export.h"
 #include "model/lizard_checkpoint.h"
 #include "model/llama.h"
 #include "model/load_model.h"
@@ -566,8 +567,26 @@ int main(int argc, char** argv) {
   lin->add_option("-t,--threads", la.threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1 << 30));
   lin->add_flag("-q,--quiet", la.quiet, "no progress lines");
 
+  std::string exp_dir, exp_out, exp_dtype = "f32", exp_teacher;
+  auto* exp = app.add_subcommand("export", "Write a Lizard checkpoint as a standalone model directory");
+  exp->add_option("--merge-lora", exp_dir, "Lizard checkpoint directory; its LoRA is merged into W_q, W_k, W_v")
+      ->required();
+  exp->add_option("--out", exp_out, "new directory (config.json, model.safetensors, lizard.safetensors, tokenizer)")
+      ->required();
+  exp->add_option("--dtype", exp_dtype, "weights in the output: f32 (exact) or bf16")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
+  exp->add_option("--teacher", exp_teacher, "the teacher, if moved from the path the checkpoint records");
+
   try {
     app.parse(argc, argv);
+    if (*exp) {
+      ExportOptions eo;
+      eo.dtype = exp_dtype == "bf16" ? DType::BF16 : DType::F32;
+      eo.teacher = exp_teacher;
+      std::printf("%s\n", export_merged(exp_dir, exp_out, eo).c_str());
+      return 0;
+    }
     if (*info) cmd_info(model, teacher);
     else if (*tok) cmd_tokenize(model, tokenizer_json, jsonl, decode, bos);
     else if (*gen) cmd_generate(g);

@@ -413,6 +413,8 @@ Checkpoint open_checkpoint(const std::string& path) {
   return ck;
 }
 
+std::string hf_tensor_name(const std::string& canonical) { return hf_name(canonical); }
+
 std::string default_model_path() {
   if (const char* env = std::getenv("LIZARD_MODEL"); env && *env) return env;
   std::vector<fs::path> candidates = {fs::path("models") / kDefaultModelFile};

@@ -48,4 +48,7 @@ Checkpoint open_checkpoint(const std::string& path);
 // or $LIZARD_MODEL); throws Error saying how to fetch it when missing.
 std::string default_model_path();
 
+// The Hugging Face name of a canonical tensor name (model.layers.N.self_attn.q_proj.weight, ...).
+std::string hf_tensor_name(const std::string& canonical);
+
 }  // namespace lizard

@@ -121,6 +121,8 @@ TeacherRecord fingerprint_teacher(const std::string& path) {
   if (fs::is_directory(path, ec)) {
     for (const auto& e : fs::directory_iterator(path, ec)) {
       if (!e.is_regular_file()) continue;
+      // A Lizard checkpoint may live in its own (exported) teacher directory; it cannot hash itself.
+      if (e.path().filename() == "lizard.safetensors") continue;
       const auto ext = e.path().extension().string();
       if (ext == ".safetensors" || ext == ".json" || ext == ".gguf") files.push_back(e.path());
     }

@@ -18,7 +18,7 @@
 namespace lizard {
 
 // What identifies the teacher. fingerprint = SHA-256 over, for each file (the file itself, or the
-// *.safetensors, *.json and *.gguf files of a directory, sorted by name): name (directories only),
+// *.safetensors, *.json and *.gguf files of a directory but lizard.safetensors, sorted by name): name (directories only),
 // size, the first MiB and the last MiB (the whole file when <= 2 MiB). Cheap on multi-GB files and changes with any re-quantisation or re-export.
 struct TeacherRecord {
   std::string path;

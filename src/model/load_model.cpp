@@ -26,6 +26,11 @@ std::string lizard_teacher_path(const LizardCheckpoint& ck, const std::string& l
                                 const std::string& teacher) {
   std::error_code ec;
   std::string path = teacher.empty() ? ck.teacher.path : teacher;
+  // "." records a teacher in the checkpoint's own directory (lizard export), wherever it is now.
+  if (teacher.empty() && path == ".") {
+    const fs::path dir = fs::path(lizard_file).parent_path();
+    path = dir.empty() ? std::string(".") : dir.string();
+  }
   if (teacher.empty() && fs::path(path).is_relative() && !fs::exists(path, ec)) {
     const fs::path alt = fs::path(lizard_file).parent_path() / path;
     if (fs::exists(alt, ec)) path = alt.string();

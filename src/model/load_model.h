@@ -37,7 +37,8 @@ LoadedModel load_model(const std::string& path, const ModelOptions& opt = {}, co
 std::string find_lizard_checkpoint(const std::string& path);
 
 // The teacher of a Lizard checkpoint read from lizard_file: `teacher` when given, else the recorded
-// path (a relative one is also tried beside the checkpoint). Checks its fingerprint; throws Error.
+// path (a relative one is also tried beside the checkpoint; "." is the checkpoint's own directory, as
+// lizard export writes). Checks its fingerprint; throws Error.
 std::string lizard_teacher_path(const LizardCheckpoint& ck, const std::string& lizard_file,
                                 const std::string& teacher = {});
 
