@@ -3,6 +3,7 @@
 #
 #   scripts/device_cuda.sh build     # on the dev machine (nvcc 13, no GPU): reduced build into build-dev/
 #   scripts/device_cuda.sh run       # on the GPU machine: tests, compute-sanitizer, benchmark
+#   scripts/device_cuda.sh layer     # on the GPU machine: build-dev/bench_layer (one decoder layer, < 60 s)
 #
 # Why a reduced build here: it costs no device minutes and does not depend on the rest of the tree
 # compiling. (Seen on the H200 image, 2026-11-27: /usr/include/{CLI,fmt,gtest,nlohmann}, OpenBLAS,
@@ -70,10 +71,17 @@ build() {
     # the kernels only (no CPU reference, no OpenBLAS): small, and every symbol resolved
   g++ -shared -Wl,--no-undefined -o $out/liblizard_capi.so $out/obj/lizard_capi.o $out/obj/src_ops_cuda_cuda_error.cpp.o \
     "${objs[@]}" -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -static-libstdc++ -static-libgcc
-  strip $out/lizard_gpu_tests $out/liblizard_capi.so
+  # one decoder layer, teacher and Lizard, fwd and fwd+bwd (issue 4 item c); cuBLASLt linked dynamically
+  # (the static library is ~1 GB; the GPU machine's toolkit has libcublasLt.so.13), rpath to its folder
+  $nvcc $nvflags -c bench/gpu/bench_layer.cu -o $out/obj/bench_layer.o >$out/log/bench_layer.ptxas 2>&1 ||
+    { cat $out/log/bench_layer.ptxas; exit 1; }
+  g++ -o $out/bench_layer $out/obj/bench_layer.o $out/obj/src_ops_cuda_cuda_error.cpp.o "${objs[@]}" \
+    -L/usr/local/cuda/lib64 -lcublasLt -lcudart_static -ldl -lrt -lpthread -static-libstdc++ -static-libgcc \
+    -Wl,-rpath,/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib
+  strip $out/lizard_gpu_tests $out/liblizard_capi.so $out/bench_layer
   grep -hE "Compiling entry|registers|spill" $out/log/*.ptxas | sed 's/_ZN6lizard4cuda[^ ]*_cu_[0-9a-f]*//' |
     paste - - - | awk '{print}' > $out/log/ptxas_summary.txt || true
-  echo "built: $out/lizard_gpu_tests $out/liblizard_capi.so"
+  echo "built: $out/lizard_gpu_tests $out/liblizard_capi.so $out/bench_layer"
   grep -c "spill stores" $out/log/*.ptxas >/dev/null && grep -hE "[1-9][0-9]* bytes spill" $out/log/*.ptxas || true
 }
 
@@ -103,9 +111,21 @@ bench() {
   PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-200} python3 bench/gpu/bench_lizard.py --final 2>&1 | tee "$o/bench.log" || true
 }
 
+# One decoder layer (teacher and Lizard) fwd and fwd+bwd, tokens/s and fraction of a measured 8192^3 GEMM
+# (< 60 s). Device call: run(command="bash scripts/device_cuda.sh layer", carry=["build-dev/bench_layer"])
+layer() {
+  local o=${OUT:-/tmp/out}
+  mkdir -p "$o"
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader || true
+  [ -x $out/bench_layer ] || { echo "no $out/bench_layer: run 'scripts/device_cuda.sh build' here first"; exit 1; }
+  LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} timeout ${LAYER_TIMEOUT:-90} $out/bench_layer "$@" 2>&1 |
+    tee "$o/bench_layer.log"
+}
+
 case "$mode" in
   build) build ;;
   run) run ;;
   bench) bench ;;
-  *) echo "usage: $0 build|run|bench"; exit 2 ;;
+  layer) shift; layer "$@" ;;
+  *) echo "usage: $0 build|run|bench|layer"; exit 2 ;;
 esac
