@@ -15,6 +15,7 @@
 #include <random>
 
 #include "llama_fixture.h"
+#include "train_fixture.h"
 #include "model/lizard_checkpoint.h"
 #include "model/load_model.h"
 #include "ops/cpu/layer_backward.h"
@@ -27,6 +28,8 @@ namespace fs = std::filesystem;
 using namespace lizard;
 using lizard::testing::Seeded;
 using lizard::testing::TinySpec;
+using lizard::testing::logged_losses;
+using lizard::testing::random_tokens;
 
 namespace {
 
@@ -114,35 +117,6 @@ std::vector<int32_t> random_seq(Seeded& s, int n, int vocab) {
   return v;
 }
 
-Dataset random_tokens(std::mt19937_64& rng, int vocab, int seq_len, int n_train, int n_val) {
-  Dataset d;
-  std::uniform_int_distribution<int> pick(0, vocab - 1);
-  auto fill = [&](std::vector<int32_t>& v, int n) {
-    while (static_cast<int>(v.size()) < n) {
-      const int len = 3 + pick(rng) % 4;
-      std::vector<int32_t> phrase;
-      for (int i = 0; i < len; ++i) phrase.push_back(pick(rng));
-      for (int rep = 0; rep < 3; ++rep) v.insert(v.end(), phrase.begin(), phrase.end());
-    }
-    v.resize(static_cast<size_t>(n));
-  };
-  fill(d.train.tokens, n_train * seq_len + 1);
-  fill(d.val.tokens, n_val * seq_len + 1);
-  d.documents = 1;
-  d.files = 1;
-  return d;
-}
-
-std::vector<double> logged_losses(const fs::path& dir) {
-  std::vector<double> v;
-  std::ifstream in(dir / kTrainLogFile);
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) v.push_back(j["loss"].get<double>());
-  }
-  return v;
-}
 
 }  // namespace
 
@@ -355,7 +329,7 @@ TEST(Stage2Train, LossFallsAndTheSavedModelCarriesTheLora) {
   auto tiny = lizard::testing::make_tiny(sd, sp);
   const int L = 16;
   Stage2 stage(tiny.ck, tiny_lizard(*tiny.ck, tiny_config()), tiny_options(L));
-  Dataset data = random_tokens(sd.rng, sp.vocab, L, 4, 2);  // few sequences: LoRA can fit them
+  Dataset data = random_tokens(sd.rng, sp.vocab, L, 4, 2, 4, 3);  // few sequences: LoRA can fit them
   TempDir dir;
   TrainOptions o;
   o.out_dir = dir.path.string();
@@ -413,7 +387,7 @@ TEST(Stage2Resume, StopAndResumeReproducesTheUninterruptedLosses) {
   auto tiny = lizard::testing::make_tiny(sd, sp);
   const int L = 12, N = 4;
   const LizardCheckpoint lz = tiny_lizard(*tiny.ck, tiny_config());
-  Dataset data = random_tokens(sd.rng, sp.vocab, L, 7, 2);
+  Dataset data = random_tokens(sd.rng, sp.vocab, L, 7, 2, 4, 3);
   TrainOptions o;
   o.steps = 2 * N;
   o.batch = 2;

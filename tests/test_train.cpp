@@ -13,6 +13,7 @@
 
 #include "formats/safetensors.h"
 #include "llama_fixture.h"
+#include "train_fixture.h"
 #include "model/lizard_checkpoint.h"
 #include "model/lizard_mixer.h"
 #include "train/optimizer.h"
@@ -24,6 +25,8 @@ namespace fs = std::filesystem;
 using namespace lizard;
 using lizard::testing::Seeded;
 using lizard::testing::TinySpec;
+using lizard::testing::logged_losses;
+using lizard::testing::random_tokens;
 
 namespace {
 
@@ -56,36 +59,6 @@ Stage1Options tiny_stage_options(const LizardConfig& c, int seq_len) {
   return o;
 }
 
-Dataset random_tokens(std::mt19937_64& rng, int vocab, int seq_len, int n_train, int n_val) {
-  Dataset d;
-  std::uniform_int_distribution<int> pick(0, vocab - 1);
-  // A little structure (repeated phrases) so that attention has something to find.
-  auto fill = [&](std::vector<int32_t>& v, int n) {
-    while (static_cast<int>(v.size()) < n) {
-      const int len = 3 + pick(rng) % 5;
-      std::vector<int32_t> phrase;
-      for (int i = 0; i < len; ++i) phrase.push_back(pick(rng));
-      for (int rep = 0; rep < 2; ++rep) v.insert(v.end(), phrase.begin(), phrase.end());
-    }
-    v.resize(static_cast<size_t>(n));
-  };
-  fill(d.train.tokens, n_train * seq_len + 1);
-  fill(d.val.tokens, n_val * seq_len + 1);
-  d.documents = 1;
-  d.files = 1;
-  return d;
-}
-
-std::vector<double> logged_losses(const fs::path& dir) {
-  std::vector<double> v;
-  std::ifstream in(dir / kTrainLogFile);
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) v.push_back(j["loss"].get<double>());
-  }
-  return v;
-}
 
 bool has_temp_files(const fs::path& dir) {
   for (auto& e : fs::directory_iterator(dir))
@@ -267,7 +240,7 @@ TEST(TrainLoop, LossFallsOnATinyTeacher) {
   auto tiny = lizard::testing::make_tiny(sd, sp);
   const int L = 24;
   Stage1 stage(tiny.ck, tiny_stage_options(tiny_config(), L));
-  Dataset data = random_tokens(sd.rng, sp.vocab, L, 40, 3);
+  Dataset data = random_tokens(sd.rng, sp.vocab, L, 40, 3, 5, 2);
   TempDir dir;
   TrainOptions o;
   o.out_dir = dir.path.string();
@@ -310,7 +283,7 @@ TEST(TrainResume, StopAndResumeReproducesTheUninterruptedLosses) {
   sp.ctx = 32;
   auto tiny = lizard::testing::make_tiny(sd, sp);
   const int L = 16, N = 5;
-  Dataset data = random_tokens(sd.rng, sp.vocab, L, 7, 2);  // 7 samples: the order wraps an epoch
+  Dataset data = random_tokens(sd.rng, sp.vocab, L, 7, 2, 5, 2);  // 7 samples: the order wraps an epoch
   TrainOptions o;
   o.steps = 2 * N;
   o.batch = 2;
