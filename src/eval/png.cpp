@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace lizard {
@@ -131,16 +132,7 @@ std::vector<uint8_t> encode_png(const Raster& r) {
 
 void write_png(const std::string& path, const Raster& r) {
   const auto bytes = encode_png(r);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    LZ_CHECK(f.good(), "cannot write '{}'", tmp);
-    f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    LZ_CHECK(f.good(), "cannot write '{}'", tmp);
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  LZ_CHECK(!ec, "cannot rename '{}' to '{}': {}", tmp, path, ec.message());
+  write_file_atomic(path, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
 }
 
 Rgb heat_color(double v) {

@@ -9,25 +9,13 @@
 #include <map>
 
 #include "eval/png.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace fs = std::filesystem;
 
 namespace lizard {
 namespace {
-
-void write_atomic(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    LZ_CHECK(f.good(), "cannot write '{}'", tmp.string());
-    f << text;
-    LZ_CHECK(f.good(), "cannot write '{}'", tmp.string());
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  LZ_CHECK(!ec, "cannot rename '{}' to '{}': {}", tmp.string(), path.string(), ec.message());
-}
 
 std::string fmt_value(double v) {
   const double a = std::abs(v);
@@ -101,8 +89,8 @@ std::string write_report(const EvalReport& r, const std::string& dir) {
   fs::create_directories(dir, ec);
   LZ_CHECK(!ec, "cannot create output folder '{}': {}", dir, ec.message());
   const fs::path base = fs::path(dir) / (r.task + "_" + file_stem(r.model));
-  write_atomic(base.string() + ".json", r.to_json().dump(2) + "\n");
-  write_atomic(base.string() + ".md", r.markdown());
+  write_file_atomic(base.string() + ".json", r.to_json().dump(2) + "\n");
+  write_file_atomic(base.string() + ".md", r.markdown());
   return base.string() + ".json";
 }
 

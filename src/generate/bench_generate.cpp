@@ -25,6 +25,7 @@
 #include "model/lizard_checkpoint.h"
 #include "model/load_model.h"
 #include "train/plot.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace fs = std::filesystem;
@@ -72,17 +73,6 @@ std::string mib(uint64_t b) { return fmt::format("{:.1f}", static_cast<double>(b
 std::string context_label(int64_t L) {
   if (L >= 1024 && L % 1024 == 0) return fmt::format("{}K", L / 1024);
   return std::to_string(L);
-}
-
-void write_text_atomic(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    LZ_CHECK(out.good(), "cannot write '{}'", tmp.string());
-    out << text;
-    LZ_CHECK(out.good(), "cannot write '{}'", tmp.string());
-  }
-  fs::rename(tmp, path);
 }
 
 }  // namespace
@@ -402,8 +392,8 @@ Raster plot_bench_generate(const std::vector<BenchRun>& runs, const std::string&
 void write_bench_generate(const std::string& dir, const std::vector<BenchRun>& runs, const nlohmann::json& meta,
                           const std::string& title) {
   fs::create_directories(dir);
-  write_text_atomic(fs::path(dir) / "bench_generate.json", bench_generate_json(runs, meta).dump(2) + "\n");
-  write_text_atomic(fs::path(dir) / "bench_generate.md", "# " + title + "\n\n" + bench_generate_markdown(runs));
+  write_file_atomic((fs::path(dir) / "bench_generate.json").string(), bench_generate_json(runs, meta).dump(2) + "\n");
+  write_file_atomic((fs::path(dir) / "bench_generate.md").string(), "# " + title + "\n\n" + bench_generate_markdown(runs));
   write_png((fs::path(dir) / "bench_generate.png").string(), plot_bench_generate(runs, title));
 }
 

@@ -11,6 +11,7 @@
 #include <iterator>
 #include <sstream>
 
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace lizard {
@@ -225,27 +226,7 @@ SavedSequence deserialize_state(const LlamaModel& model, LlamaState& st, std::st
 
 void save_state(const std::string& path, const LlamaModel& model, const LlamaState& st, const SavedSequence& seq) {
   const std::string bytes = serialize_state(model, st, seq);
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail("cannot create '{}': {}", tmp, std::strerror(errno));
-  try {
-    size_t done = 0;
-    while (done < bytes.size()) {
-      const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) fail("cannot write '{}': {}", tmp, std::strerror(errno));
-      done += static_cast<size_t>(n);
-    }
-    if (::fsync(fd) != 0) fail("cannot sync '{}': {}", tmp, std::strerror(errno));
-    const int rc = ::close(fd);
-    fd = -1;
-    if (rc != 0) fail("cannot close '{}': {}", tmp, std::strerror(errno));
-    if (::rename(tmp.c_str(), path.c_str()) != 0) fail("cannot rename '{}' to '{}': {}", tmp, path, std::strerror(errno));
-  } catch (...) {
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
+  write_file_atomic(path, bytes);
 }
 
 SavedSequence load_state(const std::string& path, const LlamaModel& model, LlamaState& st) {

@@ -14,6 +14,7 @@
 #include "eval/perplexity.h"
 #include "formats/safetensors.h"
 #include "train/plot.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace fs = std::filesystem;
@@ -37,20 +38,6 @@ std::string human_time(double s) {
   if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t / 60) % 60);
   if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
   return fmt::format("{}s", t);
-}
-
-void write_text_atomic(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    LZ_CHECK(out.good(), "cannot write '{}'", tmp.string());
-    out << text;
-    out.flush();
-    LZ_CHECK(out.good(), "cannot write '{}'", tmp.string());
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  LZ_CHECK(!ec, "cannot rename '{}' to '{}': {}", tmp.string(), path.string(), ec.message());
 }
 
 // What ties a training state to its run; a resume must match every field.
@@ -166,7 +153,7 @@ void trim_log(const fs::path& path, int64_t step, LossCurves& curves) {
     kept += line + "\n";
   }
   in.close();
-  write_text_atomic(path, kept);
+  write_file_atomic(path.string(), kept);
 }
 
 std::string parts_summary(const LossResult& r, const std::vector<std::string>& names) {
@@ -231,7 +218,7 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
     res.start_step = s.step;
     trim_log(log_path, s.step, curves);
   } else {
-    write_text_atomic(log_path, "");
+    write_file_atomic(log_path.string(), "");
   }
   std::ofstream log(log_path, std::ios::app);
   LZ_CHECK(log.good(), "cannot write '{}'", log_path.string());
@@ -392,7 +379,7 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
   } else {
     rep["heldout_eval"] = nullptr;
   }
-  write_text_atomic(dir / "report.json", rep.dump(2) + "\n");
+  write_file_atomic((dir / "report.json").string(), rep.dump(2) + "\n");
   log_line({{"event", "end"}, {"step", step}, {"report", rep}});
   res.report = rep;
   return res;
