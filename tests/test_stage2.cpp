@@ -65,14 +65,7 @@ void expect_fd(std::vector<double>& x, const std::vector<double>& grad, const st
   EXPECT_LT(worst / scale, tol) << what << ": max abs error " << worst << " (max |grad| " << scale << ")";
 }
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("lizard_stage2_" + std::to_string(std::random_device{}()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using TempDir = lizard::testing::ScratchDir;
 
 LizardConfig tiny_config() {
   LizardConfig c;

@@ -30,14 +30,7 @@ using lizard::testing::random_tokens;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("lizard_train_" + std::to_string(std::random_device{}()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using TempDir = lizard::testing::ScratchDir;
 
 LizardConfig tiny_config() {
   LizardConfig c;

@@ -13,6 +13,19 @@
 
 namespace lizard::testing {
 
+// A fresh directory under $TMPDIR, removed with everything in it at scope exit.
+struct ScratchDir {
+  std::filesystem::path path;
+  ScratchDir() {
+    path = std::filesystem::temp_directory_path() / ("lizard_train_" + std::to_string(std::random_device{}()));
+    std::filesystem::create_directories(path);
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+
 // Token streams with a little structure (each random phrase of 3..3+extra-1 tokens repeated `reps`
 // times in a row), so that attention has something to find and a tiny model something to learn.
 inline Dataset random_tokens(std::mt19937_64& rng, int vocab, int seq_len, int n_train, int n_val, int extra, int reps) {
