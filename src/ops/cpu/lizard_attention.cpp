@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "ops/cpu/lizard_common.h"
+#include "ops/cpu/rope.h"
 
 namespace lizard {
 
@@ -13,28 +14,8 @@ using namespace lz;
 // ---- RoPE ---------------------------------------------------------------------------------------
 
 LizardRope LizardRope::make(int head_dim, double theta, const RopeScaling& sc) {
-  LZ_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim {} must be even", head_dim);
-  LZ_CHECK(theta > 0, "rope: theta must be positive");
   LizardRope r;
-  const int half = head_dim / 2;
-  r.inv_freq.resize(half);
-  for (int j = 0; j < half; ++j) {
-    double f = std::pow(theta, -2.0 * j / head_dim);
-    if (sc.kind == RopeScaling::Kind::Linear) {
-      f /= sc.factor;
-    } else if (sc.kind == RopeScaling::Kind::Llama3) {
-      const double old = sc.original_max_position;
-      const double low_wl = old / sc.low_freq_factor, high_wl = old / sc.high_freq_factor;
-      const double wl = 2.0 * M_PI / f;
-      if (wl > low_wl) {
-        f /= sc.factor;
-      } else if (wl >= high_wl) {
-        const double smooth = (old / wl - sc.low_freq_factor) / (sc.high_freq_factor - sc.low_freq_factor);
-        f = (1.0 - smooth) * f / sc.factor + smooth * f;
-      }
-    }
-    r.inv_freq[j] = f;
-  }
+  r.inv_freq = rope_inv_freq_f64(head_dim, theta, sc);
   return r;
 }
 

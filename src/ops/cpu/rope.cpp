@@ -8,12 +8,12 @@
 
 namespace lizard {
 
-std::vector<float> rope_inv_freq(int head_dim, float theta, const RopeScaling& s) {
+std::vector<double> rope_inv_freq_f64(int head_dim, double theta, const RopeScaling& s) {
   LZ_CHECK(head_dim > 0 && head_dim % 2 == 0, "RoPE needs an even head dimension, got {}", head_dim);
+  LZ_CHECK(theta > 0, "RoPE theta must be positive, got {}", theta);
   const int half = head_dim / 2;
-  std::vector<float> inv(half);
-  for (int j = 0; j < half; ++j)
-    inv[j] = static_cast<float>(1.0 / std::pow(static_cast<double>(theta), 2.0 * j / head_dim));
+  std::vector<double> inv(half);
+  for (int j = 0; j < half; ++j) inv[j] = 1.0 / std::pow(theta, 2.0 * j / head_dim);
   if (s.kind == RopeScaling::Kind::Linear) {
     LZ_CHECK(s.factor > 0, "RoPE scaling factor must be positive, got {}", s.factor);
     for (auto& f : inv) f /= s.factor;
@@ -28,14 +28,19 @@ std::vector<float> rope_inv_freq(int head_dim, float theta, const RopeScaling& s
       const double wavelen = 2.0 * std::numbers::pi / f;
       if (wavelen < high_wavelen) continue;
       if (wavelen > low_wavelen) {
-        f = static_cast<float>(f / s.factor);
+        f /= s.factor;
       } else {
         const double smooth = (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-        f = static_cast<float>((1.0 - smooth) * f / s.factor + smooth * f);
+        f = (1.0 - smooth) * f / s.factor + smooth * f;
       }
     }
   }
   return inv;
+}
+
+std::vector<float> rope_inv_freq(int head_dim, float theta, const RopeScaling& s) {
+  const auto d = rope_inv_freq_f64(head_dim, theta, s);
+  return std::vector<float>(d.begin(), d.end());
 }
 
 void rope_apply(float* x, int64_t n, int64_t stride, int n_heads, int head_dim, int64_t pos0,

@@ -10,6 +10,8 @@ namespace lizard {
 
 // inv_freq[j] = theta^(-2j/D) for j < D/2, then the config's scaling (Llama-3 or linear).
 std::vector<float> rope_inv_freq(int head_dim, float theta, const RopeScaling& scaling);
+// The same in double (for the fp64 reference forms of the Lizard layer).
+std::vector<double> rope_inv_freq_f64(int head_dim, double theta, const RopeScaling& scaling);
 
 // Rotates n rows in place; row i holds n_heads heads of head_dim floats, starts at x + i*stride and
 // sits at position pos0 + i. inv_freq has head_dim/2 entries.
