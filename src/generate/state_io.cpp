@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "util/atomic_file.h"
+#include "util/hash.h"
 #include "util/error.h"
 
 namespace lizard {
@@ -21,13 +22,10 @@ namespace {
 constexpr char kMagic[8] = {'L', 'Z', 'S', 'T', 'A', 'T', 'E', '\0'};
 constexpr uint32_t kVersion = 1;
 
-// FNV-1a, 64 bit: enough to tell models and corrupt files apart (not a cryptographic check).
+// Running FNV-1a (util/hash.h) over the file: enough to tell models and corrupt files apart.
 struct Fnv {
-  uint64_t h = 1469598103934665603ull;
-  void add(const void* p, size_t n) {
-    const auto* b = static_cast<const unsigned char*>(p);
-    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-  }
+  uint64_t h = kFnvOffset;
+  void add(const void* p, size_t n) { h = fnv1a(p, n, h); }
   template <typename T>
   void add_pod(const T& v) { add(&v, sizeof v); }
   void add_str(const std::string& s) {

@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "util/error.h"
+#include "util/hash.h"
 
 namespace fs = std::filesystem;
 
@@ -69,12 +70,6 @@ std::string render_alpaca(const nlohmann::json& j, const ChatTemplate& chat) {
   std::vector<ChatMessage> msgs{{"user", user}, {"assistant", j.value("output", "")}};
   if (chat.format == ChatFormat::Unknown) return user + "\n\n" + j.value("output", "");
   return chat.render(msgs, /*add_generation_prompt=*/false);
-}
-
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
 }
 
 }  // namespace
@@ -143,7 +138,7 @@ Dataset load_dataset(const DataOptions& opt, const Tokenizer& tok, const ChatTem
     for (auto& d : docs) {
       auto ids = tok.encode(d, /*add_bos=*/false);
       if (ids.empty()) continue;
-      bool val = (fnv1a(d) % 1000000) < static_cast<uint64_t>(opt.val_fraction * 1000000);
+      bool val = (fnv1a(d.data(), d.size()) % 1000000) < static_cast<uint64_t>(opt.val_fraction * 1000000);
       auto& dst = val ? ds.val.tokens : ds.train.tokens;
       dst.insert(dst.end(), ids.begin(), ids.end());
       if (sep) dst.push_back(*sep);

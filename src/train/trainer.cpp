@@ -15,6 +15,7 @@
 #include "formats/safetensors.h"
 #include "train/plot.h"
 #include "util/atomic_file.h"
+#include "util/hash.h"
 #include "util/error.h"
 
 namespace fs = std::filesystem;
@@ -25,12 +26,6 @@ namespace lizard {
 namespace {
 
 constexpr const char* kStateFormat = "lizard-train-state/1";
-
-uint64_t fnv1a(const void* data, size_t n, uint64_t h = 1469598103934665603ull) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
 
 std::string human_time(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
