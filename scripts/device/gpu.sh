@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Driver for runs on the lent GPU machine (device tool), over several calls on one warm machine.
+# The teacher (98 MB) is larger than one call carries, so it travels in two halves:
+#   here:    scripts/device/build_bundle.sh && scripts/device/gpu.sh split     (makes .stage/m1, .stage/m2)
+#   call 1:  carry [.stage/m1, data/english]           command: bash scripts/device/gpu.sh recv1
+#   call 2:  carry [.stage/m2, .stage/bundle]          command: bash scripts/device/gpu.sh recv2 && ...
+#   later:   carry [.stage/bundle] (after a rebuild)   command: bash scripts/device/gpu.sh unpack && ...
+# Everything lands in /tmp/lz (kept while the machine stays warm): model.gguf, data/, bin/.
+#   gpu.sh tests                 GPU test suite + compute-sanitizer on the small cases
+#   gpu.sh x CMD ARGS...         run bin/CMD with the right library path (e.g. gpu.sh x lizard info ...)
+set -euo pipefail
+lz=/tmp/lz
+out=${OUT:-/tmp/out}
+mkdir -p $lz "$out"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(os.path.dirname(nvidia.nccl.__file__), "lib"))' 2>/dev/null || true)
+export LD_LIBRARY_PATH=$lz/bin/lib:/usr/local/cuda/lib64:${nccl_dir}:${LD_LIBRARY_PATH:-}
+export OMP_WAIT_POLICY=passive
+gguf_sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+mode=${1:-}
+shift || true
+case "$mode" in
+  split)  # here: the two halves of the GGUF
+    rm -rf .stage/m1 .stage/m2 && mkdir -p .stage/m1 .stage/m2
+    split -b 52000000 models/SmolLM2-135M-Instruct.Q4_1.gguf .stage/m1/part
+    mv .stage/m1/partab .stage/m2/ ;;
+  recv1)
+    cp .stage/m1/partaa $lz/
+    rm -rf $lz/data && cp -r data/english $lz/data
+    ls -la $lz $lz/data ;;
+  recv2)
+    cp .stage/m2/partab $lz/
+    cat $lz/partaa $lz/partab >$lz/model.gguf
+    echo "$gguf_sha  $lz/model.gguf" | sha256sum -c
+    rm -rf $lz/bin && tar -C $lz -xJf .stage/bundle/bundle.tar.xz
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ;;
+  unpack)
+    rm -rf $lz/bin && tar -C $lz -xJf .stage/bundle/bundle.tar.xz ;;
+  tests)
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+    set +e
+    timeout ${TEST_TIMEOUT:-240} $lz/bin/lizard_gpu_tests --gtest_color=no "$@" 2>&1 | tee "$out/gpu_tests.log" |
+      grep -E "^\[(cuda|stage|lolcats|lizard|flash|fused|dist)|OK \]|FAILED|PASSED|Failure|rel err|error" | head -300
+    echo "== compute-sanitizer memcheck (small cases)"
+    timeout 120 compute-sanitizer --tool memcheck --leak-check no $lz/bin/lizard_gpu_tests --gtest_color=no \
+      --gtest_filter='*SanitizerSmall*' 2>&1 | tail -3 | tee "$out/sanitizer.log"
+    echo "== compute-sanitizer racecheck (small cases)"
+    timeout 120 compute-sanitizer --tool racecheck $lz/bin/lizard_gpu_tests --gtest_color=no \
+      --gtest_filter='*SanitizerSmall*' 2>&1 | tail -3 | tee -a "$out/sanitizer.log"
+    set -e ;;
+  x)
+    cmd=$1
+    shift
+    exec $lz/bin/$cmd "$@" ;;
+  *) echo "usage: $0 split|recv1|recv2|unpack|tests|x CMD ..."; exit 2 ;;
+esac
