@@ -256,7 +256,7 @@ struct Dims {
   float scale, eps;
 };
 
-// One warp per query row. y [B, L, Hq, D] (T). Optional saves for the backward (head-major fp32):
+// One warp per query row. y [B, L, Hq, D] (T; null: not written). Optional saves for the backward (head-major fp32):
 // Wn, Ln [B, Hq, L, D] and stats [B, Hq, L, 4] = (M, Wd, Ld, den).
 template <typename T>
 __global__ void forward_rows_kernel(Dims z, const float* __restrict__ q, const float* __restrict__ k,
@@ -308,11 +308,13 @@ __global__ void forward_rows_kernel(Dims z, const float* __restrict__ q, const f
   }
   const float e = expf(-M), ld = lanes_pick(lin, z.D);
   const float den = sg * wd + (1.f - sg) * e * ld + z.eps * e;
-  T* yr = y + ((int64_t(b) * z.L + i) * z.Hq + h) * z.D;
+  if (y) {
+    T* yr = y + ((int64_t(b) * z.L + i) * z.Hq + h) * z.D;
 #pragma unroll
-  for (int j = 0; j < kSlotD; ++j) {
-    const int c = lane + 32 * j;
-    if (c < z.D) yr[c] = from_f<T>((sg * wn[j] + (1.f - sg) * e * lin[j]) / den);
+    for (int j = 0; j < kSlotD; ++j) {
+      const int c = lane + 32 * j;
+      if (c < z.D) yr[c] = from_f<T>((sg * wn[j] + (1.f - sg) * e * lin[j]) / den);
+    }
   }
   if (Wn_out) {
     lanes_store(wn, Wn_out + row * z.D, z.D, lane);
@@ -767,11 +769,10 @@ void backward_impl(const LolcatsAttnArgs& a, const void* dy_in, const LolcatsAtt
   Workspace ws(st);
   Prepared p;
   p.reserve(ws, z);
-  float *Wn, *Ln, *stats, *y, *dy, *rs, *dOut, *R, *dphq, *dphk, *gq, *gk, *gv, *duq, *duk, *part;
+  float *Wn, *Ln, *stats, *dy, *rs, *dOut, *R, *dphq, *dphk, *gq, *gk, *gv, *duq, *duk, *part;
   ws.add(&Wn, rq * z.D);
   ws.add(&Ln, rq * z.D);
   ws.add(&stats, rq * 4);
-  ws.add(&y, rq * z.D);  // the forward's y, unused ([B, L, Hq, D] fp32)
   ws.add(&dy, rq * z.D);
   ws.add(&rs, rq * 4);
   ws.add(&dOut, rq * z.Dv);
@@ -786,7 +787,7 @@ void backward_impl(const LolcatsAttnArgs& a, const void* dy_in, const LolcatsAtt
   ws.add(&part, int64_t(nseg) * nW);
   ws.allocate();
   prepare<T>(a, z, p, st);
-  run_forward<float>(a, z, p, Wn, Ln, stats, y, st);
+  run_forward<float>(a, z, p, Wn, Ln, stats, nullptr, st);
   to_head_major_kernel<T><<<grid_1d(rq * z.D), 256, 0, st>>>(static_cast<const T*>(dy_in), dy, z.B, z.L, z.Hq, z.D,
                                                               z.D);
   check_last("dy conversion");
