@@ -167,7 +167,49 @@ json seconds_json(const LossResult& r) {
   return j;
 }
 
+// The same string on every rank: rank 0's.
+void broadcast_string(Communicator& c, std::string& s) {
+  uint64_t n = s.size();
+  c.broadcast(&n, sizeof n);
+  s.resize(static_cast<size_t>(n));
+  c.broadcast(s.data(), s.size());
+}
+
+// Every rank starts from rank 0's values, moments, step, data position and random state (fresh
+// stages are initialised alike, but a resumed state is read by rank 0 alone).
+void sync_from_root(Communicator& c, const std::vector<ParamTensor>& params, AdamW& adam, SampleOrder& order,
+                    std::mt19937_64& rng, int64_t& start_step) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    c.broadcast(params[i].value->data(), params[i].value->size() * sizeof(float));
+    c.broadcast(adam.m()[i].data(), adam.m()[i].size() * sizeof(float));
+    c.broadcast(adam.v()[i].data(), adam.v()[i].size() * sizeof(float));
+  }
+  int64_t nums[4] = {start_step, adam.steps(), order.epoch(), order.position()};
+  c.broadcast(nums, sizeof nums);
+  std::ostringstream rs;
+  rs << rng;
+  std::string r = rs.str();
+  broadcast_string(c, r);
+  if (c.is_root()) return;
+  start_step = nums[0];
+  adam.restore_steps(nums[1]);
+  order.restore(nums[2], nums[3]);
+  std::istringstream in(r);
+  in >> rng;
+  LZ_CHECK(!in.fail(), "rank {}: bad random state from rank 0", c.rank());
+}
+
 }  // namespace
+
+std::vector<int64_t> next_batch(SampleOrder& order, int batch, const BatchShard& shard) {
+  std::vector<int64_t> mine;
+  mine.reserve(static_cast<size_t>(shard.end - shard.begin));
+  for (int i = 0; i < batch; ++i) {
+    const int64_t s = order.next();
+    if (i >= shard.begin && i < shard.end) mine.push_back(s);
+  }
+  return mine;
+}
 
 std::string dataset_fingerprint(const Dataset& d) {
   uint64_t h = fnv1a(d.train.tokens.data(), d.train.tokens.size() * sizeof(int32_t));
@@ -184,14 +226,22 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
   LZ_CHECK(n_train > 0, "the training data holds {} tokens, fewer than one sequence of {}", data.train.tokens.size(),
            o.seq_len + 1);
   const fs::path dir(o.out_dir);
-  fs::create_directories(dir);
   const fs::path log_path = dir / kTrainLogFile;
-  if (!o.resume)
-    LZ_CHECK(!fs::exists(dir / kTrainStateFile),
-             "'{}' already holds a training run; pass --resume to continue it, or choose another --out", dir.string());
+
+  std::unique_ptr<Communicator> own_comm;
+  Communicator* comm = o.comm;
+  if (!comm) {
+    RendezvousOptions rv;
+    rv.dir = o.dist_dir.empty() ? (dir / ".dist").string() : o.dist_dir;
+    own_comm = make_communicator(dist_env_from_environment(), rv);
+    comm = own_comm.get();
+  }
+  const int world = comm->world();
+  const bool root = comm->is_root();
+  const BatchShard shard = batch_shard(o.batch, world, comm->rank());
 
   auto say = [&](const std::string& s) {
-    if (!o.quiet) std::fprintf(stderr, "%s\n", s.c_str());
+    if (!o.quiet && root) std::fprintf(stderr, "%s\n", s.c_str());
   };
   const std::vector<std::string> part_names = stage.part_names();
   std::vector<ParamTensor> params = stage.params();
@@ -208,34 +258,71 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
   curves.title = fmt::format("lizard linearize: {}", stage.name());
   curves.part_names = part_names;
   TrainResult res;
-  if (o.resume) {
-    const Saved s = load_state(dir, params, adam, order, rng, identity);
-    res.start_step = s.step;
-    trim_log(log_path, s.step, curves);
-  } else {
-    write_file_atomic(log_path.string(), "");
+  res.world = world;
+  std::ofstream log;
+  // Rank 0 owns the output directory. With several ranks its failure must reach the others (they
+  // would wait in the next collective for ever), so it is caught, agreed on, then raised everywhere.
+  std::string setup_error;
+  if (root) {
+    try {
+      fs::create_directories(dir);
+      if (!o.resume)
+        LZ_CHECK(!fs::exists(dir / kTrainStateFile),
+                 "'{}' already holds a training run; pass --resume to continue it, or choose another --out",
+                 dir.string());
+      if (o.resume) {
+        const Saved s = load_state(dir, params, adam, order, rng, identity);
+        res.start_step = s.step;
+        trim_log(log_path, s.step, curves);
+      } else {
+        write_file_atomic(log_path.string(), "");
+      }
+      log.open(log_path, std::ios::app);
+      LZ_CHECK(log.good(), "cannot write '{}'", log_path.string());
+    } catch (const std::exception& e) {
+      if (world == 1) throw;
+      setup_error = e.what();
+    }
   }
-  std::ofstream log(log_path, std::ios::app);
-  LZ_CHECK(log.good(), "cannot write '{}'", log_path.string());
+  if (world > 1) {
+    int32_t failed = setup_error.empty() ? 0 : 1;
+    comm->broadcast(&failed, sizeof failed);
+    if (failed) {
+      if (root) fail("{}", setup_error);
+      fail("rank {}: rank 0 could not set up the run (its output says why)", comm->rank());
+    }
+    std::string root_identity = identity.dump();
+    broadcast_string(*comm, root_identity);
+    LZ_CHECK(root_identity == identity.dump(),
+             "rank {}: this process's run ({}) differs from rank 0's ({}); every rank needs the same model, data "
+             "and settings",
+             comm->rank(), identity.dump(), root_identity);
+    sync_from_root(*comm, params, adam, order, rng, res.start_step);
+  }
   auto log_line = [&](const json& j) {
+    if (!root) return;
     log << j.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
     log.flush();
   };
-  log_line({{"event", o.resume ? "resume" : "start"},
-            {"stage", stage.name()},
-            {"from_step", res.start_step},
-            {"steps", o.steps},
-            {"batch", o.batch},
-            {"seq_len", o.seq_len},
-            {"lr", o.lr},
-            {"trainable", n_params},
-            {"data", data.describe()},
-            {"args", o.args}});
+  json start_line = {{"event", o.resume ? "resume" : "start"},
+                     {"stage", stage.name()},
+                     {"from_step", res.start_step},
+                     {"steps", o.steps},
+                     {"batch", o.batch},
+                     {"seq_len", o.seq_len},
+                     {"lr", o.lr},
+                     {"trainable", n_params},
+                     {"data", data.describe()},
+                     {"args", o.args}};
+  if (world > 1) start_line["world"] = world;
+  log_line(start_line);
   say(fmt::format("{} {}: {} trainable values in {} tensors; {} training sequences of {} tokens; {} steps of {} x {} "
-                  "tokens{}",
+                  "tokens{}{}",
                   o.resume ? "resuming" : "training", stage.name(), n_params, params.size(), n_train, o.seq_len,
                   o.steps, o.batch, o.seq_len,
-                  o.resume ? fmt::format(" (from step {})", res.start_step) : std::string()));
+                  o.resume ? fmt::format(" (from step {})", res.start_step) : std::string(),
+                  world > 1 ? fmt::format("; {} processes, {} sequences each per step", world, shard.end - shard.begin)
+                            : std::string()));
 
   // Held-out sequences: the first val_seqs of the validation split.
   std::vector<const int32_t*> val_seqs;
@@ -244,8 +331,8 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
   if (val_seqs.empty()) say("note: the validation split holds no full sequence; no held-out loss");
   double last_val = NAN;
   int64_t last_val_step = -1;
-  auto run_val = [&](int64_t step) {
-    if (val_seqs.empty() || last_val_step == step) return;
+  auto run_val = [&](int64_t step) {  // rank 0 alone
+    if (!root || val_seqs.empty() || last_val_step == step) return;
     const LossResult v = stage.evaluate(val_seqs, o.seq_len);
     last_val = v.total;
     last_val_step = step;
@@ -256,6 +343,7 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
   };
   auto write_plot = [&] { write_png((dir / "loss.png").string(), plot_loss_curves(curves)); };
   auto checkpoint = [&](int64_t step) {
+    if (!root) return;
     save_state(dir, params, adam, step, order, rng, identity, o);
     stage.save_model(dir.string());
     write_plot();
@@ -268,15 +356,45 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
   int64_t tokens_run = 0;
   const int64_t tok_per_step = int64_t(o.batch) * o.seq_len;
   int64_t step = res.start_step;
-  std::vector<const int32_t*> batch(static_cast<size_t>(o.batch));
+  std::vector<const int32_t*> batch;
+  std::vector<float> flat_grads(world > 1 ? static_cast<size_t>(n_params) : 0);
+  // A stop request (Ctrl-C reaches the ranks at slightly different moments) counts once every rank
+  // has seen it, so that all stop after the same step.
+  auto stop_requested = [&] {
+    const bool mine = o.stop && o.stop->load();
+    if (world == 1) return mine;
+    double any = mine ? 1 : 0;
+    comm->allreduce_sum(&any, 1);
+    return any > 0;
+  };
   while (step < o.steps) {
-    if (o.stop && o.stop->load()) {
+    if (stop_requested()) {
       res.interrupted = true;
       break;
     }
     const auto t0 = clock::now();
-    for (auto& b : batch) b = data.train.sample(order.next(), o.seq_len);
-    const LossResult r = stage.forward_backward(batch, o.seq_len);
+    batch.clear();
+    for (int64_t i : next_batch(order, o.batch, shard)) batch.push_back(data.train.sample(i, o.seq_len));
+    LossResult r = stage.forward_backward(batch, o.seq_len);
+    if (world > 1) {
+      // Equal shares, each gradient of its share's mean loss: their mean is the global batch's gradient.
+      size_t at = 0;
+      for (auto& p : params) {
+        std::copy(p.grad->begin(), p.grad->end(), flat_grads.begin() + at);
+        at += p.grad->size();
+      }
+      comm->allreduce_mean(flat_grads.data(), flat_grads.size());
+      at = 0;
+      for (auto& p : params) {
+        std::copy(flat_grads.begin() + at, flat_grads.begin() + at + p.grad->size(), p.grad->begin());
+        at += p.grad->size();
+      }
+      std::vector<double> losses = {r.total};
+      losses.insert(losses.end(), r.parts.begin(), r.parts.end());
+      comm->allreduce_sum(losses.data(), losses.size());
+      r.total = losses[0] / world;
+      for (size_t i = 0; i < r.parts.size(); ++i) r.parts[i] = losses[i + 1] / world;
+    }
     LZ_CHECK(std::isfinite(r.total), "step {}: the loss is {}; lower the learning rate (--lr)", step + 1, r.total);
     const double gnorm = clip_grad_norm(params, o.clip);
     const double lr = sched.at(step);
@@ -291,36 +409,41 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
     curves.steps.push_back(step);
     curves.total.push_back(r.total);
     curves.parts.push_back(r.parts);
-    log_line({{"step", step},
-              {"loss", r.total},
-              {"parts", r.parts},
-              {"lr", lr},
-              {"grad_norm", gnorm},
-              {"tokens", step * tok_per_step},
-              {"step_s", dt},
-              {"seconds", seconds_json(r)},
-              {"tok_s", tok_s},
-              {"elapsed_s", elapsed}});
+    json step_line = {{"step", step},
+                      {"loss", r.total},
+                      {"parts", r.parts},
+                      {"lr", lr},
+                      {"grad_norm", gnorm},
+                      {"tokens", step * tok_per_step},
+                      {"step_s", dt},
+                      {"seconds", seconds_json(r)},
+                      {"tok_s", tok_s},
+                      {"elapsed_s", elapsed}};
+    if (world > 1) step_line["tok_s_per_gpu"] = tok_s / world;
+    log_line(step_line);
     const double eta = (o.steps - step) * (train_s / double(step - res.start_step));
-    say(fmt::format("step {}/{} loss {:.4e} lr {:.2e} |g| {:.3f} | {:.0f} tok/s | ETA {}{}", step, o.steps, r.total, lr,
-                    gnorm, tok_s, human_time(eta), parts_summary(r, part_names)));
+    say(fmt::format("step {}/{} loss {:.4e} lr {:.2e} |g| {:.3f} | {:.0f} tok/s{} | ETA {}{}", step, o.steps, r.total,
+                    lr, gnorm, tok_s, world > 1 ? fmt::format(" ({:.0f} per GPU)", tok_s / world) : std::string(),
+                    human_time(eta), parts_summary(r, part_names)));
     if (o.eval_every > 0 && step % o.eval_every == 0 && step < o.steps) run_val(step);
-    const bool stop_now = o.stop && o.stop->load();
+    const bool stop_now = stop_requested();
     if (o.save_every > 0 && step % o.save_every == 0 && step < o.steps && !stop_now) checkpoint(step);
     if (o.on_step) o.on_step(step, r);
-    if (o.stop && o.stop->load()) {
+    if (stop_requested()) {
       res.interrupted = true;
       break;
     }
   }
   res.steps_done = step;
   res.tokens_per_s = train_s > 0 ? tokens_run / train_s : 0;
+  res.tokens_per_s_per_gpu = res.tokens_per_s / world;
   if (res.interrupted) {
     checkpoint(step);
     log_line({{"event", "interrupted"}, {"step", step}});
     say(fmt::format("stopped at step {}; checkpoint written to {} (continue with --resume)", step, dir.string()));
     return res;
   }
+  if (!root) return res;  // rank 0 alone evaluates and writes the report
 
   run_val(step);
   checkpoint(step);
@@ -332,6 +455,8 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
               {"batch", o.batch},
               {"seq_len", o.seq_len},
               {"train_tokens_per_s", res.tokens_per_s},
+              {"train_tokens_per_s_per_gpu", res.tokens_per_s_per_gpu},
+              {"world", world},
               {"train_seconds_this_run", train_s},
               {"final_train_loss", curves.total.empty() ? json(nullptr) : json(curves.total.back())},
               {"final_train_parts", curves.parts.empty() ? json(nullptr) : json(curves.parts.back())},

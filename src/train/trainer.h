@@ -11,6 +11,13 @@
 //   loss.png                loss curves;  report.json  final held-out loss, perplexity and KL
 // A resumed run continues with the same values, moments, data position and random state, so its
 // losses equal those of an uninterrupted run.
+//
+// Data parallel (train/distributed.h): with several processes, the global batch stays `batch`
+// sequences per step; rank r trains on its equal share of the same sample order, the gradients
+// (of each share's mean loss) are averaged with NCCL, which equals the one-process gradient of the
+// global batch's mean loss, and every rank takes the same optimizer step. Rank 0 alone prints, writes
+// the log, plot, checkpoints and model, reads a resumed state (then sends it to the others) and
+// runs the held-out evaluation; the other ranks return after the last step.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -22,6 +29,7 @@
 #include <nlohmann/json.hpp>
 
 #include "train/data.h"
+#include "train/distributed.h"
 #include "train/optimizer.h"
 #include "train/stage.h"
 
@@ -47,6 +55,10 @@ struct TrainOptions {
   // Called after every step (tests use it to request a stop at a given step).
   std::function<void(int64_t steps_done, const LossResult&)> on_step;
   nlohmann::json args = nlohmann::json::object();  // recorded in the log's start line
+  // Processes: null makes one from the launcher's environment (a no-op for a single process); make it
+  // yourself (make_communicator) before the stage puts anything on the GPU, as it selects the device.
+  Communicator* comm = nullptr;
+  std::string dist_dir;         // rendezvous directory when comm is null (default: out_dir/.dist)
 };
 
 struct TrainResult {
@@ -54,11 +66,17 @@ struct TrainResult {
   int64_t steps_done = 0;
   bool interrupted = false;
   std::vector<double> losses;    // training loss of each step run here, in order
-  double tokens_per_s = 0;       // training throughput of this run
+  double tokens_per_s = 0;       // training throughput of this run, all processes together
+  double tokens_per_s_per_gpu = 0;  // the same per process
+  int world = 1;                 // processes that trained together
   nlohmann::json report;         // what report.json holds (when the run finished)
 };
 
 TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& opt);
+
+// This rank's samples of the next global batch; advances `order` by the whole batch, so that every
+// rank's order stays the same and the shares together are the one-process batch.
+std::vector<int64_t> next_batch(SampleOrder& order, int batch, const BatchShard& shard);
 
 // The checkpoint file names (for tests and tools).
 inline constexpr const char* kTrainStateFile = "train_state.safetensors";
