@@ -21,6 +21,7 @@ lib.lz_backward_chunked.argtypes = [P] * 17 + [I] * 10 + [P]
 lib.lz_set_forward_variant.argtypes = [I]
 lib.lz_set_forward_split.argtypes = [I]
 lib.lz_set_backward_window_variant.argtypes = [I]
+lib.lz_set_backward_stage_variant.argtypes = [I]
 lib.lz_flash_fwd.argtypes = [P] * 5 + [I] * 5 + [P]
 lib.lz_flash_bwd.argtypes = [P] * 10 + [I] * 5 + [P]
 
@@ -303,11 +304,17 @@ def main():
             os.environ["LIZARD_CUDA_BWD_PROFILE"] = "1"
             z.fwd_bwd_chunked()
             torch.cuda.synchronize()
-            if L == 2048:
+            if L == 2048:  # the old CUDA-core stages beside the new ones, one profile line each
                 lib.lz_set_backward_window_variant(0)
                 z.fwd_bwd_chunked()
                 torch.cuda.synchronize()
                 lib.lz_set_backward_window_variant(1)
+                lib.lz_set_backward_stage_variant(0)
+                t0 = time.time()
+                z.fwd_bwd_chunked()
+                torch.cuda.synchronize()
+                lib.lz_set_backward_stage_variant(1)
+                print(f"  chunked bwd with CUDA-core stats/feature stages (variant 0): {1e3 * (time.time() - t0):.1f} ms wall")
             del os.environ["LIZARD_CUDA_BWD_PROFILE"]
         row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd", liz[tag], fbc)
         del z

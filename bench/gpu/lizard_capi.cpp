@@ -28,6 +28,7 @@ const char* lz_last_error() { return g_err.c_str(); }
 void lz_set_forward_variant(int v) { lizard::cuda::set_forward_variant(v); }
 void lz_set_forward_split(int m) { lizard::cuda::set_forward_split(m); }
 void lz_set_backward_window_variant(int v) { lizard::cuda::set_backward_window_variant(v); }
+void lz_set_backward_stage_variant(int v) { lizard::cuda::set_backward_stage_variant(v); }
 
 // bf16 chunked forward; scalar gate [B, L], meta [m] per layer, alpha [Hq] per head.
 int lz_forward_bf16(const void* q, const void* k, const void* v, const float* lg, const void* wq, const void* wk,

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <random>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -462,12 +463,16 @@ TEST(LizardCuda, BackwardMatchesReference) {
 }
 
 // Chunked backward (tensor-core gate branch, bf16 operands): every configuration, fresh seeds, odd L.
-// Both window stages: 1 = tensor-core banded kernels (default), 0 = fp32 CUDA-core kernels.
+// Window stage 1 = tensor-core banded kernels (default), 0 = fp32 CUDA-core kernels; statistics and
+// feature stages 1 = tensor-core kernels with split bf16 operands (default), 0 = fp32 CUDA-core kernels.
+// Runs (window, stages) = (1, 1), (0, 1), (1, 0): the defaults, then each old stage beside the new.
 TEST(LizardCuda, ChunkedBackwardVsReference) {
-  for (int variant : {1, 0}) {
-    lizard::cuda::set_backward_window_variant(variant);
-    std::printf("[lizard-cuda] chunked backward, window stage variant %d (%s)\n", variant,
-                variant == 1 ? "tensor cores" : "CUDA cores, fp32");
+  for (auto [window, stages] : {std::pair{1, 1}, std::pair{0, 1}, std::pair{1, 0}}) {
+    lizard::cuda::set_backward_window_variant(window);
+    lizard::cuda::set_backward_stage_variant(stages);
+    std::printf("[lizard-cuda] chunked backward, window stage variant %d (%s), stats/feature variant %d (%s)\n",
+                window, window == 1 ? "tensor cores" : "CUDA cores, fp32", stages,
+                stages == 1 ? "tensor cores, split bf16" : "CUDA cores, fp32");
     for (const Case& c : kCases) {
       const uint64_t seed = fresh_seed();
       backward_case<float>(c, seed, false, 3e-2, true, 2.5e-1);
@@ -475,6 +480,7 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
     }
   }
   lizard::cuda::set_backward_window_variant(1);
+  lizard::cuda::set_backward_stage_variant(1);
 }
 
 TEST(LizardCuda, SanitizerSmallChunkedBackward) {

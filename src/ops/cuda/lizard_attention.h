@@ -103,6 +103,10 @@ void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const
 // Window stage of the chunked backward: 1 (default) = banded flash-style kernels on tensor cores (bf16
 // operands), 0 = the parallel path's fp32 CUDA-core window kernels.
 void set_backward_window_variant(int variant);
+// Feature maps, window statistics (lse, delta) and feature-map backward of the chunked backward:
+// 1 (default) = tensor-core kernels (fp32 operands split into bf16 hi + lo, close to fp32), 0 = the
+// parallel path's CUDA-core kernels.
+void set_backward_stage_variant(int variant);
 
 // Options and sizes from a layer config (pointers left null). Throws lizard::Error for options the
 // kernels do not implement: combine = lolcats, and feature_on_rope != window_rope (the kernels take

@@ -1466,7 +1466,478 @@ void run_dw(const LizardAttnArgs& a, Dims d, Ws ws, float* dwq, float* dwk, cuda
 
 }  // namespace dwtc
 
+// ---------------------------------------------------------------------------------------------
+// Window statistics on tensor cores (replaces stats_kernel's window part in the chunked path): the
+// flash forward with a band mask t in [i - w + 1, i], the meta sinks folded into the running max and
+// sum, giving lse (sinks included), dya = dy . A and delta = alpha dya. CTA of 4 warps x 16 queries.
+// The later stages (dmeta, dalpha, the window gradients) need these close to fp32, so every fp32
+// operand is split into bf16 hi + lo parts and each product takes hi*hi + hi*lo + lo*hi (relative
+// error ~2^-17 per product instead of bf16's 2^-9). bf16 inputs have lo = 0: only P is split.
+namespace wstats {
+
+using namespace mma;
+constexpr int kB = 64, kT = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// 64 rows (row0..) of a [.., stride] T matrix into bf16 tiles hi (and lo = x - hi), row stride D + 8.
+template <typename T, int D, bool kLo>
+__device__ __forceinline__ void load_split(bf16* hi, bf16* lo, const T* src, int64_t stride, int row0, int L) {
+  for (int p = threadIdx.x; p < kB * D; p += kT) {
+    const int r = p / D, c = p % D, pos = row0 + r;
+    const float x = pos < L ? ld(src + int64_t(pos) * stride + c) : 0.f;
+    const bf16 xh = __float2bfloat16(x);
+    hi[r * (D + 8) + c] = xh;
+    if (kLo) lo[r * (D + 8) + c] = __float2bfloat16(x - __bfloat162float(xh));
+  }
+}
+
+__device__ __forceinline__ void split_pack(uint32_t& hi, uint32_t& lo, float x0, float x1) {
+  hi = pack_bf16(x0, x1);
+  const float2 h = unpack_bf16(hi);
+  lo = pack_bf16(x0 - h.x, x1 - h.y);
+}
+
+template <typename T>
+constexpr bool is_f32() {
+  return sizeof(T) == 4;
+}
+
+template <typename T, int D>
+constexpr size_t stats_smem() {
+  return size_t(is_f32<T>() ? 6 : 3) * kB * (D + 8) * sizeof(bf16);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kT) stats_tc_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dya_out) {
+  constexpr bool kLo = is_f32<T>();
+  constexpr int LD = D + 8, ND = D / 8, NK = kB / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Qh = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Kh = Qh + kB * LD;
+  bf16* Vh = Kh + kB * LD;
+  bf16* Ql = Vh + kB * LD;  // lo tiles exist only for fp32 inputs
+  bf16* Kl = Ql + kB * LD;
+  bf16* Vl = Kl + kB * LD;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int L = d.L, w = d.w, qb = blockIdx.x, bh = blockIdx.y, h = bh % d.Hq, b = bh / d.Hq;
+  const int64_t qs = int64_t(d.Hq) * D, ks = int64_t(d.Hkv) * D;
+  const T* k = static_cast<const T*>(a.k) + d.k_off(b, 0, h);
+  const T* v = static_cast<const T*>(a.v) + d.k_off(b, 0, h);
+  const float scale = a.scale > 0 ? a.scale : rsqrtf(float(D));
+  const float scale2 = scale * kLog2e;
+  load_split<T, D, kLo>(Qh, Ql, static_cast<const T*>(a.q) + d.q_off(b, 0, h), qs, qb * kB, L);
+  const int r0 = warp * 16, ia = qb * kB + r0 + g, ib = ia + 8;
+  // Sinks first: running max (log2 units) and sum start from them.
+  const float* mu = a.meta + (a.meta_per_head ? h * d.m : 0);
+  float ma = -INFINITY;
+  for (int j = 0; j < d.m; ++j) ma = fmaxf(ma, mu[j] * kLog2e);
+  float la = 0.f;
+  for (int j = 0; j < d.m; ++j) la += exp2f(mu[j] * kLog2e - ma);
+  float mb = ma, lb = la;
+  float acc[ND][4];
+#pragma unroll
+  for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  const int kb_lo = max(0, qb * kB - w + 1) / kB;
+  for (int kb = kb_lo; kb <= qb; ++kb) {
+    __syncthreads();  // previous K, V tiles fully read (and Q written, first time)
+    load_split<T, D, kLo>(Kh, Kl, k, ks, kb * kB, L);
+    load_split<T, D, kLo>(Vh, Vl, v, ks, kb * kB, L);
+    __syncthreads();
+    float sc[NK][4];
+#pragma unroll
+    for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s) {
+      uint32_t qa[4], ql[4];
+      load_a(qa, Qh, LD, r0, s * 16);
+      if (kLo) load_a(ql, Ql, LD, r0, s * 16);
+#pragma unroll
+      for (int np = 0; np < NK / 2; ++np) {
+        uint32_t bb[4];
+        load_b_nk(bb, Kh, LD, np * 16, s * 16);
+        mma16816(sc[2 * np], qa, bb[0], bb[1]);
+        mma16816(sc[2 * np + 1], qa, bb[2], bb[3]);
+        if (kLo) {
+          mma16816(sc[2 * np], ql, bb[0], bb[1]);
+          mma16816(sc[2 * np + 1], ql, bb[2], bb[3]);
+          load_b_nk(bb, Kl, LD, np * 16, s * 16);
+          mma16816(sc[2 * np], qa, bb[0], bb[1]);
+          mma16816(sc[2 * np + 1], qa, bb[2], bb[3]);
+        }
+      }
+    }
+    // Band mask, scores in log2 units, new running max.
+    float xa = -INFINITY, xb = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < NK; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int tt = kb * kB + 8 * j + 2 * t4 + e;
+        const bool oka = tt <= ia && tt > ia - w && tt < L, okb = tt <= ib && tt > ib - w && tt < L;
+        sc[j][e] = oka ? sc[j][e] * scale2 : -INFINITY;
+        sc[j][2 + e] = okb ? sc[j][2 + e] * scale2 : -INFINITY;
+        xa = fmaxf(xa, sc[j][e]), xb = fmaxf(xb, sc[j][2 + e]);
+      }
+    }
+    const float na = fmaxf(ma, quad_max(xa)), nb = fmaxf(mb, quad_max(xb));
+    // Rows with nothing seen yet keep max -inf: their correction is irrelevant (sum and acc are 0).
+    const float ca = na == -INFINITY ? 1.f : exp2f(ma - na), cb = nb == -INFINITY ? 1.f : exp2f(mb - nb);
+    ma = na, mb = nb;
+    float sa = 0.f, sb = 0.f;
+#pragma unroll
+    for (int j = 0; j < NK; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        sc[j][e] = sc[j][e] == -INFINITY ? 0.f : exp2f(sc[j][e] - na);
+        sc[j][2 + e] = sc[j][2 + e] == -INFINITY ? 0.f : exp2f(sc[j][2 + e] - nb);
+        sa += sc[j][e], sb += sc[j][2 + e];
+      }
+    }
+    la = la * ca + quad_sum(sa);
+    lb = lb * cb + quad_sum(sb);
+#pragma unroll
+    for (int j = 0; j < ND; ++j) acc[j][0] *= ca, acc[j][1] *= ca, acc[j][2] *= cb, acc[j][3] *= cb;
+    // A += P V with P split into bf16 hi + lo (and V too for fp32 inputs).
+    uint32_t ph[NK / 2][4], pl[NK / 2][4];
+#pragma unroll
+    for (int s = 0; s < NK / 2; ++s) {
+      split_pack(ph[s][0], pl[s][0], sc[2 * s][0], sc[2 * s][1]);
+      split_pack(ph[s][1], pl[s][1], sc[2 * s][2], sc[2 * s][3]);
+      split_pack(ph[s][2], pl[s][2], sc[2 * s + 1][0], sc[2 * s + 1][1]);
+      split_pack(ph[s][3], pl[s][3], sc[2 * s + 1][2], sc[2 * s + 1][3]);
+    }
+#pragma unroll
+    for (int s = 0; s < NK / 2; ++s) {
+#pragma unroll
+      for (int np = 0; np < ND / 2; ++np) {
+        uint32_t bb[4];
+        load_b_kn(bb, Vh, LD, np * 16, s * 16);
+        mma16816(acc[2 * np], ph[s], bb[0], bb[1]);
+        mma16816(acc[2 * np + 1], ph[s], bb[2], bb[3]);
+        mma16816(acc[2 * np], pl[s], bb[0], bb[1]);
+        mma16816(acc[2 * np + 1], pl[s], bb[2], bb[3]);
+        if (kLo) {
+          load_b_kn(bb, Vl, LD, np * 16, s * 16);
+          mma16816(acc[2 * np], ph[s], bb[0], bb[1]);
+          mma16816(acc[2 * np + 1], ph[s], bb[2], bb[3]);
+        }
+      }
+    }
+  }
+  // Every valid row has its own key (t = i), so la, lb > 0 there.
+  const bool va = ia < L, vb = ib < L;
+  const float inva = va ? 1.f / la : 0.f, invb = vb ? 1.f / lb : 0.f;
+  float ya = 0.f, yb = 0.f;
+#pragma unroll
+  for (int j = 0; j < ND; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int c = 8 * j + 2 * t4 + e;
+      if (va) ya += ld(dy + d.q_off(b, ia, h) + c) * acc[j][e];
+      if (vb) yb += ld(dy + d.q_off(b, ib, h) + c) * acc[j][2 + e];
+    }
+  }
+  ya = quad_sum(ya) * inva;
+  yb = quad_sum(yb) * invb;
+  const float alpha = a.alpha[a.alpha_per_head ? h : 0];
+  const int64_t o = int64_t(bh) * L;
+  if (t4 == 0) {
+    if (va) ws.lse[o + ia] = ma / kLog2e + logf(la), ws.delta[o + ia] = alpha * ya, dya_out[o + ia] = ya;
+    if (vb) ws.lse[o + ib] = mb / kLog2e + logf(lb), ws.delta[o + ib] = alpha * yb, dya_out[o + ib] = yb;
+  }
+}
+
+template <typename T, int D>
+void launch_stats(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dya, cudaStream_t st) {
+  constexpr size_t smem = stats_smem<T, D>();
+  auto kern = stats_tc_kernel<T, D>;
+  LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kern<<<dim3((d.L + kB - 1) / kB, d.B * d.Hq), kT, smem, st>>>(a, d, ws, dy, dya);
+  LZ_CUDA_OK(cudaGetLastError());
+}
+
+template <typename T>
+void run_stats(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dya, cudaStream_t st) {
+  if (a.D == 64) return launch_stats<T, 64>(a, d, ws, dy, dya, st);
+  if (a.D == 128) return launch_stats<T, 128>(a, d, ws, dy, dya, st);
+  fail_cat("lizard attention chunked backward (cuda): window statistics need D in {64, 128}, got ", a.D);
+}
+
+}  // namespace wstats
+
+// ---------------------------------------------------------------------------------------------
+// Feature maps and their backward on tensor cores, CTA of 4 warps per (kTok tokens, b, h), the head's
+// Wq, Wk in shared memory once per CTA. Same split as wstats (fp32 operands as bf16 hi + lo, three
+// products) so phi and du stay close to fp32:
+//   forward:  u = x W ([64 x D] [D x F]), phi = [softmax(u), softmax(-u)] (or exp), rows of the fp32
+//             workspace phq / phk as feat_kernel wrote them;
+//   backward: du from phi and dphi (stored over the first F columns of dphi, as featbwd_kernel did,
+//             for the dW stage), then dq += du Wq^T (plain add: each (token, head) has one owner),
+//             dk += du Wk^T (atomics: the group's query heads share dk).
+namespace feattc {
+
+using namespace mma;
+using wstats::is_f32;
+constexpr int kB = 64, kT = 128, kTok = 256;
+
+template <typename T, int D, int F>
+constexpr size_t smem_bytes() {
+  // W hi/lo [D][F + 8] for q and k (bf16 W: lo unused but laid out the same), X or U hi/lo tile.
+  return (size_t(4) * D * (F + 8) + size_t(2) * kB * (D + 8)) * sizeof(bf16);
+}
+
+// The head's W [D][F] (T) into hi/lo bf16 tiles, row stride F + 8.
+template <typename T, int D, int F>
+__device__ __forceinline__ void load_w(bf16* hi, bf16* lo, const T* W) {
+  for (int p = threadIdx.x; p < D * F; p += kT) {
+    const int e = p / F, f = p % F;
+    const float x = ld(W + p);
+    const bf16 xh = __float2bfloat16(x);
+    hi[e * (F + 8) + f] = xh;
+    lo[e * (F + 8) + f] = __float2bfloat16(x - __bfloat162float(xh));
+  }
+}
+
+template <typename T, int D, int F>
+__global__ void __launch_bounds__(kT) feat_tc_kernel(const LizardAttnArgs a, Dims d, Ws ws) {
+  constexpr bool kLo = is_f32<T>();
+  constexpr int LDW = F + 8, LDX = D + 8, NF = F / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* W0 = reinterpret_cast<bf16*>(smem_raw);  // Wq hi, Wq lo, Wk hi, Wk lo
+  bf16* Xh = W0 + 4 * D * LDW;
+  bf16* Xl = Xh + kB * LDX;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int L = d.L, bh = blockIdx.y, h = bh % d.Hq, b = bh / d.Hq;
+  load_w<T, D, F>(W0, W0 + D * LDW, static_cast<const T*>(a.wq) + int64_t(h) * D * F);
+  load_w<T, D, F>(W0 + 2 * D * LDW, W0 + 3 * D * LDW, static_cast<const T*>(a.wk) + int64_t(h) * D * F);
+  const int r0 = warp * 16;
+  for (int tb = blockIdx.x * kTok; tb < min(L, (blockIdx.x + 1) * kTok); tb += kB) {
+    for (int which = 0; which < 2; ++which) {
+      const bf16* Wh = W0 + which * 2 * D * LDW;
+      const bf16* Wl = Wh + D * LDW;
+      const T* x = static_cast<const T*>(which ? a.k : a.q) + (which ? d.k_off(b, 0, h) : d.q_off(b, 0, h));
+      __syncthreads();  // W loaded; previous X tile fully read
+      wstats::load_split<T, D, kLo>(Xh, Xl, x, int64_t(which ? d.Hkv : d.Hq) * D, tb, L);
+      __syncthreads();
+      float u[NF][4];
+#pragma unroll
+      for (int j = 0; j < NF; ++j) u[j][0] = u[j][1] = u[j][2] = u[j][3] = 0.f;
+#pragma unroll
+      for (int s = 0; s < D / 16; ++s) {
+        uint32_t xa[4], xl[4];
+        load_a(xa, Xh, LDX, r0, s * 16);
+        if (kLo) load_a(xl, Xl, LDX, r0, s * 16);
+#pragma unroll
+        for (int np = 0; np < NF / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, Wh, LDW, np * 16, s * 16);
+          mma16816(u[2 * np], xa, bb[0], bb[1]);
+          mma16816(u[2 * np + 1], xa, bb[2], bb[3]);
+          if (kLo) {
+            mma16816(u[2 * np], xl, bb[0], bb[1]);
+            mma16816(u[2 * np + 1], xl, bb[2], bb[3]);
+            load_b_kn(bb, Wl, LDW, np * 16, s * 16);
+            mma16816(u[2 * np], xa, bb[0], bb[1]);
+            mma16816(u[2 * np + 1], xa, bb[2], bb[3]);
+          }
+        }
+      }
+      // Rows ia (u[.][0..1]) and ib (u[.][2..3]); the 4 lanes of a quad hold a row's F columns.
+      const int ia = tb + r0 + g, ib = ia + 8;
+      float* out = (which ? ws.phk : ws.phq) + int64_t(bh) * L * 2 * F;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int i = half ? ib : ia;
+        float mx = -INFINITY, mn = INFINITY;
+#pragma unroll
+        for (int j = 0; j < NF; ++j) {
+          mx = fmaxf(mx, fmaxf(u[j][2 * half], u[j][2 * half + 1]));
+          mn = fminf(mn, fminf(u[j][2 * half], u[j][2 * half + 1]));
+        }
+        mx = quad_max(mx), mn = quad_min(mn);
+        float sp = 0.f, sm = 0.f;
+        if (a.act == FeatureAct::Softmax) {
+#pragma unroll
+          for (int j = 0; j < NF; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) sp += expf(u[j][2 * half + e] - mx), sm += expf(mn - u[j][2 * half + e]);
+          sp = 1.f / quad_sum(sp), sm = 1.f / quad_sum(sm);
+        }
+        if (i >= L) continue;
+        float* row = out + int64_t(i) * 2 * F;
+#pragma unroll
+        for (int j = 0; j < NF; ++j) {
+          const int f = 8 * j + 2 * t4;
+          const float u0 = u[j][2 * half], u1 = u[j][2 * half + 1];
+          float2 pp, pn;
+          if (a.act == FeatureAct::Exp)
+            pp = make_float2(expf(u0), expf(u1)), pn = make_float2(expf(-u0), expf(-u1));
+          else
+            pp = make_float2(expf(u0 - mx) * sp, expf(u1 - mx) * sp),
+            pn = make_float2(expf(mn - u0) * sm, expf(mn - u1) * sm);
+          *reinterpret_cast<float2*>(row + f) = pp;
+          *reinterpret_cast<float2*>(row + F + f) = pn;
+        }
+      }
+    }
+  }
+}
+
+template <typename T, int D, int F>
+__global__ void __launch_bounds__(kT) featbwd_tc_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dq, float* dk) {
+  constexpr int LDW = F + 8, LDU = F + 8, ND = D / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* W0 = reinterpret_cast<bf16*>(smem_raw);  // Wq hi, Wq lo, Wk hi, Wk lo
+  bf16* Uh = W0 + 4 * D * LDW;
+  bf16* Ul = Uh + kB * LDU;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int L = d.L, bh = blockIdx.y, h = bh % d.Hq, b = bh / d.Hq;
+  load_w<T, D, F>(W0, W0 + D * LDW, static_cast<const T*>(a.wq) + int64_t(h) * D * F);
+  load_w<T, D, F>(W0 + 2 * D * LDW, W0 + 3 * D * LDW, static_cast<const T*>(a.wk) + int64_t(h) * D * F);
+  const int r0 = warp * 16;
+  for (int tb = blockIdx.x * kTok; tb < min(L, (blockIdx.x + 1) * kTok); tb += kB) {
+    for (int which = 0; which < 2; ++which) {
+      const bf16* Wh = W0 + which * 2 * D * LDW;
+      const bf16* Wl = Wh + D * LDW;
+      __syncthreads();  // W loaded; previous U tile fully read
+      // du for the tile's 64 tokens, warp per token, lanes over f (F <= 64: two columns per lane).
+      const float* ph = (which ? ws.phk : ws.phq) + int64_t(bh) * L * 2 * F;
+      float* dph = (which ? ws.dphk : ws.dphq) + int64_t(bh) * L * 2 * F;
+      for (int r = warp; r < kB; r += kT / 32) {
+        const int i = tb + r;
+        float du[2] = {0.f, 0.f};
+        if (i < L) {  // i is warp-uniform, so the shuffles below see every lane
+          const float* p = ph + int64_t(i) * 2 * F;
+          float* dp = dph + int64_t(i) * 2 * F;
+          float pp[2] = {}, pn[2] = {}, gp[2] = {}, gn[2] = {};
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int f = lane + 32 * c;
+            if (f < F) pp[c] = p[f], pn[c] = p[F + f], gp[c] = dp[f], gn[c] = dp[F + f];
+          }
+          float sp = 0.f, sn = 0.f;
+          if (a.act == FeatureAct::Softmax) {
+            sp = wsum(pp[0] * gp[0] + pp[1] * gp[1]);
+            sn = wsum(pn[0] * gn[0] + pn[1] * gn[1]);
+          }
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int f = lane + 32 * c;
+            du[c] = pp[c] * (gp[c] - sp) - pn[c] * (gn[c] - sn);
+            if (f < F) dp[f] = du[c];  // du overwrites the first half (read by the dW stage)
+          }
+        }
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int f = lane + 32 * c;
+          if (f < F) {
+            const bf16 hh = __float2bfloat16(du[c]);
+            Uh[r * LDU + f] = hh;
+            Ul[r * LDU + f] = __float2bfloat16(du[c] - __bfloat162float(hh));
+          }
+        }
+      }
+      __syncthreads();
+      // dx = du W^T: A = U [64 x F], B from W stored [e][f] = [n][k].
+      float acc[ND][4];
+#pragma unroll
+      for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+      for (int s = 0; s < F / 16; ++s) {
+        uint32_t ua[4], ul[4];
+        load_a(ua, Uh, LDU, r0, s * 16);
+        load_a(ul, Ul, LDU, r0, s * 16);
+#pragma unroll
+        for (int np = 0; np < ND / 2; ++np) {
+          uint32_t bb[4];
+          load_b_nk(bb, Wh, LDW, np * 16, s * 16);
+          mma16816(acc[2 * np], ua, bb[0], bb[1]);
+          mma16816(acc[2 * np + 1], ua, bb[2], bb[3]);
+          mma16816(acc[2 * np], ul, bb[0], bb[1]);
+          mma16816(acc[2 * np + 1], ul, bb[2], bb[3]);
+          if (is_f32<T>()) {
+            load_b_nk(bb, Wl, LDW, np * 16, s * 16);
+            mma16816(acc[2 * np], ua, bb[0], bb[1]);
+            mma16816(acc[2 * np + 1], ua, bb[2], bb[3]);
+          }
+        }
+      }
+      const int ia = tb + r0 + g, ib = ia + 8;
+#pragma unroll
+      for (int j = 0; j < ND; ++j) {
+        const int c = 8 * j + 2 * t4;
+        if (which == 0) {
+          if (ia < L) {
+            float2* p = reinterpret_cast<float2*>(dq + d.q_off(b, ia, h) + c);
+            const float2 o = *p;
+            *p = make_float2(o.x + acc[j][0], o.y + acc[j][1]);
+          }
+          if (ib < L) {
+            float2* p = reinterpret_cast<float2*>(dq + d.q_off(b, ib, h) + c);
+            const float2 o = *p;
+            *p = make_float2(o.x + acc[j][2], o.y + acc[j][3]);
+          }
+        } else {
+          if (ia < L) {
+            float* p = dk + d.k_off(b, ia, h) + c;
+            atomicAdd(p, acc[j][0]), atomicAdd(p + 1, acc[j][1]);
+          }
+          if (ib < L) {
+            float* p = dk + d.k_off(b, ib, h) + c;
+            atomicAdd(p, acc[j][2]), atomicAdd(p + 1, acc[j][3]);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T, int D, int F>
+void launch_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool backward, cudaStream_t st) {
+  constexpr size_t smem = smem_bytes<T, D, F>();
+  const dim3 grid((d.L + kTok - 1) / kTok, d.B * d.Hq);
+  if (backward) {
+    auto kern = featbwd_tc_kernel<T, D, F>;
+    LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kern<<<grid, kT, smem, st>>>(a, d, ws, dq, dk);
+  } else {
+    auto kern = feat_tc_kernel<T, D, F>;
+    LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kern<<<grid, kT, smem, st>>>(a, d, ws);
+  }
+  LZ_CUDA_OK(cudaGetLastError());
+}
+
+// backward = false: phq, phk; true: du (over dphq / dphk) and dq, dk += du W^T.
+template <typename T>
+void run_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool backward, cudaStream_t st) {
+  if (a.D == 64 && a.F == 32) return launch_feat<T, 64, 32>(a, d, ws, dq, dk, backward, st);
+  if (a.D == 64 && a.F == 64) return launch_feat<T, 64, 64>(a, d, ws, dq, dk, backward, st);
+  if (a.D == 128 && a.F == 32) return launch_feat<T, 128, 32>(a, d, ws, dq, dk, backward, st);
+  if (a.D == 128 && a.F == 64) return launch_feat<T, 128, 64>(a, d, ws, dq, dk, backward, st);
+  fail_cat("lizard attention chunked backward (cuda): feature stage needs D in {64, 128}, F in {32, 64}");
+}
+
+}  // namespace feattc
+
+// The workspace comes from the device's default stream-ordered pool on every call; by default the pool
+// returns freed memory to the driver at each synchronisation, so the next call pays a real allocation.
+// Keep it pooled instead (once per device): the per-call cudaMallocAsync then reuses the same block.
+void keep_pool_memory() {
+  constexpr int kMaxDev = 64;
+  static bool done[kMaxDev] = {};
+  int dev = 0;
+  LZ_CUDA_OK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= kMaxDev || done[dev]) return;
+  cudaMemPool_t pool;
+  LZ_CUDA_OK(cudaDeviceGetDefaultMemPool(&pool, dev));
+  uint64_t keep = UINT64_MAX;
+  LZ_CUDA_OK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+  done[dev] = true;
+}
+
 int g_window_variant = 1;  // chunked backward: 1 = tensor-core window stage, 0 = CUDA-core
+int g_stage_variant = 1;   // chunked backward: 1 = tensor-core statistics and feature stages, 0 = CUDA-core
 
 template <typename T>
 void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g, cudaStream_t st, bool chunked) {
@@ -1475,6 +1946,7 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   const int64_t BHL = int64_t(a.B) * a.Hq * a.L, F2 = 2 * a.F;
   const int64_t total = BHL * (4 * F2 + a.D + 8) + BHL;  // + dy.A scratch
   float* buf = nullptr;
+  keep_pool_memory();
   LZ_CUDA_OK(cudaMallocAsync(&buf, total * sizeof(float), st));
   Ws ws;
   float* p = buf;
@@ -1511,11 +1983,18 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
     names[nev++] = n;
   };
   mark("start");
-  feat_kernel<T><<<grid, block, 0, st>>>(a, d, ws);
+  const bool tc_stages = chunked && g_stage_variant == 1;
+  if (tc_stages)
+    feattc::run_feat<T>(a, d, ws, nullptr, nullptr, false, st);
+  else
+    feat_kernel<T><<<grid, block, 0, st>>>(a, d, ws);
   cumsum_kernel<<<a.B * a.Hq, 32, 0, st>>>(a, d, ws);
-  mark("feat+cumsum");
-  stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya, !chunked);
-  mark("stats");
+  mark(tc_stages ? "feat-tc+cumsum" : "feat+cumsum");
+  if (tc_stages)
+    wstats::run_stats<T>(a, d, ws, dy, dya, st);  // window only: the chunked sweep does the gate's
+  else
+    stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya, !chunked);
+  mark(tc_stages ? "stats-tc" : "stats");
   if (chunked) gate::run_gate<T>(a, d, ws, dy, g.dv, st);  // dn, dden, dphq, dbq; dv (gate), dphk, dbk
   if (chunked) mark("gate-chunked");
   if (chunked && g_window_variant == 1) {
@@ -1528,8 +2007,11 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
     kgrad_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, g.dk, g.dv, !chunked);
     mark("kgrad");
   }
-  featbwd_kernel<T><<<grid, block, 0, st>>>(a, d, ws, g.dq, g.dk);
-  mark("featbwd");
+  if (tc_stages)
+    feattc::run_feat<T>(a, d, ws, g.dq, g.dk, true, st);
+  else
+    featbwd_kernel<T><<<grid, block, 0, st>>>(a, d, ws, g.dq, g.dk);
+  mark(tc_stages ? "featbwd-tc" : "featbwd");
   if ((g.dwq || g.dwk) && chunked)
     dwtc::run_dw<T>(a, d, ws, g.dwq, g.dwk, st);  // tensor cores, split over tokens
   else if (g.dwq || g.dwk)
@@ -1570,6 +2052,7 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
 }
 
 void set_backward_window_variant(int v) { g_window_variant = v == 0 ? 0 : 1; }
+void set_backward_stage_variant(int v) { g_stage_variant = v == 0 ? 0 : 1; }
 
 void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
                                        cudaStream_t stream) {
