@@ -248,18 +248,38 @@ template class Stage2Net<double>;
 
 // ---- Stage2 ------------------------------------------------------------------------------------
 
+LizardCheckpoint stage2_start(const ModelConfig& teacher, const LizardCheckpoint& lizard, const Stage2Options& opt) {
+  check_lizard_teacher_shape(lizard, teacher);
+  LizardCheckpoint ck = lizard;
+  ck.lora = init_lora(opt.lora, teacher, opt.init_seed);
+  return ck;
+}
+
+std::string stage2_fingerprint(const LizardCheckpoint& start, const Stage2Options& opt) {
+  // Stage 1's Lizard parameters: a resume must start from the same.
+  std::vector<float> all;
+  for (const auto& [l, p] : start.layers) {
+    LizardParams q = p;  // entries() hands out mutable views
+    for (auto& e : q.entries(start.config, start.shape)) all.insert(all.end(), e.data->begin(), e.data->end());
+  }
+  nlohmann::json j = {{"stage", "lora-finetune"},
+                      {"lizard_config", lizard_config_to_json(start.config)},
+                      {"teacher", start.teacher.fingerprint},
+                      {"teacher_size", start.teacher.size},
+                      {"stage1_params", sha256_hex(all.data(), all.size() * sizeof(float))},
+                      {"lora_rank", opt.lora.rank},
+                      {"lora_alpha", opt.lora.alpha},
+                      {"lora_targets", opt.lora.targets},
+                      {"train_lizard", opt.train_lizard},
+                      {"init_seed", opt.init_seed}};
+  return j.dump();
+}
+
 Stage2::Stage2(std::shared_ptr<const Checkpoint> teacher, const LizardCheckpoint& lizard, const Stage2Options& opt)
-    : ckpt_(std::move(teacher)), opt_(opt), base_(lizard) {
+    : ckpt_(std::move(teacher)), opt_(opt) {
   LZ_CHECK(ckpt_ != nullptr, "no teacher given");
   LZ_CHECK(opt_.seq_len >= 1, "sequence length must be positive");
-  check_lizard_teacher_shape(base_, ckpt_->config);
-  base_.lora = init_lora(opt_.lora, ckpt_->config, opt_.init_seed);
-  {
-    std::vector<float> all;
-    for (auto& [l, p] : base_.layers)
-      for (auto& e : p.entries(base_.config, base_.shape)) all.insert(all.end(), e.data->begin(), e.data->end());
-    base_hash_ = sha256_hex(all.data(), all.size() * sizeof(float));
-  }
+  base_ = stage2_start(ckpt_->config, lizard, opt_);
   net_ = std::make_unique<Stage2Net<float>>(*ckpt_, base_);
   net_->recompute = opt_.recompute;
   net_->train_lizard = opt_.train_lizard;
@@ -337,19 +357,7 @@ LizardCheckpoint Stage2::checkpoint() const {
 
 void Stage2::save_model(const std::string& dir) const { save_lizard_dir(dir, checkpoint()); }
 
-std::string Stage2::fingerprint() const {
-  nlohmann::json j = {{"stage", name()},
-                      {"lizard_config", lizard_config_to_json(base_.config)},
-                      {"teacher", base_.teacher.fingerprint},
-                      {"teacher_size", base_.teacher.size},
-                      {"stage1_params", base_hash_},
-                      {"lora_rank", opt_.lora.rank},
-                      {"lora_alpha", opt_.lora.alpha},
-                      {"lora_targets", opt_.lora.targets},
-                      {"train_lizard", opt_.train_lizard},
-                      {"init_seed", opt_.init_seed}};
-  return j.dump();
-}
+std::string Stage2::fingerprint() const { return stage2_fingerprint(base_, opt_); }
 
 std::unique_ptr<LlamaModel> Stage2::student() const {
   ModelOptions mo;

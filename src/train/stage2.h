@@ -80,6 +80,12 @@ struct Stage2Options {
   size_t fp32_cache_bytes = size_t(2) << 30;  // for the evaluation models (teacher, student)
 };
 
+// Shared by Stage2 and the CUDA stage 2 (train/cuda/stage2_cuda.h), so that both start from, and
+// identify, the same model: stage 1's checkpoint with fresh adapters (init_lora(opt.lora, opt.init_seed);
+// any LoRA it had is replaced), and the run's fingerprint (config, teacher, stage 1's parameters, options).
+LizardCheckpoint stage2_start(const ModelConfig& teacher, const LizardCheckpoint& lizard, const Stage2Options& opt);
+std::string stage2_fingerprint(const LizardCheckpoint& start, const Stage2Options& opt);
+
 class Stage2 : public Stage {
  public:
   // lizard: stage 1's checkpoint (its LoRA, if any, is replaced by fresh adapters).
@@ -105,7 +111,6 @@ class Stage2 : public Stage {
   std::shared_ptr<const Checkpoint> ckpt_;
   Stage2Options opt_;
   LizardCheckpoint base_;   // stage 1's model (LoRA set to the initial adapters)
-  std::string base_hash_;   // of stage 1's Lizard parameters (a resume must start from the same)
   std::unique_ptr<Stage2Net<float>> net_;
   std::unique_ptr<LlamaModel> teacher_;
 };
