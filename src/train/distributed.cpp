@@ -94,6 +94,11 @@ BatchShard batch_shard(int batch, int world, int rank) {
   return {rank * share, (rank + 1) * share};
 }
 
+Communicator& process_communicator(const RendezvousOptions& rv) {
+  static Communicator* const comm = make_communicator(dist_env_from_environment(), rv).release();
+  return *comm;
+}
+
 #ifndef LIZARD_HAVE_CUDA
 
 std::unique_ptr<Communicator> make_communicator(const DistEnv& env, const RendezvousOptions&) {
@@ -218,6 +223,8 @@ class NcclCommunicator final : public Communicator {
     cuda_ok(cudaGetDeviceCount(&n_dev), "cudaGetDeviceCount");
     LZ_CHECK(n_dev > 0, "rank {} of {}: no CUDA device is visible", rank_, world_);
     device_ = env.local_rank % n_dev;
+    int callers_device = 0;
+    cuda_ok(cudaGetDevice(&callers_device), "cudaGetDevice");
     cuda_ok(cudaSetDevice(device_), "cudaSetDevice");
     cuda_ok(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
 
@@ -242,6 +249,7 @@ class NcclCommunicator final : public Communicator {
       id = tcp ? tcp_receive(env, rv) : file_receive(env, rv);
     }
     nccl_ok(ncclCommInitRank(&comm_, world_, id, rank_), "ncclCommInitRank");
+    if (!rv.select_device) cuda_ok(cudaSetDevice(callers_device), "cudaSetDevice");
     if (rank_ == 0 && !tcp) {
       std::error_code ec;
       fs::remove(id_file(env, rv), ec);  // everyone has joined; a later run must not read this id
@@ -259,6 +267,7 @@ class NcclCommunicator final : public Communicator {
 
   void allreduce_mean(float* host, size_t n) override {
     if (n == 0) return;
+    const OnDevice on(*this);
     void* d = staged(host, n * sizeof(float));
     nccl_ok(ncclAllReduce(d, d, n, ncclFloat32, ncclSum, comm_, stream_), "ncclAllReduce(float)");
     unstage(host, n * sizeof(float));
@@ -268,6 +277,7 @@ class NcclCommunicator final : public Communicator {
 
   void allreduce_sum(double* host, size_t n) override {
     if (n == 0) return;
+    const OnDevice on(*this);
     void* d = staged(host, n * sizeof(double));
     nccl_ok(ncclAllReduce(d, d, n, ncclFloat64, ncclSum, comm_, stream_), "ncclAllReduce(double)");
     unstage(host, n * sizeof(double));
@@ -275,6 +285,7 @@ class NcclCommunicator final : public Communicator {
 
   void broadcast(void* host, size_t bytes, int root) override {
     if (bytes == 0) return;
+    const OnDevice on(*this);
     void* d = staged(host, bytes);
     nccl_ok(ncclBroadcast(d, d, bytes, ncclUint8, root, comm_, stream_), "ncclBroadcast");
     unstage(host, bytes);
@@ -294,9 +305,18 @@ class NcclCommunicator final : public Communicator {
       fail("rank {} of {}: {} failed: {}{}{}", rank_, world_, what, ncclGetErrorString(r), comm_ ? ": " : "",
            comm_ ? ncclGetLastError(comm_) : "");
   }
+  // The communicator's GPU for the span of one collective; the caller's current GPU afterwards.
+  struct OnDevice {
+    const NcclCommunicator& c;
+    int prev = 0;
+    explicit OnDevice(const NcclCommunicator& comm) : c(comm) {
+      c.cuda_ok(cudaGetDevice(&prev), "cudaGetDevice");
+      c.cuda_ok(cudaSetDevice(c.device_), "cudaSetDevice");
+    }
+    ~OnDevice() { cudaSetDevice(prev); }
+  };
   // Host data into the (grown as needed) device buffer; the stream orders copies and collectives.
   void* staged(const void* host, size_t bytes) {
-    cuda_ok(cudaSetDevice(device_), "cudaSetDevice");
     if (bytes > cap_) {
       if (buf_) cuda_ok(cudaFree(buf_), "cudaFree");
       buf_ = nullptr;

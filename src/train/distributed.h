@@ -62,10 +62,20 @@ struct RendezvousOptions {
   Method method = Method::Auto;  // Auto: TCP when MASTER_ADDR and MASTER_PORT are set, else File
   std::string dir;               // for File: a directory every rank sees
   double timeout_s = 600;        // how long ranks wait for rank 0's id (model loading comes first)
+  // Leave GPU local_rank current for the caller's later CUDA work (the stage). Off: the caller's
+  // current GPU stays as it was (a stage built before the communicator keeps working where it is).
+  bool select_device = true;
 };
 
-// World 1: the no-op Communicator. World > 1: an NCCL communicator (fails when built without CUDA);
-// it calls cudaSetDevice(local_rank mod visible GPUs), so make it BEFORE putting anything on the GPU.
+// World 1: the no-op Communicator. World > 1: an NCCL communicator (fails when built without CUDA)
+// on GPU local_rank mod visible GPUs, which it makes current (rv.select_device), so make it BEFORE
+// putting anything on the GPU.
 std::unique_ptr<Communicator> make_communicator(const DistEnv& env, const RendezvousOptions& rv);
+
+// This process's communicator, made from the launcher's environment on the first call (later calls
+// return the same one and ignore rv): the trainer uses it when given none, and `lizard linearize`
+// calls it before building a GPU stage, so that the stage lands on GPU local_rank. Never destroyed
+// (tearing NCCL down after CUDA at exit would fail).
+Communicator& process_communicator(const RendezvousOptions& rv);
 
 }  // namespace lizard

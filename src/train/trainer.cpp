@@ -228,13 +228,12 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
   const fs::path dir(o.out_dir);
   const fs::path log_path = dir / kTrainLogFile;
 
-  std::unique_ptr<Communicator> own_comm;
   Communicator* comm = o.comm;
   if (!comm) {
     RendezvousOptions rv;
     rv.dir = o.dist_dir.empty() ? (dir / ".dist").string() : o.dist_dir;
-    own_comm = make_communicator(dist_env_from_environment(), rv);
-    comm = own_comm.get();
+    rv.select_device = false;  // the stage exists already: it stays on its GPU
+    comm = &process_communicator(rv);
   }
   const int world = comm->world();
   const bool root = comm->is_root();

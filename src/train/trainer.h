@@ -55,10 +55,10 @@ struct TrainOptions {
   // Called after every step (tests use it to request a stop at a given step).
   std::function<void(int64_t steps_done, const LossResult&)> on_step;
   nlohmann::json args = nlohmann::json::object();  // recorded in the log's start line
-  // Processes: null makes one from the launcher's environment (a no-op for a single process); make it
-  // yourself (make_communicator) before the stage puts anything on the GPU, as it selects the device.
+  // Processes: null means process_communicator() (from the launcher's environment; a no-op for a
+  // single process). It selects the GPU, so call process_communicator() before a stage uses the GPU.
   Communicator* comm = nullptr;
-  std::string dist_dir;         // rendezvous directory when comm is null (default: out_dir/.dist)
+  std::string dist_dir;         // rendezvous directory if this run makes it (default: out_dir/.dist)
 };
 
 struct TrainResult {
