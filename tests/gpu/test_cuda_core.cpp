@@ -540,6 +540,7 @@ TEST(CudaCore, AttentionDecode) {
   check_decode(3, 5, 4, 4, 64, 1111, {1111, 6, 130}, g);  // a full cache
   check_decode(2, 5, 8, 1, 256, 700, {700, 33}, g);       // 40 rows per kv head: three row groups
   check_decode(1, 1, 4, 2, 96, 5000, {4097}, g);          // D 96, many splits for one slot
+  check_decode(2, 3, 6, 2, 50, 400, {400, 17}, g);        // D 50: the 4-byte load path
 }
 
 }  // namespace

@@ -93,7 +93,8 @@ TeacherWeights::TeacherWeights(const Checkpoint& ck, const LoraSet* lora) : cfg_
             }
         }
         half.resize(block.size());
-        for (size_t i = 0; i < block.size(); ++i) half[i] = f32_to_bf16(block[i]);
+#pragma omp parallel for
+        for (int64_t i = 0; i < int64_t(block.size()); ++i) half[size_t(i)] = f32_to_bf16(block[size_t(i)]);
         copy_to_device(static_cast<uint16_t*>(dev) + r0 * cols, half.data(), half.size() * 2);
       }
       return dev;

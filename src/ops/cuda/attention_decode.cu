@@ -51,6 +51,7 @@ struct Params {
   int B, n, H, Hkv, D, max_ctx;
   int64_t chunk, splits;
   float scale;
+  bool vec16;  // D % 8 == 0 and both caches 16-byte aligned
 };
 
 template <int MAXD>
@@ -58,14 +59,14 @@ __global__ void __launch_bounds__(kThreads) decode_split_k(Params p) {
   constexpr int DPT = MAXD / kThreads;  // output dims per thread
   __shared__ bf162 q_s[kRows][MAXD / 2];
   __shared__ bf162 k_s[kTile][MAXD / 2 + 1];  // odd word stride: lanes (keys) hit different banks
-  __shared__ bf16 v_s[kTile][MAXD];
+  __shared__ __align__(16) bf16 v_s[kTile][MAXD];
   __shared__ float p_s[kRows][kTile];
   __shared__ float m_s[kRows], l_s[kRows], c_s[kRows];
 
   const int s = blockIdx.x;
   const int kvh = blockIdx.y % p.Hkv, rg = blockIdx.y / p.Hkv;
   const int b = blockIdx.z;
-  const int len = p.lens[b];
+  const int len = min(p.lens[b], p.max_ctx);  // a length past the cache would read outside it
   if (len <= 0) return;
   const int64_t start = int64_t(s) * p.chunk;
   if (start >= len) return;  // the combine kernel reads only the splits below len
@@ -96,11 +97,24 @@ __global__ void __launch_bounds__(kThreads) decode_split_k(Params p) {
   for (int t0 = int(start); t0 < end; t0 += kTile) {
     const int nk = min(kTile, end - t0);
     __syncthreads();  // the previous tile is consumed (and q_s, m_s are ready on the first pass)
-    for (int i = tid; i < nk * W; i += kThreads) {
-      const int key = i / W, w = i % W;
-      const int64_t off = (kv_base + t0 + key) * p.D;
-      k_s[key][w] = reinterpret_cast<const bf162*>(p.k + off)[w];
-      reinterpret_cast<bf162*>(&v_s[key][0])[w] = reinterpret_cast<const bf162*>(p.v + off)[w];
+    if (p.vec16) {  // 16-byte loads; k_s rows have an odd word stride, so its stores go word by word
+      const int W4 = p.D / 8;
+      for (int i = tid; i < nk * W4; i += kThreads) {
+        const int key = i / W4, c = i % W4;
+        const int64_t off = (kv_base + t0 + key) * p.D;
+        const uint4 kk = reinterpret_cast<const uint4*>(p.k + off)[c];
+        const uint4 vv = reinterpret_cast<const uint4*>(p.v + off)[c];
+        uint32_t* kr = reinterpret_cast<uint32_t*>(&k_s[key][4 * c]);
+        kr[0] = kk.x, kr[1] = kk.y, kr[2] = kk.z, kr[3] = kk.w;
+        reinterpret_cast<uint4*>(&v_s[key][0])[c] = vv;
+      }
+    } else {
+      for (int i = tid; i < nk * W; i += kThreads) {
+        const int key = i / W, w = i % W;
+        const int64_t off = (kv_base + t0 + key) * p.D;
+        k_s[key][w] = reinterpret_cast<const bf162*>(p.k + off)[w];
+        reinterpret_cast<bf162*>(&v_s[key][0])[w] = reinterpret_cast<const bf162*>(p.v + off)[w];
+      }
     }
     __syncthreads();
     // Scores: lane = key, warps over rows. Causal: query row at len - n + j sees keys <= its position.
@@ -169,7 +183,7 @@ __global__ void __launch_bounds__(kThreads) decode_split_k(Params p) {
 __global__ void __launch_bounds__(kThreads) decode_combine_k(Params p) {
   const int64_t row = blockIdx.x;  // (b * n + j) * H + h
   const int b = int(row / (int64_t(p.n) * p.H));
-  const int len = p.lens[b];
+  const int len = min(p.lens[b], p.max_ctx);
   if (len <= 0) return;
   const int64_t ns = std::min<int64_t>(p.splits, (len + p.chunk - 1) / p.chunk);
   const float* ml = p.ml + row * p.splits * 2;
@@ -251,6 +265,8 @@ void attention_decode(const AttentionDecodeArgs& a) {
   p.splits = n_splits(a.B, a.max_ctx);
   p.acc = a.workspace;
   p.ml = a.workspace + int64_t(a.B) * a.n * a.H * p.splits * a.D;
+  p.vec16 = a.D % 8 == 0 && reinterpret_cast<uintptr_t>(a.k_cache) % 16 == 0 &&
+            reinterpret_cast<uintptr_t>(a.v_cache) % 16 == 0;
   p.scale = a.scale != 0.f ? a.scale : 1.f / std::sqrt(float(a.D));
   const int rows = (a.H / a.Hkv) * a.n;
   const int64_t row_groups = (rows + kRows - 1) / kRows;
