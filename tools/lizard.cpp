@@ -553,7 +553,7 @@ int main(int argc, char** argv) {
   lin->add_option("--warmup", la.warmup, "fraction of steps of linear warm-up")->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
   lin->add_option("--final-lr", la.final_lr, "cosine decay ends at this fraction of --lr")->capture_default_str();
-  lin->add_option("--device", la.device, "cpu (cuda: not yet)")->capture_default_str();
+  lin->add_option("--device", la.device, "cpu or cuda (cuda: stage 1 only so far)")->capture_default_str();
   lin->add_flag("--resume", la.resume, "continue the run saved in --out (same optimizer state, data position, RNG)");
   lin->add_option("--save-every", la.save_every, "checkpoint every N steps (0: at the end and on Ctrl-C)");
   lin->add_option("--eval-every", la.eval_every, "held-out loss every N steps (0: at the end)");

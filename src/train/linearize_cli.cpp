@@ -23,6 +23,9 @@
 #include "train/stage2.h"
 #include "train/trainer.h"
 #include "util/error.h"
+#ifdef LIZARD_HAVE_CUDA
+#include "train/cuda/stage1_cuda.h"
+#endif
 
 namespace lizard {
 
@@ -49,7 +52,12 @@ struct SigintScope {
 
 int run_linearize(const LinearizeArgs& a) {
   LZ_CHECK(a.stage == "1" || a.stage == "2" || a.stage == "both", "--stage {}: expected 1, 2 or both", a.stage);
-  LZ_CHECK(a.device == "cpu", "--device {}: only cpu is implemented for training so far", a.device);
+  LZ_CHECK(a.device == "cpu" || a.device == "cuda", "--device {}: expected cpu or cuda", a.device);
+  // Checked before stage 1 starts, so that --stage both does not fail after it.
+  LZ_CHECK(a.device == "cpu" || a.stage == "1", "--device cuda: stage 2 runs on the CPU only so far (use --stage 1)");
+#ifndef LIZARD_HAVE_CUDA
+  LZ_CHECK(a.device == "cpu", "--device cuda: this lizard was built without CUDA (configure with -DLIZARD_CUDA=ON)");
+#endif
   LZ_CHECK(!a.out.empty(), "no output directory given (--out DIR)");
   LZ_CHECK(!a.data.empty(), "no training data given (--data PATH...)");
   LZ_CHECK(a.seq_len >= 2 && a.batch >= 1, "--seq-len must be at least 2 and --batch at least 1");
@@ -170,7 +178,18 @@ int run_linearize(const LinearizeArgs& a) {
   so.teacher = teacher_rec;
   so.seq_len = a.seq_len;
   so.threads = a.threads;
-  Stage1 stage(ck, so);
+  std::unique_ptr<Stage> stage_ptr;
+  if (a.device == "cuda") {
+#ifdef LIZARD_HAVE_CUDA
+    auto gpu = std::make_unique<Stage1Cuda>(ck, so);
+    if (!a.quiet) std::fprintf(stderr, "device: cuda (%s)\n", gpu->device_description().c_str());
+    stage_ptr = std::move(gpu);
+#endif
+  } else {
+    stage_ptr = std::make_unique<Stage1>(ck, so);
+    if (!a.quiet) std::fprintf(stderr, "device: cpu (%d threads)\n", stage_ptr->teacher().n_threads());
+  }
+  Stage& stage = *stage_ptr;
 
   TrainOptions to;
   to.out_dir = a.out;
