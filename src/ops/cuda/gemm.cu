@@ -65,8 +65,14 @@ using PlanKey = std::tuple<bool, bool, int64_t, int64_t, int64_t, int, bool, boo
 
 struct DeviceCtx {
   cublasLtHandle_t handle = nullptr;
-  DeviceBuffer workspace;
+  // One workspace per stream: GEMMs on different streams may run at the same time.
+  std::map<cudaStream_t, DeviceBuffer> workspaces;
   std::map<PlanKey, std::unique_ptr<Plan>> plans;
+  void* workspace(cudaStream_t s) {
+    DeviceBuffer& w = workspaces[s];
+    w.resize(kWorkspaceBytes);
+    return w.get();
+  }
 };
 
 std::mutex g_mutex;
@@ -81,7 +87,6 @@ DeviceCtx& device_ctx() {
   if (!c) {
     auto fresh = std::make_unique<DeviceCtx>();
     LZ_LT_OK(cublasLtCreate(&fresh->handle));
-    fresh->workspace.resize(kWorkspaceBytes);
     c = fresh.release();
   }
   return *c;
@@ -181,11 +186,11 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, cons
   const void* c = C ? C : D;
   const PlanKey key{ta, tb, M, N, K, int(d_type), C != nullptr, beta != 0.f,
                     alignment_of(A), alignment_of(B), alignment_of(c), alignment_of(D)};
-  std::lock_guard<std::mutex> lock(g_mutex);  // the cache and the shared workspace
+  std::lock_guard<std::mutex> lock(g_mutex);  // the plan cache and the workspaces
   DeviceCtx& ctx = device_ctx();
   const Plan& p = plan_for(ctx, key);
   LZ_LT_OK(cublasLtMatmul(ctx.handle, p.desc, &alpha, B, p.la, A, p.lb, &beta, c, p.lc, D, p.lc, &p.algo,
-                          ctx.workspace.get(), kWorkspaceBytes, s));
+                          ctx.workspace(s), kWorkspaceBytes, s));
 }
 
 void linear_fwd(const void* x, const void* w, const void* bias, void* y, DType ydt, int64_t rows, int in, int out,

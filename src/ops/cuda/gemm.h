@@ -6,7 +6,7 @@
 //   op(B) is [K, N]: B stored [K, N], or [N, K] when tb (a weight in PyTorch's [out, in] layout).
 // C may be null (then beta is ignored) or equal D (accumulate in place); C has D's type.
 // Descriptors and algorithm choices are cached per shape, so repeated calls cost one cublasLtMatmul.
-// One cuBLASLt handle and one 32 MiB workspace per device, made on first use.
+// One cuBLASLt handle per device and one 32 MiB workspace per (device, stream), made on first use.
 #pragma once
 #include <cstdint>
 
