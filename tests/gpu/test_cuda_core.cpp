@@ -343,8 +343,9 @@ void check_teacher(bool tied, bool bias, bool with_lora) {
     }
     const std::vector<double> got = Buf::download(DType::BF16, dev, ref.size());
     for (size_t i = 0; i < ref.size(); ++i) {
-      const double err = std::fabs(got[i] - ref[i]), allowed = std::ldexp(std::fabs(ref[i]), -8) * 1.01 + 1e-30;
-      worst = std::max(worst, err / std::max(std::fabs(ref[i]), 1e-30));
+      // + 1e-6: the fp32 merge of W + delta may cancel to a value near 0
+      const double err = std::fabs(got[i] - ref[i]), allowed = std::ldexp(std::fabs(ref[i]), -8) * 1.01 + 1e-6;
+      worst = std::max(worst, err / std::max(std::fabs(ref[i]), 1e-3));
       ASSERT_LE(err, allowed) << name << "[" << i << "]: " << got[i] << " vs " << ref[i];
     }
     ++checked;
@@ -384,7 +385,7 @@ void check_teacher(bool tied, bool bias, bool with_lora) {
   ASSERT_EQ(cudaMemcpy(fd.data(), tw.rope_inv_freq(), f.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
   for (size_t i = 0; i < f.size(); ++i) EXPECT_EQ(fd[i], f[i]) << "rope_inv_freq[" << i << "]";
   std::printf("[cuda-core] teacher weights (tied %d, qkv bias %d, lora %d): %d tensors, max rel err %.2e (bf16 rounding "
-              "<= 3.9e-3), %zu bytes\n",
+              "<= 3.9e-3; |w| floored at 1e-3), %zu bytes\n",
               int(tied), int(bias), int(with_lora), checked, worst, tw.bytes());
 }
 
