@@ -65,19 +65,31 @@ __global__ void gate_dxn_k(const float* dz, const float* wg, bf16* dxn, int64_t 
   }
 }
 
-// dw_g[g, j] += sum_{t in chunk} x_n[t, j] dz[t, g]; db_g[g] += sum_{t in chunk} dz[t, g].
-// Grid (column tiles of blockDim.x, token chunks, G); both outputs zeroed before.
+// dw_g[g, j] += sum_{t in chunk} x_n[t, j] dz[t, g]; db_g[g] += sum_{t in chunk} dz[t, g], for kGatesPerThread
+// gates g0.. at once so x_n is read G / kGatesPerThread times. Grid (column tiles of blockDim.x, token
+// chunks, gate groups); both outputs zeroed before.
+constexpr int kGatesPerThread = 8;
 __global__ void gate_dw_k(const bf16* xn, const float* dz, float* dwg, float* dbg, int64_t T, int d, int G,
                           int64_t chunk) {
-  const int g = blockIdx.z;
+  const int g0 = blockIdx.z * kGatesPerThread;
+  const int ng = min(kGatesPerThread, G - g0);
   const int64_t t0 = blockIdx.y * chunk, t1 = min(T, t0 + chunk);
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j < d) {
-    float s = 0.f;
-    for (int64_t t = t0; t < t1; ++t) s += __bfloat162float(xn[t * d + j]) * dz[t * G + g];
-    atomicAdd(dwg + int64_t(g) * d + j, s);
+    float s[kGatesPerThread] = {};
+    for (int64_t t = t0; t < t1; ++t) {
+      const float x = __bfloat162float(xn[t * d + j]);
+      const float* dzt = dz + t * G + g0;
+#pragma unroll
+      for (int k = 0; k < kGatesPerThread; ++k)
+        if (k < ng) s[k] = fmaf(x, dzt[k], s[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < kGatesPerThread; ++k)
+      if (k < ng) atomicAdd(dwg + int64_t(g0 + k) * d + j, s[k]);
   }
-  if (blockIdx.x == 0 && threadIdx.x == 0) {
+  if (blockIdx.x == 0 && threadIdx.x < ng) {
+    const int g = g0 + threadIdx.x;
     float s = 0.f;
     for (int64_t t = t0; t < t1; ++t) s += dz[t * G + g];
     atomicAdd(dbg + g, s);
@@ -120,11 +132,12 @@ void lizard_gate_bwd(const void* xn, const float* w_g, const float* b_g, const f
     launched("lizard_gate_bwd (dxn)");
   }
   // Enough chunks to fill the card (~2K blocks), at least 64 tokens each.
-  const int tiles = (d + 255) / 256;
-  const int64_t want_chunks = std::max<int64_t>(1, 2048 / (int64_t(tiles) * G));
+  const int tiles = (d + 255) / 256, groups = (G + kGatesPerThread - 1) / kGatesPerThread;
+  const int64_t want_chunks = std::max<int64_t>(1, 2048 / (int64_t(tiles) * groups));
   const int64_t chunk = std::max<int64_t>(64, (T + want_chunks - 1) / want_chunks);
   const int64_t chunks = (T + chunk - 1) / chunk;
-  gate_dw_k<<<dim3(unsigned(tiles), unsigned(chunks), unsigned(G)), 256, 0, s>>>(x, dz, dw_g, db_g, T, d, G, chunk);
+  gate_dw_k<<<dim3(unsigned(tiles), unsigned(chunks), unsigned(groups)), 256, 0, s>>>(x, dz, dw_g, db_g, T, d, G,
+                                                                                    chunk);
   launched("lizard_gate_bwd (dw)");
   LZ_CUDA_OK(cudaFreeAsync(dz, s));
 }
