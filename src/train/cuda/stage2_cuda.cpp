@@ -125,8 +125,17 @@ struct Stage2Cuda::Impl {
     LZ_CHECK(mc.n_heads % mc.n_kv_heads == 0, "stage 2: {} heads over {} kv heads", mc.n_heads, mc.n_kv_heads);
     const LizardConfig& c = base.config;
     rope_lizard = c.feature_on_rope && c.window_rope;
-    // Fail here, not at the first step, on options the kernels do not implement.
-    if (!base.layers.empty()) (void)cuda::lizard_cuda_args(c, base.shape, 1, 1);
+    // Fail here, not at the first step, on sizes and options the kernels do not implement.
+    LZ_CHECK(mc.head_dim == 64 || mc.head_dim == 128,
+             "stage 2 on the GPU: head_dim {} (the GPU attention kernels take 64 or 128; use --device cpu)",
+             mc.head_dim);
+    if (!base.layers.empty()) {
+      (void)cuda::lizard_cuda_args(c, base.shape, 1, 1);
+      LZ_CHECK(c.feature_dim == 32 || c.feature_dim == 64,
+               "stage 2 on the GPU: feature_dim {} (the GPU Lizard kernels take 32 or 64)", c.feature_dim);
+      LZ_CHECK(mc.head_dim == 64 || c.window <= 192,
+               "stage 2 on the GPU: window {} at head_dim 128 (the GPU Lizard kernels take up to 192)", c.window);
+    }
     for (const auto& [l, p] : base.layers) {
       lizard[l] = p;
       lizard_grad[l].resize(c, base.shape);
