@@ -23,6 +23,7 @@
 #include "eval/eval_cli.h"
 #include "formats/gguf.h"
 #include "generate/bench_generate.h"
+#include "generate/cuda_generate.h"
 #include "generate/generate.h"
 #include "generate/state_io.h"
 #include "model/checkpoint.h"
@@ -195,7 +196,62 @@ struct GenerateArgs {
   bool seed_set = false, chat = false, quiet = false, exact = false;
   std::string save_state, load_state;  // --save-state / --load-state FILE
   std::string teacher;                 // --teacher: where a Lizard checkpoint's teacher lives now
+  std::string device = "cpu";          // cpu | cuda
+  int batch = 1;                       // cuda: sequences of the same prompt, seeds seed, seed+1, ...
 };
+
+// --device cuda: the same sampling, streaming and stop logic (generate/generate.h) on the GPU model.
+void generate_cuda(const GenerateArgs& a, const LoadedModel& lm, const Tokenizer& tok, const std::string& prompt,
+                   const std::vector<int32_t>& ids, const GenerateOptions& go) {
+  cuda::CudaModel gm(lm);
+  // Softmax layers' caches are sized for what this run can reach; all-Lizard models hold no cache.
+  const int64_t ctx = std::min<int64_t>(lm.model->context_length(),
+                                        static_cast<int64_t>(ids.size()) + std::max(a.n, 1));
+  const std::string gpu = cuda::device_name();
+  if (a.batch == 1) {
+    CudaSequence seq(gm, ctx);
+    if (!a.chat && !a.quiet) std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+    std::fflush(stdout);
+    GenerateStats st = generate(seq, ids, go, [&tok](int32_t id) { return tok.token_bytes(id); }, tok.eos_id(),
+                                [](int32_t, std::string_view text) {
+                                  std::fwrite(text.data(), 1, text.size(), stdout);
+                                  std::fflush(stdout);
+                                  return true;
+                                });
+    std::fputc('\n', stdout);
+    std::fprintf(stderr, "[%lld prompt tokens at %.1f tok/s, %lld generated at %.1f tok/s, stop: %s; %s, %.1f MiB "
+                 "weights, %.1f MiB sequence state]\n",
+                 static_cast<long long>(st.prompt_tokens), st.prefill_tokens_per_s(),
+                 static_cast<long long>(st.new_tokens), st.decode_tokens_per_s(), st.stop_reason.c_str(), gpu.c_str(),
+                 static_cast<double>(gm.weight_bytes()) / 1048576.0, static_cast<double>(seq.batch().bytes()) / 1048576.0);
+    return;
+  }
+  CudaBatchModel bm(gm, a.batch, ctx);
+  std::vector<uint64_t> seeds;
+  for (int i = 0; i < a.batch; ++i) seeds.push_back(go.sampling.seed + static_cast<uint64_t>(i));
+  std::vector<std::string> texts(static_cast<size_t>(a.batch));
+  const BatchGenerateStats bs =
+      generate_batch(bm, ids, go, seeds, [&tok](int32_t id) { return tok.token_bytes(id); }, tok.eos_id(),
+                     [&](int slot, int32_t, std::string_view text) {
+                       texts[static_cast<size_t>(slot)].append(text);
+                       return true;
+                     });
+  for (int i = 0; i < a.batch && !a.quiet; ++i) {
+    const GenerateStats& s = bs.sequences[static_cast<size_t>(i)];
+    std::printf("--- sequence %d (seed %llu, %lld tokens, stop: %s) ---\n", i,
+                static_cast<unsigned long long>(seeds[static_cast<size_t>(i)]), static_cast<long long>(s.new_tokens),
+                s.stop_reason.c_str());
+    if (!a.chat) std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+    std::printf("%s\n", texts[static_cast<size_t>(i)].c_str());
+  }
+  std::fflush(stdout);
+  std::fprintf(stderr, "[%d sequences of %zu prompt tokens: prefill %.1f tok/s (once, copied to every slot), decode "
+               "%.1f tok/s summed over the batch (%lld tokens in %lld steps); %s, %.1f MiB weights, %.1f MiB batch "
+               "state]\n",
+               a.batch, ids.size(), bs.sequences.front().prefill_tokens_per_s(), bs.decode_tokens_per_s(),
+               static_cast<long long>(bs.decoded_tokens), static_cast<long long>(bs.batch_steps), gpu.c_str(),
+               static_cast<double>(gm.weight_bytes()) / 1048576.0, static_cast<double>(bm.batch().bytes()) / 1048576.0);
+}
 
 std::string read_stdin() { return std::string((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>()); }
 
@@ -209,6 +265,10 @@ void cmd_generate(const GenerateArgs& a) {
     prompt = read_stdin();
   }
   LZ_CHECK(!prompt.empty() || !a.load_state.empty(), "empty prompt: give -p TEXT, -f FILE or text on stdin");
+  LZ_CHECK(a.device == "cpu" || a.device == "cuda", "--device must be cpu or cuda, got '{}'", a.device);
+  LZ_CHECK(a.batch == 1 || a.device == "cuda", "--batch is for --device cuda");
+  LZ_CHECK(a.device == "cpu" || (a.load_state.empty() && a.save_state.empty()),
+           "--save-state and --load-state work with --device cpu only");
 
   ModelOptions mo;
   mo.n_threads = a.threads;
@@ -267,6 +327,10 @@ void cmd_generate(const GenerateArgs& a) {
            "prompt has {} tokens, the context is {} (raise it with --ctx)", state.n_past() + run.size(),
            model.context_length());
 
+  if (a.device == "cuda") {
+    generate_cuda(a, lm, tok, prompt, run, go);
+    return;
+  }
   if (!a.chat && !a.quiet) {
     std::fwrite(prompt.data(), 1, prompt.size(), stdout);
   }
@@ -433,7 +497,11 @@ int main(int argc, char** argv) {
   gen->add_option("-t,--threads", g.threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1 << 30));
   gen->add_option("--ctx", g.ctx, "context length (default: the model's)")->check(CLI::Range(0, 1 << 30));
   gen->add_flag("--exact", g.exact, "fp32 activations in decoding (matches reference implementations; slower)");
-  gen->add_flag("-q,--quiet", g.quiet, "do not echo the prompt");
+  gen->add_flag("-q,--quiet", g.quiet, "do not echo the prompt (--batch: print only the timing)");
+  gen->add_option("--device", g.device, "cpu or cuda (the GPU model: bf16 weights, fp32 accumulation)")
+      ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
+  gen->add_option("--batch", g.batch, "with --device cuda: N sequences of the prompt in one batch, seeds seed..seed+N-1")
+      ->capture_default_str()->check(CLI::Range(1, 4096));
   gen->add_option("--save-state", g.save_state, "after generating, save the whole context (prompt + output) to FILE");
   gen->add_option("--load-state", g.load_state, "continue the context saved in FILE; the prompt is appended")
       ->check(CLI::ExistingFile);
@@ -524,6 +592,10 @@ int main(int argc, char** argv) {
   bgen->add_option("-t,--threads", bg.threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1 << 30));
   bgen->add_option("--seed", bg.seed, "seed of the random prompt tokens")->capture_default_str();
   bgen->add_flag("-q,--quiet", bg.quiet, "no progress lines");
+  bgen->add_option("--device", bg.device, "cpu or cuda (GPU: device memory, batched decode)")->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  bgen->add_option("--batch", bg.batch, "with --device cuda: sequences decoded together")->capture_default_str()
+      ->check(CLI::Range(1, 4096));
 
   // ---- linearize: stage 1 attention transfer (src/train) ----
   LinearizeArgs la;
@@ -553,7 +625,7 @@ int main(int argc, char** argv) {
   lin->add_option("--warmup", la.warmup, "fraction of steps of linear warm-up")->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
   lin->add_option("--final-lr", la.final_lr, "cosine decay ends at this fraction of --lr")->capture_default_str();
-  lin->add_option("--device", la.device, "cpu or cuda (cuda: stage 1 only so far)")->capture_default_str();
+  lin->add_option("--device", la.device, "cpu or cuda")->capture_default_str();
   lin->add_flag("--resume", la.resume, "continue the run saved in --out (same optimizer state, data position, RNG)");
   lin->add_option("--save-every", la.save_every, "checkpoint every N steps (0: at the end and on Ctrl-C)");
   lin->add_option("--eval-every", la.eval_every, "held-out loss every N steps (0: at the end)");

@@ -285,6 +285,11 @@ nlohmann::json bench_run_to_json(const BenchRun& r) {
     j["state_bytes_after_decode"] = r.state_bytes_end;
     j["rss_after_load_bytes"] = r.rss_after_load;
     j["peak_rss_bytes"] = r.peak_rss;
+    if (r.gpu_used_bytes > 0) {
+      j["batch"] = r.batch;
+      j["gpu_used_bytes"] = r.gpu_used_bytes;
+      j["gpu_weight_bytes"] = r.gpu_weight_bytes;
+    }
   }
   return j;
 }
@@ -308,6 +313,9 @@ BenchRun bench_run_from_json(const nlohmann::json& j) {
   r.state_bytes_end = j.value("state_bytes_after_decode", uint64_t{0});
   r.rss_after_load = j.value("rss_after_load_bytes", uint64_t{0});
   r.peak_rss = j.value("peak_rss_bytes", uint64_t{0});
+  r.batch = j.value("batch", 1);
+  r.gpu_used_bytes = j.value("gpu_used_bytes", uint64_t{0});
+  r.gpu_weight_bytes = j.value("gpu_weight_bytes", uint64_t{0});
   return r;
 }
 
@@ -318,13 +326,23 @@ nlohmann::json bench_generate_json(const std::vector<BenchRun>& runs, const nloh
 }
 
 std::string bench_generate_markdown(const std::vector<BenchRun>& runs) {
+  // GPU runs report device memory (and their batch) where CPU runs report RSS.
+  const bool gpu = std::any_of(runs.begin(), runs.end(), [](const BenchRun& r) { return r.gpu_used_bytes > 0; });
   std::string s =
-      "| model | context | prefill tok/s | decode tok/s | state MiB | peak RSS MiB | RSS after load MiB | note |\n"
-      "|---|---:|---:|---:|---:|---:|---:|---|\n";
+      gpu ? "| model | context | batch | prefill tok/s | decode tok/s | state MiB | peak GPU MiB | weights MiB | note |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|\n"
+          : "| model | context | prefill tok/s | decode tok/s | state MiB | peak RSS MiB | RSS after load MiB | note |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---|\n";
   for (const auto& r : runs) {
-    if (r.ok())
+    if (r.ok() && gpu)
+      s += fmt::format("| {} | {} | {} | {:.1f} | {:.2f} | {} | {} | {} | {} |\n", r.model, r.context, r.batch,
+                       r.prefill_tok_s, r.decode_tok_s, mib(r.state_bytes_end), mib(r.gpu_used_bytes),
+                       mib(r.gpu_weight_bytes), r.note);
+    else if (r.ok())
       s += fmt::format("| {} | {} | {:.1f} | {:.2f} | {} | {} | {} | {} |\n", r.model, r.context, r.prefill_tok_s,
                        r.decode_tok_s, mib(r.state_bytes_end), mib(r.peak_rss), mib(r.rss_after_load), r.note);
+    else if (gpu)
+      s += fmt::format("| {} | {} | | {} | | | | | {} |\n", r.model, r.context, r.status, r.note);
     else
       s += fmt::format("| {} | {} | {} | | | | | {} |\n", r.model, r.context, r.status, r.note);
   }
@@ -366,7 +384,10 @@ Raster plot_bench_generate(const std::vector<BenchRun>& runs, const std::string&
   mem.title = "sequence state memory (cache_bytes)";
   mem.y_label = "MiB";
   mem.log_y = true;
-  dec.title = fmt::format("decode speed ({} single-token steps)", runs.empty() ? 0 : runs.front().decode);
+  const int batch = runs.empty() ? 1 : runs.front().batch;
+  dec.title = batch > 1 ? fmt::format("decode speed ({} steps of a batch of {}, tokens/s summed)",
+                                      runs.front().decode, batch)
+                        : fmt::format("decode speed ({} single-token steps)", runs.empty() ? 0 : runs.front().decode);
   dec.y_label = "tokens/s";
   dec.y_from_zero = true;
   for (LinePanel* p : {&mem, &dec}) {
@@ -429,6 +450,9 @@ struct TempDir {
 }  // namespace
 
 int run_bench_generate_cli(const BenchGenerateArgs& a) {
+  LZ_CHECK(a.device == "cpu" || a.device == "cuda", "--device must be cpu or cuda, got '{}'", a.device);
+  if (a.device == "cuda") return run_bench_generate_cuda(a);
+  LZ_CHECK(a.batch == 1, "--batch is for --device cuda (the CPU bench runs one sequence)");
   // The parent stays small and never runs the model (nor OpenMP): every load and forward happens
   // in children, so their peak RSS is their own.
   const std::string teacher = fs::absolute(a.model.empty() ? default_model_path() : a.model).lexically_normal().string();

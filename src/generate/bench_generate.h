@@ -56,6 +56,11 @@ struct BenchRun {
   uint64_t state_bytes_end = 0;    // ... and after the decode steps
   uint64_t rss_after_load = 0;     // VmRSS once the model is open
   uint64_t peak_rss = 0;           // VmHWM (reset at the child's start) or ru_maxrss
+  // GPU runs (--device cuda): sequences decoded together, and device memory in use (cudaMemGetInfo:
+  // total - free, CUDA context included) at its highest after prefill / decode; the weights' share.
+  int batch = 1;
+  uint64_t gpu_used_bytes = 0;
+  uint64_t gpu_weight_bytes = 0;
   bool ok() const { return status == "ok"; }
 };
 
@@ -98,7 +103,13 @@ struct BenchGenerateArgs {
   int threads = 0;
   uint64_t seed = 1;
   bool quiet = false;
+  std::string device = "cpu";  // cpu | cuda
+  int batch = 1;               // cuda: sequences decoded together
 };
 int run_bench_generate_cli(const BenchGenerateArgs& a);
+// --device cuda (bench_generate_cuda.cpp): in this process, one GPU model per subject, a batch of
+// a.batch slots per context (one prefill copied to every slot, then a.decode batched steps). A context
+// whose KV cache does not fit is recorded as "out of memory" and the model's longer ones are skipped.
+int run_bench_generate_cuda(const BenchGenerateArgs& a);
 
 }  // namespace lizard

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 
 #include "util/error.h"
 
@@ -42,34 +43,57 @@ std::string Utf8Stream::flush() {
   return out;
 }
 
-GenerateStats generate(const LlamaModel& model, LlamaState& st, std::span<const int32_t> prompt,
-                       const GenerateOptions& opt, const TokenBytes& token_bytes, std::optional<int32_t> eos,
-                       const TokenCallback& on_token) {
-  LZ_CHECK(!prompt.empty(), "the prompt is empty");
-  const int64_t ctx = model.context_length();
-  const int64_t start = st.n_past();
-  if (start + static_cast<int64_t>(prompt.size()) > ctx)
-    fail("prompt has {} tokens, the context is {}", start + static_cast<int64_t>(prompt.size()), ctx);
+namespace {
 
-  GenerateStats stats;
-  stats.prompt_tokens = static_cast<int64_t>(prompt.size());
-  std::vector<int32_t> stops = opt.stop_ids;
-  if (opt.stop_at_eos && eos) stops.push_back(*eos);
-  auto is_stop = [&](int32_t id) { return std::find(stops.begin(), stops.end(), id) != stops.end(); };
+// The CPU model's sequence as a SequenceModel.
+class CpuSequence : public SequenceModel {
+ public:
+  CpuSequence(const LlamaModel& m, LlamaState& st) : m_(m), st_(st) {}
+  int64_t context_length() const override { return m_.context_length(); }
+  int64_t n_past() const override { return st_.n_past(); }
+  std::span<const float> forward(std::span<const int32_t> tokens) override {
+    return m_.forward(tokens, st_.n_past(), st_);
+  }
 
-  Sampler sampler(opt.sampling);
-  // What the repetition penalty looks at: the prompt and what follows it.
-  std::vector<int32_t> history(prompt.begin(), prompt.end());
-  history.reserve(history.size() + std::max(0, opt.max_new_tokens));
+ private:
+  const LlamaModel& m_;
+  LlamaState& st_;
+};
+
+// One sequence's sampling and stop logic, shared by generate() and generate_batch().
+struct SequenceRun {
+  const GenerateOptions& opt;
+  const TokenBytes& token_bytes;
+  std::optional<int32_t> eos;
+  std::vector<int32_t> stops;
+  Sampler sampler;
+  std::vector<int32_t> history;  // what the repetition penalty looks at: the prompt and what follows
   Utf8Stream utf8;
+  GenerateStats stats;
+  int64_t pos = 0;  // where the next token goes
+  int64_t ctx = 0;
 
-  auto t0 = Clock::now();
-  std::span<const float> logits = model.forward(prompt, start, st);
-  stats.prefill_seconds = seconds_since(t0);
+  SequenceRun(const GenerateOptions& o, const TokenBytes& tb, std::optional<int32_t> e, std::span<const int32_t> prompt,
+              int64_t start, int64_t context, uint64_t seed)
+      : opt(o), token_bytes(tb), eos(e), stops(o.stop_ids), sampler(with_seed(o.sampling, seed)),
+        history(prompt.begin(), prompt.end()), ctx(context) {
+    if (opt.stop_at_eos && eos) stops.push_back(*eos);
+    history.reserve(history.size() + std::max(0, opt.max_new_tokens));
+    stats.prompt_tokens = static_cast<int64_t>(prompt.size());
+    stats.stop_reason = "length";
+    pos = start + stats.prompt_tokens;
+  }
+  static SamplerOptions with_seed(SamplerOptions s, uint64_t seed) {
+    s.seed = seed;
+    return s;
+  }
+  bool is_stop(int32_t id) const { return std::find(stops.begin(), stops.end(), id) != stops.end(); }
 
-  int64_t pos = start + static_cast<int64_t>(prompt.size());
-  stats.stop_reason = "length";
-  while (stats.new_tokens < opt.max_new_tokens) {
+  // Samples the next token from logits; returns it when the sequence goes on (it must be run), or
+  // nothing when it ended here.
+  template <typename OnToken>
+  std::optional<int32_t> next(std::span<const float> logits, OnToken&& on_token) {
+    if (stats.new_tokens >= opt.max_new_tokens) return std::nullopt;
     auto ts = Clock::now();
     const int32_t id = sampler.sample(logits, history);
     stats.sample_seconds += seconds_since(ts);
@@ -78,26 +102,118 @@ GenerateStats generate(const LlamaModel& model, LlamaState& st, std::span<const 
     ++stats.new_tokens;
     if (is_stop(id)) {
       stats.stop_reason = opt.stop_at_eos && eos && id == *eos ? "eos" : "stop";
-      break;
+      return std::nullopt;
     }
-    if (on_token && !on_token(id, utf8.push(token_bytes(id)))) {
+    if (!on_token(id, token_bytes ? utf8.push(token_bytes(id)) : std::string())) {
       stats.stop_reason = "callback";
-      break;
+      return std::nullopt;
     }
-    if (stats.new_tokens >= opt.max_new_tokens) break;
+    if (stats.new_tokens >= opt.max_new_tokens) return std::nullopt;
     if (pos >= ctx) {
       stats.stop_reason = "context";
-      break;
+      return std::nullopt;
     }
-    auto td = Clock::now();
-    logits = model.forward(&id, 1, pos, st);
-    stats.decode_seconds += seconds_since(td);
-    ++stats.decode_steps;
-    ++pos;
+    return id;
   }
-  std::string rest = utf8.flush();
-  if (on_token && !rest.empty()) on_token(-1, rest);
-  return stats;
+  template <typename OnToken>
+  void finish(OnToken&& on_token) {
+    std::string rest = utf8.flush();
+    if (!rest.empty()) on_token(-1, rest);
+  }
+};
+
+}  // namespace
+
+GenerateStats generate(SequenceModel& m, std::span<const int32_t> prompt, const GenerateOptions& opt,
+                       const TokenBytes& token_bytes, std::optional<int32_t> eos, const TokenCallback& on_token) {
+  LZ_CHECK(!prompt.empty(), "the prompt is empty");
+  const int64_t ctx = m.context_length();
+  const int64_t start = m.n_past();
+  if (start + static_cast<int64_t>(prompt.size()) > ctx)
+    fail("prompt has {} tokens, the context is {}", start + static_cast<int64_t>(prompt.size()), ctx);
+
+  SequenceRun run(opt, token_bytes, eos, prompt, start, ctx, opt.sampling.seed);
+  auto emit = [&](int32_t id, std::string_view text) { return on_token ? on_token(id, text) : true; };
+
+  auto t0 = Clock::now();
+  std::span<const float> logits = m.forward(prompt);
+  run.stats.prefill_seconds = seconds_since(t0);
+  while (auto id = run.next(logits, emit)) {
+    auto td = Clock::now();
+    logits = m.forward({&*id, 1});
+    run.stats.decode_seconds += seconds_since(td);
+    ++run.stats.decode_steps;
+    ++run.pos;
+  }
+  run.finish(emit);
+  return std::move(run.stats);
+}
+
+GenerateStats generate(const LlamaModel& model, LlamaState& st, std::span<const int32_t> prompt,
+                       const GenerateOptions& opt, const TokenBytes& token_bytes, std::optional<int32_t> eos,
+                       const TokenCallback& on_token) {
+  CpuSequence seq(model, st);
+  return generate(seq, prompt, opt, token_bytes, eos, on_token);
+}
+
+BatchGenerateStats generate_batch(BatchModel& m, std::span<const int32_t> prompt, const GenerateOptions& opt,
+                                  const std::vector<uint64_t>& seeds, const TokenBytes& token_bytes,
+                                  std::optional<int32_t> eos, const SlotTokenCallback& on_token) {
+  LZ_CHECK(!prompt.empty(), "the prompt is empty");
+  const int n = static_cast<int>(seeds.size());
+  LZ_CHECK(n >= 1 && n <= m.slots(), "{} sequences asked, the batch has {} slots", n, m.slots());
+  const int64_t ctx = m.context_length();
+  if (static_cast<int64_t>(prompt.size()) > ctx)
+    fail("prompt has {} tokens, the context is {}", static_cast<int64_t>(prompt.size()), ctx);
+
+  BatchGenerateStats out;
+  std::vector<std::unique_ptr<SequenceRun>> runs;
+  const int B = m.slots();
+  std::vector<int32_t> next(static_cast<size_t>(B), 0);
+  std::unique_ptr<bool[]> active(new bool[static_cast<size_t>(B)]());
+  int n_active = 0;
+  for (int s = 0; s < n; ++s) {
+    runs.push_back(std::make_unique<SequenceRun>(opt, token_bytes, eos, prompt, 0, ctx, seeds[static_cast<size_t>(s)]));
+    auto emit = [&, s](int32_t id, std::string_view text) { return on_token ? on_token(s, id, text) : true; };
+    auto t0 = Clock::now();
+    const std::vector<float> logits = m.prefill(s, prompt);
+    runs[static_cast<size_t>(s)]->stats.prefill_seconds = seconds_since(t0);
+    out.prefill_seconds += runs[static_cast<size_t>(s)]->stats.prefill_seconds;
+    if (auto id = runs[static_cast<size_t>(s)]->next(logits, emit)) {
+      next[static_cast<size_t>(s)] = *id;
+      active[static_cast<size_t>(s)] = true;
+      ++n_active;
+    }
+  }
+  while (n_active > 0) {
+    auto td = Clock::now();
+    const std::vector<float> logits = m.decode(next.data(), active.get());
+    const double dt = seconds_since(td);
+    out.decode_seconds += dt;
+    ++out.batch_steps;
+    out.decoded_tokens += n_active;
+    const size_t vocab = logits.size() / static_cast<size_t>(B);
+    for (int s = 0; s < n; ++s) {
+      if (!active[static_cast<size_t>(s)]) continue;
+      SequenceRun& r = *runs[static_cast<size_t>(s)];
+      r.stats.decode_seconds += dt;
+      ++r.stats.decode_steps;
+      ++r.pos;
+      auto emit = [&, s](int32_t id, std::string_view text) { return on_token ? on_token(s, id, text) : true; };
+      if (auto id = r.next(std::span<const float>(logits.data() + static_cast<size_t>(s) * vocab, vocab), emit)) {
+        next[static_cast<size_t>(s)] = *id;
+      } else {
+        active[static_cast<size_t>(s)] = false;
+        --n_active;
+      }
+    }
+  }
+  for (int s = 0; s < n; ++s) {
+    auto emit = [&, s](int32_t id, std::string_view text) { return on_token ? on_token(s, id, text) : true; };
+    runs[static_cast<size_t>(s)]->finish(emit);
+    out.sequences.push_back(std::move(runs[static_cast<size_t>(s)]->stats));
+  }
+  return out;
 }
 
 }  // namespace lizard
