@@ -1,14 +1,18 @@
 // Data-parallel training (src/train/distributed.h) without GPUs: each launcher's environment, the
 // batch sharding (the ranks' shares are exactly the one-process batch), the single-process
 // communicator as a no-op, the single-process trainer equal bit for bit to a plain training loop,
-// and two ranks in threads (a test communicator standing in for NCCL) matching the one-process run.
+// two ranks in threads (a test communicator standing in for NCCL) matching the one-process run, and
+// the NCCL id's rendezvous (file and TCP) between threads.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <barrier>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
+#include <random>
 #include <thread>
 
 #include "llama_fixture.h"
@@ -392,4 +396,68 @@ TEST(DistTrainer, RankZeroSetupFailureReachesEveryRank) {
   const std::vector<RankRun> again = run_ranks(2, tiny, data, dir.path, L);  // no --resume: refused
   EXPECT_NE(again[0].error.find("already holds a training run"), std::string::npos) << again[0].error;
   EXPECT_NE(again[1].error.find("rank 0 could not set up"), std::string::npos) << again[1].error;
+}
+
+namespace {
+
+// Rank 0's bytes through the rendezvous to `world - 1` other ranks (threads); returns what each got.
+std::vector<std::string> exchange(DistEnv env, const RendezvousOptions& rv, const std::string& bytes) {
+  std::vector<std::string> got(static_cast<size_t>(env.world));
+  std::vector<std::string> errors(static_cast<size_t>(env.world));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < env.world; ++r)
+    threads.emplace_back([&, env, r]() mutable {
+      env.rank = r;
+      env.local_rank = r;
+      try {
+        got[r] = rendezvous_exchange(env, rv, r == 0 ? bytes : std::string(), bytes.size());
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < env.world; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
+  return got;
+}
+
+}  // namespace
+
+TEST(DistRendezvous, FileReachesEveryRankAndIsRemovedAfter) {
+  lizard::testing::ScratchDir dir;
+  DistEnv env;
+  env.world = 3;
+  env.job = "job7";
+  RendezvousOptions rv;
+  rv.dir = (dir.path / ".dist").string();
+  rv.timeout_s = 20;
+  const std::string id(128, '\x5a');
+  for (const std::string& g : exchange(env, rv, id)) EXPECT_EQ(g, id);
+  EXPECT_TRUE(fs::exists(dir.path / ".dist" / "nccl_id.job7"));
+  rendezvous_done(env, rv);
+  EXPECT_FALSE(fs::exists(dir.path / ".dist" / "nccl_id.job7"));
+
+  // A file left by an earlier run is not taken for this run's id: a clear timeout instead.
+  fs::create_directories(rv.dir);
+  { std::ofstream(dir.path / ".dist" / "nccl_id.job7", std::ios::binary) << id; }
+  fs::last_write_time(dir.path / ".dist" / "nccl_id.job7", fs::file_time_type::clock::now() - std::chrono::hours(1));
+  env.rank = 1;
+  rv.timeout_s = 0.3;
+  try {
+    rendezvous_exchange(env, rv, "", id.size());
+    ADD_FAILURE() << "a stale id file was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("did not appear"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DistRendezvous, TcpReachesEveryRank) {
+  DistEnv env;
+  env.world = 3;
+  env.master_addr = "localhost";
+  env.master_port = 20000 + static_cast<int>(std::random_device{}() % 20000);
+  RendezvousOptions rv;  // Auto: TCP, as MASTER_ADDR and MASTER_PORT are set
+  rv.timeout_s = 20;
+  std::string id(128, '\0');
+  for (size_t i = 0; i < id.size(); ++i) id[i] = static_cast<char>(i * 7 + 1);
+  for (const std::string& g : exchange(env, rv, id)) EXPECT_EQ(g, id);
 }

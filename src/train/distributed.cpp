@@ -14,14 +14,15 @@
 #include "util/atomic_file.h"
 #include "util/error.h"
 
-#ifdef LIZARD_HAVE_CUDA
-#include <cuda_runtime.h>
-#include <nccl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#ifdef LIZARD_HAVE_CUDA
+#include <cuda_runtime.h>
+#include <nccl.h>
 #endif
 
 namespace fs = std::filesystem;
@@ -94,6 +95,155 @@ BatchShard batch_shard(int batch, int world, int rank) {
   return {rank * share, (rank + 1) * share};
 }
 
+// --- rendezvous: rank 0's NCCL id reaches the other ranks ----------------------------------------
+
+namespace {
+
+const fs::file_time_type kProcessStart = fs::file_time_type::clock::now();
+
+std::string id_file(const DistEnv& env, const RendezvousOptions& rv) {
+  return (fs::path(rv.dir) / ("nccl_id." + (env.job.empty() ? std::string("run") : env.job))).string();
+}
+
+void file_publish(const DistEnv& env, const RendezvousOptions& rv, const std::string& id) {
+  fs::create_directories(rv.dir);
+  write_file_atomic(id_file(env, rv), id);
+}
+
+std::string file_receive(const DistEnv& env, const RendezvousOptions& rv, size_t n) {
+  const std::string path = id_file(env, rv);
+  // A file from well before this process started belongs to an earlier run (rank 0 also removes it
+  // once all have joined); the slack covers ranks that the launcher started a little apart.
+  const auto started = kProcessStart - std::chrono::seconds(30);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(rv.timeout_s);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::error_code ec;
+    if (fs::file_size(path, ec) == n && !ec && fs::last_write_time(path, ec) >= started && !ec) {
+      std::ifstream in(path, std::ios::binary);
+      std::string id(n, '\0');
+      if (in.read(id.data(), static_cast<std::streamsize>(n))) return id;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  fail("rank {} of {}: rank 0's NCCL id did not appear in '{}' within {:.0f} s; every rank must see that "
+       "directory (--dist-dir), and rank 0 must be running",
+       env.rank, env.world, path, rv.timeout_s);
+}
+
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+// Rank 0: accept world - 1 connections on MASTER_PORT + 1 and send each the id.
+void tcp_publish(const DistEnv& env, const RendezvousOptions& rv, const std::string& id) {
+  const int port = env.master_port + 1;
+  // Dual-stack IPv6 (IPv4 peers arrive as mapped addresses); plain IPv4 where IPv6 is off.
+  Fd s{socket(AF_INET6, SOCK_STREAM, 0)};
+  const bool v6 = s.fd >= 0;
+  if (!v6) s.fd = socket(AF_INET, SOCK_STREAM, 0);
+  LZ_CHECK(s.fd >= 0, "rank 0: socket() failed: {}", std::strerror(errno));
+  int one = 1, zero = 0;
+  setsockopt(s.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  int bound = -1;
+  if (v6) {
+    setsockopt(s.fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    sockaddr_in6 a{};
+    a.sin6_family = AF_INET6;
+    a.sin6_addr = in6addr_any;
+    a.sin6_port = htons(static_cast<uint16_t>(port));
+    bound = bind(s.fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  } else {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_ANY);
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    bound = bind(s.fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  }
+  LZ_CHECK(bound == 0 && listen(s.fd, env.world) == 0,
+           "rank 0: cannot listen on port {} (MASTER_PORT + 1) for the NCCL rendezvous: {}", port,
+           std::strerror(errno));
+  for (int joined = 1; joined < env.world; ++joined) {
+    pollfd p{s.fd, POLLIN, 0};
+    LZ_CHECK(poll(&p, 1, static_cast<int>(rv.timeout_s * 1000)) == 1,
+             "rank 0: only {} of {} ranks connected to port {} within {:.0f} s", joined, env.world, port, rv.timeout_s);
+    Fd c{accept(s.fd, nullptr, nullptr)};
+    LZ_CHECK(c.fd >= 0, "rank 0: accept() on port {} failed: {}", port, std::strerror(errno));
+    LZ_CHECK(send(c.fd, id.data(), id.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(id.size()),
+             "rank 0: sending the NCCL id failed: {}", std::strerror(errno));
+  }
+}
+
+// Other ranks: connect to MASTER_ADDR:MASTER_PORT + 1 (retrying until rank 0 listens), read the id.
+std::string tcp_receive(const DistEnv& env, const RendezvousOptions& rv, size_t n) {
+  const std::string port = std::to_string(env.master_port + 1);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(rv.timeout_s);
+  std::string last_error = "no attempt";
+  while (std::chrono::steady_clock::now() < deadline) {
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_socktype = SOCK_STREAM;
+    const int gai = getaddrinfo(env.master_addr.c_str(), port.c_str(), &hints, &res);
+    LZ_CHECK(gai == 0, "rank {}: MASTER_ADDR '{}': {}", env.rank, env.master_addr, gai_strerror(gai));
+    for (addrinfo* r = res; r; r = r->ai_next) {
+      Fd c{socket(r->ai_family, r->ai_socktype, r->ai_protocol)};
+      if (c.fd < 0 || connect(c.fd, r->ai_addr, r->ai_addrlen) != 0) {
+        last_error = std::strerror(errno);
+        continue;
+      }
+      std::string id(n, '\0');
+      size_t got = 0;
+      while (got < n) {
+        const ssize_t k = recv(c.fd, id.data() + got, n - got, 0);
+        if (k <= 0) break;
+        got += static_cast<size_t>(k);
+      }
+      if (got == n) {
+        freeaddrinfo(res);
+        return id;
+      }
+      last_error = "connection closed before the id arrived";
+    }
+    freeaddrinfo(res);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  fail("rank {} of {}: no NCCL id from rank 0 at {}:{} within {:.0f} s (last error: {})", env.rank, env.world,
+       env.master_addr, port, rv.timeout_s, last_error);
+}
+
+RendezvousOptions::Method resolve(const DistEnv& env, const RendezvousOptions& rv) {
+  RendezvousOptions::Method m = rv.method;
+  if (m == RendezvousOptions::Method::Auto)
+    m = !env.master_addr.empty() && env.master_port > 0 ? RendezvousOptions::Method::Tcp
+                                                        : RendezvousOptions::Method::File;
+  LZ_CHECK(m == RendezvousOptions::Method::Tcp || !rv.dir.empty(),
+           "rank {}: no rendezvous directory given for the NCCL id (--dist-dir)", env.rank);
+  LZ_CHECK(m == RendezvousOptions::Method::File || (!env.master_addr.empty() && env.master_port > 0),
+           "rank {}: the TCP rendezvous needs MASTER_ADDR and MASTER_PORT", env.rank);
+  return m;
+}
+
+}  // namespace
+
+std::string rendezvous_exchange(const DistEnv& env, const RendezvousOptions& rv, const std::string& root_bytes,
+                                size_t n) {
+  const bool tcp = resolve(env, rv) == RendezvousOptions::Method::Tcp;
+  if (env.rank != 0) return tcp ? tcp_receive(env, rv, n) : file_receive(env, rv, n);
+  LZ_CHECK(root_bytes.size() == n, "rendezvous: rank 0 has {} bytes to share, not {}", root_bytes.size(), n);
+  if (tcp)
+    tcp_publish(env, rv, root_bytes);  // returns once every rank has the bytes
+  else
+    file_publish(env, rv, root_bytes);
+  return root_bytes;
+}
+
+void rendezvous_done(const DistEnv& env, const RendezvousOptions& rv) {
+  if (env.rank != 0 || resolve(env, rv) != RendezvousOptions::Method::File) return;
+  std::error_code ec;
+  fs::remove(id_file(env, rv), ec);
+}
+
 Communicator& process_communicator(const RendezvousOptions& rv) {
   static Communicator* const comm = make_communicator(dist_env_from_environment(), rv).release();
   return *comm;
@@ -112,109 +262,6 @@ std::unique_ptr<Communicator> make_communicator(const DistEnv& env, const Rendez
 
 namespace {
 
-constexpr size_t kIdBytes = sizeof(ncclUniqueId);
-const fs::file_time_type kProcessStart = fs::file_time_type::clock::now();
-
-// --- rendezvous: rank 0's NCCL id reaches the other ranks ----------------------------------------
-
-std::string id_file(const DistEnv& env, const RendezvousOptions& rv) {
-  return (fs::path(rv.dir) / ("nccl_id." + (env.job.empty() ? std::string("run") : env.job))).string();
-}
-
-void file_publish(const DistEnv& env, const RendezvousOptions& rv, const ncclUniqueId& id) {
-  fs::create_directories(rv.dir);
-  write_file_atomic(id_file(env, rv), std::string_view(reinterpret_cast<const char*>(&id), kIdBytes));
-}
-
-ncclUniqueId file_receive(const DistEnv& env, const RendezvousOptions& rv) {
-  const std::string path = id_file(env, rv);
-  // A file from well before this process started belongs to an earlier run (rank 0 also removes it
-  // once all have joined); the slack covers ranks that the launcher started a little apart.
-  const auto started = kProcessStart - std::chrono::seconds(30);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(rv.timeout_s);
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::error_code ec;
-    if (fs::file_size(path, ec) == kIdBytes && !ec && fs::last_write_time(path, ec) >= started && !ec) {
-      std::ifstream in(path, std::ios::binary);
-      ncclUniqueId id;
-      if (in.read(reinterpret_cast<char*>(&id), kIdBytes)) return id;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  fail("rank {} of {}: rank 0's NCCL id did not appear in '{}' within {:.0f} s; every rank must see that "
-       "directory (--dist-dir), and rank 0 must be running",
-       env.rank, env.world, path, rv.timeout_s);
-}
-
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) close(fd);
-  }
-};
-
-// Rank 0: accept world - 1 connections on MASTER_PORT + 1 and send each the id.
-void tcp_publish(const DistEnv& env, const RendezvousOptions& rv, const ncclUniqueId& id) {
-  const int port = env.master_port + 1;
-  Fd s{socket(AF_INET6, SOCK_STREAM, 0)};  // dual-stack: IPv4 peers arrive as mapped addresses
-  LZ_CHECK(s.fd >= 0, "rank 0: socket() failed: {}", std::strerror(errno));
-  int one = 1, zero = 0;
-  setsockopt(s.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  setsockopt(s.fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-  sockaddr_in6 a{};
-  a.sin6_family = AF_INET6;
-  a.sin6_addr = in6addr_any;
-  a.sin6_port = htons(static_cast<uint16_t>(port));
-  LZ_CHECK(bind(s.fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && listen(s.fd, env.world) == 0,
-           "rank 0: cannot listen on port {} (MASTER_PORT + 1) for the NCCL rendezvous: {}", port,
-           std::strerror(errno));
-  for (int joined = 1; joined < env.world; ++joined) {
-    pollfd p{s.fd, POLLIN, 0};
-    LZ_CHECK(poll(&p, 1, static_cast<int>(rv.timeout_s * 1000)) == 1,
-             "rank 0: only {} of {} ranks connected to port {} within {:.0f} s", joined, env.world, port, rv.timeout_s);
-    Fd c{accept(s.fd, nullptr, nullptr)};
-    LZ_CHECK(c.fd >= 0, "rank 0: accept() on port {} failed: {}", port, std::strerror(errno));
-    LZ_CHECK(send(c.fd, &id, kIdBytes, MSG_NOSIGNAL) == static_cast<ssize_t>(kIdBytes),
-             "rank 0: sending the NCCL id failed: {}", std::strerror(errno));
-  }
-}
-
-// Other ranks: connect to MASTER_ADDR:MASTER_PORT + 1 (retrying until rank 0 listens), read the id.
-ncclUniqueId tcp_receive(const DistEnv& env, const RendezvousOptions& rv) {
-  const std::string port = std::to_string(env.master_port + 1);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(rv.timeout_s);
-  std::string last_error = "no attempt";
-  while (std::chrono::steady_clock::now() < deadline) {
-    addrinfo hints{}, *res = nullptr;
-    hints.ai_socktype = SOCK_STREAM;
-    const int gai = getaddrinfo(env.master_addr.c_str(), port.c_str(), &hints, &res);
-    LZ_CHECK(gai == 0, "rank {}: MASTER_ADDR '{}': {}", env.rank, env.master_addr, gai_strerror(gai));
-    for (addrinfo* r = res; r; r = r->ai_next) {
-      Fd c{socket(r->ai_family, r->ai_socktype, r->ai_protocol)};
-      if (c.fd < 0 || connect(c.fd, r->ai_addr, r->ai_addrlen) != 0) {
-        last_error = std::strerror(errno);
-        continue;
-      }
-      ncclUniqueId id;
-      size_t got = 0;
-      while (got < kIdBytes) {
-        const ssize_t k = recv(c.fd, reinterpret_cast<char*>(&id) + got, kIdBytes - got, 0);
-        if (k <= 0) break;
-        got += static_cast<size_t>(k);
-      }
-      if (got == kIdBytes) {
-        freeaddrinfo(res);
-        return id;
-      }
-      last_error = "connection closed before the id arrived";
-    }
-    freeaddrinfo(res);
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-  fail("rank {} of {}: no NCCL id from rank 0 at {}:{} within {:.0f} s (last error: {})", env.rank, env.world,
-       env.master_addr, port, rv.timeout_s, last_error);
-}
-
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(const DistEnv& env, const RendezvousOptions& rv) : rank_(env.rank), world_(env.world) {
@@ -228,32 +275,17 @@ class NcclCommunicator final : public Communicator {
     cuda_ok(cudaSetDevice(device_), "cudaSetDevice");
     cuda_ok(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
 
-    RendezvousOptions::Method m = rv.method;
-    if (m == RendezvousOptions::Method::Auto)
-      m = !env.master_addr.empty() && env.master_port > 0 ? RendezvousOptions::Method::Tcp
-                                                          : RendezvousOptions::Method::File;
-    LZ_CHECK(m == RendezvousOptions::Method::Tcp || !rv.dir.empty(),
-             "rank {}: no rendezvous directory given for the NCCL id (--dist-dir)", rank_);
-    LZ_CHECK(m == RendezvousOptions::Method::File || (!env.master_addr.empty() && env.master_port > 0),
-             "rank {}: the TCP rendezvous needs MASTER_ADDR and MASTER_PORT", rank_);
-    const bool tcp = m == RendezvousOptions::Method::Tcp;
     ncclUniqueId id;
+    std::string id_bytes;
     if (rank_ == 0) {
       nccl_ok(ncclGetUniqueId(&id), "ncclGetUniqueId");
-      if (tcp) {
-        tcp_publish(env, rv, id);  // returns once every rank has the id
-      } else {
-        file_publish(env, rv, id);
-      }
-    } else {
-      id = tcp ? tcp_receive(env, rv) : file_receive(env, rv);
+      id_bytes.assign(reinterpret_cast<const char*>(&id), sizeof id);
     }
+    id_bytes = rendezvous_exchange(env, rv, id_bytes, sizeof id);
+    std::memcpy(&id, id_bytes.data(), sizeof id);
     nccl_ok(ncclCommInitRank(&comm_, world_, id, rank_), "ncclCommInitRank");
     if (!rv.select_device) cuda_ok(cudaSetDevice(callers_device), "cudaSetDevice");
-    if (rank_ == 0 && !tcp) {
-      std::error_code ec;
-      fs::remove(id_file(env, rv), ec);  // everyone has joined; a later run must not read this id
-    }
+    rendezvous_done(env, rv);  // everyone has joined; a later run must not read this id
   }
 
   ~NcclCommunicator() override {

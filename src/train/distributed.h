@@ -72,6 +72,12 @@ struct RendezvousOptions {
 // putting anything on the GPU.
 std::unique_ptr<Communicator> make_communicator(const DistEnv& env, const RendezvousOptions& rv);
 
+// The rendezvous (what NcclCommunicator uses; exposed for tests): rank 0's n bytes (root_bytes)
+// reach every rank, which returns them. rendezvous_done: rank 0 removes the file once all have joined.
+std::string rendezvous_exchange(const DistEnv& env, const RendezvousOptions& rv, const std::string& root_bytes,
+                                size_t n);
+void rendezvous_done(const DistEnv& env, const RendezvousOptions& rv);
+
 // This process's communicator, made from the launcher's environment on the first call (later calls
 // return the same one and ignore rv): the trainer uses it when given none, and `lizard linearize`
 // calls it before building a GPU stage, so that the stage lands on GPU local_rank. Never destroyed
