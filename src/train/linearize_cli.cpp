@@ -16,7 +16,9 @@
 
 #include "model/checkpoint.h"
 #include "model/lizard_checkpoint.h"
+#include "train/cuda/stage2_cuda.h"
 #include "train/data.h"
+#include "train/distributed.h"
 #include "model/load_model.h"
 #include "train/lora.h"
 #include "train/stage1.h"
@@ -48,13 +50,19 @@ struct SigintScope {
   ~SigintScope() { std::signal(SIGINT, prev == SIG_ERR ? SIG_DFL : prev); }
 };
 
+// With several processes (torchrun, mpirun) the communicator makes this rank's GPU current: make it
+// before a stage puts anything on the GPU. A no-op for one process. Same directory as the trainer's.
+void select_gpu(const std::string& out) {
+  RendezvousOptions rv;
+  rv.dir = (std::filesystem::path(out) / ".dist").string();
+  process_communicator(rv);
+}
+
 }  // namespace
 
 int run_linearize(const LinearizeArgs& a) {
   LZ_CHECK(a.stage == "1" || a.stage == "2" || a.stage == "both", "--stage {}: expected 1, 2 or both", a.stage);
   LZ_CHECK(a.device == "cpu" || a.device == "cuda", "--device {}: expected cpu or cuda", a.device);
-  // Checked before stage 1 starts, so that --stage both does not fail after it.
-  LZ_CHECK(a.device == "cpu" || a.stage == "1", "--device cuda: stage 2 runs on the CPU only so far (use --stage 1)");
 #ifndef LIZARD_HAVE_CUDA
   LZ_CHECK(a.device == "cpu", "--device cuda: this lizard was built without CUDA (configure with -DLIZARD_CUDA=ON)");
 #endif
@@ -154,7 +162,16 @@ int run_linearize(const LinearizeArgs& a) {
     o2.recompute = a.recompute;
     o2.seq_len = a.seq_len;
     o2.threads = a.threads;
-    Stage2 stage2(ck, start, o2);
+    std::unique_ptr<Stage> stage2_ptr;
+    if (a.device == "cuda") {
+      select_gpu(a.out);
+      stage2_ptr = make_stage2_cuda(ck, start, o2);
+      if (!a.quiet) std::fprintf(stderr, "device: cuda (stage 2)\n");
+    } else {
+      stage2_ptr = std::make_unique<Stage2>(ck, start, o2);
+      if (!a.quiet) std::fprintf(stderr, "device: cpu (%d threads)\n", stage2_ptr->teacher().n_threads());
+    }
+    Stage& stage2 = *stage2_ptr;
     TrainOptions to = base_options(a.out, a.lr2, a.resume && (!both || fs::exists(fs::path(a.out) / kTrainStateFile)));
     to.args = {{"teacher", teacher_path}, {"data", a.data}, {"lizard_config", lizard_config_to_json(start.config)},
                {"stage", "2"}, {"from", both ? out1 : (from ? a.teacher : std::string("(fresh Lizard layers)"))},
@@ -181,6 +198,7 @@ int run_linearize(const LinearizeArgs& a) {
   std::unique_ptr<Stage> stage_ptr;
   if (a.device == "cuda") {
 #ifdef LIZARD_HAVE_CUDA
+    select_gpu(a.out);
     auto gpu = std::make_unique<Stage1Cuda>(ck, so);
     if (!a.quiet) std::fprintf(stderr, "device: cuda (%s)\n", gpu->device_description().c_str());
     stage_ptr = std::move(gpu);
