@@ -79,6 +79,11 @@ BenchRun measure_cuda(cuda::CudaModel& m, const std::string& name, int64_t conte
   r.decode_tok_s = static_cast<double>(decode) * batch / std::max(r.decode_s, 1e-9);
   r.wall_s = seconds_since(t0);
   r.status = "ok";
+  const int64_t trained = m.config().max_seq_len;
+  r.trained_context = m.has_softmax_layers() ? trained : 0;
+  r.run_context = context + decode;
+  if (m.has_softmax_layers() && trained > 0 && context + decode > trained)
+    r.note = fmt::format("beyond the trained context of {} (timed only)", trained);
   return r;
 }
 
