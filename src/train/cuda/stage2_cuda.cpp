@@ -32,6 +32,7 @@ std::unique_ptr<Stage> make_stage2_cuda(std::shared_ptr<const Checkpoint>, const
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/lizard_attention.h"
 #include "ops/cuda/lizard_gate.h"
+#include "ops/cuda/lolcats_attention.h"
 #include "train/lora.h"
 #include "util/half.h"
 
@@ -81,7 +82,7 @@ struct Stage2Cuda::Impl {
   };
   // Gradients of one Lizard layer on the device (fp32, the kernels' layouts = LizardParams' layouts).
   struct LizardGrads {
-    DeviceBuffer feat_q, feat_k, gate_w, gate_b, meta, alpha;
+    DeviceBuffer feat_q, feat_k, gate_w, gate_b, meta, alpha, lolcats_f;
   };
   // What one layer's backward needs (bf16 unless noted).
   struct Acts {
@@ -102,7 +103,8 @@ struct Stage2Cuda::Impl {
   float scale = 0.f;
   std::map<int, std::map<std::string, Adapter>> lora;  // layer -> "q" | "k" | "v"
   std::map<int, LizardParams> lizard, lizard_grad;
-  bool rope_lizard = false;  // feature_on_rope = window_rope = true: RoPE q, k before the Lizard kernels
+  bool lolcats = false;      // combine = lolcats: the LoLCATs baseline's kernels (no gate, meta, alpha)
+  bool rope_lizard = false;  // RoPE q, k before the mixer kernels (lolcats, or feature_on_rope = window_rope)
 
   std::unique_ptr<cuda::TeacherWeights> tw;
   cuda::LizardWeights lw;
@@ -124,12 +126,15 @@ struct Stage2Cuda::Impl {
     base = stage2_start(mc, lz, opt);
     LZ_CHECK(mc.n_heads % mc.n_kv_heads == 0, "stage 2: {} heads over {} kv heads", mc.n_heads, mc.n_kv_heads);
     const LizardConfig& c = base.config;
-    rope_lizard = c.feature_on_rope && c.window_rope;
+    lolcats = c.combine == LizardConfig::Combine::Lolcats;
+    rope_lizard = lolcats || (c.feature_on_rope && c.window_rope);
     // Fail here, not at the first step, on sizes and options the kernels do not implement.
     LZ_CHECK(mc.head_dim == 64 || mc.head_dim == 128,
              "stage 2 on the GPU: head_dim {} (the GPU attention kernels take 64 or 128; use --device cpu)",
              mc.head_dim);
-    if (!base.layers.empty()) {
+    if (!base.layers.empty() && lolcats) {
+      (void)cuda::lolcats_cuda_args(c, base.shape, 1, 1);
+    } else if (!base.layers.empty()) {
       (void)cuda::lizard_cuda_args(c, base.shape, 1, 1);
       LZ_CHECK(c.feature_dim == 32 || c.feature_dim == 64,
                "stage 2 on the GPU: feature_dim {} (the GPU Lizard kernels take 32 or 64)", c.feature_dim);
@@ -164,6 +169,7 @@ struct Stage2Cuda::Impl {
         f32_buf(g.gate_b, int64_t(p.gate_b.size()));
         f32_buf(g.meta, int64_t(p.meta.size()));
         f32_buf(g.alpha, int64_t(p.alpha.size()));
+        f32_buf(g.lolcats_f, int64_t(p.lolcats_f.size()));
       }
     xs.resize(size_t(mc.n_layers) + 1);
     acts.resize(size_t(mc.n_layers));
@@ -212,6 +218,18 @@ struct Stage2Cuda::Impl {
     return la;
   }
 
+  cuda::LolcatsAttnArgs lolcats_args(const cuda::DeviceLizardLayer& lz, const Acts& a, int B, int L) const {
+    cuda::LolcatsAttnArgs la = cuda::lolcats_cuda_args(lz.cfg, lz.shape, B, L);
+    la.q = a.q.get();
+    la.k = a.k.get();
+    la.v = a.v.get();
+    la.wq = lz.feat_q;
+    la.wk = lz.feat_k;
+    la.lolcats_f = lz.lolcats_f;
+    la.y = a.att.get();
+    return la;
+  }
+
   int gate_groups() const { return base.config.gate == LizardConfig::Gate::PerHead ? mc.n_heads : 1; }
 
   // RoPE (or its inverse) on q-like rows [B * L, heads * D], positions 0..L-1 in every sequence.
@@ -244,7 +262,11 @@ struct Stage2Cuda::Impl {
     proj("k", w.k, kvd, a.k);
     proj("v", w.v, kvd, a.v);
     bf16_buf(a.att, T * qd);
-    if (const cuda::DeviceLizardLayer* lz = lw.find(li)) {
+    if (const cuda::DeviceLizardLayer* lz = lw.find(li); lz && lolcats) {
+      rope(a.q.get(), B, L, H, false);
+      rope(a.k.get(), B, L, Hkv, false);
+      cuda::lolcats_attention_forward(lolcats_args(*lz, a, B, L));
+    } else if (lz) {
       cuda::lizard_gate_fwd(xn1, lz->gate_w, lz->gate_b, f32_buf(a.log_gamma, T * gate_groups()), T, d,
                             gate_groups());
       if (rope_lizard) {
@@ -303,7 +325,24 @@ struct Stage2Cuda::Impl {
     void* dvb = bf16_buf(dv, T * kvd);
     const cuda::DeviceLizardLayer* lz = lw.find(li);
     float* dlgp = nullptr;
-    if (lz) {
+    if (lz && lolcats) {
+      cuda::LolcatsAttnGrads gr;
+      gr.dq = f32_buf(dq32, T * qd);
+      gr.dk = f32_buf(dk32, T * kvd);
+      gr.dv = f32_buf(dv32, T * kvd);
+      if (opt.train_lizard) {
+        LizardGrads& g = lizard_grad_dev.at(li);
+        gr.dwq = static_cast<float*>(g.feat_q.get());
+        gr.dwk = static_cast<float*>(g.feat_k.get());
+        gr.dlolcats_f = static_cast<float*>(g.lolcats_f.get());
+      }
+      cuda::lolcats_attention_backward(lolcats_args(*lz, a, B, L), dattb, gr);
+      cuda::convert(kF32, gr.dq, kBF16, dqb, T * qd);
+      cuda::convert(kF32, gr.dk, kBF16, dkb, T * kvd);
+      cuda::convert(kF32, gr.dv, kBF16, dvb, T * kvd);
+      rope(dqb, B, L, H, true);  // gradients w.r.t. the RoPE'd q, k: rotate back
+      rope(dkb, B, L, Hkv, true);
+    } else if (lz) {
       cuda::LizardAttnGrads gr;
       gr.dq = f32_buf(dq32, T * qd);
       gr.dk = f32_buf(dk32, T * kvd);
@@ -352,7 +391,7 @@ struct Stage2Cuda::Impl {
         cuda::linear_bwd_weight(dhb, a.xn1.get(), f32_buf(ad.ga_dev, int64_t(rank) * d), kF32, T, d, rank);
         cuda::linear_bwd_input(dhb, ad.a_dev.get(), dxn1b, kBF16, T, d, rank, true);
       }
-    if (lz) {
+    if (lz && !lolcats) {
       const int G = gate_groups();
       float *dw = f32_buf(gate_dw_scratch, int64_t(G) * d), *db = f32_buf(gate_db_scratch, G);
       if (opt.train_lizard) {
@@ -441,11 +480,19 @@ struct Stage2Cuda::Impl {
         LizardParams& hg = lizard_grad.at(l);
         download(hg.feat_q, static_cast<const float*>(g.feat_q.get()));
         download(hg.feat_k, static_cast<const float*>(g.feat_k.get()));
-        download(hg.gate_w, static_cast<const float*>(g.gate_w.get()));
-        download(hg.gate_b, static_cast<const float*>(g.gate_b.get()));
-        if (!hg.meta.empty()) download(hg.meta, static_cast<const float*>(g.meta.get()));
-        download(hg.alpha, static_cast<const float*>(g.alpha.get()));
-        std::fill(hg.lolcats_f.begin(), hg.lolcats_f.end(), 0.f);  // combine = lizard: unused
+        // Parameters the combine does not use get zero gradients (as on the CPU).
+        for (std::vector<float>* unused : lolcats ? std::vector<std::vector<float>*>{&hg.gate_w, &hg.gate_b, &hg.meta,
+                                                                                     &hg.alpha}
+                                                  : std::vector<std::vector<float>*>{&hg.lolcats_f})
+          std::fill(unused->begin(), unused->end(), 0.f);
+        if (lolcats) {
+          download(hg.lolcats_f, static_cast<const float*>(g.lolcats_f.get()));
+        } else {
+          download(hg.gate_w, static_cast<const float*>(g.gate_w.get()));
+          download(hg.gate_b, static_cast<const float*>(g.gate_b.get()));
+          if (!hg.meta.empty()) download(hg.meta, static_cast<const float*>(g.meta.get()));
+          download(hg.alpha, static_cast<const float*>(g.alpha.get()));
+        }
       }
     }
     return ce;
@@ -469,7 +516,8 @@ struct Stage2Cuda::Impl {
       for (auto& [t, a] : m)
         for (const DeviceBuffer* b : {&a.a_dev, &a.b_dev, &a.ga_dev, &a.gb_dev}) add(*b);
     for (auto& [l, g] : lizard_grad_dev)
-      for (const DeviceBuffer* b : {&g.feat_q, &g.feat_k, &g.gate_w, &g.gate_b, &g.meta, &g.alpha}) add(*b);
+      for (const DeviceBuffer* b : {&g.feat_q, &g.feat_k, &g.gate_w, &g.gate_b, &g.meta, &g.alpha, &g.lolcats_f})
+        add(*b);
     return n;
   }
 };

@@ -5,7 +5,8 @@
 // Per batch of B sequences of L tokens (T = B * L rows), bf16 storage with fp32 accumulation:
 //   forward: embedding -> per layer [RMSNorm, q/k/v (+ bias) + LoRA (x A^T, then scale * (.) B^T added),
 //   mixer (Lizard: gate + chunked Lizard attention, RoPE first when feature_on_rope = window_rope = true;
-//   softmax layers of a hybrid: RoPE + flash attention with lse), W_o + residual, RMSNorm, SwiGLU MLP +
+//   combine = lolcats: RoPE + the LoLCATs kernels; softmax layers of a hybrid: RoPE + flash attention with
+//   lse), W_o + residual, RMSNorm, SwiGLU MLP +
 //   residual] -> final RMSNorm -> head -> cross-entropy, the logits kLogitChunkElems at a time (fp32)
 //   with their backward at once, so [T, vocab] never exists whole.
 //   Every layer keeps what its backward needs (llm.c style: residual input, normed input, q, k, v,
@@ -33,7 +34,7 @@ class Stage2Cuda : public Stage {
  public:
   // As Stage2: lizard is stage 1's checkpoint (its LoRA, if any, is replaced by fresh adapters).
   // Uploads the teacher to the current device (bf16). Throws Error when the GPU kernels cannot run
-  // this model (head_dim not 64/128, feature_dim not 32/64, combine = lolcats, ...).
+  // this model (head_dim not 64/128, feature_dim not 32/64, lolcats without feature_on_rope, ...).
   Stage2Cuda(std::shared_ptr<const Checkpoint> teacher, const LizardCheckpoint& lizard, const Stage2Options& opt);
   ~Stage2Cuda() override;
 
