@@ -405,9 +405,22 @@ struct Stage2Cuda::Impl {
     cuda::add_inplace(kBF16, dresp, tmpb, T * d);  // dres = d x_in
   }
 
+  // Where the time of the last run went (host clock at synchronisation points, seconds): parameter and
+  // token upload, forward through the layers, head + cross-entropy (with its backward), layer backward,
+  // gradient download.
+  std::vector<std::pair<std::string, double>> seconds;
+
   // The whole batch; returns the summed cross-entropy (nats) over its T tokens. With grads, the device
   // gradients hold d(mean CE)/d(param) on return.
   double run(const std::vector<const int32_t*>& seqs, int L, bool grads) {
+    seconds.clear();
+    auto t = std::chrono::steady_clock::now();
+    auto lap = [&](const char* what) {  // synchronises: a handful per step, negligible against the step
+      LZ_CUDA_OK(cudaDeviceSynchronize());
+      const auto now = std::chrono::steady_clock::now();
+      seconds.emplace_back(what, std::chrono::duration<double>(now - t).count());
+      t = now;
+    };
     const int B = int(seqs.size());
     const int64_t T = int64_t(B) * L;
     const int d = mc.d_model, V = mc.vocab_size, nl = mc.n_layers;
@@ -423,6 +436,7 @@ struct Stage2Cuda::Impl {
     upload(ids, in.data(), in.size() * sizeof(int32_t));
     upload(targets, tg.data(), tg.size() * sizeof(int32_t));
     upload_params();
+    lap("upload");
 
     // Forward. Layers keep their activations only when a backward without recomputation follows.
     const bool keep = grads && !opt.recompute;
@@ -432,6 +446,7 @@ struct Stage2Cuda::Impl {
     void* xfb = bf16_buf(xf, T * d);
     float* rstdfp = f32_buf(rstdf, T);
     cuda::rmsnorm_fwd(kBF16, xs[nl].get(), tw->out_norm(), xfb, rstdfp, T, d, eps);
+    lap("forward");
 
     // Head and cross-entropy by row chunks; with grads, their backward at once (dxf = dlogits W_head).
     float* lossp = f32_buf(loss, T);
@@ -458,6 +473,7 @@ struct Stage2Cuda::Impl {
       cuda::linear_bwd_input(dlogitsb, head.w, row_ptr(dxfb, r0, d), kBF16, n, d, V);
     }
 
+    lap(grads ? "head_ce_fwd_bwd" : "head_ce");
     if (grads) {
       void* dresb = bf16_buf(dres, T * d);
       cuda::rmsnorm_bwd(kBF16, xs[nl].get(), tw->out_norm(), rstdfp, dxfb, dresb, nullptr, T, d);
@@ -465,6 +481,7 @@ struct Stage2Cuda::Impl {
         if (!keep) layer_forward(li, B, L, xs[li].get(), bf16_buf(x_scratch, T * d), acts[0]);  // recompute
         layer_backward(li, B, L, xs[li].get(), acts[keep ? li : 0], dresb);
       }
+      lap(opt.recompute ? "backward_with_recompute" : "backward");
     }
     std::vector<float> host_loss(static_cast<size_t>(T));
     download(host_loss, lossp);  // synchronises
@@ -495,6 +512,7 @@ struct Stage2Cuda::Impl {
         }
       }
     }
+    lap("download");
     return ce;
   }
 
@@ -556,6 +574,7 @@ LossResult Stage2Cuda::forward_backward(const std::vector<const int32_t*>& seqs,
   r.total = impl_->run(seqs, seq_len, true) / (double(seqs.size()) * seq_len);
   r.parts = {r.total};
   r.seconds = {{"forward_backward", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}};
+  r.seconds.insert(r.seconds.end(), impl_->seconds.begin(), impl_->seconds.end());
   return r;
 }
 
