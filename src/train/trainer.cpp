@@ -440,9 +440,13 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
     checkpoint(step);
     log_line({{"event", "interrupted"}, {"step", step}});
     say(fmt::format("stopped at step {}; checkpoint written to {} (continue with --resume)", step, dir.string()));
+    comm->barrier();  // no rank exits (which makes torchrun stop the others) before the checkpoint is written
     return res;
   }
-  if (!root) return res;  // rank 0 alone evaluates and writes the report
+  if (!root) {
+    comm->barrier();  // rank 0 evaluates and writes the model and report; then all may go on and read them
+    return res;
+  }
 
   run_val(step);
   checkpoint(step);
@@ -501,6 +505,7 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
   write_file_atomic((dir / "report.json").string(), rep.dump(2) + "\n");
   log_line({{"event", "end"}, {"step", step}, {"report", rep}});
   res.report = rep;
+  comm->barrier();
   return res;
 }
 
