@@ -269,7 +269,7 @@ struct RankRun {
 
 // Runs `world` ranks in threads; stop_rank (if >= 0) requests a stop after stop_step steps.
 std::vector<RankRun> run_ranks(int world, const lizard::testing::TinyModel& tiny, const Dataset& data, const fs::path& dir, int L,
-                               int stop_rank = -1, int64_t stop_step = 0) {
+                               int stop_rank = -1, int64_t stop_step = 0, const Dataset* other_data = nullptr) {
   ThreadGroup group(world);
   std::vector<RankRun> runs(static_cast<size_t>(world));
   std::vector<std::atomic<bool>> stops(static_cast<size_t>(world));
@@ -286,7 +286,7 @@ std::vector<RankRun> run_ranks(int world, const lizard::testing::TinyModel& tiny
           if (done == stop_step) stops[r] = true;
         };
       try {
-        runs[r].result = train(*runs[r].stage, data, o);
+        runs[r].result = train(*runs[r].stage, r > 0 && other_data ? *other_data : data, o);
       } catch (const std::exception& e) {
         runs[r].error = e.what();
       }
@@ -460,4 +460,18 @@ TEST(DistRendezvous, TcpReachesEveryRank) {
   std::string id(128, '\0');
   for (size_t i = 0; i < id.size(); ++i) id[i] = static_cast<char>(i * 7 + 1);
   for (const std::string& g : exchange(env, rv, id)) EXPECT_EQ(g, id);
+}
+
+// Ranks that loaded different data (or settings) refuse to train together, all of them.
+TEST(DistTrainer, RanksWithDifferentDataRefuse) {
+  Seeded sd;
+  TinySpec sp;
+  sp.ctx = 32;
+  auto tiny = lizard::testing::make_tiny(sd, sp);
+  const int L = 16;
+  Dataset data = lizard::testing::random_tokens(sd.rng, sp.vocab, L, 9, 2, 5, 2);
+  Dataset other = lizard::testing::random_tokens(sd.rng, sp.vocab, L, 9, 2, 5, 2);
+  lizard::testing::ScratchDir dir;
+  const std::vector<RankRun> runs = run_ranks(2, tiny, data, dir.path, L, -1, 0, &other);
+  for (const RankRun& r : runs) EXPECT_NE(r.error.find("differ from rank 0"), std::string::npos) << r.error;
 }

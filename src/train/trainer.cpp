@@ -292,10 +292,12 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
     }
     std::string root_identity = identity.dump();
     broadcast_string(*comm, root_identity);
-    LZ_CHECK(root_identity == identity.dump(),
-             "rank {}: this process's run ({}) differs from rank 0's ({}); every rank needs the same model, data "
-             "and settings",
-             comm->rank(), identity.dump(), root_identity);
+    double mismatched = root_identity == identity.dump() ? 0 : 1;
+    comm->allreduce_sum(&mismatched, 1);
+    LZ_CHECK(mismatched == 0,
+             "rank {}: {} rank(s) differ from rank 0's run ({}){}; every rank needs the same model, data and settings",
+             comm->rank(), mismatched, root_identity,
+             root_identity == identity.dump() ? std::string() : fmt::format(", this one has {}", identity.dump()));
     sync_from_root(*comm, params, adam, order, rng, res.start_step);
   }
   auto log_line = [&](const json& j) {
