@@ -566,11 +566,12 @@ __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, D
       const int r = x / P2, f = x % P2;
       PKd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phk[int64_t(ci.c0 + r) * P2 + f] * ebt[r] : 0.f);
     }
-    if (tid < kC) {
+    for (int r = warp; r < kC; r += kGW) {  // zdot = phq . z: warp per row, lanes over f (coalesced)
       float sacc = 0.f;
-      if (tid < ci.nvalid)
-        for (int f = 0; f < P2; ++f) sacc += phq[int64_t(ci.c0 + tid) * P2 + f] * z[f];
-      zdot[tid] = sacc;
+      if (r < ci.nvalid)  // warp-uniform
+        for (int f = lane; f < P2; f += 32) sacc += phq[int64_t(ci.c0 + r) * P2 + f] * z[f];
+      sacc = wsum(sacc);
+      if (lane == 0) zdot[r] = sacc;
     }
     __syncthreads();
     const float ba = bs[ra], bb_ = bs[rb], eba = eb[ra], ebb = eb[rb];
