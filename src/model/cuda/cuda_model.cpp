@@ -7,6 +7,7 @@
 #ifdef LIZARD_HAVE_CUDA
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include <cuda_runtime.h>
@@ -279,8 +280,9 @@ struct CudaModel::Impl {
       if (!active[s]) continue;
       any = true;
       LZ_CHECK(ids[s] >= 0 && ids[s] < V, "token id {} of slot {} is out of range (vocabulary of {})", ids[s], s, V);
-      LZ_CHECK(b.n_past[size_t(s)] < b.ctx, "slot {} is full: it holds {} positions, the context is {}", s,
-               b.n_past[size_t(s)], b.ctx);
+      // Only KV caches are bounded by the batch's context; Lizard states hold any length.
+      LZ_CHECK((n_softmax == 0 || b.n_past[size_t(s)] < b.ctx) && b.n_past[size_t(s)] < INT32_MAX,
+               "slot {} is full: it holds {} positions, the context is {}", s, b.n_past[size_t(s)], b.ctx);
       tok[size_t(s)] = ids[s];
       pos[size_t(s)] = int32_t(b.n_past[size_t(s)]);
       lens[size_t(s)] = pos[size_t(s)] + 1;
