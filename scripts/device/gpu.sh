@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Driver for runs on the lent GPU machine (device tool), over several calls on one warm machine.
-# The teacher (98 MB) is larger than one call carries, so it travels in two halves:
+# The teacher (98 MB) is larger than one call carries (64 MiB with the tree), so it travels in two
+# halves, and the bundle (~20 MB) in a third call:
 #   here:    scripts/device/build_bundle.sh && scripts/device/gpu.sh split     (makes .stage/m1, .stage/m2)
-#   call 1:  carry [.stage/m1, data/english]           command: bash scripts/device/gpu.sh recv1
-#   call 2:  carry [.stage/m2, .stage/bundle]          command: bash scripts/device/gpu.sh recv2 && ...
-#   later:   carry [.stage/bundle] (after a rebuild)   command: bash scripts/device/gpu.sh unpack && ...
+#   call 1:  carry [.stage/m1]                          command: bash scripts/device/gpu.sh recv1
+#   call 2:  carry [.stage/m2, data/english]            command: bash scripts/device/gpu.sh recv2
+#   call 3:  carry [.stage/bundle]                      command: bash scripts/device/gpu.sh unpack && ...
+#   later:   the same as call 3 after a rebuild (while the machine stays warm: 30 s idle)
 # Everything lands in /tmp/lz (kept while the machine stays warm): model.gguf, data/, bin/.
 #   gpu.sh tests                 GPU test suite + compute-sanitizer on the small cases
 #   gpu.sh x CMD ARGS...         run bin/CMD with the right library path (e.g. gpu.sh x lizard info ...)
@@ -26,16 +28,15 @@ case "$mode" in
     mv .stage/m1/partab .stage/m2/ ;;
   recv1)
     cp .stage/m1/partaa $lz/
-    rm -rf $lz/data && cp -r data/english $lz/data
-    ls -la $lz $lz/data ;;
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ;;
   recv2)
     cp .stage/m2/partab $lz/
     cat $lz/partaa $lz/partab >$lz/model.gguf
     echo "$gguf_sha  $lz/model.gguf" | sha256sum -c
-    rm -rf $lz/bin && tar -C $lz -xJf .stage/bundle/bundle.tar.xz
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ;;
+    rm -rf $lz/data && cp -r data/english $lz/data ;;
   unpack)
-    rm -rf $lz/bin && tar -C $lz -xJf .stage/bundle/bundle.tar.xz ;;
+    rm -rf $lz/bin && tar -C $lz -xJf .stage/bundle/bundle.tar.xz
+    [ -f $lz/model.gguf ] || echo "note: no $lz/model.gguf (recv1/recv2 first)" ;;
   tests)
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
     set +e
