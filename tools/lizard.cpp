@@ -201,15 +201,19 @@ struct GenerateArgs {
 };
 
 // --device cuda: the same sampling, streaming and stop logic (generate/generate.h) on the GPU model.
-void generate_cuda(const GenerateArgs& a, const LoadedModel& lm, const Tokenizer& tok, const std::string& prompt,
-                   const std::vector<int32_t>& ids, const GenerateOptions& go) {
+// state: the CPU form of the sequence (generate/state_io.h): a loaded one is continued on the GPU, and
+// with --save-state the GPU's final state comes back into it. Returns the stats of a single sequence.
+std::optional<GenerateStats> generate_cuda(const GenerateArgs& a, const LoadedModel& lm, const Tokenizer& tok,
+                                           const std::string& prompt, const std::vector<int32_t>& ids,
+                                           const GenerateOptions& go, LlamaState& state) {
   cuda::CudaModel gm(lm);
   // Softmax layers' caches are sized for what this run can reach; all-Lizard models hold no cache.
   const int64_t ctx = std::min<int64_t>(lm.model->context_length(),
-                                        static_cast<int64_t>(ids.size()) + std::max(a.n, 1));
+                                        state.n_past() + static_cast<int64_t>(ids.size()) + std::max(a.n, 1));
   const std::string gpu = cuda::device_name();
   if (a.batch == 1) {
     CudaSequence seq(gm, ctx);
+    if (state.n_past() > 0) seq.upload(state);
     if (!a.chat && !a.quiet) std::fwrite(prompt.data(), 1, prompt.size(), stdout);
     std::fflush(stdout);
     GenerateStats st = generate(seq, ids, go, [&tok](int32_t id) { return tok.token_bytes(id); }, tok.eos_id(),
@@ -224,7 +228,8 @@ void generate_cuda(const GenerateArgs& a, const LoadedModel& lm, const Tokenizer
                  static_cast<long long>(st.prompt_tokens), st.prefill_tokens_per_s(),
                  static_cast<long long>(st.new_tokens), st.decode_tokens_per_s(), st.stop_reason.c_str(), gpu.c_str(),
                  static_cast<double>(gm.weight_bytes()) / 1048576.0, static_cast<double>(seq.batch().bytes()) / 1048576.0);
-    return;
+    if (!a.save_state.empty()) seq.download(state);
+    return st;
   }
   CudaBatchModel bm(gm, a.batch, ctx);
   std::vector<uint64_t> seeds;
@@ -251,6 +256,7 @@ void generate_cuda(const GenerateArgs& a, const LoadedModel& lm, const Tokenizer
                a.batch, ids.size(), bs.sequences.front().prefill_tokens_per_s(), bs.decode_tokens_per_s(),
                static_cast<long long>(bs.decoded_tokens), static_cast<long long>(bs.batch_steps), gpu.c_str(),
                static_cast<double>(gm.weight_bytes()) / 1048576.0, static_cast<double>(bm.batch().bytes()) / 1048576.0);
+  return std::nullopt;
 }
 
 std::string read_stdin() { return std::string((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>()); }
@@ -267,8 +273,8 @@ void cmd_generate(const GenerateArgs& a) {
   LZ_CHECK(!prompt.empty() || !a.load_state.empty(), "empty prompt: give -p TEXT, -f FILE or text on stdin");
   LZ_CHECK(a.device == "cpu" || a.device == "cuda", "--device must be cpu or cuda, got '{}'", a.device);
   LZ_CHECK(a.batch == 1 || a.device == "cuda", "--batch is for --device cuda");
-  LZ_CHECK(a.device == "cpu" || (a.load_state.empty() && a.save_state.empty()),
-           "--save-state and --load-state work with --device cpu only");
+  LZ_CHECK(a.batch == 1 || (a.load_state.empty() && a.save_state.empty()),
+           "--save-state and --load-state work with one sequence (--batch 1)");
 
   ModelOptions mo;
   mo.n_threads = a.threads;
@@ -327,23 +333,26 @@ void cmd_generate(const GenerateArgs& a) {
            "prompt has {} tokens, the context is {} (raise it with --ctx)", state.n_past() + run.size(),
            model.context_length());
 
+  GenerateStats st;
   if (a.device == "cuda") {
-    generate_cuda(a, lm, tok, prompt, run, go);
-    return;
-  }
-  if (!a.chat && !a.quiet) {
-    std::fwrite(prompt.data(), 1, prompt.size(), stdout);
-  }
-  std::fflush(stdout);
-  GenerateStats st = generate(model, state, tok, run, go, [](int32_t, std::string_view text) {
-    std::fwrite(text.data(), 1, text.size(), stdout);
+    const std::optional<GenerateStats> one = generate_cuda(a, lm, tok, prompt, run, go, state);
+    if (!one) return;  // a batch: nothing to save
+    st = *one;
+  } else {
+    if (!a.chat && !a.quiet) {
+      std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+    }
     std::fflush(stdout);
-    return true;
-  });
-  std::fputc('\n', stdout);
-  std::fprintf(stderr, "[%lld prompt tokens at %.1f tok/s, %lld generated at %.1f tok/s, stop: %s]\n",
-               static_cast<long long>(st.prompt_tokens), st.prefill_tokens_per_s(), static_cast<long long>(st.new_tokens),
-               st.decode_tokens_per_s(), st.stop_reason.c_str());
+    st = generate(model, state, tok, run, go, [](int32_t, std::string_view text) {
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fflush(stdout);
+      return true;
+    });
+    std::fputc('\n', stdout);
+    std::fprintf(stderr, "[%lld prompt tokens at %.1f tok/s, %lld generated at %.1f tok/s, stop: %s]\n",
+                 static_cast<long long>(st.prompt_tokens), st.prefill_tokens_per_s(),
+                 static_cast<long long>(st.new_tokens), st.decode_tokens_per_s(), st.stop_reason.c_str());
+  }
   if (!a.save_state.empty()) {
     // The whole context: what was loaded, the prompt and the generated tokens.
     saved.tokens.insert(saved.tokens.end(), ids.begin(), ids.end());

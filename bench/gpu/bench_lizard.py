@@ -3,6 +3,7 @@
 # warm-up first). Needs build-dev/liblizard_capi.so (scripts/device_cuda.sh build) and, for FLA, its
 # `fla/` package folder in .fla/ (carried; never committed).
 #   python3 bench/gpu/bench_lizard.py [--quick] [--with-gla]   (chunk_gla: > 4 min of autotune)
+#   python3 bench/gpu/bench_lizard.py --flash [--quick]   (flash attention only: SDPA and every kernel variant)
 import ctypes, math, os, sys, time
 
 import torch
@@ -23,7 +24,8 @@ lib.lz_set_forward_split.argtypes = [I]
 lib.lz_set_backward_window_variant.argtypes = [I]
 lib.lz_set_backward_stage_variant.argtypes = [I]
 lib.lz_flash_fwd.argtypes = [P] * 5 + [I] * 5 + [P]
-lib.lz_flash_bwd.argtypes = [P] * 10 + [I] * 5 + [P]
+lib.lz_flash_bwd.argtypes = [P] * 11 + [I] * 5 + [P]
+lib.lz_flash_set_variant.argtypes = [I, I]
 
 
 def flash_fwd(q, k, v, out):
@@ -42,6 +44,7 @@ class Flash:
         self.lse = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
         self.delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
         self.dq, self.dk, self.dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        self.dq_accum = torch.empty(q.shape, device=q.device, dtype=torch.float32)  # bwd variant 1's workspace
 
     def fwd(self):
         B, L, H, D = self.q.shape
@@ -53,7 +56,8 @@ class Flash:
         self.fwd()
         B, L, H, D = self.q.shape
         check(lib.lz_flash_bwd(ptr(self.q), ptr(self.k), ptr(self.v), ptr(self.out), ptr(self.do), ptr(self.lse),
-                               ptr(self.dq), ptr(self.dk), ptr(self.dv), ptr(self.delta), B, L, H, self.k.shape[2], D,
+                               ptr(self.dq), ptr(self.dk), ptr(self.dv), ptr(self.delta), ptr(self.dq_accum), B, L, H,
+                               self.k.shape[2], D,
                                ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
 
 
@@ -70,6 +74,69 @@ def flash_check_vs_sdpa(q, k, v, do):
     err = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
     return (err(fl.out, o.transpose(1, 2)), err(fl.dq, qt.grad.transpose(1, 2)), err(fl.dk, kt.grad.transpose(1, 2)),
             err(fl.dv, vt.grad.transpose(1, 2)))
+
+
+def flash_variant_rows(tag, qd, kd, vd, do, H, Hkv, sd_f, sd_fb, row):
+    """Every (forward, backward) variant of this repo's flash kernels at one shape, equal heads as SDPA
+    and the shape's GQA; one FLASH line each with sdpa ms / ours ms (goal >= 0.8)."""
+    nf, nb = lib.lz_flash_fwd_variants(), lib.lz_flash_bwd_variants()
+    try:
+        for fv in range(nf):
+            for bv in range(nb):
+                check(lib.lz_flash_set_variant(fv, bv))
+                e = flash_check_vs_sdpa(qd, kd, vd, do)
+                print(f"  flash cuda fwd v{fv} bwd v{bv} vs sdpa (batch 0) rel err: out {e[0]:.2e} dq {e[1]:.2e} "
+                      f"dk {e[2]:.2e} dv {e[3]:.2e}", flush=True)
+        for hkv in sorted({H, Hkv}, reverse=True):
+            kk, vv = (kd[:, :, :hkv].contiguous(), vd[:, :, :hkv].contiguous()) if hkv != H else (kd, vd)
+            fl = Flash(qd, kk, vv, do)
+            for fv in range(nf):
+                check(lib.lz_flash_set_variant(fv, 0))
+                f = med(fl.fwd)
+                for bv in range(nb):
+                    check(lib.lz_flash_set_variant(fv, bv))
+                    fb = med(fl.fwd_bwd, 10, 50)
+                    row(tag, f"flash cuda (Hkv={hkv}) f{fv} b{bv}", f, fb)
+                    print(f"FLASH {tag:20s} Hkv={hkv:<3d} fwd v{fv} bwd v{bv}: ours fwd {f:8.3f} f+b {fb:9.3f} ms | "
+                          f"sdpa/ours fwd {sd_f / f:.2f}  fwd+bwd {sd_fb / fb:.2f}  bwd only {(sd_fb - sd_f) / (fb - f):.2f}",
+                          flush=True)
+            del fl, kk, vv
+            torch.cuda.empty_cache()
+    except Exception as e:  # noqa: BLE001
+        print("  flash cuda failed:", str(e)[:300], flush=True)
+    finally:
+        check(lib.lz_flash_set_variant(0, 0))
+
+
+def flash_only():
+    """SDPA flash beside every variant of this repo's flash kernels at every shape; nothing else."""
+    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    shapes = [(16, 32, 32, 128, 2048), (8, 9, 3, 64, 2048), (16, 32, 32, 128, 4096), (8, 32, 32, 128, 8192),
+              (8, 9, 3, 64, 8192)]
+    if "--quick" in sys.argv:
+        shapes = shapes[:2]
+    rows = []
+    row = lambda tag, name, f, fb: rows.append((tag, name, f, fb))
+    for (B, H, Hkv, D, L) in shapes:
+        tag = f"B{B} H{H} D{D} L{L}"
+        q, k, v = (torch.randn(B, L, H, D, device=dev, dtype=bf) for _ in range(3))
+        do = torch.randn(B, L, H, D, device=dev, dtype=bf)
+        qt, kt, vt = (x.transpose(1, 2).contiguous().requires_grad_(True) for x in (q, k, v))
+        dot = do.transpose(1, 2).contiguous()
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            sd_f, sd_fb = fwd_and_bwd("sdpa", lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True), dot)
+        row(tag, "sdpa flash causal", sd_f, sd_fb)
+        print(f"FLASH {tag:20s} sdpa flash causal: fwd {sd_f:8.3f} f+b {sd_fb:9.3f} ms", flush=True)
+        del qt, kt, vt, dot
+        torch.cuda.empty_cache()
+        flash_variant_rows(tag, q, k, v, do, H, Hkv, sd_f, sd_fb, row)
+        del q, k, v, do
+        torch.cuda.empty_cache()
+    print()
+    print(f"{'shape':22s} {'kernel':36s} {'fwd ms':>8s} {'f+b ms':>9s} {'sdpa/this fwd':>14s} {'sdpa/this f+b':>14s}")
+    sd = {t: (a, b) for t, n, a, b in rows if n.startswith("sdpa")}
+    for t, n, a, b in rows:
+        print(f"{t:22s} {n:36s} {a:8.3f} {b:9.3f} {sd[t][0] / a:14.2f} {sd[t][1] / b:14.2f}")
 
 
 try:
@@ -247,6 +314,8 @@ def final():
 def main():
     if "--final" in sys.argv:
         return final()
+    if "--flash" in sys.argv:
+        return flash_only()
     quick = "--quick" in sys.argv
     card = torch.cuda.get_device_name()
     print(card, torch.__version__, flush=True)
@@ -327,23 +396,10 @@ def main():
         sd_f, sd_fb = rows[-1][2], rows[-1][3]
         del qt, kt, vt, dot
         torch.cuda.empty_cache()
-        # this repo's flash attention (fwd saving lse; fwd+bwd), equal heads as SDPA, then the shape's GQA
+        # this repo's flash attention (fwd saving lse; fwd+bwd), every kernel variant, equal heads as
+        # SDPA, then the shape's GQA
         qd, kd, vd = (x.detach() for x in (q, k, v))
-        try:
-            e = flash_check_vs_sdpa(qd, kd, vd, do)
-            print(f"  flash cuda vs sdpa (batch 0) rel err: out {e[0]:.2e} dq {e[1]:.2e} dk {e[2]:.2e} dv {e[3]:.2e}",
-                  flush=True)
-            for hkv in sorted({H, Hkv}, reverse=True):
-                kk, vv = (kd[:, :, :hkv].contiguous(), vd[:, :, :hkv].contiguous()) if hkv != H else (kd, vd)
-                fl = Flash(qd, kk, vv, do)
-                f, fb = med(fl.fwd), med(fl.fwd_bwd, 10, 50)
-                row(tag, f"flash cuda (Hkv={hkv})", f, fb)
-                print(f"  speed vs sdpa flash (sdpa ms / this ms; goal >= 0.8): fwd {sd_f / f:.2f}  "
-                      f"fwd+bwd {sd_fb / fb:.2f}  bwd only {(sd_fb - sd_f) / (fb - f):.2f}", flush=True)
-                del fl, kk, vv
-                torch.cuda.empty_cache()
-        except Exception as e:  # noqa: BLE001
-            print("  flash cuda failed:", str(e)[:300], flush=True)
+        flash_variant_rows(tag, qd, kd, vd, do, H, Hkv, sd_f, sd_fb, row)
         del q, k, v, gk, gs, do, qd, kd, vd
         torch.cuda.empty_cache()
     # 2. FLA last: its first calls compile and autotune for minutes.

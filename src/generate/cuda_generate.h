@@ -11,7 +11,8 @@
 
 namespace lizard {
 
-// Slot 0 of a one-slot batch: the prompt is a prefill from position 0, then one token per call.
+// Slot 0 of a one-slot batch: the prompt is a prefill from position 0, then one token per call; several
+// tokens on a slot that holds some (a further turn, a restored state) continue it (CudaModel::extend).
 class CudaSequence : public SequenceModel {
  public:
   CudaSequence(cuda::CudaModel& m, int64_t ctx) : m_(m), batch_(m.new_batch(1, ctx)) {}
@@ -20,13 +21,17 @@ class CudaSequence : public SequenceModel {
   std::span<const float> forward(std::span<const int32_t> tokens) override {
     if (n_past() == 0) {
       logits_ = m_.prefill(batch_, 0, tokens.data(), static_cast<int64_t>(tokens.size()));
-    } else {
-      LZ_CHECK(tokens.size() == 1, "the GPU model continues a sequence one token at a time, got {}", tokens.size());
+    } else if (tokens.size() == 1) {
       const bool active = true;
       logits_ = m_.decode(batch_, tokens.data(), &active);
+    } else {
+      logits_ = m_.extend(batch_, 0, tokens.data(), static_cast<int64_t>(tokens.size()));
     }
     return logits_;
   }
+  // The sequence to / from a CPU LlamaState (what generate/state_io.h saves and loads).
+  void download(LlamaState& st) { m_.download_slot(batch_, 0, st); }
+  void upload(const LlamaState& st) { m_.upload_slot(batch_, 0, st); }
   const cuda::CudaBatch& batch() const { return batch_; }
 
  private:

@@ -15,11 +15,21 @@
 
 namespace {
 
+// Restores the default kernel variants when a test ends (they are process-wide).
+struct VariantGuard {
+  lizard::cuda::FlashVariant saved = lizard::cuda::flash_variant();
+  ~VariantGuard() { lizard::cuda::flash_set_variant(saved.fwd, saved.bwd); }
+};
+
 TEST(FlashCuda, CausalGqaMatchesCpu) {
   struct C {
     int B, L, H, Hkv, D;
   };
-  for (C c : {C{2, 200, 6, 2, 64}, C{1, 131, 4, 4, 128}, C{1, 64, 2, 1, 128}, C{3, 7, 3, 1, 64}}) {
+  VariantGuard guard;
+  for (int variant = 0; variant < lizard::cuda::kFlashFwdVariants; ++variant)
+  for (C c : {C{2, 200, 6, 2, 64}, C{1, 131, 4, 4, 128}, C{1, 64, 2, 1, 128}, C{3, 7, 3, 1, 64},
+              C{1, 300, 4, 2, 128}, C{2, 129, 3, 1, 64}}) {
+    lizard::cuda::flash_set_variant(variant, 0);
     std::random_device rd;
     const uint64_t seed = (uint64_t(rd()) << 32) ^ rd();
     std::mt19937_64 g(seed);
@@ -82,8 +92,8 @@ TEST(FlashCuda, CausalGqaMatchesCpu) {
           lerr = std::max(lerr, std::fabs(lse[(size_t(b) * c.H + h) * c.L + i] - (mx + std::log(sum))));
         }
     const double e = std::sqrt(num / den);
-    std::printf("[flash-cuda] B%d L%d H%d Hkv%d D%d: out rel err %.2e, lse max abs err %.2e (seed %llu)\n", c.B, c.L,
-                c.H, c.Hkv, c.D, e, lerr, (unsigned long long)seed);
+    std::printf("[flash-cuda] fwd v%d B%d L%d H%d Hkv%d D%d: out rel err %.2e, lse max abs err %.2e (seed %llu)\n", variant,
+                c.B, c.L, c.H, c.Hkv, c.D, e, lerr, (unsigned long long)seed);
     EXPECT_LT(e, 1e-2);
     // The kernel's row sum adds the bf16-rounded probabilities that also weight V (so out is
     // normalised consistently); lse carries their rounding, ~2^-9 relative per term.
@@ -99,7 +109,17 @@ struct BwdCase {
   int B, L, H, Hkv, D;
 };
 
+// Runs every (forward, backward) variant pair on the case; bwd variant 1 alternates between a caller
+// workspace for dq and its own allocation.
+void run_backward_case_variant(BwdCase c, double tol, int fwd_variant, int bwd_variant);
 void run_backward_case(BwdCase c, double tol) {
+  VariantGuard guard;
+  for (int fv = 0; fv < lizard::cuda::kFlashFwdVariants; ++fv)
+    for (int bv = 0; bv < lizard::cuda::kFlashBwdVariants; ++bv) run_backward_case_variant(c, tol, fv, bv);
+}
+
+void run_backward_case_variant(BwdCase c, double tol, int fwd_variant, int bwd_variant) {
+  lizard::cuda::flash_set_variant(fwd_variant, bwd_variant);
   std::random_device rd;
   const uint64_t seed = (uint64_t(rd()) << 32) ^ rd();
   std::mt19937_64 g(seed);
@@ -146,6 +166,13 @@ void run_backward_case(BwdCase c, double tol) {
   ba.B = c.B, ba.L = c.L, ba.H = c.H, ba.Hkv = c.Hkv, ba.D = c.D;
   ba.q = dq, ba.k = dk, ba.v = dv, ba.out = dout, ba.dout = ddo, ba.lse = dlse;
   ba.dq = gq, ba.dk = gk, ba.dv = gv, ba.delta = ddelta;
+  float* dq_accum = nullptr;
+  const bool own_workspace = bwd_variant == 1 && c.L % 2 == 1;
+  if (own_workspace) {
+    CK(cudaMalloc(&dq_accum, nq * 4));
+    CK(cudaMemset(dq_accum, 0xff, nq * 4));  // the kernel must zero it
+    ba.dq_accum = dq_accum;
+  }
   lizard::cuda::flash_attention_bwd(ba);
   CK(cudaGetLastError());
   CK(cudaDeviceSynchronize());
@@ -200,9 +227,10 @@ void run_backward_case(BwdCase c, double tol) {
   double mq, mk, mv;
   size_t nfq, nfk, nfv;
   const double eq = rel(hgq, rq, mq, nfq), ek = rel(hgk, rk, mk, nfk), ev = rel(hgv, rv, mv, nfv);
-  std::printf("[flash-cuda-bwd] B%d L%d H%d Hkv%d D%d: rel err dq %.2e dk %.2e dv %.2e | max abs err / max |ref|: "
-              "dq %.2e dk %.2e dv %.2e (seed %llu)\n",
-              c.B, c.L, c.H, c.Hkv, c.D, eq, ek, ev, mq, mk, mv, (unsigned long long)seed);
+  std::printf("[flash-cuda-bwd] fwd v%d bwd v%d%s B%d L%d H%d Hkv%d D%d: rel err dq %.2e dk %.2e dv %.2e | max abs "
+              "err / max |ref|: dq %.2e dk %.2e dv %.2e (seed %llu)\n",
+              fwd_variant, bwd_variant, own_workspace ? " (caller dq workspace)" : "", c.B, c.L, c.H, c.Hkv, c.D, eq,
+              ek, ev, mq, mk, mv, (unsigned long long)seed);
   EXPECT_EQ(nfq + nfk + nfv, 0u) << "non-finite gradients (unwritten poison?)";
   EXPECT_LT(eq, tol);
   EXPECT_LT(ek, tol);
@@ -213,6 +241,9 @@ void run_backward_case(BwdCase c, double tol) {
   for (void* x : {dq, dk, dv, dout, ddo, gq, gk, gv}) CK(cudaFree(x));
   CK(cudaFree(dlse));
   CK(cudaFree(ddelta));
+  if (dq_accum != nullptr) {
+    CK(cudaFree(dq_accum));
+  }
 }
 
 TEST(FlashCuda, BackwardVsCpu) {
@@ -232,6 +263,8 @@ TEST(FlashCuda, BackwardRefusesBadArgs) {
   lizard::cuda::FlashBwdArgs ba;
   ba.B = 1, ba.L = 8, ba.H = 2, ba.Hkv = 1, ba.D = 64;
   EXPECT_ANY_THROW(lizard::cuda::flash_attention_bwd(ba));  // null pointers
+  EXPECT_ANY_THROW(lizard::cuda::flash_set_variant(lizard::cuda::kFlashFwdVariants, 0));
+  EXPECT_ANY_THROW(lizard::cuda::flash_set_variant(0, -1));
 }
 
 }  // namespace

@@ -7,10 +7,17 @@
 #ifdef LIZARD_HAVE_CUDA
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <sstream>
+#include <utility>
 
 #include <cuda_runtime.h>
+
+#include "model/lizard_mixer.h"
+#include "model/llama.h"
+#include "util/half.h"
 
 #include "model/cuda/cuda_model_kernels.h"
 #include "model/cuda/device_weights.h"
@@ -107,12 +114,14 @@ struct CudaModel::Impl {
   std::vector<LizardAttnArgs> lz_args;              // per Lizard layer: options and sizes (B, L set per call)
   int n_softmax = 0;
   int64_t d = 0, H = 0, Hkv = 0, D = 0, F = 0, V = 0, qd = 0, kvd = 0, G = 1;
-  // Prefill scratch: whole-prompt tensors and piece-sized ones.
-  DeviceBuffer x, q, k, v, y, log_gamma, tokens, zero, xn, gate, up, logits;
+  // Prefill scratch: whole-prompt tensors and piece-sized ones. A continuation (pos0 > 0) also uses
+  // positions (pos0 .. pos0+n-1, then pos0+n) and attn_ws (attention_decode's workspace of one piece).
+  DeviceBuffer x, q, k, v, y, log_gamma, tokens, zero, xn, gate, up, logits, positions, attn_ws;
 
   size_t scratch_bytes() const {
     size_t n = 0;
-    for (const DeviceBuffer* b : {&x, &q, &k, &v, &y, &log_gamma, &tokens, &zero, &xn, &gate, &up, &logits})
+    for (const DeviceBuffer* b :
+         {&x, &q, &k, &v, &y, &log_gamma, &tokens, &zero, &xn, &gate, &up, &logits, &positions, &attn_ws})
       n += b->bytes();
     return n;
   }
@@ -177,11 +186,17 @@ struct CudaModel::Impl {
     linear_fwd(g, L.down.w, L.down.bias, xr, kBF16, rows, int(F), int(d), /*accumulate=*/true);
   }
 
-  // Runs tokens[0..n) from position 0. With a batch: writes slot's KV caches / Lizard states. Logits of
-  // the last token (all = false) or of every token (all = true) into out (host).
-  void run_prompt(const int32_t* ids, int64_t n, CudaBatch::Impl* b, int slot, bool all, float* out) {
+  // Queries per attention_decode call of a continuation: bounds its workspace (it grows with n x ctx).
+  static constexpr int64_t kContinuePiece = 64;
+
+  // Runs tokens[0..n) at positions pos0.. . With a batch: writes slot's KV caches / Lizard states; pos0 > 0
+  // continues what the slot holds (pos0 == its n_past). Logits of the last token (all = false) or of every
+  // token (all = true) into out (host).
+  void run_prompt(const int32_t* ids, int64_t n, CudaBatch::Impl* b, int slot, int64_t pos0, bool all, float* out) {
     LZ_CHECK(n > 0, "nothing to run: no tokens given");
-    LZ_CHECK(n <= INT32_MAX, "prompt of {} tokens is too long", n);
+    LZ_CHECK(n <= INT32_MAX && pos0 >= 0 && pos0 + n <= INT32_MAX, "prompt of {} tokens is too long", pos0 + n);
+    LZ_CHECK(pos0 == 0 || (b && pos0 == b->n_past[size_t(slot)]), "a continuation starts where its slot stopped");
+    const bool cont = pos0 > 0;
     for (int64_t i = 0; i < n; ++i)
       LZ_CHECK(ids[i] >= 0 && ids[i] < V, "token id {} is out of range (vocabulary of {})", ids[i], V);
     const int64_t P = std::min(opt.prefill_piece, n);
@@ -202,6 +217,18 @@ struct CudaModel::Impl {
     for (int li = 0; li < cfg.n_layers; ++li) {
       const DeviceLayer& L = w->layer(li);
       const DeviceLizardLayer* lzl = lizard_of[size_t(li)];
+    if (cont) {
+      // Lizard layers step token by token at positions[i]; softmax layers read positions[0] (where the
+      // cache writes start) and the running lengths positions[i + 1].
+      std::vector<int32_t> p(size_t(n) + 1);
+      for (int64_t i = 0; i <= n; ++i) p[size_t(i)] = int32_t(pos0 + i);
+      positions.resize(p.size() * sizeof(int32_t));
+      to_device(positions.get(), p.data(), p.size() * sizeof(int32_t));
+      if (n_softmax > 0) {
+        const int m = int(std::min(kContinuePiece, n));
+        attn_ws.resize(std::max<size_t>(attention_decode_workspace_bytes(1, m, int(H), int(D), int(b->ctx)), 4));
+      }
+    }
       for (int64_t r0 = 0; r0 < n; r0 += P) {
         const int64_t p = std::min(P, n - r0);
         rmsnorm_fwd(kBF16, bf(x.get(), r0 * d), L.attn_norm, xn.get(), nullptr, p, int(d), cfg.rms_eps);
@@ -214,20 +241,57 @@ struct CudaModel::Impl {
         }
       }
       if (!lzl) {
-        rope_apply(kBF16, q.get(), n, qd, int(H), int(D), 0, w->rope_inv_freq(), false);
-        rope_apply(kBF16, k.get(), n, kvd, int(Hkv), int(D), 0, w->rope_inv_freq(), false);
+        rope_apply(kBF16, q.get(), n, qd, int(H), int(D), pos0, w->rope_inv_freq(), false);
+        rope_apply(kBF16, k.get(), n, kvd, int(Hkv), int(D), pos0, w->rope_inv_freq(), false);
         if (b) {
           auto& bl = b->layers[size_t(li)];
           const int64_t slot_off = int64_t(slot) * Hkv * b->ctx * D;
-          kv_cache_write(k.get(), bf(bl.k_cache.get(), slot_off), 1, int(n), int(Hkv), int(D), int(b->ctx),
-                         zero.as<int>());
-          kv_cache_write(v.get(), bf(bl.v_cache.get(), slot_off), 1, int(n), int(Hkv), int(D), int(b->ctx),
-                         zero.as<int>());
+          const int* start = cont ? positions.as<int>() : zero.as<int>();
+          kv_cache_write(k.get(), bf(bl.k_cache.get(), slot_off), 1, int(n), int(Hkv), int(D), int(b->ctx), start);
+          kv_cache_write(v.get(), bf(bl.v_cache.get(), slot_off), 1, int(n), int(Hkv), int(D), int(b->ctx), start);
+          if (cont) {
+            // The new queries against the whole cache, in pieces: query j0+j of a piece of m sits at
+            // position pos0+j0+j = lens - m + j, with lens = positions[j0 + m].
+            for (int64_t j0 = 0; j0 < n; j0 += kContinuePiece) {
+              const int m = int(std::min(kContinuePiece, n - j0));
+              AttentionDecodeArgs a;
+              a.B = 1, a.n = m, a.H = int(H), a.Hkv = int(Hkv), a.D = int(D), a.max_ctx = int(b->ctx);
+              a.q = bf(q.get(), j0 * qd);
+              a.k_cache = bf(bl.k_cache.get(), slot_off), a.v_cache = bf(bl.v_cache.get(), slot_off);
+              a.lens = positions.as<int>() + j0 + m;
+              a.out = bf(y.get(), j0 * qd);
+              a.workspace = attn_ws.as<float>();
+              attention_decode(a);
+            }
+          }
         }
-        FlashArgs fa;
-        fa.B = 1, fa.L = int(n), fa.H = int(H), fa.Hkv = int(Hkv), fa.D = int(D);
-        fa.q = q.get(), fa.k = k.get(), fa.v = v.get(), fa.out = y.get();
-        flash_attention_fwd(fa);
+        if (!cont) {
+          FlashArgs fa;
+          fa.B = 1, fa.L = int(n), fa.H = int(H), fa.Hkv = int(Hkv), fa.D = int(D);
+          fa.q = q.get(), fa.k = k.get(), fa.v = v.get(), fa.out = y.get();
+          flash_attention_fwd(fa);
+        }
+      } else if (cont) {
+        // The chunked kernel starts from an empty state: a continuation steps through its tokens
+        // with the decode kernel (exact, one launch per token), reading and updating the slot's state.
+        if (rope_lizard(*lzl)) {
+          rope_apply(kBF16, q.get(), n, qd, int(H), int(D), pos0, w->rope_inv_freq(), false);
+          rope_apply(kBF16, k.get(), n, kvd, int(Hkv), int(D), pos0, w->rope_inv_freq(), false);
+        }
+        auto& bl = b->layers[size_t(li)];
+        const int g = gates_of(*lzl);
+        for (int64_t i = 0; i < n; ++i) {
+          LizardAttnArgs a = lizard_args(li, 1, 1);
+          const int64_t F2 = 2 * int64_t(a.F);
+          a.q = bf(q.get(), i * qd), a.k = bf(k.get(), i * kvd), a.v = bf(v.get(), i * kvd);
+          a.y = bf(y.get(), i * qd);
+          a.log_gamma = log_gamma.as<float>() + i * g;
+          a.state_s = bl.s.as<float>() + int64_t(slot) * H * F2 * D;
+          a.state_z = bl.z.as<float>() + int64_t(slot) * H * F2;
+          const int64_t roff = int64_t(slot) * Hkv * a.window * D;
+          lizard_attention_decode(a, /*fp32=*/false, positions.as<int>() + i, bf(bl.ring_k.get(), roff),
+                                  bf(bl.ring_v.get(), roff));
+        }
       } else {
         if (rope_lizard(*lzl)) {
           rope_apply(kBF16, q.get(), n, qd, int(H), int(D), 0, w->rope_inv_freq(), false);
@@ -269,7 +333,7 @@ struct CudaModel::Impl {
       linear_fwd(xn.get(), head.w, head.bias, logits.get(), DType::F32, 1, int(d), int(V));
       to_host(out, logits.get(), size_t(V) * sizeof(float));
     }
-    if (b) b->n_past[size_t(slot)] = n;
+    if (b) b->n_past[size_t(slot)] = pos0 + n;
   }
 
   void decode(CudaBatch::Impl& b, const int32_t* ids, const bool* active, float* out) {
@@ -424,7 +488,8 @@ bool CudaModel::has_softmax_layers() const { return impl_->n_softmax > 0; }
 
 void CudaModel::release_scratch() {
   Impl& m = *impl_;
-  for (DeviceBuffer* b : {&m.x, &m.q, &m.k, &m.v, &m.y, &m.log_gamma, &m.tokens, &m.xn, &m.gate, &m.up, &m.logits})
+  for (DeviceBuffer* b : {&m.x, &m.q, &m.k, &m.v, &m.y, &m.log_gamma, &m.tokens, &m.xn, &m.gate, &m.up, &m.logits,
+                          &m.positions, &m.attn_ws})
     b->release();
 }
 
@@ -436,7 +501,7 @@ std::vector<float> CudaModel::prefill(CudaBatch& b, int slot, const int32_t* tok
   if (impl_->n_softmax > 0)
     LZ_CHECK(n <= bi.ctx, "prompt has {} tokens, the batch's context is {}", n, bi.ctx);
   std::vector<float> out(size_t(impl_->V));
-  impl_->run_prompt(tokens, n, &bi, slot, false, out.data());
+  impl_->run_prompt(tokens, n, &bi, slot, 0, false, out.data());
   return out;
 }
 
@@ -452,6 +517,176 @@ void CudaModel::copy_slot(CudaBatch& b, int from, int to) {
     const cudaError_t e = cudaMemcpy(static_cast<char*>(buf.get()) + size_t(to) * per,
                                      static_cast<char*>(buf.get()) + size_t(from) * per, per, cudaMemcpyDeviceToDevice);
     LZ_CHECK(e == cudaSuccess, "copying a batch slot on the GPU failed: {}", cudaGetErrorString(e));
+std::vector<float> CudaModel::extend(CudaBatch& b, int slot, const int32_t* tokens, int64_t n) {
+  CudaBatch::Impl& bi = impl_->check_batch(b);
+  LZ_CHECK(slot >= 0 && slot < bi.slots, "slot {} does not exist (the batch has {})", slot, bi.slots);
+  const int64_t pos0 = bi.n_past[size_t(slot)];
+  if (impl_->n_softmax > 0)
+    LZ_CHECK(pos0 + n <= bi.ctx, "slot {} holds {} positions: {} more exceed the batch's context of {}", slot, pos0,
+             n, bi.ctx);
+  std::vector<float> out(size_t(impl_->V));
+  impl_->run_prompt(tokens, n, &bi, slot, pos0, false, out.data());
+  return out;
+}
+
+// ---- a slot's state <-> the CPU model's LlamaState (generate/state_io.h saves and loads the latter) ----
+//
+// Softmax layers: the GPU cache [slots, Hkv, ctx, D] bf16 <-> the CPU KVCacheState's serialized form
+// {i64 len, i64 width = Hkv*D, k [len, width], v [len, width]} (fp32, keys RoPE'd on both sides).
+// Lizard layers: S, z fp32 as they are (the CPU's true state is exp(log_scale) * S: log_scale 0 going
+// down, folded in going up); the rings [slots, Hkv, w, D] bf16 <-> LizardState's [w, Hkv, D] fp32, same
+// slot order (position t in slot t % w on both sides, the keys as the window uses them).
+
+namespace {
+
+// Copies rows of `width` bytes, `height` of them, between pitched buffers (one direction per call).
+void copy_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
+             cudaMemcpyKind kind) {
+  if (width == 0 || height == 0) return;
+  const cudaError_t e = cudaMemcpy2D(dst, dpitch, src, spitch, width, height, kind);
+  LZ_CHECK(e == cudaSuccess, "copying a sequence state between host and GPU failed: {}", cudaGetErrorString(e));
+}
+
+LizardMixerState& lizard_state_of(LlamaState& st, size_t layer) {
+  auto* ls = dynamic_cast<LizardMixerState*>(&st.layer_state(layer));
+  LZ_CHECK(ls != nullptr, "layer {} is a Lizard layer on the GPU but not in the CPU model's state", layer);
+  return *ls;
+}
+
+}  // namespace
+
+void CudaModel::download_slot(CudaBatch& b, int slot, LlamaState& st) const {
+  const Impl& m = *impl_;
+  CudaBatch::Impl& bi = m.check_batch(b);
+  LZ_CHECK(slot >= 0 && slot < bi.slots, "slot {} does not exist (the batch has {})", slot, bi.slots);
+  LZ_CHECK(st.n_layers() == size_t(m.cfg.n_layers), "the CPU state has {} layers, the GPU model {}", st.n_layers(),
+           m.cfg.n_layers);
+  const int64_t n = bi.n_past[size_t(slot)];
+  const int64_t Hkv = m.Hkv, H = m.H, D = m.D;
+  st.reset();
+  for (size_t li = 0; li < st.n_layers(); ++li) {
+    auto& bl = bi.layers[li];
+    const DeviceLizardLayer* lzl = m.lizard_of[li];
+    if (!lzl) {
+      LZ_CHECK(dynamic_cast<LizardMixerState*>(&st.layer_state(li)) == nullptr,
+               "layer {} is softmax attention on the GPU but a Lizard layer in the CPU model", li);
+      const int64_t width = Hkv * D;
+      std::vector<uint16_t> dev(size_t(Hkv * n * D));  // [Hkv, n, D]
+      std::vector<float> host(size_t(n * width));      // [n, Hkv, D]
+      std::ostringstream bytes;
+      const int64_t hdr[2] = {n, width};
+      bytes.write(reinterpret_cast<const char*>(hdr), sizeof hdr);
+      for (DeviceBuffer* cache : {&bl.k_cache, &bl.v_cache}) {
+        const void* base = bf(cache->get(), int64_t(slot) * Hkv * bi.ctx * D);
+        copy_2d(dev.data(), size_t(n * D) * 2, base, size_t(bi.ctx * D) * 2, size_t(n * D) * 2, size_t(Hkv),
+                cudaMemcpyDeviceToHost);
+        for (int64_t g = 0; g < Hkv; ++g)
+          for (int64_t t = 0; t < n; ++t)
+            for (int64_t e = 0; e < D; ++e)
+              host[size_t((t * Hkv + g) * D + e)] = bf16_to_f32(dev[size_t((g * n + t) * D + e)]);
+        bytes.write(reinterpret_cast<const char*>(host.data()), std::streamsize(host.size() * sizeof(float)));
+      }
+      std::istringstream in(std::move(bytes).str());
+      st.layer_state(li).deserialize(in);
+      continue;
+    }
+    LizardMixerState& ls = lizard_state_of(st, li);
+    const int64_t F2 = 2 * int64_t(lzl->cfg.feature_dim), w = lzl->cfg.window;
+    LZ_CHECK(ls.cfg.feature_dim == lzl->cfg.feature_dim && ls.cfg.window == lzl->cfg.window &&
+                 ls.s.S.size() == size_t(H * F2 * D) && ls.s.z.size() == size_t(H * F2) &&
+                 ls.s.ring_k.size() == size_t(w * Hkv * D) && ls.s.ring_kf.empty(),
+             "layer {}: the CPU model's Lizard layer has another shape than the GPU's", li);
+    to_host(ls.s.S.data(), bl.s.as<float>() + int64_t(slot) * H * F2 * D, ls.s.S.size() * sizeof(float));
+    to_host(ls.s.z.data(), bl.z.as<float>() + int64_t(slot) * H * F2, ls.s.z.size() * sizeof(float));
+    std::fill(ls.s.log_scale.begin(), ls.s.log_scale.end(), 0.0f);
+    std::vector<uint16_t> ring(size_t(Hkv * w * D));  // [Hkv, w, D]
+    const int64_t held = std::min(n, w);              // slots holding a token; the rest stay 0 as on the CPU
+    for (auto [dev, cpu] : {std::pair{&bl.ring_k, &ls.s.ring_k}, std::pair{&bl.ring_v, &ls.s.ring_v}}) {
+      to_host(ring.data(), bf(dev->get(), int64_t(slot) * Hkv * w * D), ring.size() * 2);
+      std::fill(cpu->begin(), cpu->end(), 0.0f);
+      for (int64_t g = 0; g < Hkv; ++g)
+        for (int64_t t = 0; t < held; ++t)
+          for (int64_t e = 0; e < D; ++e)
+            (*cpu)[size_t((t * Hkv + g) * D + e)] = bf16_to_f32(ring[size_t((g * w + t) * D + e)]);
+    }
+    ls.s.n_tokens = n;
+  }
+  st.set_restored_n_past(n);
+}
+
+void CudaModel::upload_slot(CudaBatch& b, int slot, const LlamaState& st) {
+  Impl& m = *impl_;
+  CudaBatch::Impl& bi = m.check_batch(b);
+  LZ_CHECK(slot >= 0 && slot < bi.slots, "slot {} does not exist (the batch has {})", slot, bi.slots);
+  LZ_CHECK(st.n_layers() == size_t(m.cfg.n_layers), "the CPU state has {} layers, the GPU model {}", st.n_layers(),
+           m.cfg.n_layers);
+  const int64_t n = st.n_past();
+  LZ_CHECK(n <= INT32_MAX && (m.n_softmax == 0 || n <= bi.ctx),
+           "the saved sequence holds {} positions, the GPU batch's context is {}", n, bi.ctx);
+  const int64_t Hkv = m.Hkv, H = m.H, D = m.D;
+  bi.n_past[size_t(slot)] = 0;  // until every layer is in
+  for (size_t li = 0; li < st.n_layers(); ++li) {
+    auto& bl = bi.layers[li];
+    const DeviceLizardLayer* lzl = m.lizard_of[li];
+    const auto* ls = dynamic_cast<const LizardMixerState*>(&st.layer_state(li));
+    if (!lzl) {
+      LZ_CHECK(ls == nullptr, "layer {} is softmax attention on the GPU but a Lizard layer in the CPU model", li);
+      std::ostringstream out;
+      st.layer_state(li).serialize(out);
+      const std::string bytes = std::move(out).str();
+      const int64_t width = Hkv * D;
+      int64_t hdr[2] = {0, 0};
+      LZ_CHECK(bytes.size() >= sizeof hdr, "layer {}: the CPU attention cache could not be read", li);
+      std::memcpy(hdr, bytes.data(), sizeof hdr);
+      LZ_CHECK(hdr[0] == n && hdr[1] == width &&
+                   bytes.size() == sizeof hdr + size_t(2 * n * width) * sizeof(float),
+               "layer {}: the CPU attention cache holds {} positions of {} values, expected {} of {}", li, hdr[0],
+               hdr[1], n, width);
+      std::vector<uint16_t> dev(size_t(Hkv * n * D));  // [Hkv, n, D]
+      for (int half = 0; half < 2; ++half) {
+        const char* src = bytes.data() + sizeof hdr + size_t(half * n * width) * sizeof(float);
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t g = 0; g < Hkv; ++g)
+            for (int64_t e = 0; e < D; ++e) {
+              float x;
+              std::memcpy(&x, src + size_t((t * Hkv + g) * D + e) * sizeof(float), sizeof x);
+              dev[size_t((g * n + t) * D + e)] = f32_to_bf16(x);
+            }
+        DeviceBuffer& cache = half == 0 ? bl.k_cache : bl.v_cache;
+        copy_2d(bf(cache.get(), int64_t(slot) * Hkv * bi.ctx * D), size_t(bi.ctx * D) * 2, dev.data(),
+                size_t(n * D) * 2, size_t(n * D) * 2, size_t(Hkv), cudaMemcpyHostToDevice);
+      }
+      continue;
+    }
+    LZ_CHECK(ls != nullptr, "layer {} is a Lizard layer on the GPU but not in the CPU model's state", li);
+    const int64_t F2 = 2 * int64_t(lzl->cfg.feature_dim), w = lzl->cfg.window;
+    LZ_CHECK(ls->cfg.feature_dim == lzl->cfg.feature_dim && ls->cfg.window == lzl->cfg.window &&
+                 ls->s.S.size() == size_t(H * F2 * D) && ls->s.z.size() == size_t(H * F2) &&
+                 ls->s.log_scale.size() == size_t(H) && ls->s.ring_k.size() == size_t(w * Hkv * D) &&
+                 ls->s.ring_kf.empty() && ls->s.n_tokens == n,
+             "layer {}: the CPU model's Lizard layer has another shape than the GPU's", li);
+    // The GPU keeps the true state: fold in the CPU's pending decay.
+    std::vector<float> S(ls->s.S), z(ls->s.z);
+    for (int64_t h = 0; h < H; ++h) {
+      const float e = std::exp(ls->s.log_scale[size_t(h)]);
+      if (e == 1.0f) continue;
+      for (int64_t j = 0; j < F2 * D; ++j) S[size_t(h * F2 * D + j)] *= e;
+      for (int64_t j = 0; j < F2; ++j) z[size_t(h * F2 + j)] *= e;
+    }
+    to_device(bl.s.as<float>() + int64_t(slot) * H * F2 * D, S.data(), S.size() * sizeof(float));
+    to_device(bl.z.as<float>() + int64_t(slot) * H * F2, z.data(), z.size() * sizeof(float));
+    std::vector<uint16_t> ring(size_t(Hkv * w * D));  // [Hkv, w, D]
+    for (auto [dev, cpu] : {std::pair{&bl.ring_k, &ls->s.ring_k}, std::pair{&bl.ring_v, &ls->s.ring_v}}) {
+      for (int64_t t = 0; t < w; ++t)
+        for (int64_t g = 0; g < Hkv; ++g)
+          for (int64_t e = 0; e < D; ++e)
+            ring[size_t((g * w + t) * D + e)] = f32_to_bf16((*cpu)[size_t((t * Hkv + g) * D + e)]);
+      to_device(bf(dev->get(), int64_t(slot) * Hkv * w * D), ring.data(), ring.size() * 2);
+    }
+  }
+  bi.n_past[size_t(slot)] = n;
+}
+
   };
   for (auto& l : bi.layers)
     for (DeviceBuffer* d : {&l.k_cache, &l.v_cache, &l.s, &l.z, &l.ring_k, &l.ring_v}) copy(*d);
@@ -467,7 +702,7 @@ std::vector<float> CudaModel::decode(CudaBatch& b, const int32_t* tokens, const 
 
 std::vector<float> CudaModel::all_logits(const int32_t* tokens, int64_t n) {
   std::vector<float> out(size_t(std::max<int64_t>(n, 0)) * size_t(impl_->V));
-  impl_->run_prompt(tokens, n, nullptr, 0, true, out.data());
+  impl_->run_prompt(tokens, n, nullptr, 0, 0, true, out.data());
   return out;
 }
 
@@ -528,3 +763,6 @@ std::string device_name() { no_cuda(); }
 }  // namespace lizard::cuda
 
 #endif
+std::vector<float> CudaModel::extend(CudaBatch&, int, const int32_t*, int64_t) { no_cuda(); }
+void CudaModel::download_slot(CudaBatch&, int, LlamaState&) const { no_cuda(); }
+void CudaModel::upload_slot(CudaBatch&, int, const LlamaState&) { no_cuda(); }

@@ -23,6 +23,7 @@ namespace lizard {
 struct LoadedModel;
 struct Checkpoint;
 struct LizardCheckpoint;
+class LlamaState;
 }
 
 namespace lizard::cuda {
@@ -77,6 +78,18 @@ class CudaModel {
   // Makes slot `to` a copy of slot `from` (caches, states, position): one prefill serves many sequences
   // of the same prompt.
   void copy_slot(CudaBatch& b, int from, int to);
+  // Runs tokens[0..n) at positions n_past(slot).. , continuing what the slot holds (a further chat turn,
+  // a restored state), and returns the logits of the last token [vocab]. Softmax layers attend over the
+  // cache with the decode kernel; Lizard layers step token by token (one launch per token and layer:
+  // meant for turn-sized n). An empty slot: the same as prefill.
+  std::vector<float> extend(CudaBatch& b, int slot, const int32_t* tokens, int64_t n);
+  // A slot's sequence state to / from a CPU LlamaState made by the CPU model of the same weights and
+  // layers (LoadedModel::model), so generate/state_io.h saves and loads it: files are the CPU's format,
+  // and a conversation moves between devices. KV caches and rings are bf16 on the GPU: download is
+  // exact, upload rounds CPU-made values to bf16 (a GPU-made state round-trips bit for bit).
+  // download_slot resets st first; upload_slot needs st.n_past() <= the batch's context (softmax).
+  void download_slot(CudaBatch& b, int slot, LlamaState& st) const;
+  void upload_slot(CudaBatch& b, int slot, const LlamaState& st);
   // One token per slot (tokens[slots]) for the slots with active[s]; each at its slot's n_past().
   // Returns [slots, vocab] logits (rows of inactive slots are unspecified).
   std::vector<float> decode(CudaBatch& b, const int32_t* tokens, const bool* active);

@@ -1,7 +1,10 @@
 // Causal softmax attention with GQA, flash style (no L x L matrix), bf16 in/out, fp32 accumulate on
-// tensor cores (mma.sync m16n8k16). One CTA of 4 warps per (64-query block, b, h); each warp owns
+// tensor cores (mma.sync m16n8k16). One CTA of W warps per (16 W-query block, b, h); each warp owns
 // 16 query rows; K/V blocks of 64 keys double-buffered with cp.async; online softmax in the log2
 // domain. Saves the row log-sum-exp (natural log) for a backward pass.
+// Variants (flash_set_variant): 0 = 4 warps (64 queries); 1 = 8 warps (128 queries: each K/V tile
+// loaded to shared memory feeds twice the mma), causal mask only on the blocks that cross the
+// diagonal or L, warps whose rows all precede the key block skip it.
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -14,12 +17,20 @@ namespace lizard::cuda {
 namespace {
 
 using namespace mma;
-constexpr int kBQ = 64, kBK = 64, kWarps = 4;
+constexpr int kBK = 64;
 constexpr float kLog2e = 1.4426950408889634f;
+FlashVariant g_variant{};
 
-template <int D>
+// 2^x by the SFU (ex2.approx, flush-to-zero): -inf gives 0; ~2 ulp, far below the bf16 rounding of P.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <int D, int kWarps, bool kSkip>
 __global__ void __launch_bounds__(kWarps * 32) flash_fwd_kernel(const FlashArgs a) {
-  constexpr int LD = D + 8, ND = D / 8, NK = kBK / 8;
+  constexpr int kBQ = 16 * kWarps, LD = D + 8, ND = D / 8, NK = kBK / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
   bf16* Ks = Qs + kBQ * LD;  // [2][kBK][LD]
@@ -35,16 +46,16 @@ __global__ void __launch_bounds__(kWarps * 32) flash_fwd_kernel(const FlashArgs 
   bf16* o = static_cast<bf16*>(a.out) + int64_t(b) * a.L * qs + int64_t(h) * D;
   const float scale2 = (a.scale > 0 ? a.scale : rsqrtf(float(D))) * kLog2e;
 
-  auto load_tile = [&](bf16* dst, const bf16* src, int64_t stride, int row0) {
-    for (int p = tid; p < 64 * D / 8; p += kWarps * 32) {
+  auto load_tile = [&](bf16* dst, const bf16* src, int64_t stride, int row0, int rows) {
+    for (int p = tid; p < rows * D / 8; p += kWarps * 32) {
       const int r = p / (D / 8), c = (p % (D / 8)) * 8, pos = row0 + r;
       const bool ok = pos < a.L;
       cp_async16(dst + r * LD + c, src + int64_t(ok ? pos : 0) * stride + c, ok ? 16 : 0);
     }
   };
-  load_tile(Qs, q, qs, qb * kBQ);
-  load_tile(Ks, k, ks, 0);
-  load_tile(Vs, v, ks, 0);
+  load_tile(Qs, q, qs, qb * kBQ, kBQ);
+  load_tile(Ks, k, ks, 0, kBK);
+  load_tile(Vs, v, ks, 0, kBK);
   cp_async_commit();
 
   const int r0 = warp * 16;
@@ -55,10 +66,11 @@ __global__ void __launch_bounds__(kWarps * 32) flash_fwd_kernel(const FlashArgs 
   for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
   uint32_t qa[D / 16][4];
 
-  for (int kb = 0; kb <= qb; ++kb) {
-    if (kb < qb) {
-      load_tile(Ks + ((kb + 1) & 1) * kBK * LD, k, ks, (kb + 1) * kBK);
-      load_tile(Vs + ((kb + 1) & 1) * kBK * LD, v, ks, (kb + 1) * kBK);
+  const int nkb = min((qb + 1) * kBQ, a.L) / kBK + (min((qb + 1) * kBQ, a.L) % kBK != 0);
+  for (int kb = 0; kb < nkb; ++kb) {
+    if (kb + 1 < nkb) {
+      load_tile(Ks + ((kb + 1) & 1) * kBK * LD, k, ks, (kb + 1) * kBK, kBK);
+      load_tile(Vs + ((kb + 1) & 1) * kBK * LD, v, ks, (kb + 1) * kBK, kBK);
       cp_async_commit();
       asm volatile("cp.async.wait_group 1;\n" ::);
     } else {
@@ -68,6 +80,12 @@ __global__ void __launch_bounds__(kWarps * 32) flash_fwd_kernel(const FlashArgs 
     if (kb == 0) {
 #pragma unroll
       for (int s = 0; s < D / 16; ++s) load_a(qa[s], Qs, LD, r0, s * 16);
+    }
+    const int t0 = kb * kBK;
+    // Every row of this warp precedes the key block: nothing to add (warp-uniform branch).
+    if (kSkip && t0 > qb * kBQ + r0 + 15) {
+      __syncthreads();
+      continue;
     }
     const bf16* Kb = Ks + (kb & 1) * kBK * LD;
     const bf16* Vb = Vs + (kb & 1) * kBK * LD;
@@ -84,19 +102,34 @@ __global__ void __launch_bounds__(kWarps * 32) flash_fwd_kernel(const FlashArgs 
         mma16816(sc[2 * np + 1], qa[s], bb[2], bb[3]);
       }
     }
-    const int t0 = kb * kBK;
+    // Variant 1 keeps the raw scores and folds the scale into the exponent's FMA (pre = 1, post =
+    // scale2; max commutes with a positive scale); variant 0 scales first.
+    constexpr bool kFold = kSkip;
+    const float pre = kFold ? 1.f : scale2, post = kFold ? scale2 : 1.f;
     float mx0 = -INFINITY, mx1 = -INFINITY;
+    // The mask matters only where the block reaches past this warp's first row or past L.
+    if (!kSkip || t0 + kBK - 1 > qb * kBQ + r0 || t0 + kBK > a.L) {
 #pragma unroll
-    for (int j = 0; j < NK; ++j) {
+      for (int j = 0; j < NK; ++j) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int tt = t0 + 8 * j + 2 * t4 + e;
-        sc[j][e] = (tt <= ia && tt < a.L) ? sc[j][e] * scale2 : -INFINITY;
-        sc[j][2 + e] = (tt <= ib && tt < a.L) ? sc[j][2 + e] * scale2 : -INFINITY;
-        mx0 = fmaxf(mx0, sc[j][e]), mx1 = fmaxf(mx1, sc[j][2 + e]);
+        for (int e = 0; e < 2; ++e) {
+          const int tt = t0 + 8 * j + 2 * t4 + e;
+          sc[j][e] = (tt <= ia && tt < a.L) ? sc[j][e] * pre : -INFINITY;
+          sc[j][2 + e] = (tt <= ib && tt < a.L) ? sc[j][2 + e] * pre : -INFINITY;
+          mx0 = fmaxf(mx0, sc[j][e]), mx1 = fmaxf(mx1, sc[j][2 + e]);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < NK; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          sc[j][e] *= pre, sc[j][2 + e] *= pre;
+          mx0 = fmaxf(mx0, sc[j][e]), mx1 = fmaxf(mx1, sc[j][2 + e]);
+        }
       }
     }
-    const float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
+    const float mn0 = fmaxf(m0, quad_max(mx0) * post), mn1 = fmaxf(m1, quad_max(mx1) * post);
     const float u0 = mn0 == -INFINITY ? 0.f : mn0, u1 = mn1 == -INFINITY ? 0.f : mn1;
     const float c0 = exp2f(m0 - u0), c1 = exp2f(m1 - u1);
     m0 = mn0, m1 = mn1, l0 *= c0, l1 *= c1;
@@ -107,8 +140,13 @@ __global__ void __launch_bounds__(kWarps * 32) flash_fwd_kernel(const FlashArgs 
     for (int j = 0; j < NK; ++j) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        sc[j][e] = round_bf16(exp2f(sc[j][e] - u0));
-        sc[j][2 + e] = round_bf16(exp2f(sc[j][2 + e] - u1));
+        if constexpr (kFold) {
+          sc[j][e] = round_bf16(fast_exp2(fmaf(sc[j][e], post, -u0)));
+          sc[j][2 + e] = round_bf16(fast_exp2(fmaf(sc[j][2 + e], post, -u1)));
+        } else {
+          sc[j][e] = round_bf16(exp2f(sc[j][e] - u0));
+          sc[j][2 + e] = round_bf16(exp2f(sc[j][2 + e] - u1));
+        }
         l0 += sc[j][e], l1 += sc[j][2 + e];
       }
     }
@@ -146,10 +184,11 @@ __global__ void __launch_bounds__(kWarps * 32) flash_fwd_kernel(const FlashArgs 
   }
 }
 
-template <int D>
+template <int D, int kWarps, bool kSkip>
 void launch(const FlashArgs& a, cudaStream_t s) {
+  constexpr int kBQ = 16 * kWarps;
   const size_t smem = size_t(kBQ + 4 * kBK) * (D + 8) * sizeof(bf16);
-  auto kern = flash_fwd_kernel<D>;
+  auto kern = flash_fwd_kernel<D, kWarps, kSkip>;
   LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   dim3 grid((a.L + kBQ - 1) / kBQ, a.B * a.H);
   kern<<<grid, kWarps * 32, smem, s>>>(a);
@@ -159,12 +198,21 @@ void launch(const FlashArgs& a, cudaStream_t s) {
 
 }  // namespace
 
+void flash_set_variant(int fwd, int bwd) {
+  LZ_CUDA_CHECK(fwd >= 0 && fwd < kFlashFwdVariants && bwd >= 0 && bwd < kFlashBwdVariants,
+                "flash attention (cuda): no variant fwd ", fwd, " bwd ", bwd);
+  g_variant = FlashVariant{fwd, bwd};
+}
+
+FlashVariant flash_variant() { return g_variant; }
+
 void flash_attention_fwd(const FlashArgs& a, cudaStream_t s) {
   LZ_CUDA_CHECK(a.B > 0 && a.L > 0 && a.H > 0 && a.Hkv > 0 && a.H % a.Hkv == 0,
                 "flash attention (cuda): bad shape B=", a.B, " L=", a.L, " H=", a.H, " Hkv=", a.Hkv);
   LZ_CUDA_CHECK(a.q && a.k && a.v && a.out, "flash attention (cuda): a tensor pointer is null");
-  if (a.D == 64) return launch<64>(a, s);
-  if (a.D == 128) return launch<128>(a, s);
+  const bool v1 = g_variant.fwd == 1;
+  if (a.D == 64) return v1 ? launch<64, 8, true>(a, s) : launch<64, 4, false>(a, s);
+  if (a.D == 128) return v1 ? launch<128, 8, true>(a, s) : launch<128, 4, false>(a, s);
   fail_cat("flash attention (cuda): head dim must be 64 or 128, got ", a.D);
 }
 

@@ -22,6 +22,20 @@ struct FlashArgs {
 
 void flash_attention_fwd(const FlashArgs& a, cudaStream_t stream = nullptr);
 
+// Kernel variants, process-wide (for benchmarks and tests; all compute the same function).
+//   fwd 0: 64-query CTAs (4 warps), mask on every block; 1: 128-query CTAs (8 warps), mask only on
+//          blocks crossing the diagonal, fully masked warps skip the block.
+//   bwd 0: dk/dv kernel + separate dq kernel (recomputes S and dP; no atomics, deterministic);
+//          1: dq accumulated with fp32 atomics inside the dk/dv kernel (5 products instead of 7) into
+//          FlashBwdArgs::dq_accum (or a stream-ordered allocation), then converted to bf16;
+//          2: as 1 with 128 keys (8 warps) per dk/dv CTA.
+constexpr int kFlashFwdVariants = 2, kFlashBwdVariants = 3;
+struct FlashVariant {
+  int fwd = 0, bwd = 0;
+};
+void flash_set_variant(int fwd, int bwd);
+FlashVariant flash_variant();
+
 // Backward of flash_attention_fwd. Inputs: q, k, v, out (the forward's output), dout [B, L, H, D]
 // bf16 and lse [B, H, L] (the forward's, natural log). Outputs (bf16, written, not accumulated):
 // dq [B, L, H, D], dk and dv [B, L, Hkv, D] (summed over the query heads of each group).
@@ -39,6 +53,7 @@ struct FlashBwdArgs {
   void* dk = nullptr;
   void* dv = nullptr;
   float* delta = nullptr;  // workspace, B * H * L floats
+  float* dq_accum = nullptr;  // bwd variants 1, 2 only: workspace of B * L * H * D floats (null: allocated per call)
 };
 
 void flash_attention_bwd(const FlashBwdArgs& a, cudaStream_t stream = nullptr);
