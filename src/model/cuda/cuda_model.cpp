@@ -212,11 +212,6 @@ struct CudaModel::Impl {
     up.resize(size_t(P * F) * 2);
     logits.resize(size_t((all ? P : 1) * V) * sizeof(float));
     to_device(tokens.get(), ids, size_t(n) * sizeof(int32_t));
-    embedding_fwd(kBF16, w->embedding(), tokens.as<int32_t>(), x.get(), n, int(d));
-
-    for (int li = 0; li < cfg.n_layers; ++li) {
-      const DeviceLayer& L = w->layer(li);
-      const DeviceLizardLayer* lzl = lizard_of[size_t(li)];
     if (cont) {
       // Lizard layers step token by token at positions[i]; softmax layers read positions[0] (where the
       // cache writes start) and the running lengths positions[i + 1].
@@ -229,6 +224,11 @@ struct CudaModel::Impl {
         attn_ws.resize(std::max<size_t>(attention_decode_workspace_bytes(1, m, int(H), int(D), int(b->ctx)), 4));
       }
     }
+    embedding_fwd(kBF16, w->embedding(), tokens.as<int32_t>(), x.get(), n, int(d));
+
+    for (int li = 0; li < cfg.n_layers; ++li) {
+      const DeviceLayer& L = w->layer(li);
+      const DeviceLizardLayer* lzl = lizard_of[size_t(li)];
       for (int64_t r0 = 0; r0 < n; r0 += P) {
         const int64_t p = std::min(P, n - r0);
         rmsnorm_fwd(kBF16, bf(x.get(), r0 * d), L.attn_norm, xn.get(), nullptr, p, int(d), cfg.rms_eps);
@@ -505,18 +505,6 @@ std::vector<float> CudaModel::prefill(CudaBatch& b, int slot, const int32_t* tok
   return out;
 }
 
-void CudaModel::copy_slot(CudaBatch& b, int from, int to) {
-  CudaBatch::Impl& bi = impl_->check_batch(b);
-  LZ_CHECK(from >= 0 && from < bi.slots && to >= 0 && to < bi.slots, "slots {} and {}: the batch has {}", from, to,
-           bi.slots);
-  if (from == to) return;
-  // Every per-layer buffer is [slots, ...]: copy one slot's share of each.
-  auto copy = [&](DeviceBuffer& buf) {
-    if (buf.bytes() == 0) return;
-    const size_t per = buf.bytes() / size_t(bi.slots);
-    const cudaError_t e = cudaMemcpy(static_cast<char*>(buf.get()) + size_t(to) * per,
-                                     static_cast<char*>(buf.get()) + size_t(from) * per, per, cudaMemcpyDeviceToDevice);
-    LZ_CHECK(e == cudaSuccess, "copying a batch slot on the GPU failed: {}", cudaGetErrorString(e));
 std::vector<float> CudaModel::extend(CudaBatch& b, int slot, const int32_t* tokens, int64_t n) {
   CudaBatch::Impl& bi = impl_->check_batch(b);
   LZ_CHECK(slot >= 0 && slot < bi.slots, "slot {} does not exist (the batch has {})", slot, bi.slots);
@@ -687,6 +675,18 @@ void CudaModel::upload_slot(CudaBatch& b, int slot, const LlamaState& st) {
   bi.n_past[size_t(slot)] = n;
 }
 
+void CudaModel::copy_slot(CudaBatch& b, int from, int to) {
+  CudaBatch::Impl& bi = impl_->check_batch(b);
+  LZ_CHECK(from >= 0 && from < bi.slots && to >= 0 && to < bi.slots, "slots {} and {}: the batch has {}", from, to,
+           bi.slots);
+  if (from == to) return;
+  // Every per-layer buffer is [slots, ...]: copy one slot's share of each.
+  auto copy = [&](DeviceBuffer& buf) {
+    if (buf.bytes() == 0) return;
+    const size_t per = buf.bytes() / size_t(bi.slots);
+    const cudaError_t e = cudaMemcpy(static_cast<char*>(buf.get()) + size_t(to) * per,
+                                     static_cast<char*>(buf.get()) + size_t(from) * per, per, cudaMemcpyDeviceToDevice);
+    LZ_CHECK(e == cudaSuccess, "copying a batch slot on the GPU failed: {}", cudaGetErrorString(e));
   };
   for (auto& l : bi.layers)
     for (DeviceBuffer* d : {&l.k_cache, &l.v_cache, &l.s, &l.z, &l.ring_k, &l.ring_v}) copy(*d);
@@ -754,6 +754,9 @@ void CudaModel::release_scratch() {}
 bool CudaModel::has_softmax_layers() const { no_cuda(); }
 CudaBatch CudaModel::new_batch(int, int64_t) const { no_cuda(); }
 std::vector<float> CudaModel::prefill(CudaBatch&, int, const int32_t*, int64_t) { no_cuda(); }
+std::vector<float> CudaModel::extend(CudaBatch&, int, const int32_t*, int64_t) { no_cuda(); }
+void CudaModel::download_slot(CudaBatch&, int, LlamaState&) const { no_cuda(); }
+void CudaModel::upload_slot(CudaBatch&, int, const LlamaState&) { no_cuda(); }
 void CudaModel::copy_slot(CudaBatch&, int, int) { no_cuda(); }
 std::vector<float> CudaModel::decode(CudaBatch&, const int32_t*, const bool*) { no_cuda(); }
 std::vector<float> CudaModel::all_logits(const int32_t*, int64_t) { no_cuda(); }
@@ -763,6 +766,3 @@ std::string device_name() { no_cuda(); }
 }  // namespace lizard::cuda
 
 #endif
-std::vector<float> CudaModel::extend(CudaBatch&, int, const int32_t*, int64_t) { no_cuda(); }
-void CudaModel::download_slot(CudaBatch&, int, LlamaState&) const { no_cuda(); }
-void CudaModel::upload_slot(CudaBatch&, int, const LlamaState&) { no_cuda(); }

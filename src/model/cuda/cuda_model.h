@@ -75,9 +75,6 @@ class CudaModel {
   // Runs tokens[0..n) from position 0 in `slot` (replacing what it held) and returns the logits of the
   // last token [vocab].
   std::vector<float> prefill(CudaBatch& b, int slot, const int32_t* tokens, int64_t n);
-  // Makes slot `to` a copy of slot `from` (caches, states, position): one prefill serves many sequences
-  // of the same prompt.
-  void copy_slot(CudaBatch& b, int from, int to);
   // Runs tokens[0..n) at positions n_past(slot).. , continuing what the slot holds (a further chat turn,
   // a restored state), and returns the logits of the last token [vocab]. Softmax layers attend over the
   // cache with the decode kernel; Lizard layers step token by token (one launch per token and layer:
@@ -90,6 +87,9 @@ class CudaModel {
   // download_slot resets st first; upload_slot needs st.n_past() <= the batch's context (softmax).
   void download_slot(CudaBatch& b, int slot, LlamaState& st) const;
   void upload_slot(CudaBatch& b, int slot, const LlamaState& st);
+  // Makes slot `to` a copy of slot `from` (caches, states, position): one prefill serves many sequences
+  // of the same prompt.
+  void copy_slot(CudaBatch& b, int from, int to);
   // One token per slot (tokens[slots]) for the slots with active[s]; each at its slot's n_past().
   // Returns [slots, vocab] logits (rows of inactive slots are unspecified).
   std::vector<float> decode(CudaBatch& b, const int32_t* tokens, const bool* active);
