@@ -24,12 +24,13 @@ void flash_attention_fwd(const FlashArgs& a, cudaStream_t stream = nullptr);
 
 // Kernel variants, process-wide (for benchmarks and tests; all compute the same function).
 //   fwd 0: 64-query CTAs (4 warps), mask on every block; 1: 128-query CTAs (8 warps), mask only on
-//          blocks crossing the diagonal, fully masked warps skip the block.
+//          blocks crossing the diagonal, fully masked warps skip the block; 2: as 1 with 4 warps x 32
+//          query rows (each K/V fragment feeds twice the mma).
 //   bwd 0: dk/dv kernel + separate dq kernel (recomputes S and dP; no atomics, deterministic);
 //          1: dq accumulated with fp32 atomics inside the dk/dv kernel (5 products instead of 7) into
 //          FlashBwdArgs::dq_accum (or a stream-ordered allocation), then converted to bf16;
 //          2: as 1 with 128 keys (8 warps) per dk/dv CTA.
-constexpr int kFlashFwdVariants = 2, kFlashBwdVariants = 3;
+constexpr int kFlashFwdVariants = 3, kFlashBwdVariants = 3;
 struct FlashVariant {
   int fwd = 0, bwd = 0;
 };
