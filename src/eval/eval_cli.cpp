@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <memory>
 
+#include "eval/cuda_eval_model.h"
 #include "eval/report.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
@@ -20,13 +21,13 @@ namespace {
 struct Loaded {
   std::shared_ptr<const Checkpoint> ck;  // the teacher's (tokenizer)
   std::shared_ptr<LlamaModel> model;     // teacher or Lizard model
-  std::unique_ptr<LlamaEvalModel> eval;
+  std::unique_ptr<EvalModel> eval;
   TextCodec codec;
   std::string label;
 };
 
 Loaded load(const std::string& path_arg, const std::string& label, int64_t context, int threads,
-            const std::string& teacher) {
+            const std::string& teacher, const std::string& device) {
   Loaded l;
   const std::string path = path_arg.empty() ? default_model_path() : path_arg;
   ModelOptions mo;
@@ -39,7 +40,17 @@ Loaded load(const std::string& path_arg, const std::string& label, int64_t conte
   fs::path p = fs::path(path).lexically_normal();
   if (p.filename().empty()) p = p.parent_path();  // "dir/"
   l.label = label.empty() ? p.filename().string() : label;
-  l.eval = std::make_unique<LlamaEvalModel>(*l.model, l.label);
+  const bool lolcats = lm.lizard && lm.lizard->config.combine == LizardConfig::Combine::Lolcats;
+  if (device == "cuda" && lolcats) {
+    std::fprintf(stderr, "%s: a LoLCATs model has no GPU kernels for inference: evaluating it on the CPU\n",
+                 l.label.c_str());
+  }
+  if (device == "cuda" && !lolcats) {
+    auto gpu = std::make_shared<cuda::CudaModel>(lm);
+    l.eval = std::make_unique<CudaEvalModel>(std::move(gpu), l.label, std::max(context, l.model->context_length()));
+  } else {
+    l.eval = std::make_unique<LlamaEvalModel>(*l.model, l.label);
+  }
   l.codec = codec_of(*l.ck->tokenizer);
   return l;
 }
@@ -90,6 +101,7 @@ void run_eval(const EvalArgs& a) {
     return;
   }
   const std::string& task = a.task;
+  LZ_CHECK(a.device == "cpu" || a.device == "cuda", "--device must be cpu or cuda, not '{}'", a.device);
   LZ_CHECK(task == "ppl" || task == "kl" || task == "passkey" || task == "mqar" || task == "mc",
            "unknown eval task '{}' (expected ppl, kl, passkey, mqar or mc; or --compare FILES)", task);
   LZ_CHECK(task != "kl" || !a.student.empty(), "kl needs --student MODEL to compare with the teacher (-m)");
@@ -102,8 +114,8 @@ void run_eval(const EvalArgs& a) {
   int64_t need = 0;
   if (task == "passkey") need = *std::max_element(a.lengths.begin(), a.lengths.end());
   std::vector<Loaded> models;
-  models.push_back(load(a.model, a.name, need, a.threads, a.teacher));
-  if (!a.student.empty()) models.push_back(load(a.student, a.student_name, need, a.threads, a.teacher));
+  models.push_back(load(a.model, a.name, need, a.threads, a.teacher, a.device));
+  if (!a.student.empty()) models.push_back(load(a.student, a.student_name, need, a.threads, a.teacher, a.device));
   if (models.size() == 2)
     LZ_CHECK(models[0].ck->tokenizer->vocab_size() == models[1].ck->tokenizer->vocab_size(),
              "the two models' tokenizers differ ({} and {} tokens)", models[0].ck->tokenizer->vocab_size(),

@@ -16,6 +16,7 @@ struct EvalArgs {
   std::vector<std::string> compare; // result files to print side by side (no task then)
   std::string out_dir = "eval_out";
   int threads = 0;
+  std::string device = "cpu";       // cpu | cuda (GPU logits; LoLCATs students fall back to the CPU)
   bool quiet = false;
   uint64_t seed = 1234;
   // ppl, kl

@@ -82,8 +82,8 @@ void scan_logits(EvalModel& m, std::span<const int32_t> tokens, int64_t from, in
                  const std::function<void(int64_t, int64_t, const float*)>& fn) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   LZ_CHECK(from >= 0 && from <= n, "scan_logits: start {} outside the {} tokens", from, n);
-  chunk = std::max<int64_t>(chunk, 1);
-  if (from > 0) m.forward(tokens.subspan(0, from), 0, false);
+  chunk = std::max({chunk, m.preferred_chunk(), int64_t(1)});
+  if (from > 0) m.feed(tokens.subspan(0, from), 0);
   for (int64_t i0 = from; i0 < n; i0 += chunk) {
     const int64_t b = std::min(chunk, n - i0);
     auto lg = m.forward(tokens.subspan(i0, b), i0, true);

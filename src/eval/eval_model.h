@@ -27,6 +27,12 @@ class EvalModel {
   // Whether forward can restart at 0 < start_pos < positions held (softmax caches can; recurrent
   // states can not, and callers then re-run the prefix).
   virtual bool can_rewind() const = 0;
+  // Runs tokens whose logits are not needed (a window's unscored prefix). A back end may defer the
+  // work to the next forward (the GPU model runs whole sequences).
+  virtual void feed(std::span<const int32_t> tokens, int64_t start_pos) { forward(tokens, start_pos, false); }
+  // Rows of logits a caller should ask for at once at least (0: no preference): a back end that
+  // recomputes the sequence on each call wants a window's scored rows in one call.
+  virtual int64_t preferred_chunk() const { return 0; }
 };
 
 // A LlamaModel (teacher or with Lizard mixers) with its own sequence state.

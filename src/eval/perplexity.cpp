@@ -84,17 +84,18 @@ KlStats kl_divergence(EvalModel& teacher, EvalModel& student, std::span<const in
              m->name(), m->context_length());
   KlStats s;
   const int V = teacher.vocab_size();
+  const int64_t chunk = std::max({opt.chunk, teacher.preferred_chunk(), student.preferred_chunk(), int64_t(1)});
   std::vector<float> tl;
   for (const auto& w : stride_windows(static_cast<int64_t>(tokens.size()), opt)) {
     auto win = tokens.subspan(w.begin, w.end - 1 - w.begin);
     const int64_t from = w.score_from - 1 - w.begin;
     // The two models step through the window together, one chunk at a time.
     if (from > 0) {
-      teacher.forward(win.subspan(0, from), 0, false);
-      student.forward(win.subspan(0, from), 0, false);
+      teacher.feed(win.subspan(0, from), 0);
+      student.feed(win.subspan(0, from), 0);
     }
-    for (int64_t i0 = from; i0 < static_cast<int64_t>(win.size()); i0 += opt.chunk) {
-      const int64_t n = std::min<int64_t>(opt.chunk, static_cast<int64_t>(win.size()) - i0);
+    for (int64_t i0 = from; i0 < static_cast<int64_t>(win.size()); i0 += chunk) {
+      const int64_t n = std::min<int64_t>(chunk, static_cast<int64_t>(win.size()) - i0);
       auto t = teacher.forward(win.subspan(i0, n), i0, true);
       tl.assign(t.begin(), t.end());  // the student's call may reuse the teacher's buffer
       auto q = student.forward(win.subspan(i0, n), i0, true);

@@ -126,6 +126,7 @@ int run_linearize(const LinearizeArgs& a) {
     to.eval_every = a.eval_every;
     to.val_seqs = a.val_seqs;
     to.eval_tokens = a.eval_tokens;
+    to.eval_on_gpu = a.device == "cuda";
     to.seed = a.seed;
     to.resume = resume;
     to.quiet = a.quiet;
@@ -223,6 +224,7 @@ int run_linearize(const LinearizeArgs& a) {
   to.eval_every = a.eval_every;
   to.val_seqs = a.val_seqs;
   to.eval_tokens = a.eval_tokens;
+  to.eval_on_gpu = a.device == "cuda";
   to.seed = a.seed;
   to.resume = a.resume;
   to.quiet = a.quiet;

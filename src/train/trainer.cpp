@@ -8,8 +8,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
+#include "eval/cuda_eval_model.h"
 #include "eval/eval_model.h"
 #include "eval/perplexity.h"
 #include "formats/safetensors.h"
@@ -477,11 +479,22 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
     so.stride = std::max<int64_t>(1, so.ctx / 2);
     const std::span<const int32_t> toks(data.val.tokens.data(), static_cast<size_t>(n_eval));
     const auto t0 = clock::now();
-    LlamaEvalModel teacher(stage.teacher(), "teacher");
-    std::unique_ptr<LlamaModel> student_model = stage.student();
-    json ev = {{"tokens", n_eval}, {"ctx", so.ctx}, {"stride", so.stride}};
-    if (student_model) {
-      LlamaEvalModel student(*student_model, "student");
+    CudaEvalPair gpu;
+    if (o.eval_on_gpu) {
+      try {
+        gpu = cuda_eval_models_of(dir.string(), so.ctx);
+      } catch (const Error& e) {
+        say(fmt::format("held-out evaluation on the CPU: {}", e.what()));
+      }
+    }
+    LlamaEvalModel cpu_teacher(stage.teacher(), "teacher");
+    EvalModel& teacher = gpu.teacher ? *gpu.teacher : cpu_teacher;
+    std::unique_ptr<LlamaModel> student_model = gpu.student ? nullptr : stage.student();
+    json ev = {{"tokens", n_eval}, {"ctx", so.ctx}, {"stride", so.stride}, {"device", gpu.student ? "cuda" : "cpu"}};
+    if (gpu.student || student_model) {
+      std::optional<LlamaEvalModel> cpu_student;
+      if (student_model) cpu_student.emplace(*student_model, "student");
+      EvalModel& student = gpu.student ? *gpu.student : *cpu_student;
       const KlStats k = kl_divergence(teacher, student, toks, so);
       ev["tokens_scored"] = k.tokens;
       ev["teacher_ppl"] = k.teacher.ppl();

@@ -48,6 +48,7 @@ struct TrainOptions {
   int64_t eval_every = 0;       // held-out loss every N steps (0: only at the end)
   int val_seqs = 8;             // held-out sequences for the held-out loss
   int64_t eval_tokens = 8192;   // held-out tokens for the final perplexity / KL (0: skip)
+  bool eval_on_gpu = false;     // that evaluation with CudaModel from the saved checkpoint (CPU if it can't)
   uint64_t seed = 1234;         // data order and the trainer's random state
   bool resume = false;
   bool quiet = false;
