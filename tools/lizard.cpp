@@ -570,6 +570,7 @@ int main(int argc, char** argv) {
   ev->add_flag("--bos", ea.bos, "mc: start each request with BOS (lm-eval's default adds none)");
   ev->add_option("--seed", ea.seed, "seed of the synthetic prompts")->capture_default_str();
   ev->add_option("-t,--threads", ea.threads, "CPU threads (default: all cores)");
+  ev->add_option("--device", ea.device, "cpu or cuda (GPU logits, same windows and metrics)")->capture_default_str();
   ev->add_flag("-q,--quiet", ea.quiet, "no progress lines");
   ev->add_option("--teacher", ea.teacher, "teacher of Lizard checkpoints (-m/--student), if moved");
 
@@ -605,6 +606,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   bgen->add_option("--batch", bg.batch, "with --device cuda: sequences decoded together")->capture_default_str()
       ->check(CLI::Range(1, 4096));
+  bgen->add_option("--shape", bg.shape,
+                   "with --device cuda: smollm2 | llama3-8b, a synthetic model of that shape with random weights "
+                   "(speed and memory only; default: the model's own)");
 
   // ---- linearize: stage 1 attention transfer (src/train) ----
   LinearizeArgs la;

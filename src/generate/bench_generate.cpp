@@ -453,6 +453,7 @@ int run_bench_generate_cli(const BenchGenerateArgs& a) {
   LZ_CHECK(a.device == "cpu" || a.device == "cuda", "--device must be cpu or cuda, got '{}'", a.device);
   if (a.device == "cuda") return run_bench_generate_cuda(a);
   LZ_CHECK(a.batch == 1, "--batch is for --device cuda (the CPU bench runs one sequence)");
+  LZ_CHECK(a.shape.empty(), "--shape (a synthetic model made on the GPU) is for --device cuda");
   // The parent stays small and never runs the model (nor OpenMP): every load and forward happens
   // in children, so their peak RSS is their own.
   const std::string teacher = fs::absolute(a.model.empty() ? default_model_path() : a.model).lexically_normal().string();

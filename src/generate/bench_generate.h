@@ -8,6 +8,7 @@
 // OpenMP region with more than one thread (the CLI's parent never does), or run the models with one
 // thread; the time limit catches a hang either way.
 #pragma once
+#include "model/config.h"
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -105,7 +106,11 @@ struct BenchGenerateArgs {
   bool quiet = false;
   std::string device = "cpu";  // cpu | cuda
   int batch = 1;               // cuda: sequences decoded together
+  std::string shape;           // cuda: "" (the model's own) or a synthetic model (synthetic_model_config)
 };
+// The architecture of a named shape ("smollm2": SmolLM2-135M, "llama3-8b": Llama-3.1-8B), filled in by
+// hand, for a synthetic model with random weights (bench generate --shape: speed and memory only).
+ModelConfig synthetic_model_config(const std::string& shape);
 int run_bench_generate_cli(const BenchGenerateArgs& a);
 // --device cuda (bench_generate_cuda.cpp): in this process, one GPU model per subject, a batch of
 // a.batch slots per context (one prefill copied to every slot, then a.decode batched steps). A context

@@ -89,11 +89,42 @@ BenchRun measure_cuda(cuda::CudaModel& m, const std::string& name, int64_t conte
 
 }  // namespace
 
+ModelConfig synthetic_model_config(const std::string& shape) {
+  ModelConfig c;
+  c.arch = "llama";
+  c.rms_eps = 1e-5f;
+  if (shape == "smollm2") {  // SmolLM2-135M (config.json)
+    c.name = "synthetic SmolLM2-135M shape";
+    c.vocab_size = 49152, c.d_model = 576, c.n_layers = 30, c.n_heads = 9, c.n_kv_heads = 3, c.head_dim = 64;
+    c.d_ff = 1536, c.max_seq_len = 8192, c.rope_theta = 100000.0f, c.tied_embeddings = true;
+  } else if (shape == "llama3-8b") {  // Llama-3.1-8B (config.json)
+    c.name = "synthetic Llama-3.1-8B shape";
+    c.vocab_size = 128256, c.d_model = 4096, c.n_layers = 32, c.n_heads = 32, c.n_kv_heads = 8, c.head_dim = 128;
+    c.d_ff = 14336, c.max_seq_len = 131072, c.rope_theta = 500000.0f;
+    c.rope_scaling.kind = RopeScaling::Kind::Llama3;
+    c.rope_scaling.factor = 8.0f;
+    c.rope_scaling.low_freq_factor = 1.0f;
+    c.rope_scaling.high_freq_factor = 4.0f;
+    c.rope_scaling.original_max_position = 8192;
+  } else {
+    fail("unknown --shape '{}' (expected smollm2 or llama3-8b)", shape);
+  }
+  return c;
+}
+
 int run_bench_generate_cuda(const BenchGenerateArgs& a) {
   LZ_CHECK(a.batch >= 1, "--batch must be at least 1");
   LZ_CHECK(a.decode >= 1, "--decode must be at least 1");
-  const std::string teacher = fs::absolute(a.model.empty() ? default_model_path() : a.model).lexically_normal().string();
-  LZ_CHECK(fs::exists(teacher), "teacher '{}' not found", teacher);
+  const bool synthetic = !a.shape.empty();
+  std::optional<ModelConfig> shape;
+  if (synthetic) {
+    LZ_CHECK(a.model.empty() && a.lizard.empty(), "--shape makes a synthetic model: give no -m or --lizard with it");
+    shape = synthetic_model_config(a.shape);
+  }
+  const std::string teacher =
+      synthetic ? shape->name
+                : fs::absolute(a.model.empty() ? default_model_path() : a.model).lexically_normal().string();
+  LZ_CHECK(synthetic || fs::exists(teacher), "teacher '{}' not found", teacher);
   std::vector<int64_t> contexts = a.contexts;
   std::sort(contexts.begin(), contexts.end());
   contexts.erase(std::unique(contexts.begin(), contexts.end()), contexts.end());
@@ -118,7 +149,15 @@ int run_bench_generate_cuda(const BenchGenerateArgs& a) {
     std::optional<cuda::CudaModel> m;
     {
       // The GPU model keeps no reference to the host weights: they go out of scope here.
-      if (which == 0) {
+      if (synthetic) {
+        // Random bf16 weights of the shape, made on the GPU: the speed and memory of that architecture.
+        if (which == 0) {
+          m.emplace(*shape, a.seed, nullptr);
+        } else {
+          const LizardCheckpoint lz = init_lizard_checkpoint(LizardConfig{}, *shape, a.seed);
+          m.emplace(*shape, a.seed, &lz);
+        }
+      } else if (which == 0) {
         const Checkpoint ck = open_checkpoint(teacher);
         m.emplace(ck, nullptr);
       } else if (a.lizard.empty()) {
@@ -170,6 +209,7 @@ int run_bench_generate_cuda(const BenchGenerateArgs& a) {
       {"device", "cuda"},
       {"gpu", gpu},
       {"teacher", teacher},
+      {"weights", synthetic ? "random bf16 (synthetic shape, made on the GPU): speed and memory only" : "checkpoint"},
       {"lizard", a.lizard.empty() ? "untrained all-layer Lizard (LizardConfig defaults), in memory"
                                   : fs::absolute(a.lizard).string()},
       {"contexts", contexts},
@@ -181,7 +221,8 @@ int run_bench_generate_cuda(const BenchGenerateArgs& a) {
       {"date", when},
   };
   const std::string title =
-      fmt::format("lizard bench generate: {} vs Lizard, {}, batch {}", fs::path(teacher).filename().string(), gpu, a.batch);
+      fmt::format("lizard bench generate: {} vs Lizard, {}, batch {}",
+                  synthetic ? teacher : fs::path(teacher).filename().string(), gpu, a.batch);
   write_bench_generate(a.out, runs, meta, title);
   std::printf("%s\n", bench_generate_markdown(runs).c_str());
   std::printf("GPU: %s; batch %d, %d decode steps\n", gpu.c_str(), a.batch, a.decode);

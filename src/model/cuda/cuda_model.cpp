@@ -127,8 +127,13 @@ struct CudaModel::Impl {
   }
 
   void init(const Checkpoint& teacher, const LizardCheckpoint* lizard) {
-    cfg = teacher.config;
     const LoraSet* lora = lizard && !lizard->lora.empty() ? &lizard->lora : nullptr;
+    init(teacher.config, lizard, [&] { return std::make_unique<TeacherWeights>(teacher, lora); });
+  }
+  // make_weights uploads (or makes) the teacher weights once the Lizard layers are checked.
+  template <class MakeWeights>
+  void init(const ModelConfig& config, const LizardCheckpoint* lizard, MakeWeights make_weights) {
+    cfg = config;
     lizard_of.assign(size_t(cfg.n_layers), nullptr);
     lz_args.resize(size_t(cfg.n_layers));
     if (lizard) {
@@ -145,7 +150,7 @@ struct CudaModel::Impl {
         lz_args[size_t(layer)] = lizard_cuda_args(lizard->config, lizard->shape, 1, 1);  // refuses what it can't do
       }
     }
-    w = std::make_unique<TeacherWeights>(teacher, lora);
+    w = make_weights();
     if (lizard)
       for (const auto& [layer, p] : lizard->layers) {
         lz.upload(layer, lizard->config, lizard->shape, p);
@@ -479,6 +484,13 @@ CudaModel::CudaModel(const Checkpoint& teacher, const LizardCheckpoint* lizard, 
   impl_->init(teacher, lizard);
 }
 
+CudaModel::CudaModel(const ModelConfig& cfg, uint64_t seed, const LizardCheckpoint* lizard, const CudaModelOptions& opt)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->opt = opt;
+  LZ_CHECK(!lizard || lizard->lora.empty(), "a synthetic model takes no LoRA");
+  impl_->init(cfg, lizard, [&] { return std::make_unique<TeacherWeights>(cfg, seed); });
+}
+
 CudaModel::~CudaModel() = default;
 const ModelConfig& CudaModel::config() const { return impl_->cfg; }
 int CudaModel::vocab_size() const { return impl_->cfg.vocab_size; }
@@ -744,6 +756,7 @@ size_t CudaBatch::bytes() const { return 0; }
 
 struct CudaModel::Impl {};
 CudaModel::CudaModel(const LoadedModel&, const CudaModelOptions&) { no_cuda(); }
+CudaModel::CudaModel(const ModelConfig&, uint64_t, const LizardCheckpoint*, const CudaModelOptions&) { no_cuda(); }
 CudaModel::CudaModel(const Checkpoint&, const LizardCheckpoint*, const CudaModelOptions&) { no_cuda(); }
 CudaModel::~CudaModel() = default;
 const ModelConfig& CudaModel::config() const { no_cuda(); }

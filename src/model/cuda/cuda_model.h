@@ -58,6 +58,9 @@ class CudaModel {
   explicit CudaModel(const LoadedModel& lm, const CudaModelOptions& opt = {});
   // The same from a teacher and an optional Lizard checkpoint (layers + LoRA); neither is kept.
   CudaModel(const Checkpoint& teacher, const LizardCheckpoint* lizard, const CudaModelOptions& opt = {});
+  // A synthetic model of cfg's shape with random weights made on the GPU (TeacherWeights(cfg, seed)) and
+  // the Lizard layers of `lizard` (no LoRA), for speed and memory benchmarks only.
+  CudaModel(const ModelConfig& cfg, uint64_t seed, const LizardCheckpoint* lizard, const CudaModelOptions& opt = {});
   ~CudaModel();
   CudaModel(const CudaModel&) = delete;
   CudaModel& operator=(const CudaModel&) = delete;

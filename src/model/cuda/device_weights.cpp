@@ -3,6 +3,7 @@
 #include "model/cuda/device_weights.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 
@@ -10,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "formats/quant.h"
+#include "model/cuda/random_weights.h"
 #include "ops/cpu/rope.h"
 #include "util/error.h"
 #include "util/half.h"
@@ -142,6 +144,70 @@ TeacherWeights::TeacherWeights(const Checkpoint& ck, const LoraSet* lora) : cfg_
     inv_freq_ = static_cast<const float*>(fd);
   } catch (...) {
     release();
+    throw;
+  }
+}
+
+TeacherWeights::TeacherWeights(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
+  require_gpu();
+  LZ_CHECK(cfg.vocab_size > 0 && cfg.d_model > 0 && cfg.n_layers > 0 && cfg.n_heads > 0 && cfg.n_kv_heads > 0 &&
+               cfg.head_dim > 0 && cfg.d_ff > 0 && cfg.n_heads % cfg.n_kv_heads == 0,
+           "synthetic model: incomplete or inconsistent shape");
+  uint64_t tensor_seed = seed;
+  try {
+    auto random = [&](int64_t rows, int64_t cols, const std::string& what) -> const void* {
+      void* dev = device_alloc(size_t(rows * cols) * 2, what);
+      allocs_.push_back(dev);
+      bytes_ += size_t(rows * cols) * 2;
+      fill_uniform_bf16(dev, rows * cols, 1.0f / std::sqrt(float(cols)), ++tensor_seed);
+      return dev;
+    };
+    auto ones = [&](int64_t n, const std::string& what) -> const void* {
+      void* dev = device_alloc(size_t(n) * 2, what);
+      allocs_.push_back(dev);
+      bytes_ += size_t(n) * 2;
+      fill_const_bf16(dev, n, 1.0f);
+      return dev;
+    };
+    auto linear = [&](int out, int in, bool bias, const std::string& what) {
+      DeviceLinear l;
+      l.out = out;
+      l.in = in;
+      l.w = random(out, in, what);
+      if (bias) l.bias = random(out, 1, what + " bias");
+      return l;
+    };
+    const int d = cfg.d_model, qd = cfg.n_heads * cfg.head_dim, kvd = cfg.n_kv_heads * cfg.head_dim;
+    embd_ = random(cfg.vocab_size, d, "token_embd");
+    out_norm_ = ones(d, "output_norm");
+    if (cfg.tied_embeddings) {
+      head_.w = embd_;
+      head_.out = cfg.vocab_size;
+      head_.in = d;
+    } else {
+      head_ = linear(cfg.vocab_size, d, false, "output");
+    }
+    layers_.resize(size_t(cfg.n_layers));
+    for (DeviceLayer& L : layers_) {
+      L.attn_norm = ones(d, "attn_norm");
+      L.ffn_norm = ones(d, "ffn_norm");
+      L.q = linear(qd, d, cfg.qkv_bias, "attn_q");
+      L.k = linear(kvd, d, cfg.qkv_bias, "attn_k");
+      L.v = linear(kvd, d, cfg.qkv_bias, "attn_v");
+      L.o = linear(d, qd, false, "attn_output");
+      L.gate = linear(cfg.d_ff, d, false, "ffn_gate");
+      L.up = linear(cfg.d_ff, d, false, "ffn_up");
+      L.down = linear(d, cfg.d_ff, false, "ffn_down");
+    }
+    const std::vector<float> f = lizard::rope_inv_freq(cfg_.head_dim, cfg_.rope_theta, cfg_.rope_scaling);
+    void* fd = device_alloc(f.size() * sizeof(float), "rope_inv_freq");
+    allocs_.push_back(fd);
+    bytes_ += f.size() * sizeof(float);
+    copy_to_device(fd, f.data(), f.size() * sizeof(float));
+    inv_freq_ = static_cast<const float*>(fd);
+  } catch (...) {
+    for (void* p : allocs_) cudaFree(p);
+    allocs_.clear();
     throw;
   }
 }

@@ -34,6 +34,9 @@ class TeacherWeights {
   // lora (optional, inference): stage 2's adapters merged into W_q/W_k/W_v before rounding to bf16
   // (W += (alpha / rank) B A), so generation costs nothing extra. Training keeps adapters separate.
   explicit TeacherWeights(const Checkpoint& ck, const LoraSet* lora = nullptr);
+  // Random weights of cfg's shape made on the GPU (uniform, 1/sqrt(fan-in) for matrices, norms 1): a
+  // synthetic model for speed and memory benchmarks (bench generate --shape); no checkpoint involved.
+  TeacherWeights(const ModelConfig& cfg, uint64_t seed);
   ~TeacherWeights();
   TeacherWeights(const TeacherWeights&) = delete;
   TeacherWeights& operator=(const TeacherWeights&) = delete;

@@ -1,0 +1,143 @@
+// GPU evaluation (eval/cuda_eval_model.h) against the CPU: the same windows and metrics code, so the
+// perplexities, KL and top-1 agreement differ only by the GPU's bf16 activations.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "../llama_fixture.h"
+#include "eval/cuda_eval_model.h"
+#include "eval/perplexity.h"
+#include "model/cuda/cuda_model.h"
+#include "model/lizard_checkpoint.h"
+#include "model/llama.h"
+#include "model/load_model.h"
+#include "util/half.h"
+
+namespace {
+
+using namespace lizard;
+using namespace lizard::testing;
+
+TinySpec eval_spec() {  // sizes the GPU kernels take (head_dim 64), odd vocab and d_ff
+  TinySpec sp;
+  sp.vocab = 251, sp.d = 192, sp.layers = 2, sp.heads = 4, sp.kv_heads = 2, sp.head_dim = 64, sp.ff = 328;
+  sp.ctx = 1024;
+  sp.weight_type = DType::BF16;
+  sp.embd_type = DType::BF16;
+  return sp;
+}
+
+struct Pair {
+  TinyModel tm;
+  LizardCheckpoint lz;
+  std::unique_ptr<LlamaModel> cpu_teacher, cpu_student;
+  std::shared_ptr<cuda::CudaModel> gpu_teacher, gpu_student;
+};
+
+Pair build_pair(Seeded& s) {
+  Pair p;
+  p.tm = make_tiny(s, eval_spec());
+  for (auto& [name, blob] : p.tm.blobs)  // norm weights in bf16 too: the GPU keeps them so
+    if (blob->type == DType::F32) {
+      for (auto& x : blob->values) x = bf16_to_f32(f32_to_bf16(x));
+      std::memcpy(blob->bytes.data(), blob->values.data(), blob->values.size() * 4);
+    }
+  ModelOptions mo;
+  mo.exact = true;
+  mo.n_threads = 2;
+  p.cpu_teacher = std::make_unique<LlamaModel>(std::shared_ptr<const Checkpoint>(p.tm.ck), mo);
+  p.cpu_student = std::make_unique<LlamaModel>(std::shared_ptr<const Checkpoint>(p.tm.ck), mo);
+  LizardConfig lc;
+  lc.feature_dim = 32;
+  lc.window = 16;
+  lc.meta_tokens = 3;
+  lc.gate_init = 0.9;
+  p.lz = init_lizard_checkpoint(lc, p.tm.ck->config, s.rng());
+  for (auto& [layer, lp] : p.lz.layers) {
+    for (auto* w : {&lp.feat_q, &lp.feat_k})
+      for (auto& x : *w) x = bf16_to_f32(f32_to_bf16(x * 20.0f));
+    for (auto& x : lp.meta) x = s.uniform(-1.f, 1.f);
+  }
+  apply_lizard(*p.cpu_student, p.lz);
+  p.gpu_teacher = std::make_shared<cuda::CudaModel>(*p.tm.ck, nullptr);
+  p.gpu_student = std::make_shared<cuda::CudaModel>(*p.tm.ck, &p.lz);
+  return p;
+}
+
+std::vector<int32_t> random_tokens(Seeded& s, int64_t n, int vocab) {
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = std::uniform_int_distribution<int32_t>(0, vocab - 1)(s.rng);
+  return t;
+}
+
+double rel(double a, double ref) { return std::fabs(a - ref) / std::max(std::fabs(ref), 1e-30); }
+
+TEST(CudaEval, PerplexityAndKlMatchCpu) {
+  Seeded s;
+  SCOPED_TRACE(s.trace());
+  Pair p = build_pair(s);
+  const auto toks = random_tokens(s, 333, 251);
+  StrideOptions so;
+  so.ctx = 128, so.stride = 50, so.chunk = 32;  // odd sizes; the CPU path steps in chunks of 32
+
+  LlamaEvalModel ct(*p.cpu_teacher, "teacher"), cs(*p.cpu_student, "student");
+  CudaEvalModel gt(p.gpu_teacher, "teacher", 1024), gs(p.gpu_student, "student", 1024);
+  const PplStats pc = perplexity(ct, toks, so), pg = perplexity(gt, toks, so);
+  const KlStats kc = kl_divergence(ct, cs, toks, so), kg = kl_divergence(gt, gs, toks, so);
+
+  EXPECT_EQ(pc.tokens, pg.tokens);
+  EXPECT_EQ(kc.tokens, kg.tokens);
+  const double e_ppl = rel(pg.ppl(), pc.ppl()), e_tppl = rel(kg.teacher.ppl(), kc.teacher.ppl()),
+               e_sppl = rel(kg.student.ppl(), kc.student.ppl()), e_kl = rel(kg.kl_per_token(), kc.kl_per_token());
+  const double d_top1 = std::fabs(kg.agreement() - kc.agreement());
+  std::printf("[cuda-eval] ppl cpu %.5f gpu %.5f rel %.2e; kl-run teacher ppl rel %.2e, student ppl rel %.2e, "
+              "KL cpu %.5f gpu %.5f rel %.2e, top-1 cpu %.4f gpu %.4f (%lld tokens, ctx 128, stride 50)\n",
+              pc.ppl(), pg.ppl(), e_ppl, e_tppl, e_sppl, kc.kl_per_token(), kg.kl_per_token(), e_kl, kc.agreement(),
+              kg.agreement(), static_cast<long long>(kc.tokens));
+  EXPECT_LT(e_ppl, 1e-2);
+  EXPECT_LT(e_tppl, 1e-2);
+  EXPECT_LT(e_sppl, 1e-2);
+  EXPECT_LT(std::fabs(kg.kl_per_token() - kc.kl_per_token()), 0.05 * kc.kl_per_token() + 2e-3);
+  EXPECT_LT(d_top1, 0.05);
+}
+
+// forward(..., false) prefills, a next single token decodes: both equal all_logits' rows.
+TEST(CudaEval, PrefillDecodePathMatchesAllLogits) {
+  Seeded s;
+  SCOPED_TRACE(s.trace());
+  Pair p = build_pair(s);
+  for (auto model : {p.gpu_teacher, p.gpu_student}) {
+    CudaEvalModel m(model, "m", 1024);
+    const auto toks = random_tokens(s, 97, 251);
+    const std::vector<float> ref = model->all_logits(toks.data(), 97);
+    const size_t V = 251;
+    auto a = m.forward(std::span<const int32_t>(toks).subspan(0, 95), 0, false);
+    const std::vector<float> last_prefill(a.begin(), a.end());
+    auto b = m.forward(std::span<const int32_t>(toks).subspan(95, 1), 95, false);  // decode
+    const std::vector<float> dec1(b.begin(), b.end());
+    auto c = m.forward(std::span<const int32_t>(toks).subspan(96, 1), 96, false);  // decode
+    const std::vector<float> dec2(c.begin(), c.end());
+    double e = 0, mx = 0;
+    for (size_t i = 0; i < V; ++i) {
+      for (auto [x, r] : {std::pair{last_prefill[i], ref[94 * V + i]}, std::pair{dec1[i], ref[95 * V + i]},
+                          std::pair{dec2[i], ref[96 * V + i]}}) {
+        e = std::max(e, std::fabs(double(x) - r));
+        mx = std::max(mx, std::fabs(double(r)));
+      }
+    }
+    std::printf("[cuda-eval] %s prefill/decode vs all_logits max rel err %.2e (L 97)\n",
+                model == p.gpu_teacher ? "teacher" : "student", e / mx);
+    EXPECT_LT(e / mx, 2e-2);
+    // A rewind re-runs the history: the same rows again.
+    auto r = m.forward(std::span<const int32_t>(toks).subspan(50, 47), 50, true);
+    double e2 = 0;
+    for (size_t i = 0; i < r.size(); ++i) e2 = std::max(e2, std::fabs(double(r[i]) - ref[50 * V + i]));
+    EXPECT_LT(e2 / mx, 1e-5);
+  }
+}
+
+}  // namespace
