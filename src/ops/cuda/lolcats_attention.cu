@@ -366,7 +366,10 @@ __global__ void backward_prep_kernel(Dims z, const float* __restrict__ dy, const
   if (lane == 0) {
     o[z.D] = -cl * yy;
     float* r = rs + row * 4;
-    r[0] = M, r[1] = sg / den, r[2] = yy, r[3] = (dwn - e * dln - yy * (wd - e * ld)) / den;
+    // dsg = dy . (W - e Ln - y (Wd - e Ld)) / den, rewritten with y = (sg W + (1-sg) e Ln) / den so
+    // that nothing cancels: with no linear keys (L <= w) it is eps-sized, and the direct form left
+    // only the fp32 rounding of dy . W there.
+    r[0] = M, r[1] = sg / den, r[2] = yy, r[3] = e * (ld * dwn - wd * dln + z.eps * (dwn - e * dln)) / den / den;
   }
 }
 
