@@ -354,8 +354,49 @@ namespace {
 // d lg / d a = sigmoid(-a).
 // chunked: lizard_attention_backward_chunked (bf16 tensor-core gate branch), also compared with the
 // parallel-form GPU backward; gate_tol for d gate (a suffix sum of dbq + dbk, which cancel in total).
+// dy_i . A_i of the window branch (softmax over the window keys and the meta sinks), in double, for
+// every (b, h, i) ([B, Hq, L]): the terms whose sum is dalpha.
+std::vector<double> window_dya(const Problem& P, const std::vector<double>& dy) {
+  const Case& c = P.c;
+  const int D = c.D, grp = c.Hq / c.Hkv;
+  std::vector<double> out(size_t(c.B) * c.Hq * c.L), s(static_cast<size_t>(c.w)), A(static_cast<size_t>(D));
+  for (int b = 0; b < c.B; ++b)
+    for (int h = 0; h < c.Hq; ++h)
+      for (int i = 0; i < c.L; ++i) {
+        const double* q = &P.q[((size_t(b) * c.L + i) * c.Hq + h) * D];
+        const int tlo = std::max(0, i - c.w + 1);
+        double mx = -INFINITY;
+        for (int t = tlo; t <= i; ++t) {
+          const double* kt = &P.k[((size_t(b) * c.L + t) * c.Hkv + h / grp) * D];
+          double a = 0;
+          for (int e = 0; e < D; ++e) a += q[e] * kt[e];
+          s[t - tlo] = a / std::sqrt(double(D));
+          mx = std::max(mx, s[t - tlo]);
+        }
+        const double* mu = P.p.meta.data() + (c.meta_per_head ? size_t(h) * c.m : 0);
+        for (int j = 0; j < c.m; ++j) mx = std::max(mx, mu[j]);
+        double Z = 0;
+        for (int j = 0; j < c.m; ++j) Z += std::exp(mu[j] - mx);
+        std::fill(A.begin(), A.end(), 0.0);
+        for (int t = tlo; t <= i; ++t) {
+          const double pt = std::exp(s[t - tlo] - mx);
+          Z += pt;
+          const double* vt = &P.v[((size_t(b) * c.L + t) * c.Hkv + h / grp) * D];
+          for (int e = 0; e < D; ++e) A[e] += pt * vt[e];
+        }
+        const double* g = &dy[((size_t(b) * c.L + i) * c.Hq + h) * D];
+        double r = 0;
+        for (int e = 0; e < D; ++e) r += g[e] * A[e];
+        out[(size_t(b) * c.Hq + h) * c.L + i] = r / Z;
+      }
+  return out;
+}
+
+// stages (chunked only): the statistics/feature variant in force; when 1, the window statistics are
+// checked once more against the fp32 stage on the same inputs (printed, not asserted).
 template <typename T>
-void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool chunked = false, double gate_tol = 0) {
+void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool chunked = false, double gate_tol = 0,
+                   int stages = -1) {
   Problem P(c, seed, round);
   std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
   std::normal_distribution<double> nd(0.0, 1.0);
@@ -408,6 +449,75 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     vs_parallel = buf;
     EXPECT_LT(std::max({eq, ek, ev}), tol) << "chunked vs parallel " << describe(c) << " seed " << seed;
   }
+  std::string stats_check;
+  if (chunked) {
+    // The same inputs twice more: an identical call (any difference: a race or a read of stale
+    // workspace) and, under the tensor-core stages, the fp32 stages, so that a dalpha or dmeta error
+    // can be pinned on the statistics stage instead of the reference. dalpha = sum dy . A reads only
+    // the statistics stage's dy . A.
+    auto rerun = [&](std::vector<double>& alpha_out, std::vector<double>& meta_out) {
+      Dev<float> rq(P.q.size()), rk(P.k.size()), rv(P.v.size()), rmeta(std::max<size_t>(P.p.meta.size(), 1)),
+          ralpha(P.p.alpha.size());
+      lizard::cuda::LizardAttnGrads rg;
+      rg.dq = rq.p, rg.dk = rk.p, rg.dv = rv.p, rg.dalpha = ralpha.p, rg.dmeta = c.m > 0 ? rmeta.p : nullptr;
+      lizard::cuda::lizard_attention_backward_chunked(in.args(P, y.p), std::is_same_v<T, float>, ddy.p, rg);
+      CK(cudaDeviceSynchronize());
+      alpha_out = ralpha.get();
+      meta_out = c.m > 0 ? rmeta.get() : std::vector<double>();
+    };
+    const std::vector<double> a0 = galpha.get(), m0 = c.m > 0 ? gmeta.get() : std::vector<double>();
+    std::vector<double> a1, m1;
+    rerun(a1, m1);
+    // Relative to the largest entry; atomics reassociate the sums, so only ~1e-7 is expected here.
+    double diff = 0, big = 0;
+    for (size_t j = 0; j < a0.size(); ++j) diff = std::max(diff, std::fabs(a1[j] - a0[j])), big = std::max(big, std::fabs(a0[j]));
+    for (size_t j = 0; j < m0.size(); ++j) diff = std::max(diff, std::fabs(m1[j] - m0[j])), big = std::max(big, std::fabs(m0[j]));
+    char buf[160];
+    std::snprintf(buf, sizeof buf, " | rerun dalpha/dmeta max diff %.1e", big > 0 ? diff / big : diff);
+    stats_check = buf;
+    // dalpha bisected over 64-query blocks: dy zeroed outside the block, so dalpha is that block's
+    // sum of dy . A; its error is printed in units of the block's sum |dy . A| (the scale of the
+    // rounding of a sum of terms of both signs). Locates a window-statistics error by query block.
+    {
+      const std::vector<double> dya = window_dya(P, dy);
+      const size_t na = P.p.alpha.size();
+      auto slot = [&](int h) { return na == 1 ? 0 : size_t(h); };
+      std::string blocks = ", dalpha per 64-query block (err / sum|dy.A|):";
+      for (int i0 = 0; i0 < c.L; i0 += 64) {
+        std::vector<double> dym(dy.size(), 0.0), ref(na, 0.0), scale(na, 0.0);
+        for (int b = 0; b < c.B; ++b)
+          for (int i = i0; i < std::min(c.L, i0 + 64); ++i)
+            for (int h = 0; h < c.Hq; ++h) {
+              const size_t o = (size_t(b) * c.L + i) * c.Hq + h;
+              std::copy(dy.begin() + o * D, dy.begin() + (o + 1) * D, dym.begin() + o * D);
+              const double t = dya[(size_t(b) * c.Hq + h) * c.L + i];
+              ref[slot(h)] += t;
+              scale[slot(h)] += std::fabs(t);
+            }
+        Dev<T> ddm(dym);
+        Dev<float> rq(P.q.size()), rk(P.k.size()), rv(P.v.size()), ralpha(na);
+        lizard::cuda::LizardAttnGrads rg;
+        rg.dq = rq.p, rg.dk = rk.p, rg.dv = rv.p, rg.dalpha = ralpha.p;
+        lizard::cuda::lizard_attention_backward_chunked(in.args(P, y.p), std::is_same_v<T, float>, ddm.p, rg);
+        CK(cudaDeviceSynchronize());
+        const std::vector<double> got = ralpha.get();
+        double e = 0;
+        for (size_t j = 0; j < na; ++j) e = std::max(e, std::fabs(got[j] - ref[j]) / std::max(scale[j], 1e-30));
+        std::snprintf(buf, sizeof buf, " %.1e", e);
+        blocks += buf;
+      }
+      stats_check += blocks;
+    }
+    if (stages == 1) {
+      lizard::cuda::set_backward_stage_variant(0);
+      rerun(a1, m1);
+      lizard::cuda::set_backward_stage_variant(1);
+      size_t bad = 0;
+      const double ea = rel_err(a0, a1, &bad), em = c.m > 0 ? rel_err(m0, m1, &bad) : 0.0;
+      std::snprintf(buf, sizeof buf, ", tc vs fp32 stats: dalpha %.1e dmeta %.1e", ea, em);
+      stats_check += buf;
+    }
+  }
   // Gate chain rule on the host.
   const int G = c.gate_per_head ? c.Hq : 1;
   std::vector<double> lgd = glg.get(), gb(G, 0.0), gb_abs(G, 0.0), gw(size_t(G) * dm, 0.0);
@@ -450,8 +560,8 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     const double t = nm == "dalpha" || nm == "dmeta" ? 1e-4 : (chunked && nm.rfind("dgate", 0) == 0 ? gate_tol : tol);
     EXPECT_LT(e, t) << m.name << " " << describe(c) << " seed " << seed;
   }
-  std::printf("[lizard-cuda] backward%s %s %-40s%s%s\n", chunked ? " chunked" : "", round ? "bf16" : "f32 ",
-              describe(c).c_str(), line.c_str(), vs_parallel.c_str());
+  std::printf("[lizard-cuda] backward%s %s %-40s%s%s%s (seed %llu)\n", chunked ? " chunked" : "", round ? "bf16" : "f32 ",
+              describe(c).c_str(), line.c_str(), vs_parallel.c_str(), stats_check.c_str(), (unsigned long long)seed);
 }
 
 TEST(LizardCuda, BackwardMatchesReference) {
@@ -475,9 +585,15 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
                 stages == 1 ? "tensor cores, split bf16" : "CUDA cores, fp32");
     for (const Case& c : kCases) {
       const uint64_t seed = fresh_seed();
-      backward_case<float>(c, seed, false, 3e-2, true, 2.5e-1);
-      backward_case<__nv_bfloat16>(c, seed, true, 3e-2, true, 2.5e-1);
+      backward_case<float>(c, seed, false, 3e-2, true, 2.5e-1, stages);
+      backward_case<__nv_bfloat16>(c, seed, true, 3e-2, true, 2.5e-1, stages);
     }
+    // The seed that gave dalpha 4.2e-4 (f32) and 1.6e-4 (bf16) under (window, stages) = (0, 1) on the
+    // H200 (2026-11-27), 50-80x what a CPU emulation of the split-bf16 statistics stage gives for it:
+    // kept to show whether that is reproducible.
+    constexpr uint64_t kSeenSeed = 15252308529606865403ull;
+    backward_case<float>(kCases[5], kSeenSeed, false, 3e-2, true, 2.5e-1, stages);
+    backward_case<__nv_bfloat16>(kCases[5], kSeenSeed, true, 3e-2, true, 2.5e-1, stages);
   }
   lizard::cuda::set_backward_window_variant(1);
   lizard::cuda::set_backward_stage_variant(1);
