@@ -32,8 +32,9 @@ std::span<const float> CudaEvalModel::forward(std::span<const int32_t> tokens, i
   set_history(tokens, start_pos);
   const size_t V = static_cast<size_t>(model_->vocab_size());
   const int64_t n = static_cast<int64_t>(history_.size());
-  if (all_logits) {
+  if (all_logits || !model_->can_generate()) {  // LoLCATs: no batch, the last row of all_logits
     logits_ = model_->all_logits(history_.data(), n);
+    if (!all_logits) return std::span<const float>(logits_).subspan(static_cast<size_t>(n - 1) * V, V);
     return std::span<const float>(logits_).subspan(static_cast<size_t>(start_pos) * V, tokens.size() * V);
   }
   if (!batch_made_) {
@@ -55,7 +56,6 @@ CudaEvalPair cuda_eval_models_of(const std::string& lizard_dir, int64_t context)
   const std::string file = find_lizard_checkpoint(lizard_dir);
   LZ_CHECK(!file.empty(), "'{}' holds no Lizard checkpoint", lizard_dir);
   const LizardCheckpoint lz = load_lizard_checkpoint(file);
-  LZ_CHECK(lz.config.combine != LizardConfig::Combine::Lolcats, "a LoLCATs model has no GPU inference kernels");
   const Checkpoint teacher = open_checkpoint(lizard_teacher_path(lz, file));
   CudaEvalPair p;
   p.teacher = std::make_unique<CudaEvalModel>(std::make_shared<cuda::CudaModel>(teacher, nullptr), "teacher", context);

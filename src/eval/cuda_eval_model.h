@@ -4,7 +4,8 @@
 //     whole sequence once with CudaModel::all_logits and hands back the rows asked for (so a caller
 //     should ask for a window's scored rows in one call: preferred_chunk());
 //   - forward(..., all_logits = false) prefills a one-slot batch, and a following single token at the
-//     next position decodes (greedy generation for passkey / MQAR).
+//     next position decodes (greedy generation for passkey / MQAR); a LoLCATs model (no GPU generation
+//     kernels) re-runs all_logits instead.
 // Plain C++ (no CUDA headers); without CUDA constructing one throws "built without CUDA".
 #pragma once
 #include <cstdint>
@@ -45,7 +46,7 @@ class CudaEvalModel : public EvalModel {
 
 // The teacher and the student of a saved Lizard checkpoint (DIR/lizard.safetensors, with its LoRA) as
 // GPU eval models, for the trainer's final held-out evaluation. Throws Error (one line) when the GPU
-// can not run them: no CUDA, out of memory, or a LoLCATs student (no GPU inference kernels).
+// can not run them: no CUDA, out of memory.
 struct CudaEvalPair {
   std::unique_ptr<EvalModel> teacher, student;
 };

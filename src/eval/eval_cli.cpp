@@ -40,12 +40,7 @@ Loaded load(const std::string& path_arg, const std::string& label, int64_t conte
   fs::path p = fs::path(path).lexically_normal();
   if (p.filename().empty()) p = p.parent_path();  // "dir/"
   l.label = label.empty() ? p.filename().string() : label;
-  const bool lolcats = lm.lizard && lm.lizard->config.combine == LizardConfig::Combine::Lolcats;
-  if (device == "cuda" && lolcats) {
-    std::fprintf(stderr, "%s: a LoLCATs model has no GPU kernels for inference: evaluating it on the CPU\n",
-                 l.label.c_str());
-  }
-  if (device == "cuda" && !lolcats) {
+  if (device == "cuda") {
     auto gpu = std::make_shared<cuda::CudaModel>(lm);
     l.eval = std::make_unique<CudaEvalModel>(std::move(gpu), l.label, std::max(context, l.model->context_length()));
   } else {

@@ -39,7 +39,7 @@ struct Pair {
   std::shared_ptr<cuda::CudaModel> gpu_teacher, gpu_student;
 };
 
-Pair build_pair(Seeded& s) {
+Pair build_pair(Seeded& s, bool lolcats = false) {
   Pair p;
   p.tm = make_tiny(s, eval_spec());
   for (auto& [name, blob] : p.tm.blobs)  // norm weights in bf16 too: the GPU keeps them so
@@ -52,10 +52,10 @@ Pair build_pair(Seeded& s) {
   mo.n_threads = 2;
   p.cpu_teacher = std::make_unique<LlamaModel>(std::shared_ptr<const Checkpoint>(p.tm.ck), mo);
   p.cpu_student = std::make_unique<LlamaModel>(std::shared_ptr<const Checkpoint>(p.tm.ck), mo);
-  LizardConfig lc;
+  LizardConfig lc = lolcats ? LizardConfig::lolcats() : LizardConfig{};
   lc.feature_dim = 32;
   lc.window = 16;
-  lc.meta_tokens = 3;
+  if (!lolcats) lc.meta_tokens = 3;
   lc.gate_init = 0.9;
   p.lz = init_lizard_checkpoint(lc, p.tm.ck->config, s.rng());
   for (auto& [layer, lp] : p.lz.layers) {
@@ -77,10 +77,10 @@ std::vector<int32_t> random_tokens(Seeded& s, int64_t n, int vocab) {
 
 double rel(double a, double ref) { return std::fabs(a - ref) / std::max(std::fabs(ref), 1e-30); }
 
-TEST(CudaEval, PerplexityAndKlMatchCpu) {
+void check_ppl_kl(bool lolcats) {
   Seeded s;
   SCOPED_TRACE(s.trace());
-  Pair p = build_pair(s);
+  Pair p = build_pair(s, lolcats);
   const auto toks = random_tokens(s, 333, 251);
   StrideOptions so;
   so.ctx = 128, so.stride = 50, so.chunk = 32;  // odd sizes; the CPU path steps in chunks of 32
@@ -95,9 +95,9 @@ TEST(CudaEval, PerplexityAndKlMatchCpu) {
   const double e_ppl = rel(pg.ppl(), pc.ppl()), e_tppl = rel(kg.teacher.ppl(), kc.teacher.ppl()),
                e_sppl = rel(kg.student.ppl(), kc.student.ppl()), e_kl = rel(kg.kl_per_token(), kc.kl_per_token());
   const double d_top1 = std::fabs(kg.agreement() - kc.agreement());
-  std::printf("[cuda-eval] ppl cpu %.5f gpu %.5f rel %.2e; kl-run teacher ppl rel %.2e, student ppl rel %.2e, "
+  std::printf("[cuda-eval] %s ppl cpu %.5f gpu %.5f rel %.2e; kl-run teacher ppl rel %.2e, student ppl rel %.2e, "
               "KL cpu %.5f gpu %.5f rel %.2e, top-1 cpu %.4f gpu %.4f (%lld tokens, ctx 128, stride 50)\n",
-              pc.ppl(), pg.ppl(), e_ppl, e_tppl, e_sppl, kc.kl_per_token(), kg.kl_per_token(), e_kl, kc.agreement(),
+              lolcats ? "lolcats" : "lizard", pc.ppl(), pg.ppl(), e_ppl, e_tppl, e_sppl, kc.kl_per_token(), kg.kl_per_token(), e_kl, kc.agreement(),
               kg.agreement(), static_cast<long long>(kc.tokens));
   EXPECT_LT(e_ppl, 1e-2);
   EXPECT_LT(e_tppl, 1e-2);
@@ -105,6 +105,10 @@ TEST(CudaEval, PerplexityAndKlMatchCpu) {
   EXPECT_LT(std::fabs(kg.kl_per_token() - kc.kl_per_token()), 0.05 * kc.kl_per_token() + 2e-3);
   EXPECT_LT(d_top1, 0.05);
 }
+
+TEST(CudaEval, PerplexityAndKlMatchCpu) { check_ppl_kl(false); }
+// The LoLCATs baseline is evaluated the same way: all_logits through the GPU LoLCATs kernel.
+TEST(CudaEval, LolcatsPerplexityAndKlMatchCpu) { check_ppl_kl(true); }
 
 // forward(..., false) prefills, a next single token decodes: both equal all_logits' rows.
 TEST(CudaEval, PrefillDecodePathMatchesAllLogits) {

@@ -360,7 +360,11 @@ TEST(CudaModel, RefusesWhatTheKernelsCannotDo) {
     const LizardCheckpoint lz = init_lizard_checkpoint(lc, tm.ck->config, 1);
     try {
       CudaModel m(*tm.ck, &lz);
-      ADD_FAILURE() << "variant " << variant << " was accepted";
+      // LoLCATs runs all_logits only (eval): generation needs a batch, which it refuses.
+      EXPECT_EQ(variant, 0) << "variant " << variant << " was accepted";
+      EXPECT_FALSE(m.can_generate());
+      m.new_batch(1, 8);
+      ADD_FAILURE() << "variant " << variant << " made a batch";
     } catch (const Error& e) {
       std::printf("[cuda-model] refused (%s): %s\n", variant == 0 ? "lolcats" : "feature_on_rope only", e.what());
     }

@@ -28,6 +28,7 @@
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/lizard_attention.h"
 #include "ops/cuda/lizard_gate.h"
+#include "ops/cuda/lolcats_attention.h"
 
 namespace lizard::cuda {
 
@@ -113,6 +114,8 @@ struct CudaModel::Impl {
   std::vector<const DeviceLizardLayer*> lizard_of;  // per layer; null: softmax
   std::vector<LizardAttnArgs> lz_args;              // per Lizard layer: options and sizes (B, L set per call)
   int n_softmax = 0;
+  bool lolcats = false;                              // LoLCATs layers: all_logits only (no generation kernels)
+  LolcatsAttnArgs lolcats_args;                      // their options and sizes (B, L set per call)
   int64_t d = 0, H = 0, Hkv = 0, D = 0, F = 0, V = 0, qd = 0, kvd = 0, G = 1;
   // Prefill scratch: whole-prompt tensors and piece-sized ones. A continuation (pos0 > 0) also uses
   // positions (pos0 .. pos0+n-1, then pos0+n) and attn_ws (attention_decode's workspace of one piece).
@@ -141,13 +144,12 @@ struct CudaModel::Impl {
                    lizard->shape.n_heads == cfg.n_heads && lizard->shape.n_kv_heads == cfg.n_kv_heads &&
                    lizard->shape.head_dim == cfg.head_dim,
                "the Lizard checkpoint does not fit this teacher's shape");
-      LZ_CHECK(lizard->config.combine == LizardConfig::Combine::Lizard,
-               "the GPU model runs combine = lizard layers only; this checkpoint has combine = {} (use --device cpu)",
-               to_string(lizard->config.combine));
+      lolcats = lizard->config.combine == LizardConfig::Combine::Lolcats;
       for (const auto& [layer, p] : lizard->layers) {
         LZ_CHECK(layer >= 0 && layer < cfg.n_layers, "Lizard layer {} does not exist (the teacher has {})", layer,
                  cfg.n_layers);
-        lz_args[size_t(layer)] = lizard_cuda_args(lizard->config, lizard->shape, 1, 1);  // refuses what it can't do
+        if (lolcats) lolcats_args = lolcats_cuda_args(lizard->config, lizard->shape, 1, 1);  // refuses what it can't do
+        else lz_args[size_t(layer)] = lizard_cuda_args(lizard->config, lizard->shape, 1, 1);
       }
     }
     w = make_weights();
@@ -240,7 +242,7 @@ struct CudaModel::Impl {
         linear_fwd(xn.get(), L.q.w, L.q.bias, bf(q.get(), r0 * qd), kBF16, p, int(d), int(qd));
         linear_fwd(xn.get(), L.k.w, L.k.bias, bf(k.get(), r0 * kvd), kBF16, p, int(d), int(kvd));
         linear_fwd(xn.get(), L.v.w, L.v.bias, bf(v.get(), r0 * kvd), kBF16, p, int(d), int(kvd));
-        if (lzl) {
+        if (lzl && !lolcats) {
           const int g = gates_of(*lzl);
           lizard_gate_fwd(xn.get(), lzl->gate_w, lzl->gate_b, log_gamma.as<float>() + r0 * g, p, int(d), g);
         }
@@ -276,6 +278,16 @@ struct CudaModel::Impl {
           fa.q = q.get(), fa.k = k.get(), fa.v = v.get(), fa.out = y.get();
           flash_attention_fwd(fa);
         }
+      } else if (lolcats) {
+        LZ_CHECK(!b && !cont, "LoLCATs layers run on the GPU for all_logits only (no generation kernels)");
+        rope_apply(kBF16, q.get(), n, qd, int(H), int(D), 0, w->rope_inv_freq(), false);
+        rope_apply(kBF16, k.get(), n, kvd, int(Hkv), int(D), 0, w->rope_inv_freq(), false);
+        LolcatsAttnArgs a = lolcats_args;
+        a.B = 1;
+        a.L = int(n);
+        a.q = q.get(), a.k = k.get(), a.v = v.get(), a.y = y.get();
+        a.wq = lzl->feat_q, a.wk = lzl->feat_k, a.lolcats_f = lzl->lolcats_f;
+        lolcats_attention_forward(a);
       } else if (cont) {
         // The chunked kernel starts from an empty state: a continuation steps through its tokens
         // with the decode kernel (exact, one launch per token), reading and updating the slot's state.
@@ -421,6 +433,7 @@ struct CudaModel::Impl {
   }
 
   CudaBatch new_batch(int slots, int64_t ctx) const {
+    LZ_CHECK(!lolcats, "a LoLCATs model has no GPU generation kernels (all_logits only): use --device cpu");
     LZ_CHECK(slots >= 1, "a batch needs at least one slot, got {}", slots);
     LZ_CHECK(ctx >= 1 && ctx <= INT32_MAX, "batch context {} is out of range", ctx);
     CudaBatch out;
@@ -497,6 +510,7 @@ int CudaModel::vocab_size() const { return impl_->cfg.vocab_size; }
 size_t CudaModel::weight_bytes() const { return impl_->w->bytes() + impl_->lz.bytes(); }
 size_t CudaModel::scratch_bytes() const { return impl_->scratch_bytes(); }
 bool CudaModel::has_softmax_layers() const { return impl_->n_softmax > 0; }
+bool CudaModel::can_generate() const { return !impl_->lolcats; }
 
 void CudaModel::release_scratch() {
   Impl& m = *impl_;
@@ -765,6 +779,7 @@ size_t CudaModel::weight_bytes() const { no_cuda(); }
 size_t CudaModel::scratch_bytes() const { no_cuda(); }
 void CudaModel::release_scratch() {}
 bool CudaModel::has_softmax_layers() const { no_cuda(); }
+bool CudaModel::can_generate() const { no_cuda(); }
 CudaBatch CudaModel::new_batch(int, int64_t) const { no_cuda(); }
 std::vector<float> CudaModel::prefill(CudaBatch&, int, const int32_t*, int64_t) { no_cuda(); }
 std::vector<float> CudaModel::extend(CudaBatch&, int, const int32_t*, int64_t) { no_cuda(); }

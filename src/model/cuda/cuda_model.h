@@ -54,7 +54,8 @@ class CudaBatch {
 class CudaModel {
  public:
   // Uploads the weights to the current device. Throws Error (one line) for a missing GPU, out of memory,
-  // or Lizard options the kernels do not implement (combine = lolcats, feature_on_rope != window_rope).
+  // or Lizard options the kernels do not implement (feature_on_rope != window_rope). A LoLCATs model
+  // (combine = lolcats) runs all_logits only: no batches (can_generate() is false).
   explicit CudaModel(const LoadedModel& lm, const CudaModelOptions& opt = {});
   // The same from a teacher and an optional Lizard checkpoint (layers + LoRA); neither is kept.
   CudaModel(const Checkpoint& teacher, const LizardCheckpoint* lizard, const CudaModelOptions& opt = {});
@@ -71,6 +72,7 @@ class CudaModel {
   size_t scratch_bytes() const;  // device memory of the prefill scratch (grows with the longest prompt)
   void release_scratch();        // frees the prefill scratch
   bool has_softmax_layers() const;
+  bool can_generate() const;  // false for LoLCATs layers: all_logits only
 
   // A batch of `slots` empty sequences of up to ctx positions each. Out of memory throws Error.
   CudaBatch new_batch(int slots, int64_t ctx) const;
