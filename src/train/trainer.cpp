@@ -479,31 +479,35 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
     so.stride = std::max<int64_t>(1, so.ctx / 2);
     const std::span<const int32_t> toks(data.val.tokens.data(), static_cast<size_t>(n_eval));
     const auto t0 = clock::now();
-    CudaEvalPair gpu;
+    std::optional<KlStats> gpu_kl;  // from the checkpoint just saved; the GPU models are freed after
     if (o.eval_on_gpu) {
       try {
-        gpu = cuda_eval_models_of(dir.string(), so.ctx);
+        CudaEvalPair gpu = cuda_eval_models_of(dir.string(), so.ctx);
+        gpu_kl = kl_divergence(*gpu.teacher, *gpu.student, toks, so);
       } catch (const Error& e) {
         say(fmt::format("held-out evaluation on the CPU: {}", e.what()));
       }
     }
-    LlamaEvalModel cpu_teacher(stage.teacher(), "teacher");
-    EvalModel& teacher = gpu.teacher ? *gpu.teacher : cpu_teacher;
-    std::unique_ptr<LlamaModel> student_model = gpu.student ? nullptr : stage.student();
-    json ev = {{"tokens", n_eval}, {"ctx", so.ctx}, {"stride", so.stride}, {"device", gpu.student ? "cuda" : "cpu"}};
-    if (gpu.student || student_model) {
-      std::optional<LlamaEvalModel> cpu_student;
-      if (student_model) cpu_student.emplace(*student_model, "student");
-      EvalModel& student = gpu.student ? *gpu.student : *cpu_student;
-      const KlStats k = kl_divergence(teacher, student, toks, so);
+    LlamaEvalModel teacher(stage.teacher(), "teacher");
+    std::unique_ptr<LlamaModel> student_model = gpu_kl ? nullptr : stage.student();
+    json ev = {{"tokens", n_eval}, {"ctx", so.ctx}, {"stride", so.stride}, {"device", gpu_kl ? "cuda" : "cpu"}};
+    if (gpu_kl || student_model) {
+      KlStats k;
+      if (gpu_kl) {
+        k = *gpu_kl;
+      } else {
+        LlamaEvalModel student(*student_model, "student");
+        k = kl_divergence(teacher, student, toks, so);
+      }
       ev["tokens_scored"] = k.tokens;
       ev["teacher_ppl"] = k.teacher.ppl();
       ev["student_ppl"] = k.student.ppl();
       ev["kl_per_token"] = k.kl_per_token();
       ev["top1_agreement"] = k.agreement();
       say(fmt::format("held-out ({} tokens scored, windows of {}): teacher ppl {:.3f}, student ppl {:.3f}, KL {:.4f} "
-                      "nats/token, top-1 agreement {:.3f}",
-                      k.tokens, so.ctx, k.teacher.ppl(), k.student.ppl(), k.kl_per_token(), k.agreement()));
+                      "nats/token, top-1 agreement {:.3f}{}",
+                      k.tokens, so.ctx, k.teacher.ppl(), k.student.ppl(), k.kl_per_token(), k.agreement(),
+                      gpu_kl ? " (on the GPU)" : ""));
     } else {
       const PplStats p = perplexity(teacher, toks, so);
       ev["tokens_scored"] = p.tokens;
