@@ -3,11 +3,16 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <vector>
 
+#include "eval/cuda_eval_model.h"
 #include "eval/eval_model.h"
 #include "eval/perplexity.h"
 #include "generate/bench_generate.h"
+#include "llama_fixture.h"
+#include "model/load_model.h"
+#include "teacher_file_fixture.h"
 #include "util/error.h"
 
 namespace {
@@ -70,6 +75,42 @@ TEST(EvalDevice, SyntheticShapes) {
   EXPECT_NEAR(double(s.param_count()), 134.5e6, 1e6);
   EXPECT_TRUE(s.tied_embeddings);
   EXPECT_THROW(synthetic_model_config("gpt2"), Error);
+}
+
+// The trainer's GPU evaluation reopens the saved checkpoint and its teacher; here (no GPU) it gets as far
+// as making the GPU model, and an unknown directory is a clean Error.
+TEST(EvalDevice, SavedCheckpointReopensUpToTheGpu) {
+  namespace fs = std::filesystem;
+  lizard::testing::Seeded s;
+  SCOPED_TRACE(s.trace());
+  lizard::testing::TinySpec sp;
+  sp.vocab = 270;  // the GGUF fixture's tokenizer has 264 tokens
+  sp.weight_type = DType::BF16;
+  const lizard::testing::TinyModel tm = lizard::testing::make_tiny(s, sp);
+  const fs::path dir = fs::temp_directory_path() / ("lizard_eval_device_" + std::to_string(s.seed));
+  fs::create_directories(dir);
+  const std::string teacher = (dir / "teacher.gguf").string();
+  lizard::testing::write_gguf_teacher(teacher, tm);
+  LizardConfig lc;
+  lc.feature_dim = 8;
+  lc.window = 4;
+  LizardCheckpoint lz = init_lizard_checkpoint(lc, tm.ck->config, 3);
+  lz.teacher = fingerprint_teacher(teacher);
+  save_lizard_dir((dir / "student").string(), lz);
+  std::string what;
+  try {
+    cuda_eval_models_of((dir / "student").string(), 64);
+  } catch (const Error& e) {
+    what = e.what();
+  }
+#ifndef LIZARD_HAVE_CUDA
+  EXPECT_NE(what.find("CUDA"), std::string::npos) << what;
+#else
+  EXPECT_TRUE(what.empty() || what.find("GPU") != std::string::npos || what.find("CUDA") != std::string::npos) << what;
+#endif
+  EXPECT_THROW(cuda_eval_models_of((dir / "nothing").string(), 64), Error);
+  std::error_code ec;
+  fs::remove_all(dir, ec);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "llama_fixture.h"
+#include "teacher_file_fixture.h"
 #include "model/export.h"
 #include "model/lizard_checkpoint.h"
 #include "model/load_model.h"
@@ -26,6 +27,7 @@ using namespace lizard;
 using lizard::testing::Seeded;
 using lizard::testing::TinyModel;
 using lizard::testing::TinySpec;
+using lizard::testing::write_gguf_teacher;
 
 namespace {
 
@@ -82,48 +84,6 @@ void write_hf_teacher(const std::string& dir, const TinyModel& tm) {
   std::ofstream(dir + "/tokenizer_config.json") << R"({"chat_template": "{{ messages[0]['content'] }}"})";
 }
 
-// A byte-level tokenizer: the 256 byte symbols, a few merges and two control tokens.
-void put_tokenizer(fixtures::GGUFWriter& w) {
-  std::vector<std::string> toks;
-  for (int b = 0; b < 256; ++b) toks.push_back(byte_to_unicode(uint8_t(b)));
-  const std::string G = byte_to_unicode(' ');
-  std::vector<std::string> merges = {"t h", G + " th", "h e", "th e", G + " the", "i n"};
-  for (auto& m : merges) toks.push_back(m.substr(0, m.find(' ')) + m.substr(m.find(' ') + 1));
-  toks.push_back("<|endoftext|>");
-  toks.push_back("<|im_start|>");
-  std::vector<int64_t> types(toks.size(), 1);
-  types[toks.size() - 1] = types[toks.size() - 2] = 3;
-  w.kv_str("tokenizer.ggml.model", "gpt2");
-  w.kv_str("tokenizer.ggml.pre", "smollm");
-  w.kv_strs("tokenizer.ggml.tokens", toks);
-  w.kv_value("tokenizer.ggml.token_type", GGUFValue(types));
-  w.kv_strs("tokenizer.ggml.merges", merges);
-  w.kv_u32("tokenizer.ggml.bos_token_id", uint32_t(toks.size() - 1));
-  w.kv_u32("tokenizer.ggml.eos_token_id", uint32_t(toks.size() - 2));
-  w.kv_value("tokenizer.ggml.add_bos_token", GGUFValue(true));
-  w.kv_str("tokenizer.chat_template", "{% for m in messages %}{{ m['content'] }}{% endfor %}");
-}
-
-void write_gguf_teacher(const std::string& path, const TinyModel& tm) {
-  const ModelConfig& c = tm.ck->config;
-  fixtures::GGUFWriter w;
-  w.kv_str("general.architecture", "llama");
-  w.kv_str("general.name", "tiny gguf");
-  w.kv_u32("llama.block_count", c.n_layers);
-  w.kv_u32("llama.vocab_size", c.vocab_size);
-  w.kv_u32("llama.context_length", c.max_seq_len);
-  w.kv_u32("llama.embedding_length", c.d_model);
-  w.kv_u32("llama.feed_forward_length", c.d_ff);
-  w.kv_u32("llama.attention.head_count", c.n_heads);
-  w.kv_u32("llama.attention.head_count_kv", c.n_kv_heads);
-  w.kv_u32("llama.attention.key_length", c.head_dim);
-  w.kv_f32("llama.rope.freq_base", c.rope_theta);
-  w.kv_f32("llama.attention.layer_norm_rms_epsilon", c.rms_eps);
-  put_tokenizer(w);
-  for (auto& [n, b] : tm.blobs)
-    w.tensor(n, b->type, b->shape, std::string(b->bytes.begin(), b->bytes.end()));
-  std::ofstream(path, std::ios::binary) << w.build();
-}
 
 // A hybrid Lizard checkpoint (layers 0 and 2 linear) with random, non-zero LoRA on q, k, v.
 LizardCheckpoint lizard_with_lora(const ModelConfig& mc, const std::string& teacher, Seeded& rs) {

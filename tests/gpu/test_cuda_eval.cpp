@@ -5,10 +5,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <vector>
 
 #include "../llama_fixture.h"
+#include "../teacher_file_fixture.h"
 #include "eval/cuda_eval_model.h"
 #include "eval/perplexity.h"
 #include "model/cuda/cuda_model.h"
@@ -23,9 +25,9 @@ namespace {
 using namespace lizard;
 using namespace lizard::testing;
 
-TinySpec eval_spec() {  // sizes the GPU kernels take (head_dim 64), odd vocab and d_ff
+TinySpec eval_spec(int vocab) {  // sizes the GPU kernels take (head_dim 64), odd vocab and d_ff
   TinySpec sp;
-  sp.vocab = 251, sp.d = 192, sp.layers = 2, sp.heads = 4, sp.kv_heads = 2, sp.head_dim = 64, sp.ff = 328;
+  sp.vocab = vocab, sp.d = 192, sp.layers = 2, sp.heads = 4, sp.kv_heads = 2, sp.head_dim = 64, sp.ff = 328;
   sp.ctx = 1024;
   sp.weight_type = DType::BF16;
   sp.embd_type = DType::BF16;
@@ -39,9 +41,9 @@ struct Pair {
   std::shared_ptr<cuda::CudaModel> gpu_teacher, gpu_student;
 };
 
-Pair build_pair(Seeded& s, bool lolcats = false) {
+Pair build_pair(Seeded& s, bool lolcats = false, int vocab = 251) {
   Pair p;
-  p.tm = make_tiny(s, eval_spec());
+  p.tm = make_tiny(s, eval_spec(vocab));
   for (auto& [name, blob] : p.tm.blobs)  // norm weights in bf16 too: the GPU keeps them so
     if (blob->type == DType::F32) {
       for (auto& x : blob->values) x = bf16_to_f32(f32_to_bf16(x));
@@ -109,6 +111,38 @@ void check_ppl_kl(bool lolcats) {
 TEST(CudaEval, PerplexityAndKlMatchCpu) { check_ppl_kl(false); }
 // The LoLCATs baseline is evaluated the same way: all_logits through the GPU LoLCATs kernel.
 TEST(CudaEval, LolcatsPerplexityAndKlMatchCpu) { check_ppl_kl(true); }
+
+// The trainer's GPU held-out evaluation: teacher and student from a saved checkpoint dir (the teacher
+// found by its recorded path) give the CPU's KL and perplexities.
+TEST(CudaEval, ModelsOfASavedCheckpointMatchCpu) {
+  namespace fs = std::filesystem;
+  Seeded s;
+  SCOPED_TRACE(s.trace());
+  Pair p = build_pair(s, false, 270);  // the GGUF fixture's tokenizer has 264 tokens
+  const fs::path dir = fs::temp_directory_path() / ("lizard_cuda_eval_" + std::to_string(s.seed));
+  fs::create_directories(dir);
+  const std::string teacher = (dir / "teacher.gguf").string();
+  write_gguf_teacher(teacher, p.tm);
+  LizardCheckpoint lz = p.lz;
+  lz.teacher = fingerprint_teacher(teacher);
+  save_lizard_dir((dir / "student").string(), lz);
+  const CudaEvalPair g = cuda_eval_models_of((dir / "student").string(), 128);
+  const auto toks = random_tokens(s, 300, 270);
+  StrideOptions so;
+  so.ctx = 128, so.stride = 64, so.chunk = 32;
+  LlamaEvalModel ct(*p.cpu_teacher, "teacher"), cs(*p.cpu_student, "student");
+  const KlStats kc = kl_divergence(ct, cs, toks, so), kg = kl_divergence(*g.teacher, *g.student, toks, so);
+  std::printf("[cuda-eval] saved checkpoint: teacher ppl rel %.2e, student ppl rel %.2e, KL cpu %.5f gpu %.5f, "
+              "top-1 cpu %.4f gpu %.4f (%lld tokens)\n",
+              rel(kg.teacher.ppl(), kc.teacher.ppl()), rel(kg.student.ppl(), kc.student.ppl()), kc.kl_per_token(),
+              kg.kl_per_token(), kc.agreement(), kg.agreement(), static_cast<long long>(kc.tokens));
+  EXPECT_EQ(kc.tokens, kg.tokens);
+  EXPECT_LT(rel(kg.teacher.ppl(), kc.teacher.ppl()), 1e-2);
+  EXPECT_LT(rel(kg.student.ppl(), kc.student.ppl()), 1e-2);
+  EXPECT_LT(std::fabs(kg.kl_per_token() - kc.kl_per_token()), 0.05 * kc.kl_per_token() + 2e-3);
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
 
 // forward(..., false) prefills, a next single token decodes: both equal all_logits' rows.
 TEST(CudaEval, PrefillDecodePathMatchesAllLogits) {
