@@ -262,7 +262,7 @@ def fwd_and_bwd(name, fn, dout, want_bwd=True):
 
 
 def final():
-    """Both forward variants in one run, SDPA, then FLA forward at the paper shape (FLA compiles last)."""
+    """Every forward variant in one run, SDPA, then FLA forward at the paper shape (FLA compiles last)."""
     card = torch.cuda.get_device_name()
     print(card, torch.__version__, flush=True)
     shapes = [(16, 32, 32, 128, 2048), (16, 32, 32, 128, 4096), (16, 32, 32, 128, 8192), (8, 9, 3, 64, 2048)]
@@ -270,7 +270,15 @@ def final():
     for (B, H, Hkv, D, L) in shapes:
         tag = f"B{B} H{H} D{D} L{L}"
         z = Lizard(B, L, H, Hkv, D)
-        for var, split in ((0, 1), (0, 2), (0, 1), (0, 2)):
+        # Every forward variant (0: default, 1: tile skipping, 2: prefetched chunks + rebalanced warps),
+        # interleaved twice; first a same-input check of each against v0.
+        y0 = z.fwd().float().clone()
+        for var in (1, 2):
+            lib.lz_set_forward_variant(var)
+            yv = z.fwd().float()
+            print(f"  {tag}: lizard fwd v{var} vs v0 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
+        del y0, yv
+        for var, split in ((0, 1), (2, 1), (1, 1), (0, 2)) * 2:
             lib.lz_set_forward_variant(var)
             lib.lz_set_forward_split(split)
             t = med(z.fwd)

@@ -192,7 +192,8 @@ const std::vector<Case> kCases = {
     {1, 99, 2, 2, 128, 32, 65, 4, false, false, false, LizardConfig::FeatureAct::Exp},
 };
 
-void chunked_bf16(const std::vector<Case>& cases) {
+// `tag` names the forward variant in each figure line (e.g. "v2", "v0 split").
+void chunked_bf16(const std::vector<Case>& cases, const char* tag = "v0") {
   for (const Case& c : cases) {
     const uint64_t seed = fresh_seed();
     Problem P(c, seed, /*round=*/true);
@@ -203,29 +204,37 @@ void chunked_bf16(const std::vector<Case>& cases) {
     CK(cudaDeviceSynchronize());
     size_t bad = 0;
     const double e = rel_err(y.get(), P.yref, &bad);
-    std::printf("[lizard-cuda] chunked bf16  %-44s rel err %.3e (seed %llu)\n", describe(c).c_str(), e,
+    std::printf("[lizard-cuda] chunked bf16 %-9s %-44s rel err %.3e (seed %llu)\n", tag, describe(c).c_str(), e,
                 (unsigned long long)seed);
     EXPECT_EQ(bad, 0u) << describe(c) << " seed " << seed;
     EXPECT_LT(e, 2e-2) << describe(c) << " seed " << seed;
   }
 }
 
-// Every forward configuration: one CTA per (b, h), value columns split over two CTAs, tile skipping.
+// Every forward configuration under every forward variant: v0 (one CTA per (b, h), and with the value
+// columns split over two CTAs), v1 (tile skipping), v2 (prefetched chunks, rebalanced warp groups;
+// falls back to v0 where its ring does not fit, w > 128 at D = 128).
 TEST(LizardCuda, ChunkedBf16MatchesReference) {
   for (int mode : {1, 2}) {
-    std::printf("[lizard-cuda] value-column split mode %d\n", mode);
     lizard::cuda::set_forward_split(mode);
-    chunked_bf16(kCases);
+    chunked_bf16(kCases, mode == 2 ? "v0-split" : "v0");
   }
   lizard::cuda::set_forward_split(0);
-  std::printf("[lizard-cuda] tile-skipping variant\n");
-  lizard::cuda::set_forward_variant(1);
-  chunked_bf16(kCases);
+  for (int variant : {1, 2}) {
+    lizard::cuda::set_forward_variant(variant);
+    chunked_bf16(kCases, variant == 1 ? "v1" : "v2");
+  }
   lizard::cuda::set_forward_variant(0);
 }
 
 // Small cases for compute-sanitizer (memcheck, racecheck): scripts/device_cuda.sh runs this one.
-TEST(LizardCuda, SanitizerSmall) { chunked_bf16({{1, 77, 2, 1, 64, 32, 16, 4}, {1, 130, 1, 1, 128, 64, 128, 4}}); }
+TEST(LizardCuda, SanitizerSmall) {
+  const std::vector<Case> small = {{1, 77, 2, 1, 64, 32, 16, 4}, {1, 130, 1, 1, 128, 64, 128, 4}, {1, 140, 1, 1, 64, 32, 1, 2}};
+  chunked_bf16(small, "v0");
+  lizard::cuda::set_forward_variant(2);
+  chunked_bf16(small, "v2");
+  lizard::cuda::set_forward_variant(0);
+}
 
 TEST(LizardCuda, RecurrentFp32AndBf16MatchReference) {
   for (const Case& c : kCases) {
@@ -308,20 +317,26 @@ TEST(LizardCuda, DecodeMatchesReferenceAndChunkedState) {
     EXPECT_EQ(bad, 0u);
     EXPECT_LT(e, 2e-5) << describe(c) << " seed " << seed;
 
-    // Final state of the chunked bf16 kernel vs the fp32 decode state.
+    // Final state of the chunked bf16 kernel (forward variants 0 and 2) vs the fp32 decode state.
     DevInputs<__nv_bfloat16> inb(P);
-    Dev<__nv_bfloat16> yb(P.yref.size());
-    Dev<float> S2(S.n), z2(z.n);
-    LizardAttnArgs a = inb.args(P, yb.p);
-    a.state_s = S2.p, a.state_z = z2.p;
-    lizard::cuda::lizard_attention_forward_bf16(a);
-    CK(cudaDeviceSynchronize());
-    const double es = rel_err(S2.get(), S.get(), &bad);
-    EXPECT_EQ(bad, 0u);
-    const double ez = rel_err(z2.get(), z.get(), &bad);
-    std::printf("[lizard-cuda] chunked final state vs decode: S %.3e z %.3e\n", es, ez);
-    EXPECT_LT(es, 2e-2);
-    EXPECT_LT(ez, 2e-2);
+    for (int variant : {0, 2}) {
+      lizard::cuda::set_forward_variant(variant);
+      Dev<__nv_bfloat16> yb(P.yref.size());
+      Dev<float> S2(S.n), z2(z.n);
+      S2.poison(), z2.poison();
+      LizardAttnArgs a = inb.args(P, yb.p);
+      a.state_s = S2.p, a.state_z = z2.p;
+      lizard::cuda::lizard_attention_forward_bf16(a);
+      CK(cudaDeviceSynchronize());
+      const double es = rel_err(S2.get(), S.get(), &bad);
+      EXPECT_EQ(bad, 0u);
+      const double ez = rel_err(z2.get(), z.get(), &bad);
+      EXPECT_EQ(bad, 0u);
+      std::printf("[lizard-cuda] chunked final state vs decode v%d: S %.3e z %.3e\n", variant, es, ez);
+      EXPECT_LT(es, 2e-2);
+      EXPECT_LT(ez, 2e-2);
+    }
+    lizard::cuda::set_forward_variant(0);
   }
 }
 

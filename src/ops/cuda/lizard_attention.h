@@ -55,7 +55,10 @@ struct LizardAttnArgs {
 // window <= 192 at D = 128 (shared memory). Throws lizard::Error on anything it cannot do.
 void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream = nullptr);
 
-// Benchmarking only: 0 = straight-line tiles (default), 1 = skip fully masked 16-key tiles.
+// Benchmarking only: 0 = straight-line tiles (default), 1 = skip fully masked 16-key tiles,
+// 2 = next chunk's tiles prefetched with cp.async while the current one computes, phi_K moved to the
+// gate warps (balanced groups); runs v0 where its ring does not fit (w > 128 at D = 128) and ignores
+// set_forward_split.
 void set_forward_variant(int variant);
 // Value-column split over two CTAs per (b, h): 0 = auto (when 2 * B * Hq <= multiprocessors), 1 = never,
 // 2 = always.
