@@ -59,7 +59,9 @@ build() {
   local test_objs=()
   for f in tests/gpu/test_*.cpp; do
     # kernel tests only: the model and training tests need the whole library (scripts/device/build_bundle.sh)
-    case $f in */test_cuda_core.cpp | */test_stage1_cuda.cpp | */test_stage2_cuda.cpp) continue ;; esac
+    # tests of the whole-model GPU path need the full library (scripts/device/build_bundle.sh builds them)
+    case $f in */test_cuda_core.cpp | */test_stage1_cuda.cpp | */test_stage2_cuda.cpp | */test_cuda_state.cpp | \
+      */test_cuda_eval.cpp) continue ;; esac
     # the whole-model test needs the whole library: scripts/device/build_bundle.sh builds it
     [[ $f == */test_cuda_model.cpp ]] && continue
     local o=$out/obj/$(basename "$f").o
