@@ -105,7 +105,7 @@ def flash_variant_rows(tag, qd, kd, vd, do, H, Hkv, sd_f, sd_fb, row):
     except Exception as e:  # noqa: BLE001
         print("  flash cuda failed:", str(e)[:300], flush=True)
     finally:
-        check(lib.lz_flash_set_variant(0, 0))
+        check(lib.lz_flash_set_variant(-1, 0))
 
 
 def flash_only():

@@ -561,6 +561,21 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     m.got.resize(m.ref.size());
     size_t bad = 0;
     double e = rel_err(m.got, m.ref, &bad);
+    if (std::string(m.name) == "dalpha") {
+      // Also a sum over tokens of terms of both signs (dy . A of the window branch): measured, like
+      // dgate_b, against the sum of |terms|. On the H200 its |sum| was 1/50 of that scale in some
+      // cases, and the split-bf16 statistics stage's ~1e-6 of the terms' scale (the per-64-query-block
+      // figures below) then read as 3e-4 of |sum|. Bound: a few times that rounding.
+      const std::vector<double> dya = window_dya(P, dy);
+      const size_t na = P.p.alpha.size();
+      std::vector<double> scale(na, 0.0);
+      for (int b = 0; b < c.B; ++b)
+        for (int h = 0; h < c.Hq; ++h)
+          for (int i = 0; i < c.L; ++i) scale[na == 1 ? 0 : size_t(h)] += std::fabs(dya[(size_t(b) * c.Hq + h) * c.L + i]);
+      double err = 0;
+      for (size_t j = 0; j < na; ++j) err = std::max(err, std::fabs(m.got[j] - m.ref[j]) / std::max(scale[j], 1e-30));
+      e = err;
+    }
     if (std::string(m.name) == "dgate_b") {
       // A sum over tokens of terms of both signs: measure its error against the sum of |terms|,
       // the scale its rounding error lives on, not against |sum| (which cancellation can shrink).
@@ -573,7 +588,7 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     line += buf;
     EXPECT_EQ(bad, 0u) << m.name << " " << describe(c) << " seed " << seed;
     const std::string nm = m.name;
-    const double t = nm == "dalpha" || nm == "dmeta" ? 1e-4 : (chunked && nm.rfind("dgate", 0) == 0 ? gate_tol : tol);
+    const double t = nm == "dalpha" ? 2e-5 : nm == "dmeta" ? 1e-4 : (chunked && nm.rfind("dgate", 0) == 0 ? gate_tol : tol);
     EXPECT_LT(e, t) << m.name << " " << describe(c) << " seed " << seed;
   }
   std::printf("[lizard-cuda] backward%s %s %-40s%s%s%s (seed %llu)\n", chunked ? " chunked" : "", round ? "bf16" : "f32 ",

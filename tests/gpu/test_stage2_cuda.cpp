@@ -154,10 +154,12 @@ void compare_step(const char* what, Stage& cpu, Stage& gpu, const std::vector<st
       if (e > worst_lora) worst_lora = e, worst_name = pc[i].name;
     } else {
       if (norm(*pc[i].grad) == 0 && norm(*pg[i].grad) == 0) continue;  // unused by this combine: 0 on both
-      // Catches layout mistakes (errors of order 1); the total is checked below. gate_b is a sum over tokens
-      // of terms of both signs, whose cancellation inflates its relative error (see test_lizard_cuda).
+      // Catches layout mistakes (errors of order 1); the total is checked below. gate_b is printed only,
+      // as in test_stage1_cuda: a sum over B*L tokens of terms of both signs whose total came out 1/300 of
+      // gate_w's gradient on the H200 (5e-5 vs 1.4e-2), so bf16 rounding of the terms dominates |sum|; the
+      // kernel test (LizardCuda.ChunkedBackwardVsReference) bounds it against the sum of |terms|.
       const bool cancelling = pc[i].name.find("gate_b") != std::string::npos;
-      EXPECT_LT(e, cancelling ? 0.5 : 0.25) << what << " " << pc[i].name;
+      if (!cancelling) EXPECT_LT(e, 0.25) << what << " " << pc[i].name;
       for (size_t j = 0; j < pc[i].grad->size(); ++j) {
         const double dv = double((*pg[i].grad)[j]) - (*pc[i].grad)[j];
         e_liz += dv * dv;

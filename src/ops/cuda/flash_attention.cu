@@ -371,7 +371,7 @@ void launch_m32(const FlashArgs& a, cudaStream_t s) {
 }  // namespace
 
 void flash_set_variant(int fwd, int bwd) {
-  LZ_CUDA_CHECK(fwd >= 0 && fwd < kFlashFwdVariants && bwd >= 0 && bwd < kFlashBwdVariants,
+  LZ_CUDA_CHECK(fwd >= kFlashFwdAuto && fwd < kFlashFwdVariants && bwd >= 0 && bwd < kFlashBwdVariants,
                 "flash attention (cuda): no variant fwd ", fwd, " bwd ", bwd);
   g_variant = FlashVariant{fwd, bwd};
 }
@@ -382,7 +382,7 @@ void flash_attention_fwd(const FlashArgs& a, cudaStream_t s) {
   LZ_CUDA_CHECK(a.B > 0 && a.L > 0 && a.H > 0 && a.Hkv > 0 && a.H % a.Hkv == 0,
                 "flash attention (cuda): bad shape B=", a.B, " L=", a.L, " H=", a.H, " Hkv=", a.Hkv);
   LZ_CUDA_CHECK(a.q && a.k && a.v && a.out, "flash attention (cuda): a tensor pointer is null");
-  const int v = g_variant.fwd;
+  const int v = g_variant.fwd != kFlashFwdAuto ? g_variant.fwd : a.D == 64 ? 1 : 2;
   if (a.D == 64) return v == 2 ? launch_m32<64>(a, s) : v == 1 ? launch<64, 8, true>(a, s) : launch<64, 4, false>(a, s);
   if (a.D == 128) return v == 2 ? launch_m32<128>(a, s) : v == 1 ? launch<128, 8, true>(a, s) : launch<128, 4, false>(a, s);
   fail_cat("flash attention (cuda): head dim must be 64 or 128, got ", a.D);

@@ -30,9 +30,12 @@ void flash_attention_fwd(const FlashArgs& a, cudaStream_t stream = nullptr);
 //          1: dq accumulated with fp32 atomics inside the dk/dv kernel (5 products instead of 7) into
 //          FlashBwdArgs::dq_accum (or a stream-ordered allocation), then converted to bf16;
 //          2: as 1 with 128 keys (8 warps) per dk/dv CTA.
-constexpr int kFlashFwdVariants = 3, kFlashBwdVariants = 3;
+//   fwd -1 (the default): the fastest on the H200 by head dim (bench_lizard.py, 2026-11-27): D 64 -> 1
+//          (0.233 vs 0.262 ms at B8 H9 L2048), D 128 -> 2 (2.247 vs 3.005 ms at B16 H32 L2048).
+//          bwd 0 stays the default: 1 and 2 were slower there (atomics).
+constexpr int kFlashFwdVariants = 3, kFlashBwdVariants = 3, kFlashFwdAuto = -1;
 struct FlashVariant {
-  int fwd = 0, bwd = 0;
+  int fwd = kFlashFwdAuto, bwd = 0;
 };
 void flash_set_variant(int fwd, int bwd);
 FlashVariant flash_variant();
