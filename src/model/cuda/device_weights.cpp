@@ -40,6 +40,27 @@ void copy_to_device(void* dst, const void* src, size_t bytes) {
   LZ_CHECK(e == cudaSuccess, "upload to the GPU failed: {}", cudaGetErrorString(e));
 }
 
+// A device allocation the teacher weights own: recorded in `allocs` (freed with them), counted in `held`.
+void* owned_alloc(std::vector<void*>& allocs, size_t& held, size_t bytes, const std::string& what) {
+  void* p = device_alloc(bytes, what);
+  allocs.push_back(p);
+  held += bytes;
+  return p;
+}
+
+// cfg's RoPE inverse frequencies (ops/cpu/rope.h values), fp32 on the device.
+const float* upload_rope_inv_freq(const ModelConfig& cfg, std::vector<void*>& allocs, size_t& held) {
+  const std::vector<float> f = lizard::rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling);
+  void* fd = owned_alloc(allocs, held, f.size() * sizeof(float), "rope_inv_freq");
+  copy_to_device(fd, f.data(), f.size() * sizeof(float));
+  return static_cast<const float*>(fd);
+}
+
+void free_all(std::vector<void*>& allocs) {
+  for (void* p : allocs) cudaFree(p);
+  allocs.clear();
+}
+
 void require_gpu() {
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);
@@ -55,10 +76,6 @@ void require_gpu() {
 TeacherWeights::TeacherWeights(const Checkpoint& ck, const LoraSet* lora) : cfg_(ck.config) {
   require_gpu();
   const double lora_scale = lora && !lora->empty() ? lora->scale() : 0.0;
-  auto release = [&] {
-    for (void* p : allocs_) cudaFree(p);
-    allocs_.clear();
-  };
   try {
     std::vector<float> block;
     std::vector<uint16_t> half;
@@ -67,9 +84,7 @@ TeacherWeights::TeacherWeights(const Checkpoint& ck, const LoraSet* lora) : cfg_
     auto put = [&](const std::string& name, int layer, const char* target) -> const void* {
       const TensorView& v = ck.tensor(name);
       const int64_t cols = v.cols(), rows = v.rows();
-      void* dev = device_alloc(size_t(rows * cols) * 2, name);
-      allocs_.push_back(dev);
-      bytes_ += size_t(rows * cols) * 2;
+      void* dev = owned_alloc(allocs_, bytes_, size_t(rows * cols) * 2, name);
       const LoraAdapter* ad = nullptr;
       if (lora_scale != 0.0 && target) {
         auto lit = lora->layers.find(layer);
@@ -136,14 +151,9 @@ TeacherWeights::TeacherWeights(const Checkpoint& ck, const LoraSet* lora) : cfg_
       L.up = linear(b + "ffn_up", i, nullptr);
       L.down = linear(b + "ffn_down", i, nullptr);
     }
-    const std::vector<float> f = lizard::rope_inv_freq(cfg_.head_dim, cfg_.rope_theta, cfg_.rope_scaling);
-    void* fd = device_alloc(f.size() * sizeof(float), "rope_inv_freq");
-    allocs_.push_back(fd);
-    bytes_ += f.size() * sizeof(float);
-    copy_to_device(fd, f.data(), f.size() * sizeof(float));
-    inv_freq_ = static_cast<const float*>(fd);
+    inv_freq_ = upload_rope_inv_freq(cfg_, allocs_, bytes_);
   } catch (...) {
-    release();
+    free_all(allocs_);
     throw;
   }
 }
@@ -156,16 +166,12 @@ TeacherWeights::TeacherWeights(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg
   uint64_t tensor_seed = seed;
   try {
     auto random = [&](int64_t rows, int64_t cols, const std::string& what) -> const void* {
-      void* dev = device_alloc(size_t(rows * cols) * 2, what);
-      allocs_.push_back(dev);
-      bytes_ += size_t(rows * cols) * 2;
+      void* dev = owned_alloc(allocs_, bytes_, size_t(rows * cols) * 2, what);
       fill_uniform_bf16(dev, rows * cols, 1.0f / std::sqrt(float(cols)), ++tensor_seed);
       return dev;
     };
     auto ones = [&](int64_t n, const std::string& what) -> const void* {
-      void* dev = device_alloc(size_t(n) * 2, what);
-      allocs_.push_back(dev);
-      bytes_ += size_t(n) * 2;
+      void* dev = owned_alloc(allocs_, bytes_, size_t(n) * 2, what);
       fill_const_bf16(dev, n, 1.0f);
       return dev;
     };
@@ -199,22 +205,14 @@ TeacherWeights::TeacherWeights(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg
       L.up = linear(cfg.d_ff, d, false, "ffn_up");
       L.down = linear(d, cfg.d_ff, false, "ffn_down");
     }
-    const std::vector<float> f = lizard::rope_inv_freq(cfg_.head_dim, cfg_.rope_theta, cfg_.rope_scaling);
-    void* fd = device_alloc(f.size() * sizeof(float), "rope_inv_freq");
-    allocs_.push_back(fd);
-    bytes_ += f.size() * sizeof(float);
-    copy_to_device(fd, f.data(), f.size() * sizeof(float));
-    inv_freq_ = static_cast<const float*>(fd);
+    inv_freq_ = upload_rope_inv_freq(cfg_, allocs_, bytes_);
   } catch (...) {
-    for (void* p : allocs_) cudaFree(p);
-    allocs_.clear();
+    free_all(allocs_);
     throw;
   }
 }
 
-TeacherWeights::~TeacherWeights() {
-  for (void* p : allocs_) cudaFree(p);
-}
+TeacherWeights::~TeacherWeights() { free_all(allocs_); }
 
 // ---------------------------------------------------------------------------------------------- Lizard
 LizardWeights::~LizardWeights() {
