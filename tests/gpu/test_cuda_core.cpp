@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include "../llama_fixture.h"
+#include "gpu_test_util.h"
 #include "model/cuda/device_weights.h"
 #include "ops/cpu/rope.h"
 #include "ops/cuda/attention_decode.h"
@@ -25,59 +26,16 @@
 namespace {
 
 using lizard::cuda::DType;
-
-uint64_t seed_now() {
-  std::random_device rd;
-  return (uint64_t(rd()) << 32) ^ rd();
-}
-
-double round_bf16(double x) { return lizard::bf16_to_f32(lizard::f32_to_bf16(float(x))); }
+using lizard::testing::Buf;
+using lizard::testing::bf16r;
+using lizard::testing::fresh_seed;
 
 std::vector<double> rnd(size_t n, std::mt19937_64& g, double lo = -1, double hi = 1, bool bf16 = true) {
   std::uniform_real_distribution<double> u(lo, hi);
   std::vector<double> v(n);
-  for (auto& e : v) e = bf16 ? round_bf16(u(g)) : double(float(u(g)));
+  for (auto& e : v) e = bf16 ? bf16r(u(g)) : double(float(u(g)));
   return v;
 }
-
-// Device buffer of n elements of type dt, filled from / read back as double.
-struct Buf {
-  DType dt;
-  size_t n;
-  void* p = nullptr;
-  Buf(DType t, size_t count) : dt(t), n(count) {
-    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(n, 1) * (t == DType::F32 ? 4 : 2)), cudaSuccess);
-  }
-  Buf(DType t, const std::vector<double>& h) : Buf(t, h.size()) { put(h); }
-  ~Buf() { cudaFree(p); }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-  void put(const std::vector<double>& h) {
-    if (dt == DType::F32) {
-      std::vector<float> f(h.begin(), h.end());
-      EXPECT_EQ(cudaMemcpy(p, f.data(), n * 4, cudaMemcpyHostToDevice), cudaSuccess);
-    } else {
-      std::vector<uint16_t> b(n);
-      for (size_t i = 0; i < n; ++i) b[i] = lizard::f32_to_bf16(float(h[i]));
-      EXPECT_EQ(cudaMemcpy(p, b.data(), n * 2, cudaMemcpyHostToDevice), cudaSuccess);
-    }
-  }
-  std::vector<double> get() const { return download(dt, p, n); }
-  static std::vector<double> download(DType dt, const void* p, size_t n) {
-    std::vector<double> r(n);
-    if (dt == DType::F32) {
-      std::vector<float> f(n);
-      EXPECT_EQ(cudaMemcpy(f.data(), p, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-      for (size_t i = 0; i < n; ++i) r[i] = f[i];
-    } else {
-      std::vector<uint16_t> b(n);
-      EXPECT_EQ(cudaMemcpy(b.data(), p, n * 2, cudaMemcpyDeviceToHost), cudaSuccess);
-      for (size_t i = 0; i < n; ++i) r[i] = lizard::bf16_to_f32(b[i]);
-    }
-    return r;
-  }
-  float* f() const { return static_cast<float*>(p); }
-};
 
 void sync_ok() { ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess); }
 
@@ -85,7 +43,7 @@ void sync_ok() { ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess); }
 // Error of D against the double reference, scaled by what the sum could lose: sum_k |a||b| (+ |beta C|)
 // for the fp32 accumulation, plus a bf16 rounding of the result for bf16 outputs.
 TEST(CudaCore, Gemm) {
-  const uint64_t seed = seed_now();
+  const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 g(seed);
   struct Shape {
@@ -142,7 +100,7 @@ TEST(CudaCore, Gemm) {
 
 // linear_fwd with a bias, and the two backward products, against double references.
 TEST(CudaCore, Linear) {
-  const uint64_t seed = seed_now();
+  const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 g(seed);
   const int64_t rows = 37;
@@ -246,7 +204,7 @@ void fd_check(const char* what, std::vector<double>& x, const std::vector<double
 }
 
 TEST(CudaCore, LizardGate) {
-  const uint64_t seed = seed_now();
+  const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 g(seed);
   struct Case {
@@ -403,7 +361,7 @@ TEST(CudaCore, LizardWeights) {
   c.meta_tokens = 3;
   LizardShape sh;
   sh.d_model = 64, sh.n_heads = 4, sh.n_kv_heads = 2, sh.head_dim = 16;
-  LizardParams p = init_lizard_params(c, sh, seed_now(), 1);
+  LizardParams p = init_lizard_params(c, sh, fresh_seed(), 1);
   cuda::LizardWeights lw;
   EXPECT_EQ(lw.find(1), nullptr);
   lw.upload(1, c, sh, p);
@@ -426,7 +384,7 @@ TEST(CudaCore, LizardWeights) {
   EXPECT_TRUE(same32(d->alpha, p.alpha));
   const std::vector<double> fq = Buf::download(DType::BF16, d->feat_q, p.feat_q.size());
   double e = 0;
-  for (size_t i = 0; i < fq.size(); ++i) e = std::max(e, std::fabs(fq[i] - round_bf16(p.feat_q[i])));
+  for (size_t i = 0; i < fq.size(); ++i) e = std::max(e, std::fabs(fq[i] - bf16r(p.feat_q[i])));
   EXPECT_EQ(e, 0.0);
   std::printf("[cuda-core] lizard weights: upload + overwrite exact, %zu bytes\n", lw.bytes());
 }
@@ -442,8 +400,8 @@ void check_decode(int B, int n, int H, int Hkv, int D, int max_ctx, const std::v
     for (int kh = 0; kh < Hkv; ++kh)
       for (int pos = 0; pos < std::max(0, lens[size_t(b)] - n); ++pos)
         for (int e = 0; e < D; ++e) {
-          kc[at(b, kh, pos) + size_t(e)] = round_bf16(u(g));
-          vc[at(b, kh, pos) + size_t(e)] = round_bf16(u(g));
+          kc[at(b, kh, pos) + size_t(e)] = bf16r(u(g));
+          vc[at(b, kh, pos) + size_t(e)] = bf16r(u(g));
         }
   const std::vector<double> knew = rnd(size_t(B) * n * Hkv * D, g), vnew = rnd(size_t(B) * n * Hkv * D, g),
                             q = rnd(size_t(B) * n * H * D, g, -2, 2), out0 = rnd(size_t(B) * n * H * D, g);
@@ -500,7 +458,7 @@ void check_decode(int B, int n, int H, int Hkv, int D, int max_ctx, const std::v
       for (int h = 0; h < H; ++h) {
         const size_t row = size_t(((int64_t(b) * n + j) * H + h) * D);
         if (lens[size_t(b)] <= 0) {  // skipped: left as it was
-          for (int e = 0; e < D; ++e) ASSERT_EQ(out[row + size_t(e)], round_bf16(out0[row + size_t(e)])) << "inactive slot written";
+          for (int e = 0; e < D; ++e) ASSERT_EQ(out[row + size_t(e)], bf16r(out0[row + size_t(e)])) << "inactive slot written";
           continue;
         }
         const int qpos = lens[size_t(b)] - n + j, kh = h / G;
@@ -532,7 +490,7 @@ void check_decode(int B, int n, int H, int Hkv, int D, int max_ctx, const std::v
 }
 
 TEST(CudaCore, AttentionDecode) {
-  const uint64_t seed = seed_now();
+  const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 g(seed);
   check_decode(3, 1, 9, 3, 64, 1300, {1, 1234, 77}, g);

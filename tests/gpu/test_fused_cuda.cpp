@@ -16,51 +16,13 @@
 #include "ops/cpu/swiglu.h"
 #include "ops/cuda/fused_ops.h"
 #include "util/half.h"
+#include "gpu_test_util.h"
 
 namespace {
 
 using lizard::cuda::DType;
-
-uint64_t seed_now() {
-  std::random_device rd;
-  return (uint64_t(rd()) << 32) ^ rd();
-}
-
-// Device buffer of n elements of dtype dt, filled from / read back as double.
-struct Buf {
-  DType dt;
-  size_t n;
-  void* p = nullptr;
-  Buf(DType t, size_t count) : dt(t), n(count) {
-    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(n, 1) * (t == DType::F32 ? 4 : 2)), cudaSuccess);
-  }
-  Buf(DType t, const std::vector<double>& h) : Buf(t, h.size()) { put(h); }
-  ~Buf() { cudaFree(p); }
-  void put(const std::vector<double>& h) {
-    if (dt == DType::F32) {
-      std::vector<float> f(h.begin(), h.end());
-      EXPECT_EQ(cudaMemcpy(p, f.data(), n * 4, cudaMemcpyHostToDevice), cudaSuccess);
-    } else {
-      std::vector<uint16_t> b(n);
-      for (size_t i = 0; i < n; ++i) b[i] = lizard::f32_to_bf16(float(h[i]));
-      EXPECT_EQ(cudaMemcpy(p, b.data(), n * 2, cudaMemcpyHostToDevice), cudaSuccess);
-    }
-  }
-  std::vector<double> get() const {
-    std::vector<double> r(n);
-    if (dt == DType::F32) {
-      std::vector<float> f(n);
-      EXPECT_EQ(cudaMemcpy(f.data(), p, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-      for (size_t i = 0; i < n; ++i) r[i] = f[i];
-    } else {
-      std::vector<uint16_t> b(n);
-      EXPECT_EQ(cudaMemcpy(b.data(), p, n * 2, cudaMemcpyDeviceToHost), cudaSuccess);
-      for (size_t i = 0; i < n; ++i) r[i] = lizard::bf16_to_f32(b[i]);
-    }
-    return r;
-  }
-  float* f() const { return static_cast<float*>(p); }
-};
+using lizard::testing::Buf;
+using lizard::testing::fresh_seed;
 
 std::vector<double> rnd(size_t n, std::mt19937_64& g, double sd = 1.0, bool round = false) {
   std::normal_distribution<double> nd(0.0, sd);
@@ -95,7 +57,7 @@ double tol(DType t) { return t == DType::F32 ? 2e-6 : 1.5e-2; }
 const char* name(DType t) { return t == DType::F32 ? "f32 " : "bf16"; }
 
 TEST(FusedCuda, RmsNorm) {
-  const uint64_t seed = seed_now();
+  const uint64_t seed = fresh_seed();
   std::mt19937_64 g(seed);
   const int rows = 37, dim = 1000;
   const float eps = 1e-5f;
@@ -150,7 +112,7 @@ TEST(FusedCuda, RmsNorm) {
 }
 
 TEST(FusedCuda, SwiGLU) {
-  const uint64_t seed = seed_now();
+  const uint64_t seed = fresh_seed();
   std::mt19937_64 g(seed);
   const int n = 100003;
   for (DType t : kTypes) {
@@ -186,7 +148,7 @@ TEST(FusedCuda, SwiGLU) {
 }
 
 TEST(FusedCuda, RopeMatchesCpuAndInverts) {
-  const uint64_t seed = seed_now();
+  const uint64_t seed = fresh_seed();
   std::mt19937_64 g(seed);
   const int n = 45, heads = 3, hd = 64, pos0 = 1777;
   const int64_t stride = heads * hd + 5;  // rows with padding
@@ -213,7 +175,7 @@ TEST(FusedCuda, RopeMatchesCpuAndInverts) {
 }
 
 TEST(FusedCuda, EmbeddingAndCrossEntropy) {
-  const uint64_t seed = seed_now();
+  const uint64_t seed = fresh_seed();
   std::mt19937_64 g(seed);
   const int vocab = 1031, dim = 77, n = 300;
   std::vector<int32_t> ids(n), tgt(n);

@@ -19,10 +19,14 @@
 #include "ops/cuda/lizard_attention.h"
 #include "util/error.h"
 #include "util/half.h"
+#include "gpu_test_util.h"
 
 namespace {
 
 using lizard::LizardConfig;
+using lizard::testing::bf16r;
+using lizard::testing::Dev;
+using lizard::testing::fresh_seed;
 using lizard::LizardShape;
 using lizard::cuda::LizardAttnArgs;
 
@@ -41,8 +45,6 @@ std::string describe(const Case& c) {
                 c.alpha_per_layer ? " alpha/layer" : "", c.act == LizardConfig::FeatureAct::Exp ? " exp" : "");
   return buf;
 }
-
-double bf16r(double x) { return lizard::bf16_to_f32(lizard::f32_to_bf16(static_cast<float>(x))); }
 
 // Random problem; host data in double. `round` rounds q, k, v and the feature weights to bf16 values.
 struct Problem {
@@ -113,44 +115,6 @@ struct Problem {
   }
 };
 
-template <typename T>
-T to_t(double x);
-template <>
-float to_t<float>(double x) {
-  return static_cast<float>(x);
-}
-template <>
-__nv_bfloat16 to_t<__nv_bfloat16>(double x) {
-  return __float2bfloat16(static_cast<float>(x));
-}
-double from_t(float x) { return x; }
-double from_t(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-struct Dev {
-  T* p = nullptr;
-  size_t n = 0;
-  Dev() = default;
-  explicit Dev(size_t count) : n(count) { EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess); }
-  template <typename S>
-  Dev(const std::vector<S>& h) : Dev(h.size()) {
-    std::vector<T> t(h.size());
-    for (size_t i = 0; i < h.size(); ++i) t[i] = to_t<T>(static_cast<double>(h[i]));
-    EXPECT_EQ(cudaMemcpy(p, t.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  ~Dev() { cudaFree(p); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  std::vector<double> get() const {
-    std::vector<T> t(n);
-    EXPECT_EQ(cudaMemcpy(t.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    std::vector<double> r(n);
-    for (size_t i = 0; i < n; ++i) r[i] = from_t(t[i]);
-    return r;
-  }
-  void poison() { EXPECT_EQ(cudaMemset(p, 0xff, n * sizeof(T)), cudaSuccess); }  // NaN in fp32 and bf16
-};
-
 double rel_err(const std::vector<double>& a, const std::vector<double>& ref, size_t* nonfinite) {
   double num = 0, den = 0;
   *nonfinite = 0;
@@ -176,11 +140,6 @@ struct DevInputs {
     return a;
   }
 };
-
-uint64_t fresh_seed() {
-  std::random_device rd;
-  return (uint64_t(rd()) << 32) ^ rd();
-}
 
 const std::vector<Case> kCases = {
     {2, 77, 4, 2, 64, 32, 16, 4},

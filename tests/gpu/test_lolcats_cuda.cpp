@@ -21,10 +21,14 @@
 #include "ops/cuda/lolcats_attention.h"
 #include "util/error.h"
 #include "util/half.h"
+#include "gpu_test_util.h"
 
 namespace {
 
 using lizard::LizardConfig;
+using lizard::testing::bf16r;
+using lizard::testing::Dev;
+using lizard::testing::fresh_seed;
 using lizard::LizardShape;
 using lizard::cuda::LolcatsAttnArgs;
 using lizard::cuda::LolcatsAttnGrads;
@@ -44,45 +48,6 @@ std::string describe(const Case& c) {
   return buf;
 }
 
-double bf16r(double x) { return lizard::bf16_to_f32(lizard::f32_to_bf16(static_cast<float>(x))); }
-
-template <typename T>
-T to_t(double x);
-template <>
-float to_t<float>(double x) {
-  return static_cast<float>(x);
-}
-template <>
-__nv_bfloat16 to_t<__nv_bfloat16>(double x) {
-  return __float2bfloat16(static_cast<float>(x));
-}
-double from_t(float x) { return x; }
-double from_t(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-struct Dev {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit Dev(size_t count) : n(count) { EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess); }
-  template <typename S>
-  explicit Dev(const std::vector<S>& h) : Dev(h.size()) {
-    std::vector<T> t(h.size());
-    for (size_t i = 0; i < h.size(); ++i) t[i] = to_t<T>(static_cast<double>(h[i]));
-    EXPECT_EQ(cudaMemcpy(p, t.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  ~Dev() { cudaFree(p); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  std::vector<double> get() const {
-    std::vector<T> t(n);
-    EXPECT_EQ(cudaMemcpy(t.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    std::vector<double> r(n);
-    for (size_t i = 0; i < n; ++i) r[i] = from_t(t[i]);
-    return r;
-  }
-  void poison() { EXPECT_EQ(cudaMemset(p, 0xff, n * sizeof(T)), cudaSuccess); }  // NaN in fp32 and bf16
-};
-
 // Relative error ||a - ref|| / max(||ref||, 1e-2 sqrt(n)); counts non-finite entries of a. The floor
 // (RMS 1e-2, so 1e-6 RMS absolute at the fp32 gradient bound 1e-4) is for gradients that are
 // eps-sized by construction: at L = 1 the one key has window weight 1 - O(eps), so dq, dk =
@@ -99,11 +64,6 @@ double rel_err(const std::vector<double>& a, const std::vector<double>& ref, siz
     den += ref[i] * ref[i];
   }
   return std::sqrt(num) / std::max(std::sqrt(den), 1e-2 * std::sqrt(double(a.size())));
-}
-
-uint64_t fresh_seed() {
-  std::random_device rd;
-  return (uint64_t(rd()) << 32) ^ rd();
 }
 
 // Random problem with its CPU reference (forward and gradients) in double. `round` rounds q, k, v,
