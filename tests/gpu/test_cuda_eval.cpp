@@ -9,30 +9,16 @@
 #include <memory>
 #include <vector>
 
-#include "../llama_fixture.h"
 #include "../teacher_file_fixture.h"
+#include "cuda_model_fixture.h"
 #include "eval/cuda_eval_model.h"
 #include "eval/perplexity.h"
-#include "model/cuda/cuda_model.h"
-#include "model/lizard_checkpoint.h"
-#include "model/llama.h"
-#include "model/load_model.h"
 #include "util/error.h"
-#include "util/half.h"
 
 namespace {
 
 using namespace lizard;
 using namespace lizard::testing;
-
-TinySpec eval_spec(int vocab) {  // sizes the GPU kernels take (head_dim 64), odd vocab and d_ff
-  TinySpec sp;
-  sp.vocab = vocab, sp.d = 192, sp.layers = 2, sp.heads = 4, sp.kv_heads = 2, sp.head_dim = 64, sp.ff = 328;
-  sp.ctx = 1024;
-  sp.weight_type = DType::BF16;
-  sp.embd_type = DType::BF16;
-  return sp;
-}
 
 struct Pair {
   TinyModel tm;
@@ -43,38 +29,14 @@ struct Pair {
 
 Pair build_pair(Seeded& s, bool lolcats = false, int vocab = 251) {
   Pair p;
-  p.tm = make_tiny(s, eval_spec(vocab));
-  for (auto& [name, blob] : p.tm.blobs)  // norm weights in bf16 too: the GPU keeps them so
-    if (blob->type == DType::F32) {
-      for (auto& x : blob->values) x = bf16_to_f32(f32_to_bf16(x));
-      std::memcpy(blob->bytes.data(), blob->values.data(), blob->values.size() * 4);
-    }
-  ModelOptions mo;
-  mo.exact = true;
-  mo.n_threads = 2;
-  p.cpu_teacher = std::make_unique<LlamaModel>(std::shared_ptr<const Checkpoint>(p.tm.ck), mo);
-  p.cpu_student = std::make_unique<LlamaModel>(std::shared_ptr<const Checkpoint>(p.tm.ck), mo);
-  LizardConfig lc = lolcats ? LizardConfig::lolcats() : LizardConfig{};
-  lc.feature_dim = 32;
-  lc.window = 16;
-  if (!lolcats) lc.meta_tokens = 3;
-  lc.gate_init = 0.9;
-  p.lz = init_lizard_checkpoint(lc, p.tm.ck->config, s.rng());
-  for (auto& [layer, lp] : p.lz.layers) {
-    for (auto* w : {&lp.feat_q, &lp.feat_k})
-      for (auto& x : *w) x = bf16_to_f32(f32_to_bf16(x * 20.0f));
-    for (auto& x : lp.meta) x = s.uniform(-1.f, 1.f);
-  }
+  p.tm = make_gpu_tiny(s, gpu_tiny_spec(vocab));
+  p.cpu_teacher = exact_cpu_model(p.tm);
+  p.cpu_student = exact_cpu_model(p.tm);
+  p.lz = gpu_lizard_checkpoint(s, p.tm.ck->config, {}, lolcats);
   apply_lizard(*p.cpu_student, p.lz);
   p.gpu_teacher = std::make_shared<cuda::CudaModel>(*p.tm.ck, nullptr);
   p.gpu_student = std::make_shared<cuda::CudaModel>(*p.tm.ck, &p.lz);
   return p;
-}
-
-std::vector<int32_t> random_tokens(Seeded& s, int64_t n, int vocab) {
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = std::uniform_int_distribution<int32_t>(0, vocab - 1)(s.rng);
-  return t;
 }
 
 double rel(double a, double ref) { return std::fabs(a - ref) / std::max(std::fabs(ref), 1e-30); }

@@ -11,15 +11,10 @@
 #include <string>
 #include <vector>
 
-#include "../llama_fixture.h"
+#include "cuda_model_fixture.h"
 #include "generate/cuda_generate.h"
 #include "generate/generate.h"
-#include "model/cuda/cuda_model.h"
-#include "model/lizard_checkpoint.h"
-#include "model/llama.h"
-#include "model/load_model.h"
 #include "util/error.h"
-#include "util/half.h"
 
 namespace {
 
@@ -29,21 +24,9 @@ using cuda::CudaBatch;
 using cuda::CudaModel;
 using cuda::CudaModelOptions;
 
-// Sizes the GPU kernels take: head_dim 64 (flash and Lizard), feature dim 32; odd vocab and d_ff.
-TinySpec gpu_spec() {
-  TinySpec sp;
-  sp.vocab = 251, sp.d = 192, sp.layers = 2, sp.heads = 4, sp.kv_heads = 2, sp.head_dim = 64, sp.ff = 328;
-  sp.ctx = 1024;
-  sp.weight_type = DType::BF16;
-  sp.embd_type = DType::BF16;
-  return sp;
-}
-
-float bf16_round(float x) { return bf16_to_f32(f32_to_bf16(x)); }
-
 struct Case {
   std::string name;
-  TinySpec spec = gpu_spec();
+  TinySpec spec = gpu_tiny_spec();
   bool lizard = false;
   std::vector<int> lizard_layers;  // empty: all (when lizard)
   bool lora = false;
@@ -85,77 +68,10 @@ std::vector<Case> cases() {
   return v;
 }
 
-struct Built {
-  TinyModel tm;
-  std::optional<LizardCheckpoint> lck;
-  std::unique_ptr<LlamaModel> cpu;
-  std::unique_ptr<CudaModel> gpu;
-};
-
-Built build(Seeded& s, const Case& c, const CudaModelOptions& opt = {}) {
-  Built b;
-  b.tm = make_tiny(s, c.spec);
-  // Norm weights in bf16 too: the GPU keeps them in bf16.
-  for (auto& [name, blob] : b.tm.blobs)
-    if (blob->type == DType::F32) {
-      for (auto& x : blob->values) x = bf16_round(x);
-      std::memcpy(blob->bytes.data(), blob->values.data(), blob->values.size() * 4);
-    }
-  ModelOptions mo;
-  mo.exact = true;
-  mo.n_threads = 2;
-  b.cpu = std::make_unique<LlamaModel>(std::shared_ptr<const Checkpoint>(b.tm.ck), mo);
-  if (c.lizard) {
-    LizardConfig lc;
-    lc.feature_dim = 32;
-    lc.window = 16;
-    lc.meta_tokens = 3;
-    lc.gate_init = 0.9;
-    lc.lizard_layers = c.lizard_layers;
-    lc.feature_on_rope = lc.window_rope = c.rope_features;
-    LizardCheckpoint lz = init_lizard_checkpoint(lc, b.tm.ck->config, s.rng());
-    for (auto& [layer, p] : lz.layers) {
-      // Feature maps far from uniform, in bf16 values (what the GPU kernels read).
-      for (auto* w : {&p.feat_q, &p.feat_k})
-        for (auto& x : *w) x = bf16_round(x * 20.0f);
-      for (auto& x : p.meta) x = s.uniform(-1.f, 1.f);
-    }
-    if (c.lora) {
-      lz.lora.rank = 4;
-      lz.lora.alpha = 8;
-      lz.lora.targets = {"q", "k", "v"};
-      const int64_t d = c.spec.d, qd = int64_t(c.spec.heads) * c.spec.head_dim,
-                    kvd = int64_t(c.spec.kv_heads) * c.spec.head_dim;
-      for (int layer = 0; layer < c.spec.layers; ++layer)
-        for (const char* t : {"q", "k", "v"}) {
-          const int64_t out = t[0] == 'q' ? qd : kvd;
-          LoraAdapter ad;
-          ad.a = s.vec(size_t(4 * d), 0.05f);
-          ad.b = s.vec(size_t(out * 4), 0.05f);
-          lz.lora.layers[layer][t] = ad;
-        }
-    }
-    apply_lizard(*b.cpu, lz);
-    b.lck = std::move(lz);
-  }
-  b.gpu = std::make_unique<CudaModel>(*b.tm.ck, b.lck ? &*b.lck : nullptr, opt);
-  return b;
-}
-
-std::vector<int32_t> random_tokens(Seeded& s, int64_t n, int vocab) {
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = std::uniform_int_distribution<int32_t>(0, vocab - 1)(s.rng);
-  return t;
-}
-
-// max |a - ref| / max |ref|
-double rel_err(const float* a, const float* ref, size_t n) {
-  double e = 0, m = 0;
-  for (size_t i = 0; i < n; ++i) {
-    e = std::max(e, std::fabs(double(a[i]) - double(ref[i])));
-    m = std::max(m, std::fabs(double(ref[i])));
-  }
-  return e / std::max(m, 1e-30);
+CpuGpuModels build(Seeded& s, const Case& c, const CudaModelOptions& opt = {}) {
+  std::optional<LizardVariant> lizard;
+  if (c.lizard) lizard = LizardVariant{c.lizard_layers, c.lora, c.rope_features};
+  return build_cpu_gpu(s, c.spec, lizard, opt);
 }
 
 int32_t argmax(const float* x, size_t n) { return int32_t(std::max_element(x, x + n) - x); }
@@ -166,7 +82,7 @@ TEST(CudaModel, PrefillDecodeAndAllLogitsMatchCpu) {
   for (const Case& c : cases()) {
     Seeded s;
     SCOPED_TRACE(c.name + " " + s.trace());
-    Built b = build(s, c);
+    CpuGpuModels b = build(s, c);
     const int V = c.spec.vocab;
     const int64_t L = 77;
     const auto prompt = random_tokens(s, L, V);
@@ -215,7 +131,7 @@ TEST(CudaModel, BatchedDecodeEqualsSingleSlots) {
     if (c.name != "llama-gqa" && c.name != "lizard-hybrid-lora" && c.name != "lizard-all") continue;
     Seeded s;
     SCOPED_TRACE(c.name + " " + s.trace());
-    Built b = build(s, c);
+    CpuGpuModels b = build(s, c);
     const int V = c.spec.vocab, steps = 12;
     const int64_t lens[3] = {5, 40, 23};  // below and above the Lizard window (16)
     std::vector<std::vector<int32_t>> prompts, fed(3);
@@ -268,7 +184,7 @@ TEST(CudaModel, PromptLongerThanOnePiece) {
     SCOPED_TRACE(c.name + " " + s.trace());
     CudaModelOptions small;
     small.prefill_piece = 16;
-    Built b = build(s, c, small);
+    CpuGpuModels b = build(s, c, small);
     const int V = c.spec.vocab;
     const int64_t L = 203;
     const auto prompt = random_tokens(s, L, V);
@@ -308,7 +224,7 @@ TEST(CudaModel, GenerateThroughTheAdapters) {
     if (c.name != "llama-gqa" && c.name != "lizard-hybrid-lora") continue;
     Seeded s;
     SCOPED_TRACE(c.name + " " + s.trace());
-    Built b = build(s, c);
+    CpuGpuModels b = build(s, c);
     const auto prompt = random_tokens(s, 29, c.spec.vocab);
     auto bytes = [](int32_t) { return std::string(); };
     GenerateOptions greedy;
@@ -352,7 +268,7 @@ TEST(CudaModel, GenerateThroughTheAdapters) {
 
 TEST(CudaModel, RefusesWhatTheKernelsCannotDo) {
   Seeded s;
-  TinyModel tm = make_tiny(s, gpu_spec());
+  TinyModel tm = make_tiny(s, gpu_tiny_spec());
   for (int variant = 0; variant < 2; ++variant) {
     LizardConfig lc = variant == 0 ? LizardConfig::lolcats() : LizardConfig{};
     lc.feature_dim = 32;

@@ -15,14 +15,9 @@
 #include <string>
 #include <vector>
 
-#include "../llama_fixture.h"
+#include "cuda_model_fixture.h"
 #include "generate/cuda_generate.h"
 #include "generate/state_io.h"
-#include "model/cuda/cuda_model.h"
-#include "model/lizard_checkpoint.h"
-#include "model/llama.h"
-#include "model/load_model.h"
-#include "util/half.h"
 
 namespace {
 
@@ -30,8 +25,6 @@ using namespace lizard;
 using namespace lizard::testing;
 using cuda::CudaBatch;
 using cuda::CudaModel;
-
-float bf16_round(float x) { return bf16_to_f32(f32_to_bf16(x)); }
 
 struct Case {
   std::string name;
@@ -49,81 +42,11 @@ std::vector<Case> cases() {
           {"lizard-rope", true, {}, false, true, 2}};
 }
 
-struct Built {
-  TinyModel tm;
-  std::optional<LizardCheckpoint> lck;
-  std::unique_ptr<LlamaModel> cpu;
-  std::unique_ptr<CudaModel> gpu;
-};
-
-// Head_dim 64 and feature dim 32 (what the GPU kernels take), odd vocab and d_ff, bf16 weights so that
-// both sides hold the same numbers; Lizard window 16 (prompts below cross it).
-Built build(Seeded& s, const Case& c) {
-  TinySpec sp;
-  sp.vocab = 251, sp.d = 192, sp.layers = c.layers, sp.heads = 4, sp.kv_heads = 2, sp.head_dim = 64, sp.ff = 328;
-  sp.ctx = 1024;
-  sp.weight_type = DType::BF16;
-  sp.embd_type = DType::BF16;
-  Built b;
-  b.tm = make_tiny(s, sp);
-  for (auto& [name, blob] : b.tm.blobs)
-    if (blob->type == DType::F32) {
-      for (auto& x : blob->values) x = bf16_round(x);
-      std::memcpy(blob->bytes.data(), blob->values.data(), blob->values.size() * 4);
-    }
-  ModelOptions mo;
-  mo.exact = true;
-  mo.n_threads = 2;
-  b.cpu = std::make_unique<LlamaModel>(std::shared_ptr<const Checkpoint>(b.tm.ck), mo);
-  if (c.lizard) {
-    LizardConfig lc;
-    lc.feature_dim = 32;
-    lc.window = 16;
-    lc.meta_tokens = 3;
-    lc.gate_init = 0.9;
-    lc.lizard_layers = c.lizard_layers;
-    lc.feature_on_rope = lc.window_rope = c.rope_features;
-    LizardCheckpoint lz = init_lizard_checkpoint(lc, b.tm.ck->config, s.rng());
-    for (auto& [layer, p] : lz.layers) {
-      for (auto* w : {&p.feat_q, &p.feat_k})
-        for (auto& x : *w) x = bf16_round(x * 20.0f);
-      for (auto& x : p.meta) x = s.uniform(-1.f, 1.f);
-    }
-    if (c.lora) {
-      lz.lora.rank = 4;
-      lz.lora.alpha = 8;
-      lz.lora.targets = {"q", "k", "v"};
-      const int64_t d = sp.d, qd = int64_t(sp.heads) * sp.head_dim, kvd = int64_t(sp.kv_heads) * sp.head_dim;
-      for (int layer = 0; layer < sp.layers; ++layer)
-        for (const char* t : {"q", "k", "v"}) {
-          LoraAdapter ad;
-          ad.a = s.vec(size_t(4 * d), 0.05f);
-          ad.b = s.vec(size_t((t[0] == 'q' ? qd : kvd) * 4), 0.05f);
-          lz.lora.layers[layer][t] = ad;
-        }
-    }
-    apply_lizard(*b.cpu, lz);
-    b.lck = std::move(lz);
-  }
-  b.gpu = std::make_unique<CudaModel>(*b.tm.ck, b.lck ? &*b.lck : nullptr);
-  return b;
-}
-
-std::vector<int32_t> random_tokens(Seeded& s, int64_t n, int vocab) {
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = std::uniform_int_distribution<int32_t>(0, vocab - 1)(s.rng);
-  return t;
-}
-
-// max |a - ref| / max |ref|
-double rel_err(const std::vector<float>& a, const std::vector<float>& ref) {
-  EXPECT_EQ(a.size(), ref.size());
-  double e = 0, m = 0;
-  for (size_t i = 0; i < std::min(a.size(), ref.size()); ++i) {
-    e = std::max(e, std::fabs(double(a[i]) - double(ref[i])));
-    m = std::max(m, std::fabs(double(ref[i])));
-  }
-  return e / std::max(m, 1e-30);
+// Lizard window 16: the prompts below cross it.
+CpuGpuModels build(Seeded& s, const Case& c) {
+  std::optional<LizardVariant> lizard;
+  if (c.lizard) lizard = LizardVariant{c.lizard_layers, c.lora, c.rope_features};
+  return build_cpu_gpu(s, gpu_tiny_spec(251, c.layers), lizard);
 }
 
 std::vector<float> cpu_run(const LlamaModel& m, LlamaState& st, const std::vector<int32_t>& t) {
@@ -151,7 +74,7 @@ TEST(CudaState, ExtendEqualsWholePromptAndCpu) {
   for (const Case& c : cases()) {
     Seeded s;
     SCOPED_TRACE(c.name + " " + s.trace());
-    Built b = build(s, c);
+    CpuGpuModels b = build(s, c);
     const int V = b.gpu->vocab_size();
     const auto A = random_tokens(s, kA, V), B = random_tokens(s, kB, V), AB = concat(A, B);
 
@@ -198,7 +121,7 @@ TEST(CudaState, GpuSaveLoadContinuesExactly) {
   for (const Case& c : cases()) {
     Seeded s;
     SCOPED_TRACE(c.name + " " + s.trace());
-    Built b = build(s, c);
+    CpuGpuModels b = build(s, c);
     const int V = b.gpu->vocab_size();
     const auto A = random_tokens(s, kA, V), B = random_tokens(s, kB, V);
 
@@ -255,7 +178,7 @@ TEST(CudaState, StateMovesBetweenGpuAndCpu) {
   for (const Case& c : cases()) {
     Seeded s;
     SCOPED_TRACE(c.name + " " + s.trace());
-    Built b = build(s, c);
+    CpuGpuModels b = build(s, c);
     const int V = b.gpu->vocab_size();
     const auto A = random_tokens(s, kA, V), B = random_tokens(s, kB, V);
     SavedSequence seq;
@@ -297,7 +220,7 @@ TEST(CudaState, StateMovesBetweenGpuAndCpu) {
 // The one-sequence adapter the CLI uses: a restored state then a multi-token prompt goes through extend.
 TEST(CudaState, CudaSequenceContinuesARestoredState) {
   Seeded s;
-  Built b = build(s, cases()[2]);  // hybrid
+  CpuGpuModels b = build(s, cases()[2]);  // hybrid
   const int V = b.gpu->vocab_size();
   const auto A = random_tokens(s, kA, V), B = random_tokens(s, 9, V);
   CudaSequence one(*b.gpu, 128);
@@ -316,14 +239,14 @@ TEST(CudaState, CudaSequenceContinuesARestoredState) {
 // A state refuses a batch too small for it, and another model's layout.
 TEST(CudaState, UploadRefusesWhatDoesNotFit) {
   Seeded s;
-  Built b = build(s, cases()[0]);  // teacher: KV caches bounded by the batch's context
+  CpuGpuModels b = build(s, cases()[0]);  // teacher: KV caches bounded by the batch's context
   const auto A = random_tokens(s, kA, b.gpu->vocab_size());
   LlamaState st = b.cpu->new_state();
   cpu_run(*b.cpu, st, A);
   CudaBatch small = b.gpu->new_batch(1, 16);
   EXPECT_THROW(b.gpu->upload_slot(small, 0, st), Error);
   Seeded s2;
-  Built lz = build(s2, cases()[1]);  // all-Lizard: its layers are not softmax caches
+  CpuGpuModels lz = build(s2, cases()[1]);  // all-Lizard: its layers are not softmax caches
   CudaBatch other = lz.gpu->new_batch(1, 64);
   EXPECT_THROW(lz.gpu->upload_slot(other, 0, st), Error);
 }
