@@ -23,6 +23,7 @@ lib.lz_set_forward_variant.argtypes = [I]
 lib.lz_set_forward_split.argtypes = [I]
 lib.lz_set_backward_window_variant.argtypes = [I]
 lib.lz_set_backward_stage_variant.argtypes = [I]
+lib.lz_set_backward_sweep_variant.argtypes = [I]
 lib.lz_flash_fwd.argtypes = [P] * 5 + [I] * 5 + [P]
 lib.lz_flash_bwd.argtypes = [P] * 11 + [I] * 5 + [P]
 lib.lz_flash_set_variant.argtypes = [I, I]
@@ -345,6 +346,11 @@ def main():
         names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
         print("spot check B1 L777 H4/2 D128 backward, chunked vs parallel rel err: " + " ".join(
             f"{n} {((a - b).norm() / b.norm()).item():.2e}" for n, a, b in zip(names, z.grads(), gp)), flush=True)
+        lib.lz_set_backward_sweep_variant(1)  # the gate sweeps over chunk groups
+        z.fwd_bwd_chunked()
+        lib.lz_set_backward_sweep_variant(0)
+        print("spot check B1 L777 H4/2 D128 backward, chunked (grouped gate sweeps) vs parallel rel err: " + " ".join(
+            f"{n} {((a - b).norm() / b.norm()).item():.2e}" for n, a, b in zip(names, z.grads(), gp)), flush=True)
         del z, gp
     except Exception as e:  # noqa: BLE001
         print("spot check of the chunked backward failed:", str(e)[:300], flush=True)
@@ -392,8 +398,19 @@ def main():
                 torch.cuda.synchronize()
                 lib.lz_set_backward_stage_variant(1)
                 print(f"  chunked bwd with CUDA-core stats/feature stages (variant 0): {1e3 * (time.time() - t0):.1f} ms wall")
+            lib.lz_set_backward_sweep_variant(1)  # the gate sweeps over chunk groups: profile line "gate-grouped"
+            z.fwd_bwd_chunked()
+            torch.cuda.synchronize()
+            lib.lz_set_backward_sweep_variant(0)
             del os.environ["LIZARD_CUDA_BWD_PROFILE"]
         row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd", liz[tag], fbc)
+        if fbc == fbc:  # the same fwd+bwd with each gate sweep variant (0 = whole sequence, the row above)
+            lib.lz_set_backward_sweep_variant(1)
+            try:
+                row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd sweep1", liz[tag], events_ms(z.fwd_bwd_chunked))
+            except Exception as e:  # noqa: BLE001
+                print("  chunked backward with grouped sweeps failed:", str(e)[:200])
+            lib.lz_set_backward_sweep_variant(0)
         del z
         torch.cuda.empty_cache()
         q, k, v, gk, gs, do = fla_inputs(B, L, H, D)

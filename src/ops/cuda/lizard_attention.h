@@ -110,6 +110,13 @@ void set_backward_window_variant(int variant);
 // 1 (default) = tensor-core kernels (fp32 operands split into bf16 hi + lo, close to fp32), 0 = the
 // parallel path's CUDA-core kernels.
 void set_backward_stage_variant(int variant);
+// Gate-branch sweeps of the chunked backward: 0 (default) = one CTA per (b, h) serial over all chunks;
+// 1 = over chunk groups: each group's own state contribution, a scan over the groups, then every group
+// reruns its chunks from its incoming state (same outputs up to fp32 reassociation).
+void set_backward_sweep_variant(int variant);
+// Chunk groups per (b, h) of sweep variant 1: 0 (default) = auto (two waves of the card), else that
+// many (capped at the chunk count).
+void set_backward_sweep_groups(int groups);
 
 // Options and sizes from a layer config (pointers left null). Throws lizard::Error for options the
 // kernels do not implement: combine = lolcats, and feature_on_rope != window_rope (the kernels take

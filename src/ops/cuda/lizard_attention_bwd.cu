@@ -515,8 +515,33 @@ __device__ __forceinline__ ChunkInfo chunk_info(const float* bc, int L, int n) {
   return ci;
 }
 
-template <typename T, int D, int P2>
-__global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy) {
+// Sweep modes. kWhole: one CTA per (b, h) over every chunk from a zero state (the default sweep).
+// kGroupLocal: one CTA per (b, h, chunk group) from a zero state; only the state update, whose final
+// value (the group's own contribution) goes to `gst`. kGroupRun: one CTA per (b, h, chunk group),
+// starting from the group's incoming state in `gst` (after scan_groups_kernel), full outputs.
+// gst is [BH, G, P2 * D + P2] fp32 (S then z, or R then r).
+enum SweepMode : int { kWhole = 0, kGroupLocal = 1, kGroupRun = 2 };
+
+template <int D, int P2>
+__device__ __forceinline__ void load_state(const float* src, float* Sf, bf16* Sb, float* z, int tid) {
+  constexpr int LDD = D + 8;
+  for (int x = tid; x < P2 * D; x += kGT) Sf[x] = src[x];
+  for (int x = tid; x < P2 * LDD; x += kGT) {
+    const int f = x / LDD, c = x % LDD;
+    Sb[x] = __float2bfloat16(c < D ? src[f * D + c] : 0.f);
+  }
+  for (int x = tid; x < P2; x += kGT) z[x] = src[P2 * D + x];
+}
+
+template <int D, int P2>
+__device__ __forceinline__ void store_state(float* dst, const float* Sf, const float* z, int tid) {
+  for (int x = tid; x < P2 * D; x += kGT) dst[x] = Sf[x];
+  for (int x = tid; x < P2; x += kGT) dst[P2 * D + x] = z[x];
+}
+
+template <typename T, int D, int P2, int Mode>
+__global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, int groups,
+                                                       int cpg, float* gst) {
   using SM = Smem<D, P2>;
   constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -534,28 +559,37 @@ __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, D
   float* zdot = ebt + kC;
   float* ddn = zdot + kC;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int bh = blockIdx.x, h = bh % d.Hq, b = bh / d.Hq, L = d.L;
+  const int bh = blockIdx.x / groups, grp = blockIdx.x % groups, h = bh % d.Hq, b = bh / d.Hq, L = d.L;
   const float* bc = ws.bc + int64_t(bh) * L;
   const float* phq = ws.phq + int64_t(bh) * L * P2;
   const float* phk = ws.phk + int64_t(bh) * L * P2;
   const T* v = static_cast<const T*>(a.v);
-  for (int x = tid; x < P2 * D; x += kGT) Sf[x] = 0.f;
-  for (int x = tid; x < P2 * LDD; x += kGT) Sb[x] = __float2bfloat16(0.f);
-  for (int x = tid; x < P2; x += kGT) z[x] = 0.f;
+  if (Mode == kGroupLocal && grp == groups - 1) return;  // no group after it: its contribution is unused
+  float* my_state = Mode == kWhole ? nullptr : gst + int64_t(blockIdx.x) * (P2 * D + P2);
+  if (Mode == kGroupRun) {
+    load_state<D, P2>(my_state, Sf, Sb, z, tid);
+  } else {
+    for (int x = tid; x < P2 * D; x += kGT) Sf[x] = 0.f;
+    for (int x = tid; x < P2 * LDD; x += kGT) Sb[x] = __float2bfloat16(0.f);
+    for (int x = tid; x < P2; x += kGT) z[x] = 0.f;
+  }
   const int r0 = warp * 16, ra = r0 + g, rb = ra + 8;
   const int nch = (L + kC - 1) / kC;
-  for (int n = 0; n < nch; ++n) {
+  const int n_begin = grp * cpg, n_end = min(nch, n_begin + cpg);
+  for (int n = n_begin; n < n_end; ++n) {
     const ChunkInfo ci = chunk_info(bc, L, n);
     const float base = ci.c0 > 0 ? bc[ci.c0 - 1] : 0.f;
     if (tid < kC) {
       const float bb = tid < ci.nvalid ? bc[ci.c0 + tid] - base : ci.blast;
       bs[tid] = bb, eb[tid] = expf(bb), ebt[tid] = expf(ci.blast - bb);
     }
-    for (int x = tid; x < kC * P2; x += kGT) {
-      const int r = x / P2, f = x % P2;
-      const bool ok = r < ci.nvalid;
-      PQ[r * LDP + f] = __float2bfloat16(ok ? phq[int64_t(ci.c0 + r) * P2 + f] : 0.f);
-      PK[r * LDP + f] = __float2bfloat16(ok ? phk[int64_t(ci.c0 + r) * P2 + f] : 0.f);
+    if (Mode != kGroupLocal) {
+      for (int x = tid; x < kC * P2; x += kGT) {
+        const int r = x / P2, f = x % P2;
+        const bool ok = r < ci.nvalid;
+        PQ[r * LDP + f] = __float2bfloat16(ok ? phq[int64_t(ci.c0 + r) * P2 + f] : 0.f);
+        PK[r * LDP + f] = __float2bfloat16(ok ? phk[int64_t(ci.c0 + r) * P2 + f] : 0.f);
+      }
     }
     for (int x = tid; x < kC * D; x += kGT) {
       const int r = x / D, e = x % D;
@@ -566,6 +600,7 @@ __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, D
       const int r = x / P2, f = x % P2;
       PKd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phk[int64_t(ci.c0 + r) * P2 + f] * ebt[r] : 0.f);
     }
+    if (Mode != kGroupLocal) {  // the chunk's outputs (block-uniform branch: barriers inside are safe)
     for (int r = warp; r < kC; r += kGW) {  // zdot = phq . z: warp per row, lanes over f (coalesced)
       float sacc = 0.f;
       if (r < ci.nvalid)  // warp-uniform
@@ -760,7 +795,8 @@ __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, D
       if (va) ws.dbq[int64_t(bh) * L + ia] = dba;
       if (vb) ws.dbq[int64_t(bh) * L + ib] = dbb;
     }
-    __syncthreads();  // every read of S, z, the tiles is done
+    }  // Mode != kGroupLocal
+    __syncthreads();  // every read of S, z, the tiles is done; PKd visible
     // S = exp(b_last) S + (phk .* exp(b_last - b_t))^T V, z likewise
     const float decay = expf(ci.blast);
 #pragma unroll
@@ -799,10 +835,12 @@ __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, D
     }
     __syncthreads();
   }
+  if (Mode == kGroupLocal) store_state<D, P2>(my_state, Sf, z, tid);
 }
 
-template <typename T, int D, int P2>
-__global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dv) {
+template <typename T, int D, int P2, int Mode>
+__global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dv, int groups,
+                                                       int cpg, float* gst) {
   using SM = Smem<D, P2>;
   constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -819,18 +857,25 @@ __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, D
   float* ebt = eb + kC;
   float* ddn = ebt + kC;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int bh = blockIdx.x, h = bh % d.Hq, b = bh / d.Hq, L = d.L;
+  const int bh = blockIdx.x / groups, grp = blockIdx.x % groups, h = bh % d.Hq, b = bh / d.Hq, L = d.L;
   const float* bc = ws.bc + int64_t(bh) * L;
   const float* phq = ws.phq + int64_t(bh) * L * P2;
   const float* phk = ws.phk + int64_t(bh) * L * P2;
   const float* dnw = ws.dn + int64_t(bh) * L * D;
   const T* v = static_cast<const T*>(a.v);
-  for (int x = tid; x < P2 * D; x += kGT) Rf[x] = 0.f;
-  for (int x = tid; x < P2 * LDD; x += kGT) Rb[x] = __float2bfloat16(0.f);
-  for (int x = tid; x < P2; x += kGT) rv[x] = 0.f;
+  if (Mode == kGroupLocal && grp == 0) return;  // no group before it: its contribution is unused
+  float* my_state = Mode == kWhole ? nullptr : gst + int64_t(blockIdx.x) * (P2 * D + P2);
+  if (Mode == kGroupRun) {
+    load_state<D, P2>(my_state, Rf, Rb, rv, tid);
+  } else {
+    for (int x = tid; x < P2 * D; x += kGT) Rf[x] = 0.f;
+    for (int x = tid; x < P2 * LDD; x += kGT) Rb[x] = __float2bfloat16(0.f);
+    for (int x = tid; x < P2; x += kGT) rv[x] = 0.f;
+  }
   const int r0 = warp * 16, ra = r0 + g, rb = ra + 8;
   const int nch = (L + kC - 1) / kC;
-  for (int n = nch - 1; n >= 0; --n) {
+  const int n_begin = grp * cpg, n_end = min(nch, n_begin + cpg);
+  for (int n = n_end - 1; n >= n_begin; --n) {
     const ChunkInfo ci = chunk_info(bc, L, n);
     const float base = ci.c0 > 0 ? bc[ci.c0 - 1] : 0.f;
     if (tid < kC) {
@@ -839,16 +884,18 @@ __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, D
       bs[tid] = bb, eb[tid] = expf(bb), ebt[tid] = expf(ci.blast - bb);
       ddn[tid] = ok ? ws.dden[int64_t(bh) * L + ci.c0 + tid] : 0.f;
     }
-    for (int x = tid; x < kC * P2; x += kGT) {
-      const int r = x / P2, f = x % P2;
-      const bool ok = r < ci.nvalid;
-      PQ[r * LDP + f] = __float2bfloat16(ok ? phq[int64_t(ci.c0 + r) * P2 + f] : 0.f);
-      PK[r * LDP + f] = __float2bfloat16(ok ? phk[int64_t(ci.c0 + r) * P2 + f] : 0.f);
+    if (Mode != kGroupLocal) {
+      for (int x = tid; x < kC * P2; x += kGT) {
+        const int r = x / P2, f = x % P2;
+        const bool ok = r < ci.nvalid;
+        PQ[r * LDP + f] = __float2bfloat16(ok ? phq[int64_t(ci.c0 + r) * P2 + f] : 0.f);
+        PK[r * LDP + f] = __float2bfloat16(ok ? phk[int64_t(ci.c0 + r) * P2 + f] : 0.f);
+      }
     }
     for (int x = tid; x < kC * D; x += kGT) {
       const int r = x / D, e = x % D;
       const bool ok = r < ci.nvalid;
-      Vt[r * LDD + e] = __float2bfloat16(ok ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
+      if (Mode != kGroupLocal) Vt[r * LDD + e] = __float2bfloat16(ok ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
       DN[r * LDD + e] = __float2bfloat16(ok ? dnw[int64_t(ci.c0 + r) * D + e] : 0.f);
     }
     __syncthreads();
@@ -857,6 +904,7 @@ __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, D
       PQd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phq[int64_t(ci.c0 + r) * P2 + f] * eb[r] : 0.f);
     }
     // (PQd is read only after the barrier before the state update.)
+    if (Mode != kGroupLocal) {  // the chunk's outputs (no barrier inside)
     const float bta = bs[ra], btb = bs[rb], eta = ebt[ra], etb = ebt[rb];
     // A^T (keys t as rows, queries i as columns) and W^T
     float at[8][4], wt[8][4];
@@ -1017,6 +1065,7 @@ __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, D
         if (vb) ws.dbk[int64_t(bh) * L + tb] = -dbb;
       }
     }
+    }  // Mode != kGroupLocal
     __syncthreads();  // every read of R, r done; PQd visible
     // R = exp(b_last) R + (phq .* exp(b_i))^T dn, r likewise with dden
     const float decay = expf(ci.blast);
@@ -1056,28 +1105,131 @@ __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, D
     }
     __syncthreads();
   }
+  if (Mode == kGroupLocal) store_state<D, P2>(my_state, Rf, rv, tid);
+}
+
+// Turns each group's own contribution in gst into its incoming state, in place (exclusive scan over
+// the groups of one (b, h)): forward, in(g) = decay(g-1) in(g-1) + own(g-1) from the first group;
+// reverse, in(g) = decay(g+1) in(g+1) + own(g+1) from the last. decay(g) = exp(sum of log gamma over
+// the group's tokens). The last group's own contribution (first group's, reverse) is never computed
+// nor read. Thread per state element, grid (elements / 256, BH).
+__global__ void scan_groups_kernel(Dims d, Ws ws, int groups, int cpg, int elems, float* gst, bool reverse) {
+  const int x = blockIdx.x * blockDim.x + threadIdx.x, bh = blockIdx.y, L = d.L;
+  if (x >= elems) return;
+  const float* bc = ws.bc + int64_t(bh) * L;
+  float* st = gst + int64_t(bh) * groups * elems + x;
+  float run = 0.f;
+  for (int k = 0; k < groups; ++k) {
+    const int grp = reverse ? groups - 1 - k : k;
+    const int t0 = grp * cpg * kC, t1 = min(L, (grp + 1) * cpg * kC);  // t0 < t1: no empty group
+    const float decay = expf(bc[t1 - 1] - (t0 > 0 ? bc[t0 - 1] : 0.f));
+    const float own = k + 1 < groups ? st[int64_t(grp) * elems] : 0.f;
+    st[int64_t(grp) * elems] = run;
+    run = decay * run + own;
+  }
 }
 
 template <typename T, int D, int P2>
-void launch_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, cudaStream_t st) {
+void launch_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, int groups, float* gst,
+                 cudaStream_t st) {
   const size_t smem = Smem<D, P2>::bytes;
-  auto kf = gate_fwd_kernel<T, D, P2>;
-  auto kr = gate_rev_kernel<T, D, P2>;
-  LZ_CUDA_OK(cudaFuncSetAttribute(kf, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  LZ_CUDA_OK(cudaFuncSetAttribute(kr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kf<<<d.B * d.Hq, kGT, smem, st>>>(a, d, ws, dy);
+  const int BH = d.B * d.Hq, nch = (d.L + kC - 1) / kC;
+  if (groups <= 1) {
+    auto kf = gate_fwd_kernel<T, D, P2, kWhole>;
+    auto kr = gate_rev_kernel<T, D, P2, kWhole>;
+    LZ_CUDA_OK(cudaFuncSetAttribute(kf, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    LZ_CUDA_OK(cudaFuncSetAttribute(kr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kf<<<BH, kGT, smem, st>>>(a, d, ws, dy, 1, nch, nullptr);
+    LZ_CUDA_OK(cudaGetLastError());
+    kr<<<BH, kGT, smem, st>>>(a, d, ws, dv, 1, nch, nullptr);
+    LZ_CUDA_OK(cudaGetLastError());
+    return;
+  }
+  const int cpg = (nch + groups - 1) / groups;
+  LZ_CUDA_CHECK(groups == (nch + cpg - 1) / cpg, "lizard chunked backward (cuda): bad chunk group count ", groups);
+  const int elems = P2 * D + P2;
+  const dim3 sgrid((elems + 255) / 256, BH);
+  auto kfl = gate_fwd_kernel<T, D, P2, kGroupLocal>;
+  auto kfr = gate_fwd_kernel<T, D, P2, kGroupRun>;
+  auto krl = gate_rev_kernel<T, D, P2, kGroupLocal>;
+  auto krr = gate_rev_kernel<T, D, P2, kGroupRun>;
+  LZ_CUDA_OK(cudaFuncSetAttribute(kfl, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  LZ_CUDA_OK(cudaFuncSetAttribute(kfr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  LZ_CUDA_OK(cudaFuncSetAttribute(krl, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  LZ_CUDA_OK(cudaFuncSetAttribute(krr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  // The reverse sweep reads dn and dden, which the forward sweep's last pass writes: strictly in order.
+  kfl<<<BH * groups, kGT, smem, st>>>(a, d, ws, dy, groups, cpg, gst);
   LZ_CUDA_OK(cudaGetLastError());
-  kr<<<d.B * d.Hq, kGT, smem, st>>>(a, d, ws, dv);
+  scan_groups_kernel<<<sgrid, 256, 0, st>>>(d, ws, groups, cpg, elems, gst, false);
+  LZ_CUDA_OK(cudaGetLastError());
+  kfr<<<BH * groups, kGT, smem, st>>>(a, d, ws, dy, groups, cpg, gst);
+  LZ_CUDA_OK(cudaGetLastError());
+  krl<<<BH * groups, kGT, smem, st>>>(a, d, ws, dv, groups, cpg, gst);
+  LZ_CUDA_OK(cudaGetLastError());
+  scan_groups_kernel<<<sgrid, 256, 0, st>>>(d, ws, groups, cpg, elems, gst, true);
+  LZ_CUDA_OK(cudaGetLastError());
+  krr<<<BH * groups, kGT, smem, st>>>(a, d, ws, dv, groups, cpg, gst);
   LZ_CUDA_OK(cudaGetLastError());
 }
 
+// Chunk groups per (b, h) for the grouped sweeps. The sweep kernels are latency bound at a few CTAs per
+// SM, so the time goes as (rounds of CTAs) x (chunks per CTA): pick the G minimising
+//   ceil(BH G / slots) cpg + 0.35 ceil(BH (G - 1) / slots) cpg + 0.1 ceil(BH G / slots) [G > 1]
+// (second term: the own-contribution pass, about a third of a full chunk's work; third: loading and
+// storing the group states), slots = SMs x resident CTAs per SM. Ties go to the smaller G. So 1 (the
+// whole-sequence sweeps) when B H alone fills the card. `requested` > 0 overrides (capped at the
+// chunk count); the result always has no empty group.
+template <typename T, int D, int P2>
+int gate_groups(Dims d, int requested) {
+  const int nch = (d.L + kC - 1) / kC, BH = d.B * d.Hq;
+  auto fit = [nch](int want) {
+    want = want < 1 ? 1 : want > nch ? nch : want;
+    const int cpg = (nch + want - 1) / want;
+    return (nch + cpg - 1) / cpg;
+  };
+  if (requested > 0) return fit(requested);
+  int dev = 0, sms = 0, per_sm = 0;
+  LZ_CUDA_OK(cudaGetDevice(&dev));
+  LZ_CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const size_t smem = Smem<D, P2>::bytes;
+  auto kfr = gate_fwd_kernel<T, D, P2, kGroupRun>;
+  LZ_CUDA_OK(cudaFuncSetAttribute(kfr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  LZ_CUDA_OK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kfr, kGT, smem));
+  const int64_t slots = int64_t(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
+  int best = 1;
+  double best_cost = 0;
+  for (int want = 1; want <= nch; ++want) {
+    const int G = fit(want), cpg = (nch + G - 1) / G;
+    if (G != want) continue;  // the same G as a smaller `want`
+    const double rounds = double((int64_t(BH) * G + slots - 1) / slots);
+    const double local_rounds = double((int64_t(BH) * (G - 1) + slots - 1) / slots);
+    const double cost = rounds * cpg + (G > 1 ? 0.35 * local_rounds * cpg + 0.1 * rounds : 0.0);
+    if (G == 1 || cost < best_cost) best = G, best_cost = cost;
+  }
+  return best;
+}
+
+// groups: 0 = the whole-sequence sweeps (one CTA per (b, h)); otherwise the grouped sweeps with
+// gate_groups(.., groups - 1) groups, i.e. 1 = auto. Returns the group count used (1 for whole).
+template <typename T, int D, int P2>
+int dispatch_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, int groups, cudaStream_t st) {
+  int G = 1;
+  float* gst = nullptr;
+  if (groups > 0) G = gate_groups<T, D, P2>(d, groups - 1);
+  if (G > 1) LZ_CUDA_OK(cudaMallocAsync(&gst, sizeof(float) * size_t(d.B) * d.Hq * G * (P2 * D + P2), st));
+  launch_gate<T, D, P2>(a, d, ws, dy, dv, G, gst, st);
+  if (gst) LZ_CUDA_OK(cudaFreeAsync(gst, st));
+  return G;
+}
+
 template <typename T>
-void run_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, cudaStream_t st) {
-  if (a.D == 64 && a.F == 32) return launch_gate<T, 64, 64>(a, d, ws, dy, dv, st);
-  if (a.D == 64 && a.F == 64) return launch_gate<T, 64, 128>(a, d, ws, dy, dv, st);
-  if (a.D == 128 && a.F == 32) return launch_gate<T, 128, 64>(a, d, ws, dy, dv, st);
-  if (a.D == 128 && a.F == 64) return launch_gate<T, 128, 128>(a, d, ws, dy, dv, st);
+int run_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, int groups, cudaStream_t st) {
+  if (a.D == 64 && a.F == 32) return dispatch_gate<T, 64, 64>(a, d, ws, dy, dv, groups, st);
+  if (a.D == 64 && a.F == 64) return dispatch_gate<T, 64, 128>(a, d, ws, dy, dv, groups, st);
+  if (a.D == 128 && a.F == 32) return dispatch_gate<T, 128, 64>(a, d, ws, dy, dv, groups, st);
+  if (a.D == 128 && a.F == 64) return dispatch_gate<T, 128, 128>(a, d, ws, dy, dv, groups, st);
   fail_cat("lizard attention chunked backward (cuda): needs D in {64, 128} and F in {32, 64}, got D=", a.D, " F=", a.F);
+  return 1;
 }
 
 }  // namespace gate
@@ -1939,6 +2091,8 @@ void keep_pool_memory() {
 
 int g_window_variant = 1;  // chunked backward: 1 = tensor-core window stage, 0 = CUDA-core
 int g_stage_variant = 1;   // chunked backward: 1 = tensor-core statistics and feature stages, 0 = CUDA-core
+int g_sweep_variant = 0;   // chunked backward gate sweeps: 0 = one CTA per (b, h), 1 = over chunk groups
+int g_sweep_groups = 0;    // grouped sweeps: groups per (b, h), 0 = auto
 
 template <typename T>
 void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g, cudaStream_t st, bool chunked) {
@@ -1996,8 +2150,12 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   else
     stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya, !chunked);
   mark(tc_stages ? "stats-tc" : "stats");
-  if (chunked) gate::run_gate<T>(a, d, ws, dy, g.dv, st);  // dn, dden, dphq, dbq; dv (gate), dphk, dbk
-  if (chunked) mark("gate-chunked");
+  if (chunked) {  // dn, dden, dphq, dbq; dv (gate), dphk, dbk
+    const int groups = gate::run_gate<T>(a, d, ws, dy, g.dv, g_sweep_variant == 1 ? 1 + g_sweep_groups : 0, st);
+    mark(g_sweep_variant == 1 ? "gate-grouped" : "gate-chunked");
+    if (prof && g_sweep_variant == 1)
+      std::fprintf(stderr, "[lizard-bwd-profile] gate-grouped: %d chunk groups per (b, h)\n", groups);
+  }
   if (chunked && g_window_variant == 1) {
     win::run_win<T>(a, d, ws, dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st);
     mark("window-tc");
@@ -2054,6 +2212,8 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
 
 void set_backward_window_variant(int v) { g_window_variant = v == 0 ? 0 : 1; }
 void set_backward_stage_variant(int v) { g_stage_variant = v == 0 ? 0 : 1; }
+void set_backward_sweep_variant(int v) { g_sweep_variant = v == 1 ? 1 : 0; }
+void set_backward_sweep_groups(int groups) { g_sweep_groups = groups > 0 ? groups : 0; }
 
 void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
                                        cudaStream_t stream) {
