@@ -12,8 +12,11 @@
 
 #include "ops/cuda/flash_attention.h"
 #include "util/half.h"
+#include "gpu_test_util.h"
 
 namespace {
+
+using lizard::testing::fresh_seed;
 
 // Restores the default kernel variants when a test ends (they are process-wide).
 struct VariantGuard {
@@ -30,8 +33,7 @@ TEST(FlashCuda, CausalGqaMatchesCpu) {
   for (C c : {C{2, 200, 6, 2, 64}, C{1, 131, 4, 4, 128}, C{1, 64, 2, 1, 128}, C{3, 7, 3, 1, 64},
               C{1, 300, 4, 2, 128}, C{2, 129, 3, 1, 64}}) {
     lizard::cuda::flash_set_variant(variant, 0);
-    std::random_device rd;
-    const uint64_t seed = (uint64_t(rd()) << 32) ^ rd();
+    const uint64_t seed = fresh_seed();
     std::mt19937_64 g(seed);
     std::normal_distribution<float> nd(0.f, 1.f);
     const size_t nq = size_t(c.B) * c.L * c.H * c.D, nk = size_t(c.B) * c.L * c.Hkv * c.D;
@@ -120,8 +122,7 @@ void run_backward_case(BwdCase c, double tol) {
 
 void run_backward_case_variant(BwdCase c, double tol, int fwd_variant, int bwd_variant) {
   lizard::cuda::flash_set_variant(fwd_variant, bwd_variant);
-  std::random_device rd;
-  const uint64_t seed = (uint64_t(rd()) << 32) ^ rd();
+  const uint64_t seed = fresh_seed();
   std::mt19937_64 g(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
   const size_t nq = size_t(c.B) * c.L * c.H * c.D, nk = size_t(c.B) * c.L * c.Hkv * c.D;
