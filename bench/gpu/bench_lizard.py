@@ -24,6 +24,7 @@ lib.lz_set_forward_split.argtypes = [I]
 lib.lz_set_backward_window_variant.argtypes = [I]
 lib.lz_set_backward_stage_variant.argtypes = [I]
 lib.lz_set_backward_sweep_variant.argtypes = [I]
+lib.lz_set_backward_sweep_groups.argtypes = [I]
 lib.lz_flash_fwd.argtypes = [P] * 5 + [I] * 5 + [P]
 lib.lz_flash_bwd.argtypes = [P] * 11 + [I] * 5 + [P]
 lib.lz_flash_set_variant.argtypes = [I, I]
@@ -398,18 +399,26 @@ def main():
                 torch.cuda.synchronize()
                 lib.lz_set_backward_stage_variant(1)
                 print(f"  chunked bwd with CUDA-core stats/feature stages (variant 0): {1e3 * (time.time() - t0):.1f} ms wall")
-            lib.lz_set_backward_sweep_variant(1)  # the gate sweeps over chunk groups: profile line "gate-grouped"
-            z.fwd_bwd_chunked()
-            torch.cuda.synchronize()
+            lib.lz_set_backward_sweep_variant(1)  # the gate sweeps over chunk groups: profile stage "gate-grouped"
+            for groups in (0, 4):  # auto, then 4 groups forced
+                lib.lz_set_backward_sweep_groups(groups)
+                z.fwd_bwd_chunked()
+                torch.cuda.synchronize()
+            lib.lz_set_backward_sweep_groups(0)
             lib.lz_set_backward_sweep_variant(0)
             del os.environ["LIZARD_CUDA_BWD_PROFILE"]
         row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd", liz[tag], fbc)
         if fbc == fbc:  # the same fwd+bwd with each gate sweep variant (0 = whole sequence, the row above)
+            # 1 = chunk groups, auto count (1 group, i.e. variant 0's kernels, where B H alone fills the
+            # card); "g4": 4 groups forced (8 chunks each at L2048), the grouped path at every shape.
             lib.lz_set_backward_sweep_variant(1)
-            try:
-                row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd sweep1", liz[tag], events_ms(z.fwd_bwd_chunked))
-            except Exception as e:  # noqa: BLE001
-                print("  chunked backward with grouped sweeps failed:", str(e)[:200])
+            for groups, name in [(0, "sweep1"), (4, "sweep1 g4")]:
+                lib.lz_set_backward_sweep_groups(groups)
+                try:
+                    row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd {name}", liz[tag], events_ms(z.fwd_bwd_chunked))
+                except Exception as e:  # noqa: BLE001
+                    print(f"  chunked backward with grouped sweeps ({name}) failed:", str(e)[:200])
+            lib.lz_set_backward_sweep_groups(0)
             lib.lz_set_backward_sweep_variant(0)
         del z
         torch.cuda.empty_cache()

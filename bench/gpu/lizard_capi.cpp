@@ -30,6 +30,7 @@ void lz_set_forward_split(int m) { lizard::cuda::set_forward_split(m); }
 void lz_set_backward_window_variant(int v) { lizard::cuda::set_backward_window_variant(v); }
 void lz_set_backward_stage_variant(int v) { lizard::cuda::set_backward_stage_variant(v); }
 void lz_set_backward_sweep_variant(int v) { lizard::cuda::set_backward_sweep_variant(v); }
+void lz_set_backward_sweep_groups(int g) { lizard::cuda::set_backward_sweep_groups(g); }
 // Flash attention kernel variants (flash_attention.h); returns -1 for an unknown one.
 int lz_flash_set_variant(int fwd, int bwd) {
   try {

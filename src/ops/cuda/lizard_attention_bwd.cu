@@ -492,10 +492,12 @@ namespace gate {
 using namespace mma;
 constexpr int kC = 64, kGW = 4, kGT = kGW * 32;
 
-template <int D, int P2>
+// Compact (the grouped sweeps): the decayed feature tile (PKd / PQd) takes PQ's place once the chunk's
+// outputs are done, one 64 x P2 bf16 tile less: 2 CTAs per SM at D64 F64 and D128 F32 (H100/H200).
+template <int D, int P2, bool Compact = false>
 struct Smem {
   static constexpr int LDP = P2 + 8, LDD = D + 8;
-  static constexpr size_t bf16_elems = size_t(3) * kC * LDP + size_t(2) * kC * LDD + size_t(P2) * LDD;
+  static constexpr size_t bf16_elems = size_t(Compact ? 2 : 3) * kC * LDP + size_t(2) * kC * LDD + size_t(P2) * LDD;
   static constexpr size_t bytes = bf16_elems * 2 + (size_t(P2) * D + P2 + 6 * kC) * 4;
 };
 
@@ -542,13 +544,14 @@ __device__ __forceinline__ void store_state(float* dst, const float* Sf, const f
 template <typename T, int D, int P2, int Mode>
 __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, int groups,
                                                        int cpg, float* gst) {
-  using SM = Smem<D, P2>;
+  constexpr bool kCompact = Mode != kWhole;
+  using SM = Smem<D, P2, kCompact>;
   constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* PQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* PK = PQ + kC * LDP;
-  bf16* PKd = PK + kC * LDP;
-  bf16* Vt = PKd + kC * LDP;
+  bf16* PKd = kCompact ? PQ : PK + kC * LDP;  // compact: written after the last read of PQ
+  bf16* Vt = PK + (kCompact ? 1 : 2) * kC * LDP;
   bf16* DN = Vt + kC * LDD;
   bf16* Sb = DN + kC * LDD;
   float* Sf = reinterpret_cast<float*>(Sb + P2 * LDD);
@@ -596,10 +599,13 @@ __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, D
       Vt[r * LDD + e] = __float2bfloat16(r < ci.nvalid ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
     }
     __syncthreads();
-    for (int x = tid; x < kC * P2; x += kGT) {
-      const int r = x / P2, f = x % P2;
-      PKd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phk[int64_t(ci.c0 + r) * P2 + f] * ebt[r] : 0.f);
-    }
+    auto fill_pkd = [&] {
+      for (int x = tid; x < kC * P2; x += kGT) {
+        const int r = x / P2, f = x % P2;
+        PKd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phk[int64_t(ci.c0 + r) * P2 + f] * ebt[r] : 0.f);
+      }
+    };
+    if (!kCompact) fill_pkd();
     if (Mode != kGroupLocal) {  // the chunk's outputs (block-uniform branch: barriers inside are safe)
     for (int r = warp; r < kC; r += kGW) {  // zdot = phq . z: warp per row, lanes over f (coalesced)
       float sacc = 0.f;
@@ -797,6 +803,10 @@ __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, D
     }
     }  // Mode != kGroupLocal
     __syncthreads();  // every read of S, z, the tiles is done; PKd visible
+    if (kCompact) {  // PKd over PQ
+      fill_pkd();
+      __syncthreads();
+    }
     // S = exp(b_last) S + (phk .* exp(b_last - b_t))^T V, z likewise
     const float decay = expf(ci.blast);
 #pragma unroll
@@ -841,13 +851,14 @@ __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, D
 template <typename T, int D, int P2, int Mode>
 __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dv, int groups,
                                                        int cpg, float* gst) {
-  using SM = Smem<D, P2>;
+  constexpr bool kCompact = Mode != kWhole;
+  using SM = Smem<D, P2, kCompact>;
   constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* PQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* PK = PQ + kC * LDP;
-  bf16* PQd = PK + kC * LDP;
-  bf16* Vt = PQd + kC * LDP;
+  bf16* PQd = kCompact ? PQ : PK + kC * LDP;  // compact: written after the last read of PQ
+  bf16* Vt = PK + (kCompact ? 1 : 2) * kC * LDP;
   bf16* DN = Vt + kC * LDD;
   bf16* Rb = DN + kC * LDD;
   float* Rf = reinterpret_cast<float*>(Rb + P2 * LDD);
@@ -899,10 +910,13 @@ __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, D
       DN[r * LDD + e] = __float2bfloat16(ok ? dnw[int64_t(ci.c0 + r) * D + e] : 0.f);
     }
     __syncthreads();
-    for (int x = tid; x < kC * P2; x += kGT) {
-      const int r = x / P2, f = x % P2;
-      PQd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phq[int64_t(ci.c0 + r) * P2 + f] * eb[r] : 0.f);
-    }
+    auto fill_pqd = [&] {
+      for (int x = tid; x < kC * P2; x += kGT) {
+        const int r = x / P2, f = x % P2;
+        PQd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phq[int64_t(ci.c0 + r) * P2 + f] * eb[r] : 0.f);
+      }
+    };
+    if (!kCompact) fill_pqd();
     // (PQd is read only after the barrier before the state update.)
     if (Mode != kGroupLocal) {  // the chunk's outputs (no barrier inside)
     const float bta = bs[ra], btb = bs[rb], eta = ebt[ra], etb = ebt[rb];
@@ -1067,6 +1081,10 @@ __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, D
     }
     }  // Mode != kGroupLocal
     __syncthreads();  // every read of R, r done; PQd visible
+    if (kCompact) {  // PQd over PQ
+      fill_pqd();
+      __syncthreads();
+    }
     // R = exp(b_last) R + (phq .* exp(b_i))^T dn, r likewise with dden
     const float decay = expf(ci.blast);
 #pragma unroll
@@ -1148,27 +1166,28 @@ void launch_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv,
   const int cpg = (nch + groups - 1) / groups;
   LZ_CUDA_CHECK(groups == (nch + cpg - 1) / cpg, "lizard chunked backward (cuda): bad chunk group count ", groups);
   const int elems = P2 * D + P2;
+  const size_t gsmem = Smem<D, P2, true>::bytes;
   const dim3 sgrid((elems + 255) / 256, BH);
   auto kfl = gate_fwd_kernel<T, D, P2, kGroupLocal>;
   auto kfr = gate_fwd_kernel<T, D, P2, kGroupRun>;
   auto krl = gate_rev_kernel<T, D, P2, kGroupLocal>;
   auto krr = gate_rev_kernel<T, D, P2, kGroupRun>;
-  LZ_CUDA_OK(cudaFuncSetAttribute(kfl, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  LZ_CUDA_OK(cudaFuncSetAttribute(kfr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  LZ_CUDA_OK(cudaFuncSetAttribute(krl, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  LZ_CUDA_OK(cudaFuncSetAttribute(krr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  LZ_CUDA_OK(cudaFuncSetAttribute(kfl, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
+  LZ_CUDA_OK(cudaFuncSetAttribute(kfr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
+  LZ_CUDA_OK(cudaFuncSetAttribute(krl, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
+  LZ_CUDA_OK(cudaFuncSetAttribute(krr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
   // The reverse sweep reads dn and dden, which the forward sweep's last pass writes: strictly in order.
-  kfl<<<BH * groups, kGT, smem, st>>>(a, d, ws, dy, groups, cpg, gst);
+  kfl<<<BH * groups, kGT, gsmem, st>>>(a, d, ws, dy, groups, cpg, gst);
   LZ_CUDA_OK(cudaGetLastError());
   scan_groups_kernel<<<sgrid, 256, 0, st>>>(d, ws, groups, cpg, elems, gst, false);
   LZ_CUDA_OK(cudaGetLastError());
-  kfr<<<BH * groups, kGT, smem, st>>>(a, d, ws, dy, groups, cpg, gst);
+  kfr<<<BH * groups, kGT, gsmem, st>>>(a, d, ws, dy, groups, cpg, gst);
   LZ_CUDA_OK(cudaGetLastError());
-  krl<<<BH * groups, kGT, smem, st>>>(a, d, ws, dv, groups, cpg, gst);
+  krl<<<BH * groups, kGT, gsmem, st>>>(a, d, ws, dv, groups, cpg, gst);
   LZ_CUDA_OK(cudaGetLastError());
   scan_groups_kernel<<<sgrid, 256, 0, st>>>(d, ws, groups, cpg, elems, gst, true);
   LZ_CUDA_OK(cudaGetLastError());
-  krr<<<BH * groups, kGT, smem, st>>>(a, d, ws, dv, groups, cpg, gst);
+  krr<<<BH * groups, kGT, gsmem, st>>>(a, d, ws, dv, groups, cpg, gst);
   LZ_CUDA_OK(cudaGetLastError());
 }
 
@@ -1191,7 +1210,7 @@ int gate_groups(Dims d, int requested) {
   int dev = 0, sms = 0, per_sm = 0;
   LZ_CUDA_OK(cudaGetDevice(&dev));
   LZ_CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const size_t smem = Smem<D, P2>::bytes;
+  const size_t smem = Smem<D, P2, true>::bytes;
   auto kfr = gate_fwd_kernel<T, D, P2, kGroupRun>;
   LZ_CUDA_OK(cudaFuncSetAttribute(kfr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   LZ_CUDA_OK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kfr, kGT, smem));
