@@ -565,15 +565,29 @@ TEST(LizardCuda, BackwardMatchesReference) {
 // Chunked backward (tensor-core gate branch, bf16 operands): every configuration, fresh seeds, odd L.
 // Window stage 1 = tensor-core banded kernels (default), 0 = fp32 CUDA-core kernels; statistics and
 // feature stages 1 = tensor-core kernels with split bf16 operands (default), 0 = fp32 CUDA-core kernels.
-// Runs (window, stages) = (1, 1), (0, 1), (1, 0): the defaults, then each old stage beside the new.
+// Runs (window, stages) = (1, 1), (0, 1), (1, 0): the defaults, then each old stage beside the new; then
+// (1, 1) with the gate sweeps over chunk groups (sweep variant 1) at groups auto, 2 and 3, plus a case
+// of 12 chunks (L 707) so that groups hold several chunks and a partial last one.
 TEST(LizardCuda, ChunkedBackwardVsReference) {
-  for (auto [window, stages] : {std::pair{1, 1}, std::pair{0, 1}, std::pair{1, 0}}) {
+  struct Pass {
+    int window, stages, sweep, groups;
+  };
+  for (const Pass& ps : {Pass{1, 1, 0, 0}, Pass{0, 1, 0, 0}, Pass{1, 0, 0, 0}, Pass{1, 1, 1, 0}, Pass{1, 1, 1, 2},
+                         Pass{1, 1, 1, 3}}) {
+    const int window = ps.window, stages = ps.stages;
     lizard::cuda::set_backward_window_variant(window);
     lizard::cuda::set_backward_stage_variant(stages);
-    std::printf("[lizard-cuda] chunked backward, window stage variant %d (%s), stats/feature variant %d (%s)\n",
+    lizard::cuda::set_backward_sweep_variant(ps.sweep);
+    lizard::cuda::set_backward_sweep_groups(ps.groups);
+    std::printf("[lizard-cuda] chunked backward, window stage variant %d (%s), stats/feature variant %d (%s), gate "
+                "sweep variant %d (%s)\n",
                 window, window == 1 ? "tensor cores" : "CUDA cores, fp32", stages,
-                stages == 1 ? "tensor cores, split bf16" : "CUDA cores, fp32");
-    for (const Case& c : kCases) {
+                stages == 1 ? "tensor cores, split bf16" : "CUDA cores, fp32", ps.sweep,
+                ps.sweep == 0 ? "one CTA per (b, h)"
+                              : (ps.groups == 0 ? "chunk groups, auto" : (ps.groups == 2 ? "2 chunk groups" : "3 chunk groups")));
+    std::vector<Case> cases = kCases;
+    if (ps.sweep == 1) cases.push_back({1, 707, 2, 1, 64, 32, 64, 4, true});
+    for (const Case& c : cases) {
       const uint64_t seed = fresh_seed();
       backward_case<float>(c, seed, false, 3e-2, true, 2.5e-1, stages);
       backward_case<__nv_bfloat16>(c, seed, true, 3e-2, true, 2.5e-1, stages);
@@ -587,11 +601,21 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
   }
   lizard::cuda::set_backward_window_variant(1);
   lizard::cuda::set_backward_stage_variant(1);
+  lizard::cuda::set_backward_sweep_variant(0);
+  lizard::cuda::set_backward_sweep_groups(0);
 }
 
+// Both gate sweep variants (the grouped one with 2 groups: 1 chunk each at L 77, 2 + 1 at L 130).
 TEST(LizardCuda, SanitizerSmallChunkedBackward) {
-  backward_case<__nv_bfloat16>({1, 77, 2, 1, 64, 32, 16, 4}, fresh_seed(), true, 3e-2, true, 2.5e-1);
-  backward_case<__nv_bfloat16>({1, 130, 2, 2, 128, 64, 65, 2, true}, fresh_seed(), true, 3e-2, true, 2.5e-1);
+  for (int sweep : {0, 1}) {
+    lizard::cuda::set_backward_sweep_variant(sweep);
+    lizard::cuda::set_backward_sweep_groups(sweep == 1 ? 2 : 0);
+    std::printf("[lizard-cuda] small chunked backward, gate sweep variant %d\n", sweep);
+    backward_case<__nv_bfloat16>({1, 77, 2, 1, 64, 32, 16, 4}, fresh_seed(), true, 3e-2, true, 2.5e-1);
+    backward_case<__nv_bfloat16>({1, 130, 2, 2, 128, 64, 65, 2, true}, fresh_seed(), true, 3e-2, true, 2.5e-1);
+  }
+  lizard::cuda::set_backward_sweep_variant(0);
+  lizard::cuda::set_backward_sweep_groups(0);
 }
 
 TEST(LizardCuda, ChunkedBackwardRefusesUnsupportedSizes) {
