@@ -1130,9 +1130,9 @@ __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, D
 // the groups of one (b, h)): forward, in(g) = decay(g-1) in(g-1) + own(g-1) from the first group;
 // reverse, in(g) = decay(g+1) in(g+1) + own(g+1) from the last. decay(g) = exp(sum of log gamma over
 // the group's tokens). The last group's own contribution (first group's, reverse) is never computed
-// nor read. Thread per state element, grid (elements / 256, BH).
+// nor read. Thread per state element, grid (BH, elements / 256).
 __global__ void scan_groups_kernel(Dims d, Ws ws, int groups, int cpg, int elems, float* gst, bool reverse) {
-  const int x = blockIdx.x * blockDim.x + threadIdx.x, bh = blockIdx.y, L = d.L;
+  const int x = blockIdx.y * blockDim.x + threadIdx.x, bh = blockIdx.x, L = d.L;
   if (x >= elems) return;
   const float* bc = ws.bc + int64_t(bh) * L;
   float* st = gst + int64_t(bh) * groups * elems + x;
@@ -1167,7 +1167,7 @@ void launch_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv,
   LZ_CUDA_CHECK(groups == (nch + cpg - 1) / cpg, "lizard chunked backward (cuda): bad chunk group count ", groups);
   const int elems = P2 * D + P2;
   const size_t gsmem = Smem<D, P2, true>::bytes;
-  const dim3 sgrid((elems + 255) / 256, BH);
+  const dim3 sgrid(BH, (elems + 255) / 256);
   auto kfl = gate_fwd_kernel<T, D, P2, kGroupLocal>;
   auto kfr = gate_fwd_kernel<T, D, P2, kGroupRun>;
   auto krl = gate_rev_kernel<T, D, P2, kGroupLocal>;
