@@ -566,14 +566,15 @@ TEST(LizardCuda, BackwardMatchesReference) {
 // Window stage 1 = tensor-core banded kernels (default), 0 = fp32 CUDA-core kernels; statistics and
 // feature stages 1 = tensor-core kernels with split bf16 operands (default), 0 = fp32 CUDA-core kernels.
 // Runs (window, stages) = (1, 1), (0, 1), (1, 0): the defaults, then each old stage beside the new; then
-// (1, 1) with the gate sweeps over chunk groups (sweep variant 1) at groups auto, 2 and 3, plus a case
-// of 12 chunks (L 707) so that groups hold several chunks and a partial last one.
+// (1, 1) with the gate sweeps over chunk groups (sweep variant 1) at groups auto, 1 (no split: the grouped
+// kernels' compact layout alone, which auto picks at B16 H32), 2 and 3, plus a case of 12 chunks (L 707)
+// so that groups hold several chunks and a partial last one.
 TEST(LizardCuda, ChunkedBackwardVsReference) {
   struct Pass {
     int window, stages, sweep, groups;
   };
-  for (const Pass& ps : {Pass{1, 1, 0, 0}, Pass{0, 1, 0, 0}, Pass{1, 0, 0, 0}, Pass{1, 1, 1, 0}, Pass{1, 1, 1, 2},
-                         Pass{1, 1, 1, 3}}) {
+  for (const Pass& ps : {Pass{1, 1, 0, 0}, Pass{0, 1, 0, 0}, Pass{1, 0, 0, 0}, Pass{1, 1, 1, 0}, Pass{1, 1, 1, 1},
+                         Pass{1, 1, 1, 2}, Pass{1, 1, 1, 3}}) {
     const int window = ps.window, stages = ps.stages;
     lizard::cuda::set_backward_window_variant(window);
     lizard::cuda::set_backward_stage_variant(stages);
@@ -584,7 +585,9 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
                 window, window == 1 ? "tensor cores" : "CUDA cores, fp32", stages,
                 stages == 1 ? "tensor cores, split bf16" : "CUDA cores, fp32", ps.sweep,
                 ps.sweep == 0 ? "one CTA per (b, h)"
-                              : (ps.groups == 0 ? "chunk groups, auto" : (ps.groups == 2 ? "2 chunk groups" : "3 chunk groups")));
+                : ps.groups == 0 ? "chunk groups, auto"
+                : ps.groups == 1 ? "1 chunk group"
+                : ps.groups == 2 ? "2 chunk groups" : "3 chunk groups");
     std::vector<Case> cases = kCases;
     if (ps.sweep == 1) cases.push_back({1, 707, 2, 1, 64, 32, 64, 4, true});
     for (const Case& c : cases) {

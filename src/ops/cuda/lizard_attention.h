@@ -114,8 +114,8 @@ void set_backward_stage_variant(int variant);
 // 1 = over chunk groups: each group's own state contribution, a scan over the groups, then every group
 // reruns its chunks from its incoming state (same outputs up to fp32 reassociation).
 void set_backward_sweep_variant(int variant);
-// Chunk groups per (b, h) of sweep variant 1: 0 (default) = auto (two waves of the card), else that
-// many (capped at the chunk count).
+// Chunk groups per (b, h) of sweep variant 1: 0 (default) = auto (fewest rounds of CTAs x chunks per
+// CTA on this card; 1 when B x Hq fills it twice), else that many (capped at the chunk count).
 void set_backward_sweep_groups(int groups);
 
 // Options and sizes from a layer config (pointers left null). Throws lizard::Error for options the

@@ -493,12 +493,14 @@ using namespace mma;
 constexpr int kC = 64, kGW = 4, kGT = kGW * 32;
 
 // Compact (the grouped sweeps): the decayed feature tile (PKd / PQd) takes PQ's place once the chunk's
-// outputs are done, one 64 x P2 bf16 tile less: 2 CTAs per SM at D64 F64 and D128 F32 (H100/H200).
+// outputs are done, and the fp32 state lives in the CTA's own slot of the group-state buffer in global
+// memory (L2; each element read and written by one thread), so 104 KB at D128 F64: 2 CTAs per SM at
+// every supported D, F (H100/H200).
 template <int D, int P2, bool Compact = false>
 struct Smem {
   static constexpr int LDP = P2 + 8, LDD = D + 8;
   static constexpr size_t bf16_elems = size_t(Compact ? 2 : 3) * kC * LDP + size_t(2) * kC * LDD + size_t(P2) * LDD;
-  static constexpr size_t bytes = bf16_elems * 2 + (size_t(P2) * D + P2 + 6 * kC) * 4;
+  static constexpr size_t bytes = bf16_elems * 2 + ((Compact ? 0 : size_t(P2) * D) + P2 + 6 * kC) * 4;
 };
 
 struct ChunkInfo {
@@ -524,10 +526,11 @@ __device__ __forceinline__ ChunkInfo chunk_info(const float* bc, int L, int n) {
 // gst is [BH, G, P2 * D + P2] fp32 (S then z, or R then r).
 enum SweepMode : int { kWhole = 0, kGroupLocal = 1, kGroupRun = 2 };
 
+// The bf16 copy of a group's incoming state and its fp32 normaliser part (the fp32 state itself is
+// used in place: compact kernels).
 template <int D, int P2>
-__device__ __forceinline__ void load_state(const float* src, float* Sf, bf16* Sb, float* z, int tid) {
+__device__ __forceinline__ void load_state(const float* src, bf16* Sb, float* z, int tid) {
   constexpr int LDD = D + 8;
-  for (int x = tid; x < P2 * D; x += kGT) Sf[x] = src[x];
   for (int x = tid; x < P2 * LDD; x += kGT) {
     const int f = x / LDD, c = x % LDD;
     Sb[x] = __float2bfloat16(c < D ? src[f * D + c] : 0.f);
@@ -536,14 +539,13 @@ __device__ __forceinline__ void load_state(const float* src, float* Sf, bf16* Sb
 }
 
 template <int D, int P2>
-__device__ __forceinline__ void store_state(float* dst, const float* Sf, const float* z, int tid) {
-  for (int x = tid; x < P2 * D; x += kGT) dst[x] = Sf[x];
+__device__ __forceinline__ void store_z(float* dst, const float* z, int tid) {
   for (int x = tid; x < P2; x += kGT) dst[P2 * D + x] = z[x];
 }
 
 template <typename T, int D, int P2, int Mode>
-__global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, int groups,
-                                                       int cpg, float* gst) {
+__device__ __forceinline__ void gate_fwd_body(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, int groups, int cpg,
+                                              float* gst) {
   constexpr bool kCompact = Mode != kWhole;
   using SM = Smem<D, P2, kCompact>;
   constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
@@ -554,8 +556,8 @@ __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, D
   bf16* Vt = PK + (kCompact ? 1 : 2) * kC * LDP;
   bf16* DN = Vt + kC * LDD;
   bf16* Sb = DN + kC * LDD;
-  float* Sf = reinterpret_cast<float*>(Sb + P2 * LDD);
-  float* z = Sf + P2 * D;
+  float* fsm = reinterpret_cast<float*>(Sb + P2 * LDD);
+  float* z = fsm + (kCompact ? 0 : P2 * D);
   float* bs = z + P2;
   float* eb = bs + kC;
   float* ebt = eb + kC;
@@ -569,8 +571,9 @@ __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, D
   const T* v = static_cast<const T*>(a.v);
   if (Mode == kGroupLocal && grp == groups - 1) return;  // no group after it: its contribution is unused
   float* my_state = Mode == kWhole ? nullptr : gst + int64_t(blockIdx.x) * (P2 * D + P2);
+  float* Sf = kCompact ? my_state : fsm;  // fp32 state [P2, D] (recomputed at its use: no live range)
   if (Mode == kGroupRun) {
-    load_state<D, P2>(my_state, Sf, Sb, z, tid);
+    load_state<D, P2>(my_state, Sb, z, tid);
   } else {
     for (int x = tid; x < P2 * D; x += kGT) Sf[x] = 0.f;
     for (int x = tid; x < P2 * LDD; x += kGT) Sb[x] = __float2bfloat16(0.f);
@@ -599,13 +602,12 @@ __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, D
       Vt[r * LDD + e] = __float2bfloat16(r < ci.nvalid ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
     }
     __syncthreads();
-    auto fill_pkd = [&] {
+    if (!kCompact) {
       for (int x = tid; x < kC * P2; x += kGT) {
         const int r = x / P2, f = x % P2;
         PKd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phk[int64_t(ci.c0 + r) * P2 + f] * ebt[r] : 0.f);
       }
-    };
-    if (!kCompact) fill_pkd();
+    }
     if (Mode != kGroupLocal) {  // the chunk's outputs (block-uniform branch: barriers inside are safe)
     for (int r = warp; r < kC; r += kGW) {  // zdot = phq . z: warp per row, lanes over f (coalesced)
       float sacc = 0.f;
@@ -804,11 +806,15 @@ __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, D
     }  // Mode != kGroupLocal
     __syncthreads();  // every read of S, z, the tiles is done; PKd visible
     if (kCompact) {  // PKd over PQ
-      fill_pkd();
+      for (int x = tid; x < kC * P2; x += kGT) {
+        const int r = x / P2, f = x % P2;
+        PKd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phk[int64_t(ci.c0 + r) * P2 + f] * ebt[r] : 0.f);
+      }
       __syncthreads();
     }
     // S = exp(b_last) S + (phk .* exp(b_last - b_t))^T V, z likewise
     const float decay = expf(ci.blast);
+    float* Sf_ = kCompact ? gst + int64_t(blockIdx.x) * (P2 * D + P2) : fsm;
 #pragma unroll
     for (int mt = 0; mt < P2 / 64; ++mt) {
       const int f0 = warp * (P2 / 4) + mt * 16;
@@ -832,8 +838,8 @@ __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, D
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int f = f0 + g + (e >> 1) * 8, c = 8 * j + 2 * t4 + (e & 1);
-          const float nv = Sf[f * D + c] * decay + acc[j][e];
-          Sf[f * D + c] = nv;
+          const float nv = Sf_[f * D + c] * decay + acc[j][e];
+          Sf_[f * D + c] = nv;
           Sb[f * LDD + c] = __float2bfloat16(nv);
         }
       }
@@ -845,12 +851,25 @@ __global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, D
     }
     __syncthreads();
   }
-  if (Mode == kGroupLocal) store_state<D, P2>(my_state, Sf, z, tid);
+  if (Mode == kGroupLocal) store_z<D, P2>(my_state, z, tid);  // S is already there
+}
+
+// The default sweeps keep their old launch bounds (and so their register allocation); the grouped
+// kernels ask for 2 CTAs per SM (at most 256 registers, no spills; ptxas left to itself capped the
+// grouped D128 F32 forward at 128 registers with a spill).
+template <typename T, int D, int P2>
+__global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy) {
+  gate_fwd_body<T, D, P2, kWhole>(a, d, ws, dy, 1, (d.L + kC - 1) / kC, nullptr);
+}
+template <typename T, int D, int P2, int Mode>
+__global__ void __launch_bounds__(kGT, 2)
+    gate_fwd_group_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, int groups, int cpg, float* gst) {
+  gate_fwd_body<T, D, P2, Mode>(a, d, ws, dy, groups, cpg, gst);
 }
 
 template <typename T, int D, int P2, int Mode>
-__global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dv, int groups,
-                                                       int cpg, float* gst) {
+__device__ __forceinline__ void gate_rev_body(const LizardAttnArgs& a, Dims d, Ws ws, float* dv, int groups, int cpg,
+                                              float* gst) {
   constexpr bool kCompact = Mode != kWhole;
   using SM = Smem<D, P2, kCompact>;
   constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
@@ -861,8 +880,8 @@ __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, D
   bf16* Vt = PK + (kCompact ? 1 : 2) * kC * LDP;
   bf16* DN = Vt + kC * LDD;
   bf16* Rb = DN + kC * LDD;
-  float* Rf = reinterpret_cast<float*>(Rb + P2 * LDD);
-  float* rv = Rf + P2 * D;
+  float* fsm = reinterpret_cast<float*>(Rb + P2 * LDD);
+  float* rv = fsm + (kCompact ? 0 : P2 * D);
   float* bs = rv + P2;
   float* eb = bs + kC;
   float* ebt = eb + kC;
@@ -876,8 +895,9 @@ __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, D
   const T* v = static_cast<const T*>(a.v);
   if (Mode == kGroupLocal && grp == 0) return;  // no group before it: its contribution is unused
   float* my_state = Mode == kWhole ? nullptr : gst + int64_t(blockIdx.x) * (P2 * D + P2);
+  float* Rf = kCompact ? my_state : fsm;  // fp32 state [P2, D] (recomputed at its use: no live range)
   if (Mode == kGroupRun) {
-    load_state<D, P2>(my_state, Rf, Rb, rv, tid);
+    load_state<D, P2>(my_state, Rb, rv, tid);
   } else {
     for (int x = tid; x < P2 * D; x += kGT) Rf[x] = 0.f;
     for (int x = tid; x < P2 * LDD; x += kGT) Rb[x] = __float2bfloat16(0.f);
@@ -910,13 +930,12 @@ __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, D
       DN[r * LDD + e] = __float2bfloat16(ok ? dnw[int64_t(ci.c0 + r) * D + e] : 0.f);
     }
     __syncthreads();
-    auto fill_pqd = [&] {
+    if (!kCompact) {
       for (int x = tid; x < kC * P2; x += kGT) {
         const int r = x / P2, f = x % P2;
         PQd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phq[int64_t(ci.c0 + r) * P2 + f] * eb[r] : 0.f);
       }
-    };
-    if (!kCompact) fill_pqd();
+    }
     // (PQd is read only after the barrier before the state update.)
     if (Mode != kGroupLocal) {  // the chunk's outputs (no barrier inside)
     const float bta = bs[ra], btb = bs[rb], eta = ebt[ra], etb = ebt[rb];
@@ -1082,11 +1101,15 @@ __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, D
     }  // Mode != kGroupLocal
     __syncthreads();  // every read of R, r done; PQd visible
     if (kCompact) {  // PQd over PQ
-      fill_pqd();
+      for (int x = tid; x < kC * P2; x += kGT) {
+        const int r = x / P2, f = x % P2;
+        PQd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phq[int64_t(ci.c0 + r) * P2 + f] * eb[r] : 0.f);
+      }
       __syncthreads();
     }
     // R = exp(b_last) R + (phq .* exp(b_i))^T dn, r likewise with dden
     const float decay = expf(ci.blast);
+    float* Rf_ = kCompact ? gst + int64_t(blockIdx.x) * (P2 * D + P2) : fsm;
 #pragma unroll
     for (int mt = 0; mt < P2 / 64; ++mt) {
       const int f0 = warp * (P2 / 4) + mt * 16;
@@ -1110,8 +1133,8 @@ __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, D
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int f = f0 + g + (e >> 1) * 8, c = 8 * j + 2 * t4 + (e & 1);
-          const float nv = Rf[f * D + c] * decay + acc[j][e];
-          Rf[f * D + c] = nv;
+          const float nv = Rf_[f * D + c] * decay + acc[j][e];
+          Rf_[f * D + c] = nv;
           Rb[f * LDD + c] = __float2bfloat16(nv);
         }
       }
@@ -1123,7 +1146,17 @@ __global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, D
     }
     __syncthreads();
   }
-  if (Mode == kGroupLocal) store_state<D, P2>(my_state, Rf, rv, tid);
+  if (Mode == kGroupLocal) store_z<D, P2>(my_state, rv, tid);  // R is already there
+}
+
+template <typename T, int D, int P2>
+__global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dv) {
+  gate_rev_body<T, D, P2, kWhole>(a, d, ws, dv, 1, (d.L + kC - 1) / kC, nullptr);
+}
+template <typename T, int D, int P2, int Mode>
+__global__ void __launch_bounds__(kGT, 2)
+    gate_rev_group_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dv, int groups, int cpg, float* gst) {
+  gate_rev_body<T, D, P2, Mode>(a, d, ws, dv, groups, cpg, gst);
 }
 
 // Turns each group's own contribution in gst into its incoming state, in place (exclusive scan over
@@ -1147,19 +1180,21 @@ __global__ void scan_groups_kernel(Dims d, Ws ws, int groups, int cpg, int elems
   }
 }
 
+// groups = 0: the whole-sequence kernels; >= 1: the grouped (compact) kernels with that many groups
+// and gst [BH, groups, P2 D + P2] (with one group: no own pass; the scan only zeroes the states).
 template <typename T, int D, int P2>
 void launch_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, int groups, float* gst,
                  cudaStream_t st) {
   const size_t smem = Smem<D, P2>::bytes;
   const int BH = d.B * d.Hq, nch = (d.L + kC - 1) / kC;
-  if (groups <= 1) {
-    auto kf = gate_fwd_kernel<T, D, P2, kWhole>;
-    auto kr = gate_rev_kernel<T, D, P2, kWhole>;
+  if (groups <= 0) {
+    auto kf = gate_fwd_kernel<T, D, P2>;
+    auto kr = gate_rev_kernel<T, D, P2>;
     LZ_CUDA_OK(cudaFuncSetAttribute(kf, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     LZ_CUDA_OK(cudaFuncSetAttribute(kr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kf<<<BH, kGT, smem, st>>>(a, d, ws, dy, 1, nch, nullptr);
+    kf<<<BH, kGT, smem, st>>>(a, d, ws, dy);
     LZ_CUDA_OK(cudaGetLastError());
-    kr<<<BH, kGT, smem, st>>>(a, d, ws, dv, 1, nch, nullptr);
+    kr<<<BH, kGT, smem, st>>>(a, d, ws, dv);
     LZ_CUDA_OK(cudaGetLastError());
     return;
   }
@@ -1168,22 +1203,22 @@ void launch_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv,
   const int elems = P2 * D + P2;
   const size_t gsmem = Smem<D, P2, true>::bytes;
   const dim3 sgrid(BH, (elems + 255) / 256);
-  auto kfl = gate_fwd_kernel<T, D, P2, kGroupLocal>;
-  auto kfr = gate_fwd_kernel<T, D, P2, kGroupRun>;
-  auto krl = gate_rev_kernel<T, D, P2, kGroupLocal>;
-  auto krr = gate_rev_kernel<T, D, P2, kGroupRun>;
+  auto kfl = gate_fwd_group_kernel<T, D, P2, kGroupLocal>;
+  auto kfr = gate_fwd_group_kernel<T, D, P2, kGroupRun>;
+  auto krl = gate_rev_group_kernel<T, D, P2, kGroupLocal>;
+  auto krr = gate_rev_group_kernel<T, D, P2, kGroupRun>;
   LZ_CUDA_OK(cudaFuncSetAttribute(kfl, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
   LZ_CUDA_OK(cudaFuncSetAttribute(kfr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
   LZ_CUDA_OK(cudaFuncSetAttribute(krl, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
   LZ_CUDA_OK(cudaFuncSetAttribute(krr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
   // The reverse sweep reads dn and dden, which the forward sweep's last pass writes: strictly in order.
-  kfl<<<BH * groups, kGT, gsmem, st>>>(a, d, ws, dy, groups, cpg, gst);
+  if (groups > 1) kfl<<<BH * groups, kGT, gsmem, st>>>(a, d, ws, dy, groups, cpg, gst);
   LZ_CUDA_OK(cudaGetLastError());
   scan_groups_kernel<<<sgrid, 256, 0, st>>>(d, ws, groups, cpg, elems, gst, false);
   LZ_CUDA_OK(cudaGetLastError());
   kfr<<<BH * groups, kGT, gsmem, st>>>(a, d, ws, dy, groups, cpg, gst);
   LZ_CUDA_OK(cudaGetLastError());
-  krl<<<BH * groups, kGT, gsmem, st>>>(a, d, ws, dv, groups, cpg, gst);
+  if (groups > 1) krl<<<BH * groups, kGT, gsmem, st>>>(a, d, ws, dv, groups, cpg, gst);
   LZ_CUDA_OK(cudaGetLastError());
   scan_groups_kernel<<<sgrid, 256, 0, st>>>(d, ws, groups, cpg, elems, gst, true);
   LZ_CUDA_OK(cudaGetLastError());
@@ -1193,11 +1228,11 @@ void launch_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv,
 
 // Chunk groups per (b, h) for the grouped sweeps. The sweep kernels are latency bound at a few CTAs per
 // SM, so the time goes as (rounds of CTAs) x (chunks per CTA): pick the G minimising
-//   ceil(BH G / slots) cpg + 0.35 ceil(BH (G - 1) / slots) cpg + 0.1 ceil(BH G / slots) [G > 1]
-// (second term: the own-contribution pass, about a third of a full chunk's work; third: loading and
-// storing the group states), slots = SMs x resident CTAs per SM. Ties go to the smaller G. So 1 (the
-// whole-sequence sweeps) when B H alone fills the card. `requested` > 0 overrides (capped at the
-// chunk count); the result always has no empty group.
+//   ceil(BH G / slots) cpg + [G > 1] (0.35 ceil(BH (G - 1) / slots) cpg + 0.1 ceil(BH G / slots))
+// (second term: the own-contribution pass, about a third of a full chunk's work; third: the scan and
+// the state loads), slots = SMs x resident CTAs per SM of the compact kernels. Ties go to the smaller
+// G; 1 group when B H alone fills the card twice. `requested` > 0 overrides (capped at the chunk
+// count); the result always has no empty group.
 template <typename T, int D, int P2>
 int gate_groups(Dims d, int requested) {
   const int nch = (d.L + kC - 1) / kC, BH = d.B * d.Hq;
@@ -1211,7 +1246,7 @@ int gate_groups(Dims d, int requested) {
   LZ_CUDA_OK(cudaGetDevice(&dev));
   LZ_CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const size_t smem = Smem<D, P2, true>::bytes;
-  auto kfr = gate_fwd_kernel<T, D, P2, kGroupRun>;
+  auto kfr = gate_fwd_group_kernel<T, D, P2, kGroupRun>;
   LZ_CUDA_OK(cudaFuncSetAttribute(kfr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   LZ_CUDA_OK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kfr, kGT, smem));
   const int64_t slots = int64_t(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
@@ -1229,13 +1264,13 @@ int gate_groups(Dims d, int requested) {
 }
 
 // groups: 0 = the whole-sequence sweeps (one CTA per (b, h)); otherwise the grouped sweeps with
-// gate_groups(.., groups - 1) groups, i.e. 1 = auto. Returns the group count used (1 for whole).
+// gate_groups(.., groups - 1) groups, i.e. 1 = auto. Returns the group count used (0 for whole).
 template <typename T, int D, int P2>
 int dispatch_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, int groups, cudaStream_t st) {
-  int G = 1;
+  int G = 0;
   float* gst = nullptr;
   if (groups > 0) G = gate_groups<T, D, P2>(d, groups - 1);
-  if (G > 1) LZ_CUDA_OK(cudaMallocAsync(&gst, sizeof(float) * size_t(d.B) * d.Hq * G * (P2 * D + P2), st));
+  if (G > 0) LZ_CUDA_OK(cudaMallocAsync(&gst, sizeof(float) * size_t(d.B) * d.Hq * G * (P2 * D + P2), st));
   launch_gate<T, D, P2>(a, d, ws, dy, dv, G, gst, st);
   if (gst) LZ_CUDA_OK(cudaFreeAsync(gst, st));
   return G;
@@ -1248,7 +1283,7 @@ int run_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, int
   if (a.D == 128 && a.F == 32) return dispatch_gate<T, 128, 64>(a, d, ws, dy, dv, groups, st);
   if (a.D == 128 && a.F == 64) return dispatch_gate<T, 128, 128>(a, d, ws, dy, dv, groups, st);
   fail_cat("lizard attention chunked backward (cuda): needs D in {64, 128} and F in {32, 64}, got D=", a.D, " F=", a.F);
-  return 1;
+  return 0;
 }
 
 }  // namespace gate
