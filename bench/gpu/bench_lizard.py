@@ -348,8 +348,10 @@ def main():
         print("spot check B1 L777 H4/2 D128 backward, chunked vs parallel rel err: " + " ".join(
             f"{n} {((a - b).norm() / b.norm()).item():.2e}" for n, a, b in zip(names, z.grads(), gp)), flush=True)
         lib.lz_set_backward_sweep_variant(1)  # the gate sweeps over chunk groups
-        z.fwd_bwd_chunked()
-        lib.lz_set_backward_sweep_variant(0)
+        try:
+            z.fwd_bwd_chunked()
+        finally:
+            lib.lz_set_backward_sweep_variant(0)
         print("spot check B1 L777 H4/2 D128 backward, chunked (grouped gate sweeps) vs parallel rel err: " + " ".join(
             f"{n} {((a - b).norm() / b.norm()).item():.2e}" for n, a, b in zip(names, z.grads(), gp)), flush=True)
         del z, gp
@@ -409,8 +411,8 @@ def main():
             del os.environ["LIZARD_CUDA_BWD_PROFILE"]
         row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd", liz[tag], fbc)
         if fbc == fbc:  # the same fwd+bwd with each gate sweep variant (0 = whole sequence, the row above)
-            # 1 = chunk groups, auto count (1 group, i.e. variant 0's kernels, where B H alone fills the
-            # card); "g4": 4 groups forced (8 chunks each at L2048), the grouped path at every shape.
+            # 1 = the grouped kernels (2 CTAs per SM), auto group count (1 where B H alone fills the card
+            # twice: no split); "g4": 4 groups forced (8 chunks each at L2048).
             lib.lz_set_backward_sweep_variant(1)
             for groups, name in [(0, "sweep1"), (4, "sweep1 g4")]:
                 lib.lz_set_backward_sweep_groups(groups)
