@@ -402,10 +402,13 @@ def main():
                 lib.lz_set_backward_stage_variant(1)
                 print(f"  chunked bwd with CUDA-core stats/feature stages (variant 0): {1e3 * (time.time() - t0):.1f} ms wall")
             lib.lz_set_backward_sweep_variant(1)  # the gate sweeps over chunk groups: profile stage "gate-grouped"
-            for groups in (0, 4):  # auto, then 4 groups forced
-                lib.lz_set_backward_sweep_groups(groups)
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
+            try:
+                for groups in (0, 4):  # auto, then 4 groups forced
+                    lib.lz_set_backward_sweep_groups(groups)
+                    z.fwd_bwd_chunked()
+                    torch.cuda.synchronize()
+            except Exception as e:  # noqa: BLE001
+                print("  grouped gate sweeps failed in the profile call:", str(e)[:200])
             lib.lz_set_backward_sweep_groups(0)
             lib.lz_set_backward_sweep_variant(0)
             del os.environ["LIZARD_CUDA_BWD_PROFILE"]
