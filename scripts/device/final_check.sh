@@ -12,5 +12,7 @@ echo "lizard_gpu_tests exit $?"
 grep -E "FAILED|PASSED|tests ran" "$o/gpu_tests.log" | head -20
 grep -cE "^\[       OK" "$o/gpu_tests.log" | sed 's/^/tests OK: /'
 grep -E "sweep variant|dalpha per" "$o/gpu_tests.log" | head -4 | cut -c1-400
-PYTHONUNBUFFERED=1 timeout ${KB_TIMEOUT:-70} python3 bench/gpu/bench_lizard.py --final >"$o/kernels.log" 2>&1
-grep -E "ROW|rel err|profile" "$o/kernels.log" | head -30
+PYTHONUNBUFFERED=1 timeout ${KB_TIMEOUT:-60} python3 bench/gpu/bench_lizard.py --quick >"$o/kernels.log" 2>&1
+grep -E "ROW.*(lizard|sdpa)|profile|spot" "$o/kernels.log" | cut -c1-300 | head -24
+PYTHONUNBUFFERED=1 timeout ${KB_TIMEOUT:-60} python3 bench/gpu/bench_lizard.py --final >"$o/kernels_final.log" 2>&1
+grep -E "ROW|rel err" "$o/kernels_final.log" | cut -c1-200 | head -24
