@@ -285,7 +285,7 @@ def final():
             lib.lz_set_forward_split(split)
             t = med(z.fwd)
             res.setdefault((tag, f"lizard fwd v{var} {'split' if split == 2 else 'nosplit'}"), []).append(t)
-        lib.lz_set_forward_variant(0)
+        lib.lz_set_forward_variant(2)  # the default (kForwardVariantDefault)
         lib.lz_set_forward_split(0)
         del z
         torch.cuda.empty_cache()
@@ -343,6 +343,7 @@ def main():
         z = Lizard(1, 777, 4, 2, 128)
         z.fwd_bwd()
         gp = [t.clone() for t in z.grads()]
+        lib.lz_set_backward_sweep_variant(0)  # the whole-sequence gate sweeps first
         z.fwd_bwd_chunked()
         names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
         print("spot check B1 L777 H4/2 D128 backward, chunked vs parallel rel err: " + " ".join(

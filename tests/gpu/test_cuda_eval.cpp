@@ -6,9 +6,11 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+
 #include <memory>
 #include <vector>
 
+#include "model/load_model.h"
 #include "../teacher_file_fixture.h"
 #include "cuda_model_fixture.h"
 #include "eval/cuda_eval_model.h"
@@ -92,7 +94,10 @@ TEST(CudaEval, ModelsOfASavedCheckpointMatchCpu) {
   const auto toks = random_tokens(s, 300, 270);
   StrideOptions so;
   so.ctx = 128, so.stride = 64, so.chunk = 32;
-  LlamaEvalModel ct(*p.cpu_teacher, "teacher"), cs(*p.cpu_student, "student");
+  // The CPU side opens the same files (the writer stores Q/K rows in HF order while a GGUF reader
+  // un-permutes them: comparing with the in-memory pair compared different weights).
+  const LoadedModel cpu_t = load_model(teacher), cpu_s = load_model((dir / "student").string());
+  LlamaEvalModel ct(*cpu_t.model, "teacher"), cs(*cpu_s.model, "student");
   const KlStats kc = kl_divergence(ct, cs, toks, so), kg = kl_divergence(*g.teacher, *g.student, toks, so);
   std::printf("[cuda-eval] saved checkpoint: teacher ppl rel %.2e, student ppl rel %.2e, KL cpu %.5f gpu %.5f, "
               "top-1 cpu %.4f gpu %.4f (%lld tokens)\n",

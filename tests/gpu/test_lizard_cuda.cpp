@@ -183,7 +183,7 @@ TEST(LizardCuda, ChunkedBf16MatchesReference) {
     lizard::cuda::set_forward_variant(variant);
     chunked_bf16(kCases, variant == 1 ? "v1" : "v2");
   }
-  lizard::cuda::set_forward_variant(0);
+  lizard::cuda::set_forward_variant(lizard::cuda::kForwardVariantDefault);
 }
 
 // Small cases for compute-sanitizer (memcheck, racecheck): scripts/device_cuda.sh runs this one.
@@ -192,7 +192,7 @@ TEST(LizardCuda, SanitizerSmall) {
   chunked_bf16(small, "v0");
   lizard::cuda::set_forward_variant(2);
   chunked_bf16(small, "v2");
-  lizard::cuda::set_forward_variant(0);
+  lizard::cuda::set_forward_variant(lizard::cuda::kForwardVariantDefault);
 }
 
 TEST(LizardCuda, RecurrentFp32AndBf16MatchReference) {
@@ -295,7 +295,7 @@ TEST(LizardCuda, DecodeMatchesReferenceAndChunkedState) {
       EXPECT_LT(es, 2e-2);
       EXPECT_LT(ez, 2e-2);
     }
-    lizard::cuda::set_forward_variant(0);
+    lizard::cuda::set_forward_variant(lizard::cuda::kForwardVariantDefault);
   }
 }
 
@@ -535,6 +535,24 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
       for (size_t j = 0; j < na; ++j) err = std::max(err, std::fabs(m.got[j] - m.ref[j]) / std::max(scale[j], 1e-30));
       e = err;
     }
+    if (std::string(m.name) == "dmeta") {
+      // dmeta_j = -sum over tokens of p_sink_j * alpha dy . A: a cancelling sum too (at w 1 the sinks hold
+      // most of the window's mass and |sum| fell to ~1/100 of the terms on the H200, where the split-bf16
+      // and fp32 statistics stages then differed by 7.5e-4 of |sum|). Scale: sum |alpha dy . A| per meta
+      // set, an upper bound of sum |terms| (p_sink <= 1).
+      const std::vector<double> dya = window_dya(P, dy);
+      const size_t nm = P.p.meta.size() / size_t(c.m), na = P.p.alpha.size();
+      std::vector<double> scale(nm, 0.0);
+      for (int b = 0; b < c.B; ++b)
+        for (int h = 0; h < c.Hq; ++h)
+          for (int i = 0; i < c.L; ++i)
+            scale[nm == 1 ? 0 : size_t(h)] +=
+                std::fabs(P.p.alpha[na == 1 ? 0 : size_t(h)] * dya[(size_t(b) * c.Hq + h) * c.L + i]);
+      double err = 0;
+      for (size_t j = 0; j < m.ref.size(); ++j)
+        err = std::max(err, std::fabs(m.got[j] - m.ref[j]) / std::max(scale[j / size_t(c.m)], 1e-30));
+      e = err;
+    }
     if (std::string(m.name) == "dgate_b") {
       // A sum over tokens of terms of both signs: measure its error against the sum of |terms|,
       // the scale its rounding error lives on, not against |sum| (which cancellation can shrink).
@@ -547,7 +565,7 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     line += buf;
     EXPECT_EQ(bad, 0u) << m.name << " " << describe(c) << " seed " << seed;
     const std::string nm = m.name;
-    const double t = nm == "dalpha" ? 2e-5 : nm == "dmeta" ? 1e-4 : (chunked && nm.rfind("dgate", 0) == 0 ? gate_tol : tol);
+    const double t = nm == "dalpha" || nm == "dmeta" ? 2e-5 : (chunked && nm.rfind("dgate", 0) == 0 ? gate_tol : tol);
     EXPECT_LT(e, t) << m.name << " " << describe(c) << " seed " << seed;
   }
   std::printf("[lizard-cuda] backward%s %s %-40s%s%s%s (seed %llu)\n", chunked ? " chunked" : "", round ? "bf16" : "f32 ",
@@ -604,7 +622,7 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
   }
   lizard::cuda::set_backward_window_variant(1);
   lizard::cuda::set_backward_stage_variant(1);
-  lizard::cuda::set_backward_sweep_variant(0);
+  lizard::cuda::set_backward_sweep_variant(lizard::cuda::kBackwardSweepDefault);
   lizard::cuda::set_backward_sweep_groups(0);
 }
 
@@ -617,7 +635,7 @@ TEST(LizardCuda, SanitizerSmallChunkedBackward) {
     backward_case<__nv_bfloat16>({1, 77, 2, 1, 64, 32, 16, 4}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>({1, 130, 2, 2, 128, 64, 65, 2, true}, fresh_seed(), true, 3e-2, true, 2.5e-1);
   }
-  lizard::cuda::set_backward_sweep_variant(0);
+  lizard::cuda::set_backward_sweep_variant(lizard::cuda::kBackwardSweepDefault);
   lizard::cuda::set_backward_sweep_groups(0);
 }
 

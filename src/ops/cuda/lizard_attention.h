@@ -55,10 +55,12 @@ struct LizardAttnArgs {
 // window <= 192 at D = 128 (shared memory). Throws lizard::Error on anything it cannot do.
 void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream = nullptr);
 
-// Benchmarking only: 0 = straight-line tiles (default), 1 = skip fully masked 16-key tiles,
-// 2 = next chunk's tiles prefetched with cp.async while the current one computes, phi_K moved to the
-// gate warps (balanced groups); runs v0 where its ring does not fit (w > 128 at D = 128) and ignores
-// set_forward_split.
+// 0 = straight-line tiles, 1 = skip fully masked 16-key tiles, 2 (default) = next chunk's tiles
+// prefetched with cp.async while the current one computes, phi_K moved to the gate warps (balanced
+// groups); 2 runs v0 where its ring does not fit (w > 128 at D = 128) and ignores set_forward_split.
+// H200, B16 H32 D128: v2 1.487 / 2.933 / 5.860 ms at L 2048 / 4096 / 8192 against v0's 1.668 / 3.341 /
+// 6.674, output identical to v0 (bench_lizard.py --final, 2026-11-27).
+constexpr int kForwardVariantDefault = 2;
 void set_forward_variant(int variant);
 // Value-column split over two CTAs per (b, h): 0 = auto (when 2 * B * Hq <= multiprocessors), 1 = never,
 // 2 = always.
@@ -110,9 +112,11 @@ void set_backward_window_variant(int variant);
 // 1 (default) = tensor-core kernels (fp32 operands split into bf16 hi + lo, close to fp32), 0 = the
 // parallel path's CUDA-core kernels.
 void set_backward_stage_variant(int variant);
-// Gate-branch sweeps of the chunked backward: 0 (default) = one CTA per (b, h) serial over all chunks;
-// 1 = over chunk groups: each group's own state contribution, a scan over the groups, then every group
-// reruns its chunks from its incoming state (same outputs up to fp32 reassociation).
+// Gate-branch sweeps of the chunked backward: 0 = one CTA per (b, h) serial over all chunks;
+// 1 (default) = over chunk groups: each group's own state contribution, a scan over the groups, then
+// every group reruns its chunks from its incoming state (same outputs up to fp32 reassociation).
+// H200 fwd+bwd: 42.3 -> 35.2 ms at B16 H32 D128 L2048, 7.0 -> 5.8 ms at B8 H9 D64 L2048.
+constexpr int kBackwardSweepDefault = 1;
 void set_backward_sweep_variant(int variant);
 // Chunk groups per (b, h) of sweep variant 1: 0 (default) = auto (fewest rounds of CTAs x chunks per
 // CTA on this card; 1 when B x Hq fills it twice), else that many (capped at the chunk count).

@@ -2145,7 +2145,7 @@ void keep_pool_memory() {
 
 int g_window_variant = 1;  // chunked backward: 1 = tensor-core window stage, 0 = CUDA-core
 int g_stage_variant = 1;   // chunked backward: 1 = tensor-core statistics and feature stages, 0 = CUDA-core
-int g_sweep_variant = 0;   // chunked backward gate sweeps: 0 = one CTA per (b, h), 1 = over chunk groups
+int g_sweep_variant = kBackwardSweepDefault;  // gate sweeps: 0 = one CTA per (b, h), 1 = over chunk groups
 int g_sweep_groups = 0;    // grouped sweeps: groups per (b, h), 0 = auto
 
 template <typename T>

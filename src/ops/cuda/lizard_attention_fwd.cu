@@ -1034,7 +1034,7 @@ bool launch_fwd2(const LizardAttnArgs& a, cudaStream_t stream) {
   return true;
 }
 
-int g_fwd_variant = 0;  // 1: tile skipping, 2: prefetched chunks and rebalanced warp groups
+int g_fwd_variant = kForwardVariantDefault;  // 1: tile skipping, 2: prefetched chunks and rebalanced warp groups
 int g_split_mode = 0;   // 0: auto, 1: never split the value columns, 2: always
 
 template <int D, int F>
