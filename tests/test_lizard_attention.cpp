@@ -191,6 +191,9 @@ TEST(LizardConfig, InitIsDeterministicAndStartsAtGateInit) {
   EXPECT_EQ(a.alpha.size(), size_t(9));
   EXPECT_NEAR(1.0 / (1.0 + std::exp(-a.gate_b[0])), 0.95, 1e-6);
   EXPECT_FLOAT_EQ(a.lolcats_f[0], -2.197f);
+  // distinct sink logits (equal ones would train as one sink), near 0
+  EXPECT_NE(a.meta[0], a.meta[1]);
+  for (float m : a.meta) EXPECT_LT(std::fabs(m), 0.6f);
   // near-uniform feature map at start: phi ~ 1/F for a unit-variance q
   double mx = 0;
   for (auto e : a.feat_q) mx = std::max(mx, double(std::fabs(e)));

@@ -255,7 +255,9 @@ LizardParams init_lizard_params(const LizardConfig& c, const LizardShape& s, uin
   const double gstd = 0.1 / std::sqrt(double(s.d_model));
   for (auto& x : p.gate_w) x = float(gstd * rng.normal());
   for (auto& x : p.gate_b) x = float(std::log(c.gate_init / (1.0 - c.gate_init)));
-  for (auto& x : p.meta) x = 0.0f;
+  // Small random logits, not all 0: equal sinks get equal gradients and stay equal forever (seen in the
+  // H200 runs: m = 4 acted as one sink). exp(0.1 N(0,1)) ~ 1, so the start is as before.
+  for (auto& x : p.meta) x = float(0.1 * rng.normal());
   for (auto& x : p.alpha) x = float(c.alpha_init);
   for (auto& x : p.lolcats_f) x = float(c.lolcats_window_init);
   return p;
