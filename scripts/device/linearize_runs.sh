@@ -7,8 +7,9 @@
 # Writes $OUT/NAME.tgz (reports, logs, loss plots, the final lizard.safetensors) and prints a summary.
 set -uo pipefail
 name=$1
-cfg=${2:-}
-shift $(( $# >= 2 ? 2 : $# ))
+shift
+cfg=
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then cfg=$1; shift; fi
 [ "${1:-}" = "--" ] && shift
 g="bash scripts/device/gpu.sh"
 lz=/tmp/lz
