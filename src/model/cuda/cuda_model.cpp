@@ -79,14 +79,18 @@ struct CudaBatch::Impl {
   };
   std::vector<Layer> layers;
   // Decode scratch, one row per slot.
-  DeviceBuffer x, xn, q, k, v, y, gate, up, log_gamma, logits, tokens, pos, lens, workspace;
+  DeviceBuffer x, xn, q, k, v, y, gate, up, log_gamma, logits, workspace;
+  // int32 [3, slots]: tokens, positions, lengths (position + 1; 0 for an inactive slot): one upload a step.
+  DeviceBuffer step;
+  const int32_t* tokens() const { return step.as<int32_t>(); }
+  const int* pos() const { return step.as<int>() + slots; }
+  const int* lens() const { return step.as<int>() + 2 * slots; }
 
   size_t bytes() const {
     size_t n = 0;
     for (const auto& l : layers)
       for (const DeviceBuffer* d : {&l.k_cache, &l.v_cache, &l.s, &l.z, &l.ring_k, &l.ring_v}) n += d->bytes();
-    for (const DeviceBuffer* d : {&x, &xn, &q, &k, &v, &y, &gate, &up, &log_gamma, &logits, &tokens, &pos, &lens,
-                                  &workspace})
+    for (const DeviceBuffer* d : {&x, &xn, &q, &k, &v, &y, &gate, &up, &log_gamma, &logits, &step, &workspace})
       n += d->bytes();
     return n;
   }
@@ -355,7 +359,10 @@ struct CudaModel::Impl {
 
   void decode(CudaBatch::Impl& b, const int32_t* ids, const bool* active, float* out) {
     const int B = b.slots;
-    std::vector<int32_t> tok(size_t(B), 0), pos(size_t(B), 0), lens(size_t(B), 0);
+    std::vector<int32_t> step(3 * size_t(B), 0);  // b.step's layout
+    int32_t* tok = step.data();
+    int32_t* pos = tok + B;
+    int32_t* lens = pos + B;
     bool any = false;
     for (int s = 0; s < B; ++s) {
       if (!active[s]) continue;
@@ -364,15 +371,13 @@ struct CudaModel::Impl {
       // Only KV caches are bounded by the batch's context; Lizard states hold any length.
       LZ_CHECK((n_softmax == 0 || b.n_past[size_t(s)] < b.ctx) && b.n_past[size_t(s)] < INT32_MAX,
                "slot {} is full: it holds {} positions, the context is {}", s, b.n_past[size_t(s)], b.ctx);
-      tok[size_t(s)] = ids[s];
-      pos[size_t(s)] = int32_t(b.n_past[size_t(s)]);
-      lens[size_t(s)] = pos[size_t(s)] + 1;
+      tok[s] = ids[s];
+      pos[s] = int32_t(b.n_past[size_t(s)]);
+      lens[s] = pos[s] + 1;
     }
     LZ_CHECK(any, "decode: no active slot");
-    to_device(b.tokens.get(), tok.data(), tok.size() * sizeof(int32_t));
-    to_device(b.pos.get(), pos.data(), pos.size() * sizeof(int32_t));
-    to_device(b.lens.get(), lens.data(), lens.size() * sizeof(int32_t));
-    embedding_fwd(kBF16, w->embedding(), b.tokens.as<int32_t>(), b.x.get(), B, int(d));
+    to_device(b.step.get(), step.data(), step.size() * sizeof(int32_t));
+    embedding_fwd(kBF16, w->embedding(), b.tokens(), b.x.get(), B, int(d));
     const float* inv_freq = w->rope_inv_freq();
     for (int li = 0; li < cfg.n_layers; ++li) {
       const DeviceLayer& L = w->layer(li);
@@ -383,20 +388,20 @@ struct CudaModel::Impl {
       linear_fwd(b.xn.get(), L.k.w, L.k.bias, b.k.get(), kBF16, B, int(d), int(kvd));
       linear_fwd(b.xn.get(), L.v.w, L.v.bias, b.v.get(), kBF16, B, int(d), int(kvd));
       if (!lzl) {
-        rope_rows(b.q.get(), B, qd, int(H), int(D), b.pos.as<int>(), inv_freq);
-        rope_rows(b.k.get(), B, kvd, int(Hkv), int(D), b.pos.as<int>(), inv_freq);
+        rope_rows(b.q.get(), B, qd, int(H), int(D), b.pos(), inv_freq);
+        rope_rows(b.k.get(), B, kvd, int(Hkv), int(D), b.pos(), inv_freq);
         // Inactive slots are not written: their cache may be full.
         for_active_runs(active, B, [&](int s0, int ns) {
           const int64_t off = int64_t(s0) * Hkv * b.ctx * D;
           kv_cache_write(bf(b.k.get(), s0 * kvd), bf(bl.k_cache.get(), off), ns, 1, int(Hkv), int(D), int(b.ctx),
-                         b.pos.as<int>() + s0);
+                         b.pos() + s0);
           kv_cache_write(bf(b.v.get(), s0 * kvd), bf(bl.v_cache.get(), off), ns, 1, int(Hkv), int(D), int(b.ctx),
-                         b.pos.as<int>() + s0);
+                         b.pos() + s0);
         });
         AttentionDecodeArgs a;
         a.B = B, a.n = 1, a.H = int(H), a.Hkv = int(Hkv), a.D = int(D), a.max_ctx = int(b.ctx);
         a.q = b.q.get(), a.k_cache = bl.k_cache.get(), a.v_cache = bl.v_cache.get();
-        a.lens = b.lens.as<int>();  // 0 for inactive slots: skipped
+        a.lens = b.lens();  // 0 for inactive slots: skipped
         a.out = b.y.get();
         a.workspace = b.workspace.as<float>();
         attention_decode(a);
@@ -404,8 +409,8 @@ struct CudaModel::Impl {
         const int g = gates_of(*lzl);
         lizard_gate_fwd(b.xn.get(), lzl->gate_w, lzl->gate_b, b.log_gamma.as<float>(), B, int(d), g);
         if (rope_lizard(*lzl)) {
-          rope_rows(b.q.get(), B, qd, int(H), int(D), b.pos.as<int>(), inv_freq);
-          rope_rows(b.k.get(), B, kvd, int(Hkv), int(D), b.pos.as<int>(), inv_freq);
+          rope_rows(b.q.get(), B, qd, int(H), int(D), b.pos(), inv_freq);
+          rope_rows(b.k.get(), B, kvd, int(Hkv), int(D), b.pos(), inv_freq);
         }
         // The decode kernel updates every slot it is given: only active runs go in.
         for_active_runs(active, B, [&](int s0, int ns) {
@@ -417,7 +422,7 @@ struct CudaModel::Impl {
           a.state_s = bl.s.as<float>() + int64_t(s0) * H * F2 * D;
           a.state_z = bl.z.as<float>() + int64_t(s0) * H * F2;
           const int64_t roff = int64_t(s0) * Hkv * a.window * D;
-          lizard_attention_decode(a, /*fp32=*/false, b.pos.as<int>() + s0, bf(bl.ring_k.get(), roff),
+          lizard_attention_decode(a, /*fp32=*/false, b.pos() + s0, bf(bl.ring_k.get(), roff),
                                   bf(bl.ring_v.get(), roff));
         });
       }
@@ -474,9 +479,7 @@ struct CudaModel::Impl {
     b.up.resize(S * size_t(F) * 2);
     b.log_gamma.resize(S * size_t(H) * sizeof(float));
     b.logits.resize(S * size_t(V) * sizeof(float));
-    b.tokens.resize(S * sizeof(int32_t));
-    b.pos.resize(S * sizeof(int32_t));
-    b.lens.resize(S * sizeof(int32_t));
+    b.step.resize(3 * S * sizeof(int32_t));
     if (n_softmax > 0)
       b.workspace.resize(std::max<size_t>(attention_decode_workspace_bytes(slots, 1, int(H), int(D), int(ctx)), 4));
     return out;
