@@ -172,14 +172,17 @@ BatchGenerateStats generate_batch(BatchModel& m, std::span<const int32_t> prompt
   std::vector<int32_t> next(static_cast<size_t>(B), 0);
   std::unique_ptr<bool[]> active(new bool[static_cast<size_t>(B)]());
   int n_active = 0;
+  // Slot s's TokenCallback.
+  auto emit_of = [&](int s) {
+    return [&, s](int32_t id, std::string_view text) { return on_token ? on_token(s, id, text) : true; };
+  };
   for (int s = 0; s < n; ++s) {
     runs.push_back(std::make_unique<SequenceRun>(opt, token_bytes, eos, prompt, 0, ctx, seeds[static_cast<size_t>(s)]));
-    auto emit = [&, s](int32_t id, std::string_view text) { return on_token ? on_token(s, id, text) : true; };
     auto t0 = Clock::now();
     const std::vector<float> logits = m.prefill(s, prompt);
     runs[static_cast<size_t>(s)]->stats.prefill_seconds = seconds_since(t0);
     out.prefill_seconds += runs[static_cast<size_t>(s)]->stats.prefill_seconds;
-    if (auto id = runs[static_cast<size_t>(s)]->next(logits, emit)) {
+    if (auto id = runs[static_cast<size_t>(s)]->next(logits, emit_of(s))) {
       next[static_cast<size_t>(s)] = *id;
       active[static_cast<size_t>(s)] = true;
       ++n_active;
@@ -199,8 +202,7 @@ BatchGenerateStats generate_batch(BatchModel& m, std::span<const int32_t> prompt
       r.stats.decode_seconds += dt;
       ++r.stats.decode_steps;
       ++r.pos;
-      auto emit = [&, s](int32_t id, std::string_view text) { return on_token ? on_token(s, id, text) : true; };
-      if (auto id = r.next(std::span<const float>(logits.data() + static_cast<size_t>(s) * vocab, vocab), emit)) {
+      if (auto id = r.next(std::span<const float>(logits.data() + static_cast<size_t>(s) * vocab, vocab), emit_of(s))) {
         next[static_cast<size_t>(s)] = *id;
       } else {
         active[static_cast<size_t>(s)] = false;
@@ -209,8 +211,7 @@ BatchGenerateStats generate_batch(BatchModel& m, std::span<const int32_t> prompt
     }
   }
   for (int s = 0; s < n; ++s) {
-    auto emit = [&, s](int32_t id, std::string_view text) { return on_token ? on_token(s, id, text) : true; };
-    runs[static_cast<size_t>(s)]->finish(emit);
+    runs[static_cast<size_t>(s)]->finish(emit_of(s));
     out.sequences.push_back(std::move(runs[static_cast<size_t>(s)]->stats));
   }
   return out;
