@@ -68,8 +68,6 @@ bool write_all(int fd, const std::string& s) {
   return true;
 }
 
-std::string mib(uint64_t b) { return fmt::format("{:.1f}", static_cast<double>(b) / 1048576.0); }
-
 std::string context_label(int64_t L) {
   if (L >= 1024 && L % 1024 == 0) return fmt::format("{}K", L / 1024);
   return std::to_string(L);
@@ -336,11 +334,12 @@ std::string bench_generate_markdown(const std::vector<BenchRun>& runs) {
   for (const auto& r : runs) {
     if (r.ok() && gpu)
       s += fmt::format("| {} | {} | {} | {:.1f} | {:.2f} | {} | {} | {} | {} |\n", r.model, r.context, r.batch,
-                       r.prefill_tok_s, r.decode_tok_s, mib(r.state_bytes_end), mib(r.gpu_used_bytes),
-                       mib(r.gpu_weight_bytes), r.note);
+                       r.prefill_tok_s, r.decode_tok_s, bench_mib(r.state_bytes_end), bench_mib(r.gpu_used_bytes),
+                       bench_mib(r.gpu_weight_bytes), r.note);
     else if (r.ok())
       s += fmt::format("| {} | {} | {:.1f} | {:.2f} | {} | {} | {} | {} |\n", r.model, r.context, r.prefill_tok_s,
-                       r.decode_tok_s, mib(r.state_bytes_end), mib(r.peak_rss), mib(r.rss_after_load), r.note);
+                       r.decode_tok_s, bench_mib(r.state_bytes_end), bench_mib(r.peak_rss),
+                       bench_mib(r.rss_after_load), r.note);
     else if (gpu)
       s += fmt::format("| {} | {} | | {} | | | | | {} |\n", r.model, r.context, r.status, r.note);
     else
@@ -362,9 +361,9 @@ std::string bench_generate_markdown(const std::vector<BenchRun>& runs) {
     const double grow = static_cast<double>(b->state_bytes_end) / static_cast<double>(std::max<uint64_t>(a->state_bytes_end, 1));
     summary += fmt::format(
         "- {}: from {} to {} tokens ({:.0f}x), state {} -> {} MiB ({}), decode {:.2f} -> {:.2f} tok/s ({:+.0f}%)\n", name,
-        a->context, b->context, static_cast<double>(b->context) / static_cast<double>(a->context), mib(a->state_bytes_end),
-        mib(b->state_bytes_end), grow == 1.0 ? "flat" : fmt::format("x{:.1f}", grow), a->decode_tok_s, b->decode_tok_s,
-        100.0 * (b->decode_tok_s / std::max(a->decode_tok_s, 1e-12) - 1.0));
+        a->context, b->context, static_cast<double>(b->context) / static_cast<double>(a->context),
+        bench_mib(a->state_bytes_end), bench_mib(b->state_bytes_end), grow == 1.0 ? "flat" : fmt::format("x{:.1f}", grow),
+        a->decode_tok_s, b->decode_tok_s, 100.0 * (b->decode_tok_s / std::max(a->decode_tok_s, 1e-12) - 1.0));
   }
   if (!summary.empty()) s += "\n" + summary;
   return s;
@@ -416,6 +415,15 @@ void write_bench_generate(const std::string& dir, const std::vector<BenchRun>& r
   write_file_atomic((fs::path(dir) / "bench_generate.json").string(), bench_generate_json(runs, meta).dump(2) + "\n");
   write_file_atomic((fs::path(dir) / "bench_generate.md").string(), "# " + title + "\n\n" + bench_generate_markdown(runs));
   write_png((fs::path(dir) / "bench_generate.png").string(), plot_bench_generate(runs, title));
+}
+
+std::string bench_mib(uint64_t bytes) { return fmt::format("{:.1f}", static_cast<double>(bytes) / 1048576.0); }
+
+std::string bench_date() {
+  char when[64] = {};
+  const std::time_t now = std::time(nullptr);
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S%z", std::localtime(&now));
+  return when;
 }
 
 // ---- the CLI --------------------------------------------------------------------------------------
@@ -493,7 +501,7 @@ int run_bench_generate_cli(const BenchGenerateArgs& a) {
       if (r.ok())
         std::fprintf(stderr, "[%s @ %lld: prefill %.1f tok/s, decode %.2f tok/s, state %s MiB, peak RSS %s MiB%s%s]\n",
                      r.model.c_str(), static_cast<long long>(r.context), r.prefill_tok_s, r.decode_tok_s,
-                     mib(r.state_bytes_end).c_str(), mib(r.peak_rss).c_str(), r.note.empty() ? "" : "; ",
+                     bench_mib(r.state_bytes_end).c_str(), bench_mib(r.peak_rss).c_str(), r.note.empty() ? "" : "; ",
                      r.note.c_str());
       else
         std::fprintf(stderr, "[%s @ %lld: %s: %s]\n", r.model.c_str(), static_cast<long long>(r.context),
@@ -503,9 +511,6 @@ int run_bench_generate_cli(const BenchGenerateArgs& a) {
   const std::vector<BenchRun> runs = run_bench_generate(subjects, o);
   const std::string load_after = first_line_of("/proc/loadavg");
 
-  char when[64] = {};
-  const std::time_t now = std::time(nullptr);
-  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S%z", std::localtime(&now));
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
   const nlohmann::json meta = {
       {"teacher", teacher},
@@ -521,7 +526,7 @@ int run_bench_generate_cli(const BenchGenerateArgs& a) {
       {"cores", static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN))},
       {"loadavg_before", load_before},
       {"loadavg_after", load_after},
-      {"date", when},
+      {"date", bench_date()},
       {"peak_rss", "VmHWM of a fresh child per run (reset at its start), model file pages included"},
   };
   const std::string title = fmt::format("lizard bench generate: {} vs Lizard, CPU", fs::path(teacher).filename().string());

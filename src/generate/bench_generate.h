@@ -78,6 +78,9 @@ nlohmann::json bench_generate_json(const std::vector<BenchRun>& runs, const nloh
 std::string bench_generate_markdown(const std::vector<BenchRun>& runs);
 // Two panels against the context (log x): state memory (MiB, log y) and decode tokens/s.
 Raster plot_bench_generate(const std::vector<BenchRun>& runs, const std::string& title);
+// Bytes as MiB with one decimal, and the local date-time ("%Y-%m-%dT%H:%M:%S%z"): both benches' reports.
+std::string bench_mib(uint64_t bytes);
+std::string bench_date();
 // DIR/bench_generate.json, .md and .png (temporary names, then renamed).
 void write_bench_generate(const std::string& dir, const std::vector<BenchRun>& runs, const nlohmann::json& meta,
                           const std::string& title);

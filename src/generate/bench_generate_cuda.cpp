@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <ctime>
 #include <filesystem>
 #include <optional>
 #include <random>
@@ -27,7 +26,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-std::string mib(uint64_t b) { return fmt::format("{:.1f}", static_cast<double>(b) / 1048576.0); }
 
 uint64_t gpu_used() {
   size_t free_b = 0, total_b = 0;
@@ -138,7 +136,7 @@ int run_bench_generate_cuda(const BenchGenerateArgs& a) {
     if (r.ok())
       std::fprintf(stderr, "[%s @ %lld x %d: prefill %.1f tok/s, decode %.1f tok/s, state %s MiB, GPU %s MiB]\n",
                    r.model.c_str(), static_cast<long long>(r.context), r.batch, r.prefill_tok_s, r.decode_tok_s,
-                   mib(r.state_bytes_end).c_str(), mib(r.gpu_used_bytes).c_str());
+                   bench_mib(r.state_bytes_end).c_str(), bench_mib(r.gpu_used_bytes).c_str());
     else
       std::fprintf(stderr, "[%s @ %lld: %s: %s]\n", r.model.c_str(), static_cast<long long>(r.context),
                    r.status.c_str(), r.note.c_str());
@@ -201,9 +199,6 @@ int run_bench_generate_cuda(const BenchGenerateArgs& a) {
     }
   }
 
-  char when[64] = {};
-  const std::time_t now = std::time(nullptr);
-  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S%z", std::localtime(&now));
   const std::string gpu = cuda::device_name();
   const nlohmann::json meta = {
       {"device", "cuda"},
@@ -218,7 +213,7 @@ int run_bench_generate_cuda(const BenchGenerateArgs& a) {
       {"prompt", "random token ids, prefilled once (slot 0) and copied to every slot"},
       {"precision", "bf16 weights and activations, fp32 accumulation"},
       {"gpu_used", "cudaMemGetInfo total - free after prefill and after decode (max), CUDA context included"},
-      {"date", when},
+      {"date", bench_date()},
   };
   const std::string title =
       fmt::format("lizard bench generate: {} vs Lizard, {}, batch {}",
