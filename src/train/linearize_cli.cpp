@@ -210,24 +210,7 @@ int run_linearize(const LinearizeArgs& a) {
   }
   Stage& stage = *stage_ptr;
 
-  TrainOptions to;
-  to.out_dir = a.out;
-  to.steps = steps;
-  to.batch = a.batch;
-  to.seq_len = a.seq_len;
-  to.lr = a.lr;
-  to.warmup_frac = a.warmup;
-  to.final_lr_frac = a.final_lr;
-  to.adam.weight_decay = a.weight_decay;
-  to.clip = a.clip;
-  to.save_every = a.save_every;
-  to.eval_every = a.eval_every;
-  to.val_seqs = a.val_seqs;
-  to.eval_tokens = a.eval_tokens;
-  to.eval_on_gpu = a.device == "cuda";
-  to.seed = a.seed;
-  to.resume = a.resume;
-  to.quiet = a.quiet;
+  TrainOptions to = base_options(a.out, a.lr, a.resume);
   to.args = {{"teacher", teacher_path},
              {"data", a.data},
              {"lizard_config", lizard_config_to_json(cfg)},
