@@ -291,21 +291,7 @@ Stage2::Stage2(std::shared_ptr<const Checkpoint> teacher, const LizardCheckpoint
 }
 
 std::vector<ParamTensor> Stage2::params() {
-  std::vector<ParamTensor> v;
-  for (auto& [l, m] : net_->lora)
-    for (auto& [t, a] : m) {
-      v.push_back({fmt::format("blk.{}.lora.{}.a", l, t), &a.a, &a.ga});
-      v.push_back({fmt::format("blk.{}.lora.{}.b", l, t), &a.b, &a.gb});
-    }
-  if (opt_.train_lizard)
-    for (auto& [l, p] : net_->lizard) {
-      auto pe = p.entries(net_->lizard_config, net_->lizard_shape);
-      auto ge = net_->lizard_grad.at(l).entries(net_->lizard_config, net_->lizard_shape);
-      for (size_t e = 0; e < pe.size(); ++e)
-        if (!pe[e].data->empty())
-          v.push_back({fmt::format("blk.{}.lizard.{}", l, pe[e].name), pe[e].data, ge[e].data});
-    }
-  return v;
+  return stage2_params(net_->lora, net_->lizard, net_->lizard_grad, base_, opt_.train_lizard);
 }
 
 LossResult Stage2::run(const std::vector<const int32_t*>& seqs, int seq_len, bool grads) {
@@ -347,26 +333,23 @@ LossResult Stage2::forward_backward(const std::vector<const int32_t*>& seqs, int
 
 LossResult Stage2::evaluate(const std::vector<const int32_t*>& seqs, int seq_len) { return run(seqs, seq_len, false); }
 
-LizardCheckpoint Stage2::checkpoint() const {
-  LizardCheckpoint ck = base_;
-  for (auto& [l, p] : net_->lizard) ck.layers[l] = p;
-  for (auto& [l, m] : net_->lora)
-    for (auto& [t, a] : m) ck.lora.layers[l][t] = LoraAdapter{a.a, a.b};
-  return ck;
-}
+LizardCheckpoint Stage2::checkpoint() const { return stage2_checkpoint(base_, net_->lizard, net_->lora); }
 
 void Stage2::save_model(const std::string& dir) const { save_lizard_dir(dir, checkpoint()); }
 
 std::string Stage2::fingerprint() const { return stage2_fingerprint(base_, opt_); }
 
-std::unique_ptr<LlamaModel> Stage2::student() const {
+std::unique_ptr<LlamaModel> stage2_student(std::shared_ptr<const Checkpoint> teacher_ckpt, const LlamaModel& teacher,
+                                           const Stage2Options& opt, const LizardCheckpoint& model) {
   ModelOptions mo;
-  mo.n_threads = teacher_->n_threads();
-  mo.context = teacher_->context_length();
-  mo.fp32_cache_bytes = opt_.fp32_cache_bytes;
-  auto m = std::make_unique<LlamaModel>(ckpt_, mo);
-  apply_lizard(*m, checkpoint());
+  mo.n_threads = teacher.n_threads();
+  mo.context = teacher.context_length();
+  mo.fp32_cache_bytes = opt.fp32_cache_bytes;
+  auto m = std::make_unique<LlamaModel>(std::move(teacher_ckpt), mo);
+  apply_lizard(*m, model);
   return m;
 }
+
+std::unique_ptr<LlamaModel> Stage2::student() const { return stage2_student(ckpt_, *teacher_, opt_, checkpoint()); }
 
 }  // namespace lizard

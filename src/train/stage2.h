@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "model/checkpoint.h"
 #include "model/lizard_checkpoint.h"
 #include "model/llama.h"
@@ -85,6 +87,44 @@ struct Stage2Options {
 // any LoRA it had is replaced), and the run's fingerprint (config, teacher, stage 1's parameters, options).
 LizardCheckpoint stage2_start(const ModelConfig& teacher, const LizardCheckpoint& lizard, const Stage2Options& opt);
 std::string stage2_fingerprint(const LizardCheckpoint& start, const Stage2Options& opt);
+
+// Also shared, so that both stages' checkpoints interchange: the trainable tensors in one order (per
+// layer the LoRA a, b of each target; with train_lizard, each non-empty Lizard tensor), the model as
+// it stands, and a CPU model of it. AdapterMap: layer -> target -> {a, b, ga, gb} (std::vector<float>).
+template <typename AdapterMap>
+std::vector<ParamTensor> stage2_params(AdapterMap& lora, std::map<int, LizardParams>& lizard,
+                                       std::map<int, LizardParams>& lizard_grad, const LizardCheckpoint& start,
+                                       bool train_lizard) {
+  std::vector<ParamTensor> v;
+  for (auto& [l, m] : lora)
+    for (auto& [t, a] : m) {
+      v.push_back({fmt::format("blk.{}.lora.{}.a", l, t), &a.a, &a.ga});
+      v.push_back({fmt::format("blk.{}.lora.{}.b", l, t), &a.b, &a.gb});
+    }
+  if (train_lizard)
+    for (auto& [l, p] : lizard) {
+      auto pe = p.entries(start.config, start.shape);
+      auto ge = lizard_grad.at(l).entries(start.config, start.shape);
+      for (size_t e = 0; e < pe.size(); ++e)
+        if (!pe[e].data->empty())
+          v.push_back({fmt::format("blk.{}.lizard.{}", l, pe[e].name), pe[e].data, ge[e].data});
+    }
+  return v;
+}
+
+template <typename AdapterMap>
+LizardCheckpoint stage2_checkpoint(const LizardCheckpoint& start, const std::map<int, LizardParams>& lizard,
+                                   const AdapterMap& lora) {
+  LizardCheckpoint ck = start;
+  for (auto& [l, p] : lizard) ck.layers[l] = p;
+  for (auto& [l, m] : lora)
+    for (auto& [t, a] : m) ck.lora.layers[l][t] = LoraAdapter{a.a, a.b};
+  return ck;
+}
+
+// The student on the CPU, with the teacher model's threads and context.
+std::unique_ptr<LlamaModel> stage2_student(std::shared_ptr<const Checkpoint> teacher_ckpt, const LlamaModel& teacher,
+                                           const Stage2Options& opt, const LizardCheckpoint& model);
 
 class Stage2 : public Stage {
  public:

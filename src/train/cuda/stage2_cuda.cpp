@@ -516,6 +516,21 @@ struct Stage2Cuda::Impl {
     return ce;
   }
 
+  // The batch's mean cross-entropy; with grads, the step's time split as `seconds` says.
+  LossResult batch_loss(const std::vector<const int32_t*>& seqs, int seq_len, bool grads) {
+    LZ_CHECK(!seqs.empty(), "stage 2: empty batch");
+    LZ_CHECK(seq_len >= 1 && seq_len <= opt.seq_len, "stage 2: a sequence of {} tokens (up to {})", seq_len,
+             opt.seq_len);
+    const auto t0 = std::chrono::steady_clock::now();
+    LossResult r;
+    r.total = run(seqs, seq_len, grads) / (double(seqs.size()) * seq_len);
+    r.parts = {r.total};
+    r.seconds = {{grads ? "forward_backward" : "forward",
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}};
+    if (grads) r.seconds.insert(r.seconds.end(), seconds.begin(), seconds.end());
+    return r;
+  }
+
   size_t device_bytes() const {
     size_t n = tw->bytes() + lw.bytes();
     auto add = [&](const DeviceBuffer& b) { n += b.bytes(); };
@@ -547,55 +562,19 @@ Stage2Cuda::Stage2Cuda(std::shared_ptr<const Checkpoint> teacher, const LizardCh
 Stage2Cuda::~Stage2Cuda() = default;
 
 std::vector<ParamTensor> Stage2Cuda::params() {
-  // Same names and order as Stage2::params().
-  std::vector<ParamTensor> v;
-  for (auto& [l, m] : impl_->lora)
-    for (auto& [t, a] : m) {
-      v.push_back({fmt::format("blk.{}.lora.{}.a", l, t), &a.a, &a.ga});
-      v.push_back({fmt::format("blk.{}.lora.{}.b", l, t), &a.b, &a.gb});
-    }
-  if (impl_->opt.train_lizard)
-    for (auto& [l, p] : impl_->lizard) {
-      auto pe = p.entries(impl_->base.config, impl_->base.shape);
-      auto ge = impl_->lizard_grad.at(l).entries(impl_->base.config, impl_->base.shape);
-      for (size_t e = 0; e < pe.size(); ++e)
-        if (!pe[e].data->empty())
-          v.push_back({fmt::format("blk.{}.lizard.{}", l, pe[e].name), pe[e].data, ge[e].data});
-    }
-  return v;
+  return stage2_params(impl_->lora, impl_->lizard, impl_->lizard_grad, impl_->base, impl_->opt.train_lizard);
 }
 
 LossResult Stage2Cuda::forward_backward(const std::vector<const int32_t*>& seqs, int seq_len) {
-  LZ_CHECK(!seqs.empty(), "stage 2: empty batch");
-  LZ_CHECK(seq_len >= 1 && seq_len <= impl_->opt.seq_len, "stage 2: a sequence of {} tokens (up to {})", seq_len,
-           impl_->opt.seq_len);
-  const auto t0 = std::chrono::steady_clock::now();
-  LossResult r;
-  r.total = impl_->run(seqs, seq_len, true) / (double(seqs.size()) * seq_len);
-  r.parts = {r.total};
-  r.seconds = {{"forward_backward", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}};
-  r.seconds.insert(r.seconds.end(), impl_->seconds.begin(), impl_->seconds.end());
-  return r;
+  return impl_->batch_loss(seqs, seq_len, true);
 }
 
 LossResult Stage2Cuda::evaluate(const std::vector<const int32_t*>& seqs, int seq_len) {
-  LZ_CHECK(!seqs.empty(), "stage 2: empty batch");
-  LZ_CHECK(seq_len >= 1 && seq_len <= impl_->opt.seq_len, "stage 2: a sequence of {} tokens (up to {})", seq_len,
-           impl_->opt.seq_len);
-  const auto t0 = std::chrono::steady_clock::now();
-  LossResult r;
-  r.total = impl_->run(seqs, seq_len, false) / (double(seqs.size()) * seq_len);
-  r.parts = {r.total};
-  r.seconds = {{"forward", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}};
-  return r;
+  return impl_->batch_loss(seqs, seq_len, false);
 }
 
 LizardCheckpoint Stage2Cuda::checkpoint() const {
-  LizardCheckpoint ck = impl_->base;
-  for (auto& [l, p] : impl_->lizard) ck.layers[l] = p;
-  for (auto& [l, m] : impl_->lora)
-    for (auto& [t, a] : m) ck.lora.layers[l][t] = LoraAdapter{a.a, a.b};
-  return ck;
+  return stage2_checkpoint(impl_->base, impl_->lizard, impl_->lora);
 }
 
 void Stage2Cuda::save_model(const std::string& dir) const { save_lizard_dir(dir, checkpoint()); }
@@ -605,13 +584,7 @@ std::string Stage2Cuda::fingerprint() const { return stage2_fingerprint(impl_->b
 const LlamaModel& Stage2Cuda::teacher() const { return *impl_->teacher_model; }
 
 std::unique_ptr<LlamaModel> Stage2Cuda::student() const {
-  ModelOptions mo;
-  mo.n_threads = impl_->teacher_model->n_threads();
-  mo.context = impl_->teacher_model->context_length();
-  mo.fp32_cache_bytes = impl_->opt.fp32_cache_bytes;
-  auto m = std::make_unique<LlamaModel>(impl_->ckpt, mo);
-  apply_lizard(*m, checkpoint());
-  return m;
+  return stage2_student(impl_->ckpt, *impl_->teacher_model, impl_->opt, checkpoint());
 }
 
 size_t Stage2Cuda::device_bytes() const { return impl_->device_bytes(); }
