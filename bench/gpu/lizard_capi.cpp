@@ -19,6 +19,33 @@ lizard::cuda::LizardAttnArgs make(const void* q, const void* k, const void* v, c
   a.q = q, a.k = k, a.v = v, a.log_gamma = lg, a.wq = wq, a.wk = wk, a.meta = meta, a.alpha = alpha, a.y = y;
   return a;
 }
+
+// Runs f; 0 on success, -1 with the message kept for lz_last_error() on an exception.
+template <class F>
+int guarded(F&& f) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    g_err = e.what();
+    return -1;
+  }
+}
+
+using BackwardFn = void (*)(const lizard::cuda::LizardAttnArgs&, bool, const void*, const lizard::cuda::LizardAttnGrads&,
+                            cudaStream_t);
+
+int backward(BackwardFn fn, const void* q, const void* k, const void* v, const float* lg, const void* wq,
+             const void* wk, const float* meta, const float* alpha, const void* dy, float* dq, float* dk, float* dv,
+             float* dwq, float* dwk, float* dlg, float* dmeta, float* dalpha, int B, int L, int Hq, int Hkv, int D,
+             int F, int w, int m, int act, int fp32, void* stream) {
+  return guarded([&] {
+    lizard::cuda::LizardAttnGrads g;
+    g.dq = dq, g.dk = dk, g.dv = dv, g.dwq = dwq, g.dwk = dwk, g.dlog_gamma = dlg, g.dmeta = dmeta, g.dalpha = dalpha;
+    fn(make(q, k, v, lg, wq, wk, meta, alpha, const_cast<void*>(dy), B, L, Hq, Hkv, D, F, w, m, act), fp32 != 0, dy, g,
+       static_cast<cudaStream_t>(stream));
+  });
+}
 }  // namespace
 
 extern "C" {
@@ -33,13 +60,7 @@ void lz_set_backward_sweep_variant(int v) { lizard::cuda::set_backward_sweep_var
 void lz_set_backward_sweep_groups(int g) { lizard::cuda::set_backward_sweep_groups(g); }
 // Flash attention kernel variants (flash_attention.h); returns -1 for an unknown one.
 int lz_flash_set_variant(int fwd, int bwd) {
-  try {
-    lizard::cuda::flash_set_variant(fwd, bwd);
-    return 0;
-  } catch (const std::exception& e) {
-    g_err = e.what();
-    return -1;
-  }
+  return guarded([&] { lizard::cuda::flash_set_variant(fwd, bwd); });
 }
 int lz_flash_fwd_variants() { return lizard::cuda::kFlashFwdVariants; }
 int lz_flash_bwd_variants() { return lizard::cuda::kFlashBwdVariants; }
@@ -48,29 +69,21 @@ int lz_flash_bwd_variants() { return lizard::cuda::kFlashBwdVariants; }
 int lz_forward_bf16(const void* q, const void* k, const void* v, const float* lg, const void* wq, const void* wk,
                     const float* meta, const float* alpha, void* y, int B, int L, int Hq, int Hkv, int D, int F,
                     int w, int m, int act, void* stream) {
-  try {
+  return guarded([&] {
     lizard::cuda::lizard_attention_forward_bf16(make(q, k, v, lg, wq, wk, meta, alpha, y, B, L, Hq, Hkv, D, F, w, m, act),
                                                 static_cast<cudaStream_t>(stream));
-    return 0;
-  } catch (const std::exception& e) {
-    g_err = e.what();
-    return -1;
-  }
+  });
 }
 
 // fp32-arithmetic recurrent forward (fp32 = 1: float tensors, 0: bf16 tensors).
 int lz_forward_recurrent(const void* q, const void* k, const void* v, const float* lg, const void* wq,
                          const void* wk, const float* meta, const float* alpha, void* y, int B, int L, int Hq,
                          int Hkv, int D, int F, int w, int m, int act, int fp32, void* stream) {
-  try {
+  return guarded([&] {
     lizard::cuda::lizard_attention_forward_recurrent(
         make(q, k, v, lg, wq, wk, meta, alpha, y, B, L, Hq, Hkv, D, F, w, m, act), fp32 != 0,
         static_cast<cudaStream_t>(stream));
-    return 0;
-  } catch (const std::exception& e) {
-    g_err = e.what();
-    return -1;
-  }
+  });
 }
 
 // Backward, parallel form, fp32 arithmetic; gradients fp32 (see lizard_attention.h).
@@ -78,17 +91,8 @@ int lz_backward_parallel(const void* q, const void* k, const void* v, const floa
                          const float* meta, const float* alpha, const void* dy, float* dq, float* dk, float* dv,
                          float* dwq, float* dwk, float* dlg, float* dmeta, float* dalpha, int B, int L, int Hq,
                          int Hkv, int D, int F, int w, int m, int act, int fp32, void* stream) {
-  try {
-    lizard::cuda::LizardAttnGrads g;
-    g.dq = dq, g.dk = dk, g.dv = dv, g.dwq = dwq, g.dwk = dwk, g.dlog_gamma = dlg, g.dmeta = dmeta, g.dalpha = dalpha;
-    lizard::cuda::lizard_attention_backward_parallel(
-        make(q, k, v, lg, wq, wk, meta, alpha, const_cast<void*>(dy), B, L, Hq, Hkv, D, F, w, m, act), fp32 != 0, dy, g,
-        static_cast<cudaStream_t>(stream));
-    return 0;
-  } catch (const std::exception& e) {
-    g_err = e.what();
-    return -1;
-  }
+  return backward(lizard::cuda::lizard_attention_backward_parallel, q, k, v, lg, wq, wk, meta, alpha, dy, dq, dk, dv,
+                  dwq, dwk, dlg, dmeta, dalpha, B, L, Hq, Hkv, D, F, w, m, act, fp32, stream);
 }
 
 // Same, gated branch chunked on tensor cores (lizard_attention_backward_chunked).
@@ -96,31 +100,18 @@ int lz_backward_chunked(const void* q, const void* k, const void* v, const float
                         const float* meta, const float* alpha, const void* dy, float* dq, float* dk, float* dv,
                         float* dwq, float* dwk, float* dlg, float* dmeta, float* dalpha, int B, int L, int Hq,
                         int Hkv, int D, int F, int w, int m, int act, int fp32, void* stream) {
-  try {
-    lizard::cuda::LizardAttnGrads g;
-    g.dq = dq, g.dk = dk, g.dv = dv, g.dwq = dwq, g.dwk = dwk, g.dlog_gamma = dlg, g.dmeta = dmeta, g.dalpha = dalpha;
-    lizard::cuda::lizard_attention_backward_chunked(
-        make(q, k, v, lg, wq, wk, meta, alpha, const_cast<void*>(dy), B, L, Hq, Hkv, D, F, w, m, act), fp32 != 0, dy, g,
-        static_cast<cudaStream_t>(stream));
-    return 0;
-  } catch (const std::exception& e) {
-    g_err = e.what();
-    return -1;
-  }
+  return backward(lizard::cuda::lizard_attention_backward_chunked, q, k, v, lg, wq, wk, meta, alpha, dy, dq, dk, dv,
+                  dwq, dwk, dlg, dmeta, dalpha, B, L, Hq, Hkv, D, F, w, m, act, fp32, stream);
 }
 
 // Causal GQA flash attention forward, bf16 [B, L, H, D]; lse optional.
 int lz_flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse, int B, int L, int H, int Hkv,
                  int D, void* stream) {
-  try {
+  return guarded([&] {
     lizard::cuda::FlashArgs a;
     a.B = B, a.L = L, a.H = H, a.Hkv = Hkv, a.D = D, a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse;
     lizard::cuda::flash_attention_fwd(a, static_cast<cudaStream_t>(stream));
-    return 0;
-  } catch (const std::exception& e) {
-    g_err = e.what();
-    return -1;
-  }
+  });
 }
 
 // Its backward: dq [B, L, H, D], dk, dv [B, L, Hkv, D] bf16; lse from the forward; delta: B*H*L floats;
@@ -128,16 +119,12 @@ int lz_flash_fwd(const void* q, const void* k, const void* v, void* out, float* 
 int lz_flash_bwd(const void* q, const void* k, const void* v, const void* out, const void* dout, const float* lse,
                  void* dq, void* dk, void* dv, float* delta, float* dq_accum, int B, int L, int H, int Hkv, int D,
                  void* stream) {
-  try {
+  return guarded([&] {
     lizard::cuda::FlashBwdArgs a;
     a.B = B, a.L = L, a.H = H, a.Hkv = Hkv, a.D = D, a.q = q, a.k = k, a.v = v, a.out = out, a.dout = dout;
     a.lse = lse, a.dq = dq, a.dk = dk, a.dv = dv, a.delta = delta, a.dq_accum = dq_accum;
     lizard::cuda::flash_attention_bwd(a, static_cast<cudaStream_t>(stream));
-    return 0;
-  } catch (const std::exception& e) {
-    g_err = e.what();
-    return -1;
-  }
+  });
 }
 
 }  // extern "C"
