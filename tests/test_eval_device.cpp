@@ -87,8 +87,8 @@ TEST(EvalDevice, SavedCheckpointReopensUpToTheGpu) {
   sp.vocab = 270;  // the GGUF fixture's tokenizer has 264 tokens
   sp.weight_type = DType::BF16;
   const lizard::testing::TinyModel tm = lizard::testing::make_tiny(s, sp);
-  const fs::path dir = fs::temp_directory_path() / ("lizard_eval_device_" + std::to_string(s.seed));
-  fs::create_directories(dir);
+  const lizard::fixtures::TempDir tmp;
+  const fs::path dir = tmp.path();
   const std::string teacher = (dir / "teacher.gguf").string();
   lizard::testing::write_gguf_teacher(teacher, tm);
   LizardConfig lc;
@@ -109,8 +109,6 @@ TEST(EvalDevice, SavedCheckpointReopensUpToTheGpu) {
   EXPECT_TRUE(what.empty() || what.find("GPU") != std::string::npos || what.find("CUDA") != std::string::npos) << what;
 #endif
   EXPECT_THROW(cuda_eval_models_of((dir / "nothing").string(), 64), Error);
-  std::error_code ec;
-  fs::remove_all(dir, ec);
 }
 
 }  // namespace

@@ -83,8 +83,8 @@ TEST(CudaEval, ModelsOfASavedCheckpointMatchCpu) {
   Seeded s;
   SCOPED_TRACE(s.trace());
   Pair p = build_pair(s, false, 270);  // the GGUF fixture's tokenizer has 264 tokens
-  const fs::path dir = fs::temp_directory_path() / ("lizard_cuda_eval_" + std::to_string(s.seed));
-  fs::create_directories(dir);
+  const lizard::fixtures::TempDir tmp;
+  const fs::path dir = tmp.path();
   const std::string teacher = (dir / "teacher.gguf").string();
   write_gguf_teacher(teacher, p.tm);
   LizardCheckpoint lz = p.lz;
@@ -107,8 +107,6 @@ TEST(CudaEval, ModelsOfASavedCheckpointMatchCpu) {
   EXPECT_LT(rel(kg.teacher.ppl(), kc.teacher.ppl()), 1e-2);
   EXPECT_LT(rel(kg.student.ppl(), kc.student.ppl()), 1e-2);
   EXPECT_LT(std::fabs(kg.kl_per_token() - kc.kl_per_token()), 0.05 * kc.kl_per_token() + 2e-3);
-  std::error_code ec;
-  fs::remove_all(dir, ec);
 }
 
 // forward(..., false) prefills, a next single token decodes: both equal all_logits' rows.
