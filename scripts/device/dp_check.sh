@@ -19,10 +19,7 @@ steps=${STEPS:-20} batch=${BATCH:-8} seq_len=${SEQ_LEN:-512} device=${DEVICE:-cu
 work=${WORK:-/tmp/dp_check}
 out=${OUT:-$work}
 mkdir -p "$work" "$out"
-# NVLink multicast must stay off on the shared GPU machines; NCCL comes from CUDA or pip's wheel.
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 OMP_WAIT_POLICY=passive
-nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(os.path.dirname(nvidia.nccl.__file__), "lib"))' 2>/dev/null || true)
-export LD_LIBRARY_PATH=$(dirname "$lizard")/lib:/usr/local/cuda/lib64:${nccl_dir}:${LD_LIBRARY_PATH:-}
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh" "$(dirname "$lizard")"
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$out/dp_gpus.txt"
 n_gpu=$(wc -l <"$out/dp_gpus.txt")
 [ "$n_gpu" -ge 2 ] || { echo "dp_check: needs 2 GPUs, found $n_gpu"; exit 1; }

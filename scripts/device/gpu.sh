@@ -14,10 +14,7 @@ set -euo pipefail
 lz=/tmp/lz
 out=${OUT:-/tmp/out}
 mkdir -p $lz "$out"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(os.path.dirname(nvidia.nccl.__file__), "lib"))' 2>/dev/null || true)
-export LD_LIBRARY_PATH=$lz/bin/lib:/usr/local/cuda/lib64:${nccl_dir}:${LD_LIBRARY_PATH:-}
-export OMP_WAIT_POLICY=passive
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh" $lz/bin
 gguf_sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 mode=${1:-}
 shift || true
