@@ -59,11 +59,8 @@ build() {
   local test_objs=()
   for f in tests/gpu/test_*.cpp; do
     # kernel tests only: the model and training tests need the whole library (scripts/device/build_bundle.sh)
-    # tests of the whole-model GPU path need the full library (scripts/device/build_bundle.sh builds them)
     case $f in */test_cuda_core.cpp | */test_stage1_cuda.cpp | */test_stage2_cuda.cpp | */test_cuda_state.cpp | \
-      */test_cuda_eval.cpp) continue ;; esac
-    # the whole-model test needs the whole library: scripts/device/build_bundle.sh builds it
-    [[ $f == */test_cuda_model.cpp ]] && continue
+      */test_cuda_eval.cpp | */test_cuda_model.cpp) continue ;; esac
     local o=$out/obj/$(basename "$f").o
     $cxx $cxxflags -c "$f" -o "$o"
     test_objs+=("$o")
