@@ -29,18 +29,6 @@ using lizard::testing::TinySpec;
 
 namespace {
 
-bool have_gpu() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return n > 0;
-}
-
-#define REQUIRE_GPU() \
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device"
-
 // Sizes the GPU kernels take (head_dim 64, feature_dim 32), the rest odd-ish.
 TinySpec gpu_spec() {
   TinySpec sp;
@@ -159,7 +147,9 @@ void compare_step(const char* what, Stage& cpu, Stage& gpu, const std::vector<st
       // gate_w's gradient on the H200 (5e-5 vs 1.4e-2), so bf16 rounding of the terms dominates |sum|; the
       // kernel test (LizardCuda.ChunkedBackwardVsReference) bounds it against the sum of |terms|.
       const bool cancelling = pc[i].name.find("gate_b") != std::string::npos;
-      if (!cancelling) EXPECT_LT(e, 0.25) << what << " " << pc[i].name;
+      if (!cancelling) {
+        EXPECT_LT(e, 0.25) << what << " " << pc[i].name;
+      }
       for (size_t j = 0; j < pc[i].grad->size(); ++j) {
         const double dv = double((*pg[i].grad)[j]) - (*pc[i].grad)[j];
         e_liz += dv * dv;
@@ -178,7 +168,6 @@ void compare_step(const char* what, Stage& cpu, Stage& gpu, const std::vector<st
 }  // namespace
 
 TEST(Stage2Cuda, AllLizardLossAndGradientsMatchCpu) {
-  REQUIRE_GPU();
   Seeded sd;
   SCOPED_TRACE(sd.trace());
   auto tiny = lizard::testing::make_tiny(sd, gpu_spec());
@@ -193,7 +182,6 @@ TEST(Stage2Cuda, AllLizardLossAndGradientsMatchCpu) {
 }
 
 TEST(Stage2Cuda, HybridWithBiasAndTiedHeadMatchesCpu) {
-  REQUIRE_GPU();
   Seeded sd;
   SCOPED_TRACE(sd.trace());
   TinySpec sp = gpu_spec();
@@ -216,7 +204,6 @@ TEST(Stage2Cuda, HybridWithBiasAndTiedHeadMatchesCpu) {
 }
 
 TEST(Stage2Cuda, LolcatsBaselineMatchesCpu) {
-  REQUIRE_GPU();
   Seeded sd;
   SCOPED_TRACE(sd.trace());
   auto tiny = lizard::testing::make_tiny(sd, gpu_spec());
@@ -232,7 +219,6 @@ TEST(Stage2Cuda, LolcatsBaselineMatchesCpu) {
 }
 
 TEST(Stage2Cuda, RecomputeAndEvaluateAgreeWithThePlainStep) {
-  REQUIRE_GPU();
   Seeded sd;
   SCOPED_TRACE(sd.trace());
   TinySpec sp = gpu_spec();
@@ -262,7 +248,6 @@ TEST(Stage2Cuda, RecomputeAndEvaluateAgreeWithThePlainStep) {
 }
 
 TEST(Stage2Cuda, FiveAdamWStepsTrackTheCpu) {
-  REQUIRE_GPU();
   Seeded sd;
   SCOPED_TRACE(sd.trace());
   auto tiny = lizard::testing::make_tiny(sd, gpu_spec());
@@ -310,7 +295,6 @@ TEST(Stage2Cuda, FiveAdamWStepsTrackTheCpu) {
 // heads of 64, ff 1536, vocab 49152, tied head; random weights) with the default Lizard layers and LoRA,
 // batch 8 x 2048 tokens: tokens/s of forward_backward and where the time goes. No CPU reference.
 TEST(Stage2Cuda, ThroughputAtTheDefaultTeacherShape) {
-  REQUIRE_GPU();
   Seeded sd;
   SCOPED_TRACE(sd.trace());
   TinySpec sp;
