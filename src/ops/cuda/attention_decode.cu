@@ -26,11 +26,6 @@ constexpr int kTile = 32;  // keys per shared-memory tile (one per lane in the s
 constexpr int kRows = 16;  // query rows per CTA
 constexpr int kMaxD = 256;
 
-void launched(const char* what) {
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) fail_cat(what, ": kernel launch failed: ", cudaGetErrorString(e));
-}
-
 // Keys per split: enough splits for ~1024 CTAs per kv head over the batch, at least 128 keys each.
 int64_t chunk_keys(int B, int max_ctx) {
   const int64_t target_splits = std::max(1, (1024 + B - 1) / std::max(B, 1));

@@ -18,6 +18,12 @@ template <typename... Args>
   throw_error(s.str());
 }
 
+// After a kernel launch: a launch error (bad configuration, too much shared memory) as a lizard::Error.
+inline void launched(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) fail_cat(what, ": kernel launch failed: ", cudaGetErrorString(e));
+}
+
 }  // namespace lizard::cuda
 
 #define LZ_CUDA_CHECK(cond, ...)                        \

@@ -32,11 +32,6 @@ namespace {
 using bf16 = __nv_bfloat16;
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 
-void launched(const char* what) {
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) fail_cat(what, ": kernel launch failed: ", cudaGetErrorString(e));
-}
-
 int ew_grid(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, 132 * 16))); }
 
 // Largest power of two (<= 256) dividing the address: cuBLASLt's heuristic must know the real alignment

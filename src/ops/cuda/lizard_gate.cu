@@ -15,11 +15,6 @@ namespace {
 using bf16 = __nv_bfloat16;
 constexpr int kWarps = 8;  // warps per block in the per-(token, gate) kernels
 
-void launched(const char* what) {
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) fail_cat(what, ": kernel launch failed: ", cudaGetErrorString(e));
-}
-
 // z = x_n[t] . w_g[g] + b_g[g], one warp per (t, g).
 __device__ __forceinline__ float gate_logit(const bf16* xn, const float* wg, const float* bg, int64_t t, int g,
                                             int d, int lane) {
