@@ -257,12 +257,7 @@ std::string export_merged(const std::string& lizard_dir, const std::string& out,
           const int64_t r = ck.lora.rank;
           LZ_CHECK(int64_t(ad.a.size()) == r * cols && int64_t(ad.b.size()) == rows * r,
                    "export: LoRA of blk.{}.{} does not fit {}", layer, which, v.shape_str());
-          for (int64_t i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < cols; ++j) {
-              double s = 0;
-              for (int64_t k = 0; k < r; ++k) s += double(ad.b[i * r + k]) * ad.a[k * cols + j];
-              w[i * cols + j] += scale * static_cast<float>(s);
-            }
+          add_lora_rows(ad, int(r), scale, 0, rows, cols, w.data());
         }
     }
     std::vector<uint8_t> bytes;

@@ -379,4 +379,15 @@ std::string describe_lizard_checkpoint(const LizardCheckpoint& ck) {
          lora_line(ck.lora);
 }
 
+void add_lora_rows(const LoraAdapter& ad, int rank, float scale, int64_t row0, int64_t nrows, int64_t cols, float* w) {
+  const int64_t r = rank;
+#pragma omp parallel for
+  for (int64_t i = 0; i < nrows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      double s = 0;
+      for (int64_t k = 0; k < r; ++k) s += double(ad.b[(row0 + i) * r + k]) * ad.a[k * cols + j];
+      w[i * cols + j] += scale * static_cast<float>(s);
+    }
+}
+
 }  // namespace lizard

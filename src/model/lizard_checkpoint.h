@@ -43,6 +43,11 @@ struct LoraSet {
   double scale() const { return rank > 0 ? alpha / rank : 0.0; }
 };
 
+// Merges an adapter into rows [row0, row0 + nrows) of a dequantized weight w (nrows x cols, row-major):
+// w += scale * (B A)[row0 + i, j], each dot product summed in double. The one merge export and the GPU
+// weight upload share, so both give the same weights.
+void add_lora_rows(const LoraAdapter& ad, int rank, float scale, int64_t row0, int64_t nrows, int64_t cols, float* w);
+
 struct LizardCheckpoint {
   LizardConfig config;
   LizardShape shape;

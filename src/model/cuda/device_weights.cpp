@@ -100,15 +100,7 @@ TeacherWeights::TeacherWeights(const Checkpoint& ck, const LoraSet* lora) : cfg_
         const int64_t nr = std::min(block_rows, rows - r0);
         block.resize(size_t(nr * cols));
         dequantize_rows(v.type, v.data, r0, nr, cols, block.data());
-        if (ad) {  // W += (alpha / rank) B A, accumulated in double like export's merge
-#pragma omp parallel for
-          for (int64_t i = 0; i < nr; ++i)
-            for (int64_t j = 0; j < cols; ++j) {
-              double s = 0;
-              for (int64_t k = 0; k < r; ++k) s += double(ad->b[(r0 + i) * r + k]) * ad->a[k * cols + j];
-              block[i * cols + j] += static_cast<float>(lora_scale) * static_cast<float>(s);
-            }
-        }
+        if (ad) add_lora_rows(*ad, int(r), static_cast<float>(lora_scale), r0, nr, cols, block.data());  // as export
         half.resize(block.size());
 #pragma omp parallel for
         for (int64_t i = 0; i < int64_t(block.size()); ++i) half[size_t(i)] = f32_to_bf16(block[size_t(i)]);
