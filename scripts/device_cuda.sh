@@ -35,7 +35,7 @@ build() {
   command -v ccache >/dev/null || { cxx=g++; nvcc=/usr/local/cuda/bin/nvcc; }
   local cxxflags="-O2 -std=c++20 -mavx2 -mfma -mf16c -fopenmp -fPIC -DFMT_HEADER_ONLY -DLIZARD_HAVE_CUDA=1
     -DLIZARD_SOURCE_DIR=\"$root\" -Isrc -Iinclude -isystem /usr/local/cuda/include -Wall -Wno-unused-parameter"
-  local nvflags="-O3 -std=c++20 -arch=sm_90 --expt-relaxed-constexpr -lineinfo -Xptxas -v -Xcompiler -fPIC
+  local nvflags="-O3 -std=c++20 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -lineinfo -Xptxas -v -Xcompiler -fPIC
     -Isrc -Iinclude"
   local objs=() jobs=()
   for f in src/ops/cuda/*.cu; do

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds, on this (GPU-less) machine, everything a GPU run needs and packs it small enough to carry
-# to the lent GPU machine: the lizard CLI and lizard_gpu_tests with the CUDA backend (sm_90), x86-64
+# to the lent GPU machine: the lizard CLI and lizard_gpu_tests with the CUDA backend (sm_90a), x86-64
 # baseline flags (never -march=native: the GPU machine's CPU differs), libstdc++/libgcc static, and the
 # non-system shared libraries they need (OpenBLAS, PCRE2, fmt, cpp-httplib and its deps, ...) beside
 # them. CUDA's own libraries (cudart, cuBLASLt, NCCL) are NOT packed: the GPU image has them
