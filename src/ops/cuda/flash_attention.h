@@ -25,7 +25,8 @@ void flash_attention_fwd(const FlashArgs& a, cudaStream_t stream = nullptr);
 // Kernel variants, process-wide (for benchmarks and tests; all compute the same function).
 //   fwd 0: 64-query CTAs (4 warps), mask on every block; 1: 128-query CTAs (8 warps), mask only on
 //          blocks crossing the diagonal, fully masked warps skip the block; 2: as 1 with 4 warps x 32
-//          query rows (each K/V fragment feeds twice the mma).
+//          query rows (each K/V fragment feeds twice the mma); 3: Hopper wgmma (sm_90a), 2 warpgroups x
+//          64 query rows, K/V blocks of 64 (D 128) or 128 (D 64) keys.
 //   bwd 0: dk/dv kernel + separate dq kernel (recomputes S and dP; no atomics, deterministic);
 //          1: dq accumulated with fp32 atomics inside the dk/dv kernel (5 products instead of 7) into
 //          FlashBwdArgs::dq_accum (or a stream-ordered allocation), then converted to bf16;
@@ -33,7 +34,7 @@ void flash_attention_fwd(const FlashArgs& a, cudaStream_t stream = nullptr);
 //   fwd -1 (the default): the fastest on the H200 by head dim (bench_lizard.py, 2026-11-27): D 64 -> 1
 //          (0.233 vs 0.262 ms at B8 H9 L2048), D 128 -> 2 (2.247 vs 3.005 ms at B16 H32 L2048).
 //          bwd 0 stays the default: 1 and 2 were slower there (atomics).
-constexpr int kFlashFwdVariants = 3, kFlashBwdVariants = 3, kFlashFwdAuto = -1;
+constexpr int kFlashFwdVariants = 4, kFlashBwdVariants = 3, kFlashFwdAuto = -1;
 struct FlashVariant {
   int fwd = kFlashFwdAuto, bwd = 0;
 };
