@@ -110,15 +110,18 @@ TEST(FlashCuda, CausalGqaMatchesCpu) {
       check_fwd_case(c, variant);
 }
 
-// Forward variant 3 (wgmma, 128-query CTAs of two 64-row warpgroups, 64- or 128-key blocks): lengths
-// around every tile edge (1, one warp row block, 63/64/65, 127/128/129) and long ones, both head dims,
-// GQA, and an explicit scale.
+// Forward variants 3 and 4 (wgmma; CTAs of 2 or 3 warpgroups x 64 query rows, 64- or 128-key
+// blocks): lengths around every tile edge (1, 17, 63/64/65, 127/128/129, 191/192/193) and long ones,
+// both head dims, GQA, and an explicit scale.
 TEST(FlashCuda, WgmmaForwardOddLengths) {
   VariantGuard guard;
-  for (int D : {64, 128})
-    for (int L : {1, 17, 63, 64, 65, 127, 128, 129, 200, 1000}) check_fwd_case(FwdCase{2, L, 6, 2, D}, 3);
-  check_fwd_case(FwdCase{1, 333, 9, 3, 64, 0.3f}, 3);
-  check_fwd_case(FwdCase{1, 257, 4, 1, 128, 0.05f}, 3);
+  for (int variant : {3, 4}) {
+    for (int D : {64, 128})
+      for (int L : {1, 17, 63, 64, 65, 127, 128, 129, 191, 192, 193, 1000})
+        check_fwd_case(FwdCase{2, L, 6, 2, D}, variant);
+    check_fwd_case(FwdCase{1, 333, 9, 3, 64, 0.3f}, variant);
+    check_fwd_case(FwdCase{1, 257, 4, 1, 128, 0.05f}, variant);
+  }
 }
 
 // Backward: GPU forward (out, lse), then GPU backward, against a double-precision reference of the

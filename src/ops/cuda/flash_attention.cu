@@ -5,7 +5,7 @@
 // Variants (flash_set_variant): 0 = 4 warps (64 queries); 1 = 8 warps (128 queries: each K/V tile
 // loaded to shared memory feeds twice the mma), causal mask only on the blocks that cross the
 // diagonal or L, warps whose rows all precede the key block skip it. 2 = 4 warps x 32 query rows;
-// 3 = Hopper warpgroup MMA (wgmma, sm_90a; see flash_fwd_wgmma).
+// 3, 4 = Hopper warpgroup MMA (wgmma, sm_90a; see flash_fwd_wgmma).
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -348,9 +348,9 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel_m32(const FlashArgs a) {
   }
 }
 
-// Variant 3: Hopper warpgroup MMA (wgmma, sm_90a). CTA = 2 warpgroups (256 threads), 128 query rows,
-// each warpgroup owns 64 (one m64 tile); no producer warps: all threads issue the cp.async copies.
-// Q (128 x D) and double-buffered K, V blocks (BK x D) sit in shared memory in the SW128 layout of
+// Variants 3, 4: Hopper warpgroup MMA (wgmma, sm_90a). CTA = kWG warpgroups (128 threads each), each
+// owning 64 query rows (one m64 tile); no producer warps: all threads issue the cp.async copies.
+// Q (64 kWG x D) and double-buffered K, V blocks (BK x D) sit in shared memory in the SW128 layout of
 // wgmma.cuh (written swizzled by cp.async, then fence.proxy.async + barrier before wgmma reads them).
 // Per key block and warpgroup: S = Q K^T by D/16 wgmma m64nBKk16 (A = Q, B = K, both K-major from
 // shared memory), online softmax on the fp32 accumulator in registers (log2 domain, raw scores,
@@ -359,30 +359,34 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel_m32(const FlashArgs a) {
 // O += P V by BK/16 wgmma m64nDk16 (A = P from registers, B = V from shared memory, MN-major via
 // imm-trans-b). Causal mask only on blocks crossing a warpgroup's first row or L; a warpgroup whose
 // rows all precede the key block skips it. Grid (B * H, query blocks), the longest blocks first
-// across all heads. BK = 64 for D = 128 (64 + 32 accumulator registers), 128 for D = 64.
+// across all heads. Variant 3: kWG = 2 warpgroups (128 queries), BK = 64 for D = 128 (64 + 32
+// accumulator registers), 128 for D = 64, <= 128 registers so that 2 CTAs share an SM (the other CTA's
+// wgmma runs while this one does its softmax). Variant 4: kWG = 3 (192 queries), BK = 128 at both D
+// (S's B operand twice as wide: half the shared-memory reads per flop), 1 CTA per SM, <= 168 registers.
 template <int R, int D, int NT>
 __device__ __forceinline__ void load_sw128(unsigned char* dst, const bf16* src, int64_t stride, int row0, int L,
                                            int tid) {
   constexpr int NCH = D / 8, RPP = NT / NCH;  // 16-byte chunks per row; rows per pass
-  static_assert(NT % NCH == 0 && R % RPP == 0, "tile rows must split evenly over the threads");
+  static_assert(NT % NCH == 0 && RPP % 8 == 0, "each thread must keep one chunk column and swizzle phase");
   // Each thread keeps one chunk column and every RPP-th row (RPP % 8 == 0: same swizzle phase).
   const int r = tid / NCH, c = tid % NCH;
   dst += wg::sw128_offset(R, r, c);
   src += int64_t(row0 + r) * stride + c * 8;
 #pragma unroll
-  for (int i = 0; i < R / RPP; ++i) {
+  for (int i = 0; i < (R + RPP - 1) / RPP; ++i) {
+    if (R % RPP != 0 && r + i * RPP >= R) break;  // only when RPP does not divide R
     const bool ok = row0 + r + i * RPP < L;
     cp_async16(dst + i * RPP * 128, ok ? src + i * RPP * stride : src - int64_t(row0 + r) * stride, ok ? 16 : 0);
   }
 }
 
-template <int D, int BK>
-__global__ void __launch_bounds__(256, 2) flash_fwd_wgmma(const FlashArgs a) {
+template <int D, int BK, int kWG>
+__global__ void __launch_bounds__(128 * kWG, kWG == 2 ? 2 : 1) flash_fwd_wgmma(const FlashArgs a) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   // wgmma exists only in sm_90a code (CMake's 90a; -gencode=arch=compute_90a,code=sm_90a).
   if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) printf("flash attention fwd v3 needs an sm_90a build\n");
 #else
-  constexpr int kNT = 256, kBQ = 128;
+  constexpr int kNT = 128 * kWG, kBQ = 64 * kWG;
   constexpr uint32_t kQBytes = kBQ * D * 2, kKBytes = BK * D * 2;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = smem_addr(smem_raw), pad = (1024u - (raw & 1023u)) & 1023u;  // swizzle atoms: 1024-aligned
@@ -526,15 +530,15 @@ void launch_m32(const FlashArgs& a, cudaStream_t s) {
   LZ_CUDA_CHECK(e == cudaSuccess, "flash attention (cuda): launch failed: ", cudaGetErrorString(e));
 }
 
-template <int D, int BK>
+template <int D, int BK, int kWG>
 void launch_wgmma(const FlashArgs& a, cudaStream_t s) {
-  constexpr int kBQ = 128;
+  constexpr int kBQ = 64 * kWG;
   const size_t smem = size_t(kBQ + 4 * BK) * D * sizeof(bf16) + 1024;  // + 1024: aligning the swizzle atoms
-  auto kern = flash_fwd_wgmma<D, BK>;
+  auto kern = flash_fwd_wgmma<D, BK, kWG>;
   LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const int nqb = (a.L + kBQ - 1) / kBQ;
   LZ_CUDA_CHECK(nqb <= 65535, "flash attention (cuda): L = ", a.L, " too long for the wgmma kernel's grid");
-  kern<<<dim3(a.B * a.H, nqb), 256, smem, s>>>(a);
+  kern<<<dim3(a.B * a.H, nqb), 128 * kWG, smem, s>>>(a);
   cudaError_t e = cudaGetLastError();
   LZ_CUDA_CHECK(e == cudaSuccess, "flash attention (cuda): launch failed: ", cudaGetErrorString(e));
 }
@@ -555,11 +559,13 @@ void flash_attention_fwd(const FlashArgs& a, cudaStream_t s) {
   LZ_CUDA_CHECK(a.q && a.k && a.v && a.out, "flash attention (cuda): a tensor pointer is null");
   const int v = g_variant.fwd != kFlashFwdAuto ? g_variant.fwd : a.D == 64 ? 1 : 2;
   if (a.D == 64) {
-    if (v == 3) return launch_wgmma<64, 128>(a, s);
+    if (v == 3) return launch_wgmma<64, 128, 2>(a, s);
+    if (v == 4) return launch_wgmma<64, 128, 3>(a, s);
     return v == 2 ? launch_m32<64>(a, s) : v == 1 ? launch<64, 8, true>(a, s) : launch<64, 4, false>(a, s);
   }
   if (a.D == 128) {
-    if (v == 3) return launch_wgmma<128, 64>(a, s);
+    if (v == 3) return launch_wgmma<128, 64, 2>(a, s);
+    if (v == 4) return launch_wgmma<128, 128, 3>(a, s);
     return v == 2 ? launch_m32<128>(a, s) : v == 1 ? launch<128, 8, true>(a, s) : launch<128, 4, false>(a, s);
   }
   fail_cat("flash attention (cuda): head dim must be 64 or 128, got ", a.D);

@@ -26,7 +26,8 @@ void flash_attention_fwd(const FlashArgs& a, cudaStream_t stream = nullptr);
 //   fwd 0: 64-query CTAs (4 warps), mask on every block; 1: 128-query CTAs (8 warps), mask only on
 //          blocks crossing the diagonal, fully masked warps skip the block; 2: as 1 with 4 warps x 32
 //          query rows (each K/V fragment feeds twice the mma); 3: Hopper wgmma (sm_90a), 2 warpgroups x
-//          64 query rows, K/V blocks of 64 (D 128) or 128 (D 64) keys.
+//          64 query rows, K/V blocks of 64 (D 128) or 128 (D 64) keys, 2 CTAs per SM; 4: as 3 with 3
+//          warpgroups (192 query rows) and 128-key blocks at both D, 1 CTA per SM.
 //   bwd 0: dk/dv kernel + separate dq kernel (recomputes S and dP; no atomics, deterministic);
 //          1: dq accumulated with fp32 atomics inside the dk/dv kernel (5 products instead of 7) into
 //          FlashBwdArgs::dq_accum (or a stream-ordered allocation), then converted to bf16;
@@ -34,7 +35,7 @@ void flash_attention_fwd(const FlashArgs& a, cudaStream_t stream = nullptr);
 //   fwd -1 (the default): the fastest on the H200 by head dim (bench_lizard.py, 2026-11-27): D 64 -> 1
 //          (0.233 vs 0.262 ms at B8 H9 L2048), D 128 -> 2 (2.247 vs 3.005 ms at B16 H32 L2048).
 //          bwd 0 stays the default: 1 and 2 were slower there (atomics).
-constexpr int kFlashFwdVariants = 4, kFlashBwdVariants = 3, kFlashFwdAuto = -1;
+constexpr int kFlashFwdVariants = 5, kFlashBwdVariants = 3, kFlashFwdAuto = -1;
 struct FlashVariant {
   int fwd = kFlashFwdAuto, bwd = 0;
 };
