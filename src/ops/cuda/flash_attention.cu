@@ -557,7 +557,7 @@ void flash_attention_fwd(const FlashArgs& a, cudaStream_t s) {
   LZ_CUDA_CHECK(a.B > 0 && a.L > 0 && a.H > 0 && a.Hkv > 0 && a.H % a.Hkv == 0,
                 "flash attention (cuda): bad shape B=", a.B, " L=", a.L, " H=", a.H, " Hkv=", a.Hkv);
   LZ_CUDA_CHECK(a.q && a.k && a.v && a.out, "flash attention (cuda): a tensor pointer is null");
-  const int v = g_variant.fwd != kFlashFwdAuto ? g_variant.fwd : a.D == 64 ? 1 : 2;
+  const int v = g_variant.fwd != kFlashFwdAuto ? g_variant.fwd : 3;  // wgmma: fastest at both D (H200)
   if (a.D == 64) {
     if (v == 3) return launch_wgmma<64, 128, 2>(a, s);
     if (v == 4) return launch_wgmma<64, 128, 3>(a, s);

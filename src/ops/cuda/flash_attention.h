@@ -32,8 +32,9 @@ void flash_attention_fwd(const FlashArgs& a, cudaStream_t stream = nullptr);
 //          1: dq accumulated with fp32 atomics inside the dk/dv kernel (5 products instead of 7) into
 //          FlashBwdArgs::dq_accum (or a stream-ordered allocation), then converted to bf16;
 //          2: as 1 with 128 keys (8 warps) per dk/dv CTA.
-//   fwd -1 (the default): the fastest on the H200 by head dim (bench_lizard.py, 2026-11-27): D 64 -> 1
-//          (0.233 vs 0.262 ms at B8 H9 L2048), D 128 -> 2 (2.247 vs 3.005 ms at B16 H32 L2048).
+//   fwd -1 (the default): 3, the fastest on the H200 at both head dims (bench_lizard.py --flash,
+//          2026-11-27, same run): B16 H32 D128 L2048 v3 1.690 ms, v4 2.022, v2 2.269, SDPA 1.745;
+//          B8 H9 D64 L2048 v3 0.153 ms, v4 0.233, v1 0.232, SDPA 0.174.
 //          bwd 0 stays the default: 1 and 2 were slower there (atomics).
 constexpr int kFlashFwdVariants = 5, kFlashBwdVariants = 3, kFlashFwdAuto = -1;
 struct FlashVariant {
