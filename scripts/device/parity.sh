@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# Teacher parity on the GPU machine (which has torch + transformers), in three device calls because
-# the 98 MB GGUF is larger than one call carries (scripts/device/README.md):
-#   stage1: carry .stage/m1 (first 50 MB of the GGUF)      -> kept in /tmp/lizard_stage
-#   stage2: carry .stage/m2 (the rest)                       -> kept in /tmp/lizard_stage
-#   run:    carry .stage/bin (portable lizard + libs + prompts.json): reassemble, verify, compare
+# Teacher parity on the GPU machine (which has torch + transformers), after the teacher and the bundle
+# are staged with scripts/device/gpu.sh (recv1, recv2, unpack: /tmp/lz/model.gguf, /tmp/lz/bin):
+#   run(command="bash scripts/device/gpu.sh unpack && bash scripts/device/parity.sh", carry=[.stage/bundle])
+# The prompts are the token ids of the CI fixtures (tests/fixtures/parity/fixture_<name>.json), so the
+# comparison is the one CI replays; hf_parity.py writes parity.json and fresh fixtures to $OUT.
 set -euo pipefail
-mode=$1
-st=/tmp/lizard_stage
-mkdir -p $st
-case $mode in
-  stage1) cp .stage/m1/partaa $st/ ; ls -la $st ;;
-  stage2) cp .stage/m2/partab $st/ ; ls -la $st ;;
-  run)
-    cat $st/partaa $st/partab > $st/model.gguf
-    echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $st/model.gguf" | sha256sum -c
-    export LD_LIBRARY_PATH=$PWD/.stage/bin/lib
-    .stage/bin/lizard info $st/model.gguf | head -3
-    .stage/bin/lizard debug-logits -m $st/model.gguf --prompts .stage/bin/prompts.json --out $st/lz
-    PYTHONUNBUFFERED=1 python3 scripts/device/hf_parity.py $st/model.gguf .stage/bin/prompts.json $st/lz "${OUT:-/tmp/out}"
-    ;;
-esac
+lz=/tmp/lz
+out=${OUT:-/tmp/out}
+[ -f $lz/model.gguf ] && [ -x $lz/bin/lizard ] || { echo "parity.sh: stage the teacher and bundle first (scripts/device/gpu.sh recv1, recv2, unpack)" >&2; exit 1; }
+mkdir -p $lz/parity "$out"
+python3 - "$lz/parity/prompts.json" <<'PY'
+import glob, json, os, sys
+prompts = []
+for f in sorted(glob.glob("tests/fixtures/parity/fixture_*.json")):
+    name = os.path.basename(f)[len("fixture_"):-len(".json")]
+    prompts.append({"name": name, "ids": json.load(open(f))["prompt_ids"]})
+json.dump(prompts, open(sys.argv[1], "w"))
+print(f"{len(prompts)} prompts from the CI fixtures")
+PY
+bash scripts/device/gpu.sh x lizard debug-logits -m $lz/model.gguf --prompts $lz/parity/prompts.json --out $lz/parity
+PYTHONUNBUFFERED=1 python3 scripts/device/hf_parity.py $lz/model.gguf $lz/parity/prompts.json $lz/parity "$out"
