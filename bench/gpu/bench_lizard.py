@@ -272,15 +272,15 @@ def final():
     for (B, H, Hkv, D, L) in shapes:
         tag = f"B{B} H{H} D{D} L{L}"
         z = Lizard(B, L, H, Hkv, D)
-        # Every forward variant (0: default, 1: tile skipping, 2: prefetched chunks + rebalanced warps),
-        # interleaved twice; first a same-input check of each against v0.
+        # Every forward variant (0: straight-line, 1: tile skipping, 2 (default): prefetched chunks +
+        # rebalanced warps, 3 / 4: wgmma), interleaved twice; first a same-input check of each against v0.
         y0 = z.fwd().float().clone()
-        for var in (1, 2):
+        for var in (1, 2, 3, 4):
             lib.lz_set_forward_variant(var)
             yv = z.fwd().float()
             print(f"  {tag}: lizard fwd v{var} vs v0 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
         del y0, yv
-        for var, split in ((0, 1), (2, 1), (1, 1), (0, 2)) * 2:
+        for var, split in ((0, 1), (2, 1), (3, 1), (4, 1), (1, 1), (0, 2)) * 2:
             lib.lz_set_forward_variant(var)
             lib.lz_set_forward_split(split)
             t = med(z.fwd)
@@ -374,6 +374,15 @@ def main():
         tag = f"B{B} H{H} D{D} L{L}"
         z = Lizard(B, L, H, Hkv, D)
         liz[tag] = med(z.fwd)
+        # forward variants 3, 4 (wgmma) beside the default (v2): same-input check, then time
+        y0 = z.fwd().float().clone()
+        for var in (3, 4):
+            lib.lz_set_forward_variant(var)
+            yv = z.fwd().float()
+            print(f"  {tag}: lizard fwd v{var} vs v2 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
+            row(tag, f"lizard cuda fwd v{var} (wgmma)", med(z.fwd), float("nan"))
+        lib.lz_set_forward_variant(2)  # the default (kForwardVariantDefault)
+        del y0, yv
         fb = float("nan")
         if B * H * L * L <= 8 * 9 * 2048 * 2048:  # the parallel-form backward is O(L^2): small shape only
             fb = events_ms(z.fwd_bwd)

@@ -172,16 +172,71 @@ void chunked_bf16(const std::vector<Case>& cases, const char* tag = "v0") {
 
 // Every forward configuration under every forward variant: v0 (one CTA per (b, h), and with the value
 // columns split over two CTAs), v1 (tile skipping), v2 (prefetched chunks, rebalanced warp groups;
-// falls back to v0 where its ring does not fit, w > 128 at D = 128).
+// falls back to v0 where its ring does not fit, w > 128 at D = 128), v3 / v4 (wgmma; fall back to v2).
 TEST(LizardCuda, ChunkedBf16MatchesReference) {
   for (int mode : {1, 2}) {
     lizard::cuda::set_forward_split(mode);
     chunked_bf16(kCases, mode == 2 ? "v0-split" : "v0");
   }
   lizard::cuda::set_forward_split(0);
-  for (int variant : {1, 2}) {
+  for (int variant : {1, 2, 3, 4}) {
     lizard::cuda::set_forward_variant(variant);
-    chunked_bf16(kCases, variant == 1 ? "v1" : "v2");
+    char tag[8];
+    std::snprintf(tag, sizeof tag, "v%d", variant);
+    chunked_bf16(kCases, tag);
+  }
+  lizard::cuda::set_forward_variant(lizard::cuda::kForwardVariantDefault);
+}
+
+// Forward variants 2, 3, 4 at chunk-edge lengths (1, 17, 63, 64, 65, 200, 1000), D 64 and 128, the
+// paper's F 64 / w 128 / 4 meta sinks plus F 32, exp features and per-head gates: y against the CPU
+// reference, and the final state (S, z) of v3 / v4 against v2's (v2's is checked against the decode
+// state in DecodeMatchesReferenceAndChunkedState).
+TEST(LizardCuda, ChunkedBf16WgmmaOddLengths) {
+  std::vector<Case> cases;
+  for (int L : {1, 17, 63, 64, 65, 200, 1000})
+    for (int D : {64, 128}) cases.push_back({1, L, 2, 1, D, 64, 128, 4});
+  cases.push_back({2, 130, 2, 2, 128, 32, 100, 2, true, true, false});
+  cases.push_back({1, 333, 3, 1, 64, 32, 64, 0, false, false, false, LizardConfig::FeatureAct::Exp});
+  cases.push_back({1, 129, 2, 1, 128, 64, 1, 4, true, false, false, LizardConfig::FeatureAct::Exp});
+  for (int variant : {2, 3, 4}) {
+    lizard::cuda::set_forward_variant(variant);
+    char tag[8];
+    std::snprintf(tag, sizeof tag, "v%d", variant);
+    chunked_bf16(cases, tag);
+  }
+  for (const Case& c : cases) {
+    const uint64_t seed = fresh_seed();
+    Problem P(c, seed, /*round=*/true);
+    DevInputs<__nv_bfloat16> in(P);
+    const size_t nS = size_t(c.B) * c.Hq * 2 * c.F * c.D, nz = size_t(c.B) * c.Hq * 2 * c.F;
+    std::vector<double> S2, z2;
+    for (int variant : {2, 3, 4}) {
+      lizard::cuda::set_forward_variant(variant);
+      Dev<__nv_bfloat16> y(P.yref.size());
+      Dev<float> S(nS), z(nz);
+      S.poison(), z.poison();
+      LizardAttnArgs a = in.args(P, y.p);
+      a.state_s = S.p, a.state_z = z.p;
+      lizard::cuda::lizard_attention_forward_bf16(a);
+      CK(cudaDeviceSynchronize());
+      size_t bad = 0;
+      const double ey = rel_err(y.get(), P.yref, &bad);
+      EXPECT_EQ(bad, 0u) << describe(c) << " v" << variant;
+      EXPECT_LT(ey, 2e-2) << describe(c) << " v" << variant << " seed " << seed;
+      if (variant == 2) {
+        S2 = S.get(), z2 = z.get();
+        continue;
+      }
+      const double es = rel_err(S.get(), S2, &bad);
+      EXPECT_EQ(bad, 0u) << describe(c) << " v" << variant;
+      const double ez = rel_err(z.get(), z2, &bad);
+      EXPECT_EQ(bad, 0u) << describe(c) << " v" << variant;
+      std::printf("[lizard-cuda] final state v%d vs v2 %-44s S %.3e z %.3e (seed %llu)\n", variant,
+                  describe(c).c_str(), es, ez, (unsigned long long)seed);
+      EXPECT_LT(es, 1e-2) << describe(c) << " v" << variant << " seed " << seed;
+      EXPECT_LT(ez, 1e-2) << describe(c) << " v" << variant << " seed " << seed;
+    }
   }
   lizard::cuda::set_forward_variant(lizard::cuda::kForwardVariantDefault);
 }
@@ -192,6 +247,8 @@ TEST(LizardCuda, SanitizerSmall) {
   chunked_bf16(small, "v0");
   lizard::cuda::set_forward_variant(2);
   chunked_bf16(small, "v2");
+  lizard::cuda::set_forward_variant(3);
+  chunked_bf16(small, "v3");
   lizard::cuda::set_forward_variant(lizard::cuda::kForwardVariantDefault);
 }
 
@@ -276,9 +333,9 @@ TEST(LizardCuda, DecodeMatchesReferenceAndChunkedState) {
     EXPECT_EQ(bad, 0u);
     EXPECT_LT(e, 2e-5) << describe(c) << " seed " << seed;
 
-    // Final state of the chunked bf16 kernel (forward variants 0 and 2) vs the fp32 decode state.
+    // Final state of the chunked bf16 kernel (forward variants 0, 2, 3) vs the fp32 decode state.
     DevInputs<__nv_bfloat16> inb(P);
-    for (int variant : {0, 2}) {
+    for (int variant : {0, 2, 3}) {
       lizard::cuda::set_forward_variant(variant);
       Dev<__nv_bfloat16> yb(P.yref.size());
       Dev<float> S2(S.n), z2(z.n);

@@ -60,6 +60,10 @@ void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream 
 // groups); 2 runs v0 where its ring does not fit (w > 128 at D = 128) and ignores set_forward_split.
 // H200, B16 H32 D128: v2 1.487 / 2.933 / 5.860 ms at L 2048 / 4096 / 8192 against v0's 1.668 / 3.341 /
 // 6.674, output identical to v0 (bench_lizard.py --final, 2026-11-27).
+// 3 = v2 with the window scores / P V, phi_Q S, (A .* decay) V, the state update and (F = 64) the
+// feature maps on Hopper wgmma (sm_90a; SW128 Q/K/V/S16/W tiles), 4 = 3 with phi_Q S issued after
+// the intra-chunk scores instead of overlapping them. Both cover every D/F/act/gate config of v2 and run v2 (then v0) where their
+// shared memory does not fit or the device is not sm_90. Not yet timed (opt-in).
 constexpr int kForwardVariantDefault = 2;
 void set_forward_variant(int variant);
 // Value-column split over two CTAs per (b, h): 0 = auto (when 2 * B * Hq <= multiprocessors), 1 = never,

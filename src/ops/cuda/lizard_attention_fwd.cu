@@ -11,9 +11,11 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <cstdio>
 
 #include "ops/cuda/lizard_attention.h"
 #include "ops/cuda/mma.cuh"
+#include "ops/cuda/wgmma.cuh"
 #include "ops/cuda/cuda_check.h"
 
 namespace lizard::cuda {
@@ -1034,13 +1036,554 @@ bool launch_fwd2(const LizardAttnArgs& a, cudaStream_t stream) {
   return true;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Variant 3: v2's schedule and math with the big chunk products on Hopper warpgroup MMA (wgmma,
+// sm_90a; helpers and the SW128 smem layout in wgmma.cuh, as in flash forward variant 3). Warps 0-3
+// are warpgroup 0 (gate), warps 4-7 warpgroup 1 (window); warp 4 * wg + i owns rows 16 i .. 16 i + 15
+// of the chunk in both, as in v2, so the accumulator layout (d[4j + e] = v2's og[j][e]) is unchanged.
+// - Q (double-buffered), the K and V rings and the bf16 state copy S16 are SW128 tiles (no padding)
+//   written by cp.async / ordinary stores, made visible to wgmma by fence.proxy.async before the
+//   chunk-start barrier.
+// - Window: per key block S = Q K^T by D/16 wgmma m64n64k16 (A = Q, B = K, both K-major in smem),
+//   online softmax on the accumulator (v2's masks, log2 domain), O += P V by 4 wgmma m64nDk16 (P from
+//   registers, V MN-major via trans-b). Key blocks are skipped per warpgroup (v2: per warp).
+// - Gate: phi_Q S by F2/16 wgmma m64nDk16 (A = phi_Q from registers, B = S16 MN-major), issued as
+//   as soon as phi_Q is packed and running while the warps compute the intra-chunk scores (mma.sync);
+//   then (A .* decay) V by 4 wgmma m64nDk16 (A from registers, B = V MN-major).
+// - State update S = exp(b_C) S + (phi_K .* decay)^T V: 4 wgmma m64nDk16 per warpgroup owning 64
+//   feature rows (F = 64: both, F = 32: warpgroup 0), A = decayed phi_K^T from registers (v2's
+//   ldmatrix.trans fragments of the padded phi_K tile), B = V MN-major; S stays fp32 in the
+//   accumulator registers (v2's row ownership), its bf16 copy goes to S16 at the chunk end.
+// - Feature maps X W at F = 64: D/16 wgmma m64n64k16 per map (A = the warp's Q / K rows by ldmatrix
+//   from the SW128 tile, B = W as an SW128 tile, MN-major); F = 32 keeps mma.sync with padded W.
+// - Still mma.sync: the intra-chunk scores phi_Q phi_K^T (phi_K stays a padded row-major tile).
+// Variant 4 = variant 3 with phi_Q S issued after the intra scores instead of before (registers).
+// Covers every (D, F) of v2; runs v2 where its shared memory does not fit or the device is not sm_90.
+template <int D, int F>
+struct Fwd3Smem {
+  static constexpr int F2 = 2 * F, LDF = F2 + 8, LDW = F + 8;
+  // F = 64: the feature maps X W on wgmma, Wq / Wk as SW128 tiles of D rows x 64 columns (128-byte
+  // rows); F = 32 (64-byte rows) keeps v2's padded W tiles and mma.sync.
+  static constexpr bool kWgFeat = F == 64;
+  static constexpr uint32_t kTile = kC * D * 2;  // one SW128 chunk tile (64 rows x D bf16)
+  static constexpr uint32_t kWBytes = kWgFeat ? uint32_t(D) * 128 : uint32_t(D) * LDW * 2;  // one W tile
+  static constexpr size_t bytes(int ring) {
+    return size_t(2 + 2 * ring) * kTile                             // Q x 2, K and V rings
+           + size_t(F2) * D * 2                                     // S16 (SW128, F2 rows)
+           + size_t(2) * kWBytes                                    // Wq, Wk
+           + size_t(kC) * LDF * 2                                   // phi_K (padded)
+           + size_t(2 * kC + F2 + 4 * F2) * 4                       // b, next log gamma, z, z partials
+           + 1024;                                                  // aligning the swizzle atoms
+  }
+};
+static_assert(Fwd3Smem<128, 64>::bytes(3) <= 227 * 1024, "v3 must fit the sm_90 opt-in limit at w = 128");
+
+// ldmatrix on an SW128 tile (R rows, byte address base): the mma.sync A fragment of mma.cuh's load_a,
+// each lane addressing its 16-byte row piece through the swizzle.
+__device__ __forceinline__ void ldsm4_at(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+template <int R>
+__device__ __forceinline__ void load_a_sw(uint32_t (&a)[4], uint32_t base, int m0, int k0) {
+  const int l = threadIdx.x & 31;
+  ldsm4_at(a, base + wg::sw128_offset(R, m0 + (l & 15), (k0 >> 3) + (l >> 4)));
+}
+
+// rows_times_w with X an SW128 chunk tile.
+template <int D, int F>
+__device__ __forceinline__ void rows_times_w_sw(float (&acc)[F / 8][4], uint32_t X, const bf16* W, int m0) {
+  constexpr int LDW = F + 8;
+#pragma unroll
+  for (int j = 0; j < F / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    uint32_t a[4];
+    load_a_sw<kC>(a, X, m0, ks * 16);
+#pragma unroll
+    for (int np = 0; np < F / 16; ++np) {
+      uint32_t b[4];
+      load_b_kn(b, W, LDW, np * 16, ks * 16);
+      mma16816(acc[2 * np], a, b[0], b[1]);
+      mma16816(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// Pre-activations of the warpgroup's 64 rows (X an SW128 chunk tile) times W (an SW128 tile of D rows
+// x 64 columns) on wgmma: A = this warp's 16 rows by ldmatrix (registers), B = W MN-major (trans-b).
+// acc: the rows_times_w fragment layout (acc[j][e] = d[4j + e]).
+template <int D>
+__device__ __forceinline__ void rows_times_w_wg(float (&acc)[8][4], uint32_t X, uint32_t W, int m0) {
+  uint32_t a[D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) load_a_sw<kC>(a[ks], X, m0, ks * 16);
+  float(&d)[32] = reinterpret_cast<float(&)[32]>(acc);
+#pragma unroll
+  for (int j = 0; j < 32; ++j) d[j] = 0.f;
+  wg::wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) wg::wgmma_rs_tb<64>(d, a[ks], wg::desc_sw128(W + ks * (16 * 128), D * 128, 1024));
+  wg::commit();
+  wg::wait<0>();
+  wg::fence_regs(d);
+}
+
+// One chunk's rows of a [L][stride] bf16 matrix into an SW128 chunk tile (rows past L zero-filled).
+template <int D>
+__device__ __forceinline__ void tile_async_sw(unsigned char* dst, const bf16* src, int stride, int n, int L, int t,
+                                              int nt) {
+  for (int p = t; p < kC * D / 8; p += nt) {
+    const int r = p / (D / 8), c = p % (D / 8), pos = n * kC + r;
+    const bool ok = pos < L;
+    cp_async16(dst + wg::sw128_offset(kC, r, c), src + int64_t(ok ? pos : 0) * stride + c * 8, ok ? 16 : 0);
+  }
+}
+
+// kOverlapPhiQS: the gate warpgroup issues phi_Q S before the intra-chunk scores (in flight while
+// they run on mma.sync; variant 3) or after them (variant 4; fewer live registers there).
+template <int D, int F, bool kOverlapPhiQS>
+__global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAttnArgs a, int ring, int nb) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if (threadIdx.x == 0 && blockIdx.x == 0) printf("lizard attention fwd v3 needs an sm_90a build\n");
+#else
+  using S = Fwd3Smem<D, F>;
+  constexpr int F2 = S::F2, LDF = S::LDF, LDW = S::LDW;
+  constexpr uint32_t kTile = S::kTile;
+  constexpr int NK = kC / 8;  // n-tiles over a chunk's keys
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw = smem_addr(smem_raw), pad = (1024u - (raw & 1023u)) & 1023u;
+  unsigned char* base = smem_raw + pad;  // 1024-aligned: every SW128 tile below starts on a swizzle atom
+  const uint32_t sbase = raw + pad;
+  const uint32_t oK = 2 * kTile, oV = oK + ring * kTile, oS = oV + ring * kTile;
+  unsigned char* S16 = base + oS;
+  const uint32_t sS16 = sbase + oS;
+  const uint32_t oW = oS + F2 * D * 2;  // Wq, Wk (SW128 when S::kWgFeat: 1024-aligned here)
+  bf16* Wq = reinterpret_cast<bf16*>(base + oW);
+  bf16* Wk = reinterpret_cast<bf16*>(base + oW + S::kWBytes);
+  const uint32_t sWq = sbase + oW, sWk = sbase + oW + S::kWBytes;
+  bf16* Pk = reinterpret_cast<bf16*>(base + oW + 2 * S::kWBytes);
+  float* bsum = reinterpret_cast<float*>(Pk + kC * LDF);
+  float* lgn = bsum + kC;
+  float* zs = lgn + kC;
+  float* zpart = zs + F2;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int hq = blockIdx.x % a.Hq, b = blockIdx.x / a.Hq;
+  const int hkv = hq / (a.Hq / a.Hkv);
+  const int L = a.L, w = a.window;
+  const int qstride = a.Hq * D, kstride = a.Hkv * D;
+  const bf16* qb = static_cast<const bf16*>(a.q) + int64_t(b) * L * qstride + int64_t(hq) * D;
+  const bf16* kb = static_cast<const bf16*>(a.k) + int64_t(b) * L * kstride + int64_t(hkv) * D;
+  const bf16* vb = static_cast<const bf16*>(a.v) + int64_t(b) * L * kstride + int64_t(hkv) * D;
+  bf16* yb = static_cast<bf16*>(a.y) + int64_t(b) * L * qstride + int64_t(hq) * D;
+  const int gts = a.gate_per_head ? a.Hq : 1;
+  const float* lgb = a.log_gamma + int64_t(b) * L * gts + (a.gate_per_head ? hq : 0);
+  const float alpha = a.alpha[a.alpha_per_head ? hq : 0];
+  const float scale2 = (a.scale > 0 ? a.scale : rsqrtf(float(D))) * kLog2e;
+
+  float meta_m = -INFINITY, meta_l = 0.f;
+  if (a.n_meta > 0) {
+    const float* mu = a.meta + (a.meta_per_head ? hq * a.n_meta : 0);
+    for (int j = 0; j < a.n_meta; ++j) meta_m = fmaxf(meta_m, mu[j] * kLog2e);
+    for (int j = 0; j < a.n_meta; ++j) meta_l += exp2f(mu[j] * kLog2e - meta_m);
+  }
+
+  const int nchunks = (L + kC - 1) / kC;
+  {
+    const bf16* wq = static_cast<const bf16*>(a.wq) + int64_t(hq) * D * F;
+    const bf16* wk = static_cast<const bf16*>(a.wk) + int64_t(hq) * D * F;
+    for (int p = tid; p < D * F / 8; p += kThreads) {
+      int r = p / (F / 8), c = (p % (F / 8)) * 8;
+      if constexpr (S::kWgFeat) {
+        cp_async16(reinterpret_cast<unsigned char*>(Wq) + wg::sw128_offset(D, r, c / 8), wq + r * F + c, 16);
+        cp_async16(reinterpret_cast<unsigned char*>(Wk) + wg::sw128_offset(D, r, c / 8), wk + r * F + c, 16);
+      } else {
+        cp_async16(Wq + r * LDW + c, wq + r * F + c, 16);
+        cp_async16(Wk + r * LDW + c, wk + r * F + c, 16);
+      }
+    }
+    tile_async_sw<D>(base, qb, qstride, 0, L, tid, kThreads);
+    tile_async_sw<D>(base + oK, kb, kstride, 0, L, tid, kThreads);
+    tile_async_sw<D>(base + oV, vb, kstride, 0, L, tid, kThreads);
+    cp_async_commit();
+  }
+  for (int i = tid; i < F2 * D / 8; i += kThreads) reinterpret_cast<uint4*>(S16)[i] = make_uint4(0, 0, 0, 0);
+  for (int i = tid; i < F2; i += kThreads) zs[i] = 0.f;
+  if (warp == 0) {
+    log_gamma_async(lgn, lgb, gts, 0, L, lane);
+    cp_async_wait_all();
+    scan_log_gamma(bsum, lgn, lane);
+    __syncwarp();
+    if (nchunks > 1) log_gamma_async(lgn, lgb, gts, 1, L, lane);
+    cp_async_commit();
+  }
+
+  constexpr int ND = D / 8;
+  float sreg[D / 2];  // this warp's 16 rows of S (fp32), wgmma accumulator layout: sreg[4j + e] = v2's sreg[j][e]
+#pragma unroll
+  for (int j = 0; j < D / 2; ++j) sreg[j] = 0.f;
+  const bool owns_s = warp < F2 / 16;
+  const int f0 = warp * 16;
+
+  for (int n = 0; n < nchunks; ++n) {
+    cp_async_wait_all();
+    wg::fence_proxy_async();  // this thread's cp.async and ordinary smem writes -> visible to wgmma
+    __syncthreads();          // (A) chunk n's tiles, b, z and S16 ready; chunk n-1 fully consumed
+    unsigned char* Qs = base + (n & 1) * kTile;
+    const uint32_t sQ = sbase + (n & 1) * kTile;
+    const uint32_t sKc = sbase + oK + (n % ring) * kTile, sVc = sbase + oV + (n % ring) * kTile;
+    if (n + 1 < nchunks) tile_async_sw<D>(base + ((n + 1) & 1) * kTile, qb, qstride, n + 1, L, tid, kThreads);
+    cp_async_commit();
+    const float bC = bsum[kC - 1];
+    const int r0 = (warp & 3) * 16;  // the 16 rows this warp works on
+
+    float og[D / 2];  // accumulator layout: og[4j + e] = v2's og[j][e]
+    float l0 = 0.f, l1 = 0.f;
+    if (warp < 4) {
+      {  // phi_K of rows r0.. into shared memory, with the normaliser's decayed key sums
+        float ap[F / 8][4], am[F / 8][4];
+        if constexpr (S::kWgFeat)
+          rows_times_w_wg<D>(ap, sKc, sWk, r0);
+        else
+          rows_times_w_sw<D, F>(ap, sKc, Wk, r0);
+        feature_map<F>(ap, am, a.act);
+        const bool v0 = n * kC + r0 + g < L, v1 = n * kC + r0 + g + 8 < L;
+        const float d0 = v0 ? __expf(bC - bsum[r0 + g]) : 0.f, d1 = v1 ? __expf(bC - bsum[r0 + g + 8]) : 0.f;
+#pragma unroll
+        for (int j = 0; j < F / 8; ++j) {
+          int c = 8 * j + 2 * t4;
+          float p00 = v0 ? ap[j][0] : 0.f, p01 = v0 ? ap[j][1] : 0.f;
+          float p10 = v1 ? ap[j][2] : 0.f, p11 = v1 ? ap[j][3] : 0.f;
+          float m00 = v0 ? am[j][0] : 0.f, m01 = v0 ? am[j][1] : 0.f;
+          float m10 = v1 ? am[j][2] : 0.f, m11 = v1 ? am[j][3] : 0.f;
+          *reinterpret_cast<uint32_t*>(Pk + (r0 + g) * LDF + c) = pack_bf16(p00, p01);
+          *reinterpret_cast<uint32_t*>(Pk + (r0 + g + 8) * LDF + c) = pack_bf16(p10, p11);
+          *reinterpret_cast<uint32_t*>(Pk + (r0 + g) * LDF + F + c) = pack_bf16(m00, m01);
+          *reinterpret_cast<uint32_t*>(Pk + (r0 + g + 8) * LDF + F + c) = pack_bf16(m10, m11);
+          float zp0 = p00 * d0 + p10 * d1, zp1 = p01 * d0 + p11 * d1;
+          float zm0 = m00 * d0 + m10 * d1, zm1 = m01 * d0 + m11 * d1;
+#pragma unroll
+          for (int o = 4; o < 32; o <<= 1) {
+            zp0 += __shfl_xor_sync(0xffffffffu, zp0, o);
+            zp1 += __shfl_xor_sync(0xffffffffu, zp1, o);
+            zm0 += __shfl_xor_sync(0xffffffffu, zm0, o);
+            zm1 += __shfl_xor_sync(0xffffffffu, zm1, o);
+          }
+          if (g == 0) {
+            float* zp = zpart + warp * F2;
+            zp[c] = zp0, zp[c + 1] = zp1, zp[F + c] = zm0, zp[F + c + 1] = zm1;
+          }
+        }
+      }
+      bar_arrive(kBarPk, kThreads);  // phi_K written: the window warps' state update may use it
+      uint32_t phq[F2 / 16][4];
+      float qz0 = 0.f, qz1 = 0.f;
+      {
+        float ap[F / 8][4], am[F / 8][4];
+        if constexpr (S::kWgFeat)
+          rows_times_w_wg<D>(ap, sQ, sWq, r0);
+        else
+          rows_times_w_sw<D, F>(ap, sQ, Wq, r0);
+        feature_map<F>(ap, am, a.act);
+#pragma unroll
+        for (int j = 0; j < F / 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            int c = 8 * j + 2 * t4 + e;
+            qz0 += ap[j][e] * zs[c] + am[j][e] * zs[F + c];
+            qz1 += ap[j][2 + e] * zs[c] + am[j][2 + e] * zs[F + c];
+          }
+        }
+#pragma unroll
+        for (int s = 0; s < F / 16; ++s) {
+          phq[s][0] = pack_bf16(ap[2 * s][0], ap[2 * s][1]);
+          phq[s][1] = pack_bf16(ap[2 * s][2], ap[2 * s][3]);
+          phq[s][2] = pack_bf16(ap[2 * s + 1][0], ap[2 * s + 1][1]);
+          phq[s][3] = pack_bf16(ap[2 * s + 1][2], ap[2 * s + 1][3]);
+          phq[F / 16 + s][0] = pack_bf16(am[2 * s][0], am[2 * s][1]);
+          phq[F / 16 + s][1] = pack_bf16(am[2 * s][2], am[2 * s][3]);
+          phq[F / 16 + s][2] = pack_bf16(am[2 * s + 1][0], am[2 * s + 1][1]);
+          phq[F / 16 + s][3] = pack_bf16(am[2 * s + 1][2], am[2 * s + 1][3]);
+        }
+      }
+      bar_arrive(kBarQ, kThreads);  // Q read: the window warps may overwrite it
+      // Inter-chunk phi_Q S_n on wgmma (A = phi_Q from registers, B = S16 MN-major, F2 rows).
+      auto issue_phiq_s = [&]() {
+#pragma unroll
+        for (int j = 0; j < D / 2; ++j) og[j] = 0.f;
+        wg::wgmma_fence();
+#pragma unroll
+        for (int s = 0; s < F2 / 16; ++s)
+          wg::wgmma_rs_tb<D>(og, phq[s], wg::desc_sw128(sS16 + s * (16 * 128), F2 * 128, 1024));
+        wg::commit();
+      };
+      if (kOverlapPhiQS) issue_phiq_s();
+      bar_sync(kBarGate, 128);  // every gate warp's phi_K rows visible
+      float sc[NK][4];
+#pragma unroll
+      for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+#pragma unroll
+      for (int s = 0; s < F2 / 16; ++s) {
+#pragma unroll
+        for (int np = 0; np < NK / 2; ++np) {
+          uint32_t bb[4];
+          load_b_nk(bb, Pk, LDF, np * 16, s * 16);
+          mma16816(sc[2 * np], phq[s], bb[0], bb[1]);
+          mma16816(sc[2 * np + 1], phq[s], bb[2], bb[3]);
+        }
+      }
+      const int i0 = r0 + g, i1 = r0 + g + 8;
+      const float bi0 = bsum[i0], bi1 = bsum[i1];
+      uint32_t pa[NK / 2][4];
+#pragma unroll
+      for (int j = 0; j < NK; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          int tt = 8 * j + 2 * t4 + e;
+          float bt = bsum[tt];
+          float x0 = tt <= i0 ? sc[j][e] * __expf(bi0 - bt) : 0.f;
+          float x1 = tt <= i1 ? sc[j][2 + e] * __expf(bi1 - bt) : 0.f;
+          sc[j][e] = round_bf16(x0), sc[j][2 + e] = round_bf16(x1);
+          l0 += sc[j][e], l1 += sc[j][2 + e];
+        }
+      }
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s) {
+        pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
+        pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
+        pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
+        pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
+      }
+      if (!kOverlapPhiQS) issue_phiq_s();
+      wg::wait<0>();
+      wg::fence_regs(og);
+      const float e0 = __expf(bi0), e1 = __expf(bi1);
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) og[4 * j] *= e0, og[4 * j + 1] *= e0, og[4 * j + 2] *= e1, og[4 * j + 3] *= e1;
+      // Intra part (A .* decay) V on wgmma (V MN-major).
+      wg::fence_regs(og);
+      wg::wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s)
+        wg::wgmma_rs_tb<D>(og, pa[s], wg::desc_sw128(sVc + s * (16 * 128), kC * 128, 1024));
+      wg::commit();
+      wg::wait<0>();
+      wg::fence_regs(og);
+      l0 = quad_sum(l0) + e0 * quad_sum(qz0);
+      l1 = quad_sum(l1) + e1 * quad_sum(qz1);
+      const float inv0 = 1.f / (l0 + a.eps), inv1 = 1.f / (l1 + a.eps);
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) og[4 * j] *= inv0, og[4 * j + 1] *= inv0, og[4 * j + 2] *= inv1, og[4 * j + 3] *= inv1;
+    } else {
+      // Sliding window with meta sinks on wgmma, online softmax over key blocks (log2 domain).
+      const int wt = tid - 128;
+      const int ia = n * kC + r0 + g, ib = ia + 8;
+      float m0 = meta_m, m1 = meta_m;
+      l0 = t4 == 0 ? meta_l : 0.f, l1 = l0;
+#pragma unroll
+      for (int j = 0; j < D / 2; ++j) og[j] = 0.f;
+      const int wmin = n * kC, wmax = wmin + kC - 1;  // the warpgroup's query positions (uniform)
+      const bool more = n + 1 < nchunks;
+      const int pslot = (n + 1) % ring;
+      if (ring > nb + 1 && more) {
+        tile_async_sw<D>(base + oK + pslot * kTile, kb, kstride, n + 1, L, wt, 128);
+        tile_async_sw<D>(base + oV + pslot * kTile, vb, kstride, n + 1, L, wt, 128);
+      }
+      for (int jb = nb; jb >= 0; --jb) {
+        const int cn = n - jb, t0 = cn * kC;
+        if (cn >= 0 && t0 + kC - 1 >= wmin - w + 1 && t0 <= wmax) {  // warpgroup-uniform
+          const uint32_t kbase = sbase + oK + (cn % ring) * kTile, vbase = sbase + oV + (cn % ring) * kTile;
+          float sc[kC / 2];
+          wg::wgmma_fence();
+#pragma unroll
+          for (int s = 0; s < D / 16; ++s) {
+            const uint64_t da = wg::desc_sw128(sQ + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024);
+            const uint64_t db = wg::desc_sw128(kbase + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024);
+            wg::wgmma_ss<kC>(sc, da, db, s > 0 ? 1 : 0);
+          }
+          wg::commit();
+          wg::wait<0>();
+          wg::fence_regs(sc);
+          float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+          for (int j = 0; j < NK; ++j) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              int tt = t0 + 8 * j + 2 * t4 + e;
+              sc[4 * j + e] = (tt <= ia && tt > ia - w) ? sc[4 * j + e] * scale2 : -INFINITY;
+              sc[4 * j + 2 + e] = (tt <= ib && tt > ib - w) ? sc[4 * j + 2 + e] * scale2 : -INFINITY;
+              mx0 = fmaxf(mx0, sc[4 * j + e]), mx1 = fmaxf(mx1, sc[4 * j + 2 + e]);
+            }
+          }
+          const float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
+          const float u0 = mn0 == -INFINITY ? 0.f : mn0, u1 = mn1 == -INFINITY ? 0.f : mn1;
+          const float c0 = exp2f(m0 - u0), c1 = exp2f(m1 - u1);
+          m0 = mn0, m1 = mn1;
+          l0 *= c0, l1 *= c1;
+#pragma unroll
+          for (int j = 0; j < D / 8; ++j) og[4 * j] *= c0, og[4 * j + 1] *= c0, og[4 * j + 2] *= c1, og[4 * j + 3] *= c1;
+#pragma unroll
+          for (int j = 0; j < NK; ++j) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              sc[4 * j + e] = round_bf16(exp2f(sc[4 * j + e] - u0));
+              sc[4 * j + 2 + e] = round_bf16(exp2f(sc[4 * j + 2 + e] - u1));
+              l0 += sc[4 * j + e], l1 += sc[4 * j + 2 + e];
+            }
+          }
+          uint32_t pa[NK / 2][4];
+#pragma unroll
+          for (int s = 0; s < NK / 2; ++s) {
+            pa[s][0] = pack_bf16(sc[8 * s], sc[8 * s + 1]);
+            pa[s][1] = pack_bf16(sc[8 * s + 2], sc[8 * s + 3]);
+            pa[s][2] = pack_bf16(sc[8 * s + 4], sc[8 * s + 5]);
+            pa[s][3] = pack_bf16(sc[8 * s + 6], sc[8 * s + 7]);
+          }
+          wg::fence_regs(og);
+          wg::wgmma_fence();
+#pragma unroll
+          for (int s = 0; s < NK / 2; ++s)
+            wg::wgmma_rs_tb<D>(og, pa[s], wg::desc_sw128(vbase + s * (16 * 128), kC * 128, 1024));
+          wg::commit();
+          wg::wait<0>();
+          wg::fence_regs(og);
+        }
+        if (jb == nb && ring == nb + 1 && more) {  // the oldest slot is done: fetch chunk n+1 into it
+          bar_sync(kBarWindow, 128);
+          tile_async_sw<D>(base + oK + pslot * kTile, kb, kstride, n + 1, L, wt, 128);
+          tile_async_sw<D>(base + oV + pslot * kTile, vb, kstride, n + 1, L, wt, 128);
+        }
+      }
+      cp_async_commit();
+      l0 = quad_sum(l0), l1 = quad_sum(l1);
+      const float inv0 = alpha / l0, inv1 = alpha / l1;
+      bar_sync(kBarQ, kThreads);   // the gate warps are done reading Q
+      bar_sync(kBarPk, kThreads);  // phi_K ready (for the state update)
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g, j) + 4 * t4) =
+            pack_bf16(og[4 * j] * inv0, og[4 * j + 1] * inv0);
+        *reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4) =
+            pack_bf16(og[4 * j + 2] * inv1, og[4 * j + 3] * inv1);
+      }
+    }
+
+    // State update S = exp(b_C) S + (phi_K * exp(b_C - b_t))^T V on wgmma: warpgroup i owns feature
+    // rows 64 i .. 64 i + 63 (warp w: rows 16 w .., as in v2), A = decayed phi_K^T from registers
+    // (v2's ldmatrix.trans fragments), B = V MN-major. F = 32: warpgroup 0 alone (uniform branch).
+    if (owns_s) {
+      const float eC = __expf(bC);
+#pragma unroll
+      for (int j = 0; j < D / 2; ++j) sreg[j] *= eC;
+      uint32_t pk[NK / 2][4];
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s) {
+        load_a_t(pk[s], Pk, LDF, f0, s * 16);
+        const int tt = s * 16 + 2 * t4;
+        const float dk0 = __expf(bC - bsum[tt]), dk1 = __expf(bC - bsum[tt + 1]);
+        const float dk2 = __expf(bC - bsum[tt + 8]), dk3 = __expf(bC - bsum[tt + 9]);
+        pk[s][0] = scale_bf16x2(pk[s][0], dk0, dk1);
+        pk[s][1] = scale_bf16x2(pk[s][1], dk0, dk1);
+        pk[s][2] = scale_bf16x2(pk[s][2], dk2, dk3);
+        pk[s][3] = scale_bf16x2(pk[s][3], dk2, dk3);
+      }
+      wg::fence_regs(sreg);
+      wg::wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s)
+        wg::wgmma_rs_tb<D>(sreg, pk[s], wg::desc_sw128(sVc + s * (16 * 128), kC * 128, 1024));
+      wg::commit();
+      wg::wait<0>();
+      wg::fence_regs(sreg);
+    }
+    __syncthreads();  // (D) S16, z, b and the window output may now be touched
+
+    if (owns_s) {
+#pragma unroll
+      for (int j = 0; j < ND; ++j) {
+        *reinterpret_cast<uint32_t*>(S16 + wg::sw128_offset(F2, f0 + g, j) + 4 * t4) = pack_bf16(sreg[4 * j], sreg[4 * j + 1]);
+        *reinterpret_cast<uint32_t*>(S16 + wg::sw128_offset(F2, f0 + g + 8, j) + 4 * t4) =
+            pack_bf16(sreg[4 * j + 2], sreg[4 * j + 3]);
+      }
+    }
+    if (tid < F2) {
+      const float eC = __expf(bC);
+      zs[tid] = eC * zs[tid] + zpart[tid] + zpart[F2 + tid] + zpart[2 * F2 + tid] + zpart[3 * F2 + tid];
+    }
+    if (warp < 4) {
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        uint32_t* p0 = reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g, j) + 4 * t4);
+        uint32_t* p1 = reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4);
+        float2 w0 = unpack_bf16(*p0), w1 = unpack_bf16(*p1);
+        *p0 = pack_bf16(og[4 * j] + w0.x, og[4 * j + 1] + w0.y);
+        *p1 = pack_bf16(og[4 * j + 2] + w1.x, og[4 * j + 3] + w1.y);
+      }
+      __syncwarp();
+      for (int p = lane; p < 16 * D / 8; p += 32) {
+        int r = p / (D / 8), c = p % (D / 8);
+        int pos = n * kC + r0 + r;
+        if (pos < L)
+          *reinterpret_cast<uint4*>(yb + int64_t(pos) * qstride + c * 8) =
+              *reinterpret_cast<const uint4*>(Qs + wg::sw128_offset(kC, r0 + r, c));
+      }
+    }
+    if (warp == 0 && n + 1 < nchunks) {  // b of the next chunk (nobody reads bsum past (D))
+      cp_async_wait_all();
+      scan_log_gamma(bsum, lgn, lane);
+      __syncwarp();
+      if (n + 2 < nchunks) log_gamma_async(lgn, lgb, gts, n + 2, L, lane);
+      cp_async_commit();
+    }
+  }
+
+  if (a.state_s != nullptr) {
+    __syncthreads();
+    float* sb = a.state_s + (int64_t(b) * a.Hq + hq) * F2 * D;
+    if (owns_s) {
+#pragma unroll
+      for (int j = 0; j < ND; ++j) {
+        int c = 8 * j + 2 * t4;
+        sb[(f0 + g) * D + c] = sreg[4 * j], sb[(f0 + g) * D + c + 1] = sreg[4 * j + 1];
+        sb[(f0 + g + 8) * D + c] = sreg[4 * j + 2], sb[(f0 + g + 8) * D + c + 1] = sreg[4 * j + 3];
+      }
+    }
+    if (a.state_z != nullptr && tid < F2) a.state_z[(int64_t(b) * a.Hq + hq) * F2 + tid] = zs[tid];
+  }
+#endif
+}
+
+// False (nothing launched) when v3 cannot run here (shared memory, not sm_90); the caller runs v2.
+template <int D, int F, bool kOverlapPhiQS>
+bool launch_fwd3(const LizardAttnArgs& a, cudaStream_t stream) {
+  const int nb = a.window > 1 ? (a.window - 1 + kC - 1) / kC : 0;
+  const int ring = nb + 1 < 2 ? 2 : nb + 1;
+  const size_t smem = Fwd3Smem<D, F>::bytes(ring);
+  int dev = 0, optin = 0, major = 0, minor = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  if (smem > size_t(optin) || major != 9 || minor != 0) return false;
+  auto kern = lizard_fwd3_kernel<D, F, kOverlapPhiQS>;
+  cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  kern<<<a.B * a.Hq, kThreads, smem, stream>>>(a, ring, nb);
+  cudaError_t e = cudaGetLastError();
+  LZ_CUDA_CHECK(e == cudaSuccess, "lizard attention (cuda): launch failed: ", cudaGetErrorString(e));
+  return true;
+}
+
 int g_fwd_variant = kForwardVariantDefault;  // 1: tile skipping, 2: prefetched chunks and rebalanced warp groups
 int g_split_mode = 0;   // 0: auto, 1: never split the value columns, 2: always
 
 template <int D, int F>
 void launch_fwd(const LizardAttnArgs& a, cudaStream_t stream) {
   if (g_fwd_variant == 1) return launch_fwd1<D, F, true, D>(a, stream);
-  if (g_fwd_variant == 2 && launch_fwd2<D, F>(a, stream)) return;  // else v1 (ring does not fit)
+  if (g_fwd_variant == 3 && launch_fwd3<D, F, true>(a, stream)) return;  // else v2 (see launch_fwd3)
+  if (g_fwd_variant == 4 && launch_fwd3<D, F, false>(a, stream)) return;
+  if (g_fwd_variant >= 2 && launch_fwd2<D, F>(a, stream)) return;  // else v0 (ring does not fit)
   bool split = g_split_mode == 2;
   if (g_split_mode == 0) {
     // Two CTAs per (b, h) (half the value columns each; feature maps and scores computed by both)
