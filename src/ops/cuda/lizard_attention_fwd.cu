@@ -1047,21 +1047,21 @@ bool launch_fwd2(const LizardAttnArgs& a, cudaStream_t stream) {
 // - Window: per key block S = Q K^T by D/16 wgmma m64n64k16 (A = Q, B = K, both K-major in smem),
 //   online softmax on the accumulator (v2's masks, log2 domain), O += P V by 4 wgmma m64nDk16 (P from
 //   registers, V MN-major via trans-b). Key blocks are skipped per warpgroup (v2: per warp).
-// - Gate: phi_Q S by F2/16 wgmma m64nDk16 (A = phi_Q from registers, B = S16 MN-major), issued as
-//   as soon as phi_Q is packed and running while the warps compute the intra-chunk scores (mma.sync);
-//   then (A .* decay) V by 4 wgmma m64nDk16 (A from registers, B = V MN-major).
+// - Gate: phi_Q S by F2/16 wgmma m64nDk16 (A = phi_Q from registers, B = S16 MN-major) and the
+//   intra-chunk scores phi_Q phi_K^T by F2/16 wgmma m64n64k16 (B = phi_K, an SW128 tile of 64 keys x
+//   F2, K-major), then (A .* decay) V by 4 wgmma m64nDk16 (A from registers, B = V MN-major).
 // - State update S = exp(b_C) S + (phi_K .* decay)^T V: 4 wgmma m64nDk16 per warpgroup owning 64
 //   feature rows (F = 64: both, F = 32: warpgroup 0), A = decayed phi_K^T from registers (v2's
-//   ldmatrix.trans fragments of the padded phi_K tile), B = V MN-major; S stays fp32 in the
+//   ldmatrix.trans fragments, from the swizzled phi_K tile), B = V MN-major; S stays fp32 in the
 //   accumulator registers (v2's row ownership), its bf16 copy goes to S16 at the chunk end.
 // - Feature maps X W at F = 64: D/16 wgmma m64n64k16 per map (A = the warp's Q / K rows by ldmatrix
 //   from the SW128 tile, B = W as an SW128 tile, MN-major); F = 32 keeps mma.sync with padded W.
-// - Still mma.sync: the intra-chunk scores phi_Q phi_K^T (phi_K stays a padded row-major tile).
-// Variant 4 = variant 3 with phi_Q S issued after the intra scores instead of before (registers).
+// Variant 4 = variant 3 with phi_Q S issued after the intra scores (and running while the scores are
+// decayed and packed) instead of before them.
 // Covers every (D, F) of v2; runs v2 where its shared memory does not fit or the device is not sm_90.
 template <int D, int F>
 struct Fwd3Smem {
-  static constexpr int F2 = 2 * F, LDF = F2 + 8, LDW = F + 8;
+  static constexpr int F2 = 2 * F, LDW = F + 8;
   // F = 64: the feature maps X W on wgmma, Wq / Wk as SW128 tiles of D rows x 64 columns (128-byte
   // rows); F = 32 (64-byte rows) keeps v2's padded W tiles and mma.sync.
   static constexpr bool kWgFeat = F == 64;
@@ -1070,8 +1070,8 @@ struct Fwd3Smem {
   static constexpr size_t bytes(int ring) {
     return size_t(2 + 2 * ring) * kTile                             // Q x 2, K and V rings
            + size_t(F2) * D * 2                                     // S16 (SW128, F2 rows)
+           + size_t(kC) * F2 * 2                                    // phi_K (SW128, 64 rows x F2)
            + size_t(2) * kWBytes                                    // Wq, Wk
-           + size_t(kC) * LDF * 2                                   // phi_K (padded)
            + size_t(2 * kC + F2 + 4 * F2) * 4                       // b, next log gamma, z, z partials
            + 1024;                                                  // aligning the swizzle atoms
   }
@@ -1089,6 +1089,29 @@ template <int R>
 __device__ __forceinline__ void load_a_sw(uint32_t (&a)[4], uint32_t base, int m0, int k0) {
   const int l = threadIdx.x & 31;
   ldsm4_at(a, base + wg::sw128_offset(R, m0 + (l & 15), (k0 >> 3) + (l >> 4)));
+}
+
+// mma.cuh's load_a_t (A fragment of a matrix stored transposed, [k][m]) from an SW128 chunk tile of
+// 64 k-rows.
+__device__ __forceinline__ void load_a_t_sw(uint32_t (&a)[4], uint32_t base, int m0, int k0) {
+  const int l = threadIdx.x & 31, mi = l >> 3, rr = l & 7;
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+               : "r"(base + wg::sw128_offset(kC, k0 + (mi >> 1) * 8 + rr, (m0 >> 3) + (mi & 1))));
+}
+
+// d += A B, wgmma m64n64k16, A in registers, B K-major ([N][K], K contiguous) in shared memory
+// (wgmma.cuh's wgmma_rs_tb<64> with imm-trans-b = 0).
+__device__ __forceinline__ void wgmma_rs_kb64(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, 1, 1, 1, 0;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db)
+      : "memory");
 }
 
 // rows_times_w with X an SW128 chunk tile.
@@ -1149,7 +1172,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
   if (threadIdx.x == 0 && blockIdx.x == 0) printf("lizard attention fwd v3 needs an sm_90a build\n");
 #else
   using S = Fwd3Smem<D, F>;
-  constexpr int F2 = S::F2, LDF = S::LDF, LDW = S::LDW;
+  constexpr int F2 = S::F2, LDW = S::LDW;
   constexpr uint32_t kTile = S::kTile;
   constexpr int NK = kC / 8;  // n-tiles over a chunk's keys
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -1159,12 +1182,14 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
   const uint32_t oK = 2 * kTile, oV = oK + ring * kTile, oS = oV + ring * kTile;
   unsigned char* S16 = base + oS;
   const uint32_t sS16 = sbase + oS;
-  const uint32_t oW = oS + F2 * D * 2;  // Wq, Wk (SW128 when S::kWgFeat: 1024-aligned here)
+  const uint32_t oPk = oS + F2 * D * 2;  // phi_K, SW128 (64 keys x F2 features)
+  unsigned char* Pk = base + oPk;
+  const uint32_t sPk = sbase + oPk;
+  const uint32_t oW = oPk + kC * F2 * 2;  // Wq, Wk (SW128 when S::kWgFeat: 1024-aligned here)
   bf16* Wq = reinterpret_cast<bf16*>(base + oW);
   bf16* Wk = reinterpret_cast<bf16*>(base + oW + S::kWBytes);
   const uint32_t sWq = sbase + oW, sWk = sbase + oW + S::kWBytes;
-  bf16* Pk = reinterpret_cast<bf16*>(base + oW + 2 * S::kWBytes);
-  float* bsum = reinterpret_cast<float*>(Pk + kC * LDF);
+  float* bsum = reinterpret_cast<float*>(base + oW + 2 * S::kWBytes);
   float* lgn = bsum + kC;
   float* zs = lgn + kC;
   float* zpart = zs + F2;
@@ -1258,10 +1283,11 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           float p10 = v1 ? ap[j][2] : 0.f, p11 = v1 ? ap[j][3] : 0.f;
           float m00 = v0 ? am[j][0] : 0.f, m01 = v0 ? am[j][1] : 0.f;
           float m10 = v1 ? am[j][2] : 0.f, m11 = v1 ? am[j][3] : 0.f;
-          *reinterpret_cast<uint32_t*>(Pk + (r0 + g) * LDF + c) = pack_bf16(p00, p01);
-          *reinterpret_cast<uint32_t*>(Pk + (r0 + g + 8) * LDF + c) = pack_bf16(p10, p11);
-          *reinterpret_cast<uint32_t*>(Pk + (r0 + g) * LDF + F + c) = pack_bf16(m00, m01);
-          *reinterpret_cast<uint32_t*>(Pk + (r0 + g + 8) * LDF + F + c) = pack_bf16(m10, m11);
+          // (row, column c) of the SW128 phi_K tile: chunk c / 8, byte 2 (c % 8) in it (c % 8 = 2 t4)
+          *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g, j) + 4 * t4) = pack_bf16(p00, p01);
+          *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4) = pack_bf16(p10, p11);
+          *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g, F / 8 + j) + 4 * t4) = pack_bf16(m00, m01);
+          *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g + 8, F / 8 + j) + 4 * t4) = pack_bf16(m10, m11);
           float zp0 = p00 * d0 + p10 * d1, zp1 = p01 * d0 + p11 * d1;
           float zm0 = m00 * d0 + m10 * d1, zm1 = m01 * d0 + m11 * d1;
 #pragma unroll
@@ -1277,6 +1303,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           }
         }
       }
+      wg::fence_proxy_async();       // phi_K stores -> visible to the intra-score wgmma (after kBarGate)
       bar_arrive(kBarPk, kThreads);  // phi_K written: the window warps' state update may use it
       uint32_t phq[F2 / 16][4];
       float qz0 = 0.f, qz1 = 0.f;
@@ -1309,7 +1336,10 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         }
       }
       bar_arrive(kBarQ, kThreads);  // Q read: the window warps may overwrite it
-      // Inter-chunk phi_Q S_n on wgmma (A = phi_Q from registers, B = S16 MN-major, F2 rows).
+      // Inter-chunk phi_Q S_n (A = phi_Q from registers, B = S16 MN-major, F2 rows) and the intra-chunk
+      // scores phi_Q phi_K^T (B = phi_K K-major), both on wgmma; v3 issues phi_Q S first (before the
+      // barrier on phi_K), v4 the scores first and works on them while phi_Q S runs.
+      float sc[kC / 2];  // sc[4j + e] = v2's sc[j][e]
       auto issue_phiq_s = [&]() {
 #pragma unroll
         for (int j = 0; j < D / 2; ++j) og[j] = 0.f;
@@ -1319,21 +1349,27 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           wg::wgmma_rs_tb<D>(og, phq[s], wg::desc_sw128(sS16 + s * (16 * 128), F2 * 128, 1024));
         wg::commit();
       };
-      if (kOverlapPhiQS) issue_phiq_s();
-      bar_sync(kBarGate, 128);  // every gate warp's phi_K rows visible
-      float sc[NK][4];
+      auto issue_scores = [&]() {
 #pragma unroll
-      for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+        for (int j = 0; j < kC / 2; ++j) sc[j] = 0.f;
+        wg::wgmma_fence();
 #pragma unroll
-      for (int s = 0; s < F2 / 16; ++s) {
-#pragma unroll
-        for (int np = 0; np < NK / 2; ++np) {
-          uint32_t bb[4];
-          load_b_nk(bb, Pk, LDF, np * 16, s * 16);
-          mma16816(sc[2 * np], phq[s], bb[0], bb[1]);
-          mma16816(sc[2 * np + 1], phq[s], bb[2], bb[3]);
-        }
+        for (int s = 0; s < F2 / 16; ++s)
+          wgmma_rs_kb64(sc, phq[s], wg::desc_sw128(sPk + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024));
+        wg::commit();
+      };
+      if (kOverlapPhiQS) {
+        issue_phiq_s();
+        bar_sync(kBarGate, 128);  // every gate warp's phi_K rows visible
+        issue_scores();
+        wg::wait<0>();
+      } else {
+        bar_sync(kBarGate, 128);
+        issue_scores();
+        issue_phiq_s();
+        wg::wait<1>();  // the scores (phi_Q S may still run)
       }
+      wg::fence_regs(sc);
       const int i0 = r0 + g, i1 = r0 + g + 8;
       const float bi0 = bsum[i0], bi1 = bsum[i1];
       uint32_t pa[NK / 2][4];
@@ -1343,20 +1379,19 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         for (int e = 0; e < 2; ++e) {
           int tt = 8 * j + 2 * t4 + e;
           float bt = bsum[tt];
-          float x0 = tt <= i0 ? sc[j][e] * __expf(bi0 - bt) : 0.f;
-          float x1 = tt <= i1 ? sc[j][2 + e] * __expf(bi1 - bt) : 0.f;
-          sc[j][e] = round_bf16(x0), sc[j][2 + e] = round_bf16(x1);
-          l0 += sc[j][e], l1 += sc[j][2 + e];
+          float x0 = tt <= i0 ? sc[4 * j + e] * __expf(bi0 - bt) : 0.f;
+          float x1 = tt <= i1 ? sc[4 * j + 2 + e] * __expf(bi1 - bt) : 0.f;
+          sc[4 * j + e] = round_bf16(x0), sc[4 * j + 2 + e] = round_bf16(x1);
+          l0 += sc[4 * j + e], l1 += sc[4 * j + 2 + e];
         }
       }
 #pragma unroll
       for (int s = 0; s < NK / 2; ++s) {
-        pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
-        pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
-        pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
-        pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
+        pa[s][0] = pack_bf16(sc[8 * s], sc[8 * s + 1]);
+        pa[s][1] = pack_bf16(sc[8 * s + 2], sc[8 * s + 3]);
+        pa[s][2] = pack_bf16(sc[8 * s + 4], sc[8 * s + 5]);
+        pa[s][3] = pack_bf16(sc[8 * s + 6], sc[8 * s + 7]);
       }
-      if (!kOverlapPhiQS) issue_phiq_s();
       wg::wait<0>();
       wg::fence_regs(og);
       const float e0 = __expf(bi0), e1 = __expf(bi1);
@@ -1480,7 +1515,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       uint32_t pk[NK / 2][4];
 #pragma unroll
       for (int s = 0; s < NK / 2; ++s) {
-        load_a_t(pk[s], Pk, LDF, f0, s * 16);
+        load_a_t_sw(pk[s], sPk, f0, s * 16);
         const int tt = s * 16 + 2 * t4;
         const float dk0 = __expf(bC - bsum[tt]), dk1 = __expf(bC - bsum[tt + 1]);
         const float dk2 = __expf(bC - bsum[tt + 8]), dk3 = __expf(bC - bsum[tt + 9]);
