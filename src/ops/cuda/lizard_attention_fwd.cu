@@ -1164,8 +1164,9 @@ __device__ __forceinline__ void tile_async_sw(unsigned char* dst, const bf16* sr
   }
 }
 
-// kOverlapPhiQS: the gate warpgroup issues phi_Q S before the intra-chunk scores (in flight while
-// they run on mma.sync; variant 3) or after them (variant 4; fewer live registers there).
+// kOverlapPhiQS: the gate warpgroup issues phi_Q S before the barrier on phi_K and the intra-chunk
+// scores after it (variant 3), or the scores first and phi_Q S right behind them, decaying the scores
+// while phi_Q S runs (variant 4).
 template <int D, int F, bool kOverlapPhiQS>
 __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAttnArgs a, int ring, int nb) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
