@@ -63,8 +63,9 @@ void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream 
 // 3 = v2 with the window scores / P V, phi_Q S, (A .* decay) V, the state update and (F = 64) the
 // feature maps on Hopper wgmma (sm_90a; SW128 Q/K/V/S16/W tiles), 4 = 3 with phi_Q S issued after
 // the intra-chunk scores instead of overlapping them. Both cover every D/F/act/gate config of v2 and run v2 (then v0) where their
-// shared memory does not fit or the device is not sm_90. Not yet timed (opt-in).
-constexpr int kForwardVariantDefault = 2;
+// shared memory does not fit or the device is not sm_90. H200 (bench_lizard.py --quick, same run):
+// B16 H32 D128 L2048 v3 1.346 / v4 1.412 / v2 1.479 ms; B8 H9 D64 L2048 v3 0.286 / v4 0.293 / v2 0.316.
+constexpr int kForwardVariantDefault = 3;
 void set_forward_variant(int variant);
 // Value-column split over two CTAs per (b, h): 0 = auto (when 2 * B * Hq <= multiprocessors), 1 = never,
 // 2 = always.
