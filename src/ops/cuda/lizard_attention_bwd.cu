@@ -14,6 +14,7 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 
@@ -1289,6 +1290,90 @@ int run_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, int
 }  // namespace gate
 
 // ---------------------------------------------------------------------------------------------
+// Stage variant 2 loaders. The variant-1 stages load their tiles element by element (a 2-byte global
+// load, a conversion and a 2-byte shared store per element, 64-128 per thread per tile); ptxas keeps
+// only a few of those loads in flight, so every tile costs tens of dependent global round trips and
+// the stages ran latency-bound at a fraction of their tensor-core and memory floors. Variant 2 copies
+// bf16 tiles with cp.async (16 bytes, every chunk of the tile in flight at once, rows past L
+// zero-filled) and keeps the variant-1 loaders for fp32 inputs (the test path).
+namespace v2 {
+
+using namespace mma;
+
+// NR rows x NC bf16 of a [.., stride] matrix (rows row0.., only rows < L) into a bf16 tile of row
+// stride ld (elements; ld * 2 a multiple of 16, NC a multiple of 8). NT threads. Caller commits/waits.
+template <int NR, int NC, int NT>
+__device__ __forceinline__ void cp_tile(bf16* dst, int ld, const bf16* src, int64_t stride, int row0, int L) {
+  constexpr int CPR = NC / 8, RS = NT / CPR;  // chunks per row, rows per step
+  static_assert(NT % CPR == 0 && NR % RS == 0, "tile chunks must split evenly over the threads");
+  const int rr = int(threadIdx.x) / CPR, c = (int(threadIdx.x) % CPR) * 8;
+  const bf16* p = src + (int64_t(row0 + rr) * stride + c);
+  const int64_t step = int64_t(RS) * stride;
+  bf16* q = dst + rr * ld + c;
+#pragma unroll
+  for (int it = 0; it < NR / RS; ++it, p += step) {
+    const bool ok = row0 + rr + it * RS < L;
+    cp_async16(q + it * RS * ld, ok ? p : src, ok ? 16 : 0);
+  }
+}
+
+__device__ __forceinline__ void cp_wait() {
+  cp_async_commit();
+  cp_async_wait_all();
+}
+
+template <typename T>
+constexpr bool fast_load() {
+  return sizeof(T) == 2;  // bf16 inputs
+}
+
+// Stage an [NR x D] fp32 result from mma fragments into shared memory (row stride D + 4 floats):
+// rows r0 + g (acc[j][0..1]) and r0 + g + 8 (acc[j][2..3]), columns 8 j + 2 t4, times mul.
+template <int D>
+__device__ __forceinline__ void stage_frag(float* sm, const float (&acc)[D / 8][4], int r0, int g, int t4, float mul) {
+  constexpr int LDS = D + 4;
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    const int c = 8 * j + 2 * t4;
+    *reinterpret_cast<float2*>(sm + (r0 + g) * LDS + c) = make_float2(acc[j][0] * mul, acc[j][1] * mul);
+    *reinterpret_cast<float2*>(sm + (r0 + g + 8) * LDS + c) = make_float2(acc[j][2] * mul, acc[j][3] * mul);
+  }
+}
+
+// dst rows (row0 + r, r < NR, only < L) += the staged [NR x D] fp32 block: coalesced float4, loads
+// batched 8 per thread. kAtomic: atomicAdd per element instead (rows shared with other CTAs).
+// dst(pos) is the row's first element. NT threads; sm visible (caller synced).
+template <int NR, int D, int NT, bool kAtomic, typename RowPtr>
+__device__ __forceinline__ void add_rows(const float* sm, RowPtr dst, int row0, int L) {
+  constexpr int LDS = D + 4, CPR = D / 4, N = NR * CPR, B = 8;
+  static_assert(N % (NT * B) == 0, "staged block must split evenly");
+#pragma unroll 1
+  for (int base = 0; base < N; base += NT * B) {
+    float4 cur[B];
+#pragma unroll
+    for (int u = 0; u < B; ++u) {
+      const int p = base + u * NT + int(threadIdx.x), r = p / CPR, c = (p % CPR) * 4;
+      cur[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (!kAtomic && row0 + r < L) cur[u] = *reinterpret_cast<const float4*>(dst(row0 + r) + c);
+    }
+#pragma unroll
+    for (int u = 0; u < B; ++u) {
+      const int p = base + u * NT + int(threadIdx.x), r = p / CPR, c = (p % CPR) * 4;
+      if (row0 + r >= L) continue;
+      const float4 s = *reinterpret_cast<const float4*>(sm + r * LDS + c);
+      float* o = dst(row0 + r) + c;
+      if (kAtomic) {
+        atomicAdd(o, s.x), atomicAdd(o + 1, s.y), atomicAdd(o + 2, s.z), atomicAdd(o + 3, s.w);
+      } else {
+        *reinterpret_cast<float4*>(o) = make_float4(cur[u].x + s.x, cur[u].y + s.y, cur[u].z + s.z, cur[u].w + s.w);
+      }
+    }
+  }
+}
+
+}  // namespace v2
+
+// ---------------------------------------------------------------------------------------------
 // Window branch of the backward on tensor cores: the flash backward (flash_attention_bwd.cu) with a
 // band mask t in [i - w + 1, i], the window lse (meta sinks included) and delta = alpha dy . A from
 // stats_kernel, dO = alpha dy, fp32 outputs: dq assigned (featbwd adds the feature part later), dk
@@ -1420,7 +1505,9 @@ __global__ void __launch_bounds__(kWT) wdq_kernel(const LizardAttnArgs a, Dims d
   }
 }
 
-template <typename T, int D>
+// V2 (stage variant 2, fp32 inputs; bf16 inputs take wdkdv2_kernel): dk, dv added without atomics (see
+// wdkdv2_kernel).
+template <typename T, int D, bool V2 = false>
 __global__ void __launch_bounds__(kWT) wdkdv_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dk,
                                                     float* dv) {
   constexpr int LD = D + 8, ND = D / 8, NQ = kB / 8;
@@ -1528,44 +1615,334 @@ __global__ void __launch_bounds__(kWT) wdkdv_kernel(const LizardAttnArgs a, Dims
       }
     }
   }
+  if constexpr (V2) {
+    __syncthreads();  // every tile read: the tiles' space takes the staged sums (2 x 64 x (D + 4) fp32)
+    float* sk = reinterpret_cast<float*>(smem_raw);
+    float* sv = sk + kB * (D + 4);
+    v2::stage_frag<D>(sk, dka, r0, g, t4, scale);
+    v2::stage_frag<D>(sv, dva, r0, g, t4, 1.f);
+    __syncthreads();
+    v2::add_rows<kB, D, kWT, false>(sk, [&](int pos) { return dk + d.k_off(b, pos, h0); }, kb * kB, L);
+    v2::add_rows<kB, D, kWT, false>(sv, [&](int pos) { return dv + d.k_off(b, pos, h0); }, kb * kB, L);
+  } else {
 #pragma unroll
-  for (int j = 0; j < ND; ++j) {
-    const int c = 8 * j + 2 * t4;
-    if (kr0 < L) {
-      float* pk = dk + d.k_off(b, kr0, h0) + c;
-      float* pv = dv + d.k_off(b, kr0, h0) + c;
-      atomicAdd(pk, dka[j][0] * scale), atomicAdd(pk + 1, dka[j][1] * scale);
-      atomicAdd(pv, dva[j][0]), atomicAdd(pv + 1, dva[j][1]);
-    }
-    if (kr1 < L) {
-      float* pk = dk + d.k_off(b, kr1, h0) + c;
-      float* pv = dv + d.k_off(b, kr1, h0) + c;
-      atomicAdd(pk, dka[j][2] * scale), atomicAdd(pk + 1, dka[j][3] * scale);
-      atomicAdd(pv, dva[j][2]), atomicAdd(pv + 1, dva[j][3]);
+    for (int j = 0; j < ND; ++j) {
+      const int c = 8 * j + 2 * t4;
+      if (kr0 < L) {
+        float* pk = dk + d.k_off(b, kr0, h0) + c;
+        float* pv = dv + d.k_off(b, kr0, h0) + c;
+        atomicAdd(pk, dka[j][0] * scale), atomicAdd(pk + 1, dka[j][1] * scale);
+        atomicAdd(pv, dva[j][0]), atomicAdd(pv + 1, dva[j][1]);
+      }
+      if (kr1 < L) {
+        float* pk = dk + d.k_off(b, kr1, h0) + c;
+        float* pv = dv + d.k_off(b, kr1, h0) + c;
+        atomicAdd(pk, dka[j][2] * scale), atomicAdd(pk + 1, dka[j][3] * scale);
+        atomicAdd(pv, dva[j][2]), atomicAdd(pv + 1, dva[j][3]);
+      }
     }
   }
 }
 
-template <typename T, int D>
+// Stage variant 2 window kernels for bf16 inputs: the same band-masked flash backward as wdq_kernel /
+// wdkdv_kernel, with the tiles copied by cp.async and double-buffered (the next K, V block, or the next
+// Q, dO block with its lse and delta, is in flight while the current one is multiplied: 6 tiles, 104 KB
+// at D128; both kernels are register-bound to 2 CTAs per SM anyway, so the second buffer costs no
+// occupancy), dO = dy with alpha applied to the fp32 dP (and, for dV, to P before its bf16 rounding),
+// and dk, dv added without atomics: a wdkdv2 CTA is the only writer of its 64 rows of (b, hkv) (it
+// sums the group's query heads itself) and no other stage runs concurrently (stream order), so its
+// fp32 sums are staged in shared memory and added by coalesced float4 read-modify-writes.
+template <int D>
+__global__ void __launch_bounds__(kWT) wdq2_kernel(const LizardAttnArgs a, Dims d, Ws ws, const bf16* dy, float* dq,
+                                                   float* dmeta) {
+  constexpr int LD = D + 8, ND = D / 8, NK = kB / 8, TS = kB * LD;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
+  bf16* dOs = Qs + TS;
+  bf16* KV = dOs + TS;  // buffer u: K at KV + 2 u TS, V at KV + (2 u + 1) TS
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int L = d.L, w = d.w, nqb = (L + kB - 1) / kB, qb = nqb - 1 - blockIdx.x;
+  const int bh = blockIdx.y, h = bh % d.Hq, b = bh / d.Hq;
+  const int64_t qs = int64_t(d.Hq) * D, ks = int64_t(d.Hkv) * D;
+  const bf16* q = static_cast<const bf16*>(a.q) + d.q_off(b, 0, h);
+  const bf16* gy = dy + d.q_off(b, 0, h);
+  const bf16* k = static_cast<const bf16*>(a.k) + d.k_off(b, 0, h);
+  const bf16* v = static_cast<const bf16*>(a.v) + d.k_off(b, 0, h);
+  const float alpha = a.alpha[a.alpha_per_head ? h : 0];
+  const float scale = a.scale > 0 ? a.scale : rsqrtf(float(D));
+  const float scale2 = scale * kLog2e;
+  const int kb_lo = max(0, qb * kB - w + 1) / kB, nkb = qb - kb_lo + 1;
+  v2::cp_tile<kB, D, kWT>(Qs, LD, q, qs, qb * kB, L);
+  v2::cp_tile<kB, D, kWT>(dOs, LD, gy, qs, qb * kB, L);
+  v2::cp_tile<kB, D, kWT>(KV, LD, k, ks, kb_lo * kB, L);
+  v2::cp_tile<kB, D, kWT>(KV + TS, LD, v, ks, kb_lo * kB, L);
+  cp_async_commit();
+  const int r0 = warp * 16, ia = qb * kB + r0 + g, ib = ia + 8;
+  const bool va = ia < L, vb = ib < L;
+  const int64_t o = int64_t(bh) * L;
+  const float lsa = va ? ws.lse[o + ia] : 0.f, lsb = vb ? ws.lse[o + ib] : 0.f;
+  const float la = lsa * kLog2e, lb = lsb * kLog2e;
+  const float da = va ? ws.delta[o + ia] : 0.f, db = vb ? ws.delta[o + ib] : 0.f;
+  float acc[ND][4];
+#pragma unroll
+  for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  for (int it = 0; it < nkb; ++it) {
+    const int kb = kb_lo + it, u = it & 1;
+    const bf16* Ks = KV + 2 * u * TS;
+    const bf16* Vs = Ks + TS;
+    cp_async_wait_all();  // this block's K, V (the first time also Q, dO)
+    __syncthreads();      // visible to all; every warp is done with block it - 1 (the other buffer)
+    if (it + 1 < nkb) {
+      v2::cp_tile<kB, D, kWT>(KV + 2 * (u ^ 1) * TS, LD, k, ks, (kb + 1) * kB, L);
+      v2::cp_tile<kB, D, kWT>(KV + (2 * (u ^ 1) + 1) * TS, LD, v, ks, (kb + 1) * kB, L);
+      cp_async_commit();
+    }
+    float sc[NK][4], dp[NK][4];
+#pragma unroll
+    for (int j = 0; j < NK; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[j][e] = dp[j][e] = 0.f;
+    }
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s) {
+      uint32_t qa[4], oa[4];
+      load_a(qa, Qs, LD, r0, s * 16);
+      load_a(oa, dOs, LD, r0, s * 16);
+#pragma unroll
+      for (int np = 0; np < NK / 2; ++np) {
+        uint32_t bb[4];
+        load_b_nk(bb, Ks, LD, np * 16, s * 16);
+        mma16816(sc[2 * np], qa, bb[0], bb[1]);
+        mma16816(sc[2 * np + 1], qa, bb[2], bb[3]);
+        load_b_nk(bb, Vs, LD, np * 16, s * 16);
+        mma16816(dp[2 * np], oa, bb[0], bb[1]);
+        mma16816(dp[2 * np + 1], oa, bb[2], bb[3]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NK; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int tt = kb * kB + 8 * j + 2 * t4 + e;
+        const bool oka = tt <= ia && tt > ia - w && tt < L, okb = tt <= ib && tt > ib - w && tt < L;
+        const float p0 = oka ? exp2f(sc[j][e] * scale2 - la) : 0.f;
+        const float p1 = okb ? exp2f(sc[j][2 + e] * scale2 - lb) : 0.f;
+        dp[j][e] = p0 * (alpha * dp[j][e] - da);
+        dp[j][2 + e] = p1 * (alpha * dp[j][2 + e] - db);
+      }
+    }
+    uint32_t pa[NK / 2][4];
+#pragma unroll
+    for (int s = 0; s < NK / 2; ++s) {
+      pa[s][0] = pack_bf16(dp[2 * s][0], dp[2 * s][1]);
+      pa[s][1] = pack_bf16(dp[2 * s][2], dp[2 * s][3]);
+      pa[s][2] = pack_bf16(dp[2 * s + 1][0], dp[2 * s + 1][1]);
+      pa[s][3] = pack_bf16(dp[2 * s + 1][2], dp[2 * s + 1][3]);
+    }
+#pragma unroll
+    for (int s = 0; s < NK / 2; ++s) {
+#pragma unroll
+      for (int np = 0; np < ND / 2; ++np) {
+        uint32_t bb[4];
+        load_b_kn(bb, Ks, LD, np * 16, s * 16);
+        mma16816(acc[2 * np], pa[s], bb[0], bb[1]);
+        mma16816(acc[2 * np + 1], pa[s], bb[2], bb[3]);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < ND; ++j) {
+    const int c = 8 * j + 2 * t4;
+    if (va) *reinterpret_cast<float2*>(dq + d.q_off(b, ia, h) + c) = make_float2(acc[j][0] * scale, acc[j][1] * scale);
+    if (vb) *reinterpret_cast<float2*>(dq + d.q_off(b, ib, h) + c) = make_float2(acc[j][2] * scale, acc[j][3] * scale);
+  }
+  if (dmeta != nullptr && d.m > 0) {
+    const int moff = a.meta_per_head ? h * d.m : 0;
+    for (int j = 0; j < d.m; ++j) {
+      const float mu = a.meta[moff + j];
+      float x = 0.f;
+      if (t4 == 0) {
+        if (va) x -= expf(mu - lsa) * da;
+        if (vb) x -= expf(mu - lsb) * db;
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+      if (lane == 0) atomicAdd(dmeta + moff + j, x);
+    }
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kWT) wdkdv2_kernel(const LizardAttnArgs a, Dims d, Ws ws, const bf16* dy, float* dk,
+                                                     float* dv) {
+  constexpr int LD = D + 8, ND = D / 8, NQ = kB / 8, TS = kB * LD;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Vs = Ks + TS;
+  bf16* QO = Vs + TS;  // buffer u: Q at QO + 2 u TS, dO at QO + (2 u + 1) TS
+  float* l2b = reinterpret_cast<float*>(QO + 4 * TS);  // [2][kB] lse (log2 units), then [2][kB] delta
+  float* dlb = l2b + 2 * kB;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int L = d.L, w = d.w, nqb = (L + kB - 1) / kB, kb = blockIdx.x;
+  const int hkv = blockIdx.y % d.Hkv, b = blockIdx.y / d.Hkv, G = d.group, h0 = hkv * G;
+  const int64_t qs = int64_t(d.Hq) * D, ks = int64_t(d.Hkv) * D;
+  const bf16* k = static_cast<const bf16*>(a.k) + d.k_off(b, 0, h0);
+  const bf16* v = static_cast<const bf16*>(a.v) + d.k_off(b, 0, h0);
+  const float scale = a.scale > 0 ? a.scale : rsqrtf(float(D));
+  const float scale2 = scale * kLog2e;
+  v2::cp_tile<kB, D, kWT>(Ks, LD, k, ks, kb * kB, L);
+  v2::cp_tile<kB, D, kWT>(Vs, LD, v, ks, kb * kB, L);
+  const int r0 = warp * 16, kr0 = kb * kB + r0 + g, kr1 = kr0 + 8;
+  float dka[ND][4], dva[ND][4];
+#pragma unroll
+  for (int j = 0; j < ND; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dka[j][e] = dva[j][e] = 0.f;
+  }
+  // (query head, query block) pairs in order: head h0 + idx / nq, block kb + idx % nq.
+  const int qb_hi = min(nqb - 1, (kb * kB + kB - 1 + w - 1) / kB), nq = qb_hi - kb + 1, npair = G * nq;
+  float nl = 0.f, nd = 0.f;  // the next pair's lse (log2 units) and delta for query row tid (tid < kB)
+  auto issue = [&](int idx) {
+    const int h = h0 + idx / nq, qb = kb + idx % nq, u = idx & 1;
+    v2::cp_tile<kB, D, kWT>(QO + 2 * u * TS, LD, static_cast<const bf16*>(a.q) + d.q_off(b, 0, h), qs, qb * kB, L);
+    v2::cp_tile<kB, D, kWT>(QO + (2 * u + 1) * TS, LD, dy + d.q_off(b, 0, h), qs, qb * kB, L);
+    cp_async_commit();
+    if (tid < kB) {
+      const int i = qb * kB + tid;
+      const int64_t o = (int64_t(b) * d.Hq + h) * L;
+      nl = i < L ? ws.lse[o + i] * kLog2e : 0.f;
+      nd = i < L ? ws.delta[o + i] : 0.f;
+    }
+  };
+  issue(0);  // (K, V ride in the same group)
+  for (int idx = 0; idx < npair; ++idx) {
+    const int h = h0 + idx / nq, qb = kb + idx % nq, u = idx & 1;
+    const float alpha = a.alpha[a.alpha_per_head ? h : 0];
+    const bf16* Qs = QO + 2 * u * TS;
+    const bf16* dOs = Qs + TS;
+    const float* l2s = l2b + u * kB;
+    const float* dls = dlb + u * kB;
+    // Buffer u was last read by pair idx - 2, which every warp finished before the last barrier.
+    if (tid < kB) l2b[u * kB + tid] = nl, dlb[u * kB + tid] = nd;
+    cp_async_wait_all();  // this pair's Q, dO
+    __syncthreads();      // visible to all; every warp is done with pair idx - 1 (the other buffer)
+    if (idx + 1 < npair) issue(idx + 1);
+    float sc[NQ][4], dp[NQ][4];
+#pragma unroll
+    for (int j = 0; j < NQ; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[j][e] = dp[j][e] = 0.f;
+    }
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s) {
+      uint32_t ka[4], va_[4];
+      load_a(ka, Ks, LD, r0, s * 16);
+      load_a(va_, Vs, LD, r0, s * 16);
+#pragma unroll
+      for (int np = 0; np < NQ / 2; ++np) {
+        uint32_t bb[4];
+        load_b_nk(bb, Qs, LD, np * 16, s * 16);
+        mma16816(sc[2 * np], ka, bb[0], bb[1]);
+        mma16816(sc[2 * np + 1], ka, bb[2], bb[3]);
+        load_b_nk(bb, dOs, LD, np * 16, s * 16);
+        mma16816(dp[2 * np], va_, bb[0], bb[1]);
+        mma16816(dp[2 * np + 1], va_, bb[2], bb[3]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NQ; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int col = 8 * j + 2 * t4 + e, qi = qb * kB + col;
+        const float lq = l2s[col], dl = dls[col];
+        const bool ok0 = qi >= kr0 && qi - kr0 < w && qi < L, ok1 = qi >= kr1 && qi - kr1 < w && qi < L;
+        const float p0 = ok0 ? exp2f(sc[j][e] * scale2 - lq) : 0.f;
+        const float p1 = ok1 ? exp2f(sc[j][2 + e] * scale2 - lq) : 0.f;
+        sc[j][e] = alpha * p0, sc[j][2 + e] = alpha * p1;  // dV = P^T dO = (alpha P)^T dy
+        dp[j][e] = p0 * (alpha * dp[j][e] - dl);
+        dp[j][2 + e] = p1 * (alpha * dp[j][2 + e] - dl);
+      }
+    }
+    uint32_t pa[NQ / 2][4], sa[NQ / 2][4];
+#pragma unroll
+    for (int s = 0; s < NQ / 2; ++s) {
+      pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
+      pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
+      pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
+      pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
+      sa[s][0] = pack_bf16(dp[2 * s][0], dp[2 * s][1]);
+      sa[s][1] = pack_bf16(dp[2 * s][2], dp[2 * s][3]);
+      sa[s][2] = pack_bf16(dp[2 * s + 1][0], dp[2 * s + 1][1]);
+      sa[s][3] = pack_bf16(dp[2 * s + 1][2], dp[2 * s + 1][3]);
+    }
+#pragma unroll
+    for (int s = 0; s < NQ / 2; ++s) {
+#pragma unroll
+      for (int np = 0; np < ND / 2; ++np) {
+        uint32_t bb[4];
+        load_b_kn(bb, dOs, LD, np * 16, s * 16);
+        mma16816(dva[2 * np], pa[s], bb[0], bb[1]);
+        mma16816(dva[2 * np + 1], pa[s], bb[2], bb[3]);
+        load_b_kn(bb, Qs, LD, np * 16, s * 16);
+        mma16816(dka[2 * np], sa[s], bb[0], bb[1]);
+        mma16816(dka[2 * np + 1], sa[s], bb[2], bb[3]);
+      }
+    }
+  }
+  __syncthreads();  // every tile read: their space takes the staged sums (2 x 64 x (D + 4) fp32)
+  float* sk = reinterpret_cast<float*>(smem_raw);
+  float* sv = sk + kB * (D + 4);
+  v2::stage_frag<D>(sk, dka, r0, g, t4, scale);
+  v2::stage_frag<D>(sv, dva, r0, g, t4, 1.f);
+  __syncthreads();
+  v2::add_rows<kB, D, kWT, false>(sk, [&](int pos) { return dk + d.k_off(b, pos, h0); }, kb * kB, L);
+  v2::add_rows<kB, D, kWT, false>(sv, [&](int pos) { return dv + d.k_off(b, pos, h0); }, kb * kB, L);
+}
+
+template <int D>
+void launch_win2(const LizardAttnArgs& a, Dims d, Ws ws, const bf16* dy, float* dq, float* dk, float* dv, float* dmeta,
+                 cudaStream_t st) {
+  const size_t tiles = size_t(6) * kB * (D + 8) * sizeof(bf16);
+  static_assert(size_t(2) * kB * (D + 4) * 4 <= size_t(6) * kB * (D + 8) * sizeof(bf16), "staging fits the tiles");
+  const int nb = (d.L + kB - 1) / kB;
+  auto kq = wdq2_kernel<D>;
+  auto kk = wdkdv2_kernel<D>;
+  LZ_CUDA_OK(cudaFuncSetAttribute(kq, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiles)));
+  LZ_CUDA_OK(cudaFuncSetAttribute(kk, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiles + 4 * kB * 4)));
+  kq<<<dim3(nb, d.B * d.Hq), kWT, tiles, st>>>(a, d, ws, dy, dq, dmeta);
+  LZ_CUDA_OK(cudaGetLastError());
+  kk<<<dim3(nb, d.B * d.Hkv), kWT, tiles + 4 * kB * 4, st>>>(a, d, ws, dy, dk, dv);
+  LZ_CUDA_OK(cudaGetLastError());
+}
+
+// V2: bf16 inputs take launch_win2; fp32 inputs the variant-1 kernels with wdkdv's atomics replaced (V2).
+template <typename T, int D, bool V2>
 void launch_win(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dq, float* dk, float* dv, float* dmeta,
                 cudaStream_t st) {
+  if constexpr (V2 && v2::fast_load<T>()) {
+    return launch_win2<D>(a, d, ws, dy, dq, dk, dv, dmeta, st);
+  } else {
   const size_t tiles = size_t(4) * kB * (D + 8) * sizeof(bf16);
+  static_assert(size_t(2) * kB * (D + 4) * 4 <= size_t(4) * kB * (D + 8) * sizeof(bf16), "v2 staging fits the tiles");
   const int nb = (d.L + kB - 1) / kB;
   auto kq = wdq_kernel<T, D>;
-  auto kk = wdkdv_kernel<T, D>;
+  auto kk = wdkdv_kernel<T, D, V2>;
   LZ_CUDA_OK(cudaFuncSetAttribute(kq, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiles)));
   LZ_CUDA_OK(cudaFuncSetAttribute(kk, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiles + 2 * kB * 4)));
   kq<<<dim3(nb, d.B * d.Hq), kWT, tiles, st>>>(a, d, ws, dy, dq, dmeta);
   LZ_CUDA_OK(cudaGetLastError());
   kk<<<dim3(nb, d.B * d.Hkv), kWT, tiles + 2 * kB * 4, st>>>(a, d, ws, dy, dk, dv);
   LZ_CUDA_OK(cudaGetLastError());
+  }
 }
 
 template <typename T>
 void run_win(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dq, float* dk, float* dv, float* dmeta,
-             cudaStream_t st) {
-  if (a.D == 64) return launch_win<T, 64>(a, d, ws, dy, dq, dk, dv, dmeta, st);
-  if (a.D == 128) return launch_win<T, 128>(a, d, ws, dy, dq, dk, dv, dmeta, st);
+             cudaStream_t st, bool fast = false) {
+  if (a.D == 64) return fast ? launch_win<T, 64, true>(a, d, ws, dy, dq, dk, dv, dmeta, st)
+                           : launch_win<T, 64, false>(a, d, ws, dy, dq, dk, dv, dmeta, st);
+  if (a.D == 128) return fast ? launch_win<T, 128, true>(a, d, ws, dy, dq, dk, dv, dmeta, st)
+                            : launch_win<T, 128, false>(a, d, ws, dy, dq, dk, dv, dmeta, st);
   fail_cat("lizard attention chunked backward (cuda): window stage needs D in {64, 128}, got ", a.D);
 }
 
@@ -1652,6 +2029,109 @@ __global__ void __launch_bounds__(kThr) dw_tc_kernel(const LizardAttnArgs a, Dim
   }
 }
 
+// Stage variant 2: the same GEMM with its K dimension (the B L tokens of the head) cut into 64-token
+// tiles that never straddle a batch row (tile t: b = t / tpb, rows (t % tpb) 64.., padded with zeros
+// past L), kDw2Tiles consecutive tiles per CTA. Variant 1 decodes (b, i) per element with 64-bit
+// division and loads element by element (two dependent global round trips' worth of latency per few
+// elements); here X comes by cp.async (bf16) or float4 loads (fp32), du by float4 loads all issued
+// before their conversion, and each CTA's [D x F] partial goes to the zeroed dW by atomicAdd
+// (B L / (64 kDw2Tiles) partials per head: 32 at B16 L2048).
+constexpr int kDw2Tiles = 16;
+
+template <typename T, int D, int F>
+__global__ void __launch_bounds__(kThr) dw2_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dwq, float* dwk) {
+  constexpr int LDX = D + 8, LDU = F + 8, MT = D / 64, NF = F / 8;
+  constexpr int NXC = kT * D / 4 / kThr, NUC = kT * F / 4 / kThr;  // float4 chunks per thread
+  static_assert(NXC * 4 * kThr == kT * D && NUC * 4 * kThr == kT * F, "tiles split evenly");
+  __shared__ __align__(16) bf16 Xs[kT * LDX];
+  __shared__ __align__(16) bf16 Us[kT * LDU];
+  const int which = blockIdx.z, h = blockIdx.y;
+  float* out = which ? dwk : dwq;
+  if (out == nullptr) return;
+  const T* x = static_cast<const T*>(which ? a.k : a.q);
+  const int64_t xstride = int64_t(which ? d.Hkv : d.Hq) * D;
+  const float* du = which ? ws.dphk : ws.dphq;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int tpb = (d.L + kT - 1) / kT, ntile = d.B * tpb;
+  const int t_begin = blockIdx.x * kDw2Tiles, t_end = min(ntile, t_begin + kDw2Tiles);
+  float acc[MT][NF][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NF; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
+  for (int t = t_begin; t < t_end; ++t) {
+    const int b = t / tpb, i0 = (t - b * tpb) * kT;
+    const T* xb = x + (which ? d.k_off(b, 0, h) : d.q_off(b, 0, h));
+    const float* ub = du + d.bh(b, h) * d.L * 2 * F;
+    __syncthreads();  // previous tiles fully read
+    if constexpr (v2::fast_load<T>()) {
+      v2::cp_tile<kT, D, kThr>(Xs, LDX, reinterpret_cast<const bf16*>(xb), xstride, i0, d.L);
+    } else {
+      float4 xv[NXC];
+#pragma unroll
+      for (int u = 0; u < NXC; ++u) {
+        const int p = u * kThr + tid, r = p / (D / 4), c = (p % (D / 4)) * 4;
+        xv[u] = i0 + r < d.L ? *reinterpret_cast<const float4*>(reinterpret_cast<const float*>(xb) + int64_t(i0 + r) * xstride + c)
+                             : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < NXC; ++u) {
+        const int p = u * kThr + tid, r = p / (D / 4), c = (p % (D / 4)) * 4;
+        *reinterpret_cast<uint2*>(Xs + r * LDX + c) = make_uint2(pack_bf16(xv[u].x, xv[u].y), pack_bf16(xv[u].z, xv[u].w));
+      }
+    }
+    float4 uv[NUC];
+#pragma unroll
+    for (int u = 0; u < NUC; ++u) {
+      const int p = u * kThr + tid, r = p / (F / 4), c = (p % (F / 4)) * 4;
+      uv[u] = i0 + r < d.L ? *reinterpret_cast<const float4*>(ub + int64_t(i0 + r) * 2 * F + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int u = 0; u < NUC; ++u) {
+      const int p = u * kThr + tid, r = p / (F / 4), c = (p % (F / 4)) * 4;
+      *reinterpret_cast<uint2*>(Us + r * LDU + c) = make_uint2(pack_bf16(uv[u].x, uv[u].y), pack_bf16(uv[u].z, uv[u].w));
+    }
+    if constexpr (v2::fast_load<T>()) v2::cp_wait();
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < kT / 16; ++s) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        uint32_t xa[4];
+        load_a_t(xa, Xs, LDX, warp * (D / 4) + mt * 16, s * 16);
+#pragma unroll
+        for (int np = 0; np < NF / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, Us, LDU, np * 16, s * 16);
+          mma16816(acc[mt][2 * np], xa, bb[0], bb[1]);
+          mma16816(acc[mt][2 * np + 1], xa, bb[2], bb[3]);
+        }
+      }
+    }
+  }
+  float* o = out + int64_t(h) * D * F;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int e0 = warp * (D / 4) + mt * 16 + g;
+#pragma unroll
+    for (int j = 0; j < NF; ++j) {
+      const int f = 8 * j + 2 * t4;
+      atomicAdd(o + int64_t(e0) * F + f, acc[mt][j][0]);
+      atomicAdd(o + int64_t(e0) * F + f + 1, acc[mt][j][1]);
+      atomicAdd(o + int64_t(e0 + 8) * F + f, acc[mt][j][2]);
+      atomicAdd(o + int64_t(e0 + 8) * F + f + 1, acc[mt][j][3]);
+    }
+  }
+}
+
+template <typename T, int D, int F>
+void launch_dw2(const LizardAttnArgs& a, Dims d, Ws ws, float* dwq, float* dwk, cudaStream_t st) {
+  const int ntile = d.B * ((d.L + kT - 1) / kT);
+  const dim3 grid(unsigned((ntile + kDw2Tiles - 1) / kDw2Tiles), d.Hq, 2);
+  dw2_kernel<T, D, F><<<grid, kThr, 0, st>>>(a, d, ws, dwq, dwk);
+  LZ_CUDA_OK(cudaGetLastError());
+}
+
 template <typename T, int D, int F>
 void launch_dw(const LizardAttnArgs& a, Dims d, Ws ws, float* dwq, float* dwk, cudaStream_t st) {
   const int64_t ntok = int64_t(d.B) * d.L;
@@ -1661,9 +2141,15 @@ void launch_dw(const LizardAttnArgs& a, Dims d, Ws ws, float* dwq, float* dwk, c
 }
 
 template <typename T>
-void run_dw(const LizardAttnArgs& a, Dims d, Ws ws, float* dwq, float* dwk, cudaStream_t st) {
+void run_dw(const LizardAttnArgs& a, Dims d, Ws ws, float* dwq, float* dwk, cudaStream_t st, bool fast = false) {
   if (dwq) LZ_CUDA_OK(cudaMemsetAsync(dwq, 0, size_t(a.Hq) * a.D * a.F * 4, st));
   if (dwk) LZ_CUDA_OK(cudaMemsetAsync(dwk, 0, size_t(a.Hq) * a.D * a.F * 4, st));
+  if (fast) {
+    if (a.D == 64 && a.F == 32) return launch_dw2<T, 64, 32>(a, d, ws, dwq, dwk, st);
+    if (a.D == 64 && a.F == 64) return launch_dw2<T, 64, 64>(a, d, ws, dwq, dwk, st);
+    if (a.D == 128 && a.F == 32) return launch_dw2<T, 128, 32>(a, d, ws, dwq, dwk, st);
+    if (a.D == 128 && a.F == 64) return launch_dw2<T, 128, 64>(a, d, ws, dwq, dwk, st);
+  }
   if (a.D == 64 && a.F == 32) return launch_dw<T, 64, 32>(a, d, ws, dwq, dwk, st);
   if (a.D == 64 && a.F == 64) return launch_dw<T, 64, 64>(a, d, ws, dwq, dwk, st);
   if (a.D == 128 && a.F == 32) return launch_dw<T, 128, 32>(a, d, ws, dwq, dwk, st);
@@ -1714,9 +2200,11 @@ constexpr size_t stats_smem() {
   return size_t(is_f32<T>() ? 6 : 3) * kB * (D + 8) * sizeof(bf16);
 }
 
-template <typename T, int D>
+// V2 (stage variant 2): bf16 tiles by cp.async (bf16 inputs have no lo part, so the math is unchanged).
+template <typename T, int D, bool V2 = false>
 __global__ void __launch_bounds__(kT) stats_tc_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dya_out) {
   constexpr bool kLo = is_f32<T>();
+  constexpr bool kFast = V2 && v2::fast_load<T>();
   constexpr int LD = D + 8, ND = D / 8, NK = kB / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qh = reinterpret_cast<bf16*>(smem_raw);
@@ -1732,7 +2220,10 @@ __global__ void __launch_bounds__(kT) stats_tc_kernel(const LizardAttnArgs a, Di
   const T* v = static_cast<const T*>(a.v) + d.k_off(b, 0, h);
   const float scale = a.scale > 0 ? a.scale : rsqrtf(float(D));
   const float scale2 = scale * kLog2e;
-  load_split<T, D, kLo>(Qh, Ql, static_cast<const T*>(a.q) + d.q_off(b, 0, h), qs, qb * kB, L);
+  if constexpr (kFast)
+    v2::cp_tile<kB, D, kT>(Qh, LD, reinterpret_cast<const bf16*>(a.q) + d.q_off(b, 0, h), qs, qb * kB, L);
+  else
+    load_split<T, D, kLo>(Qh, Ql, static_cast<const T*>(a.q) + d.q_off(b, 0, h), qs, qb * kB, L);
   const int r0 = warp * 16, ia = qb * kB + r0 + g, ib = ia + 8;
   // Sinks first: running max (log2 units) and sum start from them.
   const float* mu = a.meta + (a.meta_per_head ? h * d.m : 0);
@@ -1747,8 +2238,14 @@ __global__ void __launch_bounds__(kT) stats_tc_kernel(const LizardAttnArgs a, Di
   const int kb_lo = max(0, qb * kB - w + 1) / kB;
   for (int kb = kb_lo; kb <= qb; ++kb) {
     __syncthreads();  // previous K, V tiles fully read (and Q written, first time)
-    load_split<T, D, kLo>(Kh, Kl, k, ks, kb * kB, L);
-    load_split<T, D, kLo>(Vh, Vl, v, ks, kb * kB, L);
+    if constexpr (kFast) {
+      v2::cp_tile<kB, D, kT>(Kh, LD, reinterpret_cast<const bf16*>(k), ks, kb * kB, L);
+      v2::cp_tile<kB, D, kT>(Vh, LD, reinterpret_cast<const bf16*>(v), ks, kb * kB, L);
+      v2::cp_wait();  // (the first time also Q)
+    } else {
+      load_split<T, D, kLo>(Kh, Kl, k, ks, kb * kB, L);
+      load_split<T, D, kLo>(Vh, Vl, v, ks, kb * kB, L);
+    }
     __syncthreads();
     float sc[NK][4];
 #pragma unroll
@@ -1854,19 +2351,20 @@ __global__ void __launch_bounds__(kT) stats_tc_kernel(const LizardAttnArgs a, Di
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, bool V2>
 void launch_stats(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dya, cudaStream_t st) {
   constexpr size_t smem = stats_smem<T, D>();
-  auto kern = stats_tc_kernel<T, D>;
+  auto kern = stats_tc_kernel<T, D, V2>;
   LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kern<<<dim3((d.L + kB - 1) / kB, d.B * d.Hq), kT, smem, st>>>(a, d, ws, dy, dya);
   LZ_CUDA_OK(cudaGetLastError());
 }
 
 template <typename T>
-void run_stats(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dya, cudaStream_t st) {
-  if (a.D == 64) return launch_stats<T, 64>(a, d, ws, dy, dya, st);
-  if (a.D == 128) return launch_stats<T, 128>(a, d, ws, dy, dya, st);
+void run_stats(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dya, cudaStream_t st, bool fast = false) {
+  if (a.D == 64) return fast ? launch_stats<T, 64, true>(a, d, ws, dy, dya, st) : launch_stats<T, 64, false>(a, d, ws, dy, dya, st);
+  if (a.D == 128)
+    return fast ? launch_stats<T, 128, true>(a, d, ws, dy, dya, st) : launch_stats<T, 128, false>(a, d, ws, dy, dya, st);
   fail_cat("lizard attention chunked backward (cuda): window statistics need D in {64, 128}, got ", a.D);
 }
 
@@ -1887,10 +2385,16 @@ using namespace mma;
 using wstats::is_f32;
 constexpr int kB = 64, kT = 128, kTok = 256;
 
-template <typename T, int D, int F>
+// W tiles per matrix: hi and lo, except under V2 with bf16 inputs (lo = 0, never read): hi only.
+template <typename T, bool V2>
+constexpr int w_tiles() {
+  return V2 && v2::fast_load<T>() ? 1 : 2;
+}
+
+template <typename T, int D, int F, bool V2 = false>
 constexpr size_t smem_bytes() {
   // W hi/lo [D][F + 8] for q and k (bf16 W: lo unused but laid out the same), X or U hi/lo tile.
-  return (size_t(4) * D * (F + 8) + size_t(2) * kB * (D + 8)) * sizeof(bf16);
+  return (size_t(2 * w_tiles<T, V2>()) * D * (F + 8) + size_t(2) * kB * (D + 8)) * sizeof(bf16);
 }
 
 // The head's W [D][F] (T) into hi/lo bf16 tiles, row stride F + 8.
@@ -1905,26 +2409,38 @@ __device__ __forceinline__ void load_w(bf16* hi, bf16* lo, const T* W) {
   }
 }
 
-template <typename T, int D, int F>
+// V2 (stage variant 2) with bf16 inputs: W (hi only) and the X tiles by cp.async.
+template <typename T, int D, int F, bool V2 = false>
 __global__ void __launch_bounds__(kT) feat_tc_kernel(const LizardAttnArgs a, Dims d, Ws ws) {
   constexpr bool kLo = is_f32<T>();
-  constexpr int LDW = F + 8, LDX = D + 8, NF = F / 8;
+  constexpr bool kFast = V2 && v2::fast_load<T>();
+  constexpr int LDW = F + 8, LDX = D + 8, NF = F / 8, WT = w_tiles<T, V2>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* W0 = reinterpret_cast<bf16*>(smem_raw);  // Wq hi, Wq lo, Wk hi, Wk lo
-  bf16* Xh = W0 + 4 * D * LDW;
+  bf16* W0 = reinterpret_cast<bf16*>(smem_raw);  // Wq hi, Wq lo, Wk hi, Wk lo (kFast: Wq hi, Wk hi)
+  bf16* Xh = W0 + 2 * WT * D * LDW;
   bf16* Xl = Xh + kB * LDX;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const int L = d.L, bh = blockIdx.y, h = bh % d.Hq, b = bh / d.Hq;
-  load_w<T, D, F>(W0, W0 + D * LDW, static_cast<const T*>(a.wq) + int64_t(h) * D * F);
-  load_w<T, D, F>(W0 + 2 * D * LDW, W0 + 3 * D * LDW, static_cast<const T*>(a.wk) + int64_t(h) * D * F);
+  if constexpr (kFast) {
+    v2::cp_tile<D, F, kT>(W0, LDW, reinterpret_cast<const bf16*>(a.wq) + int64_t(h) * D * F, F, 0, D);
+    v2::cp_tile<D, F, kT>(W0 + D * LDW, LDW, reinterpret_cast<const bf16*>(a.wk) + int64_t(h) * D * F, F, 0, D);
+  } else {
+    load_w<T, D, F>(W0, W0 + D * LDW, static_cast<const T*>(a.wq) + int64_t(h) * D * F);
+    load_w<T, D, F>(W0 + 2 * D * LDW, W0 + 3 * D * LDW, static_cast<const T*>(a.wk) + int64_t(h) * D * F);
+  }
   const int r0 = warp * 16;
   for (int tb = blockIdx.x * kTok; tb < min(L, (blockIdx.x + 1) * kTok); tb += kB) {
     for (int which = 0; which < 2; ++which) {
-      const bf16* Wh = W0 + which * 2 * D * LDW;
+      const bf16* Wh = W0 + which * WT * D * LDW;
       const bf16* Wl = Wh + D * LDW;
       const T* x = static_cast<const T*>(which ? a.k : a.q) + (which ? d.k_off(b, 0, h) : d.q_off(b, 0, h));
       __syncthreads();  // W loaded; previous X tile fully read
-      wstats::load_split<T, D, kLo>(Xh, Xl, x, int64_t(which ? d.Hkv : d.Hq) * D, tb, L);
+      if constexpr (kFast) {
+        v2::cp_tile<kB, D, kT>(Xh, LDX, reinterpret_cast<const bf16*>(x), int64_t(which ? d.Hkv : d.Hq) * D, tb, L);
+        v2::cp_wait();  // (the first time also W)
+      } else {
+        wstats::load_split<T, D, kLo>(Xh, Xl, x, int64_t(which ? d.Hkv : d.Hq) * D, tb, L);
+      }
       __syncthreads();
       float u[NF][4];
 #pragma unroll
@@ -1990,26 +2506,76 @@ __global__ void __launch_bounds__(kT) feat_tc_kernel(const LizardAttnArgs a, Dim
   }
 }
 
-template <typename T, int D, int F>
+// V2 (stage variant 2): W by cp.async (bf16 inputs: hi only); du with each lane on a float2 column pair
+// and 8 tokens' loads in flight per warp (variant 1 has one token's loads in flight: 16 dependent round
+// trips per warp per tile); dx staged in shared memory, then added to dq (and, without GQA, dk) by
+// coalesced float4 read-modify-writes (each (token, head) row has one owner), to dk by atomics under GQA.
+template <typename T, int D, int F, bool V2 = false>
 __global__ void __launch_bounds__(kT) featbwd_tc_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dq, float* dk) {
-  constexpr int LDW = F + 8, LDU = F + 8, ND = D / 8;
+  constexpr bool kFast = V2 && v2::fast_load<T>();
+  constexpr int LDW = F + 8, LDU = F + 8, ND = D / 8, WT = w_tiles<T, V2>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* W0 = reinterpret_cast<bf16*>(smem_raw);  // Wq hi, Wq lo, Wk hi, Wk lo
-  bf16* Uh = W0 + 4 * D * LDW;
+  bf16* W0 = reinterpret_cast<bf16*>(smem_raw);  // Wq hi, Wq lo, Wk hi, Wk lo (kFast: Wq hi, Wk hi)
+  bf16* Uh = W0 + 2 * WT * D * LDW;
   bf16* Ul = Uh + kB * LDU;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const int L = d.L, bh = blockIdx.y, h = bh % d.Hq, b = bh / d.Hq;
-  load_w<T, D, F>(W0, W0 + D * LDW, static_cast<const T*>(a.wq) + int64_t(h) * D * F);
-  load_w<T, D, F>(W0 + 2 * D * LDW, W0 + 3 * D * LDW, static_cast<const T*>(a.wk) + int64_t(h) * D * F);
+  if constexpr (kFast) {
+    v2::cp_tile<D, F, kT>(W0, LDW, reinterpret_cast<const bf16*>(a.wq) + int64_t(h) * D * F, F, 0, D);
+    v2::cp_tile<D, F, kT>(W0 + D * LDW, LDW, reinterpret_cast<const bf16*>(a.wk) + int64_t(h) * D * F, F, 0, D);
+    v2::cp_wait();
+  } else {
+    load_w<T, D, F>(W0, W0 + D * LDW, static_cast<const T*>(a.wq) + int64_t(h) * D * F);
+    load_w<T, D, F>(W0 + 2 * D * LDW, W0 + 3 * D * LDW, static_cast<const T*>(a.wk) + int64_t(h) * D * F);
+  }
   const int r0 = warp * 16;
   for (int tb = blockIdx.x * kTok; tb < min(L, (blockIdx.x + 1) * kTok); tb += kB) {
     for (int which = 0; which < 2; ++which) {
-      const bf16* Wh = W0 + which * 2 * D * LDW;
+      const bf16* Wh = W0 + which * WT * D * LDW;
       const bf16* Wl = Wh + D * LDW;
-      __syncthreads();  // W loaded; previous U tile fully read
+      __syncthreads();  // W loaded; previous U tile (V2: staged dx) fully read
       // du for the tile's 64 tokens, warp per token, lanes over f (F <= 64: two columns per lane).
       const float* ph = (which ? ws.phk : ws.phq) + int64_t(bh) * L * 2 * F;
       float* dph = (which ? ws.dphk : ws.dphq) + int64_t(bh) * L * 2 * F;
+      if constexpr (V2) {
+        constexpr int NB = 8;  // tokens per batch (4 float2 loads each, all issued before any use)
+        const int f = 2 * lane;
+        const bool fok = f < F;
+#pragma unroll 1
+        for (int rb = warp; rb < kB; rb += 4 * NB) {  // tokens rb + 4 u, u < NB: this warp's 16 in 2 batches
+          float2 pp[NB], pn[NB], gp[NB], gn[NB];
+#pragma unroll
+          for (int u = 0; u < NB; ++u) {
+            const int i = tb + rb + 4 * u;
+            pp[u] = pn[u] = gp[u] = gn[u] = make_float2(0.f, 0.f);
+            if (i < L && fok) {
+              const float* pr = ph + int64_t(i) * 2 * F;
+              const float* gr = dph + int64_t(i) * 2 * F;
+              pp[u] = *reinterpret_cast<const float2*>(pr + f), pn[u] = *reinterpret_cast<const float2*>(pr + F + f);
+              gp[u] = *reinterpret_cast<const float2*>(gr + f), gn[u] = *reinterpret_cast<const float2*>(gr + F + f);
+            }
+          }
+#pragma unroll
+          for (int u = 0; u < NB; ++u) {
+            const int r = rb + 4 * u, i = tb + r;
+            float sp = 0.f, sn = 0.f;
+            if (a.act == FeatureAct::Softmax) {  // uniform: every lane takes part (padded lanes hold 0)
+              sp = wsum(pp[u].x * gp[u].x + pp[u].y * gp[u].y);
+              sn = wsum(pn[u].x * gn[u].x + pn[u].y * gn[u].y);
+            }
+            // Rows past L: every operand 0, so du = 0 (the tile's padding).
+            const float d0 = pp[u].x * (gp[u].x - sp) - pn[u].x * (gn[u].x - sn);
+            const float d1 = pp[u].y * (gp[u].y - sp) - pn[u].y * (gn[u].y - sn);
+            if (fok) {
+              if (i < L) *reinterpret_cast<float2*>(dph + int64_t(i) * 2 * F + f) = make_float2(d0, d1);
+              uint32_t hi, lo;
+              wstats::split_pack(hi, lo, d0, d1);
+              *reinterpret_cast<uint32_t*>(Uh + r * LDU + f) = hi;
+              *reinterpret_cast<uint32_t*>(Ul + r * LDU + f) = lo;
+            }
+          }
+        }
+      } else
       for (int r = warp; r < kB; r += kT / 32) {
         const int i = tb + r;
         float du[2] = {0.f, 0.f};
@@ -2069,6 +2635,19 @@ __global__ void __launch_bounds__(kT) featbwd_tc_kernel(const LizardAttnArgs a, 
           }
         }
       }
+      if constexpr (V2) {
+        __syncthreads();  // U fully read: its space takes the staged dx (64 x (D + 4) fp32)
+        float* sx = reinterpret_cast<float*>(Uh);
+        v2::stage_frag<D>(sx, acc, r0, g, t4, 1.f);
+        __syncthreads();
+        if (which == 0)
+          v2::add_rows<kB, D, kT, false>(sx, [&](int pos) { return dq + d.q_off(b, pos, h); }, tb, L);
+        else if (d.group == 1)
+          v2::add_rows<kB, D, kT, false>(sx, [&](int pos) { return dk + d.k_off(b, pos, h); }, tb, L);
+        else
+          v2::add_rows<kB, D, kT, true>(sx, [&](int pos) { return dk + d.k_off(b, pos, h); }, tb, L);
+        continue;
+      }
       const int ia = tb + r0 + g, ib = ia + 8;
 #pragma unroll
       for (int j = 0; j < ND; ++j) {
@@ -2099,16 +2678,17 @@ __global__ void __launch_bounds__(kT) featbwd_tc_kernel(const LizardAttnArgs a, 
   }
 }
 
-template <typename T, int D, int F>
+template <typename T, int D, int F, bool V2 = false>
 void launch_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool backward, cudaStream_t st) {
-  constexpr size_t smem = smem_bytes<T, D, F>();
+  constexpr size_t smem = smem_bytes<T, D, F, V2>();
+  static_assert(size_t(kB) * (D + 4) * 4 <= size_t(2) * kB * (D + 8) * sizeof(bf16), "v2 staging fits the U tiles");
   const dim3 grid((d.L + kTok - 1) / kTok, d.B * d.Hq);
   if (backward) {
-    auto kern = featbwd_tc_kernel<T, D, F>;
+    auto kern = featbwd_tc_kernel<T, D, F, V2>;
     LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     kern<<<grid, kT, smem, st>>>(a, d, ws, dq, dk);
   } else {
-    auto kern = feat_tc_kernel<T, D, F>;
+    auto kern = feat_tc_kernel<T, D, F, V2>;
     LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     kern<<<grid, kT, smem, st>>>(a, d, ws);
   }
@@ -2116,8 +2696,19 @@ void launch_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, b
 }
 
 // backward = false: phq, phk; true: du (over dphq / dphk) and dq, dk += du W^T.
+template <typename T, bool V2>
+void run_feat_v(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool backward, cudaStream_t st) {
+  if (a.D == 64 && a.F == 32) return launch_feat<T, 64, 32, V2>(a, d, ws, dq, dk, backward, st);
+  if (a.D == 64 && a.F == 64) return launch_feat<T, 64, 64, V2>(a, d, ws, dq, dk, backward, st);
+  if (a.D == 128 && a.F == 32) return launch_feat<T, 128, 32, V2>(a, d, ws, dq, dk, backward, st);
+  if (a.D == 128 && a.F == 64) return launch_feat<T, 128, 64, V2>(a, d, ws, dq, dk, backward, st);
+  fail_cat("lizard attention chunked backward (cuda): feature stage needs D in {64, 128}, F in {32, 64}");
+}
+
 template <typename T>
-void run_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool backward, cudaStream_t st) {
+void run_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool backward, cudaStream_t st,
+              bool fast = false) {
+  if (fast) return run_feat_v<T, true>(a, d, ws, dq, dk, backward, st);
   if (a.D == 64 && a.F == 32) return launch_feat<T, 64, 32>(a, d, ws, dq, dk, backward, st);
   if (a.D == 64 && a.F == 64) return launch_feat<T, 64, 64>(a, d, ws, dq, dk, backward, st);
   if (a.D == 128 && a.F == 32) return launch_feat<T, 128, 32>(a, d, ws, dq, dk, backward, st);
@@ -2144,7 +2735,8 @@ void keep_pool_memory() {
 }
 
 int g_window_variant = 1;  // chunked backward: 1 = tensor-core window stage, 0 = CUDA-core
-int g_stage_variant = 1;   // chunked backward: 1 = tensor-core statistics and feature stages, 0 = CUDA-core
+int g_stage_variant = 1;   // chunked backward: 1 = tensor-core statistics and feature stages, 0 = CUDA-core,
+                           // 2 = the tensor-core stages with the variant-2 loaders, window and dW kernels
 int g_sweep_variant = kBackwardSweepDefault;  // gate sweeps: 0 = one CTA per (b, h), 1 = over chunk groups
 int g_sweep_groups = 0;    // grouped sweeps: groups per (b, h), 0 = auto
 
@@ -2192,18 +2784,23 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
     names[nev++] = n;
   };
   mark("start");
-  const bool tc_stages = chunked && g_stage_variant == 1;
+  const bool tc_stages = chunked && g_stage_variant >= 1;
+  // Variant 2's cp.async / float4 accesses need 16-byte aligned rows: D, F are multiples of 32, so that
+  // holds when the base pointers are 16-byte aligned (else the variant-1 kernels run).
+  auto al16 = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
+  const bool stages2 = chunked && g_stage_variant == 2 && al16(a.q) && al16(a.k) && al16(a.v) && al16(dy) &&
+                       al16(a.wq) && al16(a.wk) && al16(g.dq) && al16(g.dk) && al16(g.dv);
   if (tc_stages)
-    feattc::run_feat<T>(a, d, ws, nullptr, nullptr, false, st);
+    feattc::run_feat<T>(a, d, ws, nullptr, nullptr, false, st, stages2);
   else
     feat_kernel<T><<<grid, block, 0, st>>>(a, d, ws);
   cumsum_kernel<<<a.B * a.Hq, 32, 0, st>>>(a, d, ws);
-  mark(tc_stages ? "feat-tc+cumsum" : "feat+cumsum");
+  mark(stages2 ? "feat2+cumsum" : tc_stages ? "feat-tc+cumsum" : "feat+cumsum");
   if (tc_stages)
-    wstats::run_stats<T>(a, d, ws, dy, dya, st);  // window only: the chunked sweep does the gate's
+    wstats::run_stats<T>(a, d, ws, dy, dya, st, stages2);  // window only: the chunked sweep does the gate's
   else
     stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya, !chunked);
-  mark(tc_stages ? "stats-tc" : "stats");
+  mark(stages2 ? "stats2" : tc_stages ? "stats-tc" : "stats");
   if (chunked) {  // dn, dden, dphq, dbq; dv (gate), dphk, dbk
     const int groups = gate::run_gate<T>(a, d, ws, dy, g.dv, g_sweep_variant == 1 ? 1 + g_sweep_groups : 0, st);
     mark(g_sweep_variant == 1 ? "gate-grouped" : "gate-chunked");
@@ -2211,8 +2808,8 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
       std::fprintf(stderr, "[lizard-bwd-profile] gate-grouped: %d chunk groups per (b, h)\n", groups);
   }
   if (chunked && g_window_variant == 1) {
-    win::run_win<T>(a, d, ws, dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st);
-    mark("window-tc");
+    win::run_win<T>(a, d, ws, dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, stages2);
+    mark(stages2 ? "window2" : "window-tc");
   } else {
     qgrad_kernel<T><<<grid, block, kWarps * (F2 + 3 * a.D) * 4, st>>>(a, d, ws, dy, g.dq,
                                                                       a.n_meta > 0 ? g.dmeta : nullptr, !chunked);
@@ -2221,15 +2818,15 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
     mark("kgrad");
   }
   if (tc_stages)
-    feattc::run_feat<T>(a, d, ws, g.dq, g.dk, true, st);
+    feattc::run_feat<T>(a, d, ws, g.dq, g.dk, true, st, stages2);
   else
     featbwd_kernel<T><<<grid, block, 0, st>>>(a, d, ws, g.dq, g.dk);
-  mark(tc_stages ? "featbwd-tc" : "featbwd");
+  mark(stages2 ? "featbwd2" : tc_stages ? "featbwd-tc" : "featbwd");
   if ((g.dwq || g.dwk) && chunked)
-    dwtc::run_dw<T>(a, d, ws, g.dwq, g.dwk, st);  // tensor cores, split over tokens
+    dwtc::run_dw<T>(a, d, ws, g.dwq, g.dwk, st, stages2);  // tensor cores, split over tokens
   else if (g.dwq || g.dwk)
     dw_kernel<T><<<a.Hq * a.D, 128, 0, st>>>(a, d, ws, g.dwq, g.dwk);
-  mark("dW");
+  mark(stages2 ? "dW2" : "dW");
   dlg_kernel<<<a.B * a.Hq, 32, 0, st>>>(a, d, ws, dya, g.dlog_gamma, g.dalpha);
   mark("dlg");
   LZ_CUDA_OK(cudaGetLastError());
@@ -2265,7 +2862,7 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
 }
 
 void set_backward_window_variant(int v) { g_window_variant = v == 0 ? 0 : 1; }
-void set_backward_stage_variant(int v) { g_stage_variant = v == 0 ? 0 : 1; }
+void set_backward_stage_variant(int v) { g_stage_variant = v == 0 ? 0 : v == 2 ? 2 : 1; }
 void set_backward_sweep_variant(int v) { g_sweep_variant = v == 1 ? 1 : 0; }
 void set_backward_sweep_groups(int groups) { g_sweep_groups = groups > 0 ? groups : 0; }
 
