@@ -411,6 +411,13 @@ def main():
                 torch.cuda.synchronize()
                 lib.lz_set_backward_stage_variant(1)
                 print(f"  chunked bwd with CUDA-core stats/feature stages (variant 0): {1e3 * (time.time() - t0):.1f} ms wall")
+            lib.lz_set_backward_stage_variant(2)  # stage variant 2: one profile line, stages feat2 .. dW2
+            try:
+                z.fwd_bwd_chunked()
+                torch.cuda.synchronize()
+            except Exception as e:  # noqa: BLE001
+                print("  chunked backward stage variant 2 failed in the profile call:", str(e)[:200])
+            lib.lz_set_backward_stage_variant(1)
             lib.lz_set_backward_sweep_variant(1)  # the gate sweeps over chunk groups: profile stage "gate-grouped"
             try:
                 for groups in (0, 4):  # auto, then 4 groups forced
@@ -434,6 +441,25 @@ def main():
                 except Exception as e:  # noqa: BLE001
                     print(f"  chunked backward with grouped sweeps ({name}) failed:", str(e)[:200])
             lib.lz_set_backward_sweep_groups(0)
+            # Stage variant 2 (cp.async loaders, double-buffered window kernels without dk/dv atomics, dW over
+            # batch-aligned token tiles) with the sweeps of the "sweep1" row above: same-input check against
+            # variant 1 (max |diff| / max |ref| per gradient), then the row to compare with "sweep1".
+            try:
+                z.fwd_bwd_chunked()
+                torch.cuda.synchronize()
+                ref = [t.clone() for t in z.grads()]
+                lib.lz_set_backward_stage_variant(2)
+                z.fwd_bwd_chunked()
+                torch.cuda.synchronize()
+                names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
+                errs = " ".join(f"{n} {((t - r).abs().max() / r.abs().max().clamp_min(1e-30)).item():.1e}"
+                                for n, t, r in zip(names, z.grads(), ref))
+                print(f"  {tag}: chunked bwd stages2 vs stages1: {errs}", flush=True)
+                del ref
+                row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd stages2 sweep1", liz[tag], events_ms(z.fwd_bwd_chunked))
+            except Exception as e:  # noqa: BLE001
+                print("  chunked backward stage variant 2 failed:", str(e)[:200])
+            lib.lz_set_backward_stage_variant(1)
             lib.lz_set_backward_sweep_variant(0)
         del z
         torch.cuda.empty_cache()

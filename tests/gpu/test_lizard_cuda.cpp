@@ -540,10 +540,10 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
       }
       stats_check += blocks;
     }
-    if (stages == 1) {
+    if (stages >= 1) {
       lizard::cuda::set_backward_stage_variant(0);
       rerun(a1, m1);
-      lizard::cuda::set_backward_stage_variant(1);
+      lizard::cuda::set_backward_stage_variant(stages);
       size_t bad = 0;
       const double ea = rel_err(a0, a1, &bad), em = c.m > 0 ? rel_err(m0, m1, &bad) : 0.0;
       std::snprintf(buf, sizeof buf, ", tc vs fp32 stats: dalpha %.1e dmeta %.1e", ea, em);
@@ -643,13 +643,14 @@ TEST(LizardCuda, BackwardMatchesReference) {
 // Runs (window, stages) = (1, 1), (0, 1), (1, 0): the defaults, then each old stage beside the new; then
 // (1, 1) with the gate sweeps over chunk groups (sweep variant 1) at groups auto, 1 (no split: the grouped
 // kernels' compact layout alone, which auto picks at B16 H32), 2 and 3, plus a case of 12 chunks (L 707)
-// so that groups hold several chunks and a partial last one.
+// so that groups hold several chunks and a partial last one. Stage variant 2 (cp.async loaders, double-
+// buffered window kernels without dk/dv atomics, dW over batch-aligned token tiles) under both sweeps.
 TEST(LizardCuda, ChunkedBackwardVsReference) {
   struct Pass {
     int window, stages, sweep, groups;
   };
   for (const Pass& ps : {Pass{1, 1, 0, 0}, Pass{0, 1, 0, 0}, Pass{1, 0, 0, 0}, Pass{1, 1, 1, 0}, Pass{1, 1, 1, 1},
-                         Pass{1, 1, 1, 2}, Pass{1, 1, 1, 3}}) {
+                         Pass{1, 1, 1, 2}, Pass{1, 1, 1, 3}, Pass{1, 2, 0, 0}, Pass{1, 2, 1, 0}}) {
     const int window = ps.window, stages = ps.stages;
     lizard::cuda::set_backward_window_variant(window);
     lizard::cuda::set_backward_stage_variant(stages);
@@ -658,7 +659,10 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
     std::printf("[lizard-cuda] chunked backward, window stage variant %d (%s), stats/feature variant %d (%s), gate "
                 "sweep variant %d (%s)\n",
                 window, window == 1 ? "tensor cores" : "CUDA cores, fp32", stages,
-                stages == 1 ? "tensor cores, split bf16" : "CUDA cores, fp32", ps.sweep,
+                stages == 2   ? "tensor cores, split bf16, v2 loaders/window/dW"
+                : stages == 1 ? "tensor cores, split bf16"
+                              : "CUDA cores, fp32",
+                ps.sweep,
                 ps.sweep == 0 ? "one CTA per (b, h)"
                 : ps.groups == 0 ? "chunk groups, auto"
                 : ps.groups == 1 ? "1 chunk group"
@@ -683,15 +687,19 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
   lizard::cuda::set_backward_sweep_groups(0);
 }
 
-// Both gate sweep variants (the grouped one with 2 groups: 1 chunk each at L 77, 2 + 1 at L 130).
+// Both gate sweep variants (the grouped one with 2 groups: 1 chunk each at L 77, 2 + 1 at L 130), then
+// stage variant 2 (its bf16 kernels: cp.async tiles, double buffers, staged read-modify-writes).
 TEST(LizardCuda, SanitizerSmallChunkedBackward) {
-  for (int sweep : {0, 1}) {
+  for (int pass = 0; pass < 3; ++pass) {
+    const int sweep = pass == 1 ? 1 : 0, stages = pass == 2 ? 2 : 1;
     lizard::cuda::set_backward_sweep_variant(sweep);
     lizard::cuda::set_backward_sweep_groups(sweep == 1 ? 2 : 0);
-    std::printf("[lizard-cuda] small chunked backward, gate sweep variant %d\n", sweep);
+    lizard::cuda::set_backward_stage_variant(stages);
+    std::printf("[lizard-cuda] small chunked backward, gate sweep variant %d, stage variant %d\n", sweep, stages);
     backward_case<__nv_bfloat16>({1, 77, 2, 1, 64, 32, 16, 4}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>({1, 130, 2, 2, 128, 64, 65, 2, true}, fresh_seed(), true, 3e-2, true, 2.5e-1);
   }
+  lizard::cuda::set_backward_stage_variant(1);
   lizard::cuda::set_backward_sweep_variant(lizard::cuda::kBackwardSweepDefault);
   lizard::cuda::set_backward_sweep_groups(0);
 }
