@@ -115,7 +115,9 @@ void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const
 void set_backward_window_variant(int variant);
 // Feature maps, window statistics (lse, delta) and feature-map backward of the chunked backward:
 // 1 (default) = tensor-core kernels (fp32 operands split into bf16 hi + lo, close to fp32), 0 = the
-// parallel path's CUDA-core kernels.
+// parallel path's CUDA-core kernels, 2 = variant 1 with cp.async tile loaders, double-buffered window
+// kernels without dk/dv atomics (window variant 1 only) and the dW stage over batch-aligned token tiles
+// (docs/cuda_notes.md, "stage variant 2").
 void set_backward_stage_variant(int variant);
 // Gate-branch sweeps of the chunked backward: 0 = one CTA per (b, h) serial over all chunks;
 // 1 (default) = over chunk groups: each group's own state contribution, a scan over the groups, then
