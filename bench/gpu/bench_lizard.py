@@ -3,7 +3,7 @@
 # warm-up first). Needs build-dev/liblizard_capi.so (scripts/device_cuda.sh build) and, for FLA, its
 # `fla/` package folder in .fla/ (carried; never committed).
 #   python3 bench/gpu/bench_lizard.py [--quick] [--with-gla]   (chunk_gla: > 4 min of autotune)
-#   python3 bench/gpu/bench_lizard.py --flash [--quick]   (flash attention only: SDPA and every kernel variant)
+#   python3 bench/gpu/bench_lizard.py --flash [--quick]   (flash attention only: SDPA and this repo's kernels)
 import ctypes, math, os, sys, time
 
 import torch
@@ -26,8 +26,7 @@ lib.lz_set_backward_stage_variant.argtypes = [I]
 lib.lz_set_backward_sweep_variant.argtypes = [I]
 lib.lz_set_backward_sweep_groups.argtypes = [I]
 lib.lz_flash_fwd.argtypes = [P] * 5 + [I] * 5 + [P]
-lib.lz_flash_bwd.argtypes = [P] * 11 + [I] * 5 + [P]
-lib.lz_flash_set_variant.argtypes = [I, I]
+lib.lz_flash_bwd.argtypes = [P] * 10 + [I] * 5 + [P]
 
 
 def flash_fwd(q, k, v, out):
@@ -46,7 +45,6 @@ class Flash:
         self.lse = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
         self.delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
         self.dq, self.dk, self.dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        self.dq_accum = torch.empty(q.shape, device=q.device, dtype=torch.float32)  # bwd variant 1's workspace
 
     def fwd(self):
         B, L, H, D = self.q.shape
@@ -58,7 +56,7 @@ class Flash:
         self.fwd()
         B, L, H, D = self.q.shape
         check(lib.lz_flash_bwd(ptr(self.q), ptr(self.k), ptr(self.v), ptr(self.out), ptr(self.do), ptr(self.lse),
-                               ptr(self.dq), ptr(self.dk), ptr(self.dv), ptr(self.delta), ptr(self.dq_accum), B, L, H,
+                               ptr(self.dq), ptr(self.dk), ptr(self.dv), ptr(self.delta), B, L, H,
                                self.k.shape[2], D,
                                ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
 
@@ -78,40 +76,30 @@ def flash_check_vs_sdpa(q, k, v, do):
             err(fl.dv, vt.grad.transpose(1, 2)))
 
 
-def flash_variant_rows(tag, qd, kd, vd, do, H, Hkv, sd_f, sd_fb, row):
-    """Every (forward, backward) variant of this repo's flash kernels at one shape, equal heads as SDPA
-    and the shape's GQA; one FLASH line each with sdpa ms / ours ms (goal >= 0.8)."""
-    nf, nb = lib.lz_flash_fwd_variants(), lib.lz_flash_bwd_variants()
+def flash_rows(tag, qd, kd, vd, do, H, Hkv, sd_f, sd_fb, row):
+    """This repo's flash kernels (one forward, one backward) at one shape, equal heads as SDPA and the
+    shape's GQA; one FLASH line each with sdpa ms / ours ms (goal >= 0.8)."""
     try:
-        for fv in range(nf):
-            for bv in range(nb):
-                check(lib.lz_flash_set_variant(fv, bv))
-                e = flash_check_vs_sdpa(qd, kd, vd, do)
-                print(f"  flash cuda fwd v{fv} bwd v{bv} vs sdpa (batch 0) rel err: out {e[0]:.2e} dq {e[1]:.2e} "
-                      f"dk {e[2]:.2e} dv {e[3]:.2e}", flush=True)
+        e = flash_check_vs_sdpa(qd, kd, vd, do)
+        print(f"  flash cuda vs sdpa (batch 0) rel err: out {e[0]:.2e} dq {e[1]:.2e} dk {e[2]:.2e} dv {e[3]:.2e}",
+              flush=True)
         for hkv in sorted({H, Hkv}, reverse=True):
             kk, vv = (kd[:, :, :hkv].contiguous(), vd[:, :, :hkv].contiguous()) if hkv != H else (kd, vd)
             fl = Flash(qd, kk, vv, do)
-            for fv in range(nf):
-                check(lib.lz_flash_set_variant(fv, 0))
-                f = med(fl.fwd)
-                for bv in range(nb):
-                    check(lib.lz_flash_set_variant(fv, bv))
-                    fb = med(fl.fwd_bwd, 10, 50)
-                    row(tag, f"flash cuda (Hkv={hkv}) f{fv} b{bv}", f, fb)
-                    print(f"FLASH {tag:20s} Hkv={hkv:<3d} fwd v{fv} bwd v{bv}: ours fwd {f:8.3f} f+b {fb:9.3f} ms | "
-                          f"sdpa/ours fwd {sd_f / f:.2f}  fwd+bwd {sd_fb / fb:.2f}  bwd only {(sd_fb - sd_f) / (fb - f):.2f}",
-                          flush=True)
+            f = med(fl.fwd)
+            fb = med(fl.fwd_bwd, 10, 50)
+            row(tag, f"flash cuda (Hkv={hkv})", f, fb)
+            print(f"FLASH {tag:20s} Hkv={hkv:<3d}: ours fwd {f:8.3f} f+b {fb:9.3f} ms | "
+                  f"sdpa/ours fwd {sd_f / f:.2f}  fwd+bwd {sd_fb / fb:.2f}  bwd only {(sd_fb - sd_f) / (fb - f):.2f}",
+                  flush=True)
             del fl, kk, vv
             torch.cuda.empty_cache()
     except Exception as e:  # noqa: BLE001
         print("  flash cuda failed:", str(e)[:300], flush=True)
-    finally:
-        check(lib.lz_flash_set_variant(-1, 0))
 
 
 def flash_only():
-    """SDPA flash beside every variant of this repo's flash kernels at every shape; nothing else."""
+    """SDPA flash beside this repo's flash kernels at every shape; nothing else."""
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     shapes = [(16, 32, 32, 128, 2048), (8, 9, 3, 64, 2048), (16, 32, 32, 128, 4096), (16, 32, 32, 128, 8192),
               (8, 9, 3, 64, 8192)]
@@ -131,7 +119,7 @@ def flash_only():
         print(f"FLASH {tag:20s} sdpa flash causal: fwd {sd_f:8.3f} f+b {sd_fb:9.3f} ms", flush=True)
         del qt, kt, vt, dot
         torch.cuda.empty_cache()
-        flash_variant_rows(tag, q, k, v, do, H, Hkv, sd_f, sd_fb, row)
+        flash_rows(tag, q, k, v, do, H, Hkv, sd_f, sd_fb, row)
         del q, k, v, do
         torch.cuda.empty_cache()
     print()
@@ -272,20 +260,20 @@ def final():
     for (B, H, Hkv, D, L) in shapes:
         tag = f"B{B} H{H} D{D} L{L}"
         z = Lizard(B, L, H, Hkv, D)
-        # Every forward variant (0: straight-line, 1: tile skipping, 2 (default): prefetched chunks +
-        # rebalanced warps, 3 / 4: wgmma), interleaved twice; first a same-input check of each against v0.
+        # Both forward variants (0: straight-line mma.sync, the fallback; 3 (default): wgmma), interleaved
+        # twice; first a same-input check of v3 against v0.
+        check(lib.lz_set_forward_variant(0))
         y0 = z.fwd().float().clone()
-        for var in (1, 2, 3, 4):
-            lib.lz_set_forward_variant(var)
-            yv = z.fwd().float()
-            print(f"  {tag}: lizard fwd v{var} vs v0 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
+        check(lib.lz_set_forward_variant(3))
+        yv = z.fwd().float()
+        print(f"  {tag}: lizard fwd v3 vs v0 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
         del y0, yv
-        for var, split in ((0, 1), (2, 1), (3, 1), (4, 1), (1, 1), (0, 2)) * 2:
-            lib.lz_set_forward_variant(var)
+        for var, split in ((0, 1), (3, 1), (0, 2)) * 2:
+            check(lib.lz_set_forward_variant(var))
             lib.lz_set_forward_split(split)
             t = med(z.fwd)
             res.setdefault((tag, f"lizard fwd v{var} {'split' if split == 2 else 'nosplit'}"), []).append(t)
-        lib.lz_set_forward_variant(2)  # the default (kForwardVariantDefault)
+        check(lib.lz_set_forward_variant(3))  # the default (kForwardVariantDefault)
         lib.lz_set_forward_split(0)
         del z
         torch.cuda.empty_cache()
@@ -374,14 +362,13 @@ def main():
         tag = f"B{B} H{H} D{D} L{L}"
         z = Lizard(B, L, H, Hkv, D)
         liz[tag] = med(z.fwd)
-        # forward variants 3, 4 (wgmma) beside the default (v2): same-input check, then time
+        # forward variant 0 (mma.sync, the fallback) beside the default (v3, wgmma): same-input check, then time
         y0 = z.fwd().float().clone()
-        for var in (3, 4):
-            lib.lz_set_forward_variant(var)
-            yv = z.fwd().float()
-            print(f"  {tag}: lizard fwd v{var} vs v2 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
-            row(tag, f"lizard cuda fwd v{var} (wgmma)", med(z.fwd), float("nan"))
-        lib.lz_set_forward_variant(2)  # the default (kForwardVariantDefault)
+        check(lib.lz_set_forward_variant(0))
+        yv = z.fwd().float()
+        print(f"  {tag}: lizard fwd v0 vs v3 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
+        row(tag, "lizard cuda fwd v0 (mma.sync)", med(z.fwd), float("nan"))
+        check(lib.lz_set_forward_variant(3))  # the default (kForwardVariantDefault)
         del y0, yv
         fb = float("nan")
         if B * H * L * L <= 8 * 9 * 2048 * 2048:  # the parallel-form backward is O(L^2): small shape only
@@ -471,10 +458,9 @@ def main():
         sd_f, sd_fb = rows[-1][2], rows[-1][3]
         del qt, kt, vt, dot
         torch.cuda.empty_cache()
-        # this repo's flash attention (fwd saving lse; fwd+bwd), every kernel variant, equal heads as
-        # SDPA, then the shape's GQA
+        # this repo's flash attention (fwd saving lse; fwd+bwd), equal heads as SDPA, then the shape's GQA
         qd, kd, vd = (x.detach() for x in (q, k, v))
-        flash_variant_rows(tag, qd, kd, vd, do, H, Hkv, sd_f, sd_fb, row)
+        flash_rows(tag, qd, kd, vd, do, H, Hkv, sd_f, sd_fb, row)
         del q, k, v, gk, gs, do, qd, kd, vd
         torch.cuda.empty_cache()
     # 2. FLA last: its first calls compile and autotune for minutes.

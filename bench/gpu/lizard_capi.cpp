@@ -52,18 +52,15 @@ extern "C" {
 
 const char* lz_last_error() { return g_err.c_str(); }
 
-void lz_set_forward_variant(int v) { lizard::cuda::set_forward_variant(v); }
+// Lizard forward variant 0 or 3; returns -1 for another.
+int lz_set_forward_variant(int v) {
+  return guarded([&] { lizard::cuda::set_forward_variant(v); });
+}
 void lz_set_forward_split(int m) { lizard::cuda::set_forward_split(m); }
 void lz_set_backward_window_variant(int v) { lizard::cuda::set_backward_window_variant(v); }
 void lz_set_backward_stage_variant(int v) { lizard::cuda::set_backward_stage_variant(v); }
 void lz_set_backward_sweep_variant(int v) { lizard::cuda::set_backward_sweep_variant(v); }
 void lz_set_backward_sweep_groups(int g) { lizard::cuda::set_backward_sweep_groups(g); }
-// Flash attention kernel variants (flash_attention.h); returns -1 for an unknown one.
-int lz_flash_set_variant(int fwd, int bwd) {
-  return guarded([&] { lizard::cuda::flash_set_variant(fwd, bwd); });
-}
-int lz_flash_fwd_variants() { return lizard::cuda::kFlashFwdVariants; }
-int lz_flash_bwd_variants() { return lizard::cuda::kFlashBwdVariants; }
 
 // bf16 chunked forward; scalar gate [B, L], meta [m] per layer, alpha [Hq] per head.
 int lz_forward_bf16(const void* q, const void* k, const void* v, const float* lg, const void* wq, const void* wk,
@@ -114,15 +111,13 @@ int lz_flash_fwd(const void* q, const void* k, const void* v, void* out, float* 
   });
 }
 
-// Its backward: dq [B, L, H, D], dk, dv [B, L, Hkv, D] bf16; lse from the forward; delta: B*H*L floats;
-// dq_accum: B*L*H*D floats for backward variant 1 (may be null: allocated per call).
+// Its backward: dq [B, L, H, D], dk, dv [B, L, Hkv, D] bf16; lse from the forward; delta: B*H*L floats.
 int lz_flash_bwd(const void* q, const void* k, const void* v, const void* out, const void* dout, const float* lse,
-                 void* dq, void* dk, void* dv, float* delta, float* dq_accum, int B, int L, int H, int Hkv, int D,
-                 void* stream) {
+                 void* dq, void* dk, void* dv, float* delta, int B, int L, int H, int Hkv, int D, void* stream) {
   return guarded([&] {
     lizard::cuda::FlashBwdArgs a;
     a.B = B, a.L = L, a.H = H, a.Hkv = Hkv, a.D = D, a.q = q, a.k = k, a.v = v, a.out = out, a.dout = dout;
-    a.lse = lse, a.dq = dq, a.dk = dk, a.dv = dv, a.delta = delta, a.dq_accum = dq_accum;
+    a.lse = lse, a.dq = dq, a.dk = dk, a.dv = dv, a.delta = delta;
     lizard::cuda::flash_attention_bwd(a, static_cast<cudaStream_t>(stream));
   });
 }

@@ -18,20 +18,13 @@ namespace {
 
 using lizard::testing::fresh_seed;
 
-// Restores the default kernel variants when a test ends (they are process-wide).
-struct VariantGuard {
-  lizard::cuda::FlashVariant saved = lizard::cuda::flash_variant();
-  ~VariantGuard() { lizard::cuda::flash_set_variant(saved.fwd, saved.bwd); }
-};
-
 struct FwdCase {
   int B, L, H, Hkv, D;
   float scale = 0.f;  // 0: 1/sqrt(D)
 };
 
-// One forward variant on one case against the double-precision reference (output and lse).
-void check_fwd_case(FwdCase c, int variant) {
-  lizard::cuda::flash_set_variant(variant, 0);
+// The forward on one case against the double-precision reference (output and lse).
+void check_fwd_case(FwdCase c) {
   const uint64_t seed = fresh_seed();
   std::mt19937_64 g(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -93,8 +86,8 @@ void check_fwd_case(FwdCase c, int variant) {
         lerr = std::max(lerr, std::fabs(lse[(size_t(b) * c.H + h) * c.L + i] - (mx + std::log(sum))));
       }
   const double e = std::sqrt(num / den);
-  std::printf("[flash-cuda] fwd v%d B%d L%d H%d Hkv%d D%d scale %g: out rel err %.2e, lse max abs err %.2e (seed %llu)\n",
-              variant, c.B, c.L, c.H, c.Hkv, c.D, double(scale), e, lerr, (unsigned long long)seed);
+  std::printf("[flash-cuda] fwd B%d L%d H%d Hkv%d D%d scale %g: out rel err %.2e, lse max abs err %.2e (seed %llu)\n",
+              c.B, c.L, c.H, c.Hkv, c.D, double(scale), e, lerr, (unsigned long long)seed);
   EXPECT_LT(e, 1e-2);
   // The kernel's row sum adds the bf16-rounded probabilities that also weight V (so out is
   // normalised consistently); lse carries their rounding, ~2^-9 relative per term.
@@ -103,25 +96,19 @@ void check_fwd_case(FwdCase c, int variant) {
 }
 
 TEST(FlashCuda, CausalGqaMatchesCpu) {
-  VariantGuard guard;
-  for (int variant = 0; variant < lizard::cuda::kFlashFwdVariants; ++variant)
-    for (FwdCase c : {FwdCase{2, 200, 6, 2, 64}, FwdCase{1, 131, 4, 4, 128}, FwdCase{1, 64, 2, 1, 128},
-                      FwdCase{3, 7, 3, 1, 64}, FwdCase{1, 300, 4, 2, 128}, FwdCase{2, 129, 3, 1, 64}})
-      check_fwd_case(c, variant);
+  for (FwdCase c : {FwdCase{2, 200, 6, 2, 64}, FwdCase{1, 131, 4, 4, 128}, FwdCase{1, 64, 2, 1, 128},
+                    FwdCase{3, 7, 3, 1, 64}, FwdCase{1, 300, 4, 2, 128}, FwdCase{2, 129, 3, 1, 64}})
+    check_fwd_case(c);
 }
 
-// Forward variants 3 and 4 (wgmma; CTAs of 2 or 3 warpgroups x 64 query rows, 64- or 128-key
-// blocks): lengths around every tile edge (1, 17, 63/64/65, 127/128/129, 191/192/193) and long ones,
-// both head dims, GQA, and an explicit scale.
+// The wgmma forward (CTAs of 2 warpgroups x 64 query rows, 64-key blocks at D 128, 128-key at D 64):
+// lengths around every tile edge (1, 17, 63/64/65, 127/128/129, 191/192/193) and long ones, both head
+// dims, GQA, and an explicit scale.
 TEST(FlashCuda, WgmmaForwardOddLengths) {
-  VariantGuard guard;
-  for (int variant : {3, 4}) {
-    for (int D : {64, 128})
-      for (int L : {1, 17, 63, 64, 65, 127, 128, 129, 191, 192, 193, 1000})
-        check_fwd_case(FwdCase{2, L, 6, 2, D}, variant);
-    check_fwd_case(FwdCase{1, 333, 9, 3, 64, 0.3f}, variant);
-    check_fwd_case(FwdCase{1, 257, 4, 1, 128, 0.05f}, variant);
-  }
+  for (int D : {64, 128})
+    for (int L : {1, 17, 63, 64, 65, 127, 128, 129, 191, 192, 193, 1000}) check_fwd_case(FwdCase{2, L, 6, 2, D});
+  check_fwd_case(FwdCase{1, 333, 9, 3, 64, 0.3f});
+  check_fwd_case(FwdCase{1, 257, 4, 1, 128, 0.05f});
 }
 
 // Backward: GPU forward (out, lse), then GPU backward, against a double-precision reference of the
@@ -131,17 +118,7 @@ struct BwdCase {
   int B, L, H, Hkv, D;
 };
 
-// Runs every (forward, backward) variant pair on the case; bwd variant 1 alternates between a caller
-// workspace for dq and its own allocation.
-void run_backward_case_variant(BwdCase c, double tol, int fwd_variant, int bwd_variant);
 void run_backward_case(BwdCase c, double tol) {
-  VariantGuard guard;
-  for (int fv = 0; fv < lizard::cuda::kFlashFwdVariants; ++fv)
-    for (int bv = 0; bv < lizard::cuda::kFlashBwdVariants; ++bv) run_backward_case_variant(c, tol, fv, bv);
-}
-
-void run_backward_case_variant(BwdCase c, double tol, int fwd_variant, int bwd_variant) {
-  lizard::cuda::flash_set_variant(fwd_variant, bwd_variant);
   const uint64_t seed = fresh_seed();
   std::mt19937_64 g(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -187,13 +164,6 @@ void run_backward_case_variant(BwdCase c, double tol, int fwd_variant, int bwd_v
   ba.B = c.B, ba.L = c.L, ba.H = c.H, ba.Hkv = c.Hkv, ba.D = c.D;
   ba.q = dq, ba.k = dk, ba.v = dv, ba.out = dout, ba.dout = ddo, ba.lse = dlse;
   ba.dq = gq, ba.dk = gk, ba.dv = gv, ba.delta = ddelta;
-  float* dq_accum = nullptr;
-  const bool own_workspace = bwd_variant == 1 && c.L % 2 == 1;
-  if (own_workspace) {
-    CK(cudaMalloc(&dq_accum, nq * 4));
-    CK(cudaMemset(dq_accum, 0xff, nq * 4));  // the kernel must zero it
-    ba.dq_accum = dq_accum;
-  }
   lizard::cuda::flash_attention_bwd(ba);
   CK(cudaGetLastError());
   CK(cudaDeviceSynchronize());
@@ -248,10 +218,9 @@ void run_backward_case_variant(BwdCase c, double tol, int fwd_variant, int bwd_v
   double mq, mk, mv;
   size_t nfq, nfk, nfv;
   const double eq = rel(hgq, rq, mq, nfq), ek = rel(hgk, rk, mk, nfk), ev = rel(hgv, rv, mv, nfv);
-  std::printf("[flash-cuda-bwd] fwd v%d bwd v%d%s B%d L%d H%d Hkv%d D%d: rel err dq %.2e dk %.2e dv %.2e | max abs "
-              "err / max |ref|: dq %.2e dk %.2e dv %.2e (seed %llu)\n",
-              fwd_variant, bwd_variant, own_workspace ? " (caller dq workspace)" : "", c.B, c.L, c.H, c.Hkv, c.D, eq,
-              ek, ev, mq, mk, mv, (unsigned long long)seed);
+  std::printf("[flash-cuda-bwd] B%d L%d H%d Hkv%d D%d: rel err dq %.2e dk %.2e dv %.2e | max abs err / max |ref|: "
+              "dq %.2e dk %.2e dv %.2e (seed %llu)\n",
+              c.B, c.L, c.H, c.Hkv, c.D, eq, ek, ev, mq, mk, mv, (unsigned long long)seed);
   EXPECT_EQ(nfq + nfk + nfv, 0u) << "non-finite gradients (unwritten poison?)";
   EXPECT_LT(eq, tol);
   EXPECT_LT(ek, tol);
@@ -262,9 +231,6 @@ void run_backward_case_variant(BwdCase c, double tol, int fwd_variant, int bwd_v
   for (void* x : {dq, dk, dv, dout, ddo, gq, gk, gv}) CK(cudaFree(x));
   CK(cudaFree(dlse));
   CK(cudaFree(ddelta));
-  if (dq_accum != nullptr) {
-    CK(cudaFree(dq_accum));
-  }
 }
 
 TEST(FlashCuda, BackwardVsCpu) {
@@ -284,8 +250,6 @@ TEST(FlashCuda, BackwardRefusesBadArgs) {
   lizard::cuda::FlashBwdArgs ba;
   ba.B = 1, ba.L = 8, ba.H = 2, ba.Hkv = 1, ba.D = 64;
   EXPECT_ANY_THROW(lizard::cuda::flash_attention_bwd(ba));  // null pointers
-  EXPECT_ANY_THROW(lizard::cuda::flash_set_variant(lizard::cuda::kFlashFwdVariants, 0));
-  EXPECT_ANY_THROW(lizard::cuda::flash_set_variant(0, -1));
 }
 
 }  // namespace

@@ -1,11 +1,7 @@
 // Causal softmax attention with GQA, flash style (no L x L matrix), bf16 in/out, fp32 accumulate on
-// tensor cores (mma.sync m16n8k16). One CTA of W warps per (16 W-query block, b, h); each warp owns
-// 16 query rows; K/V blocks of 64 keys double-buffered with cp.async; online softmax in the log2
-// domain. Saves the row log-sum-exp (natural log) for a backward pass.
-// Variants (flash_set_variant): 0 = 4 warps (64 queries); 1 = 8 warps (128 queries: each K/V tile
-// loaded to shared memory feeds twice the mma), causal mask only on the blocks that cross the
-// diagonal or L, warps whose rows all precede the key block skip it. 2 = 4 warps x 32 query rows;
-// 3, 4 = Hopper warpgroup MMA (wgmma, sm_90a; see flash_fwd_wgmma).
+// Hopper warpgroup MMA (wgmma, sm_90a). Saves the row log-sum-exp (natural log) for a backward pass.
+// One kernel (flash_fwd_wgmma below); the mma.sync variants 0-2 and the 3-warpgroup variant 4 were
+// slower on the H200 at both head dims and are deleted (docs/cuda_notes.md, 2026-11-27).
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -20,9 +16,7 @@ namespace lizard::cuda {
 namespace {
 
 using namespace mma;
-constexpr int kBK = 64;
 constexpr float kLog2e = 1.4426950408889634f;
-FlashVariant g_variant{};
 
 // 2^x by the SFU (ex2.approx, flush-to-zero): -inf gives 0; ~2 ulp, far below the bf16 rounding of P.
 __device__ __forceinline__ float fast_exp2(float x) {
@@ -31,338 +25,22 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-template <int D, int kWarps, bool kSkip>
-__global__ void __launch_bounds__(kWarps * 32) flash_fwd_kernel(const FlashArgs a) {
-  constexpr int kBQ = 16 * kWarps, LD = D + 8, ND = D / 8, NK = kBK / 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
-  bf16* Ks = Qs + kBQ * LD;  // [2][kBK][LD]
-  bf16* Vs = Ks + 2 * kBK * LD;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int nqb = (a.L + kBQ - 1) / kBQ;
-  const int qb = nqb - 1 - blockIdx.x;  // longest rows first
-  const int h = blockIdx.y % a.H, b = blockIdx.y / a.H, hkv = h / (a.H / a.Hkv);
-  const int64_t qs = int64_t(a.H) * D, ks = int64_t(a.Hkv) * D;
-  const bf16* q = static_cast<const bf16*>(a.q) + int64_t(b) * a.L * qs + int64_t(h) * D;
-  const bf16* k = static_cast<const bf16*>(a.k) + int64_t(b) * a.L * ks + int64_t(hkv) * D;
-  const bf16* v = static_cast<const bf16*>(a.v) + int64_t(b) * a.L * ks + int64_t(hkv) * D;
-  bf16* o = static_cast<bf16*>(a.out) + int64_t(b) * a.L * qs + int64_t(h) * D;
-  const float scale2 = (a.scale > 0 ? a.scale : rsqrtf(float(D))) * kLog2e;
-
-  auto load_tile = [&](bf16* dst, const bf16* src, int64_t stride, int row0, int rows) {
-    for (int p = tid; p < rows * D / 8; p += kWarps * 32) {
-      const int r = p / (D / 8), c = (p % (D / 8)) * 8, pos = row0 + r;
-      const bool ok = pos < a.L;
-      cp_async16(dst + r * LD + c, src + int64_t(ok ? pos : 0) * stride + c, ok ? 16 : 0);
-    }
-  };
-  load_tile(Qs, q, qs, qb * kBQ, kBQ);
-  load_tile(Ks, k, ks, 0, kBK);
-  load_tile(Vs, v, ks, 0, kBK);
-  cp_async_commit();
-
-  const int r0 = warp * 16;
-  const int ia = qb * kBQ + r0 + g, ib = ia + 8;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-  float acc[ND][4];
-#pragma unroll
-  for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-  uint32_t qa[D / 16][4];
-
-  const int nkb = min((qb + 1) * kBQ, a.L) / kBK + (min((qb + 1) * kBQ, a.L) % kBK != 0);
-  for (int kb = 0; kb < nkb; ++kb) {
-    if (kb + 1 < nkb) {
-      load_tile(Ks + ((kb + 1) & 1) * kBK * LD, k, ks, (kb + 1) * kBK, kBK);
-      load_tile(Vs + ((kb + 1) & 1) * kBK * LD, v, ks, (kb + 1) * kBK, kBK);
-      cp_async_commit();
-      asm volatile("cp.async.wait_group 1;\n" ::);
-    } else {
-      cp_async_wait_all();
-    }
-    __syncthreads();
-    if (kb == 0) {
-#pragma unroll
-      for (int s = 0; s < D / 16; ++s) load_a(qa[s], Qs, LD, r0, s * 16);
-    }
-    const int t0 = kb * kBK;
-    // Every row of this warp precedes the key block: nothing to add (warp-uniform branch).
-    if (kSkip && t0 > qb * kBQ + r0 + 15) {
-      __syncthreads();
-      continue;
-    }
-    const bf16* Kb = Ks + (kb & 1) * kBK * LD;
-    const bf16* Vb = Vs + (kb & 1) * kBK * LD;
-    float sc[NK][4];
-#pragma unroll
-    for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
-#pragma unroll
-    for (int s = 0; s < D / 16; ++s) {
-#pragma unroll
-      for (int np = 0; np < NK / 2; ++np) {
-        uint32_t bb[4];
-        load_b_nk(bb, Kb, LD, np * 16, s * 16);
-        mma16816(sc[2 * np], qa[s], bb[0], bb[1]);
-        mma16816(sc[2 * np + 1], qa[s], bb[2], bb[3]);
-      }
-    }
-    // Variant 1 keeps the raw scores and folds the scale into the exponent's FMA (pre = 1, post =
-    // scale2; max commutes with a positive scale); variant 0 scales first.
-    constexpr bool kFold = kSkip;
-    const float pre = kFold ? 1.f : scale2, post = kFold ? scale2 : 1.f;
-    float mx0 = -INFINITY, mx1 = -INFINITY;
-    // The mask matters only where the block reaches past this warp's first row or past L.
-    if (!kSkip || t0 + kBK - 1 > qb * kBQ + r0 || t0 + kBK > a.L) {
-#pragma unroll
-      for (int j = 0; j < NK; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int tt = t0 + 8 * j + 2 * t4 + e;
-          sc[j][e] = (tt <= ia && tt < a.L) ? sc[j][e] * pre : -INFINITY;
-          sc[j][2 + e] = (tt <= ib && tt < a.L) ? sc[j][2 + e] * pre : -INFINITY;
-          mx0 = fmaxf(mx0, sc[j][e]), mx1 = fmaxf(mx1, sc[j][2 + e]);
-        }
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < NK; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          sc[j][e] *= pre, sc[j][2 + e] *= pre;
-          mx0 = fmaxf(mx0, sc[j][e]), mx1 = fmaxf(mx1, sc[j][2 + e]);
-        }
-      }
-    }
-    const float mn0 = fmaxf(m0, quad_max(mx0) * post), mn1 = fmaxf(m1, quad_max(mx1) * post);
-    const float u0 = mn0 == -INFINITY ? 0.f : mn0, u1 = mn1 == -INFINITY ? 0.f : mn1;
-    const float c0 = exp2f(m0 - u0), c1 = exp2f(m1 - u1);
-    m0 = mn0, m1 = mn1, l0 *= c0, l1 *= c1;
-#pragma unroll
-    for (int j = 0; j < ND; ++j) acc[j][0] *= c0, acc[j][1] *= c0, acc[j][2] *= c1, acc[j][3] *= c1;
-    uint32_t pa[NK / 2][4];
-#pragma unroll
-    for (int j = 0; j < NK; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        if constexpr (kFold) {
-          sc[j][e] = round_bf16(fast_exp2(fmaf(sc[j][e], post, -u0)));
-          sc[j][2 + e] = round_bf16(fast_exp2(fmaf(sc[j][2 + e], post, -u1)));
-        } else {
-          sc[j][e] = round_bf16(exp2f(sc[j][e] - u0));
-          sc[j][2 + e] = round_bf16(exp2f(sc[j][2 + e] - u1));
-        }
-        l0 += sc[j][e], l1 += sc[j][2 + e];
-      }
-    }
-#pragma unroll
-    for (int s = 0; s < NK / 2; ++s) {
-      pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
-      pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
-      pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
-      pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
-    }
-#pragma unroll
-    for (int s = 0; s < NK / 2; ++s) {
-#pragma unroll
-      for (int np = 0; np < ND / 2; ++np) {
-        uint32_t bb[4];
-        load_b_kn(bb, Vb, LD, np * 16, s * 16);
-        mma16816(acc[2 * np], pa[s], bb[0], bb[1]);
-        mma16816(acc[2 * np + 1], pa[s], bb[2], bb[3]);
-      }
-    }
-    __syncthreads();  // this buffer is refilled two iterations on
-  }
-  l0 = quad_sum(l0), l1 = quad_sum(l1);
-  const float inv0 = 1.f / l0, inv1 = 1.f / l1;
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-    const int c = 8 * j + 2 * t4;
-    if (ia < a.L) *reinterpret_cast<uint32_t*>(o + int64_t(ia) * qs + c) = pack_bf16(acc[j][0] * inv0, acc[j][1] * inv0);
-    if (ib < a.L) *reinterpret_cast<uint32_t*>(o + int64_t(ib) * qs + c) = pack_bf16(acc[j][2] * inv1, acc[j][3] * inv1);
-  }
-  if (a.lse != nullptr && t4 == 0) {
-    float* lse = a.lse + (int64_t(b) * a.H + h) * a.L;
-    if (ia < a.L) lse[ia] = (m0 + log2f(l0)) / kLog2e;
-    if (ib < a.L) lse[ib] = (m1 + log2f(l1)) / kLog2e;
-  }
-}
-
-// Variant 2: 4 warps x 32 query rows (two m16 tiles per warp, 128 queries per CTA), so each K / V
-// fragment read from shared memory feeds 4 mma instead of 2 (the 16-row kernel above is bound by
-// ldmatrix bandwidth). Q fragments are re-read from shared memory per key block (registers go to the
-// 2 x D / 8 accumulators). Otherwise as variant 1: diagonal-only mask, skipped blocks, folded scale.
-template <int D>
-__global__ void __launch_bounds__(128) flash_fwd_kernel_m32(const FlashArgs a) {
-  constexpr int kW = 4, MT = 2, kBQ = 16 * MT * kW, LD = D + 8, ND = D / 8, NK = kBK / 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
-  bf16* Ks = Qs + kBQ * LD;  // [2][kBK][LD]
-  bf16* Vs = Ks + 2 * kBK * LD;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int nqb = (a.L + kBQ - 1) / kBQ;
-  const int qb = nqb - 1 - blockIdx.x;  // longest rows first
-  const int h = blockIdx.y % a.H, b = blockIdx.y / a.H, hkv = h / (a.H / a.Hkv);
-  const int64_t qs = int64_t(a.H) * D, ks = int64_t(a.Hkv) * D;
-  const bf16* q = static_cast<const bf16*>(a.q) + int64_t(b) * a.L * qs + int64_t(h) * D;
-  const bf16* k = static_cast<const bf16*>(a.k) + int64_t(b) * a.L * ks + int64_t(hkv) * D;
-  const bf16* v = static_cast<const bf16*>(a.v) + int64_t(b) * a.L * ks + int64_t(hkv) * D;
-  bf16* o = static_cast<bf16*>(a.out) + int64_t(b) * a.L * qs + int64_t(h) * D;
-  const float scale2 = (a.scale > 0 ? a.scale : rsqrtf(float(D))) * kLog2e;
-
-  auto load_tile = [&](bf16* dst, const bf16* src, int64_t stride, int row0, int rows) {
-    for (int p = tid; p < rows * D / 8; p += kW * 32) {
-      const int r = p / (D / 8), c = (p % (D / 8)) * 8, pos = row0 + r;
-      const bool ok = pos < a.L;
-      cp_async16(dst + r * LD + c, src + int64_t(ok ? pos : 0) * stride + c, ok ? 16 : 0);
-    }
-  };
-  load_tile(Qs, q, qs, qb * kBQ, kBQ);
-  load_tile(Ks, k, ks, 0, kBK);
-  load_tile(Vs, v, ks, 0, kBK);
-  cp_async_commit();
-
-  const int r0 = warp * 16 * MT, wrow0 = qb * kBQ + r0;  // this warp's first query
-  float m[MT][2], l[MT][2], acc[MT][ND][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.f;
-#pragma unroll
-    for (int j = 0; j < ND; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
-  }
-
-  const int last = min((qb + 1) * kBQ, a.L);
-  const int nkb = last / kBK + (last % kBK != 0);
-  for (int kb = 0; kb < nkb; ++kb) {
-    if (kb + 1 < nkb) {
-      load_tile(Ks + ((kb + 1) & 1) * kBK * LD, k, ks, (kb + 1) * kBK, kBK);
-      load_tile(Vs + ((kb + 1) & 1) * kBK * LD, v, ks, (kb + 1) * kBK, kBK);
-      cp_async_commit();
-      asm volatile("cp.async.wait_group 1;\n" ::);
-    } else {
-      cp_async_wait_all();
-    }
-    __syncthreads();
-    const int t0 = kb * kBK;
-    if (t0 > wrow0 + 16 * MT - 1) {  // every row of this warp precedes the key block
-      __syncthreads();
-      continue;
-    }
-    const bf16* Kb = Ks + (kb & 1) * kBK * LD;
-    const bf16* Vb = Vs + (kb & 1) * kBK * LD;
-    float sc[MT][NK][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int j = 0; j < NK; ++j) sc[mt][j][0] = sc[mt][j][1] = sc[mt][j][2] = sc[mt][j][3] = 0.f;
-#pragma unroll
-    for (int s = 0; s < D / 16; ++s) {
-      uint32_t qa[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) load_a(qa[mt], Qs, LD, r0 + 16 * mt, s * 16);
-#pragma unroll
-      for (int np = 0; np < NK / 2; ++np) {
-        uint32_t bb[4];
-        load_b_nk(bb, Kb, LD, np * 16, s * 16);
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          mma16816(sc[mt][2 * np], qa[mt], bb[0], bb[1]);
-          mma16816(sc[mt][2 * np + 1], qa[mt], bb[2], bb[3]);
-        }
-      }
-    }
-    // raw scores; the scale goes into the exponent's FMA (max commutes with a positive scale)
-    const bool masked = t0 + kBK - 1 > wrow0 || t0 + kBK > a.L;
-    uint32_t pa[MT][NK / 2][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      const int ia = wrow0 + 16 * mt + g, ib = ia + 8;
-      float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-      for (int j = 0; j < NK; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          if (masked) {
-            const int tt = t0 + 8 * j + 2 * t4 + e;
-            if (!(tt <= ia && tt < a.L)) sc[mt][j][e] = -INFINITY;
-            if (!(tt <= ib && tt < a.L)) sc[mt][j][2 + e] = -INFINITY;
-          }
-          mx0 = fmaxf(mx0, sc[mt][j][e]), mx1 = fmaxf(mx1, sc[mt][j][2 + e]);
-        }
-      }
-      const float mn0 = fmaxf(m[mt][0], quad_max(mx0) * scale2), mn1 = fmaxf(m[mt][1], quad_max(mx1) * scale2);
-      const float u0 = mn0 == -INFINITY ? 0.f : mn0, u1 = mn1 == -INFINITY ? 0.f : mn1;
-      const float c0 = fast_exp2(m[mt][0] - u0), c1 = fast_exp2(m[mt][1] - u1);
-      m[mt][0] = mn0, m[mt][1] = mn1, l[mt][0] *= c0, l[mt][1] *= c1;
-#pragma unroll
-      for (int j = 0; j < ND; ++j) acc[mt][j][0] *= c0, acc[mt][j][1] *= c0, acc[mt][j][2] *= c1, acc[mt][j][3] *= c1;
-#pragma unroll
-      for (int j = 0; j < NK; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          sc[mt][j][e] = round_bf16(fast_exp2(fmaf(sc[mt][j][e], scale2, -u0)));
-          sc[mt][j][2 + e] = round_bf16(fast_exp2(fmaf(sc[mt][j][2 + e], scale2, -u1)));
-          l[mt][0] += sc[mt][j][e], l[mt][1] += sc[mt][j][2 + e];
-        }
-      }
-#pragma unroll
-      for (int s = 0; s < NK / 2; ++s) {
-        pa[mt][s][0] = pack_bf16(sc[mt][2 * s][0], sc[mt][2 * s][1]);
-        pa[mt][s][1] = pack_bf16(sc[mt][2 * s][2], sc[mt][2 * s][3]);
-        pa[mt][s][2] = pack_bf16(sc[mt][2 * s + 1][0], sc[mt][2 * s + 1][1]);
-        pa[mt][s][3] = pack_bf16(sc[mt][2 * s + 1][2], sc[mt][2 * s + 1][3]);
-      }
-    }
-#pragma unroll
-    for (int s = 0; s < NK / 2; ++s) {
-#pragma unroll
-      for (int np = 0; np < ND / 2; ++np) {
-        uint32_t bb[4];
-        load_b_kn(bb, Vb, LD, np * 16, s * 16);
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          mma16816(acc[mt][2 * np], pa[mt][s], bb[0], bb[1]);
-          mma16816(acc[mt][2 * np + 1], pa[mt][s], bb[2], bb[3]);
-        }
-      }
-    }
-    __syncthreads();  // this buffer is refilled two iterations on
-  }
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    const int ia = wrow0 + 16 * mt + g, ib = ia + 8;
-    const float l0 = quad_sum(l[mt][0]), l1 = quad_sum(l[mt][1]);
-    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
-#pragma unroll
-    for (int j = 0; j < ND; ++j) {
-      const int c = 8 * j + 2 * t4;
-      if (ia < a.L)
-        *reinterpret_cast<uint32_t*>(o + int64_t(ia) * qs + c) = pack_bf16(acc[mt][j][0] * inv0, acc[mt][j][1] * inv0);
-      if (ib < a.L)
-        *reinterpret_cast<uint32_t*>(o + int64_t(ib) * qs + c) = pack_bf16(acc[mt][j][2] * inv1, acc[mt][j][3] * inv1);
-    }
-    if (a.lse != nullptr && t4 == 0) {
-      float* lse = a.lse + (int64_t(b) * a.H + h) * a.L;
-      if (ia < a.L) lse[ia] = (m[mt][0] + log2f(l0)) / kLog2e;
-      if (ib < a.L) lse[ib] = (m[mt][1] + log2f(l1)) / kLog2e;
-    }
-  }
-}
-
-// Variants 3, 4: Hopper warpgroup MMA (wgmma, sm_90a). CTA = kWG warpgroups (128 threads each), each
-// owning 64 query rows (one m64 tile); no producer warps: all threads issue the cp.async copies.
+// Hopper warpgroup MMA (wgmma, sm_90a). CTA = kWG = 2 warpgroups (128 threads each), each owning 64
+// query rows (one m64 tile); no producer warps: all threads issue the cp.async copies.
 // Q (64 kWG x D) and double-buffered K, V blocks (BK x D) sit in shared memory in the SW128 layout of
 // wgmma.cuh (written swizzled by cp.async, then fence.proxy.async + barrier before wgmma reads them).
 // Per key block and warpgroup: S = Q K^T by D/16 wgmma m64nBKk16 (A = Q, B = K, both K-major from
 // shared memory), online softmax on the fp32 accumulator in registers (log2 domain, raw scores,
-// scale folded into the exponent's FMA as in variants 1-2), P rounded to bf16 and repacked from the
+// scale folded into the exponent's FMA), P rounded to bf16 and repacked from the
 // accumulator layout into wgmma's register-A fragments (the same per-warp layout as mma.sync), then
 // O += P V by BK/16 wgmma m64nDk16 (A = P from registers, B = V from shared memory, MN-major via
 // imm-trans-b). Causal mask only on blocks crossing a warpgroup's first row or L; a warpgroup whose
 // rows all precede the key block skips it. Grid (B * H, query blocks), the longest blocks first
-// across all heads. Variant 3: kWG = 2 warpgroups (128 queries), BK = 64 for D = 128 (64 + 32
-// accumulator registers), 128 for D = 64, <= 128 registers so that 2 CTAs share an SM (the other CTA's
-// wgmma runs while this one does its softmax). Variant 4: kWG = 3 (192 queries), BK = 128 at both D
-// (S's B operand twice as wide: half the shared-memory reads per flop), 1 CTA per SM, <= 168 registers.
+// across all heads. 128 queries per CTA, BK = 64 for D = 128 (64 + 32 accumulator registers), 128 for
+// D = 64, <= 128 registers so that 2 CTAs share an SM (the other CTA's wgmma runs while this one does
+// its softmax).
+constexpr int kWG = 2;
+
 template <int R, int D, int NT>
 __device__ __forceinline__ void load_sw128(unsigned char* dst, const bf16* src, int64_t stride, int row0, int L,
                                            int tid) {
@@ -380,11 +58,11 @@ __device__ __forceinline__ void load_sw128(unsigned char* dst, const bf16* src, 
   }
 }
 
-template <int D, int BK, int kWG>
-__global__ void __launch_bounds__(128 * kWG, kWG == 2 ? 2 : 1) flash_fwd_wgmma(const FlashArgs a) {
+template <int D, int BK>
+__global__ void __launch_bounds__(128 * kWG, 2) flash_fwd_wgmma(const FlashArgs a) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   // wgmma exists only in sm_90a code (CMake's 90a; -gencode=arch=compute_90a,code=sm_90a).
-  if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) printf("flash attention fwd v3 needs an sm_90a build\n");
+  if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) printf("flash attention fwd needs an sm_90a build\n");
 #else
   constexpr int kNT = 128 * kWG, kBQ = 64 * kWG;
   constexpr uint32_t kQBytes = kBQ * D * 2, kKBytes = BK * D * 2;
@@ -507,34 +185,11 @@ __global__ void __launch_bounds__(128 * kWG, kWG == 2 ? 2 : 1) flash_fwd_wgmma(c
 #endif
 }
 
-template <int D, int kWarps, bool kSkip>
-void launch(const FlashArgs& a, cudaStream_t s) {
-  constexpr int kBQ = 16 * kWarps;
-  const size_t smem = size_t(kBQ + 4 * kBK) * (D + 8) * sizeof(bf16);
-  auto kern = flash_fwd_kernel<D, kWarps, kSkip>;
-  LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  dim3 grid((a.L + kBQ - 1) / kBQ, a.B * a.H);
-  kern<<<grid, kWarps * 32, smem, s>>>(a);
-  cudaError_t e = cudaGetLastError();
-  LZ_CUDA_CHECK(e == cudaSuccess, "flash attention (cuda): launch failed: ", cudaGetErrorString(e));
-}
-
-template <int D>
-void launch_m32(const FlashArgs& a, cudaStream_t s) {
-  constexpr int kBQ = 128;
-  const size_t smem = size_t(kBQ + 4 * kBK) * (D + 8) * sizeof(bf16);
-  auto kern = flash_fwd_kernel_m32<D>;
-  LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kern<<<dim3((a.L + kBQ - 1) / kBQ, a.B * a.H), 128, smem, s>>>(a);
-  cudaError_t e = cudaGetLastError();
-  LZ_CUDA_CHECK(e == cudaSuccess, "flash attention (cuda): launch failed: ", cudaGetErrorString(e));
-}
-
-template <int D, int BK, int kWG>
+template <int D, int BK>
 void launch_wgmma(const FlashArgs& a, cudaStream_t s) {
   constexpr int kBQ = 64 * kWG;
   const size_t smem = size_t(kBQ + 4 * BK) * D * sizeof(bf16) + 1024;  // + 1024: aligning the swizzle atoms
-  auto kern = flash_fwd_wgmma<D, BK, kWG>;
+  auto kern = flash_fwd_wgmma<D, BK>;
   LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const int nqb = (a.L + kBQ - 1) / kBQ;
   LZ_CUDA_CHECK(nqb <= 65535, "flash attention (cuda): L = ", a.L, " too long for the wgmma kernel's grid");
@@ -545,29 +200,12 @@ void launch_wgmma(const FlashArgs& a, cudaStream_t s) {
 
 }  // namespace
 
-void flash_set_variant(int fwd, int bwd) {
-  LZ_CUDA_CHECK(fwd >= kFlashFwdAuto && fwd < kFlashFwdVariants && bwd >= 0 && bwd < kFlashBwdVariants,
-                "flash attention (cuda): no variant fwd ", fwd, " bwd ", bwd);
-  g_variant = FlashVariant{fwd, bwd};
-}
-
-FlashVariant flash_variant() { return g_variant; }
-
 void flash_attention_fwd(const FlashArgs& a, cudaStream_t s) {
   LZ_CUDA_CHECK(a.B > 0 && a.L > 0 && a.H > 0 && a.Hkv > 0 && a.H % a.Hkv == 0,
                 "flash attention (cuda): bad shape B=", a.B, " L=", a.L, " H=", a.H, " Hkv=", a.Hkv);
   LZ_CUDA_CHECK(a.q && a.k && a.v && a.out, "flash attention (cuda): a tensor pointer is null");
-  const int v = g_variant.fwd != kFlashFwdAuto ? g_variant.fwd : 3;  // wgmma: fastest at both D (H200)
-  if (a.D == 64) {
-    if (v == 3) return launch_wgmma<64, 128, 2>(a, s);
-    if (v == 4) return launch_wgmma<64, 128, 3>(a, s);
-    return v == 2 ? launch_m32<64>(a, s) : v == 1 ? launch<64, 8, true>(a, s) : launch<64, 4, false>(a, s);
-  }
-  if (a.D == 128) {
-    if (v == 3) return launch_wgmma<128, 64, 2>(a, s);
-    if (v == 4) return launch_wgmma<128, 128, 3>(a, s);
-    return v == 2 ? launch_m32<128>(a, s) : v == 1 ? launch<128, 8, true>(a, s) : launch<128, 4, false>(a, s);
-  }
+  if (a.D == 64) return launch_wgmma<64, 128>(a, s);
+  if (a.D == 128) return launch_wgmma<128, 64>(a, s);
   fail_cat("flash attention (cuda): head dim must be 64 or 128, got ", a.D);
 }
 

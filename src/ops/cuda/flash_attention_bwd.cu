@@ -10,12 +10,9 @@
 //   3. dq: one CTA (4 warps x 16 queries) per (64-query block, b, h); loops over key blocks like the
 //      forward, recomputing S and dP:  dQ += (P (dP - delta)) K.
 // This recomputes Q K^T and dO V^T once more than an atomic-dq design (7 instead of 5 matrix
-// products per block pair) in exchange for no fp32 dq workspace, no memset and no atomics.
-// Variant 1 (flash_set_variant) is that atomic-dq design: kernel 2 also writes dS^T to shared
-// memory and each warp adds (dS K) for 16 queries to an fp32 dq workspace with atomics (red.add);
-// kernel 3 becomes a conversion (scale, bf16). Not bitwise deterministic (atomic order).
-// Variant 2: variant 1 with 128-key CTAs (8 warps), so each Q / dO tile brought to shared memory
-// feeds twice the keys; the dQ product is split over the 8 warps as 4 query rows x 2 column halves.
+// products per block pair) in exchange for no fp32 dq workspace, no memset and no atomics. The
+// atomic-dq designs (64- and 128-key CTAs) were slower at every shape on the H200 and are deleted
+// (docs/cuda_notes.md, 2026-11-27).
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -55,23 +52,22 @@ __global__ void flash_bwd_delta_kernel(const bf16* __restrict__ out, const bf16*
   }
 }
 
-// Copy a kRows-row tile (rows row0.., D columns) of a [.., stride] bf16 matrix into shared memory
-// with row stride LD, by kNThreads threads; rows past L are zero-filled.
-template <int D, int kRows = kB, int kNThreads = kThreads>
+// Copy a kB-row tile (rows row0.., D columns) of a [.., stride] bf16 matrix into shared memory
+// with row stride LD, by the CTA's kThreads threads; rows past L are zero-filled.
+template <int D>
 __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t stride, int row0, int L) {
   constexpr int LD = D + 8;
-  for (int p = threadIdx.x; p < kRows * D / 8; p += kNThreads) {
+  for (int p = threadIdx.x; p < kB * D / 8; p += kThreads) {
     const int r = p / (D / 8), c = (p % (D / 8)) * 8, pos = row0 + r;
     const bool ok = pos < L;
     cp_async16(dst + r * LD + c, src + int64_t(ok ? pos : 0) * stride + c, ok ? 16 : 0);
   }
 }
 
-// kW warps, 16 keys each (kBK = 16 kW keys per CTA); query tiles of kB rows.
-template <int D, bool kAtomicDq, int kW>
-__global__ void __launch_bounds__(kW * 32) flash_bwd_dkdv_kernel(const FlashBwdArgs a) {
-  constexpr int LD = D + 8, ND = D / 8, NQ = kB / 8, kBK = 16 * kW, kNT = kW * 32;
-  static_assert(kW % 4 == 0 && !(kW > 4 && !kAtomicDq), "dQ split: kB / 16 = 4 row tiles per column group");
+// kWarps warps, 16 keys each (kB keys per CTA); query tiles of kB rows.
+template <int D>
+__global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(const FlashBwdArgs a) {
+  constexpr int LD = D + 8, ND = D / 8, NQ = kB / 8, kBK = kB;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
   bf16* Vs = Ks + kBK * LD;
@@ -79,8 +75,6 @@ __global__ void __launch_bounds__(kW * 32) flash_bwd_dkdv_kernel(const FlashBwdA
   bf16* dOs = Qs + 2 * kB * LD;  // [2][kB][LD]
   float* lse2s = reinterpret_cast<float*>(dOs + 2 * kB * LD);  // [2][kB], log2 domain
   float* dels = lse2s + 2 * kB;                                // [2][kB]
-  constexpr int LDS = kB + 8;
-  bf16* dSs = reinterpret_cast<bf16*>(dels + 2 * kB);  // [kBK keys][LDS], atomic-dq variants only
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const int kb = blockIdx.x;  // small kb = most query blocks: scheduled first
   const int hkv = blockIdx.y % a.Hkv, b = blockIdx.y / a.Hkv, G = a.H / a.Hkv;
@@ -96,8 +90,8 @@ __global__ void __launch_bounds__(kW * 32) flash_bwd_dkdv_kernel(const FlashBwdA
 
   auto issue = [&](int it, int buf) {
     const int j = it / nq_it, qb = qb0 + it % nq_it, h = hkv * G + j;
-    load_tile<D, kB, kNT>(Qs + buf * kB * LD, q0 + int64_t(h) * D, qs, qb * kB, a.L);
-    load_tile<D, kB, kNT>(dOs + buf * kB * LD, do0 + int64_t(h) * D, qs, qb * kB, a.L);
+    load_tile<D>(Qs + buf * kB * LD, q0 + int64_t(h) * D, qs, qb * kB, a.L);
+    load_tile<D>(dOs + buf * kB * LD, do0 + int64_t(h) * D, qs, qb * kB, a.L);
     if (tid < kB) {
       const int i = qb * kB + tid;
       const int64_t r = (int64_t(b) * a.H + h) * a.L + i;
@@ -106,8 +100,8 @@ __global__ void __launch_bounds__(kW * 32) flash_bwd_dkdv_kernel(const FlashBwdA
       dels[buf * kB + tid] = ok ? a.delta[r] : 0.f;
     }
   };
-  load_tile<D, kBK, kNT>(Ks, k, ks, kb * kBK, a.L);
-  load_tile<D, kBK, kNT>(Vs, v, ks, kb * kBK, a.L);
+  load_tile<D>(Ks, k, ks, kb * kBK, a.L);
+  load_tile<D>(Vs, v, ks, kb * kBK, a.L);
   issue(0, 0);
   cp_async_commit();
 
@@ -225,55 +219,7 @@ __global__ void __launch_bounds__(kW * 32) flash_bwd_dkdv_kernel(const FlashBwdA
         mma16816(dk[2 * np + 1], pa[s], bb[2], bb[3]);
       }
     }
-    if constexpr (kAtomicDq) {
-      // dS^T rows (keys r0 + g, r0 + g + 8) to shared memory, then dQ (16 queries per warp) += dS K.
-#pragma unroll
-      for (int s = 0; s < NQ / 2; ++s) {
-        const int c = 16 * s + 2 * t4;
-        *reinterpret_cast<uint32_t*>(dSs + (r0 + g) * LDS + c) = pa[s][0];
-        *reinterpret_cast<uint32_t*>(dSs + (r0 + g + 8) * LDS + c) = pa[s][1];
-        *reinterpret_cast<uint32_t*>(dSs + (r0 + g) * LDS + c + 8) = pa[s][2];
-        *reinterpret_cast<uint32_t*>(dSs + (r0 + g + 8) * LDS + c + 8) = pa[s][3];
-      }
-      __syncthreads();
-      // warp -> 16 query rows (warp % 4) x D / (kW / 4) columns (warp / 4), summed over all kBK keys;
-      // 32 columns at a time (not unrolled) so that few accumulators live beside dk and dv.
-      constexpr int kCols = D / (kW / 4);
-      const int qr0 = (warp % 4) * 16, c0 = (warp / 4) * kCols;
-      const int h = hkv * G + it / nq_it, qa0 = qb * kB + qr0 + g, qa1 = qa0 + 8;
-      float* dqa = a.dq_accum + int64_t(b) * a.L * qs + int64_t(h) * D;
-#pragma unroll 1
-      for (int cc = c0; cc < c0 + kCols; cc += 32) {
-        float dqp[4][4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) dqp[j][0] = dqp[j][1] = dqp[j][2] = dqp[j][3] = 0.f;
-#pragma unroll
-        for (int s = 0; s < kBK / 16; ++s) {
-          uint32_t sa[4];
-          load_a_t(sa, dSs, LDS, qr0, s * 16);  // dS (queries as rows) from dS^T [key][query]
-#pragma unroll
-          for (int np = 0; np < 2; ++np) {
-            uint32_t bb[4];
-            load_b_kn(bb, Ks, LD, cc + np * 16, s * 16);
-            mma16816(dqp[2 * np], sa, bb[0], bb[1]);
-            mma16816(dqp[2 * np + 1], sa, bb[2], bb[3]);
-          }
-        }
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int c = cc + 8 * j + 2 * t4;
-          if (qa0 < a.L) {
-            atomicAdd(dqa + int64_t(qa0) * qs + c, dqp[j][0]);
-            atomicAdd(dqa + int64_t(qa0) * qs + c + 1, dqp[j][1]);
-          }
-          if (qa1 < a.L) {
-            atomicAdd(dqa + int64_t(qa1) * qs + c, dqp[j][2]);
-            atomicAdd(dqa + int64_t(qa1) * qs + c + 1, dqp[j][3]);
-          }
-        }
-      }
-    }
-    __syncthreads();  // this buffer (and dSs) is refilled by the next iteration
+    __syncthreads();  // this buffer is refilled by the next iteration
   }
   bf16* dkp = static_cast<bf16*>(a.dk) + int64_t(b) * a.L * ks + int64_t(hkv) * D;
   bf16* dvp = static_cast<bf16*>(a.dv) + int64_t(b) * a.L * ks + int64_t(hkv) * D;
@@ -289,17 +235,6 @@ __global__ void __launch_bounds__(kW * 32) flash_bwd_dkdv_kernel(const FlashBwdA
       *reinterpret_cast<uint32_t*>(dvp + int64_t(kr1) * ks + c) = pack_bf16(dv[j][2], dv[j][3]);
     }
   }
-}
-
-// dq (bf16) = scale * dq_accum (fp32), n elements, both [B, L, H, D]; n a multiple of 4.
-__global__ void flash_bwd_dq_convert_kernel(const float* __restrict__ acc, bf16* __restrict__ dq, int64_t n, float scale) {
-  const int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
-  if (i >= n) return;
-  const float4 x = *reinterpret_cast<const float4*>(acc + i);
-  uint2 y;
-  y.x = pack_bf16(x.x * scale, x.y * scale);
-  y.y = pack_bf16(x.z * scale, x.w * scale);
-  *reinterpret_cast<uint2*>(dq + i) = y;
 }
 
 template <int D>
@@ -423,39 +358,22 @@ void check_launch(const char* what) {
 }
 
 template <int D>
-void launch_bwd(const FlashBwdArgs& a_in, cudaStream_t s) {
-  FlashBwdArgs a = a_in;
-  const int variant = flash_variant().bwd;
-  const bool atomic_dq = variant >= 1;
-  const int64_t n_dq = int64_t(a.B) * a.L * a.H * D;
-  const bool own_accum = atomic_dq && a.dq_accum == nullptr;
-  if (own_accum) LZ_CUDA_OK(cudaMallocAsync(reinterpret_cast<void**>(&a.dq_accum), n_dq * sizeof(float), s));
-  if (atomic_dq) LZ_CUDA_OK(cudaMemsetAsync(a.dq_accum, 0, n_dq * sizeof(float), s));
+void launch_bwd(const FlashBwdArgs& a, cudaStream_t s) {
   const int64_t rows = int64_t(a.B) * a.L * a.H;
   constexpr int kRowsPerBlock = 8;
   flash_bwd_delta_kernel<<<unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock), kRowsPerBlock * 32, 0, s>>>(
       static_cast<const bf16*>(a.out), static_cast<const bf16*>(a.dout), a.delta, a.B, a.L, a.H, D);
   check_launch("delta");
   const int nb = (a.L + kB - 1) / kB;
-  const size_t tiles = size_t(6) * kB * (D + 8) * sizeof(bf16);
   {
-    const int kbk = variant == 2 ? 128 : kB;  // keys per dk/dv CTA
-    const size_t smem = size_t(2 * kbk + 4 * kB) * (D + 8) * sizeof(bf16) + 4 * kB * sizeof(float) +
-                        (atomic_dq ? size_t(kbk) * (kB + 8) * sizeof(bf16) : 0);
-    auto kern = variant == 2 ? flash_bwd_dkdv_kernel<D, true, 8>
-                : atomic_dq  ? flash_bwd_dkdv_kernel<D, true, 4>
-                             : flash_bwd_dkdv_kernel<D, false, 4>;
+    const size_t smem = size_t(6) * kB * (D + 8) * sizeof(bf16) + 4 * kB * sizeof(float);
+    auto kern = flash_bwd_dkdv_kernel<D>;
     LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kern<<<dim3((a.L + kbk - 1) / kbk, a.B * a.Hkv), kbk * 2, smem, s>>>(a);
+    kern<<<dim3(nb, a.B * a.Hkv), kThreads, smem, s>>>(a);
     check_launch("dk/dv");
   }
-  if (atomic_dq) {
-    const int64_t threads = n_dq / 4;
-    flash_bwd_dq_convert_kernel<<<unsigned((threads + 255) / 256), 256, 0, s>>>(
-        a.dq_accum, static_cast<bf16*>(a.dq), n_dq, a.scale > 0 ? a.scale : 1.f / std::sqrt(float(D)));
-    check_launch("dq convert");
-    if (own_accum) LZ_CUDA_OK(cudaFreeAsync(a.dq_accum, s));
-  } else {
+  {
+    const size_t tiles = size_t(6) * kB * (D + 8) * sizeof(bf16);
     auto kern = flash_bwd_dq_kernel<D>;
     LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiles)));
     kern<<<dim3(nb, a.B * a.H), kThreads, tiles, s>>>(a);

@@ -55,18 +55,17 @@ struct LizardAttnArgs {
 // window <= 192 at D = 128 (shared memory). Throws lizard::Error on anything it cannot do.
 void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream = nullptr);
 
-// 0 = straight-line tiles, 1 = skip fully masked 16-key tiles, 2 (default) = next chunk's tiles
-// prefetched with cp.async while the current one computes, phi_K moved to the gate warps (balanced
-// groups); 2 runs v0 where its ring does not fit (w > 128 at D = 128) and ignores set_forward_split.
-// H200, B16 H32 D128: v2 1.487 / 2.933 / 5.860 ms at L 2048 / 4096 / 8192 against v0's 1.668 / 3.341 /
-// 6.674, output identical to v0 (bench_lizard.py --final, 2026-11-27).
-// 3 = v2 with the window scores / P V, phi_Q S, (A .* decay) V, the state update and (F = 64) the
-// feature maps on Hopper wgmma (sm_90a; SW128 Q/K/V/S16/W tiles), 4 = 3 with phi_Q S issued after
-// the intra-chunk scores instead of overlapping them. Both cover every D/F/act/gate config of v2 and run v2 (then v0) where their
-// shared memory does not fit or the device is not sm_90. H200 (bench_lizard.py --quick, same run):
-// B16 H32 D128 L2048 v3 1.346 / v4 1.412 / v2 1.479 ms; B8 H9 D64 L2048 v3 0.286 / v4 0.293 / v2 0.316.
+// 3 (default) = Hopper wgmma kernel (sm_90a): next chunk's tiles prefetched with cp.async while the
+// current one computes, phi_K on the gate warps, window scores / P V, phi_Q S, (A .* decay) V, the
+// state update and (F = 64) the feature maps on wgmma. It covers every D/F/act/gate config and runs
+// v0 where its shared memory does not fit (D = 128: w > 129 at F = 64, w > 193 at F = 32) or the
+// device is not sm_90.
+// 0 = straight-line mma.sync tiles, the general fallback; the only one set_forward_split applies to.
+// H200 (bench_lizard.py --quick, 2026-11-27): B16 H32 D128 L2048 v3 1.346 ms (v2 1.479, v4 1.412);
+// B8 H9 D64 L2048 v3 0.286 (v2 0.316, v4 0.293). v1 (tile skipping), v2 (v3's schedule on mma.sync)
+// and v4 (v3 with the intra scores issued before phi_Q S) were slower and are deleted.
 constexpr int kForwardVariantDefault = 3;
-void set_forward_variant(int variant);
+void set_forward_variant(int variant);  // 0 or 3; throws lizard::Error otherwise
 // Value-column split over two CTAs per (b, h): 0 = auto (when 2 * B * Hq <= multiprocessors), 1 = never,
 // 2 = always.
 void set_forward_split(int mode);

@@ -116,9 +116,8 @@ __device__ __forceinline__ void rows_times_w(float (&acc)[F / 8][4], const bf16*
   }
 }
 
-// kSkip: skip 16-key tiles that are fully masked (causal / outside every row's window). Fewer mma,
-// but the data-dependent branches split the unrolled load/mma stream (measured slower on H200).
-template <int D, int F, bool kSkip, int DV>
+// Variant 0: the general kernel (any window whose tiles fit, value columns optionally split).
+template <int D, int F, int DV>
 __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAttnArgs a, int ring, int nb) {
   using S = FwdSmem<D, F, DV>;
   constexpr int F2 = S::F2, LDD = S::LDD, LDV = S::LDV, LDF = S::LDF, LDW = S::LDW;
@@ -291,12 +290,10 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       float sc[NK][4];
 #pragma unroll
       for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
-      const int gw = warp;  // causal: key pairs (16 keys) beyond this warp's last row are all masked
 #pragma unroll
       for (int s = 0; s < F2 / 16; ++s) {
 #pragma unroll
         for (int np = 0; np < NK / 2; ++np) {
-          if (kSkip && np > gw) continue;
           uint32_t bb[4];
           load_b_nk(bb, Pk, LDF, np * 16, s * 16);
           mma16816(sc[2 * np], phq[s], bb[0], bb[1]);
@@ -343,7 +340,6 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       for (int j = 0; j < ND; ++j) og[j][0] *= e0, og[j][1] *= e0, og[j][2] *= e1, og[j][3] *= e1;
 #pragma unroll
       for (int s = 0; s < NK / 2; ++s) {
-        if (kSkip && s > gw) continue;
 #pragma unroll
         for (int np = 0; np < ND / 2; ++np) {
           uint32_t bb[4];
@@ -372,9 +368,6 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         if (t0 + kC - 1 < wmin - w + 1 || t0 > wmax) continue;  // no key of this block in any window
         const bf16* Kb = Ks + (cn % ring) * kC * LDD;
         const bf16* Vb = Vs + (cn % ring) * kC * LDV;
-        // key pairs (16 keys) [plo, phi] hold a key of some row's window; the rest are skipped
-        const int plo = max(0, wmin - w + 1 - t0) / 16;
-        const int phi = min(NK / 2 - 1, (wmax - t0) / 16);
         float sc[NK][4];
 #pragma unroll
         for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
@@ -384,7 +377,6 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
           load_a(qa, Qs, LDD, r0, ks * 16);
 #pragma unroll
           for (int np = 0; np < NK / 2; ++np) {
-            if (kSkip && (np < plo || np > phi)) continue;
             uint32_t bb[4];
             load_b_nk(bb, Kb, LDD, np * 16, ks * 16);
             mma16816(sc[2 * np], qa, bb[0], bb[1]);
@@ -428,7 +420,6 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         }
 #pragma unroll
         for (int s = 0; s < NK / 2; ++s) {
-          if (kSkip && (s < plo || s > phi)) continue;
 #pragma unroll
           for (int np = 0; np < ND / 2; ++np) {
             uint32_t bb[4];
@@ -524,8 +515,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
   }
 }
 
-template <int D, int F, bool kSkip, int DV>
-void launch_fwd1(const LizardAttnArgs& a, cudaStream_t stream) {
+template <int D, int F, int DV>
+void launch_fwd0(const LizardAttnArgs& a, cudaStream_t stream) {
   const int nb = a.window > 1 ? (a.window - 1 + kC - 1) / kC : 0;
   const int ring = nb + 1;
   const size_t smem = FwdSmem<D, F, DV>::bytes(ring);
@@ -533,7 +524,7 @@ void launch_fwd1(const LizardAttnArgs& a, cudaStream_t stream) {
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   LZ_CUDA_CHECK(smem <= size_t(optin), "lizard attention (cuda): window ", a.window, " needs ", smem, " bytes of shared memory at D=", D, " F=", F, ", the device has ", optin);
-  auto kern = lizard_fwd_kernel<D, F, kSkip, DV>;
+  auto kern = lizard_fwd_kernel<D, F, DV>;
   cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   kern<<<a.B * a.Hq * (D / DV), kThreads, smem, stream>>>(a, ring, nb);
   cudaError_t e = cudaGetLastError();
@@ -541,33 +532,37 @@ void launch_fwd1(const LizardAttnArgs& a, cudaStream_t stream) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Variant 2: v1's math and fragment layout, with the chunk loads off the critical path and the
-// work rebalanced between the warp groups.
-// - Q of chunk n+1 is fetched with cp.async into a second Q tile as soon as chunk n starts; K/V of
-//   chunk n+1 go into the ring slot of chunk n+1-ring, issued by the window warps right after they
-//   finish that (oldest) block of their window. log gamma of the next chunk waits in warp 0's
-//   registers. So the only global latency left at a chunk start is what one chunk's compute did
-//   not hide.
-// - Gate warps compute phi_K as well as phi_Q (window group ~6.2 MFLOP per chunk, gate group
-//   ~5.3 instead of 4.2); the window warps start their window at once and wait for phi_K (named
-//   barrier) only before the state update. 3 CTA-wide barriers per chunk instead of 4.
-// Shared memory: v1's plus one Q tile (17,408 B at D=128): 231,168 B at D128/F64/w128 (ring 3),
-// checked below against the 227 KB opt-in limit. The ring is at least 2 (prefetch slot) also for
-// w <= 1; windows whose ring does not fit (w > 128 at D=128) run v1.
-template <int D, int F>
-struct Fwd2Smem {
-  static constexpr int F2 = 2 * F, LDD = D + 8, LDF = F2 + 8, LDW = F + 8;
-  static constexpr size_t bytes(int ring) {
-    return (size_t(2) * kC * LDD            // Q, double-buffered (then the window output)
-            + size_t(2) * ring * kC * LDD   // K and V rings
-            + size_t(kC) * LDF              // phi_K
-            + size_t(F2) * LDD              // S (bf16)
-            + size_t(2) * D * LDW) * 2      // Wq, Wk
-           + size_t(2 * kC + F2 + 4 * F2) * 4;  // b, next chunk's log gamma, z, z partial sums
-  }
-};
-static_assert(Fwd2Smem<128, 64>::bytes(3) == 231424, "v2 shared memory at D128/F64/w128");
-static_assert(Fwd2Smem<128, 64>::bytes(3) <= 227 * 1024, "v2 must fit the sm_90 opt-in limit at w = 128");
+// Variant 3 (the default): v0's math with the chunk loads off the critical path, the work
+// rebalanced between the warp groups, and the big chunk products on Hopper warpgroup MMA (wgmma,
+// sm_90a; helpers and the SW128 smem layout in wgmma.cuh, as in the flash forward).
+// - Schedule: Q of chunk n+1 is fetched with cp.async into a second Q tile as soon as chunk n starts;
+//   K/V of chunk n+1 go into the ring slot of chunk n+1-ring, issued by the window warps right after
+//   they finish that (oldest) block of their window (the ring is at least 2, the prefetch slot, also
+//   for w <= 1); log gamma of the next chunk is fetched by warp 0. The gate warps compute phi_K as
+//   well as phi_Q; the window warps start their window at once and wait for phi_K (named barrier)
+//   only before the state update.
+// - Warps 0-3 are warpgroup 0 (gate), warps 4-7 warpgroup 1 (window); warp 4 * wg + i owns rows
+//   16 i .. 16 i + 15 of the chunk in both, so the accumulator layout d[4j + e] is the mma.sync
+//   fragment layout of v0 (og[j][e]).
+// - Q (double-buffered), the K and V rings and the bf16 state copy S16 are SW128 tiles (no padding)
+//   written by cp.async / ordinary stores, made visible to wgmma by fence.proxy.async before the
+//   chunk-start barrier.
+// - Window: per key block S = Q K^T by D/16 wgmma m64n64k16 (A = Q, B = K, both K-major in smem),
+//   online softmax on the accumulator (v0's masks, log2 domain), O += P V by 4 wgmma m64nDk16 (P from
+//   registers, V MN-major via trans-b). Key blocks no row of a warpgroup sees are skipped.
+// - Gate: phi_Q S by F2/16 wgmma m64nDk16 (A = phi_Q from registers, B = S16 MN-major), issued before
+//   the barrier on phi_K, then the intra-chunk scores phi_Q phi_K^T by F2/16 wgmma m64n64k16 (B =
+//   phi_K, an SW128 tile of 64 keys x F2, K-major), then (A .* decay) V by 4 wgmma m64nDk16 (A from
+//   registers, B = V MN-major).
+// - State update S = exp(b_C) S + (phi_K .* decay)^T V: 4 wgmma m64nDk16 per warpgroup owning 64
+//   feature rows (F = 64: both, F = 32: warpgroup 0), A = decayed phi_K^T from registers (load_a_t
+//   fragments by ldmatrix.trans from the swizzled phi_K tile), B = V MN-major; S stays fp32 in the
+//   accumulator registers (v0's row ownership), its bf16 copy goes to S16 at the chunk end.
+// - Feature maps X W at F = 64: D/16 wgmma m64n64k16 per map (A = the warp's Q / K rows by ldmatrix
+//   from the SW128 tile, B = W as an SW128 tile, MN-major); F = 32 keeps mma.sync with padded W.
+// Covers every (D, F) of v0; v0 runs where its shared memory does not fit (D = 128: w > 129 at F = 64,
+// w > 193 at F = 32) or the device is not sm_90. (The deleted v2, this schedule on mma.sync, needed
+// more shared memory than v3 at every (D, F, w), so it never ran where v3 could not.)
 
 // Named barriers (id 0 is __syncthreads).
 constexpr int kBarPk = 1;      // gate warps arrive when phi_K is in shared memory, window warps wait
@@ -579,18 +574,6 @@ __device__ __forceinline__ void bar_sync(int id, int count) {
 }
 __device__ __forceinline__ void bar_arrive(int id, int count) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-
-// One chunk's rows of a [L][stride] bf16 matrix into a [64][D + 8] tile, by threads t of nt
-// (rows past L zero-filled).
-template <int D>
-__device__ __forceinline__ void tile_async(bf16* dst, const bf16* src, int stride, int n, int L, int t, int nt) {
-  constexpr int LDD = D + 8;
-  for (int p = t; p < kC * D / 8; p += nt) {
-    const int r = p / (D / 8), c = (p % (D / 8)) * 8, pos = n * kC + r;
-    const bool ok = pos < L;
-    cp_async16(dst + r * LDD + c, src + int64_t(ok ? pos : 0) * stride + c, ok ? 16 : 0);
-  }
 }
 
 // log gamma of chunk n into lg[64] (0 past L), 2 positions per lane; read back by the same lane.
@@ -619,451 +602,10 @@ __device__ __forceinline__ void scan_log_gamma(float* bsum, const float* lg, int
 }
 
 template <int D, int F>
-__global__ void __launch_bounds__(kThreads, 1) lizard_fwd2_kernel(const LizardAttnArgs a, int ring, int nb) {
-  using S = Fwd2Smem<D, F>;
-  constexpr int F2 = S::F2, LDD = S::LDD, LDV = S::LDD, LDF = S::LDF, LDW = S::LDW;
-  constexpr int ND = D / 8;   // n-tiles over the value columns
-  constexpr int NK = kC / 8;  // n-tiles over a chunk's keys
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* Qb = reinterpret_cast<bf16*>(smem_raw);  // two Q tiles
-  bf16* Ks = Qb + 2 * kC * LDD;
-  bf16* Vs = Ks + ring * kC * LDD;
-  bf16* Pk = Vs + ring * kC * LDV;
-  bf16* S16 = Pk + kC * LDF;
-  bf16* Wq = S16 + F2 * LDV;
-  bf16* Wk = Wq + D * LDW;
-  float* bsum = reinterpret_cast<float*>(Wk + D * LDW);
-  float* lgn = bsum + kC;  // log gamma of the next chunk (cp.async by warp 0)
-  float* zs = lgn + kC;
-  float* zpart = zs + F2;
-
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int hq = blockIdx.x % a.Hq, b = blockIdx.x / a.Hq;
-  const int hkv = hq / (a.Hq / a.Hkv);
-  const int L = a.L, w = a.window;
-  const int qstride = a.Hq * D, kstride = a.Hkv * D;  // < 2^31 (row strides)
-  const bf16* qb = static_cast<const bf16*>(a.q) + int64_t(b) * L * qstride + int64_t(hq) * D;
-  const bf16* kb = static_cast<const bf16*>(a.k) + int64_t(b) * L * kstride + int64_t(hkv) * D;
-  const bf16* vb = static_cast<const bf16*>(a.v) + int64_t(b) * L * kstride + int64_t(hkv) * D;
-  bf16* yb = static_cast<bf16*>(a.y) + int64_t(b) * L * qstride + int64_t(hq) * D;
-  const int gts = a.gate_per_head ? a.Hq : 1;
-  const float* lgb = a.log_gamma + int64_t(b) * L * gts + (a.gate_per_head ? hq : 0);
-  const float alpha = a.alpha[a.alpha_per_head ? hq : 0];
-  const float scale2 = (a.scale > 0 ? a.scale : rsqrtf(float(D))) * kLog2e;
-
-  float meta_m = -INFINITY, meta_l = 0.f;
-  if (a.n_meta > 0) {
-    const float* mu = a.meta + (a.meta_per_head ? hq * a.n_meta : 0);
-    for (int j = 0; j < a.n_meta; ++j) meta_m = fmaxf(meta_m, mu[j] * kLog2e);
-    for (int j = 0; j < a.n_meta; ++j) meta_l += exp2f(mu[j] * kLog2e - meta_m);
-  }
-
-  const int nchunks = (L + kC - 1) / kC;
-  // Prologue: feature weights, chunk 0's tiles and b, the zero state.
-  {
-    const bf16* wq = static_cast<const bf16*>(a.wq) + int64_t(hq) * D * F;
-    const bf16* wk = static_cast<const bf16*>(a.wk) + int64_t(hq) * D * F;
-    for (int p = tid; p < D * F / 8; p += kThreads) {
-      int r = p / (F / 8), c = (p % (F / 8)) * 8;
-      cp_async16(Wq + r * LDW + c, wq + r * F + c, 16);
-      cp_async16(Wk + r * LDW + c, wk + r * F + c, 16);
-    }
-    tile_async<D>(Qb, qb, qstride, 0, L, tid, kThreads);
-    tile_async<D>(Ks, kb, kstride, 0, L, tid, kThreads);
-    tile_async<D>(Vs, vb, kstride, 0, L, tid, kThreads);
-    cp_async_commit();
-  }
-  for (int i = tid; i < F2 * LDV; i += kThreads) S16[i] = __float2bfloat16(0.f);
-  for (int i = tid; i < F2; i += kThreads) zs[i] = 0.f;
-  if (warp == 0) {
-    log_gamma_async(lgn, lgb, gts, 0, L, lane);
-    cp_async_wait_all();
-    scan_log_gamma(bsum, lgn, lane);
-    __syncwarp();
-    if (nchunks > 1) log_gamma_async(lgn, lgb, gts, 1, L, lane);
-    cp_async_commit();
-  }
-
-  float sreg[ND][4];
-#pragma unroll
-  for (int j = 0; j < ND; ++j) sreg[j][0] = sreg[j][1] = sreg[j][2] = sreg[j][3] = 0.f;
-  const bool owns_s = warp < F2 / 16;
-  const int f0 = warp * 16;
-
-  for (int n = 0; n < nchunks; ++n) {
-    cp_async_wait_all();
-    __syncthreads();  // (A) chunk n's tiles, b, z and S16 ready; chunk n-1 fully consumed
-    bf16* Qs = Qb + (n & 1) * kC * LDD;
-    const bf16* Kc = Ks + (n % ring) * kC * LDD;
-    const bf16* Vc = Vs + (n % ring) * kC * LDV;
-    if (n + 1 < nchunks) tile_async<D>(Qb + ((n + 1) & 1) * kC * LDD, qb, qstride, n + 1, L, tid, kThreads);
-    cp_async_commit();
-    const float bC = bsum[kC - 1];
-    const int r0 = (warp & 3) * 16;  // the 16 rows this warp works on
-
-    float og[ND][4];  // gate warps: gated output; window warps: window output
-    float l0 = 0.f, l1 = 0.f;
-    if (warp < 4) {
-      {  // phi_K of rows r0.. into shared memory, with the normaliser's decayed key sums
-        float ap[F / 8][4], am[F / 8][4];
-        rows_times_w<D, F>(ap, Kc, Wk, r0);
-        feature_map<F>(ap, am, a.act);
-        const bool v0 = n * kC + r0 + g < L, v1 = n * kC + r0 + g + 8 < L;
-        const float d0 = v0 ? __expf(bC - bsum[r0 + g]) : 0.f, d1 = v1 ? __expf(bC - bsum[r0 + g + 8]) : 0.f;
-#pragma unroll
-        for (int j = 0; j < F / 8; ++j) {
-          int c = 8 * j + 2 * t4;
-          float p00 = v0 ? ap[j][0] : 0.f, p01 = v0 ? ap[j][1] : 0.f;
-          float p10 = v1 ? ap[j][2] : 0.f, p11 = v1 ? ap[j][3] : 0.f;
-          float m00 = v0 ? am[j][0] : 0.f, m01 = v0 ? am[j][1] : 0.f;
-          float m10 = v1 ? am[j][2] : 0.f, m11 = v1 ? am[j][3] : 0.f;
-          *reinterpret_cast<uint32_t*>(Pk + (r0 + g) * LDF + c) = pack_bf16(p00, p01);
-          *reinterpret_cast<uint32_t*>(Pk + (r0 + g + 8) * LDF + c) = pack_bf16(p10, p11);
-          *reinterpret_cast<uint32_t*>(Pk + (r0 + g) * LDF + F + c) = pack_bf16(m00, m01);
-          *reinterpret_cast<uint32_t*>(Pk + (r0 + g + 8) * LDF + F + c) = pack_bf16(m10, m11);
-          float zp0 = p00 * d0 + p10 * d1, zp1 = p01 * d0 + p11 * d1;
-          float zm0 = m00 * d0 + m10 * d1, zm1 = m01 * d0 + m11 * d1;
-#pragma unroll
-          for (int o = 4; o < 32; o <<= 1) {
-            zp0 += __shfl_xor_sync(0xffffffffu, zp0, o);
-            zp1 += __shfl_xor_sync(0xffffffffu, zp1, o);
-            zm0 += __shfl_xor_sync(0xffffffffu, zm0, o);
-            zm1 += __shfl_xor_sync(0xffffffffu, zm1, o);
-          }
-          if (g == 0) {
-            float* zp = zpart + warp * F2;
-            zp[c] = zp0, zp[c + 1] = zp1, zp[F + c] = zm0, zp[F + c + 1] = zm1;
-          }
-        }
-      }
-      // Arriving here also keeps ptxas from interleaving the two feature maps (registers).
-      bar_arrive(kBarPk, kThreads);  // phi_K written: the window warps' state update may use it
-      uint32_t phq[F2 / 16][4];  // phi_Q as A fragments
-      float qz0 = 0.f, qz1 = 0.f;  // phi_Q . z (previous state)
-      {
-        float ap[F / 8][4], am[F / 8][4];
-        rows_times_w<D, F>(ap, Qs, Wq, r0);
-        feature_map<F>(ap, am, a.act);
-#pragma unroll
-        for (int j = 0; j < F / 8; ++j) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            int c = 8 * j + 2 * t4 + e;
-            qz0 += ap[j][e] * zs[c] + am[j][e] * zs[F + c];
-            qz1 += ap[j][2 + e] * zs[c] + am[j][2 + e] * zs[F + c];
-          }
-        }
-#pragma unroll
-        for (int s = 0; s < F / 16; ++s) {
-          phq[s][0] = pack_bf16(ap[2 * s][0], ap[2 * s][1]);
-          phq[s][1] = pack_bf16(ap[2 * s][2], ap[2 * s][3]);
-          phq[s][2] = pack_bf16(ap[2 * s + 1][0], ap[2 * s + 1][1]);
-          phq[s][3] = pack_bf16(ap[2 * s + 1][2], ap[2 * s + 1][3]);
-          phq[F / 16 + s][0] = pack_bf16(am[2 * s][0], am[2 * s][1]);
-          phq[F / 16 + s][1] = pack_bf16(am[2 * s][2], am[2 * s][3]);
-          phq[F / 16 + s][2] = pack_bf16(am[2 * s + 1][0], am[2 * s + 1][1]);
-          phq[F / 16 + s][3] = pack_bf16(am[2 * s + 1][2], am[2 * s + 1][3]);
-        }
-      }
-      bar_arrive(kBarQ, kThreads);  // Q read: the window warps may overwrite it
-      bar_sync(kBarGate, 128);      // every gate warp's phi_K rows visible
-      // Intra-chunk scores phi_Q phi_K^T, decayed and causal.
-      float sc[NK][4];
-#pragma unroll
-      for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
-#pragma unroll
-      for (int s = 0; s < F2 / 16; ++s) {
-#pragma unroll
-        for (int np = 0; np < NK / 2; ++np) {
-          uint32_t bb[4];
-          load_b_nk(bb, Pk, LDF, np * 16, s * 16);
-          mma16816(sc[2 * np], phq[s], bb[0], bb[1]);
-          mma16816(sc[2 * np + 1], phq[s], bb[2], bb[3]);
-        }
-      }
-      const int i0 = r0 + g, i1 = r0 + g + 8;
-      const float bi0 = bsum[i0], bi1 = bsum[i1];
-      uint32_t pa[NK / 2][4];
-#pragma unroll
-      for (int j = 0; j < NK; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          int tt = 8 * j + 2 * t4 + e;
-          float bt = bsum[tt];
-          float x0 = tt <= i0 ? sc[j][e] * __expf(bi0 - bt) : 0.f;
-          float x1 = tt <= i1 ? sc[j][2 + e] * __expf(bi1 - bt) : 0.f;
-          sc[j][e] = round_bf16(x0), sc[j][2 + e] = round_bf16(x1);
-          l0 += sc[j][e], l1 += sc[j][2 + e];
-        }
-      }
-#pragma unroll
-      for (int s = 0; s < NK / 2; ++s) {
-        pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
-        pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
-        pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
-        pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
-      }
-      __syncwarp();  // scheduling fence: keeps the S16 loads from being hoisted over the scores
-#pragma unroll
-      for (int j = 0; j < ND; ++j) og[j][0] = og[j][1] = og[j][2] = og[j][3] = 0.f;
-#pragma unroll
-      for (int s = 0; s < F2 / 16; ++s) {
-#pragma unroll
-        for (int np = 0; np < ND / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, S16, LDV, np * 16, s * 16);
-          mma16816(og[2 * np], phq[s], bb[0], bb[1]);
-          mma16816(og[2 * np + 1], phq[s], bb[2], bb[3]);
-        }
-      }
-      const float e0 = __expf(bi0), e1 = __expf(bi1);
-#pragma unroll
-      for (int j = 0; j < ND; ++j) og[j][0] *= e0, og[j][1] *= e0, og[j][2] *= e1, og[j][3] *= e1;
-#pragma unroll
-      for (int s = 0; s < NK / 2; ++s) {
-#pragma unroll
-        for (int np = 0; np < ND / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, Vc, LDV, np * 16, s * 16);
-          mma16816(og[2 * np], pa[s], bb[0], bb[1]);
-          mma16816(og[2 * np + 1], pa[s], bb[2], bb[3]);
-        }
-      }
-      l0 = quad_sum(l0) + e0 * quad_sum(qz0);
-      l1 = quad_sum(l1) + e1 * quad_sum(qz1);
-      const float inv0 = 1.f / (l0 + a.eps), inv1 = 1.f / (l1 + a.eps);
-#pragma unroll
-      for (int j = 0; j < ND; ++j) og[j][0] *= inv0, og[j][1] *= inv0, og[j][2] *= inv1, og[j][3] *= inv1;
-    } else {
-      // Sliding window with meta sinks, online softmax over key blocks (log2 domain), oldest first.
-      const int wt = tid - 128;  // thread index inside the window group
-      const int ia = n * kC + r0 + g, ib = ia + 8;
-      float m0 = meta_m, m1 = meta_m;
-      l0 = t4 == 0 ? meta_l : 0.f, l1 = l0;
-#pragma unroll
-      for (int j = 0; j < ND; ++j) og[j][0] = og[j][1] = og[j][2] = og[j][3] = 0.f;
-      const int wmin = n * kC + r0, wmax = wmin + 15;
-      // K/V of chunk n+1 go to the slot of chunk n+1-ring: free at once when the window does not
-      // reach that chunk (ring > nb + 1), else once every window warp has finished block jb = nb.
-      const bool more = n + 1 < nchunks;
-      const int pslot = (n + 1) % ring;
-      if (ring > nb + 1 && more) {
-        tile_async<D>(Ks + pslot * kC * LDD, kb, kstride, n + 1, L, wt, 128);
-        tile_async<D>(Vs + pslot * kC * LDV, vb, kstride, n + 1, L, wt, 128);
-      }
-      for (int jb = nb; jb >= 0; --jb) {
-        const int cn = n - jb, t0 = cn * kC;
-        if (cn >= 0 && t0 + kC - 1 >= wmin - w + 1 && t0 <= wmax) {  // some key of this block in a window
-          const bf16* Kb = Ks + (cn % ring) * kC * LDD;
-          const bf16* Vb = Vs + (cn % ring) * kC * LDV;
-          float sc[NK][4];
-#pragma unroll
-          for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
-#pragma unroll 2  // bounds how far ptxas hoists the B-fragment loads (registers)
-          for (int ks = 0; ks < D / 16; ++ks) {
-            uint32_t qa[4];
-            load_a(qa, Qs, LDD, r0, ks * 16);
-#pragma unroll
-            for (int np = 0; np < NK / 2; ++np) {
-              uint32_t bb[4];
-              load_b_nk(bb, Kb, LDD, np * 16, ks * 16);
-              mma16816(sc[2 * np], qa, bb[0], bb[1]);
-              mma16816(sc[2 * np + 1], qa, bb[2], bb[3]);
-            }
-          }
-          float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-          for (int j = 0; j < NK; ++j) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              int tt = t0 + 8 * j + 2 * t4 + e;
-              sc[j][e] = (tt <= ia && tt > ia - w) ? sc[j][e] * scale2 : -INFINITY;
-              sc[j][2 + e] = (tt <= ib && tt > ib - w) ? sc[j][2 + e] * scale2 : -INFINITY;
-              mx0 = fmaxf(mx0, sc[j][e]), mx1 = fmaxf(mx1, sc[j][2 + e]);
-            }
-          }
-          const float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
-          const float u0 = mn0 == -INFINITY ? 0.f : mn0, u1 = mn1 == -INFINITY ? 0.f : mn1;
-          const float c0 = exp2f(m0 - u0), c1 = exp2f(m1 - u1);
-          m0 = mn0, m1 = mn1;
-          l0 *= c0, l1 *= c1;
-#pragma unroll
-          for (int j = 0; j < ND; ++j) og[j][0] *= c0, og[j][1] *= c0, og[j][2] *= c1, og[j][3] *= c1;
-          uint32_t pa[NK / 2][4];
-#pragma unroll
-          for (int j = 0; j < NK; ++j) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              sc[j][e] = round_bf16(exp2f(sc[j][e] - u0));
-              sc[j][2 + e] = round_bf16(exp2f(sc[j][2 + e] - u1));
-              l0 += sc[j][e], l1 += sc[j][2 + e];
-            }
-          }
-#pragma unroll
-          for (int s = 0; s < NK / 2; ++s) {
-            pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
-            pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
-            pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
-            pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
-          }
-#pragma unroll
-          for (int s = 0; s < NK / 2; ++s) {
-#pragma unroll
-            for (int np = 0; np < ND / 2; ++np) {
-              uint32_t bb[4];
-              load_b_kn(bb, Vb, LDV, np * 16, s * 16);
-              mma16816(og[2 * np], pa[s], bb[0], bb[1]);
-              mma16816(og[2 * np + 1], pa[s], bb[2], bb[3]);
-            }
-          }
-        }
-        if (jb == nb && ring == nb + 1 && more) {  // the oldest slot is done: fetch chunk n+1 into it
-          bar_sync(kBarWindow, 128);
-          tile_async<D>(Ks + pslot * kC * LDD, kb, kstride, n + 1, L, wt, 128);
-          tile_async<D>(Vs + pslot * kC * LDV, vb, kstride, n + 1, L, wt, 128);
-        }
-      }
-      cp_async_commit();
-      l0 = quad_sum(l0), l1 = quad_sum(l1);
-      const float inv0 = alpha / l0, inv1 = alpha / l1;
-      bar_sync(kBarQ, kThreads);   // the gate warps are done reading Q
-      bar_sync(kBarPk, kThreads);  // phi_K ready (for the state update)
-#pragma unroll
-      for (int j = 0; j < ND; ++j) {
-        int c = 8 * j + 2 * t4;
-        *reinterpret_cast<uint32_t*>(Qs + (r0 + g) * LDD + c) = pack_bf16(og[j][0] * inv0, og[j][1] * inv0);
-        *reinterpret_cast<uint32_t*>(Qs + (r0 + g + 8) * LDD + c) = pack_bf16(og[j][2] * inv1, og[j][3] * inv1);
-      }
-    }
-
-    // State update S = exp(b_C) S + (phi_K * exp(b_C - b_t))^T V for this warp's 16 feature rows.
-    if (owns_s) {
-      const float eC = __expf(bC);
-#pragma unroll
-      for (int j = 0; j < ND; ++j) sreg[j][0] *= eC, sreg[j][1] *= eC, sreg[j][2] *= eC, sreg[j][3] *= eC;
-#pragma unroll 1
-      for (int s = 0; s < NK / 2; ++s) {
-        uint32_t pa[4];
-        load_a_t(pa, Pk, LDF, f0, s * 16);
-        const int tt = s * 16 + 2 * t4;
-        const float dk0 = __expf(bC - bsum[tt]), dk1 = __expf(bC - bsum[tt + 1]);
-        const float dk2 = __expf(bC - bsum[tt + 8]), dk3 = __expf(bC - bsum[tt + 9]);
-        pa[0] = scale_bf16x2(pa[0], dk0, dk1);
-        pa[1] = scale_bf16x2(pa[1], dk0, dk1);
-        pa[2] = scale_bf16x2(pa[2], dk2, dk3);
-        pa[3] = scale_bf16x2(pa[3], dk2, dk3);
-#pragma unroll
-        for (int np = 0; np < ND / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, Vc, LDV, np * 16, s * 16);
-          mma16816(sreg[2 * np], pa, bb[0], bb[1]);
-          mma16816(sreg[2 * np + 1], pa, bb[2], bb[3]);
-        }
-      }
-    }
-    __syncthreads();  // (D) S16, z, b and the window output may now be touched
-
-    if (owns_s) {
-#pragma unroll
-      for (int j = 0; j < ND; ++j) {
-        int c = 8 * j + 2 * t4;
-        *reinterpret_cast<uint32_t*>(S16 + (f0 + g) * LDV + c) = pack_bf16(sreg[j][0], sreg[j][1]);
-        *reinterpret_cast<uint32_t*>(S16 + (f0 + g + 8) * LDV + c) = pack_bf16(sreg[j][2], sreg[j][3]);
-      }
-    }
-    if (tid < F2) {
-      const float eC = __expf(bC);
-      zs[tid] = eC * zs[tid] + zpart[tid] + zpart[F2 + tid] + zpart[2 * F2 + tid] + zpart[3 * F2 + tid];
-    }
-    if (warp < 4) {
-#pragma unroll
-      for (int j = 0; j < ND; ++j) {
-        int c = 8 * j + 2 * t4;
-        uint32_t* p0 = reinterpret_cast<uint32_t*>(Qs + (r0 + g) * LDD + c);
-        uint32_t* p1 = reinterpret_cast<uint32_t*>(Qs + (r0 + g + 8) * LDD + c);
-        float2 w0 = unpack_bf16(*p0), w1 = unpack_bf16(*p1);
-        *p0 = pack_bf16(og[j][0] + w0.x, og[j][1] + w0.y);
-        *p1 = pack_bf16(og[j][2] + w1.x, og[j][3] + w1.y);
-      }
-      __syncwarp();
-      for (int p = lane; p < 16 * D / 8; p += 32) {
-        int r = p / (D / 8), c = (p % (D / 8)) * 8;
-        int pos = n * kC + r0 + r;
-        if (pos < L)
-          *reinterpret_cast<uint4*>(yb + int64_t(pos) * qstride + c) =
-              *reinterpret_cast<const uint4*>(Qs + (r0 + r) * LDD + c);
-      }
-    }
-    if (warp == 0 && n + 1 < nchunks) {  // b of the next chunk (nobody reads bsum past (D))
-      cp_async_wait_all();  // this lane's log gamma (and Q) copies
-      scan_log_gamma(bsum, lgn, lane);
-      __syncwarp();  // every lane has read lgn before it is refilled
-      if (n + 2 < nchunks) log_gamma_async(lgn, lgb, gts, n + 2, L, lane);
-      cp_async_commit();
-    }
-  }
-
-  if (a.state_s != nullptr) {
-    __syncthreads();
-    float* sb = a.state_s + (int64_t(b) * a.Hq + hq) * F2 * D;
-    if (owns_s) {
-#pragma unroll
-      for (int j = 0; j < ND; ++j) {
-        int c = 8 * j + 2 * t4;
-        sb[(f0 + g) * D + c] = sreg[j][0], sb[(f0 + g) * D + c + 1] = sreg[j][1];
-        sb[(f0 + g + 8) * D + c] = sreg[j][2], sb[(f0 + g + 8) * D + c + 1] = sreg[j][3];
-      }
-    }
-    if (a.state_z != nullptr && tid < F2) a.state_z[(int64_t(b) * a.Hq + hq) * F2 + tid] = zs[tid];
-  }
-}
-
-// False (nothing launched) when the ring does not fit; the caller then runs v1.
-template <int D, int F>
-bool launch_fwd2(const LizardAttnArgs& a, cudaStream_t stream) {
-  const int nb = a.window > 1 ? (a.window - 1 + kC - 1) / kC : 0;
-  const int ring = nb + 1 < 2 ? 2 : nb + 1;
-  const size_t smem = Fwd2Smem<D, F>::bytes(ring);
-  int dev = 0, optin = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  if (smem > size_t(optin)) return false;
-  auto kern = lizard_fwd2_kernel<D, F>;
-  cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  kern<<<a.B * a.Hq, kThreads, smem, stream>>>(a, ring, nb);
-  cudaError_t e = cudaGetLastError();
-  LZ_CUDA_CHECK(e == cudaSuccess, "lizard attention (cuda): launch failed: ", cudaGetErrorString(e));
-  return true;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Variant 3: v2's schedule and math with the big chunk products on Hopper warpgroup MMA (wgmma,
-// sm_90a; helpers and the SW128 smem layout in wgmma.cuh, as in flash forward variant 3). Warps 0-3
-// are warpgroup 0 (gate), warps 4-7 warpgroup 1 (window); warp 4 * wg + i owns rows 16 i .. 16 i + 15
-// of the chunk in both, as in v2, so the accumulator layout (d[4j + e] = v2's og[j][e]) is unchanged.
-// - Q (double-buffered), the K and V rings and the bf16 state copy S16 are SW128 tiles (no padding)
-//   written by cp.async / ordinary stores, made visible to wgmma by fence.proxy.async before the
-//   chunk-start barrier.
-// - Window: per key block S = Q K^T by D/16 wgmma m64n64k16 (A = Q, B = K, both K-major in smem),
-//   online softmax on the accumulator (v2's masks, log2 domain), O += P V by 4 wgmma m64nDk16 (P from
-//   registers, V MN-major via trans-b). Key blocks are skipped per warpgroup (v2: per warp).
-// - Gate: phi_Q S by F2/16 wgmma m64nDk16 (A = phi_Q from registers, B = S16 MN-major) and the
-//   intra-chunk scores phi_Q phi_K^T by F2/16 wgmma m64n64k16 (B = phi_K, an SW128 tile of 64 keys x
-//   F2, K-major), then (A .* decay) V by 4 wgmma m64nDk16 (A from registers, B = V MN-major).
-// - State update S = exp(b_C) S + (phi_K .* decay)^T V: 4 wgmma m64nDk16 per warpgroup owning 64
-//   feature rows (F = 64: both, F = 32: warpgroup 0), A = decayed phi_K^T from registers (v2's
-//   ldmatrix.trans fragments, from the swizzled phi_K tile), B = V MN-major; S stays fp32 in the
-//   accumulator registers (v2's row ownership), its bf16 copy goes to S16 at the chunk end.
-// - Feature maps X W at F = 64: D/16 wgmma m64n64k16 per map (A = the warp's Q / K rows by ldmatrix
-//   from the SW128 tile, B = W as an SW128 tile, MN-major); F = 32 keeps mma.sync with padded W.
-// Variant 4 = variant 3 with phi_Q S issued after the intra scores (and running while the scores are
-// decayed and packed) instead of before them.
-// Covers every (D, F) of v2; runs v2 where its shared memory does not fit or the device is not sm_90.
-template <int D, int F>
 struct Fwd3Smem {
   static constexpr int F2 = 2 * F, LDW = F + 8;
   // F = 64: the feature maps X W on wgmma, Wq / Wk as SW128 tiles of D rows x 64 columns (128-byte
-  // rows); F = 32 (64-byte rows) keeps v2's padded W tiles and mma.sync.
+  // rows); F = 32 (64-byte rows) keeps padded W tiles (v0's) and mma.sync.
   static constexpr bool kWgFeat = F == 64;
   static constexpr uint32_t kTile = kC * D * 2;  // one SW128 chunk tile (64 rows x D bf16)
   static constexpr uint32_t kWBytes = kWgFeat ? uint32_t(D) * 128 : uint32_t(D) * LDW * 2;  // one W tile
@@ -1164,10 +706,7 @@ __device__ __forceinline__ void tile_async_sw(unsigned char* dst, const bf16* sr
   }
 }
 
-// kOverlapPhiQS: the gate warpgroup issues phi_Q S before the barrier on phi_K and the intra-chunk
-// scores after it (variant 3), or the scores first and phi_Q S right behind them, decaying the scores
-// while phi_Q S runs (variant 4).
-template <int D, int F, bool kOverlapPhiQS>
+template <int D, int F>
 __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAttnArgs a, int ring, int nb) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   if (threadIdx.x == 0 && blockIdx.x == 0) printf("lizard attention fwd v3 needs an sm_90a build\n");
@@ -1247,7 +786,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
   }
 
   constexpr int ND = D / 8;
-  float sreg[D / 2];  // this warp's 16 rows of S (fp32), wgmma accumulator layout: sreg[4j + e] = v2's sreg[j][e]
+  float sreg[D / 2];  // this warp's 16 rows of S (fp32), wgmma accumulator layout: sreg[4j + e] = v0's sreg[j][e]
 #pragma unroll
   for (int j = 0; j < D / 2; ++j) sreg[j] = 0.f;
   const bool owns_s = warp < F2 / 16;
@@ -1265,7 +804,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
     const float bC = bsum[kC - 1];
     const int r0 = (warp & 3) * 16;  // the 16 rows this warp works on
 
-    float og[D / 2];  // accumulator layout: og[4j + e] = v2's og[j][e]
+    float og[D / 2];  // accumulator layout: og[4j + e] = v0's og[j][e]
     float l0 = 0.f, l1 = 0.f;
     if (warp < 4) {
       {  // phi_K of rows r0.. into shared memory, with the normaliser's decayed key sums
@@ -1337,39 +876,26 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         }
       }
       bar_arrive(kBarQ, kThreads);  // Q read: the window warps may overwrite it
-      // Inter-chunk phi_Q S_n (A = phi_Q from registers, B = S16 MN-major, F2 rows) and the intra-chunk
-      // scores phi_Q phi_K^T (B = phi_K K-major), both on wgmma; v3 issues phi_Q S first (before the
-      // barrier on phi_K), v4 the scores first and works on them while phi_Q S runs.
-      float sc[kC / 2];  // sc[4j + e] = v2's sc[j][e]
-      auto issue_phiq_s = [&]() {
+      // Inter-chunk phi_Q S_n (A = phi_Q from registers, B = S16 MN-major, F2 rows), issued before the
+      // barrier on phi_K, then the intra-chunk scores phi_Q phi_K^T (B = phi_K K-major), both on wgmma.
+      // (Scores first, decayed while phi_Q S runs, was the deleted v4: slower on the H200.)
 #pragma unroll
-        for (int j = 0; j < D / 2; ++j) og[j] = 0.f;
-        wg::wgmma_fence();
+      for (int j = 0; j < D / 2; ++j) og[j] = 0.f;
+      wg::wgmma_fence();
 #pragma unroll
-        for (int s = 0; s < F2 / 16; ++s)
-          wg::wgmma_rs_tb<D>(og, phq[s], wg::desc_sw128(sS16 + s * (16 * 128), F2 * 128, 1024));
-        wg::commit();
-      };
-      auto issue_scores = [&]() {
+      for (int s = 0; s < F2 / 16; ++s)
+        wg::wgmma_rs_tb<D>(og, phq[s], wg::desc_sw128(sS16 + s * (16 * 128), F2 * 128, 1024));
+      wg::commit();
+      bar_sync(kBarGate, 128);  // every gate warp's phi_K rows visible
+      float sc[kC / 2];         // sc[4j + e] = v0's sc[j][e]
 #pragma unroll
-        for (int j = 0; j < kC / 2; ++j) sc[j] = 0.f;
-        wg::wgmma_fence();
+      for (int j = 0; j < kC / 2; ++j) sc[j] = 0.f;
+      wg::wgmma_fence();
 #pragma unroll
-        for (int s = 0; s < F2 / 16; ++s)
-          wgmma_rs_kb64(sc, phq[s], wg::desc_sw128(sPk + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024));
-        wg::commit();
-      };
-      if (kOverlapPhiQS) {
-        issue_phiq_s();
-        bar_sync(kBarGate, 128);  // every gate warp's phi_K rows visible
-        issue_scores();
-        wg::wait<0>();
-      } else {
-        bar_sync(kBarGate, 128);
-        issue_scores();
-        issue_phiq_s();
-        wg::wait<1>();  // the scores (phi_Q S may still run)
-      }
+      for (int s = 0; s < F2 / 16; ++s)
+        wgmma_rs_kb64(sc, phq[s], wg::desc_sw128(sPk + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024));
+      wg::commit();
+      wg::wait<0>();
       wg::fence_regs(sc);
       const int i0 = r0 + g, i1 = r0 + g + 8;
       const float bi0 = bsum[i0], bi1 = bsum[i1];
@@ -1507,8 +1033,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
     }
 
     // State update S = exp(b_C) S + (phi_K * exp(b_C - b_t))^T V on wgmma: warpgroup i owns feature
-    // rows 64 i .. 64 i + 63 (warp w: rows 16 w .., as in v2), A = decayed phi_K^T from registers
-    // (v2's ldmatrix.trans fragments), B = V MN-major. F = 32: warpgroup 0 alone (uniform branch).
+    // rows 64 i .. 64 i + 63 (warp w: rows 16 w .., as in v0), A = decayed phi_K^T from registers
+    // (load_a_t fragments by ldmatrix.trans), B = V MN-major. F = 32: warpgroup 0 alone (uniform branch).
     if (owns_s) {
       const float eC = __expf(bC);
 #pragma unroll
@@ -1591,8 +1117,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
 #endif
 }
 
-// False (nothing launched) when v3 cannot run here (shared memory, not sm_90); the caller runs v2.
-template <int D, int F, bool kOverlapPhiQS>
+// False (nothing launched) when v3 cannot run here (shared memory, not sm_90); the caller runs v0.
+template <int D, int F>
 bool launch_fwd3(const LizardAttnArgs& a, cudaStream_t stream) {
   const int nb = a.window > 1 ? (a.window - 1 + kC - 1) / kC : 0;
   const int ring = nb + 1 < 2 ? 2 : nb + 1;
@@ -1603,7 +1129,7 @@ bool launch_fwd3(const LizardAttnArgs& a, cudaStream_t stream) {
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
   if (smem > size_t(optin) || major != 9 || minor != 0) return false;
-  auto kern = lizard_fwd3_kernel<D, F, kOverlapPhiQS>;
+  auto kern = lizard_fwd3_kernel<D, F>;
   cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   kern<<<a.B * a.Hq, kThreads, smem, stream>>>(a, ring, nb);
   cudaError_t e = cudaGetLastError();
@@ -1611,15 +1137,12 @@ bool launch_fwd3(const LizardAttnArgs& a, cudaStream_t stream) {
   return true;
 }
 
-int g_fwd_variant = kForwardVariantDefault;  // 1: tile skipping, 2: prefetched chunks and rebalanced warp groups
+int g_fwd_variant = kForwardVariantDefault;  // 0 or 3 (set_forward_variant)
 int g_split_mode = 0;   // 0: auto, 1: never split the value columns, 2: always
 
 template <int D, int F>
 void launch_fwd(const LizardAttnArgs& a, cudaStream_t stream) {
-  if (g_fwd_variant == 1) return launch_fwd1<D, F, true, D>(a, stream);
-  if (g_fwd_variant == 3 && launch_fwd3<D, F, true>(a, stream)) return;  // else v2 (see launch_fwd3)
-  if (g_fwd_variant == 4 && launch_fwd3<D, F, false>(a, stream)) return;
-  if (g_fwd_variant >= 2 && launch_fwd2<D, F>(a, stream)) return;  // else v0 (ring does not fit)
+  if (g_fwd_variant == 3 && launch_fwd3<D, F>(a, stream)) return;  // else v0 (see launch_fwd3)
   bool split = g_split_mode == 2;
   if (g_split_mode == 0) {
     // Two CTAs per (b, h) (half the value columns each; feature maps and scores computed by both)
@@ -1631,16 +1154,19 @@ void launch_fwd(const LizardAttnArgs& a, cudaStream_t stream) {
     split = 2 * a.B * a.Hq <= sms;
   }
   if (split)
-    launch_fwd1<D, F, false, D / 2>(a, stream);
+    launch_fwd0<D, F, D / 2>(a, stream);
   else
-    launch_fwd1<D, F, false, D>(a, stream);
+    launch_fwd0<D, F, D>(a, stream);
 }
 
 }  // namespace
 
 void check_common_args(const LizardAttnArgs& a);
 
-void set_forward_variant(int variant) { g_fwd_variant = variant; }
+void set_forward_variant(int variant) {
+  LZ_CUDA_CHECK(variant == 0 || variant == 3, "lizard attention (cuda): no forward variant ", variant, " (0 or 3)");
+  g_fwd_variant = variant;
+}
 void set_forward_split(int mode) { g_split_mode = mode; }
 
 void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream) {
