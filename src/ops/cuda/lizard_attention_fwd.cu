@@ -642,20 +642,6 @@ __device__ __forceinline__ void load_a_t_sw(uint32_t (&a)[4], uint32_t base, int
                : "r"(base + wg::sw128_offset(kC, k0 + (mi >> 1) * 8 + rr, (m0 >> 3) + (mi & 1))));
 }
 
-// d += A B, wgmma m64n64k16, A in registers, B K-major ([N][K], K contiguous) in shared memory
-// (wgmma.cuh's wgmma_rs_tb<64> with imm-trans-b = 0).
-__device__ __forceinline__ void wgmma_rs_kb64(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
-  asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, 1, 1, 1, 0;\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db)
-      : "memory");
-}
-
 // rows_times_w with X an SW128 chunk tile.
 template <int D, int F>
 __device__ __forceinline__ void rows_times_w_sw(float (&acc)[F / 8][4], uint32_t X, const bf16* W, int m0) {
@@ -893,7 +879,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       wg::wgmma_fence();
 #pragma unroll
       for (int s = 0; s < F2 / 16; ++s)
-        wgmma_rs_kb64(sc, phq[s], wg::desc_sw128(sPk + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024));
+        wg::wgmma_rs_kb<64>(sc, phq[s], wg::desc_sw128(sPk + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024));
       wg::commit();
       wg::wait<0>();
       wg::fence_regs(sc);
