@@ -260,15 +260,18 @@ def final():
     for (B, H, Hkv, D, L) in shapes:
         tag = f"B{B} H{H} D{D} L{L}"
         z = Lizard(B, L, H, Hkv, D)
-        # Both forward variants (0: straight-line mma.sync, the fallback; 3 (default): wgmma), interleaved
-        # twice; first a same-input check of v3 against v0.
+        # The forward variants (0: straight-line mma.sync, the fallback; 3 (default): wgmma; 5: two passes),
+        # interleaved twice; first same-input checks of v3 and v5 against v0.
         check(lib.lz_set_forward_variant(0))
         y0 = z.fwd().float().clone()
         check(lib.lz_set_forward_variant(3))
         yv = z.fwd().float()
         print(f"  {tag}: lizard fwd v3 vs v0 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
+        check(lib.lz_set_forward_variant(5))
+        yv = z.fwd().float()
+        print(f"  {tag}: lizard fwd v5 vs v0 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
         del y0, yv
-        for var, split in ((0, 1), (3, 1), (0, 2)) * 2:
+        for var, split in ((0, 1), (3, 1), (5, 1), (0, 2)) * 2:
             check(lib.lz_set_forward_variant(var))
             lib.lz_set_forward_split(split)
             t = med(z.fwd)
@@ -368,6 +371,11 @@ def main():
         yv = z.fwd().float()
         print(f"  {tag}: lizard fwd v0 vs v3 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
         row(tag, "lizard cuda fwd v0 (mma.sync)", med(z.fwd), float("nan"))
+        # forward variant 5 (two passes: chunk states, then one CTA per chunk): same-input check vs v3, time
+        check(lib.lz_set_forward_variant(5))
+        yv = z.fwd().float()
+        print(f"  {tag}: lizard fwd v5 vs v3 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
+        row(tag, "lizard cuda fwd v5 (two-pass)", med(z.fwd), float("nan"))
         check(lib.lz_set_forward_variant(3))  # the default (kForwardVariantDefault)
         del y0, yv
         fb = float("nan")
@@ -414,6 +422,12 @@ def main():
             except Exception as e:  # noqa: BLE001
                 print("  grouped gate sweeps failed in the profile call:", str(e)[:200])
             lib.lz_set_backward_sweep_groups(0)
+            lib.lz_set_backward_sweep_variant(2)  # state passes + chunk-parallel outputs: stages gate2-fstate .. -rout
+            try:
+                z.fwd_bwd_chunked()
+                torch.cuda.synchronize()
+            except Exception as e:  # noqa: BLE001
+                print("  gate sweep variant 2 failed in the profile call:", str(e)[:200])
             lib.lz_set_backward_sweep_variant(0)
             del os.environ["LIZARD_CUDA_BWD_PROFILE"]
         row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd", liz[tag], fbc)
@@ -447,6 +461,23 @@ def main():
             except Exception as e:  # noqa: BLE001
                 print("  chunked backward stage variant 2 failed:", str(e)[:200])
             lib.lz_set_backward_stage_variant(1)
+            # Gate sweep variant 2 (state passes, then one CTA per (b, h, chunk) output passes): same-input check
+            # against sweep variant 1 (max |diff| / max |ref| per gradient), then the row beside "sweep1".
+            try:
+                z.fwd_bwd_chunked()
+                torch.cuda.synchronize()
+                ref = [t.clone() for t in z.grads()]
+                lib.lz_set_backward_sweep_variant(2)
+                z.fwd_bwd_chunked()
+                torch.cuda.synchronize()
+                names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
+                errs = " ".join(f"{n} {((t - r).abs().max() / r.abs().max().clamp_min(1e-30)).item():.1e}"
+                                for n, t, r in zip(names, z.grads(), ref))
+                print(f"  {tag}: chunked bwd sweep2 vs sweep1: {errs}", flush=True)
+                del ref
+                row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd sweep2", liz[tag], events_ms(z.fwd_bwd_chunked))
+            except Exception as e:  # noqa: BLE001
+                print("  chunked backward with gate sweep variant 2 failed:", str(e)[:200])
             lib.lz_set_backward_sweep_variant(0)
         del z
         torch.cuda.empty_cache()

@@ -170,9 +170,10 @@ void chunked_bf16(const std::vector<Case>& cases, const char* tag = "v0") {
   }
 }
 
-// Every forward configuration under both forward variants: v0 (one CTA per (b, h), and with the value
-// columns split over two CTAs) and v3 (wgmma, the default; falls back to v0 where its shared memory
-// does not fit, w > 129 at D128 F64, as in the last case: v0 split there, 2 B Hq <= SMs).
+// Every forward configuration under the forward variants: v0 (one CTA per (b, h), and with the value
+// columns split over two CTAs), v3 (wgmma, the default; falls back to v0 where its shared memory
+// does not fit, w > 129 at D128 F64, as in the last case: v0 split there, 2 B Hq <= SMs) and v5 (two
+// passes; falls back to v3, here to v0, at the last case too).
 TEST(LizardCuda, ChunkedBf16MatchesReference) {
   std::vector<Case> cases = kCases;
   cases.push_back({1, 150, 2, 2, 128, 64, 130, 4});
@@ -184,15 +185,17 @@ TEST(LizardCuda, ChunkedBf16MatchesReference) {
   lizard::cuda::set_forward_split(0);
   lizard::cuda::set_forward_variant(3);
   chunked_bf16(cases, "v3");
+  lizard::cuda::set_forward_variant(5);
+  chunked_bf16(cases, "v5");
   EXPECT_ANY_THROW(lizard::cuda::set_forward_variant(2));  // deleted variants are refused
   EXPECT_ANY_THROW(lizard::cuda::set_forward_variant(4));
   lizard::cuda::set_forward_variant(lizard::cuda::kForwardVariantDefault);
 }
 
-// Forward variants 0 and 3 at chunk-edge lengths (1, 17, 63, 64, 65, 200, 1000), D 64 and 128, the
+// Forward variants 0, 3 and 5 at chunk-edge lengths (1, 17, 63, 64, 65, 200, 1000), D 64 and 128, the
 // paper's F 64 / w 128 / 4 meta sinks plus F 32, exp features and per-head gates: y against the CPU
-// reference, and the final state (S, z) of v3 against v0's (v0's is checked against the decode state
-// in DecodeMatchesReferenceAndChunkedState).
+// reference, and the final state (S, z) of v3 against v0's and of v5 against v3's (v0's is checked
+// against the decode state in DecodeMatchesReferenceAndChunkedState).
 TEST(LizardCuda, ChunkedBf16WgmmaOddLengths) {
   std::vector<Case> cases;
   for (int L : {1, 17, 63, 64, 65, 200, 1000})
@@ -200,17 +203,17 @@ TEST(LizardCuda, ChunkedBf16WgmmaOddLengths) {
   cases.push_back({2, 130, 2, 2, 128, 32, 100, 2, true, true, false});
   cases.push_back({1, 333, 3, 1, 64, 32, 64, 0, false, false, false, LizardConfig::FeatureAct::Exp});
   cases.push_back({1, 129, 2, 1, 128, 64, 1, 4, true, false, false, LizardConfig::FeatureAct::Exp});
-  for (int variant : {0, 3}) {
+  for (int variant : {0, 3, 5}) {
     lizard::cuda::set_forward_variant(variant);
-    chunked_bf16(cases, variant == 0 ? "v0" : "v3");
+    chunked_bf16(cases, variant == 0 ? "v0" : variant == 3 ? "v3" : "v5");
   }
   for (const Case& c : cases) {
     const uint64_t seed = fresh_seed();
     Problem P(c, seed, /*round=*/true);
     DevInputs<__nv_bfloat16> in(P);
     const size_t nS = size_t(c.B) * c.Hq * 2 * c.F * c.D, nz = size_t(c.B) * c.Hq * 2 * c.F;
-    std::vector<double> S0, z0;
-    for (int variant : {0, 3}) {
+    std::vector<double> S0, z0, S3, z3;
+    for (int variant : {0, 3, 5}) {
       lizard::cuda::set_forward_variant(variant);
       Dev<__nv_bfloat16> y(P.yref.size());
       Dev<float> S(nS), z(nz);
@@ -227,11 +230,14 @@ TEST(LizardCuda, ChunkedBf16WgmmaOddLengths) {
         S0 = S.get(), z0 = z.get();
         continue;
       }
-      const double es = rel_err(S.get(), S0, &bad);
+      const int against = variant == 5 ? 3 : 0;  // v5 against v3, v3 against v0
+      const std::vector<double> Sv = S.get(), zv = z.get();
+      const double es = rel_err(Sv, against == 3 ? S3 : S0, &bad);
       EXPECT_EQ(bad, 0u) << describe(c) << " v" << variant;
-      const double ez = rel_err(z.get(), z0, &bad);
+      const double ez = rel_err(zv, against == 3 ? z3 : z0, &bad);
       EXPECT_EQ(bad, 0u) << describe(c) << " v" << variant;
-      std::printf("[lizard-cuda] final state v%d vs v0 %-44s S %.3e z %.3e (seed %llu)\n", variant,
+      if (variant == 3) S3 = Sv, z3 = zv;
+      std::printf("[lizard-cuda] final state v%d vs v%d %-44s S %.3e z %.3e (seed %llu)\n", variant, against,
                   describe(c).c_str(), es, ez, (unsigned long long)seed);
       EXPECT_LT(es, 1e-2) << describe(c) << " v" << variant << " seed " << seed;
       EXPECT_LT(ez, 1e-2) << describe(c) << " v" << variant << " seed " << seed;
@@ -247,6 +253,8 @@ TEST(LizardCuda, SanitizerSmall) {
   chunked_bf16(small, "v0");
   lizard::cuda::set_forward_variant(3);
   chunked_bf16(small, "v3");
+  lizard::cuda::set_forward_variant(5);
+  chunked_bf16(small, "v5");
   lizard::cuda::set_forward_variant(lizard::cuda::kForwardVariantDefault);
 }
 
@@ -331,9 +339,9 @@ TEST(LizardCuda, DecodeMatchesReferenceAndChunkedState) {
     EXPECT_EQ(bad, 0u);
     EXPECT_LT(e, 2e-5) << describe(c) << " seed " << seed;
 
-    // Final state of the chunked bf16 kernel (forward variants 0, 3) vs the fp32 decode state.
+    // Final state of the chunked bf16 kernel (forward variants 0, 3, 5) vs the fp32 decode state.
     DevInputs<__nv_bfloat16> inb(P);
-    for (int variant : {0, 3}) {
+    for (int variant : {0, 3, 5}) {
       lizard::cuda::set_forward_variant(variant);
       Dev<__nv_bfloat16> yb(P.yref.size());
       Dev<float> S2(S.n), z2(z.n);
@@ -643,12 +651,15 @@ TEST(LizardCuda, BackwardMatchesReference) {
 // kernels' compact layout alone, which auto picks at B16 H32), 2 and 3, plus a case of 12 chunks (L 707)
 // so that groups hold several chunks and a partial last one. Stage variant 2 (cp.async loaders, double-
 // buffered window kernels without dk/dv atomics, dW over batch-aligned token tiles) under both sweeps.
+// Sweep variant 2 (state passes storing each chunk's incoming bf16 state, then one CTA per (b, h, chunk)
+// output passes) under stage variants 1 and 2, with the L 707 case too (12 chunks, a partial last one).
 TEST(LizardCuda, ChunkedBackwardVsReference) {
   struct Pass {
     int window, stages, sweep, groups;
   };
   for (const Pass& ps : {Pass{1, 1, 0, 0}, Pass{0, 1, 0, 0}, Pass{1, 0, 0, 0}, Pass{1, 1, 1, 0}, Pass{1, 1, 1, 1},
-                         Pass{1, 1, 1, 2}, Pass{1, 1, 1, 3}, Pass{1, 2, 0, 0}, Pass{1, 2, 1, 0}}) {
+                         Pass{1, 1, 1, 2}, Pass{1, 1, 1, 3}, Pass{1, 2, 0, 0}, Pass{1, 2, 1, 0}, Pass{1, 1, 2, 0},
+                         Pass{1, 2, 2, 0}}) {
     const int window = ps.window, stages = ps.stages;
     lizard::cuda::set_backward_window_variant(window);
     lizard::cuda::set_backward_stage_variant(stages);
@@ -662,11 +673,12 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
                               : "CUDA cores, fp32",
                 ps.sweep,
                 ps.sweep == 0 ? "one CTA per (b, h)"
+                : ps.sweep == 2  ? "state passes + chunk-parallel outputs"
                 : ps.groups == 0 ? "chunk groups, auto"
                 : ps.groups == 1 ? "1 chunk group"
                 : ps.groups == 2 ? "2 chunk groups" : "3 chunk groups");
     std::vector<Case> cases = kCases;
-    if (ps.sweep == 1) cases.push_back({1, 707, 2, 1, 64, 32, 64, 4, true});
+    if (ps.sweep >= 1) cases.push_back({1, 707, 2, 1, 64, 32, 64, 4, true});
     for (const Case& c : cases) {
       const uint64_t seed = fresh_seed();
       backward_case<float>(c, seed, false, 3e-2, true, 2.5e-1, stages);
@@ -685,11 +697,12 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
   lizard::cuda::set_backward_sweep_groups(0);
 }
 
-// Both gate sweep variants (the grouped one with 2 groups: 1 chunk each at L 77, 2 + 1 at L 130), then
-// stage variant 2 (its bf16 kernels: cp.async tiles, double buffers, staged read-modify-writes).
+// Gate sweep variants 0 and 1 (the grouped one with 2 groups: 1 chunk each at L 77, 2 + 1 at L 130), then
+// stage variant 2 (its bf16 kernels: cp.async tiles, double buffers, staged read-modify-writes), then
+// sweep variant 2 (state passes into the per-chunk state buffer, one CTA per (b, h, chunk) output passes).
 TEST(LizardCuda, SanitizerSmallChunkedBackward) {
-  for (int pass = 0; pass < 3; ++pass) {
-    const int sweep = pass == 1 ? 1 : 0, stages = pass == 2 ? 2 : 1;
+  for (int pass = 0; pass < 4; ++pass) {
+    const int sweep = pass == 1 ? 1 : pass == 3 ? 2 : 0, stages = pass == 2 ? 2 : 1;
     lizard::cuda::set_backward_sweep_variant(sweep);
     lizard::cuda::set_backward_sweep_groups(sweep == 1 ? 2 : 0);
     lizard::cuda::set_backward_stage_variant(stages);

@@ -64,8 +64,12 @@ void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream 
 // H200 (bench_lizard.py --quick, 2026-11-27): B16 H32 D128 L2048 v3 1.346 ms (v2 1.479, v4 1.412);
 // B8 H9 D64 L2048 v3 0.286 (v2 0.316, v4 0.293). v1 (tile skipping), v2 (v3's schedule on mma.sync)
 // and v4 (v3 with the intra scores issued before phi_Q S) were slower and are deleted.
+// 5 = two passes (lizard_attention_fwd_twopass.cu, opt-in, not yet timed): a chunk-state pass (one CTA
+// per (b, h, 64 value columns), sequential over chunks, writes S_n bf16 and z_n fp32 for every chunk to
+// a stream-ordered workspace) and an output pass with one CTA per (b, h, chunk). Falls back to v3 (then
+// v0) where the output pass's shared memory does not fit (D = 128: w > 129 at F = 64, w > 193 at F = 32).
 constexpr int kForwardVariantDefault = 3;
-void set_forward_variant(int variant);  // 0 or 3; throws lizard::Error otherwise
+void set_forward_variant(int variant);  // 0, 3 or 5; throws lizard::Error otherwise
 // Value-column split over two CTAs per (b, h): 0 = auto (when 2 * B * Hq <= multiprocessors), 1 = never,
 // 2 = always.
 void set_forward_split(int mode);
@@ -122,6 +126,9 @@ void set_backward_stage_variant(int variant);
 // 1 (default) = over chunk groups: each group's own state contribution, a scan over the groups, then
 // every group reruns its chunks from its incoming state (same outputs up to fp32 reassociation).
 // H200 fwd+bwd: 42.3 -> 35.2 ms at B16 H32 D128 L2048, 7.0 -> 5.8 ms at B8 H9 D64 L2048.
+// 2 (opt-in, not yet run on a GPU) = state passes (one CTA per (b, h, 32 value columns), sequential over
+// chunks, storing every chunk's incoming state bf16 + normaliser fp32) then output passes with one CTA
+// per (b, h, chunk), forward then reverse (docs/cuda_notes.md, "gate sweep variant 2").
 constexpr int kBackwardSweepDefault = 1;
 void set_backward_sweep_variant(int variant);
 // Chunk groups per (b, h) of sweep variant 1: 0 (default) = auto (fewest rounds of CTAs x chunks per
