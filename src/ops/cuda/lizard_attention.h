@@ -67,7 +67,8 @@ void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream 
 // 5 = two passes (lizard_attention_fwd_twopass.cu, opt-in, not yet timed): a chunk-state pass (one CTA
 // per (b, h, 64 value columns), sequential over chunks, writes S_n bf16 and z_n fp32 for every chunk to
 // a stream-ordered workspace) and an output pass with one CTA per (b, h, chunk). Falls back to v3 (then
-// v0) where the output pass's shared memory does not fit (D = 128: w > 129 at F = 64, w > 193 at F = 32).
+// v0) where the output pass's shared memory does not fit (D = 128: w > 129 at F = 64, w > 193 at F = 32;
+// D = 64: w > 513 at F = 64, w > 577 at F = 32).
 constexpr int kForwardVariantDefault = 3;
 void set_forward_variant(int variant);  // 0, 3 or 5; throws lizard::Error otherwise
 // Value-column split over two CTAs per (b, h): 0 = auto (when 2 * B * Hq <= multiprocessors), 1 = never,

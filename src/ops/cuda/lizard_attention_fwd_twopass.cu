@@ -16,11 +16,14 @@
 //
 // Pass 2, outputs (lizard_fwd5_out_kernel): one CTA of 8 warps per (b, h, chunk), all independent
 // (16,384 CTAs at B16 H32 L2048). It loads the chunk's Q, the current and ceil((w-1)/64) previous
-// chunks' K/V (straight from global / L2, no ring carried), Wq/Wk, S_n and z_n, all with one batch of
-// cp.async, then runs variant 0's chunk body without the state update: warps 0-3 compute phi_Q,
+// chunks' K/V (straight from global / L2, no ring carried), Wq/Wk, S_n and z_n by cp.async in two
+// groups (the feature maps' inputs first; the older K blocks, V and S_n keep arriving while phi_Q and
+// phi_K compute), then runs variant 0's chunk body without the state update: warps 0-3 compute phi_Q,
 // the intra-chunk decayed scores, exp(b_i) phi_Q S_n + (A .* decay) V and the normaliser
 // exp(b_i) phi_Q . z_n + sum A; warps 4-7 compute phi_K (for the intra scores) and the sliding-window
 // softmax with meta sinks; y = y_gate + alpha * y_anchor is combined through shared memory as in v0.
+// Padded (not swizzled) tiles and mma.sync throughout: 211 KB of shared memory at D128 F64 w128, so
+// one CTA per SM; 16,384 short CTAs keep the SMs busy instead of one long dependent chain per (b, h).
 //
 // phi_K is recomputed in both passes instead of stored: storing it would be B H L 2F bf16 (268 MB at
 // the paper shape) written once and read once (~0.11 ms of HBM traffic), while recomputing is one
@@ -32,7 +35,8 @@
 // Coverage: every (D, F) of v0/v3 (D in {64, 128}, F in {32, 64}), both feature activations, scalar and
 // per-head gates, meta/alpha per head or per layer, any n_meta, w >= 1, optional final state. Falls back
 // to variant 3 (and from there to v0) where pass 2's shared memory does not fit: D = 128, F = 64: w > 129;
-// D = 128, F = 32: w > 193; D = 64: w > 257 (F 64) / w > 321 (F 32) (see Out5Smem::bytes).
+// D = 128, F = 32: w > 193; D = 64: w > 513 (F 64) / w > 577 (F 32) (Out5Smem::bytes against the 227 KB
+// opt-in limit). Pass 1 needs 94 KB at D128 F64 (two CTAs per SM).
 // Only mma.sync and cp.async, so it runs on any sm_80+ device.
 #include <cuda_bf16.h>
 
@@ -393,26 +397,32 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd5_out_kernel(const L
   const float alpha = a.alpha[a.alpha_per_head ? hq : 0];
   const float scale2 = (a.scale > 0 ? a.scale : rsqrtf(float(D))) * kLog2e;
 
-  // Everything this chunk reads, in one batch of cp.async.
+  // Everything this chunk reads, by cp.async in two groups: first what the feature maps need (Q, the
+  // chunk's K, Wq, Wk, z_n, log gamma), then what only the second phase reads (the window's older K
+  // blocks, every V block, S_n), which keeps arriving while the feature maps compute.
   rows_async<D>(Qs, LDD, qb, qstride, n, L, tid, kOutThreads);
+  rows_async<D>(Ks + nb * kC * LDD, LDD, kb, kstride, n, L, tid, kOutThreads);
+  w_async<D, F>(Wq, static_cast<const bf16*>(a.wq) + int64_t(hq) * D * F, tid, kOutThreads);
+  w_async<D, F>(Wk, static_cast<const bf16*>(a.wk) + int64_t(hq) * D * F, tid, kOutThreads);
+  {
+    const float* zn = stz + (int64_t(bhq) * nchunks + n) * F2;
+    for (int p = tid; p < F2 / 4; p += kOutThreads) cp_async16(zs + 4 * p, zn + 4 * p, 16);
+  }
+  if (warp == 0) lg_async(bsum, lgb, gts, n, L, lane);
+  cp_async_commit();
   for (int j = 0; j < nblk; ++j) {
     const int cn = n - nb + j;
     if (cn < 0) continue;  // block never read (the window loop skips it)
-    rows_async<D>(Ks + j * kC * LDD, LDD, kb, kstride, cn, L, tid, kOutThreads);
+    if (j < nb) rows_async<D>(Ks + j * kC * LDD, LDD, kb, kstride, cn, L, tid, kOutThreads);
     rows_async<D>(Vs + j * kC * LDV, LDV, vb, kstride, cn, L, tid, kOutThreads);
   }
-  w_async<D, F>(Wq, static_cast<const bf16*>(a.wq) + int64_t(hq) * D * F, tid, kOutThreads);
-  w_async<D, F>(Wk, static_cast<const bf16*>(a.wk) + int64_t(hq) * D * F, tid, kOutThreads);
   {
     const bf16* sn = st16 + (int64_t(bhq) * nchunks + n) * F2 * D;
     for (int p = tid; p < F2 * D / 8; p += kOutThreads) {
       const int r = p / (D / 8), c = (p % (D / 8)) * 8;
       cp_async16(S16 + r * LDV + c, sn + int64_t(r) * D + c, 16);
     }
-    const float* zn = stz + (int64_t(bhq) * nchunks + n) * F2;
-    for (int p = tid; p < F2 / 4; p += kOutThreads) cp_async16(zs + 4 * p, zn + 4 * p, 16);
   }
-  if (warp == 0) lg_async(bsum, lgb, gts, n, L, lane);
   cp_async_commit();
 
   // Meta sinks in the log2 domain: running max starts at max mu, sum at sum exp(mu - max).
@@ -422,12 +432,12 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd5_out_kernel(const L
     for (int j = 0; j < a.n_meta; ++j) meta_m = fmaxf(meta_m, mu[j] * kLog2e);
     for (int j = 0; j < a.n_meta; ++j) meta_l += exp2f(mu[j] * kLog2e - meta_m);
   }
-  cp_async_wait_all();
+  asm volatile("cp.async.wait_group 1;\n" ::: "memory");  // this thread's first group landed
   if (warp == 0) {  // b_i in place (each lane reads its own two log gammas first)
     __syncwarp();
     scan_chunk(bsum, bsum, lane);
   }
-  __syncthreads();  // (A) tiles, S_n, z_n, b ready
+  __syncthreads();  // (A) Q, the chunk's K, Wq, Wk, z_n, b ready
 
   const int r0 = (warp & 3) * 16;  // the 16 rows this warp works on
   uint32_t phq[F2 / 16][4];        // gate warps: phi_Q as A fragments
@@ -472,7 +482,8 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd5_out_kernel(const L
       *reinterpret_cast<uint32_t*>(Pk + (r0 + g + 8) * LDF + F + c) = pack_bf16(v1 ? am[j][2] : 0.f, v1 ? am[j][3] : 0.f);
     }
   }
-  __syncthreads();  // (B) phi_K ready
+  cp_async_wait_all();  // this thread's second group (older K blocks, V, S_n) landed
+  __syncthreads();      // (B) phi_K, every K/V block and S_n ready
 
   float og[ND][4];  // gate warps: gated output; window warps: window output
   float l0 = 0.f, l1 = 0.f;
