@@ -525,7 +525,26 @@ __device__ __forceinline__ ChunkInfo chunk_info(const float* bc, int L, int n) {
 // value (the group's own contribution) goes to `gst`. kGroupRun: one CTA per (b, h, chunk group),
 // starting from the group's incoming state in `gst` (after scan_groups_kernel), full outputs.
 // gst is [BH, G, P2 * D + P2] fp32 (S then z, or R then r).
-enum SweepMode : int { kWhole = 0, kGroupLocal = 1, kGroupRun = 2 };
+// kChunkOut (sweep variant 2's output passes): one CTA per (b, h, chunk) (groups = chunk count, cpg = 1)
+// from the chunk's incoming state, which gate_state_kernel stored in gst as [BH, NC, kStateFloats<D, P2>]:
+// bf16 [P2, D] then the fp32 normaliser [P2]; the chunk's outputs only, no state update.
+enum SweepMode : int { kWhole = 0, kGroupLocal = 1, kGroupRun = 2, kChunkOut = 3 };
+
+template <int D, int P2>
+constexpr int kStateFloats = P2 * D / 2 + P2;  // one chunk's stored state (bf16 S, fp32 z) in floats
+
+// kChunkOut: the bf16 state from global (16-byte rows) and its fp32 normaliser.
+template <int D, int P2>
+__device__ __forceinline__ void load_state_bf16(const float* src, bf16* Sb, float* z, int tid) {
+  constexpr int LDD = D + 8, V = D / 8;  // uint4 (8 bf16) per row
+  const uint4* s4 = reinterpret_cast<const uint4*>(src);
+#pragma unroll 4
+  for (int x = tid; x < P2 * V; x += kGT) {
+    const int f = x / V, c = x % V;
+    *reinterpret_cast<uint4*>(Sb + f * LDD + 8 * c) = s4[x];
+  }
+  for (int x = tid; x < P2; x += kGT) z[x] = src[P2 * D / 2 + x];
+}
 
 // The bf16 copy of a group's incoming state and its fp32 normaliser part (the fp32 state itself is
 // used in place: compact kernels).
@@ -571,9 +590,12 @@ __device__ __forceinline__ void gate_fwd_body(const LizardAttnArgs& a, Dims d, W
   const float* phk = ws.phk + int64_t(bh) * L * P2;
   const T* v = static_cast<const T*>(a.v);
   if (Mode == kGroupLocal && grp == groups - 1) return;  // no group after it: its contribution is unused
-  float* my_state = Mode == kWhole ? nullptr : gst + int64_t(blockIdx.x) * (P2 * D + P2);
+  float* my_state =
+      Mode == kWhole ? nullptr : gst + int64_t(blockIdx.x) * (Mode == kChunkOut ? kStateFloats<D, P2> : P2 * D + P2);
   float* Sf = kCompact ? my_state : fsm;  // fp32 state [P2, D] (recomputed at its use: no live range)
-  if (Mode == kGroupRun) {
+  if (Mode == kChunkOut) {
+    load_state_bf16<D, P2>(my_state, Sb, z, tid);
+  } else if (Mode == kGroupRun) {
     load_state<D, P2>(my_state, Sb, z, tid);
   } else {
     for (int x = tid; x < P2 * D; x += kGT) Sf[x] = 0.f;
@@ -805,6 +827,7 @@ __device__ __forceinline__ void gate_fwd_body(const LizardAttnArgs& a, Dims d, W
       if (vb) ws.dbq[int64_t(bh) * L + ib] = dbb;
     }
     }  // Mode != kGroupLocal
+    if (Mode == kChunkOut) break;  // one chunk, outputs only (block-uniform)
     __syncthreads();  // every read of S, z, the tiles is done; PKd visible
     if (kCompact) {  // PKd over PQ
       for (int x = tid; x < kC * P2; x += kGT) {
@@ -895,9 +918,12 @@ __device__ __forceinline__ void gate_rev_body(const LizardAttnArgs& a, Dims d, W
   const float* dnw = ws.dn + int64_t(bh) * L * D;
   const T* v = static_cast<const T*>(a.v);
   if (Mode == kGroupLocal && grp == 0) return;  // no group before it: its contribution is unused
-  float* my_state = Mode == kWhole ? nullptr : gst + int64_t(blockIdx.x) * (P2 * D + P2);
+  float* my_state =
+      Mode == kWhole ? nullptr : gst + int64_t(blockIdx.x) * (Mode == kChunkOut ? kStateFloats<D, P2> : P2 * D + P2);
   float* Rf = kCompact ? my_state : fsm;  // fp32 state [P2, D] (recomputed at its use: no live range)
-  if (Mode == kGroupRun) {
+  if (Mode == kChunkOut) {
+    load_state_bf16<D, P2>(my_state, Rb, rv, tid);
+  } else if (Mode == kGroupRun) {
     load_state<D, P2>(my_state, Rb, rv, tid);
   } else {
     for (int x = tid; x < P2 * D; x += kGT) Rf[x] = 0.f;
@@ -1100,6 +1126,7 @@ __device__ __forceinline__ void gate_rev_body(const LizardAttnArgs& a, Dims d, W
       }
     }
     }  // Mode != kGroupLocal
+    if (Mode == kChunkOut) break;  // one chunk, outputs only (block-uniform)
     __syncthreads();  // every read of R, r done; PQd visible
     if (kCompact) {  // PQd over PQ
       for (int x = tid; x < kC * P2; x += kGT) {
@@ -1179,6 +1206,160 @@ __global__ void scan_groups_kernel(Dims d, Ws ws, int groups, int cpg, int elems
     st[int64_t(grp) * elems] = run;
     run = decay * run + own;
   }
+}
+
+// Sweep variant 2, state passes. Grid (BH, D / kSD), kGT threads: each CTA owns kSD value columns of
+// one (b, h) and walks the chunks in order (Rev: from the last), its [P2 x kSD] slice of the fp32 state
+// held in mma accumulators (warp w: rows w P2/4 .. + P2/4, the sweeps' state-update layout). Before
+// folding chunk n in, it writes the chunk's incoming state (bf16, its columns) to chunk n's slot of st
+// ([BH, NC, kStateFloats]); CTA y == 0 also carries the fp32 normaliser (thread f < P2 holds z_f) and
+// writes it after the bf16 block. Same recurrences as the sweeps' state updates:
+//   forward:  S <- exp(b_last) S + (phk .* exp(b_last - b_t))^T V,  z <- exp(b_last) z + sum_t phk_t exp(b_last - b_t)
+//   reverse:  R <- exp(b_last) R + (phq .* exp(b_i))^T dn,          r <- exp(b_last) r + sum_i phq_i exp(b_i) dden_i
+// (the reverse reads dn, dden: after the forward output pass). Two barriers per chunk (the row factors
+// are double-buffered); the stored bf16 state is what the sweeps' Sb / Rb copies hold.
+constexpr int kSD = 32;
+
+template <typename T, int D, int P2, bool Rev>
+__global__ void __launch_bounds__(kGT, 4) gate_state_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* st) {
+  constexpr int LDP = P2 + 8, LDS = kSD + 8, NJ = kSD / 8, MT = P2 / 64, P4 = P2 / 4;
+  static_assert(D % kSD == 0 && P2 % 64 == 0, "state pass tiling");
+  __shared__ __align__(16) bf16 XA[kC * LDP];  // decayed features [token][f]
+  __shared__ __align__(16) bf16 XB[kC * LDS];  // this CTA's value (dn) columns [token][c]
+  __shared__ float fac[2][kC], wz[2][kC];      // row decay factor; reverse: dden (normaliser weights)
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int bh = blockIdx.x, h = bh % d.Hq, b = bh / d.Hq, L = d.L, col0 = blockIdx.y * kSD;
+  const bool zcta = blockIdx.y == 0;
+  const int nch = (L + kC - 1) / kC;
+  const float* bc = ws.bc + int64_t(bh) * L;
+  const float* ph = (Rev ? ws.phq : ws.phk) + int64_t(bh) * L * P2;
+  const float* dnw = ws.dn + int64_t(bh) * L * D;
+  const T* v = static_cast<const T*>(a.v);
+  float acc[MT][NJ][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
+  float zr = 0.f;
+  for (int k = 0; k < nch; ++k) {
+    const int n = Rev ? nch - 1 - k : k, pb = k & 1;
+    const ChunkInfo ci = chunk_info(bc, L, n);
+    // chunk n's incoming state out
+    float* slot = st + (int64_t(bh) * nch + n) * kStateFloats<D, P2>;
+    bf16* Sg = reinterpret_cast<bf16*>(slot);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const int f = warp * P4 + mt * 16 + g;
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        const int c = col0 + 8 * j + 2 * t4;
+        *reinterpret_cast<uint32_t*>(Sg + f * D + c) = pack_bf16(acc[mt][j][0], acc[mt][j][1]);
+        *reinterpret_cast<uint32_t*>(Sg + (f + 8) * D + c) = pack_bf16(acc[mt][j][2], acc[mt][j][3]);
+      }
+    }
+    if (zcta && tid < P2) slot[P2 * D / 2 + tid] = zr;
+    if (tid < kC) {
+      const bool ok = tid < ci.nvalid;
+      const float base = ci.c0 > 0 ? bc[ci.c0 - 1] : 0.f;
+      const float bb = ok ? bc[ci.c0 + tid] - base : ci.blast;
+      fac[pb][tid] = ok ? expf(Rev ? bb : ci.blast - bb) : 0.f;
+      if (Rev) wz[pb][tid] = ok ? ws.dden[int64_t(bh) * L + ci.c0 + tid] : 0.f;
+    }
+    __syncthreads();  // fac visible; every warp is past the previous chunk's reads of XA, XB
+#pragma unroll 8  // 8 float4 loads in flight (fully unrolled, P2 = 128 spilled at 128 registers)
+    for (int it = 0; it < kC * P4 / kGT; ++it) {
+      const int x = tid + it * kGT, r = x / P4, f = 4 * (x % P4);
+      float4 u = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (r < ci.nvalid) u = *reinterpret_cast<const float4*>(ph + int64_t(ci.c0 + r) * P2 + f);
+      const float sc = fac[pb][r];
+      uint2 pk;
+      pk.x = pack_bf16(u.x * sc, u.y * sc), pk.y = pack_bf16(u.z * sc, u.w * sc);
+      *reinterpret_cast<uint2*>(XA + r * LDP + f) = pk;
+    }
+#pragma unroll
+    for (int it = 0; it < kC * kSD / 2 / kGT; ++it) {
+      const int x = tid + it * kGT, r = x / (kSD / 2), c = 2 * (x % (kSD / 2));
+      float lo = 0.f, hi = 0.f;
+      if (r < ci.nvalid) {
+        if (Rev) {
+          const float2 w2 = *reinterpret_cast<const float2*>(dnw + int64_t(ci.c0 + r) * D + col0 + c);
+          lo = w2.x, hi = w2.y;
+        } else {
+          const T* vr = v + d.k_off(b, ci.c0 + r, h) + col0 + c;
+          lo = ld(vr), hi = ld(vr + 1);
+        }
+      }
+      *reinterpret_cast<uint32_t*>(XB + r * LDS + c) = pack_bf16(lo, hi);
+    }
+    __syncthreads();  // tiles visible
+    const float decay = expf(ci.blast);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const int f0 = warp * P4 + mt * 16;
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mt][j][e] *= decay;
+#pragma unroll
+      for (int s = 0; s < kC / 16; ++s) {
+        uint32_t ka[4];
+        load_a_t(ka, XA, LDP, f0, s * 16);
+#pragma unroll
+        for (int np = 0; np < NJ / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, XB, LDS, np * 16, s * 16);
+          mma16816(acc[mt][2 * np], ka, bb[0], bb[1]);
+          mma16816(acc[mt][2 * np + 1], ka, bb[2], bb[3]);
+        }
+      }
+    }
+    if (zcta && tid < P2) {  // block-uniform CTA test; fp32 features as in the sweeps
+      float zz = zr * decay;
+#pragma unroll 8
+      for (int r = 0; r < ci.nvalid; ++r) {
+        const float t = ph[int64_t(ci.c0 + r) * P2 + tid] * fac[pb][r];
+        zz += Rev ? t * wz[pb][r] : t;
+      }
+      zr = zz;
+    }
+  }
+}
+
+// Sweep variant 2: state pass, output pass (one CTA per (b, h, chunk)), forward then reverse, one state
+// buffer [BH, NC, kStateFloats] reused by both directions. `mark` names the passes for the profile.
+template <typename T, int D, int P2, typename Mark>
+void launch_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, cudaStream_t st, Mark&& mark) {
+  const int BH = d.B * d.Hq, nch = (d.L + kC - 1) / kC;
+  float* sbuf = nullptr;
+  LZ_CUDA_OK(cudaMallocAsync(&sbuf, sizeof(float) * size_t(BH) * nch * kStateFloats<D, P2>, st));
+  const size_t gsmem = Smem<D, P2, true>::bytes;
+  auto kfo = gate_fwd_group_kernel<T, D, P2, kChunkOut>;
+  auto kro = gate_rev_group_kernel<T, D, P2, kChunkOut>;
+  LZ_CUDA_OK(cudaFuncSetAttribute(kfo, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
+  LZ_CUDA_OK(cudaFuncSetAttribute(kro, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
+  const dim3 sgrid(BH, D / kSD);
+  gate_state_kernel<T, D, P2, false><<<sgrid, kGT, 0, st>>>(a, d, ws, sbuf);
+  LZ_CUDA_OK(cudaGetLastError());
+  mark("gate2-fstate");
+  kfo<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dy, nch, 1, sbuf);
+  LZ_CUDA_OK(cudaGetLastError());
+  mark("gate2-fout");
+  gate_state_kernel<T, D, P2, true><<<sgrid, kGT, 0, st>>>(a, d, ws, sbuf);  // dn, dden from kfo
+  LZ_CUDA_OK(cudaGetLastError());
+  mark("gate2-rstate");
+  kro<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dv, nch, 1, sbuf);
+  LZ_CUDA_OK(cudaGetLastError());
+  mark("gate2-rout");
+  LZ_CUDA_OK(cudaFreeAsync(sbuf, st));
+}
+
+template <typename T, typename Mark>
+void run_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, cudaStream_t st, Mark&& mark) {
+  if (a.D == 64 && a.F == 32) return launch_gate2<T, 64, 64>(a, d, ws, dy, dv, st, mark);
+  if (a.D == 64 && a.F == 64) return launch_gate2<T, 64, 128>(a, d, ws, dy, dv, st, mark);
+  if (a.D == 128 && a.F == 32) return launch_gate2<T, 128, 64>(a, d, ws, dy, dv, st, mark);
+  if (a.D == 128 && a.F == 64) return launch_gate2<T, 128, 128>(a, d, ws, dy, dv, st, mark);
+  fail_cat("lizard attention chunked backward (cuda): needs D in {64, 128} and F in {32, 64}, got D=", a.D, " F=", a.F);
 }
 
 // groups = 0: the whole-sequence kernels; >= 1: the grouped (compact) kernels with that many groups
@@ -2737,7 +2918,8 @@ void keep_pool_memory() {
 int g_window_variant = 1;  // chunked backward: 1 = tensor-core window stage, 0 = CUDA-core
 int g_stage_variant = 1;   // chunked backward: 1 = tensor-core statistics and feature stages, 0 = CUDA-core,
                            // 2 = the tensor-core stages with the variant-2 loaders, window and dW kernels
-int g_sweep_variant = kBackwardSweepDefault;  // gate sweeps: 0 = one CTA per (b, h), 1 = over chunk groups
+int g_sweep_variant = kBackwardSweepDefault;  // gate sweeps: 0 = one CTA per (b, h), 1 = over chunk groups,
+                                              // 2 = state passes + one CTA per (b, h, chunk) output passes
 int g_sweep_groups = 0;    // grouped sweeps: groups per (b, h), 0 = auto
 
 template <typename T>
@@ -2774,11 +2956,11 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   const dim3 grid((a.L + kWarps - 1) / kWarps, a.B * a.Hq), block(32 * kWarps);
   // LIZARD_CUDA_BWD_PROFILE set: time each stage with events and print one line to stderr.
   const bool prof = std::getenv("LIZARD_CUDA_BWD_PROFILE") != nullptr;
-  const char* names[12];
-  cudaEvent_t evs[12];
+  const char* names[16];
+  cudaEvent_t evs[16];
   int nev = 0;
   auto mark = [&](const char* n) {
-    if (!prof || nev >= 12) return;
+    if (!prof || nev >= 16) return;
     LZ_CUDA_OK(cudaEventCreate(&evs[nev]));
     LZ_CUDA_OK(cudaEventRecord(evs[nev], st));
     names[nev++] = n;
@@ -2801,7 +2983,9 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   else
     stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya, !chunked);
   mark(stages2 ? "stats2" : tc_stages ? "stats-tc" : "stats");
-  if (chunked) {  // dn, dden, dphq, dbq; dv (gate), dphk, dbk
+  if (chunked && g_sweep_variant == 2) {  // state passes + chunk-parallel output passes, one mark each
+    gate::run_gate2<T>(a, d, ws, dy, g.dv, st, mark);
+  } else if (chunked) {  // dn, dden, dphq, dbq; dv (gate), dphk, dbk
     const int groups = gate::run_gate<T>(a, d, ws, dy, g.dv, g_sweep_variant == 1 ? 1 + g_sweep_groups : 0, st);
     mark(g_sweep_variant == 1 ? "gate-grouped" : "gate-chunked");
     if (prof && g_sweep_variant == 1)
@@ -2863,7 +3047,7 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
 
 void set_backward_window_variant(int v) { g_window_variant = v == 0 ? 0 : 1; }
 void set_backward_stage_variant(int v) { g_stage_variant = v == 0 ? 0 : v == 2 ? 2 : 1; }
-void set_backward_sweep_variant(int v) { g_sweep_variant = v == 1 ? 1 : 0; }
+void set_backward_sweep_variant(int v) { g_sweep_variant = v == 1 || v == 2 ? v : 0; }
 void set_backward_sweep_groups(int groups) { g_sweep_groups = groups > 0 ? groups : 0; }
 
 void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
