@@ -69,8 +69,10 @@ void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream 
 // a stream-ordered workspace) and an output pass with one CTA per (b, h, chunk). Falls back to v3 (then
 // v0) where the output pass's shared memory does not fit (D = 128: w > 129 at F = 64, w > 193 at F = 32;
 // D = 64: w > 513 at F = 64, w > 577 at F = 32).
+// 6 = variant 5 with the output pass on wgmma (sm_90a, SW128 tiles, v3's chunk body without the state
+// update); v5's mma.sync output pass off sm_90, then v3/v0 where neither fits (same window limits).
 constexpr int kForwardVariantDefault = 3;
-void set_forward_variant(int variant);  // 0, 3 or 5; throws lizard::Error otherwise
+void set_forward_variant(int variant);  // 0, 3, 5 or 6; throws lizard::Error otherwise
 // Value-column split over two CTAs per (b, h): 0 = auto (when 2 * B * Hq <= multiprocessors), 1 = never,
 // 2 = always.
 void set_forward_split(int mode);

@@ -46,6 +46,7 @@
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/lizard_attention.h"
 #include "ops/cuda/mma.cuh"
+#include "ops/cuda/wgmma.cuh"
 
 namespace lizard::cuda {
 namespace {
@@ -663,6 +664,413 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd5_out_kernel(const L
   }
 }
 
+// ------------------------------------------------------------------------------------------------
+// Pass 2 on wgmma (variant 6 = variant 5 with this output kernel; sm_90a): variant 3's chunk body
+// without the state update, on SW128 tiles (wgmma.cuh's layout contract).
+// - Warpgroup 0 (gate, warps 0-3) computes phi_K (into an SW128 tile, 64 keys x F2) and phi_Q of its
+//   16 rows per warp (F = 64: X W on wgmma, B = W MN-major; F = 32: mma.sync with padded W), then
+//   phi_Q S_n (wgmma m64nDk16, A = phi_Q from registers, B = S_n MN-major), the intra scores
+//   phi_Q phi_K^T (m64n64k16, B = phi_K K-major) and (A .* decay) V (B = V MN-major).
+// - Warpgroup 1 (window, warps 4-7) runs the window over the current chunk first (its K/V arrive with
+//   the first cp.async group) and then over the older blocks (second group, waited by the window
+//   warps alone): S = Q K^T (m64n64k16, both K-major), online softmax with meta sinks (log2 domain),
+//   O += P V (m64nDk16, P from registers, V MN-major); alpha * y_anchor goes to its own SW128 tile.
+// - Load groups: group 1 (all threads) = Q, the chunk's K and V, Wq, Wk, z_n, log gamma; group 2 =
+//   S_n (issued by the gate threads) and the older K/V blocks (issued by the window threads), so each
+//   warpgroup waits only for what it issued, then a 128-thread named barrier.
+constexpr int kBarGate6 = 1;    // the 4 gate warps: phi_K rows and S_n visible to wgmma
+constexpr int kBarWindow6 = 2;  // the 4 window warps: the older K/V blocks visible to wgmma
+__device__ __forceinline__ void bar_sync6(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+template <int D, int F>
+struct Out6Smem {
+  static constexpr int F2 = 2 * F, LDW = F + 8;
+  static constexpr bool kWgFeat = F == 64;     // F = 64: W as SW128 tiles and wgmma feature maps
+  static constexpr uint32_t kTile = kC * D * 2;  // one SW128 chunk tile (64 rows x D bf16)
+  static constexpr uint32_t kWBytes = kWgFeat ? uint32_t(D) * 128 : uint32_t(D) * LDW * 2;
+  static constexpr size_t bytes(int nblk) {
+    return size_t(2 + 2 * nblk) * kTile      // Q, window output, K and V blocks
+           + size_t(F2) * D * 2              // S_n (SW128, F2 rows)
+           + size_t(kC) * F2 * 2             // phi_K (SW128, 64 rows x F2)
+           + size_t(2) * kWBytes             // Wq, Wk
+           + size_t(kC + F2) * 4             // b, z_n
+           + 1024;                           // aligning the swizzle atoms
+  }
+};
+
+__device__ __forceinline__ void ldsm4_addr(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// mma.sync A fragment (16 x 16 at (m0, k0)) from an SW128 tile of 64 rows.
+__device__ __forceinline__ void load_a_sw64(uint32_t (&a)[4], uint32_t base, int m0, int k0) {
+  const int l = threadIdx.x & 31;
+  ldsm4_addr(a, base + wg::sw128_offset(kC, m0 + (l & 15), (k0 >> 3) + (l >> 4)));
+}
+
+// X W for 16 rows (m0) of an SW128 chunk tile X; W padded [D][F + 8] (F = 32 path).
+template <int D, int F>
+__device__ __forceinline__ void xw16_sw(float (&acc)[F / 8][4], uint32_t X, const bf16* W, int m0) {
+  constexpr int LDW = F + 8;
+#pragma unroll
+  for (int j = 0; j < F / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    uint32_t a[4];
+    load_a_sw64(a, X, m0, ks * 16);
+#pragma unroll
+    for (int np = 0; np < F / 16; ++np) {
+      uint32_t b[4];
+      load_b_kn(b, W, LDW, np * 16, ks * 16);
+      mma16816(acc[2 * np], a, b[0], b[1]);
+      mma16816(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// X W for the warpgroup's 64 rows on wgmma (F = 64): A = this warp's 16 rows by ldmatrix, B = W as an
+// SW128 tile of D rows x 64 columns, MN-major. acc[j][e] = d[4j + e].
+template <int D>
+__device__ __forceinline__ void xw64_wg(float (&acc)[8][4], uint32_t X, uint32_t W, int m0) {
+  uint32_t a[D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) load_a_sw64(a[ks], X, m0, ks * 16);
+  float(&d)[32] = reinterpret_cast<float(&)[32]>(acc);
+#pragma unroll
+  for (int j = 0; j < 32; ++j) d[j] = 0.f;
+  wg::wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) wg::wgmma_rs_tb<64>(d, a[ks], wg::desc_sw128(W + ks * (16 * 128), D * 128, 1024));
+  wg::commit();
+  wg::wait<0>();
+  wg::fence_regs(d);
+}
+
+// Rows [64][D] of chunk n of a [L][stride] bf16 matrix into an SW128 chunk tile (rows past L zero).
+template <int D>
+__device__ __forceinline__ void tile_sw_async(unsigned char* dst, const bf16* src, int64_t stride, int n, int L, int t,
+                                              int nt) {
+  for (int p = t; p < kC * D / 8; p += nt) {
+    const int r = p / (D / 8), c = p % (D / 8), pos = n * kC + r;
+    const bool ok = pos < L;
+    cp_async16(dst + wg::sw128_offset(kC, r, c), src + int64_t(ok ? pos : 0) * stride + c * 8, ok ? 16 : 0);
+  }
+}
+
+template <int D, int F>
+__global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd6_out_kernel(const LizardAttnArgs a, const bf16* __restrict__ st16,
+                                                                        const float* __restrict__ stz, int nb) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) printf("lizard attention fwd v6 needs an sm_90a build\n");
+#else
+  using S = Out6Smem<D, F>;
+  constexpr int F2 = S::F2, LDW = S::LDW;
+  constexpr uint32_t kTile = S::kTile;
+  constexpr int NK = kC / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw = smem_addr(smem_raw), pad = (1024u - (raw & 1023u)) & 1023u;
+  unsigned char* base = smem_raw + pad;
+  const uint32_t sbase = raw + pad;
+  const int nblk = nb + 1;
+  const uint32_t oQ = 0, oO = kTile, oK = 2 * kTile, oV = oK + nblk * kTile, oS = oV + nblk * kTile;
+  const uint32_t oPk = oS + F2 * D * 2, oW = oPk + kC * F2 * 2;
+  unsigned char* Os = base + oO;
+  unsigned char* Pk = base + oPk;
+  bf16* Wq = reinterpret_cast<bf16*>(base + oW);
+  bf16* Wk = reinterpret_cast<bf16*>(base + oW + S::kWBytes);
+  const uint32_t sQ = sbase + oQ, sS16 = sbase + oS, sPk = sbase + oPk, sWq = sbase + oW, sWk = sbase + oW + S::kWBytes;
+  float* bsum = reinterpret_cast<float*>(base + oW + 2 * S::kWBytes);
+  float* zs = bsum + kC;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int n = blockIdx.x, bhq = blockIdx.y;
+  const int hq = bhq % a.Hq, b = bhq / a.Hq;
+  const int hkv = hq / (a.Hq / a.Hkv);
+  const int L = a.L, w = a.window, nchunks = (L + kC - 1) / kC;
+  const int64_t qstride = int64_t(a.Hq) * D, kstride = int64_t(a.Hkv) * D;
+  const bf16* qb = static_cast<const bf16*>(a.q) + int64_t(b) * L * qstride + int64_t(hq) * D;
+  const bf16* kb = static_cast<const bf16*>(a.k) + int64_t(b) * L * kstride + int64_t(hkv) * D;
+  const bf16* vb = static_cast<const bf16*>(a.v) + int64_t(b) * L * kstride + int64_t(hkv) * D;
+  bf16* yb = static_cast<bf16*>(a.y) + int64_t(b) * L * qstride + int64_t(hq) * D;
+  const int gts = a.gate_per_head ? a.Hq : 1;
+  const float* lgb = a.log_gamma + int64_t(b) * L * gts + (a.gate_per_head ? hq : 0);
+  const float alpha = a.alpha[a.alpha_per_head ? hq : 0];
+  const float scale2 = (a.scale > 0 ? a.scale : rsqrtf(float(D))) * kLog2e;
+
+  // Group 1 (all threads): Q, the chunk's K and V, Wq, Wk, z_n, log gamma.
+  tile_sw_async<D>(base + oQ, qb, qstride, n, L, tid, kOutThreads);
+  tile_sw_async<D>(base + oK + nb * kTile, kb, kstride, n, L, tid, kOutThreads);
+  tile_sw_async<D>(base + oV + nb * kTile, vb, kstride, n, L, tid, kOutThreads);
+  {
+    const bf16* wq = static_cast<const bf16*>(a.wq) + int64_t(hq) * D * F;
+    const bf16* wk = static_cast<const bf16*>(a.wk) + int64_t(hq) * D * F;
+    for (int p = tid; p < D * F / 8; p += kOutThreads) {
+      const int r = p / (F / 8), c = (p % (F / 8)) * 8;
+      if constexpr (S::kWgFeat) {
+        cp_async16(reinterpret_cast<unsigned char*>(Wq) + wg::sw128_offset(D, r, c / 8), wq + r * F + c, 16);
+        cp_async16(reinterpret_cast<unsigned char*>(Wk) + wg::sw128_offset(D, r, c / 8), wk + r * F + c, 16);
+      } else {
+        cp_async16(Wq + r * LDW + c, wq + r * F + c, 16);
+        cp_async16(Wk + r * LDW + c, wk + r * F + c, 16);
+      }
+    }
+    const float* zn = stz + (int64_t(bhq) * nchunks + n) * F2;
+    for (int p = tid; p < F2 / 4; p += kOutThreads) cp_async16(zs + 4 * p, zn + 4 * p, 16);
+  }
+  if (warp == 0) lg_async(bsum, lgb, gts, n, L, lane);
+  cp_async_commit();
+  // Group 2: S_n by the gate threads, the older K/V blocks by the window threads.
+  if (warp < 4) {
+    const bf16* sn = st16 + (int64_t(bhq) * nchunks + n) * F2 * D;
+    for (int p = tid; p < F2 * D / 8; p += 128) {
+      const int r = p / (D / 8), c = p % (D / 8);
+      cp_async16(base + oS + wg::sw128_offset(F2, r, c), sn + int64_t(r) * D + c * 8, 16);
+    }
+  } else {
+    for (int j = 0; j < nb; ++j) {
+      const int cn = n - nb + j;
+      if (cn < 0) continue;  // never read (the window skips it)
+      tile_sw_async<D>(base + oK + j * kTile, kb, kstride, cn, L, tid - 128, 128);
+      tile_sw_async<D>(base + oV + j * kTile, vb, kstride, cn, L, tid - 128, 128);
+    }
+  }
+  cp_async_commit();
+
+  float meta_m = -INFINITY, meta_l = 0.f;
+  if (warp >= 4 && a.n_meta > 0) {
+    const float* mu = a.meta + (a.meta_per_head ? hq * a.n_meta : 0);
+    for (int j = 0; j < a.n_meta; ++j) meta_m = fmaxf(meta_m, mu[j] * kLog2e);
+    for (int j = 0; j < a.n_meta; ++j) meta_l += exp2f(mu[j] * kLog2e - meta_m);
+  }
+  asm volatile("cp.async.wait_group 1;\n" ::: "memory");  // this thread's group 1 landed
+  wg::fence_proxy_async();                                  // ... and is visible to wgmma after the barrier
+  if (warp == 0) {
+    __syncwarp();
+    scan_chunk(bsum, bsum, lane);
+  }
+  __syncthreads();  // (A) group 1 and b ready
+
+  const int r0 = (warp & 3) * 16;
+  const uint32_t sKc = sbase + oK + nb * kTile, sVc = sbase + oV + nb * kTile;
+  float og[D / 2];  // accumulator layout: og[4j + e] = v0's og[j][e]
+  if (warp < 4) {
+    {  // phi_K of rows r0.. into the SW128 phi_K tile (zero past L)
+      float ap[F / 8][4], am[F / 8][4];
+      if constexpr (S::kWgFeat)
+        xw64_wg<D>(ap, sKc, sWk, r0);
+      else
+        xw16_sw<D, F>(ap, sKc, Wk, r0);
+      feat_map5<F>(ap, am, a.act);
+      const bool v0 = n * kC + r0 + g < L, v1 = n * kC + r0 + g + 8 < L;
+#pragma unroll
+      for (int j = 0; j < F / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g, j) + 4 * t4) =
+            pack_bf16(v0 ? ap[j][0] : 0.f, v0 ? ap[j][1] : 0.f);
+        *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4) =
+            pack_bf16(v1 ? ap[j][2] : 0.f, v1 ? ap[j][3] : 0.f);
+        *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g, F / 8 + j) + 4 * t4) =
+            pack_bf16(v0 ? am[j][0] : 0.f, v0 ? am[j][1] : 0.f);
+        *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g + 8, F / 8 + j) + 4 * t4) =
+            pack_bf16(v1 ? am[j][2] : 0.f, v1 ? am[j][3] : 0.f);
+      }
+    }
+    uint32_t phq[F2 / 16][4];
+    float qz0 = 0.f, qz1 = 0.f;
+    {
+      float ap[F / 8][4], am[F / 8][4];
+      if constexpr (S::kWgFeat)
+        xw64_wg<D>(ap, sQ, sWq, r0);
+      else
+        xw16_sw<D, F>(ap, sQ, Wq, r0);
+      feat_map5<F>(ap, am, a.act);
+#pragma unroll
+      for (int j = 0; j < F / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int c = 8 * j + 2 * t4 + e;
+          qz0 += ap[j][e] * zs[c] + am[j][e] * zs[F + c];
+          qz1 += ap[j][2 + e] * zs[c] + am[j][2 + e] * zs[F + c];
+        }
+      }
+#pragma unroll
+      for (int s = 0; s < F / 16; ++s) {
+        phq[s][0] = pack_bf16(ap[2 * s][0], ap[2 * s][1]);
+        phq[s][1] = pack_bf16(ap[2 * s][2], ap[2 * s][3]);
+        phq[s][2] = pack_bf16(ap[2 * s + 1][0], ap[2 * s + 1][1]);
+        phq[s][3] = pack_bf16(ap[2 * s + 1][2], ap[2 * s + 1][3]);
+        phq[F / 16 + s][0] = pack_bf16(am[2 * s][0], am[2 * s][1]);
+        phq[F / 16 + s][1] = pack_bf16(am[2 * s][2], am[2 * s][3]);
+        phq[F / 16 + s][2] = pack_bf16(am[2 * s + 1][0], am[2 * s + 1][1]);
+        phq[F / 16 + s][3] = pack_bf16(am[2 * s + 1][2], am[2 * s + 1][3]);
+      }
+    }
+    cp_async_wait_all();       // this thread's S_n copies landed
+    wg::fence_proxy_async();   // S_n copies and phi_K stores -> visible to wgmma after the barrier
+    bar_sync6(kBarGate6, 128);
+    // phi_Q S_n and the intra scores phi_Q phi_K^T on wgmma.
+#pragma unroll
+    for (int j = 0; j < D / 2; ++j) og[j] = 0.f;
+    wg::wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < F2 / 16; ++s)
+      wg::wgmma_rs_tb<D>(og, phq[s], wg::desc_sw128(sS16 + s * (16 * 128), F2 * 128, 1024));
+    wg::commit();
+    float sc[kC / 2];
+#pragma unroll
+    for (int j = 0; j < kC / 2; ++j) sc[j] = 0.f;
+    wg::wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < F2 / 16; ++s)
+      wg::wgmma_rs_kb<64>(sc, phq[s], wg::desc_sw128(sPk + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024));
+    wg::commit();
+    wg::wait<0>();
+    wg::fence_regs(sc);
+    wg::fence_regs(og);
+    const int i0 = r0 + g, i1 = r0 + g + 8;
+    const float bi0 = bsum[i0], bi1 = bsum[i1];
+    float l0 = 0.f, l1 = 0.f;
+    uint32_t pa[NK / 2][4];
+#pragma unroll
+    for (int j = 0; j < NK; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int tt = 8 * j + 2 * t4 + e;
+        const float bt = bsum[tt];
+        const float x0 = tt <= i0 ? sc[4 * j + e] * __expf(bi0 - bt) : 0.f;
+        const float x1 = tt <= i1 ? sc[4 * j + 2 + e] * __expf(bi1 - bt) : 0.f;
+        sc[4 * j + e] = round_bf16(x0), sc[4 * j + 2 + e] = round_bf16(x1);
+        l0 += sc[4 * j + e], l1 += sc[4 * j + 2 + e];
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < NK / 2; ++s) {
+      pa[s][0] = pack_bf16(sc[8 * s], sc[8 * s + 1]);
+      pa[s][1] = pack_bf16(sc[8 * s + 2], sc[8 * s + 3]);
+      pa[s][2] = pack_bf16(sc[8 * s + 4], sc[8 * s + 5]);
+      pa[s][3] = pack_bf16(sc[8 * s + 6], sc[8 * s + 7]);
+    }
+    const float e0 = __expf(bi0), e1 = __expf(bi1);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) og[4 * j] *= e0, og[4 * j + 1] *= e0, og[4 * j + 2] *= e1, og[4 * j + 3] *= e1;
+    wg::fence_regs(og);
+    wg::wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < NK / 2; ++s) wg::wgmma_rs_tb<D>(og, pa[s], wg::desc_sw128(sVc + s * (16 * 128), kC * 128, 1024));
+    wg::commit();
+    wg::wait<0>();
+    wg::fence_regs(og);
+    l0 = quad_sum(l0) + e0 * quad_sum(qz0);
+    l1 = quad_sum(l1) + e1 * quad_sum(qz1);
+    const float inv0 = 1.f / (l0 + a.eps), inv1 = 1.f / (l1 + a.eps);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) og[4 * j] *= inv0, og[4 * j + 1] *= inv0, og[4 * j + 2] *= inv1, og[4 * j + 3] *= inv1;
+  } else {
+    // Window with meta sinks: the current chunk's block first, then the older ones.
+    const int ia = n * kC + r0 + g, ib = ia + 8;
+    float m0 = meta_m, m1 = meta_m;
+    float l0 = t4 == 0 ? meta_l : 0.f, l1 = l0;
+#pragma unroll
+    for (int j = 0; j < D / 2; ++j) og[j] = 0.f;
+    const int wmin = n * kC, wmax = wmin + kC - 1;  // the warpgroup's query positions (uniform)
+    for (int it = 0; it <= nb; ++it) {
+      if (it == 1) {  // the older blocks (group 2 of the window threads)
+        cp_async_wait_all();
+        wg::fence_proxy_async();
+        bar_sync6(kBarWindow6, 128);
+      }
+      const int j = it == 0 ? nb : it - 1;
+      const int cn = n - nb + j, t0 = cn * kC;
+      if (cn < 0 || t0 + kC - 1 < wmin - w + 1 || t0 > wmax) continue;  // warpgroup-uniform
+      const uint32_t kbase = sbase + oK + j * kTile, vbase = sbase + oV + j * kTile;
+      float sc[kC / 2];
+      wg::wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < D / 16; ++s) {
+        const uint64_t da = wg::desc_sw128(sQ + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024);
+        const uint64_t db = wg::desc_sw128(kbase + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024);
+        wg::wgmma_ss<kC>(sc, da, db, s > 0 ? 1 : 0);
+      }
+      wg::commit();
+      wg::wait<0>();
+      wg::fence_regs(sc);
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int q = 0; q < NK; ++q) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int tt = t0 + 8 * q + 2 * t4 + e;
+          sc[4 * q + e] = (tt <= ia && tt > ia - w) ? sc[4 * q + e] * scale2 : -INFINITY;
+          sc[4 * q + 2 + e] = (tt <= ib && tt > ib - w) ? sc[4 * q + 2 + e] * scale2 : -INFINITY;
+          mx0 = fmaxf(mx0, sc[4 * q + e]), mx1 = fmaxf(mx1, sc[4 * q + 2 + e]);
+        }
+      }
+      const float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
+      const float u0 = mn0 == -INFINITY ? 0.f : mn0, u1 = mn1 == -INFINITY ? 0.f : mn1;
+      const float c0 = exp2f(m0 - u0), c1 = exp2f(m1 - u1);
+      m0 = mn0, m1 = mn1;
+      l0 *= c0, l1 *= c1;
+#pragma unroll
+      for (int q = 0; q < D / 8; ++q) og[4 * q] *= c0, og[4 * q + 1] *= c0, og[4 * q + 2] *= c1, og[4 * q + 3] *= c1;
+#pragma unroll
+      for (int q = 0; q < NK; ++q) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          sc[4 * q + e] = round_bf16(exp2f(sc[4 * q + e] - u0));
+          sc[4 * q + 2 + e] = round_bf16(exp2f(sc[4 * q + 2 + e] - u1));
+          l0 += sc[4 * q + e], l1 += sc[4 * q + 2 + e];
+        }
+      }
+      uint32_t pa[NK / 2][4];
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s) {
+        pa[s][0] = pack_bf16(sc[8 * s], sc[8 * s + 1]);
+        pa[s][1] = pack_bf16(sc[8 * s + 2], sc[8 * s + 3]);
+        pa[s][2] = pack_bf16(sc[8 * s + 4], sc[8 * s + 5]);
+        pa[s][3] = pack_bf16(sc[8 * s + 6], sc[8 * s + 7]);
+      }
+      wg::fence_regs(og);
+      wg::wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s) wg::wgmma_rs_tb<D>(og, pa[s], wg::desc_sw128(vbase + s * (16 * 128), kC * 128, 1024));
+      wg::commit();
+      wg::wait<0>();
+      wg::fence_regs(og);
+    }
+    l0 = quad_sum(l0), l1 = quad_sum(l1);
+    const float inv0 = alpha / l0, inv1 = alpha / l1;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      *reinterpret_cast<uint32_t*>(Os + wg::sw128_offset(kC, r0 + g, j) + 4 * t4) = pack_bf16(og[4 * j] * inv0, og[4 * j + 1] * inv0);
+      *reinterpret_cast<uint32_t*>(Os + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4) =
+          pack_bf16(og[4 * j + 2] * inv1, og[4 * j + 3] * inv1);
+    }
+  }
+  __syncthreads();  // (B) the window output is in Os
+
+  if (warp < 4) {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      uint32_t* p0 = reinterpret_cast<uint32_t*>(Os + wg::sw128_offset(kC, r0 + g, j) + 4 * t4);
+      uint32_t* p1 = reinterpret_cast<uint32_t*>(Os + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4);
+      const float2 w0 = unpack_bf16(*p0), w1 = unpack_bf16(*p1);
+      *p0 = pack_bf16(og[4 * j] + w0.x, og[4 * j + 1] + w0.y);
+      *p1 = pack_bf16(og[4 * j + 2] + w1.x, og[4 * j + 3] + w1.y);
+    }
+    __syncwarp();
+    for (int p = lane; p < 16 * D / 8; p += 32) {
+      const int r = p / (D / 8), c = p % (D / 8);
+      const int pos = n * kC + r0 + r;
+      if (pos < L)
+        *reinterpret_cast<uint4*>(yb + int64_t(pos) * qstride + c * 8) =
+            *reinterpret_cast<const uint4*>(Os + wg::sw128_offset(kC, r0 + r, c));
+    }
+  }
+#endif
+}
+
 // The stream-ordered pool keeps freed memory (once per device), so the per-call workspace
 // allocation below reuses the same block instead of going to the driver every time.
 void fwd5_keep_pool() {
@@ -678,14 +1086,20 @@ void fwd5_keep_pool() {
   done[dev] = true;
 }
 
+// wg_out: the output pass on wgmma (variant 6) where it can run (sm_90, shared memory), else the
+// mma.sync output pass (variant 5); false when neither fits (the caller runs v3, then v0).
 template <int D, int F>
-bool launch_fwd5_t(const LizardAttnArgs& a, cudaStream_t stream) {
+bool launch_fwd5_t(const LizardAttnArgs& a, cudaStream_t stream, bool wg_out) {
   const int nb = a.window > 1 ? (a.window - 1 + kC - 1) / kC : 0;
-  const size_t smem2 = Out5Smem<D, F>::bytes(nb + 1);
+  const size_t smem5 = Out5Smem<D, F>::bytes(nb + 1), smem6 = Out6Smem<D, F>::bytes(nb + 1);
   constexpr size_t smem1 = State5Smem<D, F>::bytes();
-  int dev = 0, optin = 0;
+  int dev = 0, optin = 0, major = 0, minor = 0;
   LZ_CUDA_OK(cudaGetDevice(&dev));
   LZ_CUDA_OK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  LZ_CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  LZ_CUDA_OK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  const bool use6 = wg_out && major == 9 && minor == 0 && smem6 <= size_t(optin);
+  const size_t smem2 = use6 ? smem6 : smem5;
   if (smem2 > size_t(optin) || smem1 > size_t(optin)) return false;  // the caller runs v3 (then v0)
   const int F2 = 2 * F, nchunks = (a.L + kC - 1) / kC;
   const int64_t bh = int64_t(a.B) * a.Hq;
@@ -702,10 +1116,10 @@ bool launch_fwd5_t(const LizardAttnArgs& a, cudaStream_t stream) {
   LZ_CUDA_OK(cudaFuncSetAttribute(k1, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)));
   k1<<<unsigned(bh * (D / kDVS)), kStateThreads, smem1, stream>>>(a, st16, stz);
   launched("lizard attention fwd v5 (chunk states)");
-  auto k2 = lizard_fwd5_out_kernel<D, F>;
+  auto k2 = use6 ? lizard_fwd6_out_kernel<D, F> : lizard_fwd5_out_kernel<D, F>;
   LZ_CUDA_OK(cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
   k2<<<dim3(unsigned(nchunks), unsigned(bh)), kOutThreads, smem2, stream>>>(a, st16, stz, nb);
-  launched("lizard attention fwd v5 (outputs)");
+  launched(use6 ? "lizard attention fwd v6 (outputs, wgmma)" : "lizard attention fwd v5 (outputs)");
   LZ_CUDA_OK(cudaFreeAsync(ws, stream));
   return true;
 }
@@ -714,11 +1128,12 @@ bool launch_fwd5_t(const LizardAttnArgs& a, cudaStream_t stream) {
 
 // Variant 5 entry (called by lizard_attention_fwd.cu's dispatch after its argument checks): false when it
 // cannot run this configuration (pass 2's shared memory), and the caller falls back to variant 3.
-bool launch_fwd5(const LizardAttnArgs& a, cudaStream_t stream) {
-  if (a.D == 128 && a.F == 64) return launch_fwd5_t<128, 64>(a, stream);
-  if (a.D == 64 && a.F == 64) return launch_fwd5_t<64, 64>(a, stream);
-  if (a.D == 128 && a.F == 32) return launch_fwd5_t<128, 32>(a, stream);
-  if (a.D == 64 && a.F == 32) return launch_fwd5_t<64, 32>(a, stream);
+// wg_out = true is variant 6 (the output pass on wgmma; falls back to v5's output pass off sm_90).
+bool launch_fwd5(const LizardAttnArgs& a, cudaStream_t stream, bool wg_out) {
+  if (a.D == 128 && a.F == 64) return launch_fwd5_t<128, 64>(a, stream, wg_out);
+  if (a.D == 64 && a.F == 64) return launch_fwd5_t<64, 64>(a, stream, wg_out);
+  if (a.D == 128 && a.F == 32) return launch_fwd5_t<128, 32>(a, stream, wg_out);
+  if (a.D == 64 && a.F == 32) return launch_fwd5_t<64, 32>(a, stream, wg_out);
   return false;
 }
 
