@@ -383,6 +383,12 @@ def main():
         yv = z.fwd().float()
         print(f"  {tag}: lizard fwd v6 vs v3 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
         row(tag, "lizard cuda fwd v6 (two-pass wgmma)", med(z.fwd), float("nan"))
+        os.environ["LIZARD_CUDA_FWD5_PROFILE"] = "1"  # one call each with the per-pass times on stderr
+        for var in (5, 6):
+            check(lib.lz_set_forward_variant(var))
+            z.fwd()
+            torch.cuda.synchronize()
+        del os.environ["LIZARD_CUDA_FWD5_PROFILE"]
         check(lib.lz_set_forward_variant(3))  # the default (kForwardVariantDefault)
         del y0, yv
         fb = float("nan")

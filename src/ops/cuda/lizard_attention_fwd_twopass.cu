@@ -38,10 +38,15 @@
 // D = 128, F = 32: w > 193; D = 64: w > 513 (F 64) / w > 577 (F 32) (Out5Smem::bytes against the 227 KB
 // opt-in limit). Pass 1 needs 94 KB at D128 F64 (two CTAs per SM).
 // Only mma.sync and cp.async, so it runs on any sm_80+ device.
+//
+// Variant 6 (set_forward_variant(6)) is the same pass 1 with the output pass on wgmma
+// (lizard_fwd6_out_kernel below, sm_90a: v3's chunk body on SW128 tiles minus the state update); off
+// sm_90 it runs v5's output pass. LIZARD_CUDA_FWD5_PROFILE (env) prints both passes' times to stderr.
 #include <cuda_bf16.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/lizard_attention.h"
@@ -1112,15 +1117,32 @@ bool launch_fwd5_t(const LizardAttnArgs& a, cudaStream_t stream, bool wg_out) {
   bf16* st16 = reinterpret_cast<bf16*>(ws);
   float* stz = reinterpret_cast<float*>(ws + s_bytes);  // s_bytes is a multiple of 256 (F2 * D * 2)
 
+  // LIZARD_CUDA_FWD5_PROFILE set: time both passes with events and print one line to stderr.
+  const bool prof = std::getenv("LIZARD_CUDA_FWD5_PROFILE") != nullptr;
+  cudaEvent_t ev[3] = {};
+  if (prof)
+    for (auto& e : ev) LZ_CUDA_OK(cudaEventCreate(&e));
+  if (prof) LZ_CUDA_OK(cudaEventRecord(ev[0], stream));
   auto k1 = lizard_fwd5_state_kernel<D, F>;
   LZ_CUDA_OK(cudaFuncSetAttribute(k1, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)));
   k1<<<unsigned(bh * (D / kDVS)), kStateThreads, smem1, stream>>>(a, st16, stz);
   launched("lizard attention fwd v5 (chunk states)");
+  if (prof) LZ_CUDA_OK(cudaEventRecord(ev[1], stream));
   auto k2 = use6 ? lizard_fwd6_out_kernel<D, F> : lizard_fwd5_out_kernel<D, F>;
   LZ_CUDA_OK(cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
   k2<<<dim3(unsigned(nchunks), unsigned(bh)), kOutThreads, smem2, stream>>>(a, st16, stz, nb);
   launched(use6 ? "lizard attention fwd v6 (outputs, wgmma)" : "lizard attention fwd v5 (outputs)");
   LZ_CUDA_OK(cudaFreeAsync(ws, stream));
+  if (prof) {
+    LZ_CUDA_OK(cudaEventRecord(ev[2], stream));
+    LZ_CUDA_OK(cudaEventSynchronize(ev[2]));
+    float t1 = 0, t2 = 0;
+    LZ_CUDA_OK(cudaEventElapsedTime(&t1, ev[0], ev[1]));
+    LZ_CUDA_OK(cudaEventElapsedTime(&t2, ev[1], ev[2]));
+    std::fprintf(stderr, "lizard fwd %s profile B%d L%d Hq%d D%d F%d w%d: states %.3f ms, outputs %.3f ms\n",
+                 use6 ? "v6" : "v5", a.B, a.L, a.Hq, D, F, a.window, t1, t2);
+    for (auto& e : ev) cudaEventDestroy(e);
+  }
   return true;
 }
 
