@@ -71,8 +71,10 @@ void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream 
 // D = 64: w > 513 at F = 64, w > 577 at F = 32).
 // 6 = variant 5 with the output pass on wgmma (sm_90a, SW128 tiles, v3's chunk body without the state
 // update); v5's mma.sync output pass off sm_90, then v3/v0 where neither fits (same window limits).
+// 7 = variant 6 with 4 consecutive chunks per output CTA (W loaded once, the window's K/V blocks kept
+// in a ring: ~80 instead of ~176 KB loaded per chunk at D128 F64 w128, a quarter of the CTAs).
 constexpr int kForwardVariantDefault = 3;
-void set_forward_variant(int variant);  // 0, 3, 5 or 6; throws lizard::Error otherwise
+void set_forward_variant(int variant);  // 0, 3, 5, 6 or 7; throws lizard::Error otherwise
 // Value-column split over two CTAs per (b, h): 0 = auto (when 2 * B * Hq <= multiprocessors), 1 = never,
 // 2 = always.
 void set_forward_split(int mode);

@@ -1124,18 +1124,18 @@ bool launch_fwd3(const LizardAttnArgs& a, cudaStream_t stream) {
 }
 
 }  // namespace
-// Variants 5 and 6 (wg_out: the output pass on wgmma), lizard_attention_fwd_twopass.cu: false where it
-// cannot run (then v3, then v0).
-bool launch_fwd5(const LizardAttnArgs& a, cudaStream_t stream, bool wg_out);
+// Variants 5, 6, 7 (wg_cpg 0, 1, 4: the output pass on mma.sync, on wgmma, on wgmma with 4 chunks per
+// CTA), lizard_attention_fwd_twopass.cu: false where it cannot run (then v3, then v0).
+bool launch_fwd5(const LizardAttnArgs& a, cudaStream_t stream, int wg_cpg);
 namespace {
 
-int g_fwd_variant = kForwardVariantDefault;  // 0, 3, 5 or 6 (set_forward_variant)
+int g_fwd_variant = kForwardVariantDefault;  // 0, 3, 5, 6 or 7 (set_forward_variant)
 int g_split_mode = 0;   // 0: auto, 1: never split the value columns, 2: always
 
 template <int D, int F>
 void launch_fwd(const LizardAttnArgs& a, cudaStream_t stream) {
-  const bool twopass = g_fwd_variant == 5 || g_fwd_variant == 6;
-  if (twopass && launch_fwd5(a, stream, g_fwd_variant == 6)) return;  // two passes (else v3, then v0)
+  const bool twopass = g_fwd_variant >= 5;
+  if (twopass && launch_fwd5(a, stream, g_fwd_variant == 5 ? 0 : g_fwd_variant == 6 ? 1 : 4)) return;  // else v3, v0
   if ((g_fwd_variant == 3 || twopass) && launch_fwd3<D, F>(a, stream)) return;  // else v0 (see launch_fwd3)
   bool split = g_split_mode == 2;
   if (g_split_mode == 0) {
@@ -1158,8 +1158,8 @@ void launch_fwd(const LizardAttnArgs& a, cudaStream_t stream) {
 void check_common_args(const LizardAttnArgs& a);
 
 void set_forward_variant(int variant) {
-  LZ_CUDA_CHECK(variant == 0 || variant == 3 || variant == 5 || variant == 6,
-                "lizard attention (cuda): no forward variant ", variant, " (0, 3, 5 or 6)");
+  LZ_CUDA_CHECK(variant == 0 || variant == 3 || (variant >= 5 && variant <= 7),
+                "lizard attention (cuda): no forward variant ", variant, " (0, 3, 5, 6 or 7)");
   g_fwd_variant = variant;
 }
 void set_forward_split(int mode) { g_split_mode = mode; }

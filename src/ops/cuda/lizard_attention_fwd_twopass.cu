@@ -41,7 +41,10 @@
 //
 // Variant 6 (set_forward_variant(6)) is the same pass 1 with the output pass on wgmma
 // (lizard_fwd6_out_kernel below, sm_90a: v3's chunk body on SW128 tiles minus the state update); off
-// sm_90 it runs v5's output pass. LIZARD_CUDA_FWD5_PROFILE (env) prints both passes' times to stderr.
+// sm_90 it runs v5's output pass. Variant 7 (set_forward_variant(7)) is variant 6 with 4 consecutive
+// chunks per output CTA (lizard_fwd7_out_kernel): Wq/Wk once per CTA and the window's K/V blocks kept in a
+// ring, so a chunk loads ~80 KB instead of ~176 KB (D128 F64 w128), at a quarter of the CTAs.
+// LIZARD_CUDA_FWD5_PROFILE (env) prints both passes' times to stderr.
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -1076,6 +1079,337 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd6_out_kernel(const L
 #endif
 }
 
+// Variant 7: the same output pass with CPG consecutive chunks per CTA: Wq/Wk loaded once, each chunk's
+// K/V block loaded once into a ring of ceil((w-1)/64) + 1 slots (chunk cn in slot cn % ring) and reused by
+// the next chunks' windows; per chunk only Q, K/V of the chunk, S_n, z_n and log gamma are loaded.
+template <int D, int F, int CPG>
+__global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd7_out_kernel(const LizardAttnArgs a, const bf16* __restrict__ st16,
+                                                                        const float* __restrict__ stz, int nb) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) printf("lizard attention fwd v7 needs an sm_90a build\n");
+#else
+  using S = Out6Smem<D, F>;
+  constexpr int F2 = S::F2, LDW = S::LDW;
+  constexpr uint32_t kTile = S::kTile;
+  constexpr int NK = kC / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw = smem_addr(smem_raw), pad = (1024u - (raw & 1023u)) & 1023u;
+  unsigned char* base = smem_raw + pad;
+  const uint32_t sbase = raw + pad;
+  const int nblk = nb + 1;
+  const uint32_t oQ = 0, oO = kTile, oK = 2 * kTile, oV = oK + nblk * kTile, oS = oV + nblk * kTile;
+  const uint32_t oPk = oS + F2 * D * 2, oW = oPk + kC * F2 * 2;
+  unsigned char* Os = base + oO;
+  unsigned char* Pk = base + oPk;
+  bf16* Wq = reinterpret_cast<bf16*>(base + oW);
+  bf16* Wk = reinterpret_cast<bf16*>(base + oW + S::kWBytes);
+  const uint32_t sQ = sbase + oQ, sS16 = sbase + oS, sPk = sbase + oPk, sWq = sbase + oW, sWk = sbase + oW + S::kWBytes;
+  float* bsum = reinterpret_cast<float*>(base + oW + 2 * S::kWBytes);
+  float* zs = bsum + kC;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int bhq = blockIdx.y;
+  const int hq = bhq % a.Hq, b = bhq / a.Hq;
+  const int hkv = hq / (a.Hq / a.Hkv);
+  const int L = a.L, w = a.window, nchunks = (L + kC - 1) / kC;
+  const int n0 = blockIdx.x * CPG, n1 = CPG == 1 ? n0 + 1 : min(n0 + CPG, nchunks);  // grid: CPG = 1 exact
+  const int ring = nblk;
+  // K/V slot of chunk cn while chunk n runs: CPG = 1: its block index cn - (n - nb); else a ring, cn % ring.
+  auto slot_of = [&](int cn, int n) { return CPG == 1 ? cn - n + nb : cn % ring; };
+  const int64_t qstride = int64_t(a.Hq) * D, kstride = int64_t(a.Hkv) * D;
+  const bf16* qb = static_cast<const bf16*>(a.q) + int64_t(b) * L * qstride + int64_t(hq) * D;
+  const bf16* kb = static_cast<const bf16*>(a.k) + int64_t(b) * L * kstride + int64_t(hkv) * D;
+  const bf16* vb = static_cast<const bf16*>(a.v) + int64_t(b) * L * kstride + int64_t(hkv) * D;
+  bf16* yb = static_cast<bf16*>(a.y) + int64_t(b) * L * qstride + int64_t(hq) * D;
+  const int gts = a.gate_per_head ? a.Hq : 1;
+  const float* lgb = a.log_gamma + int64_t(b) * L * gts + (a.gate_per_head ? hq : 0);
+  const float alpha = a.alpha[a.alpha_per_head ? hq : 0];
+  const float scale2 = (a.scale > 0 ? a.scale : rsqrtf(float(D))) * kLog2e;
+
+  float meta_m = -INFINITY, meta_l = 0.f;  // window warps: meta sinks in the log2 domain
+  if (warp >= 4 && a.n_meta > 0) {
+    const float* mu = a.meta + (a.meta_per_head ? hq * a.n_meta : 0);
+    for (int j = 0; j < a.n_meta; ++j) meta_m = fmaxf(meta_m, mu[j] * kLog2e);
+    for (int j = 0; j < a.n_meta; ++j) meta_l += exp2f(mu[j] * kLog2e - meta_m);
+  }
+
+  for (int n = n0; n < n1; ++n) {
+  const bool first = n == n0;
+  if (!first) __syncthreads();  // (E) chunk n-1 fully consumed: Q, Os, phi_K, S_n, b, z and slot n % ring free
+  const int slot = slot_of(n, n);
+  // The thread index re-read per chunk (asm volatile): keeps the compiler from hoisting every load's
+  // per-thread addresses out of the chunk loop into registers (spills at D128 F64 otherwise).
+  int ltid;
+  asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(ltid));
+  // Group 1 (all threads): Q, the chunk's K and V, (first chunk: Wq, Wk), z_n, log gamma.
+  tile_sw_async<D>(base + oQ, qb, qstride, n, L, ltid, kOutThreads);
+  tile_sw_async<D>(base + oK + slot * kTile, kb, kstride, n, L, ltid, kOutThreads);
+  tile_sw_async<D>(base + oV + slot * kTile, vb, kstride, n, L, ltid, kOutThreads);
+  if (first) {
+    const bf16* wq = static_cast<const bf16*>(a.wq) + int64_t(hq) * D * F;
+    const bf16* wk = static_cast<const bf16*>(a.wk) + int64_t(hq) * D * F;
+    for (int p = ltid; p < D * F / 8; p += kOutThreads) {
+      const int r = p / (F / 8), c = (p % (F / 8)) * 8;
+      if constexpr (S::kWgFeat) {
+        cp_async16(reinterpret_cast<unsigned char*>(Wq) + wg::sw128_offset(D, r, c / 8), wq + r * F + c, 16);
+        cp_async16(reinterpret_cast<unsigned char*>(Wk) + wg::sw128_offset(D, r, c / 8), wk + r * F + c, 16);
+      } else {
+        cp_async16(Wq + r * LDW + c, wq + r * F + c, 16);
+        cp_async16(Wk + r * LDW + c, wk + r * F + c, 16);
+      }
+    }
+  }
+  {
+    const float* zn = stz + (int64_t(bhq) * nchunks + n) * F2;
+    for (int p = ltid; p < F2 / 4; p += kOutThreads) cp_async16(zs + 4 * p, zn + 4 * p, 16);
+  }
+  if (warp == 0) lg_async(bsum, lgb, gts, n, L, lane);
+  cp_async_commit();
+  // Group 2: S_n by the gate threads; on the CTA's first chunk the older K/V blocks by the window threads
+  // (later chunks find them in the ring: a chunk's own block stays until chunk + ring overwrites it).
+  if (warp < 4) {
+    const bf16* sn = st16 + (int64_t(bhq) * nchunks + n) * F2 * D;
+    for (int p = ltid; p < F2 * D / 8; p += 128) {
+      const int r = p / (D / 8), c = p % (D / 8);
+      cp_async16(base + oS + wg::sw128_offset(F2, r, c), sn + int64_t(r) * D + c * 8, 16);
+    }
+  } else if (first) {
+    for (int j = 0; j < nb; ++j) {
+      const int cn = n - nb + j;
+      if (cn < 0) continue;  // never read (the window skips it)
+      tile_sw_async<D>(base + oK + slot_of(cn, n) * kTile, kb, kstride, cn, L, ltid - 128, 128);
+      tile_sw_async<D>(base + oV + slot_of(cn, n) * kTile, vb, kstride, cn, L, ltid - 128, 128);
+    }
+  }
+  cp_async_commit();
+
+  asm volatile("cp.async.wait_group 1;\n" ::: "memory");  // this thread's group 1 landed
+  wg::fence_proxy_async();                                  // ... and is visible to wgmma after the barrier
+  if (warp == 0) {
+    __syncwarp();
+    scan_chunk(bsum, bsum, lane);
+  }
+  __syncthreads();  // (A) group 1 and b ready
+
+  const int r0 = (warp & 3) * 16;
+  const uint32_t sKc = sbase + oK + slot * kTile, sVc = sbase + oV + slot * kTile;
+  float og[D / 2];  // accumulator layout: og[4j + e] = v0's og[j][e]
+  if (warp < 4) {
+    {  // phi_K of rows r0.. into the SW128 phi_K tile (zero past L)
+      float ap[F / 8][4], am[F / 8][4];
+      if constexpr (S::kWgFeat)
+        xw64_wg<D>(ap, sKc, sWk, r0);
+      else
+        xw16_sw<D, F>(ap, sKc, Wk, r0);
+      feat_map5<F>(ap, am, a.act);
+      const bool v0 = n * kC + r0 + g < L, v1 = n * kC + r0 + g + 8 < L;
+#pragma unroll
+      for (int j = 0; j < F / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g, j) + 4 * t4) =
+            pack_bf16(v0 ? ap[j][0] : 0.f, v0 ? ap[j][1] : 0.f);
+        *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4) =
+            pack_bf16(v1 ? ap[j][2] : 0.f, v1 ? ap[j][3] : 0.f);
+        *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g, F / 8 + j) + 4 * t4) =
+            pack_bf16(v0 ? am[j][0] : 0.f, v0 ? am[j][1] : 0.f);
+        *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g + 8, F / 8 + j) + 4 * t4) =
+            pack_bf16(v1 ? am[j][2] : 0.f, v1 ? am[j][3] : 0.f);
+      }
+    }
+    uint32_t phq[F2 / 16][4];
+    float qz0 = 0.f, qz1 = 0.f;
+    {
+      float ap[F / 8][4], am[F / 8][4];
+      if constexpr (S::kWgFeat)
+        xw64_wg<D>(ap, sQ, sWq, r0);
+      else
+        xw16_sw<D, F>(ap, sQ, Wq, r0);
+      feat_map5<F>(ap, am, a.act);
+#pragma unroll
+      for (int j = 0; j < F / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int c = 8 * j + 2 * t4 + e;
+          qz0 += ap[j][e] * zs[c] + am[j][e] * zs[F + c];
+          qz1 += ap[j][2 + e] * zs[c] + am[j][2 + e] * zs[F + c];
+        }
+      }
+#pragma unroll
+      for (int s = 0; s < F / 16; ++s) {
+        phq[s][0] = pack_bf16(ap[2 * s][0], ap[2 * s][1]);
+        phq[s][1] = pack_bf16(ap[2 * s][2], ap[2 * s][3]);
+        phq[s][2] = pack_bf16(ap[2 * s + 1][0], ap[2 * s + 1][1]);
+        phq[s][3] = pack_bf16(ap[2 * s + 1][2], ap[2 * s + 1][3]);
+        phq[F / 16 + s][0] = pack_bf16(am[2 * s][0], am[2 * s][1]);
+        phq[F / 16 + s][1] = pack_bf16(am[2 * s][2], am[2 * s][3]);
+        phq[F / 16 + s][2] = pack_bf16(am[2 * s + 1][0], am[2 * s + 1][1]);
+        phq[F / 16 + s][3] = pack_bf16(am[2 * s + 1][2], am[2 * s + 1][3]);
+      }
+    }
+    cp_async_wait_all();       // this thread's S_n copies landed
+    wg::fence_proxy_async();   // S_n copies and phi_K stores -> visible to wgmma after the barrier
+    bar_sync6(kBarGate6, 128);
+    // phi_Q S_n and the intra scores phi_Q phi_K^T on wgmma.
+#pragma unroll
+    for (int j = 0; j < D / 2; ++j) og[j] = 0.f;
+    wg::wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < F2 / 16; ++s)
+      wg::wgmma_rs_tb<D>(og, phq[s], wg::desc_sw128(sS16 + s * (16 * 128), F2 * 128, 1024));
+    wg::commit();
+    float sc[kC / 2];
+#pragma unroll
+    for (int j = 0; j < kC / 2; ++j) sc[j] = 0.f;
+    wg::wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < F2 / 16; ++s)
+      wg::wgmma_rs_kb<64>(sc, phq[s], wg::desc_sw128(sPk + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024));
+    wg::commit();
+    wg::wait<0>();
+    wg::fence_regs(sc);
+    wg::fence_regs(og);
+    const int i0 = r0 + g, i1 = r0 + g + 8;
+    const float bi0 = bsum[i0], bi1 = bsum[i1];
+    float l0 = 0.f, l1 = 0.f;
+    uint32_t pa[NK / 2][4];
+#pragma unroll
+    for (int j = 0; j < NK; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int tt = 8 * j + 2 * t4 + e;
+        const float bt = bsum[tt];
+        const float x0 = tt <= i0 ? sc[4 * j + e] * __expf(bi0 - bt) : 0.f;
+        const float x1 = tt <= i1 ? sc[4 * j + 2 + e] * __expf(bi1 - bt) : 0.f;
+        sc[4 * j + e] = round_bf16(x0), sc[4 * j + 2 + e] = round_bf16(x1);
+        l0 += sc[4 * j + e], l1 += sc[4 * j + 2 + e];
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < NK / 2; ++s) {
+      pa[s][0] = pack_bf16(sc[8 * s], sc[8 * s + 1]);
+      pa[s][1] = pack_bf16(sc[8 * s + 2], sc[8 * s + 3]);
+      pa[s][2] = pack_bf16(sc[8 * s + 4], sc[8 * s + 5]);
+      pa[s][3] = pack_bf16(sc[8 * s + 6], sc[8 * s + 7]);
+    }
+    const float e0 = __expf(bi0), e1 = __expf(bi1);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) og[4 * j] *= e0, og[4 * j + 1] *= e0, og[4 * j + 2] *= e1, og[4 * j + 3] *= e1;
+    wg::fence_regs(og);
+    wg::wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < NK / 2; ++s) wg::wgmma_rs_tb<D>(og, pa[s], wg::desc_sw128(sVc + s * (16 * 128), kC * 128, 1024));
+    wg::commit();
+    wg::wait<0>();
+    wg::fence_regs(og);
+    l0 = quad_sum(l0) + e0 * quad_sum(qz0);
+    l1 = quad_sum(l1) + e1 * quad_sum(qz1);
+    const float inv0 = 1.f / (l0 + a.eps), inv1 = 1.f / (l1 + a.eps);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) og[4 * j] *= inv0, og[4 * j + 1] *= inv0, og[4 * j + 2] *= inv1, og[4 * j + 3] *= inv1;
+  } else {
+    // Window with meta sinks: the current chunk's block first, then the older ones.
+    const int ia = n * kC + r0 + g, ib = ia + 8;
+    float m0 = meta_m, m1 = meta_m;
+    float l0 = t4 == 0 ? meta_l : 0.f, l1 = l0;
+#pragma unroll
+    for (int j = 0; j < D / 2; ++j) og[j] = 0.f;
+    const int wmin = n * kC, wmax = wmin + kC - 1;  // the warpgroup's query positions (uniform)
+    for (int it = 0; it <= nb; ++it) {
+      if (it == 1) {  // the older blocks (group 2 of the window threads on the CTA's first chunk)
+        cp_async_wait_all();
+        wg::fence_proxy_async();
+        bar_sync6(kBarWindow6, 128);
+      }
+      const int j = it == 0 ? nb : it - 1;
+      const int cn = n - nb + j, t0 = cn * kC;
+      if (cn < 0 || t0 + kC - 1 < wmin - w + 1 || t0 > wmax) continue;  // warpgroup-uniform
+      const uint32_t kbase = sbase + oK + slot_of(cn, n) * kTile, vbase = sbase + oV + slot_of(cn, n) * kTile;
+      float sc[kC / 2];
+      wg::wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < D / 16; ++s) {
+        const uint64_t da = wg::desc_sw128(sQ + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024);
+        const uint64_t db = wg::desc_sw128(kbase + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024);
+        wg::wgmma_ss<kC>(sc, da, db, s > 0 ? 1 : 0);
+      }
+      wg::commit();
+      wg::wait<0>();
+      wg::fence_regs(sc);
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int q = 0; q < NK; ++q) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int tt = t0 + 8 * q + 2 * t4 + e;
+          sc[4 * q + e] = (tt <= ia && tt > ia - w) ? sc[4 * q + e] * scale2 : -INFINITY;
+          sc[4 * q + 2 + e] = (tt <= ib && tt > ib - w) ? sc[4 * q + 2 + e] * scale2 : -INFINITY;
+          mx0 = fmaxf(mx0, sc[4 * q + e]), mx1 = fmaxf(mx1, sc[4 * q + 2 + e]);
+        }
+      }
+      const float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
+      const float u0 = mn0 == -INFINITY ? 0.f : mn0, u1 = mn1 == -INFINITY ? 0.f : mn1;
+      const float c0 = exp2f(m0 - u0), c1 = exp2f(m1 - u1);
+      m0 = mn0, m1 = mn1;
+      l0 *= c0, l1 *= c1;
+#pragma unroll
+      for (int q = 0; q < D / 8; ++q) og[4 * q] *= c0, og[4 * q + 1] *= c0, og[4 * q + 2] *= c1, og[4 * q + 3] *= c1;
+#pragma unroll
+      for (int q = 0; q < NK; ++q) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          sc[4 * q + e] = round_bf16(exp2f(sc[4 * q + e] - u0));
+          sc[4 * q + 2 + e] = round_bf16(exp2f(sc[4 * q + 2 + e] - u1));
+          l0 += sc[4 * q + e], l1 += sc[4 * q + 2 + e];
+        }
+      }
+      uint32_t pa[NK / 2][4];
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s) {
+        pa[s][0] = pack_bf16(sc[8 * s], sc[8 * s + 1]);
+        pa[s][1] = pack_bf16(sc[8 * s + 2], sc[8 * s + 3]);
+        pa[s][2] = pack_bf16(sc[8 * s + 4], sc[8 * s + 5]);
+        pa[s][3] = pack_bf16(sc[8 * s + 6], sc[8 * s + 7]);
+      }
+      wg::fence_regs(og);
+      wg::wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s) wg::wgmma_rs_tb<D>(og, pa[s], wg::desc_sw128(vbase + s * (16 * 128), kC * 128, 1024));
+      wg::commit();
+      wg::wait<0>();
+      wg::fence_regs(og);
+    }
+    l0 = quad_sum(l0), l1 = quad_sum(l1);
+    const float inv0 = alpha / l0, inv1 = alpha / l1;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      *reinterpret_cast<uint32_t*>(Os + wg::sw128_offset(kC, r0 + g, j) + 4 * t4) = pack_bf16(og[4 * j] * inv0, og[4 * j + 1] * inv0);
+      *reinterpret_cast<uint32_t*>(Os + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4) =
+          pack_bf16(og[4 * j + 2] * inv1, og[4 * j + 3] * inv1);
+    }
+  }
+  __syncthreads();  // (B) the window output is in Os
+
+  if (warp < 4) {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      uint32_t* p0 = reinterpret_cast<uint32_t*>(Os + wg::sw128_offset(kC, r0 + g, j) + 4 * t4);
+      uint32_t* p1 = reinterpret_cast<uint32_t*>(Os + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4);
+      const float2 w0 = unpack_bf16(*p0), w1 = unpack_bf16(*p1);
+      *p0 = pack_bf16(og[4 * j] + w0.x, og[4 * j + 1] + w0.y);
+      *p1 = pack_bf16(og[4 * j + 2] + w1.x, og[4 * j + 3] + w1.y);
+    }
+    __syncwarp();
+    for (int p = lane; p < 16 * D / 8; p += 32) {
+      const int r = p / (D / 8), c = p % (D / 8);
+      const int pos = n * kC + r0 + r;
+      if (pos < L)
+        *reinterpret_cast<uint4*>(yb + int64_t(pos) * qstride + c * 8) =
+            *reinterpret_cast<const uint4*>(Os + wg::sw128_offset(kC, r0 + r, c));
+    }
+  }
+  }  // chunk loop
+#endif
+}
+
 // The stream-ordered pool keeps freed memory (once per device), so the per-call workspace
 // allocation below reuses the same block instead of going to the driver every time.
 void fwd5_keep_pool() {
@@ -1091,10 +1425,11 @@ void fwd5_keep_pool() {
   done[dev] = true;
 }
 
-// wg_out: the output pass on wgmma (variant 6) where it can run (sm_90, shared memory), else the
-// mma.sync output pass (variant 5); false when neither fits (the caller runs v3, then v0).
+// wg_cpg > 0: the output pass on wgmma with wg_cpg consecutive chunks per CTA (variants 6: 1, 7: 4) where
+// it can run (sm_90, shared memory), else the mma.sync output pass (variant 5); false when neither fits
+// (the caller runs v3, then v0).
 template <int D, int F>
-bool launch_fwd5_t(const LizardAttnArgs& a, cudaStream_t stream, bool wg_out) {
+bool launch_fwd5_t(const LizardAttnArgs& a, cudaStream_t stream, int wg_cpg) {
   const int nb = a.window > 1 ? (a.window - 1 + kC - 1) / kC : 0;
   const size_t smem5 = Out5Smem<D, F>::bytes(nb + 1), smem6 = Out6Smem<D, F>::bytes(nb + 1);
   constexpr size_t smem1 = State5Smem<D, F>::bytes();
@@ -1103,7 +1438,7 @@ bool launch_fwd5_t(const LizardAttnArgs& a, cudaStream_t stream, bool wg_out) {
   LZ_CUDA_OK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   LZ_CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   LZ_CUDA_OK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-  const bool use6 = wg_out && major == 9 && minor == 0 && smem6 <= size_t(optin);
+  const bool use6 = wg_cpg > 0 && major == 9 && minor == 0 && smem6 <= size_t(optin);
   const size_t smem2 = use6 ? smem6 : smem5;
   if (smem2 > size_t(optin) || smem1 > size_t(optin)) return false;  // the caller runs v3 (then v0)
   const int F2 = 2 * F, nchunks = (a.L + kC - 1) / kC;
@@ -1128,10 +1463,18 @@ bool launch_fwd5_t(const LizardAttnArgs& a, cudaStream_t stream, bool wg_out) {
   k1<<<unsigned(bh * (D / kDVS)), kStateThreads, smem1, stream>>>(a, st16, stz);
   launched("lizard attention fwd v5 (chunk states)");
   if (prof) LZ_CUDA_OK(cudaEventRecord(ev[1], stream));
-  auto k2 = use6 ? lizard_fwd6_out_kernel<D, F> : lizard_fwd5_out_kernel<D, F>;
-  LZ_CUDA_OK(cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
-  k2<<<dim3(unsigned(nchunks), unsigned(bh)), kOutThreads, smem2, stream>>>(a, st16, stz, nb);
-  launched(use6 ? "lizard attention fwd v6 (outputs, wgmma)" : "lizard attention fwd v5 (outputs)");
+  if (use6) {
+    auto k2 = wg_cpg == 1 ? lizard_fwd6_out_kernel<D, F> : lizard_fwd7_out_kernel<D, F, 4>;
+    LZ_CUDA_OK(cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
+    const int cpg = wg_cpg == 1 ? 1 : 4;
+    const int nx = (nchunks + cpg - 1) / cpg;
+    k2<<<dim3(unsigned(nx), unsigned(bh)), kOutThreads, smem2, stream>>>(a, st16, stz, nb);
+  } else {
+    auto k2 = lizard_fwd5_out_kernel<D, F>;
+    LZ_CUDA_OK(cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
+    k2<<<dim3(unsigned(nchunks), unsigned(bh)), kOutThreads, smem2, stream>>>(a, st16, stz, nb);
+  }
+  launched(use6 ? "lizard attention fwd v6/v7 (outputs, wgmma)" : "lizard attention fwd v5 (outputs)");
   LZ_CUDA_OK(cudaFreeAsync(ws, stream));
   if (prof) {
     LZ_CUDA_OK(cudaEventRecord(ev[2], stream));
@@ -1140,7 +1483,7 @@ bool launch_fwd5_t(const LizardAttnArgs& a, cudaStream_t stream, bool wg_out) {
     LZ_CUDA_OK(cudaEventElapsedTime(&t1, ev[0], ev[1]));
     LZ_CUDA_OK(cudaEventElapsedTime(&t2, ev[1], ev[2]));
     std::fprintf(stderr, "lizard fwd %s profile B%d L%d Hq%d D%d F%d w%d: states %.3f ms, outputs %.3f ms\n",
-                 use6 ? "v6" : "v5", a.B, a.L, a.Hq, D, F, a.window, t1, t2);
+                 use6 ? (wg_cpg == 1 ? "v6" : "v7") : "v5", a.B, a.L, a.Hq, D, F, a.window, t1, t2);
     for (auto& e : ev) cudaEventDestroy(e);
   }
   return true;
@@ -1150,12 +1493,13 @@ bool launch_fwd5_t(const LizardAttnArgs& a, cudaStream_t stream, bool wg_out) {
 
 // Variant 5 entry (called by lizard_attention_fwd.cu's dispatch after its argument checks): false when it
 // cannot run this configuration (pass 2's shared memory), and the caller falls back to variant 3.
-// wg_out = true is variant 6 (the output pass on wgmma; falls back to v5's output pass off sm_90).
-bool launch_fwd5(const LizardAttnArgs& a, cudaStream_t stream, bool wg_out) {
-  if (a.D == 128 && a.F == 64) return launch_fwd5_t<128, 64>(a, stream, wg_out);
-  if (a.D == 64 && a.F == 64) return launch_fwd5_t<64, 64>(a, stream, wg_out);
-  if (a.D == 128 && a.F == 32) return launch_fwd5_t<128, 32>(a, stream, wg_out);
-  if (a.D == 64 && a.F == 32) return launch_fwd5_t<64, 32>(a, stream, wg_out);
+// wg_cpg = 0: variant 5; 1: variant 6 (the output pass on wgmma); 4: variant 7 (wgmma, 4 consecutive
+// chunks per output CTA sharing W and the window's K/V ring). 6/7 run v5's output pass off sm_90.
+bool launch_fwd5(const LizardAttnArgs& a, cudaStream_t stream, int wg_cpg) {
+  if (a.D == 128 && a.F == 64) return launch_fwd5_t<128, 64>(a, stream, wg_cpg);
+  if (a.D == 64 && a.F == 64) return launch_fwd5_t<64, 64>(a, stream, wg_cpg);
+  if (a.D == 128 && a.F == 32) return launch_fwd5_t<128, 32>(a, stream, wg_cpg);
+  if (a.D == 64 && a.F == 32) return launch_fwd5_t<64, 32>(a, stream, wg_cpg);
   return false;
 }
 
