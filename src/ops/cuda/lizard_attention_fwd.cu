@@ -16,15 +16,14 @@
 #include "ops/cuda/lizard_attention.h"
 #include "ops/cuda/mma.cuh"
 #include "ops/cuda/wgmma.cuh"
+#include "ops/cuda/lizard_fwd_common.cuh"
 #include "ops/cuda/cuda_check.h"
 
 namespace lizard::cuda {
 namespace {
 
 using namespace mma;
-constexpr int kC = 64;
 constexpr int kThreads = 256;
-constexpr float kLog2e = 1.4426950408889634f;
 
 // DV: value/output columns handled by one CTA (D, or D/2 when the value dimension is split over
 // two CTAs to put more CTAs on the chip for small batch x heads).
@@ -46,75 +45,6 @@ struct FwdSmem {
     return h * 2 + f * 4;
   }
 };
-
-// Feature map of 16 rows held as C fragments acc[F/8][4] (pre-activations x W) -> phi in fp32,
-// rounded to bf16 values: out_p (plus half), out_m (minus half), same fragment layout.
-template <int F>
-__device__ __forceinline__ void feature_map(float (&acc)[F / 8][4], float (&out_m)[F / 8][4], FeatureAct act) {
-  if (act == FeatureAct::Softmax) {
-    float mx0 = -INFINITY, mx1 = -INFINITY, mn0 = INFINITY, mn1 = INFINITY;
-#pragma unroll
-    for (int j = 0; j < F / 8; ++j) {
-      mx0 = fmaxf(mx0, fmaxf(acc[j][0], acc[j][1]));
-      mn0 = fminf(mn0, fminf(acc[j][0], acc[j][1]));
-      mx1 = fmaxf(mx1, fmaxf(acc[j][2], acc[j][3]));
-      mn1 = fminf(mn1, fminf(acc[j][2], acc[j][3]));
-    }
-    mx0 = quad_max(mx0), mx1 = quad_max(mx1), mn0 = quad_min(mn0), mn1 = quad_min(mn1);
-    float sp0 = 0, sp1 = 0, sm0 = 0, sm1 = 0;
-#pragma unroll
-    for (int j = 0; j < F / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        float x0 = acc[j][e], x1 = acc[j][2 + e];
-        float p0 = __expf(x0 - mx0), p1 = __expf(x1 - mx1);
-        float m0 = __expf(mn0 - x0), m1 = __expf(mn1 - x1);
-        acc[j][e] = p0, acc[j][2 + e] = p1, out_m[j][e] = m0, out_m[j][2 + e] = m1;
-        sp0 += p0, sp1 += p1, sm0 += m0, sm1 += m1;
-      }
-    }
-    sp0 = 1.f / quad_sum(sp0), sp1 = 1.f / quad_sum(sp1), sm0 = 1.f / quad_sum(sm0), sm1 = 1.f / quad_sum(sm1);
-#pragma unroll
-    for (int j = 0; j < F / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        acc[j][e] = round_bf16(acc[j][e] * sp0);
-        acc[j][2 + e] = round_bf16(acc[j][2 + e] * sp1);
-        out_m[j][e] = round_bf16(out_m[j][e] * sm0);
-        out_m[j][2 + e] = round_bf16(out_m[j][2 + e] * sm1);
-      }
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < F / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = acc[j][e];
-        acc[j][e] = round_bf16(__expf(x));
-        out_m[j][e] = round_bf16(__expf(-x));
-      }
-  }
-}
-
-// Pre-activations of 16 rows (m0) of X (smem [64][LDD]) times W (smem [D][LDW]).
-template <int D, int F>
-__device__ __forceinline__ void rows_times_w(float (&acc)[F / 8][4], const bf16* X, const bf16* W, int m0) {
-  constexpr int LDD = D + 8, LDW = F + 8;
-#pragma unroll
-  for (int j = 0; j < F / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) {
-    uint32_t a[4];
-    load_a(a, X, LDD, m0, ks * 16);
-#pragma unroll
-    for (int np = 0; np < F / 16; ++np) {
-      uint32_t b[4];
-      load_b_kn(b, W, LDW, np * 16, ks * 16);
-      mma16816(acc[2 * np], a, b[0], b[1]);
-      mma16816(acc[2 * np + 1], a, b[2], b[3]);
-    }
-  }
-}
 
 // Variant 0: the general kernel (any window whose tiles fit, value columns optionally split).
 template <int D, int F, int DV>
@@ -569,37 +499,6 @@ constexpr int kBarPk = 1;      // gate warps arrive when phi_K is in shared memo
 constexpr int kBarGate = 2;    // the 4 gate warps
 constexpr int kBarWindow = 3;  // the 4 window warps
 constexpr int kBarQ = 4;       // gate warps arrive when done reading Q, window warps wait to overwrite it
-__device__ __forceinline__ void bar_sync(int id, int count) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-__device__ __forceinline__ void bar_arrive(int id, int count) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-
-// log gamma of chunk n into lg[64] (0 past L), 2 positions per lane; read back by the same lane.
-__device__ __forceinline__ void log_gamma_async(float* lg, const float* lgb, int gts, int n, int L, int lane) {
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int p = n * kC + 2 * lane + e;
-    const bool ok = p < L;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(lg + 2 * lane + e)),
-                 "l"(lgb + int64_t(ok ? p : 0) * gts), "r"(ok ? 4 : 0));
-  }
-}
-
-// b_i: inclusive prefix sums of log gamma inside the chunk (one warp), from lg[64].
-__device__ __forceinline__ void scan_log_gamma(float* bsum, const float* lg, int lane) {
-  const float2 v = make_float2(lg[2 * lane], lg[2 * lane + 1]);
-  const float s = v.x + v.y;
-  float inc = s;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const float u = __shfl_up_sync(0xffffffffu, inc, o);
-    if (lane >= o) inc += u;
-  }
-  bsum[2 * lane] = inc - s + v.x;
-  bsum[2 * lane + 1] = inc;
-}
 
 template <int D, int F>
 struct Fwd3Smem {
@@ -620,19 +519,6 @@ struct Fwd3Smem {
 };
 static_assert(Fwd3Smem<128, 64>::bytes(3) <= 227 * 1024, "v3 must fit the sm_90 opt-in limit at w = 128");
 
-// ldmatrix on an SW128 tile (R rows, byte address base): the mma.sync A fragment of mma.cuh's load_a,
-// each lane addressing its 16-byte row piece through the swizzle.
-__device__ __forceinline__ void ldsm4_at(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-template <int R>
-__device__ __forceinline__ void load_a_sw(uint32_t (&a)[4], uint32_t base, int m0, int k0) {
-  const int l = threadIdx.x & 31;
-  ldsm4_at(a, base + wg::sw128_offset(R, m0 + (l & 15), (k0 >> 3) + (l >> 4)));
-}
-
 // mma.cuh's load_a_t (A fragment of a matrix stored transposed, [k][m]) from an SW128 chunk tile of
 // 64 k-rows.
 __device__ __forceinline__ void load_a_t_sw(uint32_t (&a)[4], uint32_t base, int m0, int k0) {
@@ -640,56 +526,6 @@ __device__ __forceinline__ void load_a_t_sw(uint32_t (&a)[4], uint32_t base, int
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
                : "r"(base + wg::sw128_offset(kC, k0 + (mi >> 1) * 8 + rr, (m0 >> 3) + (mi & 1))));
-}
-
-// rows_times_w with X an SW128 chunk tile.
-template <int D, int F>
-__device__ __forceinline__ void rows_times_w_sw(float (&acc)[F / 8][4], uint32_t X, const bf16* W, int m0) {
-  constexpr int LDW = F + 8;
-#pragma unroll
-  for (int j = 0; j < F / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) {
-    uint32_t a[4];
-    load_a_sw<kC>(a, X, m0, ks * 16);
-#pragma unroll
-    for (int np = 0; np < F / 16; ++np) {
-      uint32_t b[4];
-      load_b_kn(b, W, LDW, np * 16, ks * 16);
-      mma16816(acc[2 * np], a, b[0], b[1]);
-      mma16816(acc[2 * np + 1], a, b[2], b[3]);
-    }
-  }
-}
-
-// Pre-activations of the warpgroup's 64 rows (X an SW128 chunk tile) times W (an SW128 tile of D rows
-// x 64 columns) on wgmma: A = this warp's 16 rows by ldmatrix (registers), B = W MN-major (trans-b).
-// acc: the rows_times_w fragment layout (acc[j][e] = d[4j + e]).
-template <int D>
-__device__ __forceinline__ void rows_times_w_wg(float (&acc)[8][4], uint32_t X, uint32_t W, int m0) {
-  uint32_t a[D / 16][4];
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) load_a_sw<kC>(a[ks], X, m0, ks * 16);
-  float(&d)[32] = reinterpret_cast<float(&)[32]>(acc);
-#pragma unroll
-  for (int j = 0; j < 32; ++j) d[j] = 0.f;
-  wg::wgmma_fence();
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) wg::wgmma_rs_tb<64>(d, a[ks], wg::desc_sw128(W + ks * (16 * 128), D * 128, 1024));
-  wg::commit();
-  wg::wait<0>();
-  wg::fence_regs(d);
-}
-
-// One chunk's rows of a [L][stride] bf16 matrix into an SW128 chunk tile (rows past L zero-filled).
-template <int D>
-__device__ __forceinline__ void tile_async_sw(unsigned char* dst, const bf16* src, int stride, int n, int L, int t,
-                                              int nt) {
-  for (int p = t; p < kC * D / 8; p += nt) {
-    const int r = p / (D / 8), c = p % (D / 8), pos = n * kC + r;
-    const bool ok = pos < L;
-    cp_async16(dst + wg::sw128_offset(kC, r, c), src + int64_t(ok ? pos : 0) * stride + c * 8, ok ? 16 : 0);
-  }
 }
 
 template <int D, int F>

@@ -55,85 +55,15 @@
 #include "ops/cuda/lizard_attention.h"
 #include "ops/cuda/mma.cuh"
 #include "ops/cuda/wgmma.cuh"
+#include "ops/cuda/lizard_fwd_common.cuh"
 
 namespace lizard::cuda {
 namespace {
 
 using namespace mma;
-constexpr int kC = 64;
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kDVS = 64;             // pass 1: value columns per CTA
 constexpr int kStateThreads = 128;   // pass 1: 4 warps
 constexpr int kOutThreads = 256;     // pass 2: 8 warps
-
-// Feature map of 16 rows held as C fragments acc[F/8][4] (pre-activations x W) -> phi in fp32, rounded
-// to bf16 values: acc becomes the plus half, out_m the minus half (same math as the v0/v3 kernels).
-template <int F>
-__device__ __forceinline__ void feat_map5(float (&acc)[F / 8][4], float (&out_m)[F / 8][4], FeatureAct act) {
-  if (act == FeatureAct::Softmax) {
-    float mx0 = -INFINITY, mx1 = -INFINITY, mn0 = INFINITY, mn1 = INFINITY;
-#pragma unroll
-    for (int j = 0; j < F / 8; ++j) {
-      mx0 = fmaxf(mx0, fmaxf(acc[j][0], acc[j][1]));
-      mn0 = fminf(mn0, fminf(acc[j][0], acc[j][1]));
-      mx1 = fmaxf(mx1, fmaxf(acc[j][2], acc[j][3]));
-      mn1 = fminf(mn1, fminf(acc[j][2], acc[j][3]));
-    }
-    mx0 = quad_max(mx0), mx1 = quad_max(mx1), mn0 = quad_min(mn0), mn1 = quad_min(mn1);
-    float sp0 = 0, sp1 = 0, sm0 = 0, sm1 = 0;
-#pragma unroll
-    for (int j = 0; j < F / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float x0 = acc[j][e], x1 = acc[j][2 + e];
-        const float p0 = __expf(x0 - mx0), p1 = __expf(x1 - mx1);
-        const float m0 = __expf(mn0 - x0), m1 = __expf(mn1 - x1);
-        acc[j][e] = p0, acc[j][2 + e] = p1, out_m[j][e] = m0, out_m[j][2 + e] = m1;
-        sp0 += p0, sp1 += p1, sm0 += m0, sm1 += m1;
-      }
-    }
-    sp0 = 1.f / quad_sum(sp0), sp1 = 1.f / quad_sum(sp1), sm0 = 1.f / quad_sum(sm0), sm1 = 1.f / quad_sum(sm1);
-#pragma unroll
-    for (int j = 0; j < F / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        acc[j][e] = round_bf16(acc[j][e] * sp0);
-        acc[j][2 + e] = round_bf16(acc[j][2 + e] * sp1);
-        out_m[j][e] = round_bf16(out_m[j][e] * sm0);
-        out_m[j][2 + e] = round_bf16(out_m[j][2 + e] * sm1);
-      }
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < F / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float x = acc[j][e];
-        acc[j][e] = round_bf16(__expf(x));
-        out_m[j][e] = round_bf16(__expf(-x));
-      }
-  }
-}
-
-// Pre-activations of 16 rows (m0) of X (smem [64][D + 8]) times W (smem [D][F + 8]).
-template <int D, int F>
-__device__ __forceinline__ void xw16(float (&acc)[F / 8][4], const bf16* X, const bf16* W, int m0) {
-  constexpr int LDD = D + 8, LDW = F + 8;
-#pragma unroll
-  for (int j = 0; j < F / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) {
-    uint32_t a[4];
-    load_a(a, X, LDD, m0, ks * 16);
-#pragma unroll
-    for (int np = 0; np < F / 16; ++np) {
-      uint32_t b[4];
-      load_b_kn(b, W, LDW, np * 16, ks * 16);
-      mma16816(acc[2 * np], a, b[0], b[1]);
-      mma16816(acc[2 * np + 1], a, b[2], b[3]);
-    }
-  }
-}
 
 // rows [64][ncols] of a row-major global matrix (row stride `stride` elements, chunk n) into padded smem
 // [64][ld], rows past L zero-filled; threads t of nt.
@@ -153,32 +83,6 @@ __device__ __forceinline__ void w_async(bf16* dst, const bf16* src, int t, int n
   for (int p = t; p < D * F / 8; p += nt) {
     const int r = p / (F / 8), c = (p % (F / 8)) * 8;
     cp_async16(dst + r * (F + 8) + c, src + r * F + c, 16);
-  }
-}
-
-// b_i (inclusive prefix sums of the chunk's log gamma lg[64], 0 past L) into bsum[64]; one warp.
-// bsum may equal lg: each lane reads its own two entries before writing them.
-__device__ __forceinline__ void scan_chunk(float* bsum, const float* lg, int lane) {
-  const float v0 = lg[2 * lane], v1 = lg[2 * lane + 1];
-  const float s = v0 + v1;
-  float inc = s;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const float u = __shfl_up_sync(0xffffffffu, inc, o);
-    if (lane >= o) inc += u;
-  }
-  bsum[2 * lane] = inc - s + v0;
-  bsum[2 * lane + 1] = inc;
-}
-
-// log gamma of chunk n (0 past L) into lg[64] by cp.async, 2 positions per lane.
-__device__ __forceinline__ void lg_async(float* lg, const float* lgb, int gts, int n, int L, int lane) {
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int p = n * kC + 2 * lane + e;
-    const bool ok = p < L;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(lg + 2 * lane + e)),
-                 "l"(lgb + int64_t(ok ? p : 0) * gts), "r"(ok ? 4 : 0));
   }
 }
 
@@ -227,13 +131,13 @@ __global__ void __launch_bounds__(kStateThreads) lizard_fwd5_state_kernel(const 
   w_async<D, F>(Wk, static_cast<const bf16*>(a.wk) + int64_t(hq) * D * F, tid, kStateThreads);
   rows_async<D>(Kb, LDD, kb, kstride, 0, L, tid, kStateThreads);
   rows_async<kDVS>(Vb, LDV, vb, kstride, 0, L, tid, kStateThreads);
-  if (warp == 0) lg_async(lgs, lgb, gts, 0, L, lane);
+  if (warp == 0) log_gamma_async(lgs, lgb, gts, 0, L, lane);
   cp_async_commit();
   for (int i = tid; i < F2; i += kStateThreads) zs[i] = 0.f;
   if (warp == 0) {
     cp_async_wait_all();
     __syncwarp();
-    scan_chunk(bsum, lgs, lane);
+    scan_log_gamma(bsum, lgs, lane);
   }
 
   float sreg[MT][NV][4];
@@ -251,7 +155,7 @@ __global__ void __launch_bounds__(kStateThreads) lizard_fwd5_state_kernel(const 
     if (n + 1 < nchunks) {
       rows_async<D>(Kb + nxt * kC * LDD, LDD, kb, kstride, n + 1, L, tid, kStateThreads);
       rows_async<kDVS>(Vb + nxt * kC * LDV, LDV, vb, kstride, n + 1, L, tid, kStateThreads);
-      if (warp == 0) lg_async(lgs + nxt * kC, lgb, gts, n + 1, L, lane);
+      if (warp == 0) log_gamma_async(lgs + nxt * kC, lgb, gts, n + 1, L, lane);
     }
     cp_async_commit();
     const bf16* Kc = Kb + cur * kC * LDD;
@@ -273,8 +177,8 @@ __global__ void __launch_bounds__(kStateThreads) lizard_fwd5_state_kernel(const 
 
     {  // phi_K of rows r0.. (bf16, zero past L) and the warp's decayed key sums for z
       float ap[F / 8][4], am[F / 8][4];
-      xw16<D, F>(ap, Kc, Wk, r0);
-      feat_map5<F>(ap, am, a.act);
+      rows_times_w<D, F>(ap, Kc, Wk, r0);
+      feature_map<F>(ap, am, a.act);
       const bool v0 = n * kC + r0 + g < L, v1 = n * kC + r0 + g + 8 < L;
       const float d0 = v0 ? __expf(bC - bs[r0 + g]) : 0.f, d1 = v1 ? __expf(bC - bs[r0 + g + 8]) : 0.f;
 #pragma unroll
@@ -338,7 +242,7 @@ __global__ void __launch_bounds__(kStateThreads) lizard_fwd5_state_kernel(const 
     if (warp == 0 && n + 1 < nchunks) {  // b of chunk n+1 (its buffer was last read in chunk n-1)
       cp_async_wait_all();
       __syncwarp();
-      scan_chunk(bsum + nxt * kC, lgs + nxt * kC, lane);
+      scan_log_gamma(bsum + nxt * kC, lgs + nxt * kC, lane);
     }
   }
 
@@ -417,7 +321,7 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd5_out_kernel(const L
     const float* zn = stz + (int64_t(bhq) * nchunks + n) * F2;
     for (int p = tid; p < F2 / 4; p += kOutThreads) cp_async16(zs + 4 * p, zn + 4 * p, 16);
   }
-  if (warp == 0) lg_async(bsum, lgb, gts, n, L, lane);
+  if (warp == 0) log_gamma_async(bsum, lgb, gts, n, L, lane);
   cp_async_commit();
   for (int j = 0; j < nblk; ++j) {
     const int cn = n - nb + j;
@@ -444,7 +348,7 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd5_out_kernel(const L
   asm volatile("cp.async.wait_group 1;\n" ::: "memory");  // this thread's first group landed
   if (warp == 0) {  // b_i in place (each lane reads its own two log gammas first)
     __syncwarp();
-    scan_chunk(bsum, bsum, lane);
+    scan_log_gamma(bsum, bsum, lane);
   }
   __syncthreads();  // (A) Q, the chunk's K, Wq, Wk, z_n, b ready
 
@@ -455,8 +359,8 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd5_out_kernel(const L
   const bf16* Vc = Vs + nb * kC * LDV;
   if (warp < 4) {
     float ap[F / 8][4], am[F / 8][4];
-    xw16<D, F>(ap, Qs, Wq, r0);
-    feat_map5<F>(ap, am, a.act);
+    rows_times_w<D, F>(ap, Qs, Wq, r0);
+    feature_map<F>(ap, am, a.act);
 #pragma unroll
     for (int j = 0; j < F / 8; ++j) {
 #pragma unroll
@@ -479,8 +383,8 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd5_out_kernel(const L
     }
   } else {
     float ap[F / 8][4], am[F / 8][4];
-    xw16<D, F>(ap, Kc, Wk, r0);
-    feat_map5<F>(ap, am, a.act);
+    rows_times_w<D, F>(ap, Kc, Wk, r0);
+    feature_map<F>(ap, am, a.act);
     const bool v0 = n * kC + r0 + g < L, v1 = n * kC + r0 + g + 8 < L;
 #pragma unroll
     for (int j = 0; j < F / 8; ++j) {
@@ -688,9 +592,6 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd5_out_kernel(const L
 //   warpgroup waits only for what it issued, then a 128-thread named barrier.
 constexpr int kBarGate6 = 1;    // the 4 gate warps: phi_K rows and S_n visible to wgmma
 constexpr int kBarWindow6 = 2;  // the 4 window warps: the older K/V blocks visible to wgmma
-__device__ __forceinline__ void bar_sync6(int id, int count) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
 
 template <int D, int F>
 struct Out6Smem {
@@ -707,66 +608,6 @@ struct Out6Smem {
            + 1024;                           // aligning the swizzle atoms
   }
 };
-
-__device__ __forceinline__ void ldsm4_addr(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-// mma.sync A fragment (16 x 16 at (m0, k0)) from an SW128 tile of 64 rows.
-__device__ __forceinline__ void load_a_sw64(uint32_t (&a)[4], uint32_t base, int m0, int k0) {
-  const int l = threadIdx.x & 31;
-  ldsm4_addr(a, base + wg::sw128_offset(kC, m0 + (l & 15), (k0 >> 3) + (l >> 4)));
-}
-
-// X W for 16 rows (m0) of an SW128 chunk tile X; W padded [D][F + 8] (F = 32 path).
-template <int D, int F>
-__device__ __forceinline__ void xw16_sw(float (&acc)[F / 8][4], uint32_t X, const bf16* W, int m0) {
-  constexpr int LDW = F + 8;
-#pragma unroll
-  for (int j = 0; j < F / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) {
-    uint32_t a[4];
-    load_a_sw64(a, X, m0, ks * 16);
-#pragma unroll
-    for (int np = 0; np < F / 16; ++np) {
-      uint32_t b[4];
-      load_b_kn(b, W, LDW, np * 16, ks * 16);
-      mma16816(acc[2 * np], a, b[0], b[1]);
-      mma16816(acc[2 * np + 1], a, b[2], b[3]);
-    }
-  }
-}
-
-// X W for the warpgroup's 64 rows on wgmma (F = 64): A = this warp's 16 rows by ldmatrix, B = W as an
-// SW128 tile of D rows x 64 columns, MN-major. acc[j][e] = d[4j + e].
-template <int D>
-__device__ __forceinline__ void xw64_wg(float (&acc)[8][4], uint32_t X, uint32_t W, int m0) {
-  uint32_t a[D / 16][4];
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) load_a_sw64(a[ks], X, m0, ks * 16);
-  float(&d)[32] = reinterpret_cast<float(&)[32]>(acc);
-#pragma unroll
-  for (int j = 0; j < 32; ++j) d[j] = 0.f;
-  wg::wgmma_fence();
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) wg::wgmma_rs_tb<64>(d, a[ks], wg::desc_sw128(W + ks * (16 * 128), D * 128, 1024));
-  wg::commit();
-  wg::wait<0>();
-  wg::fence_regs(d);
-}
-
-// Rows [64][D] of chunk n of a [L][stride] bf16 matrix into an SW128 chunk tile (rows past L zero).
-template <int D>
-__device__ __forceinline__ void tile_sw_async(unsigned char* dst, const bf16* src, int64_t stride, int n, int L, int t,
-                                              int nt) {
-  for (int p = t; p < kC * D / 8; p += nt) {
-    const int r = p / (D / 8), c = p % (D / 8), pos = n * kC + r;
-    const bool ok = pos < L;
-    cp_async16(dst + wg::sw128_offset(kC, r, c), src + int64_t(ok ? pos : 0) * stride + c * 8, ok ? 16 : 0);
-  }
-}
 
 template <int D, int F>
 __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd6_out_kernel(const LizardAttnArgs a, const bf16* __restrict__ st16,
@@ -809,9 +650,9 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd6_out_kernel(const L
   const float scale2 = (a.scale > 0 ? a.scale : rsqrtf(float(D))) * kLog2e;
 
   // Group 1 (all threads): Q, the chunk's K and V, Wq, Wk, z_n, log gamma.
-  tile_sw_async<D>(base + oQ, qb, qstride, n, L, tid, kOutThreads);
-  tile_sw_async<D>(base + oK + nb * kTile, kb, kstride, n, L, tid, kOutThreads);
-  tile_sw_async<D>(base + oV + nb * kTile, vb, kstride, n, L, tid, kOutThreads);
+  tile_async_sw<D>(base + oQ, qb, qstride, n, L, tid, kOutThreads);
+  tile_async_sw<D>(base + oK + nb * kTile, kb, kstride, n, L, tid, kOutThreads);
+  tile_async_sw<D>(base + oV + nb * kTile, vb, kstride, n, L, tid, kOutThreads);
   {
     const bf16* wq = static_cast<const bf16*>(a.wq) + int64_t(hq) * D * F;
     const bf16* wk = static_cast<const bf16*>(a.wk) + int64_t(hq) * D * F;
@@ -828,7 +669,7 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd6_out_kernel(const L
     const float* zn = stz + (int64_t(bhq) * nchunks + n) * F2;
     for (int p = tid; p < F2 / 4; p += kOutThreads) cp_async16(zs + 4 * p, zn + 4 * p, 16);
   }
-  if (warp == 0) lg_async(bsum, lgb, gts, n, L, lane);
+  if (warp == 0) log_gamma_async(bsum, lgb, gts, n, L, lane);
   cp_async_commit();
   // Group 2: S_n by the gate threads, the older K/V blocks by the window threads.
   if (warp < 4) {
@@ -841,8 +682,8 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd6_out_kernel(const L
     for (int j = 0; j < nb; ++j) {
       const int cn = n - nb + j;
       if (cn < 0) continue;  // never read (the window skips it)
-      tile_sw_async<D>(base + oK + j * kTile, kb, kstride, cn, L, tid - 128, 128);
-      tile_sw_async<D>(base + oV + j * kTile, vb, kstride, cn, L, tid - 128, 128);
+      tile_async_sw<D>(base + oK + j * kTile, kb, kstride, cn, L, tid - 128, 128);
+      tile_async_sw<D>(base + oV + j * kTile, vb, kstride, cn, L, tid - 128, 128);
     }
   }
   cp_async_commit();
@@ -857,7 +698,7 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd6_out_kernel(const L
   wg::fence_proxy_async();                                  // ... and is visible to wgmma after the barrier
   if (warp == 0) {
     __syncwarp();
-    scan_chunk(bsum, bsum, lane);
+    scan_log_gamma(bsum, bsum, lane);
   }
   __syncthreads();  // (A) group 1 and b ready
 
@@ -868,10 +709,10 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd6_out_kernel(const L
     {  // phi_K of rows r0.. into the SW128 phi_K tile (zero past L)
       float ap[F / 8][4], am[F / 8][4];
       if constexpr (S::kWgFeat)
-        xw64_wg<D>(ap, sKc, sWk, r0);
+        rows_times_w_wg<D>(ap, sKc, sWk, r0);
       else
-        xw16_sw<D, F>(ap, sKc, Wk, r0);
-      feat_map5<F>(ap, am, a.act);
+        rows_times_w_sw<D, F>(ap, sKc, Wk, r0);
+      feature_map<F>(ap, am, a.act);
       const bool v0 = n * kC + r0 + g < L, v1 = n * kC + r0 + g + 8 < L;
 #pragma unroll
       for (int j = 0; j < F / 8; ++j) {
@@ -890,10 +731,10 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd6_out_kernel(const L
     {
       float ap[F / 8][4], am[F / 8][4];
       if constexpr (S::kWgFeat)
-        xw64_wg<D>(ap, sQ, sWq, r0);
+        rows_times_w_wg<D>(ap, sQ, sWq, r0);
       else
-        xw16_sw<D, F>(ap, sQ, Wq, r0);
-      feat_map5<F>(ap, am, a.act);
+        rows_times_w_sw<D, F>(ap, sQ, Wq, r0);
+      feature_map<F>(ap, am, a.act);
 #pragma unroll
       for (int j = 0; j < F / 8; ++j) {
 #pragma unroll
@@ -917,7 +758,7 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd6_out_kernel(const L
     }
     cp_async_wait_all();       // this thread's S_n copies landed
     wg::fence_proxy_async();   // S_n copies and phi_K stores -> visible to wgmma after the barrier
-    bar_sync6(kBarGate6, 128);
+    bar_sync(kBarGate6, 128);
     // phi_Q S_n and the intra scores phi_Q phi_K^T on wgmma.
 #pragma unroll
     for (int j = 0; j < D / 2; ++j) og[j] = 0.f;
@@ -987,7 +828,7 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd6_out_kernel(const L
       if (it == 1) {  // the older blocks (group 2 of the window threads)
         cp_async_wait_all();
         wg::fence_proxy_async();
-        bar_sync6(kBarWindow6, 128);
+        bar_sync(kBarWindow6, 128);
       }
       const int j = it == 0 ? nb : it - 1;
       const int cn = n - nb + j, t0 = cn * kC;
@@ -1142,9 +983,9 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd7_out_kernel(const L
   int ltid;
   asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(ltid));
   // Group 1 (all threads): Q, the chunk's K and V, (first chunk: Wq, Wk), z_n, log gamma.
-  tile_sw_async<D>(base + oQ, qb, qstride, n, L, ltid, kOutThreads);
-  tile_sw_async<D>(base + oK + slot * kTile, kb, kstride, n, L, ltid, kOutThreads);
-  tile_sw_async<D>(base + oV + slot * kTile, vb, kstride, n, L, ltid, kOutThreads);
+  tile_async_sw<D>(base + oQ, qb, qstride, n, L, ltid, kOutThreads);
+  tile_async_sw<D>(base + oK + slot * kTile, kb, kstride, n, L, ltid, kOutThreads);
+  tile_async_sw<D>(base + oV + slot * kTile, vb, kstride, n, L, ltid, kOutThreads);
   if (first) {
     const bf16* wq = static_cast<const bf16*>(a.wq) + int64_t(hq) * D * F;
     const bf16* wk = static_cast<const bf16*>(a.wk) + int64_t(hq) * D * F;
@@ -1163,7 +1004,7 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd7_out_kernel(const L
     const float* zn = stz + (int64_t(bhq) * nchunks + n) * F2;
     for (int p = ltid; p < F2 / 4; p += kOutThreads) cp_async16(zs + 4 * p, zn + 4 * p, 16);
   }
-  if (warp == 0) lg_async(bsum, lgb, gts, n, L, lane);
+  if (warp == 0) log_gamma_async(bsum, lgb, gts, n, L, lane);
   cp_async_commit();
   // Group 2: S_n by the gate threads; on the CTA's first chunk the older K/V blocks by the window threads
   // (later chunks find them in the ring: a chunk's own block stays until chunk + ring overwrites it).
@@ -1177,8 +1018,8 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd7_out_kernel(const L
     for (int j = 0; j < nb; ++j) {
       const int cn = n - nb + j;
       if (cn < 0) continue;  // never read (the window skips it)
-      tile_sw_async<D>(base + oK + slot_of(cn, n) * kTile, kb, kstride, cn, L, ltid - 128, 128);
-      tile_sw_async<D>(base + oV + slot_of(cn, n) * kTile, vb, kstride, cn, L, ltid - 128, 128);
+      tile_async_sw<D>(base + oK + slot_of(cn, n) * kTile, kb, kstride, cn, L, ltid - 128, 128);
+      tile_async_sw<D>(base + oV + slot_of(cn, n) * kTile, vb, kstride, cn, L, ltid - 128, 128);
     }
   }
   cp_async_commit();
@@ -1187,7 +1028,7 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd7_out_kernel(const L
   wg::fence_proxy_async();                                  // ... and is visible to wgmma after the barrier
   if (warp == 0) {
     __syncwarp();
-    scan_chunk(bsum, bsum, lane);
+    scan_log_gamma(bsum, bsum, lane);
   }
   __syncthreads();  // (A) group 1 and b ready
 
@@ -1198,10 +1039,10 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd7_out_kernel(const L
     {  // phi_K of rows r0.. into the SW128 phi_K tile (zero past L)
       float ap[F / 8][4], am[F / 8][4];
       if constexpr (S::kWgFeat)
-        xw64_wg<D>(ap, sKc, sWk, r0);
+        rows_times_w_wg<D>(ap, sKc, sWk, r0);
       else
-        xw16_sw<D, F>(ap, sKc, Wk, r0);
-      feat_map5<F>(ap, am, a.act);
+        rows_times_w_sw<D, F>(ap, sKc, Wk, r0);
+      feature_map<F>(ap, am, a.act);
       const bool v0 = n * kC + r0 + g < L, v1 = n * kC + r0 + g + 8 < L;
 #pragma unroll
       for (int j = 0; j < F / 8; ++j) {
@@ -1220,10 +1061,10 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd7_out_kernel(const L
     {
       float ap[F / 8][4], am[F / 8][4];
       if constexpr (S::kWgFeat)
-        xw64_wg<D>(ap, sQ, sWq, r0);
+        rows_times_w_wg<D>(ap, sQ, sWq, r0);
       else
-        xw16_sw<D, F>(ap, sQ, Wq, r0);
-      feat_map5<F>(ap, am, a.act);
+        rows_times_w_sw<D, F>(ap, sQ, Wq, r0);
+      feature_map<F>(ap, am, a.act);
 #pragma unroll
       for (int j = 0; j < F / 8; ++j) {
 #pragma unroll
@@ -1247,7 +1088,7 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd7_out_kernel(const L
     }
     cp_async_wait_all();       // this thread's S_n copies landed
     wg::fence_proxy_async();   // S_n copies and phi_K stores -> visible to wgmma after the barrier
-    bar_sync6(kBarGate6, 128);
+    bar_sync(kBarGate6, 128);
     // phi_Q S_n and the intra scores phi_Q phi_K^T on wgmma.
 #pragma unroll
     for (int j = 0; j < D / 2; ++j) og[j] = 0.f;
@@ -1317,7 +1158,7 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd7_out_kernel(const L
       if (it == 1) {  // the older blocks (group 2 of the window threads on the CTA's first chunk)
         cp_async_wait_all();
         wg::fence_proxy_async();
-        bar_sync6(kBarWindow6, 128);
+        bar_sync(kBarWindow6, 128);
       }
       const int j = it == 0 ? nb : it - 1;
       const int cn = n - nb + j, t0 = cn * kC;

@@ -1,0 +1,190 @@
+// Device helpers shared by the Lizard attention forward kernels: lizard_attention_fwd.cu (variants 0
+// and 3) and lizard_attention_fwd_twopass.cu (variants 5, 6 and 7). Internal header, included only by
+// those two files; one copy so that the feature maps, the X W products, the log-gamma scan and the
+// swizzled (SW128) loaders stay the same code in every forward variant. Like the kernels, everything
+// sits in an anonymous namespace: each including file gets its own internal copy, as before.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "ops/cuda/lizard_attention.h"
+#include "ops/cuda/mma.cuh"
+#include "ops/cuda/wgmma.cuh"
+
+namespace lizard::cuda {
+namespace {
+
+constexpr int kC = 64;  // chunk length (rows of a chunk tile)
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Feature map of 16 rows held as C fragments acc[F/8][4] (pre-activations x W) -> phi in fp32,
+// rounded to bf16 values: acc becomes the plus half, out_m the minus half (same fragment layout).
+template <int F>
+__device__ __forceinline__ void feature_map(float (&acc)[F / 8][4], float (&out_m)[F / 8][4], FeatureAct act) {
+  if (act == FeatureAct::Softmax) {
+    float mx0 = -INFINITY, mx1 = -INFINITY, mn0 = INFINITY, mn1 = INFINITY;
+#pragma unroll
+    for (int j = 0; j < F / 8; ++j) {
+      mx0 = fmaxf(mx0, fmaxf(acc[j][0], acc[j][1]));
+      mn0 = fminf(mn0, fminf(acc[j][0], acc[j][1]));
+      mx1 = fmaxf(mx1, fmaxf(acc[j][2], acc[j][3]));
+      mn1 = fminf(mn1, fminf(acc[j][2], acc[j][3]));
+    }
+    mx0 = mma::quad_max(mx0), mx1 = mma::quad_max(mx1), mn0 = mma::quad_min(mn0), mn1 = mma::quad_min(mn1);
+    float sp0 = 0, sp1 = 0, sm0 = 0, sm1 = 0;
+#pragma unroll
+    for (int j = 0; j < F / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float x0 = acc[j][e], x1 = acc[j][2 + e];
+        float p0 = __expf(x0 - mx0), p1 = __expf(x1 - mx1);
+        float m0 = __expf(mn0 - x0), m1 = __expf(mn1 - x1);
+        acc[j][e] = p0, acc[j][2 + e] = p1, out_m[j][e] = m0, out_m[j][2 + e] = m1;
+        sp0 += p0, sp1 += p1, sm0 += m0, sm1 += m1;
+      }
+    }
+    sp0 = 1.f / mma::quad_sum(sp0), sp1 = 1.f / mma::quad_sum(sp1), sm0 = 1.f / mma::quad_sum(sm0), sm1 = 1.f / mma::quad_sum(sm1);
+#pragma unroll
+    for (int j = 0; j < F / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        acc[j][e] = mma::round_bf16(acc[j][e] * sp0);
+        acc[j][2 + e] = mma::round_bf16(acc[j][2 + e] * sp1);
+        out_m[j][e] = mma::round_bf16(out_m[j][e] * sm0);
+        out_m[j][2 + e] = mma::round_bf16(out_m[j][2 + e] * sm1);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < F / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = acc[j][e];
+        acc[j][e] = mma::round_bf16(__expf(x));
+        out_m[j][e] = mma::round_bf16(__expf(-x));
+      }
+  }
+}
+
+// Pre-activations of 16 rows (m0) of X (smem [64][LDD]) times W (smem [D][LDW]).
+template <int D, int F>
+__device__ __forceinline__ void rows_times_w(float (&acc)[F / 8][4], const mma::bf16* X, const mma::bf16* W, int m0) {
+  constexpr int LDD = D + 8, LDW = F + 8;
+#pragma unroll
+  for (int j = 0; j < F / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    uint32_t a[4];
+    mma::load_a(a, X, LDD, m0, ks * 16);
+#pragma unroll
+    for (int np = 0; np < F / 16; ++np) {
+      uint32_t b[4];
+      mma::load_b_kn(b, W, LDW, np * 16, ks * 16);
+      mma::mma16816(acc[2 * np], a, b[0], b[1]);
+      mma::mma16816(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// Named barriers (id 0 is __syncthreads; each file numbers its own).
+__device__ __forceinline__ void bar_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+// log gamma of chunk n into lg[64] (0 past L), 2 positions per lane; read back by the same lane.
+__device__ __forceinline__ void log_gamma_async(float* lg, const float* lgb, int gts, int n, int L, int lane) {
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int p = n * kC + 2 * lane + e;
+    const bool ok = p < L;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(mma::smem_addr(lg + 2 * lane + e)),
+                 "l"(lgb + int64_t(ok ? p : 0) * gts), "r"(ok ? 4 : 0));
+  }
+}
+
+// b_i (inclusive prefix sums of the chunk's log gamma lg[64], 0 past L) into bsum[64]; one warp.
+// bsum may equal lg: each lane reads its own two entries before writing them.
+__device__ __forceinline__ void scan_log_gamma(float* bsum, const float* lg, int lane) {
+  const float v0 = lg[2 * lane], v1 = lg[2 * lane + 1];
+  const float s = v0 + v1;
+  float inc = s;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const float u = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += u;
+  }
+  bsum[2 * lane] = inc - s + v0;
+  bsum[2 * lane + 1] = inc;
+}
+
+// ldmatrix on an SW128 tile (R rows, byte address base): the mma.sync A fragment of mma.cuh's load_a,
+// each lane addressing its 16-byte row piece through the swizzle.
+__device__ __forceinline__ void ldsm4_at(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+template <int R>
+__device__ __forceinline__ void load_a_sw(uint32_t (&a)[4], uint32_t base, int m0, int k0) {
+  const int l = threadIdx.x & 31;
+  ldsm4_at(a, base + wg::sw128_offset(R, m0 + (l & 15), (k0 >> 3) + (l >> 4)));
+}
+
+// rows_times_w with X an SW128 chunk tile.
+template <int D, int F>
+__device__ __forceinline__ void rows_times_w_sw(float (&acc)[F / 8][4], uint32_t X, const mma::bf16* W, int m0) {
+  constexpr int LDW = F + 8;
+#pragma unroll
+  for (int j = 0; j < F / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    uint32_t a[4];
+    load_a_sw<kC>(a, X, m0, ks * 16);
+#pragma unroll
+    for (int np = 0; np < F / 16; ++np) {
+      uint32_t b[4];
+      mma::load_b_kn(b, W, LDW, np * 16, ks * 16);
+      mma::mma16816(acc[2 * np], a, b[0], b[1]);
+      mma::mma16816(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// Pre-activations of the warpgroup's 64 rows (X an SW128 chunk tile) times W (an SW128 tile of D rows
+// x 64 columns) on wgmma: A = this warp's 16 rows by ldmatrix (registers), B = W MN-major (trans-b).
+// acc: the rows_times_w fragment layout (acc[j][e] = d[4j + e]).
+template <int D>
+__device__ __forceinline__ void rows_times_w_wg(float (&acc)[8][4], uint32_t X, uint32_t W, int m0) {
+  uint32_t a[D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) load_a_sw<kC>(a[ks], X, m0, ks * 16);
+  float(&d)[32] = reinterpret_cast<float(&)[32]>(acc);
+#pragma unroll
+  for (int j = 0; j < 32; ++j) d[j] = 0.f;
+  wg::wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) wg::wgmma_rs_tb<64>(d, a[ks], wg::desc_sw128(W + ks * (16 * 128), D * 128, 1024));
+  wg::commit();
+  wg::wait<0>();
+  wg::fence_regs(d);
+}
+
+// One chunk's rows of a [L][stride] bf16 matrix into an SW128 chunk tile (rows past L zero-filled).
+template <int D>
+__device__ __forceinline__ void tile_async_sw(unsigned char* dst, const mma::bf16* src, int64_t stride, int n, int L, int t,
+                                              int nt) {
+  for (int p = t; p < kC * D / 8; p += nt) {
+    const int r = p / (D / 8), c = p % (D / 8), pos = n * kC + r;
+    const bool ok = pos < L;
+    mma::cp_async16(dst + wg::sw128_offset(kC, r, c), src + int64_t(ok ? pos : 0) * stride + c * 8, ok ? 16 : 0);
+  }
+}
+
+}  // namespace
+}  // namespace lizard::cuda
