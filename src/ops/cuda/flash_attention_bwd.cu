@@ -470,41 +470,56 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_wgmma(const FlashBwdA
     const float* l2 = lse2s + buf * kB;
     const float* dl = dels + buf * kB;
 
+    // S^T = K Q^T and dP^T = V dO^T as two groups: P^T is computed while dP^T is in flight, dS^T
+    // while dV += P^T dO is.
     float sc[32], dp[32];
     wg::wgmma_fence();
 #pragma unroll
     for (int s = 0; s < D / 16; ++s) wg::wgmma_ss<64>(sc, desc_k(sK, s), desc_k(qbase, s), s > 0 ? 1 : 0);
+    wg::commit();
 #pragma unroll
     for (int s = 0; s < D / 16; ++s) wg::wgmma_ss<64>(dp, desc_k(sV, s), desc_k(obase, s), s > 0 ? 1 : 0);
     wg::commit();
-    wg::wait<0>();
+    wg::wait<1>();  // S^T done
     wg::fence_regs(sc);
-    wg::fence_regs(dp);
-    // P^T = exp2(scale2 S^T - lse2), causal (query >= key) and query < L; dS^T = P^T (dP^T - delta)
+    // P^T = exp2(scale2 S^T - lse2), causal (query >= key) and query < L
     const bool masked = qb == kb || (qb + 1) * kB > a.L;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int col = 8 * j + 2 * t4 + e, qi = qb * kB + col;
-        const float lq = l2[col], d = dl[col];
+        const float lq = l2[col];
         float p0 = exp2f(sc[4 * j + e] * scale2 - lq), p1 = exp2f(sc[4 * j + 2 + e] * scale2 - lq);
         if (masked) {
           if (!(qi >= kr0 && qi < a.L)) p0 = 0.f;
           if (!(qi >= kr1 && qi < a.L)) p1 = 0.f;
         }
         sc[4 * j + e] = p0, sc[4 * j + 2 + e] = p1;
-        dp[4 * j + e] = p0 * (dp[4 * j + e] - d);
-        dp[4 * j + 2 + e] = p1 * (dp[4 * j + 2 + e] - d);
       }
     }
     uint32_t pa[4][4], da[4][4];
     pack_a64(pa, sc);
-    pack_a64(da, dp);
-    // dV += P^T dO, dK += dS^T Q (B MN-major: rows = queries)
+    // dV += P^T dO (B MN-major: rows = queries)
     wg::wgmma_fence();
 #pragma unroll
     for (int s = 0; s < 4; ++s) wg::wgmma_rs_tb<D>(dv, pa[s], desc_mn(obase, s));
+    wg::commit();
+    wg::wait<1>();  // dP^T done (dV may still run)
+    wg::fence_regs(dp);
+    // dS^T = P^T (dP^T - delta)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float d = dl[8 * j + 2 * t4 + e];
+        dp[4 * j + e] = sc[4 * j + e] * (dp[4 * j + e] - d);
+        dp[4 * j + 2 + e] = sc[4 * j + 2 + e] * (dp[4 * j + 2 + e] - d);
+      }
+    }
+    pack_a64(da, dp);
+    // dK += dS^T Q
+    wg::wgmma_fence();
 #pragma unroll
     for (int s = 0; s < 4; ++s) wg::wgmma_rs_tb<D>(dk, da[s], desc_mn(qbase, s));
     wg::commit();
@@ -584,17 +599,18 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_wgmma(const FlashBwdArg
     wg::fence_proxy_async();
     __syncthreads();
     const uint32_t kbase = sK + (kb & 1) * kT, vbase = sV + (kb & 1) * kT;
+    // S = Q K^T and dP = dO V^T as two groups: P is computed while dP is in flight.
     float sc[32], dp[32];
     wg::wgmma_fence();
 #pragma unroll
     for (int s = 0; s < D / 16; ++s) wg::wgmma_ss<64>(sc, desc_k(sQ, s), desc_k(kbase, s), s > 0 ? 1 : 0);
+    wg::commit();
 #pragma unroll
     for (int s = 0; s < D / 16; ++s) wg::wgmma_ss<64>(dp, desc_k(sdO, s), desc_k(vbase, s), s > 0 ? 1 : 0);
     wg::commit();
-    wg::wait<0>();
+    wg::wait<1>();  // S done
     wg::fence_regs(sc);
-    wg::fence_regs(dp);
-    // dS = P (dP - delta), P = exp2(scale2 S - lse2), causal (key <= query) and key < L
+    // P = exp2(scale2 S - lse2), causal (key <= query) and key < L
     const int t0 = kb * kB;
     const bool masked = kb == qb || t0 + kB > a.L;
 #pragma unroll
@@ -607,8 +623,18 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_wgmma(const FlashBwdArg
           if (!(tt <= ia && tt < a.L)) p0 = 0.f;
           if (!(tt <= ib && tt < a.L)) p1 = 0.f;
         }
-        dp[4 * j + e] = p0 * (dp[4 * j + e] - da);
-        dp[4 * j + 2 + e] = p1 * (dp[4 * j + 2 + e] - db);
+        sc[4 * j + e] = p0, sc[4 * j + 2 + e] = p1;
+      }
+    }
+    wg::wait<0>();  // dP done
+    wg::fence_regs(dp);
+    // dS = P (dP - delta)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        dp[4 * j + e] = sc[4 * j + e] * (dp[4 * j + e] - da);
+        dp[4 * j + 2 + e] = sc[4 * j + 2 + e] * (dp[4 * j + 2 + e] - db);
       }
     }
     uint32_t pa[4][4];
