@@ -179,6 +179,37 @@ TEST(LizardConfig, JsonRoundTripAndErrors) {
   EXPECT_NO_THROW(h.validate(41));
 }
 
+TEST(LizardConfig, NoLizardLayersRoundTrips) {
+  // "lizard_layers": "none": no layer is Lizard (stage 2's LoRA-on-the-teacher yardstick).
+  LizardConfig c = lizard_config_from_string(R"({"lizard_layers": "none", "feature_dim": 32})");
+  EXPECT_TRUE(c.no_lizard_layers);
+  EXPECT_TRUE(c.lizard_layers.empty());
+  EXPECT_EQ(c.feature_dim, 32);
+  for (int l = 0; l < 40; ++l) EXPECT_FALSE(c.is_lizard_layer(l)) << l;
+  EXPECT_FALSE(c.any_lizard_layer(40));
+  EXPECT_NO_THROW(c.validate(40));
+  EXPECT_EQ(lizard_config_to_json(c).at("lizard_layers"), "none");
+  const LizardConfig back = lizard_config_from_json(lizard_config_to_json(c));
+  EXPECT_TRUE(back.no_lizard_layers);
+  EXPECT_EQ(lizard_config_to_json(back), lizard_config_to_json(c));
+  EXPECT_EQ(lizard_config_to_json(LizardConfig::none()).at("lizard_layers"), "none");
+  // "all" and lists are unchanged.
+  LizardConfig all = lizard_config_from_string(R"({"lizard_layers": "all"})");
+  EXPECT_FALSE(all.no_lizard_layers);
+  EXPECT_TRUE(all.any_lizard_layer(1));
+  EXPECT_EQ(lizard_config_to_json(all).at("lizard_layers"), "all");
+  EXPECT_EQ(lizard_config_to_json(LizardConfig{}).at("lizard_layers"), "all");
+  LizardConfig hyb = lizard_config_from_string(R"({"lizard_layers": [2]})");
+  EXPECT_TRUE(hyb.any_lizard_layer(3));
+  EXPECT_FALSE(hyb.any_lizard_layer(2));  // layer 2 does not exist in a 2-layer teacher
+  // Errors: other strings, an empty list, "none" together with listed layers.
+  EXPECT_THROW(lizard_config_from_string(R"({"lizard_layers": "nothing"})"), Error);
+  EXPECT_THROW(lizard_config_from_string(R"({"lizard_layers": []})"), Error);
+  LizardConfig bad = LizardConfig::none();
+  bad.lizard_layers = {1};
+  EXPECT_THROW(bad.validate(), Error);
+}
+
 TEST(LizardConfig, InitIsDeterministicAndStartsAtGateInit) {
   LizardConfig c;
   LizardShape s{576, 9, 3, 64};

@@ -3,7 +3,8 @@
 // parameters, hybrid softmax layers included) against finite differences on a tiny random Lizard
 // model; recomputation gives the same gradients; the loss falls over 30 steps; the saved directory
 // carries the LoRA and the loaded model reproduces the training loss; stop + resume reproduces the
-// uninterrupted losses.
+// uninterrupted losses. With no Lizard layer ("lizard_layers": "none"): LoRA on the teacher itself trains,
+// saves, reloads and exports, through Stage2 and through `lizard linearize --stage 2`; stage 1 refuses.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -15,11 +16,15 @@
 #include <random>
 
 #include "llama_fixture.h"
+#include "teacher_file_fixture.h"
 #include "train_fixture.h"
+#include "model/export.h"
 #include "model/lizard_checkpoint.h"
 #include "model/load_model.h"
 #include "ops/cpu/layer_backward.h"
+#include "train/linearize_cli.h"
 #include "train/lora.h"
+#include "train/stage1.h"
 #include "train/stage2.h"
 #include "train/trainer.h"
 #include "util/error.h"
@@ -470,4 +475,192 @@ TEST(Stage2Lora, DecodeStepsMatchPrefillWithAdapters) {
   double diff = 0;
   for (int j = 0; j < sp.vocab; ++j) diff = std::max(diff, double(std::abs(b[j] - want[j])));
   EXPECT_GT(diff, 1e-3);
+}
+
+// ---- no Lizard layers: LoRA on the teacher itself (stage 2's yardstick) -----------------------------
+
+namespace {
+
+std::string error_text(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST(Stage2NoLizard, Stage1Refuses) {
+  Seeded sd;
+  SCOPED_TRACE(sd.trace());
+  auto tiny = lizard::testing::make_tiny(sd, tiny_spec());
+  Stage1Options so;
+  so.config = LizardConfig::none();
+  so.seq_len = 8;
+  so.threads = 1;
+  so.fp32_cache_bytes = 0;
+  const std::string e = error_text([&] { Stage1 s(tiny.ck, so); });
+  EXPECT_NE(e.find("stage 1 needs at least one Lizard layer"), std::string::npos) << e;
+}
+
+TEST(Stage2NoLizard, TeacherLoraTrainsSavesAndReloads) {
+  Seeded sd;
+  SCOPED_TRACE(sd.trace());
+  TinySpec sp = tiny_spec();
+  auto tiny = lizard::testing::make_tiny(sd, sp);
+  const LizardCheckpoint start = tiny_lizard(*tiny.ck, LizardConfig::none());
+  EXPECT_TRUE(start.layers.empty());
+  const int L = 16;
+  Stage2 stage(tiny.ck, start, tiny_options(L));
+  // Only the adapters train: per layer a, b of q, k, v.
+  EXPECT_EQ(stage.params().size(), size_t(sp.layers) * 3 * 2);
+  // Before training the student is the teacher (B = 0): same loss.
+  Dataset data = random_tokens(sd.rng, sp.vocab, L, 4, 2, 4, 3);
+  const int32_t* vseq = data.val.tokens.data();
+  {
+    LlamaModel t(tiny.ck, [&] {
+      ModelOptions mo;
+      mo.context = L;
+      return mo;
+    }());
+    auto st = t.new_state();
+    auto lg = t.forward(vseq, L, 0, st, true);
+    const double teacher_ce = cross_entropy(lg.data(), vseq + 1, L, sp.vocab, 1.0, static_cast<float*>(nullptr)) / L;
+    const double student_ce = stage.evaluate({vseq}, L).total;
+    EXPECT_NEAR(student_ce, teacher_ce, 2e-3 * teacher_ce);
+  }
+  TempDir dir;
+  TrainOptions o;
+  o.out_dir = dir.path.string();
+  o.steps = 30;
+  o.batch = 2;
+  o.seq_len = L;
+  o.lr = 1e-2;
+  o.eval_every = 10;
+  o.val_seqs = 2;
+  o.eval_tokens = 32;
+  o.quiet = true;
+  const TrainResult r = train(stage, data, o);
+  ASSERT_EQ(r.losses.size(), 30u);
+  const double first = (r.losses[0] + r.losses[1] + r.losses[2]) / 3,
+               last = (r.losses[27] + r.losses[28] + r.losses[29]) / 3;
+  EXPECT_LT(last, 0.85 * first) << "first " << first << " last " << last;
+  std::printf("[stage2] tiny teacher, no Lizard layers: loss %.4g -> %.4g over 30 steps\n", first, last);
+  ASSERT_TRUE(r.report.contains("heldout_eval"));
+  EXPECT_TRUE(r.report["heldout_eval"]["student_ppl"].is_number());
+  EXPECT_TRUE(r.report["heldout_eval"]["kl_per_token"].is_number());
+
+  // The saved checkpoint: no Lizard layers, the config says "none", the adapters are there and moved.
+  const LizardCheckpoint ck = load_lizard_checkpoint((dir.path / kLizardCheckpointFile).string());
+  EXPECT_TRUE(ck.config.no_lizard_layers);
+  EXPECT_TRUE(ck.layers.empty());
+  ASSERT_EQ(ck.lora.layers.size(), size_t(sp.layers));
+  EXPECT_EQ(ck.lora.layers.at(1).at("v").b, stage.net().lora.at(1).at("v").b);
+  EXPECT_NE(describe_lizard_checkpoint(ck).find("none"), std::string::npos);
+  // Reloaded, every layer keeps softmax attention and the model gives the trainer's loss.
+  ModelOptions mo;
+  mo.context = L;
+  LlamaModel m(tiny.ck, mo);
+  apply_lizard(m, ck);
+  for (int l = 0; l < sp.layers; ++l) EXPECT_EQ(m.mixer(l).name(), "softmax") << l;
+  auto st = m.new_state();
+  auto logits = m.forward(vseq, L, 0, st, true);
+  const double ce = cross_entropy(logits.data(), vseq + 1, L, sp.vocab, 1.0, static_cast<float*>(nullptr)) / L;
+  const double want = stage.evaluate({vseq}, L).total;
+  EXPECT_NEAR(ce, want, 2e-3 * want);
+}
+
+// `lizard linearize` with configs/teacher_lora.json's config, end to end on a GGUF teacher and a text file:
+// stage 1 (and both) and --train-lizard refuse; --stage 2 trains the LoRA and reports held-out ppl / KL;
+// the directory loads (load_model: what generate and eval use) and exports.
+TEST(Stage2NoLizard, LinearizeStage2FromTheTeacher) {
+  Seeded sd;
+  SCOPED_TRACE(sd.trace());
+  TinySpec sp = tiny_spec();
+  sp.vocab = 270;  // the fixture's tokenizer has 264
+  sp.ctx = 64;
+  auto tiny = lizard::testing::make_tiny(sd, sp);
+  TempDir dir;
+  const std::string teacher = (dir.path / "tiny.gguf").string(), cfg = (dir.path / "none.json").string(),
+                    text = (dir.path / "data").string(), out = (dir.path / "yardstick").string();
+  lizard::testing::write_gguf_teacher(teacher, tiny);
+  std::ofstream(cfg) << R"({"lizard_layers": "none"})";
+  fs::create_directories(text);
+  for (int f = 0; f < 40; ++f) {  // documents: the validation split takes whole ones (by hash, 30%)
+    std::ofstream t(text + "/doc" + std::to_string(f) + ".txt");
+    const char* words[] = {"the", "thin", "hen", "in", "then", "there", "this", "then"};
+    for (int i = 0; i < 150; ++i) t << words[sd.rng() % 8] << (i % 13 == 12 ? ".\n" : " ");
+  }
+  LinearizeArgs a;
+  a.teacher = teacher;
+  a.data = {text};
+  a.out = out;
+  a.config = cfg;
+  a.steps = 12;
+  a.seq_len = 16;
+  a.batch = 2;
+  a.val_fraction = 0.3;
+  a.val_seqs = 2;
+  a.eval_every = 6;
+  a.eval_tokens = 64;
+  a.lr2 = 1e-2;
+  a.threads = 2;
+  a.quiet = true;
+  for (const char* stage : {"1", "both"}) {
+    a.stage = stage;
+    const std::string e = error_text([&] { run_linearize(a); });
+    EXPECT_NE(e.find("stage 1 needs at least one Lizard layer"), std::string::npos) << stage << ": " << e;
+  }
+  EXPECT_FALSE(fs::exists(out));  // refused before anything was written
+  a.stage = "2";
+  a.train_lizard = true;
+  EXPECT_NE(error_text([&] { run_linearize(a); }).find("--train-lizard"), std::string::npos);
+  a.train_lizard = false;
+  ASSERT_EQ(run_linearize(a), 0);
+
+  std::ifstream rf(out + "/report.json");
+  ASSERT_TRUE(rf.good());
+  const auto rep = nlohmann::json::parse(rf);
+  ASSERT_TRUE(rep["heldout_eval"].is_object()) << rep.dump();
+  const double tppl = rep["heldout_eval"]["teacher_ppl"].get<double>(),
+               sppl = rep["heldout_eval"]["student_ppl"].get<double>(),
+               kl = rep["heldout_eval"]["kl_per_token"].get<double>();
+  EXPECT_TRUE(std::isfinite(tppl) && std::isfinite(sppl) && kl >= 0) << rep["heldout_eval"].dump();
+  EXPECT_LT(sppl, tppl) << "LoRA on in-domain text should lower the held-out ppl";
+  const std::vector<double> losses = logged_losses(out);
+  ASSERT_EQ(losses.size(), 12u);
+  EXPECT_LT(losses.back(), losses.front());
+
+  // Loads as a Lizard model with no Lizard layer (the teacher found through the checkpoint) ...
+  ModelOptions mo;
+  mo.context = 64;
+  mo.n_threads = 1;
+  mo.exact = true;
+  const LoadedModel m = load_model(out, mo);
+  ASSERT_TRUE(m.is_lizard());
+  EXPECT_TRUE(m.lizard->config.no_lizard_layers);
+  EXPECT_FALSE(m.lizard->lora.empty());
+  EXPECT_EQ(m.model->context_length(), 64);  // softmax layers: the context stays bounded
+  for (int l = 0; l < sp.layers; ++l) EXPECT_EQ(m.model->mixer(l).name(), "softmax");
+  // ... and exports (LoRA merged) to a model that gives the same logits.
+  const std::string merged = (dir.path / "merged").string();
+  export_merged(out, merged);
+  const LoadedModel e = load_model(merged, mo);
+  ASSERT_TRUE(e.is_lizard());
+  EXPECT_TRUE(e.lizard->layers.empty());
+  EXPECT_TRUE(e.lizard->lora.empty());
+  std::vector<int32_t> tok(20);
+  for (auto& t : tok) t = int32_t(sd.rng() % 264);
+  auto s1 = m.model->new_state(), s2 = e.model->new_state();
+  const auto l1 = m.model->forward(tok, 0, s1, true);
+  const std::vector<float> a1(l1.begin(), l1.end());
+  const auto l2 = e.model->forward(tok, 0, s2, true);
+  double err = 0, mx = 0;
+  for (size_t i = 0; i < a1.size(); ++i) {
+    err = std::max(err, double(std::abs(l2[i] - a1[i])));
+    mx = std::max(mx, double(std::abs(a1[i])));
+  }
+  EXPECT_LT(err, 1e-4 * mx);
 }

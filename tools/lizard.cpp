@@ -104,10 +104,13 @@ void cmd_info(const std::string& model_arg, const std::string& teacher_arg) {
   for (const auto& [l, p] : lz->layers) layers += fmt::format("{}{}", layers.empty() ? "" : ",", l);
   fmt::print("\nlizard:         {}\n", lizard_file);
   fmt::print("lizard layers:  {} of {}{}\n", lz->layers.size(), c.n_layers,
-             z.lizard_layers.empty() ? " (all)" : fmt::format(" ({}; the rest softmax)", layers));
-  fmt::print("lizard config:  combine {}, F {} ({}), w {}, m {}{}, gate {} (init {}), chunk {}\n", to_string(z.combine),
-             z.feature_dim, to_string(z.feature_act), z.window, z.meta_tokens, z.meta_per_head ? " per head" : "",
-             to_string(z.gate), z.gate_init, z.chunk);
+             z.no_lizard_layers      ? std::string(" (none: the teacher's softmax attention everywhere)")
+             : z.lizard_layers.empty() ? std::string(" (all)")
+                                       : fmt::format(" ({}; the rest softmax)", layers));
+  if (!z.no_lizard_layers)  // else the options are unused
+    fmt::print("lizard config:  combine {}, F {} ({}), w {}, m {}{}, gate {} (init {}), chunk {}\n",
+               to_string(z.combine), z.feature_dim, to_string(z.feature_act), z.window, z.meta_tokens,
+               z.meta_per_head ? " per head" : "", to_string(z.gate), z.gate_init, z.chunk);
   fmt::print("new parameters: {} ({}), {:.3f}% of the teacher\n", human_count(n_new), n_new,
              100.0 * static_cast<double>(n_new) / static_cast<double>(std::max<int64_t>(1, c.param_count())));
   fmt::print("\n{}", describe_lizard_checkpoint(*lz));
@@ -454,6 +457,11 @@ void cmd_init_lizard(const std::string& model_arg, const std::string& out, const
     LZ_CHECK(in.good(), "cannot read '{}'", config_file);
     c = lizard_config_from_string(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()));
   }
+  LZ_CHECK(c.any_lizard_layer(ck.config.n_layers),
+           "init-lizard: the config has no Lizard layer (\"lizard_layers\": \"none\"), so there is nothing to "
+           "initialise; to fine-tune the teacher itself with LoRA run `lizard linearize --stage 2 --teacher {} "
+           "--config {}`",
+           teacher, config_file);
   LizardCheckpoint lz = init_lizard_checkpoint(c, ck.config, seed);
   lz.teacher = fingerprint_teacher(teacher);
   save_lizard_dir(out, lz);
@@ -616,7 +624,9 @@ int main(int argc, char** argv) {
   lin->add_option("--teacher", la.teacher, "teacher: GGUF file or Hugging Face directory (default: the bundled one)");
   lin->add_option("--data", la.data, "text / JSONL files or folders to train on")->expected(1, -1)->required();
   lin->add_option("--out", la.out, "output folder: the Lizard model, training state, log.jsonl, loss.png")->required();
-  lin->add_option("--config", la.config, "Lizard layer config (JSON; default: LIZARD.md's defaults)")
+  lin->add_option("--config", la.config,
+                  "Lizard layer config (JSON; default: LIZARD.md's defaults; \"lizard_layers\": \"none\" with "
+                  "--stage 2: LoRA on the teacher itself)")
       ->check(CLI::ExistingFile);
   lin->add_option("--stage", la.stage,
                   "1: attention transfer; 2: LoRA fine-tuning (from --teacher when it is a Lizard model); "

@@ -12,8 +12,21 @@ namespace lizard {
 using json = nlohmann::json;
 
 bool LizardConfig::is_lizard_layer(int layer) const {
+  if (no_lizard_layers) return false;
   if (lizard_layers.empty()) return true;
   return std::find(lizard_layers.begin(), lizard_layers.end(), layer) != lizard_layers.end();
+}
+
+bool LizardConfig::any_lizard_layer(int n_layers) const {
+  for (int l = 0; l < n_layers; ++l)
+    if (is_lizard_layer(l)) return true;
+  return false;
+}
+
+LizardConfig LizardConfig::none() {
+  LizardConfig c;
+  c.no_lizard_layers = true;
+  return c;
 }
 
 LizardConfig LizardConfig::lolcats() {
@@ -34,6 +47,8 @@ void LizardConfig::validate(int n_layers) const {
   LZ_CHECK(eps >= 0.0 && eps < 1.0, "lizard config: eps {} must be in [0, 1)", eps);
   LZ_CHECK(std::isfinite(alpha_init), "lizard config: alpha_init must be finite");
   LZ_CHECK(std::isfinite(lolcats_window_init), "lizard config: lolcats_window_init must be finite");
+  LZ_CHECK(!(no_lizard_layers && !lizard_layers.empty()),
+           "lizard config: no Lizard layers (\"none\") but lizard_layers lists {} layers", lizard_layers.size());
   std::set<int> seen;
   for (int l : lizard_layers) {
     LZ_CHECK(l >= 0, "lizard config: lizard_layers has negative layer {}", l);
@@ -68,7 +83,9 @@ json lizard_config_to_json(const LizardConfig& c) {
   j["chunk"] = c.chunk;
   j["eps"] = c.eps;
   j["lolcats_window_init"] = c.lolcats_window_init;
-  if (c.lizard_layers.empty())
+  if (c.no_lizard_layers)
+    j["lizard_layers"] = "none";
+  else if (c.lizard_layers.empty())
     j["lizard_layers"] = "all";
   else
     j["lizard_layers"] = c.lizard_layers;
@@ -146,13 +163,18 @@ LizardConfig lizard_config_from_json(const json& j) {
     } else if (k == "lolcats_window_init") {
       c.lolcats_window_init = get_as<double>(v, "lolcats_window_init");
     } else if (k == "lizard_layers") {
+      c.lizard_layers.clear();
+      c.no_lizard_layers = false;
       if (v.is_string()) {
-        LZ_CHECK(v.get<std::string>() == "all", "lizard config: lizard_layers must be \"all\" or a list of layers");
-        c.lizard_layers.clear();
+        const std::string s = v.get<std::string>();
+        LZ_CHECK(s == "all" || s == "none",
+                 "lizard config: lizard_layers must be \"all\", \"none\" or a list of layers (got \"{}\")", s);
+        c.no_lizard_layers = s == "none";
       } else {
-        LZ_CHECK(v.is_array(), "lizard config: lizard_layers must be \"all\" or a list of layers");
+        LZ_CHECK(v.is_array(), "lizard config: lizard_layers must be \"all\", \"none\" or a list of layers");
         for (const auto& e : v) c.lizard_layers.push_back(get_as<int>(e, "lizard_layers"));
-        LZ_CHECK(!c.lizard_layers.empty(), "lizard config: lizard_layers is an empty list (use \"all\")");
+        LZ_CHECK(!c.lizard_layers.empty(),
+                 "lizard config: lizard_layers is an empty list (use \"all\", or \"none\" for no Lizard layer)");
       }
     } else {
       fail("lizard config: unknown key '{}'", k);

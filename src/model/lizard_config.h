@@ -30,13 +30,21 @@ struct LizardConfig {
   double eps = 1e-6;                             // gate-branch normaliser: num / (den + eps)
   double lolcats_window_init = -2.197;           // f: window weight sigmoid(f) ~ 0.1
   std::vector<int> lizard_layers;                // empty: every layer is Lizard (else: hybrid)
+  // JSON "lizard_layers": "none": no layer is Lizard (lizard_layers must then be empty). The model is
+  // the teacher itself; only stage 2 takes it (LoRA on the teacher: the yardstick for a Lizard
+  // student's stage 2 at the same budget). Stage 1 and init-lizard refuse it.
+  bool no_lizard_layers = false;
 
+  // The single source of truth for which layers are Lizard (lizard_layers, no_lizard_layers).
   bool is_lizard_layer(int layer) const;
+  bool any_lizard_layer(int n_layers) const;  // is_lizard_layer(l) for some l in [0, n_layers)
   // Throws Error naming the bad field. n_layers >= 0 also checks lizard_layers against it.
   void validate(int n_layers = -1) const;
 
   // The LoLCATs baseline as published: combine = lolcats, feature maps on RoPE'd q, k.
   static LizardConfig lolcats();
+  // No Lizard layer ("lizard_layers": "none"): the teacher, for a LoRA-only stage 2.
+  static LizardConfig none();
 };
 
 nlohmann::json lizard_config_to_json(const LizardConfig& c);

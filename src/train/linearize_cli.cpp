@@ -96,6 +96,13 @@ int run_linearize(const LinearizeArgs& a) {
   auto ck = std::make_shared<Checkpoint>(open_checkpoint(teacher_path));
   LZ_CHECK(ck->tokenizer != nullptr, "teacher '{}' has no tokenizer", teacher_path);
   cfg.validate(ck->config.n_layers);
+  // "lizard_layers": "none": the teacher itself, LoRA only (stage 2's yardstick). Refused before the data is read.
+  const bool no_lizard = !cfg.any_lizard_layer(ck->config.n_layers);
+  LZ_CHECK(!no_lizard || a.stage == "2",
+           "--stage {}: stage 1 needs at least one Lizard layer, and the config has none (\"lizard_layers\": "
+           "\"none\"); to fine-tune the teacher with LoRA alone use --stage 2",
+           a.stage);
+  LZ_CHECK(!no_lizard || !a.train_lizard, "--train-lizard: the config has no Lizard layer to train");
 
   DataOptions dopt;
   dopt.paths = a.data;
@@ -175,7 +182,10 @@ int run_linearize(const LinearizeArgs& a) {
     Stage& stage2 = *stage2_ptr;
     TrainOptions to = base_options(a.out, a.lr2, a.resume && (!both || fs::exists(fs::path(a.out) / kTrainStateFile)));
     to.args = {{"teacher", teacher_path}, {"data", a.data}, {"lizard_config", lizard_config_to_json(start.config)},
-               {"stage", "2"}, {"from", both ? out1 : (from ? a.teacher : std::string("(fresh Lizard layers)"))},
+               {"stage", "2"},
+               {"from", both ? out1
+                             : from ? a.teacher
+                                    : std::string(no_lizard ? "(the teacher: no Lizard layers)" : "(fresh Lizard layers)")},
                {"device", a.device}, {"steps", steps}, {"seq_len", a.seq_len}, {"batch", a.batch}, {"lr", a.lr2},
                {"lora_rank", a.lora_rank}, {"lora_alpha", a.lora_alpha}, {"lora_targets", a.lora_targets},
                {"train_lizard", a.train_lizard}, {"recompute", a.recompute}, {"weight_decay", a.weight_decay},

@@ -11,6 +11,8 @@ struct LinearizeArgs {
   std::vector<std::string> data;      // text / JSONL files or folders
   std::string out;                    // output directory (a Lizard model + training state)
   std::string config;                 // LizardConfig JSON file (default: LIZARD.md's defaults)
+                                      // "lizard_layers": "none" (configs/teacher_lora.json): no Lizard layer; only
+                                      // --stage 2 takes it: LoRA on the teacher itself, stage 2's yardstick
   // 1: attention transfer into OUT. 2: LoRA fine-tuning into OUT, starting from --teacher when it is a
   // Lizard model (stage 1's output), else from freshly initialised Lizard layers. both: stage 1 into
   // OUT/stage1, then stage 2 from it into OUT (a --resume skips a finished stage 1).

@@ -2,7 +2,7 @@
 // teachers held in memory (bf16 weights, so both sides start from the same numbers): all-Lizard and
 // hybrid (one softmax layer, q/k/v bias, tied head), LoRA B perturbed away from zero. Compares the loss
 // (relative error), every LoRA gradient and the Lizard gradients (train_lizard) by relative norm error
-// (the LoLCATs baseline too)
+// (the LoLCATs baseline too; and no Lizard layer at all: LoRA on the teacher)
 // ||g_gpu - g_cpu|| / ||g_cpu||, recomputation and evaluate against the plain forward_backward, and five
 // AdamW steps taken on both. Prints one "[stage2-cuda] ..." line per figure.
 #include <gtest/gtest.h>
@@ -201,6 +201,25 @@ TEST(Stage2Cuda, HybridWithBiasAndTiedHeadMatchesCpu) {
   Stage2Cuda gpu(tiny.ck, lz, o);
   perturb_b(sd, cpu, gpu);
   compare_step("hybrid", cpu, gpu, random_batch(sd, 2, L, tiny.ck->config.vocab_size), L);
+}
+
+// "lizard_layers": "none": LoRA on the teacher itself (stage 2's yardstick), every layer on the flash path;
+// Lizard options the GPU kernels do not take (feature_dim 8) must not matter.
+TEST(Stage2Cuda, NoLizardLayersMatchesCpu) {
+  Seeded sd;
+  SCOPED_TRACE(sd.trace());
+  auto tiny = lizard::testing::make_tiny(sd, gpu_spec());
+  LizardConfig c = LizardConfig::none();
+  c.feature_dim = 8;
+  const LizardCheckpoint lz = lizard_for(*tiny.ck, c);
+  ASSERT_TRUE(lz.layers.empty());
+  const int L = 77;
+  Stage2 cpu(tiny.ck, lz, options(L, false));
+  Stage2Cuda gpu(tiny.ck, lz, options(L, false));
+  perturb_b(sd, cpu, gpu);
+  compare_step("no-lizard", cpu, gpu, random_batch(sd, 2, L, tiny.ck->config.vocab_size), L);
+  const double le = gpu.evaluate(ptrs(random_batch(sd, 2, L, tiny.ck->config.vocab_size)), L).total;
+  EXPECT_TRUE(std::isfinite(le));
 }
 
 TEST(Stage2Cuda, LolcatsBaselineMatchesCpu) {
