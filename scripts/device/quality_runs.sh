@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Named linearization runs of docs/results.md ("Next runs"), each sized for one device call (<= 600 s on
+# an H200) after the teacher and bundle are staged (scripts/device/gpu.sh recv1, recv2, unpack).
+#   bash scripts/device/quality_runs.sh NAME        (NAME below; prints the held-out lines, $OUT/NAME.tgz)
+# The tuned recipe: stage 1 --lr 3e-2, stage 2 --lr2 2e-3 --train-lizard, configs/lizard_rope_a05.json.
+#   yard3 / yard10     the teacher fine-tuned with the same LoRA recipe (configs/teacher_lora.json), 3M / 10M
+#   lol10-s1, lol10-s2 LoLCATs 10M + 10M with the tuned recipe, one stage per call (~500 s each)
+#   w64, gate99, lr2x  Lizard 3M + 3M variations against 13.34: window 64, gate_init 0.99, stage-2 lr 4e-3
+set -uo pipefail
+name=${1:?usage: quality_runs.sh NAME}
+lz=/tmp/lz
+o=${OUT:-/tmp/out}
+lin() { bash scripts/device/gpu.sh x lizard linearize --device cuda --data $lz/data --seq-len 2048 --batch 8 \
+  --eval-every 200 "$@" 2>&1 | grep -E "held-out \(|done|error" ; }
+lizard_pair() {  # NAME CONFIG_JSON [stage-2 flags...]: 3M + 3M with the tuned recipe
+  local n=$1 cfg=$2; shift 2
+  lin --stage 1 --teacher $lz/model.gguf --config "$cfg" --lr 3e-2 --tokens 3000000 --out $lz/$n-s1
+  lin --stage 2 --teacher $lz/$n-s1 --lr2 2e-3 --train-lizard --tokens 3000000 --out $lz/$n-s2 "$@"
+}
+tmpcfg() { local f=$lz/$1.json; python3 -c "import json,sys; c=json.load(open('configs/lizard_rope_a05.json')); c.update(json.loads(sys.argv[1])); json.dump(c, open(sys.argv[2], 'w'))" "$2" "$f"; echo "$f"; }
+case "$name" in
+  yard3)  lin --stage 2 --teacher $lz/model.gguf --config configs/teacher_lora.json --lr2 2e-3 --tokens 3000000 --out $lz/yard3 ;;
+  yard10) lin --stage 2 --teacher $lz/model.gguf --config configs/teacher_lora.json --lr2 2e-3 --tokens 10000000 --out $lz/yard10 ;;
+  lol10-s1) lin --stage 1 --teacher $lz/model.gguf --config configs/lolcats.json --lr 3e-2 --tokens 10000000 --out $lz/lol10-s1 ;;
+  lol10-s2) lin --stage 2 --teacher $lz/lol10-s1 --lr2 2e-3 --train-lizard --tokens 10000000 --out $lz/lol10-s2 ;;
+  w64)    lizard_pair w64 "$(tmpcfg w64 '{"window": 64}')" ;;
+  gate99) lizard_pair gate99 "$(tmpcfg gate99 '{"gate_init": 0.99}')" ;;
+  lr2x)   lin --stage 1 --teacher $lz/model.gguf --config configs/lizard_rope_a05.json --lr 3e-2 --tokens 3000000 --out $lz/lr2x-s1
+          lin --stage 2 --teacher $lz/lr2x-s1 --lr2 4e-3 --train-lizard --tokens 3000000 --out $lz/lr2x-s2 ;;
+  *) echo "quality_runs.sh: unknown run '$name'"; exit 2 ;;
+esac
+(cd $lz && tar czf "$o/$name.tgz" $(ls -d $name* 2>/dev/null | sed 's|$|/report.json|') 2>/dev/null) || true
