@@ -416,6 +416,7 @@ def main():
         fbc = float("nan")
         if chunked_ok:
             try:
+                lib.lz_set_backward_sweep_variant(0)  # this row and the column baseline: sweep 0, set here (not inherited)
                 fbc = events_ms(z.fwd_bwd_chunked)
                 chunked_ok = fbc < 1500  # O(L) but CUDA-core window/feature stages: skip longer ones if slow
             except Exception as e:  # noqa: BLE001
@@ -461,7 +462,7 @@ def main():
                 print("  gate sweep variant 2 failed in the profile call:", str(e)[:200])
             lib.lz_set_backward_sweep_variant(0)
             del os.environ["LIZARD_CUDA_BWD_PROFILE"]
-        row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd", liz[tag], fbc)
+        row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd sweep0", liz[tag], fbc)
         if fbc == fbc:  # the same fwd+bwd with each gate sweep variant (0 = whole sequence, the row above)
             # 1 = the grouped kernels (2 CTAs per SM), auto group count (1 where B H alone fills the card
             # twice: no split); "g4": 4 groups forced (8 chunks each at L2048).
@@ -539,7 +540,7 @@ def main():
             torch.cuda.empty_cache()
     print()
     print(card)
-    print(f"{'shape':22s} {'kernel':36s} {'fwd ms':>8s} {'f+b ms':>9s} {'this/lizard fwd':>16s} {'this/lizard f+b (chunked)':>26s}")
+    print(f"{'shape':22s} {'kernel':36s} {'fwd ms':>8s} {'f+b ms':>9s} {'this/lizard fwd':>16s} {'this/lizard f+b (sweep0)':>26s}")
     for s_, n, a, b in rows:
         print(f"{s_:22s} {n:36s} {a:8.3f} {b:9.3f} {a / liz.get(s_, float('nan')):16.2f} "
               f"{b / liz_fb.get(s_, float('nan')):26.2f}")

@@ -57,10 +57,19 @@ int lz_set_forward_variant(int v) {
   return guarded([&] { lizard::cuda::set_forward_variant(v); });
 }
 void lz_set_forward_split(int m) { lizard::cuda::set_forward_split(m); }
-void lz_set_backward_window_variant(int v) { lizard::cuda::set_backward_window_variant(v); }
-void lz_set_backward_stage_variant(int v) { lizard::cuda::set_backward_stage_variant(v); }
-void lz_set_backward_sweep_variant(int v) { lizard::cuda::set_backward_sweep_variant(v); }
-void lz_set_backward_sweep_groups(int g) { lizard::cuda::set_backward_sweep_groups(g); }
+// Backward variant setters; -1 (lz_last_error) for an unknown value.
+int lz_set_backward_window_variant(int v) {
+  return guarded([&] { lizard::cuda::set_backward_window_variant(v); });
+}
+int lz_set_backward_stage_variant(int v) {
+  return guarded([&] { lizard::cuda::set_backward_stage_variant(v); });
+}
+int lz_set_backward_sweep_variant(int v) {
+  return guarded([&] { lizard::cuda::set_backward_sweep_variant(v); });
+}
+int lz_set_backward_sweep_groups(int g) {
+  return guarded([&] { lizard::cuda::set_backward_sweep_groups(g); });
+}
 
 // bf16 chunked forward; scalar gate [B, L], meta [m] per layer, alpha [Hq] per head.
 int lz_forward_bf16(const void* q, const void* k, const void* v, const float* lg, const void* wq, const void* wk,

@@ -194,8 +194,7 @@ void launch_wgmma(const FlashArgs& a, cudaStream_t s) {
   const int nqb = (a.L + kBQ - 1) / kBQ;
   LZ_CUDA_CHECK(nqb <= 65535, "flash attention (cuda): L = ", a.L, " too long for the wgmma kernel's grid");
   kern<<<dim3(a.B * a.H, nqb), 128 * kWG, smem, s>>>(a);
-  cudaError_t e = cudaGetLastError();
-  LZ_CUDA_CHECK(e == cudaSuccess, "flash attention (cuda): launch failed: ", cudaGetErrorString(e));
+  launched("flash attention (cuda)");
 }
 
 }  // namespace

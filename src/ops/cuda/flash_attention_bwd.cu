@@ -71,19 +71,19 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t st
 // kWarps warps, 16 keys each (kB keys per CTA); query tiles of kB rows.
 template <int D>
 __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(const FlashBwdArgs a) {
-  constexpr int LD = D + 8, ND = D / 8, NQ = kB / 8, kBK = kB;
+  constexpr int LD = D + 8, ND = D / 8, NQ = kB / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
-  bf16* Vs = Ks + kBK * LD;
-  bf16* Qs = Vs + kBK * LD;    // [2][kB][LD]
+  bf16* Vs = Ks + kB * LD;
+  bf16* Qs = Vs + kB * LD;    // [2][kB][LD]
   bf16* dOs = Qs + 2 * kB * LD;  // [2][kB][LD]
   float* lse2s = reinterpret_cast<float*>(dOs + 2 * kB * LD);  // [2][kB], log2 domain
   float* dels = lse2s + 2 * kB;                                // [2][kB]
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const int kb = blockIdx.x;  // small kb = most query blocks: scheduled first
   const int hkv = blockIdx.y % a.Hkv, b = blockIdx.y / a.Hkv, G = a.H / a.Hkv;
-  // query tiles from the one holding this CTA's first key
-  const int nqb = (a.L + kB - 1) / kB, qb0 = kb * kBK / kB, nq_it = nqb - qb0, n_it = G * nq_it;
+  // causal: query blocks from the key block's own on
+  const int nqb = (a.L + kB - 1) / kB, qb0 = kb, nq_it = nqb - qb0, n_it = G * nq_it;
   const int64_t qs = int64_t(a.H) * D, ks = int64_t(a.Hkv) * D;
   const bf16* q0 = static_cast<const bf16*>(a.q) + int64_t(b) * a.L * qs;
   const bf16* do0 = static_cast<const bf16*>(a.dout) + int64_t(b) * a.L * qs;
@@ -104,13 +104,13 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(const FlashBwd
       dels[buf * kB + tid] = ok ? a.delta[r] : 0.f;
     }
   };
-  load_tile<D>(Ks, k, ks, kb * kBK, a.L);
-  load_tile<D>(Vs, v, ks, kb * kBK, a.L);
+  load_tile<D>(Ks, k, ks, kb * kB, a.L);
+  load_tile<D>(Vs, v, ks, kb * kB, a.L);
   issue(0, 0);
   cp_async_commit();
 
   const int r0 = warp * 16;
-  const int kr0 = kb * kBK + r0 + g, kr1 = kr0 + 8;
+  const int kr0 = kb * kB + r0 + g, kr1 = kr0 + 8;
   float dk[ND][4], dv[ND][4];
 #pragma unroll
   for (int j = 0; j < ND; ++j) {
@@ -661,18 +661,13 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_wgmma(const FlashBwdArg
 #endif
 }
 
-void check_launch(const char* what) {
-  cudaError_t e = cudaGetLastError();
-  LZ_CUDA_CHECK(e == cudaSuccess, "flash attention backward (cuda): ", what, " launch failed: ", cudaGetErrorString(e));
-}
-
 template <int D>
 void launch_bwd(const FlashBwdArgs& a, cudaStream_t s) {
   const int64_t rows = int64_t(a.B) * a.L * a.H;
   constexpr int kRowsPerBlock = 8;
   flash_bwd_delta_kernel<<<unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock), kRowsPerBlock * 32, 0, s>>>(
       static_cast<const bf16*>(a.out), static_cast<const bf16*>(a.dout), a.delta, a.B, a.L, a.H, D);
-  check_launch("delta");
+  launched("flash attention backward (cuda): delta");
   const int nb = (a.L + kB - 1) / kB;
   if (g_bwd_variant == 1) {
     const size_t tiles = size_t(6) * kB * D * sizeof(bf16) + 1024;  // + 1024: aligning the swizzle atoms
@@ -680,11 +675,11 @@ void launch_bwd(const FlashBwdArgs& a, cudaStream_t s) {
     LZ_CUDA_OK(cudaFuncSetAttribute(kdkdv, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     int(tiles + 4 * kB * sizeof(float))));
     kdkdv<<<dim3(nb, a.B * a.Hkv), kThreads, tiles + 4 * kB * sizeof(float), s>>>(a);
-    check_launch("dk/dv (wgmma)");
+    launched("flash attention backward (cuda): dk/dv (wgmma)");
     auto kdq = flash_bwd_dq_wgmma<D>;
     LZ_CUDA_OK(cudaFuncSetAttribute(kdq, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiles)));
     kdq<<<dim3(nb, a.B * a.H), kThreads, tiles, s>>>(a);
-    check_launch("dq (wgmma)");
+    launched("flash attention backward (cuda): dq (wgmma)");
     return;
   }
   {
@@ -692,14 +687,14 @@ void launch_bwd(const FlashBwdArgs& a, cudaStream_t s) {
     auto kern = flash_bwd_dkdv_kernel<D>;
     LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     kern<<<dim3(nb, a.B * a.Hkv), kThreads, smem, s>>>(a);
-    check_launch("dk/dv");
+    launched("flash attention backward (cuda): dk/dv");
   }
   {
     const size_t tiles = size_t(6) * kB * (D + 8) * sizeof(bf16);
     auto kern = flash_bwd_dq_kernel<D>;
     LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiles)));
     kern<<<dim3(nb, a.B * a.H), kThreads, tiles, s>>>(a);
-    check_launch("dq");
+    launched("flash attention backward (cuda): dq");
   }
 }
 

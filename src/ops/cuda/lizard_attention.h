@@ -113,9 +113,10 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
 // Same gradients with the gated branch in the chunked form of LIZARD.md section 5 (C = 64): a forward
 // sweep over chunks with the state S (dn, dden, dphi_q, d log gamma query side) and a reverse sweep
 // with the state gradient R = dS (dphi_k, dv, d log gamma key side), chunk products on tensor cores
-// (bf16 operands, fp32 accumulation, fp32 states), linear in L. The window branch (O(L w)), the
-// feature-map backward and the weight reductions are the parallel path's kernels. D in {64, 128},
-// F in {32, 64}; throws lizard::Error otherwise.
+// (bf16 operands, fp32 accumulation, fp32 states), linear in L; the window branch (O(L w)), the
+// feature maps and their backward and the weight reductions run as the stage variants below select.
+// D in {64, 128}, F in {32, 64}; throws lizard::Error otherwise.
+// Each variant setter below throws lizard::Error for a value it does not list.
 void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
                                        cudaStream_t stream = nullptr);
 // Window stage of the chunked backward: 1 (default) = banded flash-style kernels on tensor cores (bf16

@@ -1,6 +1,6 @@
 // Lizard attention backward, parallel form, fp32 arithmetic on CUDA cores (LIZARD.md sections 2-4).
-// Exact gradients, O(L^2 (2F + D)) per head: the reference-grade GPU backward that training can
-// use today; the chunked tensor-core backward (reverse chunks with dS) is the fast path to come.
+// Exact gradients, O(L^2 (2F + D)) per head: the reference-grade GPU backward (a check path); the
+// chunked tensor-core backward further down (lizard_attention_backward_chunked) is the fast path.
 //
 // With Bc_i = sum_{l<=i} lg_l, K_it = (phi_q_i . phi_k_t) exp(Bc_i - Bc_t) for t <= i:
 //   G_i = N_i / (den_i + eps), N_i = sum_t K_it v_t, den_i = sum_t K_it
@@ -2890,30 +2890,10 @@ template <typename T>
 void run_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool backward, cudaStream_t st,
               bool fast = false) {
   if (fast) return run_feat_v<T, true>(a, d, ws, dq, dk, backward, st);
-  if (a.D == 64 && a.F == 32) return launch_feat<T, 64, 32>(a, d, ws, dq, dk, backward, st);
-  if (a.D == 64 && a.F == 64) return launch_feat<T, 64, 64>(a, d, ws, dq, dk, backward, st);
-  if (a.D == 128 && a.F == 32) return launch_feat<T, 128, 32>(a, d, ws, dq, dk, backward, st);
-  if (a.D == 128 && a.F == 64) return launch_feat<T, 128, 64>(a, d, ws, dq, dk, backward, st);
-  fail_cat("lizard attention chunked backward (cuda): feature stage needs D in {64, 128}, F in {32, 64}");
+  run_feat_v<T, false>(a, d, ws, dq, dk, backward, st);
 }
 
 }  // namespace feattc
-
-// The workspace comes from the device's default stream-ordered pool on every call; by default the pool
-// returns freed memory to the driver at each synchronisation, so the next call pays a real allocation.
-// Keep it pooled instead (once per device): the per-call cudaMallocAsync then reuses the same block.
-void keep_pool_memory() {
-  constexpr int kMaxDev = 64;
-  static bool done[kMaxDev] = {};
-  int dev = 0;
-  LZ_CUDA_OK(cudaGetDevice(&dev));
-  if (dev < 0 || dev >= kMaxDev || done[dev]) return;
-  cudaMemPool_t pool;
-  LZ_CUDA_OK(cudaDeviceGetDefaultMemPool(&pool, dev));
-  uint64_t keep = UINT64_MAX;
-  LZ_CUDA_OK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
-  done[dev] = true;
-}
 
 int g_window_variant = 1;  // chunked backward: 1 = tensor-core window stage, 0 = CUDA-core
 int g_stage_variant = 1;   // chunked backward: 1 = tensor-core statistics and feature stages, 0 = CUDA-core,
@@ -3045,10 +3025,23 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
     run_bwd<__nv_bfloat16>(a, dy, g, stream, false);
 }
 
-void set_backward_window_variant(int v) { g_window_variant = v == 0 ? 0 : 1; }
-void set_backward_stage_variant(int v) { g_stage_variant = v == 0 ? 0 : v == 2 ? 2 : 1; }
-void set_backward_sweep_variant(int v) { g_sweep_variant = v == 1 || v == 2 ? v : 0; }
-void set_backward_sweep_groups(int groups) { g_sweep_groups = groups > 0 ? groups : 0; }
+// Unknown values are refused, as set_forward_variant does (a silent remap would run, and time, another variant).
+void set_backward_window_variant(int v) {
+  LZ_CUDA_CHECK(v == 0 || v == 1, "lizard attention backward (cuda): no window variant ", v, " (0 or 1)");
+  g_window_variant = v;
+}
+void set_backward_stage_variant(int v) {
+  LZ_CUDA_CHECK(v >= 0 && v <= 2, "lizard attention backward (cuda): no stage variant ", v, " (0, 1 or 2)");
+  g_stage_variant = v;
+}
+void set_backward_sweep_variant(int v) {
+  LZ_CUDA_CHECK(v >= 0 && v <= 2, "lizard attention backward (cuda): no gate sweep variant ", v, " (0, 1 or 2)");
+  g_sweep_variant = v;
+}
+void set_backward_sweep_groups(int groups) {
+  LZ_CUDA_CHECK(groups >= 0, "lizard attention backward (cuda): sweep groups must be >= 0 (0: auto), got ", groups);
+  g_sweep_groups = groups;
+}
 
 void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
                                        cudaStream_t stream) {

@@ -1,6 +1,9 @@
-// Chunked Lizard attention forward on tensor cores (LIZARD.md section 5), C = 64.
+// Chunked Lizard attention forward on tensor cores (LIZARD.md section 5), C = 64. Two kernels here:
+// v3 (the default, lizard_fwd3_kernel: the same schedule on Hopper wgmma, with phi_K on the gate
+// warps; see its comment) and v0 (below, mma.sync), its fallback where v3's shared memory does not fit.
+// The two-pass variants 5-7 are in lizard_attention_fwd_twopass.cu.
 //
-// One CTA of 8 warps per (batch, query head) walks the chunks in order; the state S (2F x D, fp32)
+// v0: one CTA of 8 warps per (batch, query head) walks the chunks in order; the state S (2F x D, fp32)
 // lives in registers, 16 feature rows per warp, with a bf16 copy in shared memory for the products.
 // Warps 0-3 ("gate") compute phi_Q for 16 query rows each, the intra-chunk decayed scores, the
 // gated output and its normaliser. Warps 4-7 ("window") compute phi_K (into shared memory, with the
@@ -457,8 +460,7 @@ void launch_fwd0(const LizardAttnArgs& a, cudaStream_t stream) {
   auto kern = lizard_fwd_kernel<D, F, DV>;
   cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   kern<<<a.B * a.Hq * (D / DV), kThreads, smem, stream>>>(a, ring, nb);
-  cudaError_t e = cudaGetLastError();
-  LZ_CUDA_CHECK(e == cudaSuccess, "lizard attention (cuda): launch failed: ", cudaGetErrorString(e));
+  launched("lizard attention (cuda)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -954,8 +956,7 @@ bool launch_fwd3(const LizardAttnArgs& a, cudaStream_t stream) {
   auto kern = lizard_fwd3_kernel<D, F>;
   cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   kern<<<a.B * a.Hq, kThreads, smem, stream>>>(a, ring, nb);
-  cudaError_t e = cudaGetLastError();
-  LZ_CUDA_CHECK(e == cudaSuccess, "lizard attention (cuda): launch failed: ", cudaGetErrorString(e));
+  launched("lizard attention (cuda)");
   return true;
 }
 

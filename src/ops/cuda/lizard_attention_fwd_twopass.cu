@@ -953,10 +953,10 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd7_out_kernel(const L
   const int hq = bhq % a.Hq, b = bhq / a.Hq;
   const int hkv = hq / (a.Hq / a.Hkv);
   const int L = a.L, w = a.window, nchunks = (L + kC - 1) / kC;
-  const int n0 = blockIdx.x * CPG, n1 = CPG == 1 ? n0 + 1 : min(n0 + CPG, nchunks);  // grid: CPG = 1 exact
+  const int n0 = blockIdx.x * CPG, n1 = min(n0 + CPG, nchunks);
   const int ring = nblk;
-  // K/V slot of chunk cn while chunk n runs: CPG = 1: its block index cn - (n - nb); else a ring, cn % ring.
-  auto slot_of = [&](int cn, int n) { return CPG == 1 ? cn - n + nb : cn % ring; };
+  // K/V slot of chunk cn (while any chunk runs): a ring, cn % ring.
+  auto slot_of = [&](int cn, int) { return cn % ring; };
   const int64_t qstride = int64_t(a.Hq) * D, kstride = int64_t(a.Hkv) * D;
   const bf16* qb = static_cast<const bf16*>(a.q) + int64_t(b) * L * qstride + int64_t(hq) * D;
   const bf16* kb = static_cast<const bf16*>(a.k) + int64_t(b) * L * kstride + int64_t(hkv) * D;
@@ -1251,21 +1251,6 @@ __global__ void __launch_bounds__(kOutThreads, 1) lizard_fwd7_out_kernel(const L
 #endif
 }
 
-// The stream-ordered pool keeps freed memory (once per device), so the per-call workspace
-// allocation below reuses the same block instead of going to the driver every time.
-void fwd5_keep_pool() {
-  constexpr int kMaxDev = 64;
-  static bool done[kMaxDev] = {};
-  int dev = 0;
-  LZ_CUDA_OK(cudaGetDevice(&dev));
-  if (dev < 0 || dev >= kMaxDev || done[dev]) return;
-  cudaMemPool_t pool;
-  LZ_CUDA_OK(cudaDeviceGetDefaultMemPool(&pool, dev));
-  uint64_t keep = UINT64_MAX;
-  LZ_CUDA_OK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
-  done[dev] = true;
-}
-
 // wg_cpg > 0: the output pass on wgmma with wg_cpg consecutive chunks per CTA (variants 6: 1, 7: 4) where
 // it can run (sm_90, shared memory), else the mma.sync output pass (variant 5); false when neither fits
 // (the caller runs v3, then v0).
@@ -1284,10 +1269,10 @@ bool launch_fwd5_t(const LizardAttnArgs& a, cudaStream_t stream, int wg_cpg) {
   if (smem2 > size_t(optin) || smem1 > size_t(optin)) return false;  // the caller runs v3 (then v0)
   const int F2 = 2 * F, nchunks = (a.L + kC - 1) / kC;
   const int64_t bh = int64_t(a.B) * a.Hq;
-  LZ_CUDA_CHECK(nchunks > 0 && bh <= 65535, "lizard attention (cuda) fwd v5: B * Hq = ", bh, " over the grid limit 65535");
+  if (bh > 65535) return false;  // grid y limit: the caller runs v3 (a 1-D grid)
   const size_t s_bytes = size_t(bh) * nchunks * F2 * D * sizeof(bf16);
   const size_t z_bytes = size_t(bh) * nchunks * F2 * sizeof(float);
-  fwd5_keep_pool();
+  keep_pool_memory();
   unsigned char* ws = nullptr;
   LZ_CUDA_OK(cudaMallocAsync(reinterpret_cast<void**>(&ws), s_bytes + z_bytes, stream));
   bf16* st16 = reinterpret_cast<bf16*>(ws);
