@@ -100,13 +100,11 @@ void cmd_info(const std::string& model_arg, const std::string& teacher_arg) {
   const LizardConfig& z = lz->config;
   int64_t n_new = 0;
   for (const auto& [l, p] : lz->layers) n_new += static_cast<int64_t>(p.numel());
-  std::string layers;
-  for (const auto& [l, p] : lz->layers) layers += fmt::format("{}{}", layers.empty() ? "" : ",", l);
   fmt::print("\nlizard:         {}\n", lizard_file);
-  fmt::print("lizard layers:  {} of {}{}\n", lz->layers.size(), c.n_layers,
-             z.no_lizard_layers      ? std::string(" (none: the teacher's softmax attention everywhere)")
-             : z.lizard_layers.empty() ? std::string(" (all)")
-                                       : fmt::format(" ({}; the rest softmax)", layers));
+  fmt::print("lizard layers:  {} of {} ({}{})\n", lz->layers.size(), c.n_layers, lizard_layers_text(z),
+             z.no_lizard_layers      ? ": the teacher's softmax attention everywhere"
+             : z.lizard_layers.empty() ? ""
+                                       : "; the rest softmax");
   if (!z.no_lizard_layers)  // else the options are unused
     fmt::print("lizard config:  combine {}, F {} ({}), w {}, m {}{}, gate {} (init {}), chunk {}\n",
                to_string(z.combine), z.feature_dim, to_string(z.feature_act), z.window, z.meta_tokens,
@@ -457,11 +455,7 @@ void cmd_init_lizard(const std::string& model_arg, const std::string& out, const
     LZ_CHECK(in.good(), "cannot read '{}'", config_file);
     c = lizard_config_from_string(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()));
   }
-  LZ_CHECK(c.any_lizard_layer(ck.config.n_layers),
-           "init-lizard: the config has no Lizard layer (\"lizard_layers\": \"none\"), so there is nothing to "
-           "initialise; to fine-tune the teacher itself with LoRA run `lizard linearize --stage 2 --teacher {} "
-           "--config {}`",
-           teacher, config_file);
+  require_lizard_layers(c, ck.config.n_layers, "init-lizard");
   LizardCheckpoint lz = init_lizard_checkpoint(c, ck.config, seed);
   lz.teacher = fingerprint_teacher(teacher);
   save_lizard_dir(out, lz);

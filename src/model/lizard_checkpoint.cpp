@@ -368,8 +368,7 @@ static std::string lora_line(const LoraSet& l) {
 std::string describe_lizard_checkpoint(const LizardCheckpoint& ck) {
   size_t n = 0;
   for (const auto& [l, p] : ck.layers) n += p.numel();
-  std::string layers = ck.config.no_lizard_layers ? "none (the teacher)" : ck.config.lizard_layers.empty() ? "all" : "";
-  for (int l : ck.config.lizard_layers) layers += fmt::format("{}{}", layers.empty() ? "" : ",", l);
+  const std::string layers = lizard_layers_text(ck.config) + (ck.config.no_lizard_layers ? " (the teacher)" : "");
   return fmt::format(
       "Lizard checkpoint ({})\n  teacher: {} ({} bytes, fingerprint {})\n  shape: d_model {}, {} heads, {} kv heads, "
       "head_dim {}, {} layers; Lizard layers: {} ({} of {})\n  parameters: {}\n  config: {}\n",

@@ -23,6 +23,26 @@ bool LizardConfig::any_lizard_layer(int n_layers) const {
   return false;
 }
 
+void require_lizard_layers(const LizardConfig& c, int n_layers, const std::string& context) {
+  LZ_CHECK(c.any_lizard_layer(n_layers),
+           "{} needs at least one Lizard layer, and the config selects none of the teacher's {} (\"lizard_layers\": "
+           "\"none\"); to fine-tune the teacher with LoRA alone use `lizard linearize --stage 2`",
+           context, n_layers);
+}
+
+std::string lizard_layers_text(const LizardConfig& c) {
+  if (c.no_lizard_layers) return "none";
+  if (c.lizard_layers.empty()) return "all";
+  std::vector<int> ls = c.lizard_layers;
+  std::sort(ls.begin(), ls.end());
+  std::string t;
+  for (int l : ls) {
+    if (!t.empty()) t += ',';
+    t += std::to_string(l);
+  }
+  return t;
+}
+
 LizardConfig LizardConfig::none() {
   LizardConfig c;
   c.no_lizard_layers = true;

@@ -47,6 +47,12 @@ struct LizardConfig {
   static LizardConfig none();
 };
 
+// Throws Error unless c.any_lizard_layer(n_layers): "<context> needs at least one Lizard layer, ...".
+// Stage 1 and init-lizard call it; "lizard_layers": "none" is only for a LoRA-only stage 2.
+void require_lizard_layers(const LizardConfig& c, int n_layers, const std::string& context);
+// Which layers are Lizard, for people: "none", "all" or the listed layers ascending ("0,2,5").
+std::string lizard_layers_text(const LizardConfig& c);
+
 nlohmann::json lizard_config_to_json(const LizardConfig& c);
 // Missing keys keep their default; unknown keys, bad enum names or out-of-range values throw Error.
 LizardConfig lizard_config_from_json(const nlohmann::json& j);

@@ -98,10 +98,7 @@ int run_linearize(const LinearizeArgs& a) {
   cfg.validate(ck->config.n_layers);
   // "lizard_layers": "none": the teacher itself, LoRA only (stage 2's yardstick). Refused before the data is read.
   const bool no_lizard = !cfg.any_lizard_layer(ck->config.n_layers);
-  LZ_CHECK(!no_lizard || a.stage == "2",
-           "--stage {}: stage 1 needs at least one Lizard layer, and the config has none (\"lizard_layers\": "
-           "\"none\"); to fine-tune the teacher with LoRA alone use --stage 2",
-           a.stage);
+  if (a.stage != "2") require_lizard_layers(cfg, ck->config.n_layers, fmt::format("--stage {}: stage 1", a.stage));
   LZ_CHECK(!no_lizard || !a.train_lizard, "--train-lizard: the config has no Lizard layer to train");
 
   DataOptions dopt;

@@ -79,10 +79,7 @@ Stage1::Stage1(std::shared_ptr<const Checkpoint> teacher, const Stage1Options& o
   ck_ = init_lizard_checkpoint(opt_.config, mc, opt_.init_seed);  // validates the config against the teacher
   ck_.teacher = opt_.teacher;
   for (const auto& [l, p] : ck_.layers) layers_.push_back(l);
-  LZ_CHECK(!layers_.empty(),
-           "stage 1 needs at least one Lizard layer (the config selects none of the teacher's {}; \"lizard_layers\": "
-           "\"none\" is for a LoRA-only --stage 2 of the teacher)",
-           mc.n_layers);
+  require_lizard_layers(ck_.config, mc.n_layers, "stage 1");
   grads_.resize(layers_.size());
   for (auto& g : grads_) g.resize(ck_.config, ck_.shape);
   caps_.resize(layers_.size());
