@@ -462,6 +462,16 @@ void cmd_init_lizard(const std::string& model_arg, const std::string& out, const
   fmt::print("wrote {}\n{}", (fs::path(out) / kLizardCheckpointFile).string(), describe_lizard_checkpoint(lz));
 }
 
+// --device of every subcommand that has one: cpu or cuda (whether CUDA was built in is checked later).
+CLI::Option* add_device_option(CLI::App* app, std::string& device, const char* help) {
+  return app->add_option("--device", device, help)->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
+}
+
+// --batch of generate and bench-generate: sequences decoded together on the GPU.
+CLI::Option* add_decode_batch_option(CLI::App* app, int& batch, const char* help) {
+  return app->add_option("--batch", batch, help)->capture_default_str()->check(CLI::Range(1, 4096));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -509,10 +519,8 @@ int main(int argc, char** argv) {
   gen->add_option("--ctx", g.ctx, "context length (default: the model's)")->check(CLI::Range(0, 1 << 30));
   gen->add_flag("--exact", g.exact, "fp32 activations in decoding (matches reference implementations; slower)");
   gen->add_flag("-q,--quiet", g.quiet, "do not echo the prompt (--batch: print only the timing)");
-  gen->add_option("--device", g.device, "cpu or cuda (the GPU model: bf16 weights, fp32 accumulation)")
-      ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
-  gen->add_option("--batch", g.batch, "with --device cuda: N sequences of the prompt in one batch, seeds seed..seed+N-1")
-      ->capture_default_str()->check(CLI::Range(1, 4096));
+  add_device_option(gen, g.device, "cpu or cuda (the GPU model: bf16 weights, fp32 accumulation)");
+  add_decode_batch_option(gen, g.batch, "with --device cuda: N sequences of the prompt in one batch, seeds seed..seed+N-1");
   gen->add_option("--save-state", g.save_state, "after generating, save the whole context (prompt + output) to FILE");
   gen->add_option("--load-state", g.load_state, "continue the context saved in FILE; the prompt is appended")
       ->check(CLI::ExistingFile);
@@ -572,7 +580,7 @@ int main(int argc, char** argv) {
   ev->add_flag("--bos", ea.bos, "mc: start each request with BOS (lm-eval's default adds none)");
   ev->add_option("--seed", ea.seed, "seed of the synthetic prompts")->capture_default_str();
   ev->add_option("-t,--threads", ea.threads, "CPU threads (default: all cores)");
-  ev->add_option("--device", ea.device, "cpu or cuda (GPU logits, same windows and metrics)")->capture_default_str();
+  add_device_option(ev, ea.device, "cpu or cuda (GPU logits, same windows and metrics)");
   ev->add_flag("-q,--quiet", ea.quiet, "no progress lines");
   ev->add_option("--teacher", ea.teacher, "teacher of Lizard checkpoints (-m/--student), if moved");
 
@@ -604,10 +612,8 @@ int main(int argc, char** argv) {
   bgen->add_option("-t,--threads", bg.threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1 << 30));
   bgen->add_option("--seed", bg.seed, "seed of the random prompt tokens")->capture_default_str();
   bgen->add_flag("-q,--quiet", bg.quiet, "no progress lines");
-  bgen->add_option("--device", bg.device, "cpu or cuda (GPU: device memory, batched decode)")->capture_default_str()
-      ->check(CLI::IsMember({"cpu", "cuda"}));
-  bgen->add_option("--batch", bg.batch, "with --device cuda: sequences decoded together")->capture_default_str()
-      ->check(CLI::Range(1, 4096));
+  add_device_option(bgen, bg.device, "cpu or cuda (GPU: device memory, batched decode)");
+  add_decode_batch_option(bgen, bg.batch, "with --device cuda: sequences decoded together");
   bgen->add_option("--shape", bg.shape,
                    "with --device cuda: smollm2 | llama3-8b, a synthetic model of that shape with random weights "
                    "(speed and memory only; default: the model's own)");
@@ -642,7 +648,7 @@ int main(int argc, char** argv) {
   lin->add_option("--warmup", la.warmup, "fraction of steps of linear warm-up")->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
   lin->add_option("--final-lr", la.final_lr, "cosine decay ends at this fraction of --lr")->capture_default_str();
-  lin->add_option("--device", la.device, "cpu or cuda")->capture_default_str();
+  add_device_option(lin, la.device, "cpu or cuda");
   lin->add_flag("--resume", la.resume, "continue the run saved in --out (same optimizer state, data position, RNG)");
   lin->add_option("--save-every", la.save_every, "checkpoint every N steps (0: at the end and on Ctrl-C)");
   lin->add_option("--eval-every", la.eval_every, "held-out loss every N steps (0: at the end)");
