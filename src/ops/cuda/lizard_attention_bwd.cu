@@ -13,6 +13,8 @@
 //   dalpha = sum_i dy_i . A_i.
 #include <cuda_bf16.h>
 
+#include <atomic>
+
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -1424,14 +1426,22 @@ int gate_groups(Dims d, int requested) {
     return (nch + cpg - 1) / cpg;
   };
   if (requested > 0) return fit(requested);
-  int dev = 0, sms = 0, per_sm = 0;
+  // Resident CTA slots of the card: a device property, queried once per device (not per backward call).
+  constexpr int kMaxDev = 64;
+  static std::atomic<int64_t> slots_of[kMaxDev];
+  int dev = 0;
   LZ_CUDA_OK(cudaGetDevice(&dev));
-  LZ_CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const size_t smem = Smem<D, P2, true>::bytes;
-  auto kfr = gate_fwd_group_kernel<T, D, P2, kGroupRun>;
-  LZ_CUDA_OK(cudaFuncSetAttribute(kfr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  LZ_CUDA_OK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kfr, kGT, smem));
-  const int64_t slots = int64_t(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
+  int64_t slots = dev >= 0 && dev < kMaxDev ? slots_of[dev].load() : 0;
+  if (slots == 0) {
+    int sms = 0, per_sm = 0;
+    LZ_CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const size_t smem = Smem<D, P2, true>::bytes;
+    auto kfr = gate_fwd_group_kernel<T, D, P2, kGroupRun>;
+    LZ_CUDA_OK(cudaFuncSetAttribute(kfr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    LZ_CUDA_OK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kfr, kGT, smem));
+    slots = int64_t(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
+    if (dev >= 0 && dev < kMaxDev) slots_of[dev].store(slots);
+  }
   int best = 1;
   double best_cost = 0;
   for (int want = 1; want <= nch; ++want) {
