@@ -244,6 +244,12 @@ void rendezvous_done(const DistEnv& env, const RendezvousOptions& rv) {
   fs::remove(id_file(env, rv), ec);
 }
 
+RendezvousOptions train_rendezvous(const std::string& out_dir, const std::string& dist_dir) {
+  RendezvousOptions rv;
+  rv.dir = dist_dir.empty() ? (fs::path(out_dir) / ".dist").string() : dist_dir;
+  return rv;
+}
+
 Communicator& process_communicator(const RendezvousOptions& rv) {
   static Communicator* const comm = make_communicator(dist_env_from_environment(), rv).release();
   return *comm;

@@ -84,4 +84,8 @@ void rendezvous_done(const DistEnv& env, const RendezvousOptions& rv);
 // (tearing NCCL down after CUDA at exit would fail).
 Communicator& process_communicator(const RendezvousOptions& rv);
 
+// The rendezvous of a training run that writes to out_dir: files under dist_dir, or out_dir/.dist
+// when dist_dir is empty (the trainer's default and what `lizard linearize` uses before its stage).
+RendezvousOptions train_rendezvous(const std::string& out_dir, const std::string& dist_dir = {});
+
 }  // namespace lizard

@@ -53,9 +53,7 @@ struct SigintScope {
 // With several processes (torchrun, mpirun) the communicator makes this rank's GPU current: make it
 // before a stage puts anything on the GPU. A no-op for one process. Same directory as the trainer's.
 void select_gpu(const std::string& out) {
-  RendezvousOptions rv;
-  rv.dir = (std::filesystem::path(out) / ".dist").string();
-  process_communicator(rv);
+  process_communicator(train_rendezvous(out));
 }
 
 }  // namespace

@@ -232,8 +232,7 @@ TrainResult train(Stage& stage, const Dataset& data, const TrainOptions& o) {
 
   Communicator* comm = o.comm;
   if (!comm) {
-    RendezvousOptions rv;
-    rv.dir = o.dist_dir.empty() ? (dir / ".dist").string() : o.dist_dir;
+    RendezvousOptions rv = train_rendezvous(o.out_dir, o.dist_dir);
     rv.select_device = false;  // the stage exists already: it stays on its GPU
     comm = &process_communicator(rv);
   }
