@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -14,6 +15,7 @@
 
 #include "formats/dtype.h"
 #include "model/checkpoint.h"
+#include "util/error.h"
 #include "util/half.h"
 
 namespace lizard::testing {
@@ -189,6 +191,16 @@ inline TinyModel make_tiny(Seeded& s, const TinySpec& sp) {
       std::memcpy(b->bytes.data(), b->values.data(), b->values.size() * 4);
     }
   return m;
+}
+
+// The message of the Error that f throws, or "(no error)" when it throws none.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
 }
 
 }  // namespace lizard::testing

@@ -24,6 +24,7 @@
 
 namespace fs = std::filesystem;
 using namespace lizard;
+using lizard::testing::error_of;
 using lizard::testing::Seeded;
 using lizard::testing::TinyModel;
 using lizard::testing::TinySpec;
@@ -63,15 +64,6 @@ std::vector<float> logits(const LoadedModel& m, const std::vector<int32_t>& t) {
   auto st = m.model->new_state();
   auto l = m.model->forward(t, 0, st, true);
   return {l.begin(), l.end()};
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 void write_hf_teacher(const std::string& dir, const TinyModel& tm) {

@@ -21,6 +21,7 @@
 #include "util/error.h"
 
 using namespace lizard;
+using lizard::testing::error_of;
 using lizard::testing::Seeded;
 using lizard::testing::TinyModel;
 using lizard::testing::TinySpec;
@@ -387,15 +388,6 @@ void write_hf_teacher(const std::string& dir, const TinyModel& tm) {
   for (auto& [n, b] : tm.blobs) ts.push_back({hf_name(n), b->type, b->shape, b->bytes.data(), b->bytes.size()});
   write_safetensors(dir + "/model.safetensors", ts, {{"format", "pt"}});
   fs::copy_file(std::string(LIZARD_SOURCE_DIR) + "/tests/fixtures/tokenizer/synth_a.json", dir + "/tokenizer.json");
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace

@@ -31,6 +31,7 @@
 
 namespace fs = std::filesystem;
 using namespace lizard;
+using lizard::testing::error_of;
 using lizard::testing::Seeded;
 using lizard::testing::TinySpec;
 using lizard::testing::logged_losses;
@@ -479,19 +480,6 @@ TEST(Stage2Lora, DecodeStepsMatchPrefillWithAdapters) {
 
 // ---- no Lizard layers: LoRA on the teacher itself (stage 2's yardstick) -----------------------------
 
-namespace {
-
-std::string error_text(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-}  // namespace
-
 TEST(Stage2NoLizard, Stage1Refuses) {
   Seeded sd;
   SCOPED_TRACE(sd.trace());
@@ -501,7 +489,7 @@ TEST(Stage2NoLizard, Stage1Refuses) {
   so.seq_len = 8;
   so.threads = 1;
   so.fp32_cache_bytes = 0;
-  const std::string e = error_text([&] { Stage1 s(tiny.ck, so); });
+  const std::string e = error_of([&] { Stage1 s(tiny.ck, so); });
   EXPECT_NE(e.find("stage 1 needs at least one Lizard layer"), std::string::npos) << e;
 }
 
@@ -610,13 +598,13 @@ TEST(Stage2NoLizard, LinearizeStage2FromTheTeacher) {
   a.quiet = true;
   for (const char* stage : {"1", "both"}) {
     a.stage = stage;
-    const std::string e = error_text([&] { run_linearize(a); });
+    const std::string e = error_of([&] { run_linearize(a); });
     EXPECT_NE(e.find("stage 1 needs at least one Lizard layer"), std::string::npos) << stage << ": " << e;
   }
   EXPECT_FALSE(fs::exists(out));  // refused before anything was written
   a.stage = "2";
   a.train_lizard = true;
-  EXPECT_NE(error_text([&] { run_linearize(a); }).find("--train-lizard"), std::string::npos);
+  EXPECT_NE(error_of([&] { run_linearize(a); }).find("--train-lizard"), std::string::npos);
   a.train_lizard = false;
   ASSERT_EQ(run_linearize(a), 0);
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../llama_fixture.h"
+#include "gpu_test_util.h"  // bf16r
 #include "model/cuda/cuda_model.h"
 #include "model/lizard_checkpoint.h"
 #include "model/llama.h"
@@ -20,8 +21,6 @@
 #include "util/half.h"
 
 namespace lizard::testing {
-
-inline float bf16_round(float x) { return bf16_to_f32(f32_to_bf16(x)); }
 
 inline TinySpec gpu_tiny_spec(int vocab = 251, int layers = 2) {
   TinySpec sp;
@@ -37,7 +36,7 @@ inline TinyModel make_gpu_tiny(Seeded& s, const TinySpec& sp) {
   TinyModel tm = make_tiny(s, sp);
   for (auto& [name, blob] : tm.blobs)
     if (blob->type == DType::F32) {
-      for (auto& x : blob->values) x = bf16_round(x);
+      for (auto& x : blob->values) x = bf16r(x);
       std::memcpy(blob->bytes.data(), blob->values.data(), blob->values.size() * 4);
     }
   return tm;
@@ -72,7 +71,7 @@ inline LizardCheckpoint gpu_lizard_checkpoint(Seeded& s, const ModelConfig& teac
   LizardCheckpoint lz = init_lizard_checkpoint(lc, teacher, s.rng());
   for (auto& [layer, p] : lz.layers) {
     for (auto* w : {&p.feat_q, &p.feat_k})
-      for (auto& x : *w) x = bf16_round(x * 20.0f);
+      for (auto& x : *w) x = bf16r(x * 20.0f);
     for (auto& x : p.meta) x = s.uniform(-1.f, 1.f);
   }
   if (v.lora) {

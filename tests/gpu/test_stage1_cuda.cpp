@@ -17,6 +17,7 @@
 
 #include "../llama_fixture.h"
 #include "../train_fixture.h"
+#include "gpu_test_util.h"
 #include "model/lizard_config.h"
 #include "train/cuda/stage1_cuda.h"
 #include "train/stage1.h"
@@ -27,16 +28,15 @@
 namespace {
 
 using namespace lizard;
+using lizard::testing::bf16r;
 using lizard::testing::Seeded;
 using lizard::testing::TinySpec;
-
-float bf16_round(float x) { return bf16_to_f32(f32_to_bf16(x)); }
 
 // Rounds every fp32 tensor of the tiny teacher to bf16 values (the GPU holds its weights in bf16).
 void make_bf16_exact(lizard::testing::TinyModel& m) {
   for (auto& [name, b] : m.blobs) {
     if (b->type != DType::F32) continue;
-    for (auto& v : b->values) v = bf16_round(v);
+    for (auto& v : b->values) v = bf16r(v);
     std::memcpy(b->bytes.data(), b->values.data(), b->values.size() * sizeof(float));
   }
 }
@@ -119,7 +119,7 @@ void randomize(std::vector<ParamTensor> ps, uint64_t seed) {
     const bool alpha = p.name.find("alpha") != std::string::npos;
     const bool lolcats_f = p.name.find("lolcats_f") != std::string::npos;
     for (auto& x : *p.value) {
-      if (feat) x = bf16_round(0.15f * nd(rng));
+      if (feat) x = bf16r(0.15f * nd(rng));
       else if (gate_b) x = 2.5f + 0.5f * nd(rng);  // gamma mostly 0.85 .. 0.97
       else if (alpha) x = 1.0f + 0.3f * nd(rng);
       else if (lolcats_f) x = -1.0f + 0.5f * nd(rng);  // window weight sigmoid(f) ~ 0.15 .. 0.4
