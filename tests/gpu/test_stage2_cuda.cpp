@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <random>
 #include <string>
@@ -332,6 +333,11 @@ TEST(Stage2Cuda, ThroughputAtTheDefaultTeacherShape) {
   const LizardCheckpoint lz = lizard_for(*tiny.ck, LizardConfig{});
   const int B = 8, L = 2048;
   Stage2Options o = options(L, false);
+  // The split of the step ("last step: ..." below) is only taken with LIZARD_STAGE2_PROFILE set.
+  struct ProfileEnv {
+    ProfileEnv() { setenv("LIZARD_STAGE2_PROFILE", "1", 1); }
+    ~ProfileEnv() { unsetenv("LIZARD_STAGE2_PROFILE"); }
+  } profile_env;
   Stage2Cuda gpu(tiny.ck, lz, o);
   const auto batch = random_batch(sd, B, L, sp.vocab);
   gpu.forward_backward(ptrs(batch), L);  // warm-up: cuBLASLt plans, allocations

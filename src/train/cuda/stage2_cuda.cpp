@@ -21,6 +21,7 @@ std::unique_ptr<Stage> make_stage2_cuda(std::shared_ptr<const Checkpoint>, const
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 
@@ -407,15 +408,21 @@ struct Stage2Cuda::Impl {
 
   // Where the time of the last run went (host clock at synchronisation points, seconds): parameter and
   // token upload, forward through the layers, head + cross-entropy (with its backward), layer backward,
-  // gradient download.
+  // gradient download. Only with LIZARD_STAGE2_PROFILE set (not "0"), read at construction: the laps
+  // synchronise the device, which a plain step need not do; without it `seconds` stays empty.
   std::vector<std::pair<std::string, double>> seconds;
+  const bool profile = [] {
+    const char* e = std::getenv("LIZARD_STAGE2_PROFILE");
+    return e != nullptr && *e != '\0' && std::strcmp(e, "0") != 0;
+  }();
 
   // The whole batch; returns the summed cross-entropy (nats) over its T tokens. With grads, the device
   // gradients hold d(mean CE)/d(param) on return.
   double run(const std::vector<const int32_t*>& seqs, int L, bool grads) {
     seconds.clear();
     auto t = std::chrono::steady_clock::now();
-    auto lap = [&](const char* what) {  // synchronises: a handful per step, negligible against the step
+    auto lap = [&](const char* what) {  // synchronises (profile only): a handful per step
+      if (!profile) return;
       LZ_CUDA_OK(cudaDeviceSynchronize());
       const auto now = std::chrono::steady_clock::now();
       seconds.emplace_back(what, std::chrono::duration<double>(now - t).count());
@@ -498,13 +505,12 @@ struct Stage2Cuda::Impl {
         download(hg.feat_q, static_cast<const float*>(g.feat_q.get()));
         download(hg.feat_k, static_cast<const float*>(g.feat_k.get()));
         // Parameters the combine does not use get zero gradients (as on the CPU).
-        for (std::vector<float>* unused : lolcats ? std::vector<std::vector<float>*>{&hg.gate_w, &hg.gate_b, &hg.meta,
-                                                                                     &hg.alpha}
-                                                  : std::vector<std::vector<float>*>{&hg.lolcats_f})
-          std::fill(unused->begin(), unused->end(), 0.f);
         if (lolcats) {
+          for (std::vector<float>* unused : {&hg.gate_w, &hg.gate_b, &hg.meta, &hg.alpha})
+            std::fill(unused->begin(), unused->end(), 0.f);
           download(hg.lolcats_f, static_cast<const float*>(g.lolcats_f.get()));
         } else {
+          std::fill(hg.lolcats_f.begin(), hg.lolcats_f.end(), 0.f);
           download(hg.gate_w, static_cast<const float*>(g.gate_w.get()));
           download(hg.gate_b, static_cast<const float*>(g.gate_b.get()));
           if (!hg.meta.empty()) download(hg.meta, static_cast<const float*>(g.meta.get()));

@@ -41,6 +41,8 @@ class Stage2Cuda : public Stage {
   std::string name() const override { return "lora-finetune"; }  // as Stage2: checkpoints interchange
   std::vector<std::string> part_names() const override { return {"cross-entropy"}; }
   std::vector<ParamTensor> params() override;
+  // seconds: {"forward_backward", the step}; with LIZARD_STAGE2_PROFILE set when this stage was made,
+  // also where it went (upload, forward, head_ce_fwd_bwd, backward, download; each lap synchronises).
   LossResult forward_backward(const std::vector<const int32_t*>& seqs, int seq_len) override;
   LossResult evaluate(const std::vector<const int32_t*>& seqs, int seq_len) override;
   void save_model(const std::string& dir) const override;
