@@ -125,14 +125,6 @@ struct CudaModel::Impl {
   // positions (pos0 .. pos0+n-1, then pos0+n) and attn_ws (attention_decode's workspace of one piece).
   DeviceBuffer x, q, k, v, y, log_gamma, tokens, zero, xn, gate, up, logits, positions, attn_ws;
 
-  size_t scratch_bytes() const {
-    size_t n = 0;
-    for (const DeviceBuffer* b :
-         {&x, &q, &k, &v, &y, &log_gamma, &tokens, &zero, &xn, &gate, &up, &logits, &positions, &attn_ws})
-      n += b->bytes();
-    return n;
-  }
-
   void init(const Checkpoint& teacher, const LizardCheckpoint* lizard) {
     const LoraSet* lora = lizard && !lizard->lora.empty() ? &lizard->lora : nullptr;
     init(teacher.config, lizard, [&] { return std::make_unique<TeacherWeights>(teacher, lora); });
@@ -511,7 +503,6 @@ CudaModel::~CudaModel() = default;
 const ModelConfig& CudaModel::config() const { return impl_->cfg; }
 int CudaModel::vocab_size() const { return impl_->cfg.vocab_size; }
 size_t CudaModel::weight_bytes() const { return impl_->w->bytes() + impl_->lz.bytes(); }
-size_t CudaModel::scratch_bytes() const { return impl_->scratch_bytes(); }
 bool CudaModel::has_softmax_layers() const { return impl_->n_softmax > 0; }
 bool CudaModel::can_generate() const { return !impl_->lolcats; }
 
@@ -779,7 +770,6 @@ CudaModel::~CudaModel() = default;
 const ModelConfig& CudaModel::config() const { no_cuda(); }
 int CudaModel::vocab_size() const { no_cuda(); }
 size_t CudaModel::weight_bytes() const { no_cuda(); }
-size_t CudaModel::scratch_bytes() const { no_cuda(); }
 void CudaModel::release_scratch() {}
 bool CudaModel::has_softmax_layers() const { no_cuda(); }
 bool CudaModel::can_generate() const { no_cuda(); }

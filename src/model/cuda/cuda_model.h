@@ -69,7 +69,6 @@ class CudaModel {
   const ModelConfig& config() const;
   int vocab_size() const;
   size_t weight_bytes() const;   // device memory of the weights
-  size_t scratch_bytes() const;  // device memory of the prefill scratch (grows with the longest prompt)
   void release_scratch();        // frees the prefill scratch
   bool has_softmax_layers() const;
   bool can_generate() const;  // false for LoLCATs layers: all_logits only
