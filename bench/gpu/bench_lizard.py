@@ -270,25 +270,15 @@ def final():
     for (B, H, Hkv, D, L) in shapes:
         tag = f"B{B} H{H} D{D} L{L}"
         z = Lizard(B, L, H, Hkv, D)
-        # The forward variants (0: straight-line mma.sync, the fallback; 3 (default): wgmma; 5: two passes;
-        # 6: two passes, output pass on wgmma; 7: 6 with 4 chunks per output CTA), interleaved twice; first
-        # same-input checks against v0.
+        # The forward variants (0: straight-line mma.sync, the fallback; 3 (default): wgmma), interleaved
+        # twice; first a same-input check against v0.
         check(lib.lz_set_forward_variant(0))
         y0 = z.fwd().float().clone()
         check(lib.lz_set_forward_variant(3))
         yv = z.fwd().float()
         print(f"  {tag}: lizard fwd v3 vs v0 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
-        check(lib.lz_set_forward_variant(5))
-        yv = z.fwd().float()
-        print(f"  {tag}: lizard fwd v5 vs v0 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
-        check(lib.lz_set_forward_variant(6))
-        yv = z.fwd().float()
-        print(f"  {tag}: lizard fwd v6 vs v0 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
-        check(lib.lz_set_forward_variant(7))
-        yv = z.fwd().float()
-        print(f"  {tag}: lizard fwd v7 vs v0 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
         del y0, yv
-        for var, split in ((0, 1), (3, 1), (5, 1), (6, 1), (7, 1), (0, 2)) * 2:
+        for var, split in ((0, 1), (3, 1), (0, 2)) * 2:
             check(lib.lz_set_forward_variant(var))
             lib.lz_set_forward_split(split)
             t = med(z.fwd)
@@ -388,25 +378,6 @@ def main():
         yv = z.fwd().float()
         print(f"  {tag}: lizard fwd v0 vs v3 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
         row(tag, "lizard cuda fwd v0 (mma.sync)", med(z.fwd), float("nan"))
-        # forward variant 5 (two passes: chunk states, then one CTA per chunk): same-input check vs v3, time
-        check(lib.lz_set_forward_variant(5))
-        yv = z.fwd().float()
-        print(f"  {tag}: lizard fwd v5 vs v3 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
-        row(tag, "lizard cuda fwd v5 (two-pass)", med(z.fwd), float("nan"))
-        check(lib.lz_set_forward_variant(6))  # v5 with the output pass on wgmma
-        yv = z.fwd().float()
-        print(f"  {tag}: lizard fwd v6 vs v3 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
-        row(tag, "lizard cuda fwd v6 (two-pass wgmma)", med(z.fwd), float("nan"))
-        check(lib.lz_set_forward_variant(7))  # v6 with 4 chunks per output CTA
-        yv = z.fwd().float()
-        print(f"  {tag}: lizard fwd v7 vs v3 rel err {((yv - y0).norm() / y0.norm()).item():.2e}", flush=True)
-        row(tag, "lizard cuda fwd v7 (two-pass cpg4)", med(z.fwd), float("nan"))
-        os.environ["LIZARD_CUDA_FWD5_PROFILE"] = "1"  # one call each with the per-pass times on stderr
-        for var in (5, 6, 7):
-            check(lib.lz_set_forward_variant(var))
-            z.fwd()
-            torch.cuda.synchronize()
-        del os.environ["LIZARD_CUDA_FWD5_PROFILE"]
         check(lib.lz_set_forward_variant(3))  # the default (kForwardVariantDefault)
         del y0, yv
         fb = float("nan")

@@ -52,7 +52,7 @@ extern "C" {
 
 const char* lz_last_error() { return g_err.c_str(); }
 
-// Lizard forward variant 0, 3, 5, 6 or 7; returns -1 for another.
+// Lizard forward variant 0 or 3; returns -1 for another.
 int lz_set_forward_variant(int v) {
   return guarded([&] { lizard::cuda::set_forward_variant(v); });
 }

@@ -64,17 +64,11 @@ void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream 
 // H200 (bench_lizard.py --quick, 2026-11-27): B16 H32 D128 L2048 v3 1.346 ms (v2 1.479, v4 1.412);
 // B8 H9 D64 L2048 v3 0.286 (v2 0.316, v4 0.293). v1 (tile skipping), v2 (v3's schedule on mma.sync)
 // and v4 (v3 with the intra scores issued before phi_Q S) were slower and are deleted.
-// 5 = two passes (lizard_attention_fwd_twopass.cu, opt-in, not yet timed): a chunk-state pass (one CTA
-// per (b, h, 64 value columns), sequential over chunks, writes S_n bf16 and z_n fp32 for every chunk to
-// a stream-ordered workspace) and an output pass with one CTA per (b, h, chunk). Falls back to v3 (then
-// v0) where the output pass's shared memory does not fit (D = 128: w > 129 at F = 64, w > 193 at F = 32;
-// D = 64: w > 513 at F = 64, w > 577 at F = 32).
-// 6 = variant 5 with the output pass on wgmma (sm_90a, SW128 tiles, v3's chunk body without the state
-// update); v5's mma.sync output pass off sm_90, then v3/v0 where neither fits (same window limits).
-// 7 = variant 6 with 4 consecutive chunks per output CTA (W loaded once, the window's K/V blocks kept
-// in a ring: ~80 instead of ~176 KB loaded per chunk at D128 F64 w128, a quarter of the CTAs).
+// H200 (bench_lizard.py --quick, 2026-11-27 session 4): v3 1.343 / 0.292 ms, v0 1.655 / 0.292 ms at
+// B16 H32 D128 L2048 / B8 H9 D64 L2048. The two-pass variants 5-7 (chunk-state pass, then one CTA per
+// chunk) ran 2.384 / 2.186 / 2.071 ms and 0.340 / 0.326 / 0.326 ms and are deleted.
 constexpr int kForwardVariantDefault = 3;
-void set_forward_variant(int variant);  // 0, 3, 5, 6 or 7; throws lizard::Error otherwise
+void set_forward_variant(int variant);  // 0 or 3; throws lizard::Error otherwise
 // Value-column split over two CTAs per (b, h): 0 = auto (when 2 * B * Hq <= multiprocessors), 1 = never,
 // 2 = always.
 void set_forward_split(int mode);

@@ -1,7 +1,6 @@
 // Chunked Lizard attention forward on tensor cores (LIZARD.md section 5), C = 64. Two kernels here:
 // v3 (the default, lizard_fwd3_kernel: the same schedule on Hopper wgmma, with phi_K on the gate
 // warps; see its comment) and v0 (below, mma.sync), its fallback where v3's shared memory does not fit.
-// The two-pass variants 5-7 are in lizard_attention_fwd_twopass.cu.
 //
 // v0: one CTA of 8 warps per (batch, query head) walks the chunks in order; the state S (2F x D, fp32)
 // lives in registers, 16 feature rows per warp, with a bf16 copy in shared memory for the products.
@@ -960,20 +959,13 @@ bool launch_fwd3(const LizardAttnArgs& a, cudaStream_t stream) {
   return true;
 }
 
-}  // namespace
-// Variants 5, 6, 7 (wg_cpg 0, 1, 4: the output pass on mma.sync, on wgmma, on wgmma with 4 chunks per
-// CTA), lizard_attention_fwd_twopass.cu: false where it cannot run (then v3, then v0).
-bool launch_fwd5(const LizardAttnArgs& a, cudaStream_t stream, int wg_cpg);
-namespace {
-
-int g_fwd_variant = kForwardVariantDefault;  // 0, 3, 5, 6 or 7 (set_forward_variant)
+int g_fwd_variant = kForwardVariantDefault;  // 0 or 3 (set_forward_variant)
 int g_split_mode = 0;   // 0: auto, 1: never split the value columns, 2: always
 
+// Variant 3: v3 where its shared memory fits on sm_90, else v0. Variant 0: v0 always.
 template <int D, int F>
 void launch_fwd(const LizardAttnArgs& a, cudaStream_t stream) {
-  const bool twopass = g_fwd_variant >= 5;
-  if (twopass && launch_fwd5(a, stream, g_fwd_variant == 5 ? 0 : g_fwd_variant == 6 ? 1 : 4)) return;  // else v3, v0
-  if ((g_fwd_variant == 3 || twopass) && launch_fwd3<D, F>(a, stream)) return;  // else v0 (see launch_fwd3)
+  if (g_fwd_variant == 3 && launch_fwd3<D, F>(a, stream)) return;  // else v0 (see launch_fwd3)
   bool split = g_split_mode == 2;
   if (g_split_mode == 0) {
     // Two CTAs per (b, h) (half the value columns each; feature maps and scores computed by both)
@@ -995,8 +987,7 @@ void launch_fwd(const LizardAttnArgs& a, cudaStream_t stream) {
 void check_common_args(const LizardAttnArgs& a);
 
 void set_forward_variant(int variant) {
-  LZ_CUDA_CHECK(variant == 0 || variant == 3 || (variant >= 5 && variant <= 7),
-                "lizard attention (cuda): no forward variant ", variant, " (0, 3, 5, 6 or 7)");
+  LZ_CUDA_CHECK(variant == 0 || variant == 3, "lizard attention (cuda): no forward variant ", variant, " (0 or 3)");
   g_fwd_variant = variant;
 }
 void set_forward_split(int mode) { g_split_mode = mode; }

@@ -1,8 +1,7 @@
-// Device helpers shared by the Lizard attention forward kernels: lizard_attention_fwd.cu (variants 0
-// and 3) and lizard_attention_fwd_twopass.cu (variants 5, 6 and 7). Internal header, included only by
-// those two files; one copy so that the feature maps, the X W products, the log-gamma scan and the
-// swizzled (SW128) loaders stay the same code in every forward variant. Like the kernels, everything
-// sits in an anonymous namespace: each including file gets its own internal copy, as before.
+// Device helpers of the Lizard attention forward kernels (lizard_attention_fwd.cu, variants 0 and 3):
+// the feature maps, the X W products, the log-gamma scan and the swizzled (SW128) loaders. Internal
+// header (it once served the two-pass variants 5-7 as well, deleted 2026-11-27); everything sits in an
+// anonymous namespace, as in the kernels' file.
 #pragma once
 
 #include <cuda_bf16.h>
