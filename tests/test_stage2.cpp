@@ -14,6 +14,9 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <csignal>
+#include <thread>
+#include <unistd.h>
 
 #include "llama_fixture.h"
 #include "teacher_file_fixture.h"
@@ -651,4 +654,69 @@ TEST(Stage2NoLizard, LinearizeStage2FromTheTeacher) {
     mx = std::max(mx, double(std::abs(a1[i])));
   }
   EXPECT_LT(err, 1e-4 * mx);
+}
+
+// `lizard linearize` stopped by signals, as `timeout`, SLURM and torchrun stop it: a burst of SIGINT and
+// SIGTERM (the copies a process group and several threads receive at once) counts as one request, so the
+// run finishes its step, saves and returns 130; --resume then continues from the saved step.
+TEST(Linearize, StopSignalBurstSavesAndResumes) {
+  Seeded sd;
+  SCOPED_TRACE(sd.trace());
+  TinySpec sp = tiny_spec();
+  sp.vocab = 270;  // the fixture's tokenizer has 264
+  sp.ctx = 64;
+  auto tiny = lizard::testing::make_tiny(sd, sp);
+  TempDir dir;
+  const std::string teacher = (dir.path / "tiny.gguf").string(), text = (dir.path / "data").string(),
+                    out = (dir.path / "run").string();
+  lizard::testing::write_gguf_teacher(teacher, tiny);
+  fs::create_directories(text);
+  for (int f = 0; f < 20; ++f) {
+    std::ofstream t(text + "/doc" + std::to_string(f) + ".txt");
+    const char* words[] = {"the", "thin", "hen", "in", "then", "there", "this", "then"};
+    for (int i = 0; i < 150; ++i) t << words[sd.rng() % 8] << (i % 13 == 12 ? ".\n" : " ");
+  }
+  LinearizeArgs a;
+  a.teacher = teacher;
+  a.data = {text};
+  a.out = out;
+  a.stage = "1";
+  a.steps = 100000;  // far more than the test lets run
+  a.seq_len = 16;
+  a.batch = 2;
+  a.val_fraction = 0.3;
+  a.val_seqs = 2;
+  a.eval_every = 0;
+  a.eval_tokens = 0;
+  a.threads = 1;
+  a.quiet = true;
+  auto steps_logged = [&] { return logged_losses(out).size(); };
+  // Runs linearize on a thread, sends the burst once `after` steps are logged, returns its exit code.
+  auto run_and_stop = [&](size_t after) {
+    std::atomic<int> rc{-1};
+    std::thread t([&] { rc = run_linearize(a); });
+    for (int i = 0; i < 6000 && steps_logged() < after; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    EXPECT_GE(steps_logged(), after) << "the run did not get going";
+    for (int sig : {SIGINT, SIGINT, SIGTERM, SIGINT}) ::kill(::getpid(), sig);
+    t.join();
+    return rc.load();
+  };
+  ASSERT_EQ(run_and_stop(3), 130);
+  ASSERT_TRUE(fs::exists(fs::path(out) / kTrainStateFile));
+  EXPECT_FALSE(fs::exists(fs::path(out) / "report.json"));
+  const size_t first = steps_logged();
+  a.resume = true;
+  ASSERT_EQ(run_and_stop(first + 2), 130);
+  std::ifstream in(fs::path(out) / kTrainLogFile);
+  std::string line;
+  int resumes = 0;
+  int64_t resumed_from = -1;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.value("event", "") == "resume") ++resumes;
+    if (j.value("event", "") == "interrupted" && resumed_from < 0) resumed_from = j["step"].get<int64_t>();
+  }
+  EXPECT_EQ(resumes, 1);
+  EXPECT_EQ(resumed_from, int64_t(first));  // the first stop saved at the step it logged last
+  EXPECT_GT(steps_logged(), first + 1);
 }

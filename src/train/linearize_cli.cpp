@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <csignal>
+#include <ctime>
 #include <filesystem>
 #include <cstdio>
 #include <fstream>
@@ -34,20 +35,48 @@ namespace lizard {
 namespace {
 
 std::atomic<bool> g_stop{false};
+std::atomic<int64_t> g_first_stop_ns{0};
 
-// First Ctrl-C: finish the step, save, exit 130. A second one ends the process at once.
-extern "C" void on_sigint(int) {
-  g_stop.store(true);
-  static const char msg[] = "\nlizard: stopping after this step (Ctrl-C again to quit without saving)\n";
-  [[maybe_unused]] auto n = ::write(2, msg, sizeof msg - 1);
-  std::signal(SIGINT, SIG_DFL);
+int64_t monotonic_ns() {  // clock_gettime is async-signal-safe
+  timespec t{};
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return int64_t(t.tv_sec) * 1000000000 + t.tv_nsec;
 }
 
-struct SigintScope {
-  using Handler = void (*)(int);
-  Handler prev;
-  SigintScope() : prev(std::signal(SIGINT, on_sigint)) { g_stop.store(false); }
-  ~SigintScope() { std::signal(SIGINT, prev == SIG_ERR ? SIG_DFL : prev); }
+// First SIGINT or SIGTERM (Ctrl-C, `timeout`, SLURM's time limit, torchrun passing one on): finish the
+// step, save, exit 130. Another one more than 0.3 s later ends the process at once. Copies of the first
+// arriving together do not count: `timeout` signals the child and then its process group, torchrun
+// forwards the terminal's Ctrl-C to workers that got it already, and in a process with many threads
+// (CUDA, OpenMP) each copy can reach a different thread while the first handler still runs.
+extern "C" void on_stop_signal(int) {
+  const int64_t now = monotonic_ns();
+  int64_t first = 0;
+  if (g_first_stop_ns.compare_exchange_strong(first, now)) {
+    g_stop.store(true);
+    static const char msg[] = "\nlizard: stopping after this step (Ctrl-C again to quit without saving)\n";
+    [[maybe_unused]] auto n = ::write(2, msg, sizeof msg - 1);
+  } else if (now - first > 300000000) {
+    static const char msg[] = "\nlizard: quitting without saving\n";
+    [[maybe_unused]] auto n = ::write(2, msg, sizeof msg - 1);
+    ::_exit(130);
+  }
+}
+
+struct StopSignalScope {
+  struct sigaction old_int {}, old_term {};
+  StopSignalScope() {
+    g_stop.store(false);
+    g_first_stop_ns.store(0);
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+  }
+  ~StopSignalScope() {
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+  }
 };
 
 // With several processes (torchrun, mpirun) the communicator makes this rank's GPU current: make it
@@ -134,7 +163,7 @@ int run_linearize(const LinearizeArgs& a) {
     to.quiet = a.quiet;
     return to;
   };
-  SigintScope sig;
+  StopSignalScope sig;
   if (a.stage == "2" || both) {
     LizardCheckpoint start;
     if (both) {
