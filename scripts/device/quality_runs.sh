@@ -6,6 +6,9 @@
 #   yard3 / yard10     the teacher fine-tuned with the same LoRA recipe (configs/teacher_lora.json), 3M / 10M
 #   lol10-s1, lol10-s2 LoLCATs 10M + 10M with the tuned recipe, one stage per call (~500 s each)
 #   w64, gate99, lr2x  Lizard 3M + 3M variations against 13.34: window 64, gate_init 0.99, stage-2 lr 4e-3
+#   sweep              w64, gate99, perhead (per-head gate + sinks), meta8: four 3M + 3M pairs in one call
+#   lol10              LoLCATs 10M + 10M, resumable: each call goes on where the last stopped (stops with
+#                      SIGINT, which checkpoints, before DEADLINE seconds: 560) until lol10-s2 has its report
 set -uo pipefail
 name=${1:?usage: quality_runs.sh NAME}
 lz=/tmp/lz
@@ -18,11 +21,29 @@ lizard_pair() {  # NAME CONFIG_JSON [stage-2 flags...]: 3M + 3M with the tuned r
   lin --stage 2 --teacher $lz/$n-s1 --lr2 2e-3 --train-lizard --tokens 3000000 --out $lz/$n-s2 "$@"
 }
 tmpcfg() { local f=$lz/$1.json; python3 -c "import json,sys; c=json.load(open('configs/lizard_rope_a05.json')); c.update(json.loads(sys.argv[1])); json.dump(c, open(sys.argv[2], 'w'))" "$2" "$f"; echo "$f"; }
+# A stage that may outlast one call: SIGINT (checkpoint + clean stop) at the deadline, --resume next call.
+t0=$(date +%s)
+resumable() {  # OUT_NAME ARGS...: skipped once OUT has report.json
+  local n=$1; shift
+  [ -f $lz/$n/report.json ] && { echo "$n: done already"; return 0; }
+  local left=$(( ${DEADLINE:-560} - ($(date +%s) - t0) ))
+  [ $left -gt 30 ] || { echo "$n: no time left in this call"; return 0; }
+  local r=(); [ -f $lz/$n/train_state.safetensors ] && r=(--resume)
+  timeout -s INT $left bash scripts/device/gpu.sh x lizard linearize --device cuda --data $lz/data --seq-len 2048 \
+    --batch 8 --eval-every 200 --out $lz/$n "${r[@]}" "$@" 2>&1 | grep -E "held-out \(|done|error|step .*tok/s" | tail -4
+}
 case "$name" in
   yard3)  lin --stage 2 --teacher $lz/model.gguf --config configs/teacher_lora.json --lr2 2e-3 --tokens 3000000 --out $lz/yard3 ;;
   yard10) lin --stage 2 --teacher $lz/model.gguf --config configs/teacher_lora.json --lr2 2e-3 --tokens 10000000 --out $lz/yard10 ;;
   lol10-s1) lin --stage 1 --teacher $lz/model.gguf --config configs/lolcats.json --lr 3e-2 --tokens 10000000 --out $lz/lol10-s1 ;;
   lol10-s2) lin --stage 2 --teacher $lz/lol10-s1 --lr2 2e-3 --train-lizard --tokens 10000000 --out $lz/lol10-s2 ;;
+  lol10)  resumable lol10-s1 --stage 1 --teacher $lz/model.gguf --config configs/lolcats.json --lr 3e-2 --tokens 10000000
+          [ -f $lz/lol10-s1/report.json ] && resumable lol10-s2 --stage 2 --teacher $lz/lol10-s1 --lr2 2e-3 \
+            --train-lizard --tokens 10000000 ;;
+  sweep)  for v in 'w64 {"window": 64}' 'gate99 {"gate_init": 0.99}' 'perhead {"gate": "per_head", "meta_per_head": true}' \
+                   'meta8 {"meta_tokens": 8}'; do
+            echo "== ${v%% *}"; lizard_pair ${v%% *} "$(tmpcfg ${v%% *} "${v#* }")"
+          done ;;
   w64)    lizard_pair w64 "$(tmpcfg w64 '{"window": 64}')" ;;
   gate99) lizard_pair gate99 "$(tmpcfg gate99 '{"gate_init": 0.99}')" ;;
   lr2x)   lin --stage 1 --teacher $lz/model.gguf --config configs/lizard_rope_a05.json --lr 3e-2 --tokens 3000000 --out $lz/lr2x-s1
