@@ -21,10 +21,7 @@ lib.lz_backward_parallel.argtypes = [P] * 17 + [I] * 10 + [P]
 lib.lz_backward_chunked.argtypes = [P] * 17 + [I] * 10 + [P]
 lib.lz_set_forward_variant.argtypes = [I]
 lib.lz_set_forward_split.argtypes = [I]
-lib.lz_set_backward_window_variant.argtypes = [I]
 lib.lz_set_backward_stage_variant.argtypes = [I]
-lib.lz_set_backward_sweep_variant.argtypes = [I]
-lib.lz_set_backward_sweep_groups.argtypes = [I]
 lib.lz_flash_fwd.argtypes = [P] * 5 + [I] * 5 + [P]
 lib.lz_flash_bwd.argtypes = [P] * 10 + [I] * 5 + [P]
 lib.lz_flash_set_bwd_variant.argtypes = [I]
@@ -341,17 +338,16 @@ def main():
         z = Lizard(1, 777, 4, 2, 128)
         z.fwd_bwd()
         gp = [t.clone() for t in z.grads()]
-        lib.lz_set_backward_sweep_variant(0)  # the whole-sequence gate sweeps first
-        z.fwd_bwd_chunked()
+        z.fwd_bwd_chunked()  # the default: stage variant 2, gate state passes + chunk-parallel output passes
         names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
-        print("spot check B1 L777 H4/2 D128 backward, chunked vs parallel rel err: " + " ".join(
+        print("spot check B1 L777 H4/2 D128 backward, chunked (default) vs parallel rel err: " + " ".join(
             f"{n} {((a - b).norm() / b.norm()).item():.2e}" for n, a, b in zip(names, z.grads(), gp)), flush=True)
-        lib.lz_set_backward_sweep_variant(1)  # the gate sweeps over chunk groups
+        check(lib.lz_set_backward_stage_variant(1))  # the misaligned-pointer stage kernels
         try:
             z.fwd_bwd_chunked()
         finally:
-            lib.lz_set_backward_sweep_variant(0)
-        print("spot check B1 L777 H4/2 D128 backward, chunked (grouped gate sweeps) vs parallel rel err: " + " ".join(
+            check(lib.lz_set_backward_stage_variant(2))
+        print("spot check B1 L777 H4/2 D128 backward, chunked (stage variant 1) vs parallel rel err: " + " ".join(
             f"{n} {((a - b).norm() / b.norm()).item():.2e}" for n, a, b in zip(names, z.grads(), gp)), flush=True)
         del z, gp
     except Exception as e:  # noqa: BLE001
@@ -386,102 +382,38 @@ def main():
         row(tag, f"lizard cuda (Hkv={Hkv}) parallel bwd", liz[tag], fb)
         fbc = float("nan")
         if chunked_ok:
-            try:
-                lib.lz_set_backward_sweep_variant(0)  # this row and the column baseline: sweep 0, set here (not inherited)
+            try:  # the default: stage variant 2, gate state passes + chunk-parallel output passes
                 fbc = events_ms(z.fwd_bwd_chunked)
-                chunked_ok = fbc < 1500  # O(L) but CUDA-core window/feature stages: skip longer ones if slow
+                chunked_ok = fbc < 1500  # O(L): skip longer shapes if this one is already slow
             except Exception as e:  # noqa: BLE001
                 print("  chunked backward failed:", str(e)[:200])
                 chunked_ok = False
         liz_fb[tag] = fbc
-        if fbc == fbc:  # one more call with the per-stage breakdown on stderr (and the fp32 window stage at L2048)
+        if fbc == fbc:  # one more call with the per-stage breakdown on stderr (feat2 .. dW2, gate2-fstate .. -rout)
             os.environ["LIZARD_CUDA_BWD_PROFILE"] = "1"
             z.fwd_bwd_chunked()
             torch.cuda.synchronize()
-            if L == 2048:  # the old CUDA-core stages beside the new ones, one profile line each
-                lib.lz_set_backward_window_variant(0)
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                lib.lz_set_backward_window_variant(1)
-                lib.lz_set_backward_stage_variant(0)
-                t0 = time.time()
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                lib.lz_set_backward_stage_variant(1)
-                print(f"  chunked bwd with CUDA-core stats/feature stages (variant 0): {1e3 * (time.time() - t0):.1f} ms wall")
-            lib.lz_set_backward_stage_variant(2)  # stage variant 2: one profile line, stages feat2 .. dW2
-            try:
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-            except Exception as e:  # noqa: BLE001
-                print("  chunked backward stage variant 2 failed in the profile call:", str(e)[:200])
-            lib.lz_set_backward_stage_variant(1)
-            lib.lz_set_backward_sweep_variant(1)  # the gate sweeps over chunk groups: profile stage "gate-grouped"
-            try:
-                for groups in (0, 4):  # auto, then 4 groups forced
-                    lib.lz_set_backward_sweep_groups(groups)
-                    z.fwd_bwd_chunked()
-                    torch.cuda.synchronize()
-            except Exception as e:  # noqa: BLE001
-                print("  grouped gate sweeps failed in the profile call:", str(e)[:200])
-            lib.lz_set_backward_sweep_groups(0)
-            lib.lz_set_backward_sweep_variant(2)  # state passes + chunk-parallel outputs: stages gate2-fstate .. -rout
-            try:
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-            except Exception as e:  # noqa: BLE001
-                print("  gate sweep variant 2 failed in the profile call:", str(e)[:200])
-            lib.lz_set_backward_sweep_variant(0)
             del os.environ["LIZARD_CUDA_BWD_PROFILE"]
-        row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd sweep0", liz[tag], fbc)
-        if fbc == fbc:  # the same fwd+bwd with each gate sweep variant (0 = whole sequence, the row above)
-            # 1 = the grouped kernels (2 CTAs per SM), auto group count (1 where B H alone fills the card
-            # twice: no split); "g4": 4 groups forced (8 chunks each at L2048).
-            lib.lz_set_backward_sweep_variant(1)
-            for groups, name in [(0, "sweep1"), (4, "sweep1 g4")]:
-                lib.lz_set_backward_sweep_groups(groups)
-                try:
-                    row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd {name}", liz[tag], events_ms(z.fwd_bwd_chunked))
-                except Exception as e:  # noqa: BLE001
-                    print(f"  chunked backward with grouped sweeps ({name}) failed:", str(e)[:200])
-            lib.lz_set_backward_sweep_groups(0)
-            # Stage variant 2 (cp.async loaders, double-buffered window kernels without dk/dv atomics, dW over
-            # batch-aligned token tiles) with the sweeps of the "sweep1" row above: same-input check against
-            # variant 1 (max |diff| / max |ref| per gradient), then the row to compare with "sweep1".
+        row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd (default)", liz[tag], fbc)
+        if fbc == fbc:
+            # Stage variant 1 (the tensor-core stage kernels that misaligned pointers get): same-input check
+            # against the default (max |diff| / max |ref| per gradient), then its row.
             try:
                 z.fwd_bwd_chunked()
                 torch.cuda.synchronize()
                 ref = [t.clone() for t in z.grads()]
-                lib.lz_set_backward_stage_variant(2)
+                check(lib.lz_set_backward_stage_variant(1))
                 z.fwd_bwd_chunked()
                 torch.cuda.synchronize()
                 names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
                 errs = " ".join(f"{n} {((t - r).abs().max() / r.abs().max().clamp_min(1e-30)).item():.1e}"
                                 for n, t, r in zip(names, z.grads(), ref))
-                print(f"  {tag}: chunked bwd stages2 vs stages1: {errs}", flush=True)
+                print(f"  {tag}: chunked bwd stages1 vs default: {errs}", flush=True)
                 del ref
-                row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd stages2 sweep1", liz[tag], events_ms(z.fwd_bwd_chunked))
+                row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd stages1", liz[tag], events_ms(z.fwd_bwd_chunked))
             except Exception as e:  # noqa: BLE001
-                print("  chunked backward stage variant 2 failed:", str(e)[:200])
-            lib.lz_set_backward_stage_variant(1)
-            # Gate sweep variant 2 (state passes, then one CTA per (b, h, chunk) output passes): same-input check
-            # against sweep variant 1 (max |diff| / max |ref| per gradient), then the row beside "sweep1".
-            try:
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                ref = [t.clone() for t in z.grads()]
-                lib.lz_set_backward_sweep_variant(2)
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
-                errs = " ".join(f"{n} {((t - r).abs().max() / r.abs().max().clamp_min(1e-30)).item():.1e}"
-                                for n, t, r in zip(names, z.grads(), ref))
-                print(f"  {tag}: chunked bwd sweep2 vs sweep1: {errs}", flush=True)
-                del ref
-                row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd sweep2", liz[tag], events_ms(z.fwd_bwd_chunked))
-            except Exception as e:  # noqa: BLE001
-                print("  chunked backward with gate sweep variant 2 failed:", str(e)[:200])
-            lib.lz_set_backward_sweep_variant(0)
+                print("  chunked backward stage variant 1 failed:", str(e)[:200])
+            check(lib.lz_set_backward_stage_variant(2))  # the default (kBackwardStageDefault)
         del z
         torch.cuda.empty_cache()
         q, k, v, gk, gs, do = fla_inputs(B, L, H, D)
@@ -511,7 +443,7 @@ def main():
             torch.cuda.empty_cache()
     print()
     print(card)
-    print(f"{'shape':22s} {'kernel':36s} {'fwd ms':>8s} {'f+b ms':>9s} {'this/lizard fwd':>16s} {'this/lizard f+b (sweep0)':>26s}")
+    print(f"{'shape':22s} {'kernel':36s} {'fwd ms':>8s} {'f+b ms':>9s} {'this/lizard fwd':>16s} {'this/lizard f+b (default)':>26s}")
     for s_, n, a, b in rows:
         print(f"{s_:22s} {n:36s} {a:8.3f} {b:9.3f} {a / liz.get(s_, float('nan')):16.2f} "
               f"{b / liz_fb.get(s_, float('nan')):26.2f}")

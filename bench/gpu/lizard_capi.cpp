@@ -57,18 +57,9 @@ int lz_set_forward_variant(int v) {
   return guarded([&] { lizard::cuda::set_forward_variant(v); });
 }
 void lz_set_forward_split(int m) { lizard::cuda::set_forward_split(m); }
-// Backward variant setters; -1 (lz_last_error) for an unknown value.
-int lz_set_backward_window_variant(int v) {
-  return guarded([&] { lizard::cuda::set_backward_window_variant(v); });
-}
+// Chunked backward stage variant 2 (default) or 1; returns -1 (lz_last_error) for another.
 int lz_set_backward_stage_variant(int v) {
   return guarded([&] { lizard::cuda::set_backward_stage_variant(v); });
-}
-int lz_set_backward_sweep_variant(int v) {
-  return guarded([&] { lizard::cuda::set_backward_sweep_variant(v); });
-}
-int lz_set_backward_sweep_groups(int g) {
-  return guarded([&] { lizard::cuda::set_backward_sweep_groups(g); });
 }
 
 // bf16 chunked forward; scalar gate [B, L], meta [m] per layer, alpha [Hq] per head.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call after a kernel change: the whole GPU test suite on the bundle, compute-sanitizer on the small
-# cases, then bench_lizard.py --quick (every Lizard forward variant, the backward stage/sweep variants
-# with their profile lines, flash vs SDPA, FLA chunk_gla / chunk_simple_gla), each under a time limit.
+# cases, then bench_lizard.py --quick (Lizard forward v3 and v0, the default chunked backward with its
+# profile line and stage variant 1, flash vs SDPA, FLA chunk_gla / chunk_simple_gla), each under a time limit.
 #   here:   scripts/device/build_bundle.sh && scripts/device_cuda.sh build
 #   run(command="bash scripts/device/final_check.sh",
 #       carry=[".stage/bundle", "build-dev/liblizard_capi.so", ".fla"])

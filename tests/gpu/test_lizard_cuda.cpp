@@ -424,9 +424,9 @@ std::vector<double> window_dya(const Problem& P, const std::vector<double>& dy) 
   return out;
 }
 
-// stages (chunked only): the statistics/feature variant in force, or -1 for no diagnostics; when set,
-// the call is repeated, dalpha is bisected by query block, and under 1 the window statistics are
-// compared with the fp32 stage on the same inputs (all printed, not asserted).
+// stages (chunked only): the stage variant in force, or -1 for no diagnostics; when set, the call is
+// repeated, dalpha is bisected by query block, and the tensor-core window statistics (dalpha, dmeta) are
+// compared with the parallel backward's fp32 CUDA-core ones on the same inputs (all printed, not asserted).
 template <typename T>
 void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool chunked = false, double gate_tol = 0,
                    int stages = -1) {
@@ -485,15 +485,18 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
   std::string stats_check;
   if (chunked && stages >= 0) {  // not in the sanitizer cases (stages -1): 3-6 more calls each
     // The same inputs twice more: an identical call (any difference: a race or a read of stale
-    // workspace) and, under the tensor-core stages, the fp32 stages, so that a dalpha or dmeta error
+    // workspace) and the parallel backward (fp32 CUDA-core statistics), so that a dalpha or dmeta error
     // can be pinned on the statistics stage instead of the reference. dalpha = sum dy . A reads only
     // the statistics stage's dy . A.
-    auto rerun = [&](std::vector<double>& alpha_out, std::vector<double>& meta_out) {
+    auto rerun = [&](std::vector<double>& alpha_out, std::vector<double>& meta_out, bool parallel = false) {
       Dev<float> rq(P.q.size()), rk(P.k.size()), rv(P.v.size()), rmeta(std::max<size_t>(P.p.meta.size(), 1)),
           ralpha(P.p.alpha.size());
       lizard::cuda::LizardAttnGrads rg;
       rg.dq = rq.p, rg.dk = rk.p, rg.dv = rv.p, rg.dalpha = ralpha.p, rg.dmeta = c.m > 0 ? rmeta.p : nullptr;
-      lizard::cuda::lizard_attention_backward_chunked(in.args(P, y.p), std::is_same_v<T, float>, ddy.p, rg);
+      if (parallel)
+        lizard::cuda::lizard_attention_backward_parallel(in.args(P, y.p), std::is_same_v<T, float>, ddy.p, rg);
+      else
+        lizard::cuda::lizard_attention_backward_chunked(in.args(P, y.p), std::is_same_v<T, float>, ddy.p, rg);
       CK(cudaDeviceSynchronize());
       alpha_out = ralpha.get();
       meta_out = c.m > 0 ? rmeta.get() : std::vector<double>();
@@ -541,10 +544,8 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
       }
       stats_check += blocks;
     }
-    if (stages >= 1) {
-      lizard::cuda::set_backward_stage_variant(0);
-      rerun(a1, m1);
-      lizard::cuda::set_backward_stage_variant(stages);
+    {
+      rerun(a1, m1, /*parallel=*/true);
       size_t bad = 0;
       const double ea = rel_err(a0, a1, &bad), em = c.m > 0 ? rel_err(m0, m1, &bad) : 0.0;
       std::snprintf(buf, sizeof buf, ", tc vs fp32 stats: dalpha %.1e dmeta %.1e", ea, em);
@@ -638,76 +639,46 @@ TEST(LizardCuda, BackwardMatchesReference) {
   }
 }
 
-// Chunked backward (tensor-core gate branch, bf16 operands): every configuration, fresh seeds, odd L.
-// Window stage 1 = tensor-core banded kernels (default), 0 = fp32 CUDA-core kernels; statistics and
-// feature stages 1 = tensor-core kernels with split bf16 operands (default), 0 = fp32 CUDA-core kernels.
-// Runs (window, stages) = (1, 1), (0, 1), (1, 0): the defaults, then each old stage beside the new; then
-// (1, 1) with the gate sweeps over chunk groups (sweep variant 1) at groups auto, 1 (no split: the grouped
-// kernels' compact layout alone, which auto picks at B16 H32), 2 and 3, plus a case of 12 chunks (L 707)
-// so that groups hold several chunks and a partial last one. Stage variant 2 (cp.async loaders, double-
-// buffered window kernels without dk/dv atomics, dW over batch-aligned token tiles) under both sweeps.
-// Sweep variant 2 (state passes storing each chunk's incoming bf16 state, then one CTA per (b, h, chunk)
-// output passes) under stage variants 1 and 2, with the L 707 case too (12 chunks, a partial last one).
+// Chunked backward (tensor-core gate branch, bf16 operands): every configuration, fresh seeds, odd L, plus a
+// case of 12 chunks (L 707, a partial last one). The gate branch always runs its state passes (each chunk's
+// incoming bf16 state stored) and one CTA per (b, h, chunk) output passes. Stage variant 2 first (the
+// default: cp.async loaders, double-buffered window kernels without dk/dv atomics, dW over batch-aligned
+// token tiles), then stage variant 1 (the tensor-core kernels that misaligned pointers get).
 TEST(LizardCuda, ChunkedBackwardVsReference) {
-  struct Pass {
-    int window, stages, sweep, groups;
-  };
-  for (const Pass& ps : {Pass{1, 1, 0, 0}, Pass{0, 1, 0, 0}, Pass{1, 0, 0, 0}, Pass{1, 1, 1, 0}, Pass{1, 1, 1, 1},
-                         Pass{1, 1, 1, 2}, Pass{1, 1, 1, 3}, Pass{1, 2, 0, 0}, Pass{1, 2, 1, 0}, Pass{1, 1, 2, 0},
-                         Pass{1, 2, 2, 0}}) {
-    const int window = ps.window, stages = ps.stages;
-    lizard::cuda::set_backward_window_variant(window);
+  static_assert(lizard::cuda::kBackwardStageDefault == 2, "the first pass below is the default");
+  for (const int stages : {2, 1}) {
     lizard::cuda::set_backward_stage_variant(stages);
-    lizard::cuda::set_backward_sweep_variant(ps.sweep);
-    lizard::cuda::set_backward_sweep_groups(ps.groups);
-    std::printf("[lizard-cuda] chunked backward, window stage variant %d (%s), stats/feature variant %d (%s), gate "
-                "sweep variant %d (%s)\n",
-                window, window == 1 ? "tensor cores" : "CUDA cores, fp32", stages,
-                stages == 2   ? "tensor cores, split bf16, v2 loaders/window/dW"
-                : stages == 1 ? "tensor cores, split bf16"
-                              : "CUDA cores, fp32",
-                ps.sweep,
-                ps.sweep == 0 ? "one CTA per (b, h)"
-                : ps.sweep == 2  ? "state passes + chunk-parallel outputs"
-                : ps.groups == 0 ? "chunk groups, auto"
-                : ps.groups == 1 ? "1 chunk group"
-                : ps.groups == 2 ? "2 chunk groups" : "3 chunk groups");
+    std::printf("[lizard-cuda] chunked backward, stage variant %d (%s), gate: state passes + chunk-parallel outputs\n",
+                stages, stages == 2 ? "tensor cores, split bf16, v2 loaders/window/dW" : "tensor cores, split bf16");
     std::vector<Case> cases = kCases;
-    if (ps.sweep >= 1) cases.push_back({1, 707, 2, 1, 64, 32, 64, 4, true});
+    cases.push_back({1, 707, 2, 1, 64, 32, 64, 4, true});
     for (const Case& c : cases) {
       const uint64_t seed = fresh_seed();
       backward_case<float>(c, seed, false, 3e-2, true, 2.5e-1, stages);
       backward_case<__nv_bfloat16>(c, seed, true, 3e-2, true, 2.5e-1, stages);
     }
-    // The seed that gave dalpha 4.2e-4 (f32) and 1.6e-4 (bf16) under (window, stages) = (0, 1) on the
-    // H200 (2026-11-27), 50-80x what a CPU emulation of the split-bf16 statistics stage gives for it:
-    // kept to show whether that is reproducible.
+    // The seed that gave dalpha 4.2e-4 (f32) and 1.6e-4 (bf16) under the (deleted) CUDA-core window stage
+    // with stage variant 1 on the H200 (2026-11-27), 50-80x what a CPU emulation of the split-bf16
+    // statistics stage gives for it: kept to show whether that is reproducible.
     constexpr uint64_t kSeenSeed = 15252308529606865403ull;
     backward_case<float>(kCases[5], kSeenSeed, false, 3e-2, true, 2.5e-1, stages);
     backward_case<__nv_bfloat16>(kCases[5], kSeenSeed, true, 3e-2, true, 2.5e-1, stages);
   }
-  lizard::cuda::set_backward_window_variant(1);
-  lizard::cuda::set_backward_stage_variant(1);
-  lizard::cuda::set_backward_sweep_variant(lizard::cuda::kBackwardSweepDefault);
-  lizard::cuda::set_backward_sweep_groups(0);
+  lizard::cuda::set_backward_stage_variant(lizard::cuda::kBackwardStageDefault);
+  for (int deleted : {0, 3}) EXPECT_ANY_THROW(lizard::cuda::set_backward_stage_variant(deleted));
 }
 
-// Gate sweep variants 0 and 1 (the grouped one with 2 groups: 1 chunk each at L 77, 2 + 1 at L 130), then
-// stage variant 2 (its bf16 kernels: cp.async tiles, double buffers, staged read-modify-writes), then
-// sweep variant 2 (state passes into the per-chunk state buffer, one CTA per (b, h, chunk) output passes).
+// Stage variants 2 (its bf16 kernels: cp.async tiles, double buffers, staged read-modify-writes) and 1,
+// both with the gate's state passes (into the per-chunk state buffer) and one CTA per (b, h, chunk) output
+// passes (L 77: 2 chunks, L 130: 3, a partial last one).
 TEST(LizardCuda, SanitizerSmallChunkedBackward) {
-  for (int pass = 0; pass < 4; ++pass) {
-    const int sweep = pass == 1 ? 1 : pass == 3 ? 2 : 0, stages = pass == 2 ? 2 : 1;
-    lizard::cuda::set_backward_sweep_variant(sweep);
-    lizard::cuda::set_backward_sweep_groups(sweep == 1 ? 2 : 0);
+  for (const int stages : {2, 1}) {
     lizard::cuda::set_backward_stage_variant(stages);
-    std::printf("[lizard-cuda] small chunked backward, gate sweep variant %d, stage variant %d\n", sweep, stages);
+    std::printf("[lizard-cuda] small chunked backward, stage variant %d\n", stages);
     backward_case<__nv_bfloat16>({1, 77, 2, 1, 64, 32, 16, 4}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>({1, 130, 2, 2, 128, 64, 65, 2, true}, fresh_seed(), true, 3e-2, true, 2.5e-1);
   }
-  lizard::cuda::set_backward_stage_variant(1);
-  lizard::cuda::set_backward_sweep_variant(lizard::cuda::kBackwardSweepDefault);
-  lizard::cuda::set_backward_sweep_groups(0);
+  lizard::cuda::set_backward_stage_variant(lizard::cuda::kBackwardStageDefault);
 }
 
 TEST(LizardCuda, ChunkedBackwardRefusesUnsupportedSizes) {

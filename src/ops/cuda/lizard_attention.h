@@ -104,36 +104,31 @@ struct LizardAttnGrads {
 void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
                                         cudaStream_t stream = nullptr);
 
-// Same gradients with the gated branch in the chunked form of LIZARD.md section 5 (C = 64): a forward
-// sweep over chunks with the state S (dn, dden, dphi_q, d log gamma query side) and a reverse sweep
-// with the state gradient R = dS (dphi_k, dv, d log gamma key side), chunk products on tensor cores
-// (bf16 operands, fp32 accumulation, fp32 states), linear in L; the window branch (O(L w)), the
-// feature maps and their backward and the weight reductions run as the stage variants below select.
-// D in {64, 128}, F in {32, 64}; throws lizard::Error otherwise.
-// Each variant setter below throws lizard::Error for a value it does not list.
+// Same gradients with the gated branch in the chunked form of LIZARD.md section 5 (C = 64), linear in L:
+// state passes (one CTA per (b, h, 32 value columns), sequential over chunks, storing every chunk's
+// incoming state bf16 + normaliser fp32 in a stream-ordered workspace of B Hq (L / 64) (F D + 2F) floats)
+// then output passes with one CTA per (b, h, chunk), forward (dn, dden, dphi_q, d log gamma query side)
+// then reverse (dphi_k, dv, d log gamma key side); chunk products on tensor cores (bf16 operands, fp32
+// accumulation and states). The window branch (O(L w)), the feature maps and their backward, the window
+// statistics and the weight reductions run on tensor cores as the stage variant below selects.
+// bf16 or fp32 inputs; D in {64, 128}, F in {32, 64}; throws lizard::Error otherwise.
+// H200 (bench_lizard.py --quick, 2026-11-27 session 4), fwd+bwd at B16 H32 D128 L2048 / B8 H9 D64 L2048:
+// stage variant 2 with the grouped gate sweeps 18.969 / 2.743 ms (stage variant 1: 34.060 / 5.619);
+// these gate passes with stage variant 1 33.422 / 5.002 (with stage variant 2 not yet timed as a pair).
+// Gate branch alone at D128: these passes 11.57 ms, grouped sweeps 12.148, one CTA per (b, h) 19.07;
+// at D64 1.224 / 1.840 / 3.055. Deleted as slower: both sweeps (one CTA per (b, h); over chunk groups),
+// the window stage's CUDA-core option and stage variant 0 (CUDA-core stages; those kernels remain the
+// parallel backward's).
 void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
                                        cudaStream_t stream = nullptr);
-// Window stage of the chunked backward: 1 (default) = banded flash-style kernels on tensor cores (bf16
-// operands), 0 = the parallel path's fp32 CUDA-core window kernels.
-void set_backward_window_variant(int variant);
-// Feature maps, window statistics (lse, delta) and feature-map backward of the chunked backward:
-// 1 (default) = tensor-core kernels (fp32 operands split into bf16 hi + lo, close to fp32), 0 = the
-// parallel path's CUDA-core kernels, 2 = variant 1 with cp.async tile loaders, double-buffered window
-// kernels without dk/dv atomics (window variant 1 only) and the dW stage over batch-aligned token tiles
-// (docs/cuda_notes.md, "stage variant 2").
+// Stage kernels of the chunked backward (feature maps, window statistics, window, feature-map backward, dW):
+// 2 (default) = tensor-core kernels with cp.async tile loaders, double-buffered window kernels without dk/dv
+// atomics and the dW stage over batch-aligned token tiles (docs/cuda_notes.md, "stage variant 2"); it needs
+// q, k, v, dy, wq, wk, dq, dk, dv 16-byte aligned and runs variant 1 where they are not.
+// 1 = the variant-1 tensor-core kernels (fp32 operands split into bf16 hi + lo, close to fp32): the
+// misaligned-pointer path, selectable so tests cover it. Throws lizard::Error for another value.
+constexpr int kBackwardStageDefault = 2;
 void set_backward_stage_variant(int variant);
-// Gate-branch sweeps of the chunked backward: 0 = one CTA per (b, h) serial over all chunks;
-// 1 (default) = over chunk groups: each group's own state contribution, a scan over the groups, then
-// every group reruns its chunks from its incoming state (same outputs up to fp32 reassociation).
-// H200 fwd+bwd: 42.3 -> 35.2 ms at B16 H32 D128 L2048, 7.0 -> 5.8 ms at B8 H9 D64 L2048.
-// 2 (opt-in, not yet run on a GPU) = state passes (one CTA per (b, h, 32 value columns), sequential over
-// chunks, storing every chunk's incoming state bf16 + normaliser fp32) then output passes with one CTA
-// per (b, h, chunk), forward then reverse (docs/cuda_notes.md, "gate sweep variant 2").
-constexpr int kBackwardSweepDefault = 1;
-void set_backward_sweep_variant(int variant);
-// Chunk groups per (b, h) of sweep variant 1: 0 (default) = auto (fewest rounds of CTAs x chunks per
-// CTA on this card; 1 when B x Hq fills it twice), else that many (capped at the chunk count).
-void set_backward_sweep_groups(int groups);
 
 // Options and sizes from a layer config (pointers left null). Throws lizard::Error for options the
 // kernels do not implement: combine = lolcats, and feature_on_rope != window_rope (the kernels take

@@ -13,8 +13,6 @@
 //   dalpha = sum_i dy_i . A_i.
 #include <cuda_bf16.h>
 
-#include <atomic>
-
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -477,13 +475,14 @@ __global__ void dlg_kernel(const LizardAttnArgs a, Dims d, Ws ws, const float* d
 }
 
 // ---------------------------------------------------------------------------------------------
-// Chunked gated branch of the backward on tensor cores (LIZARD.md section 5), C = 64, one CTA of
-// 4 warps per (b, query head). With e_it = exp(Bc_i - Bc_t), K_it = (phq_i . phk_t) e_it, t <= i,
+// Chunked gated branch of the backward on tensor cores (LIZARD.md section 5), C = 64, as state passes
+// (gate_state_kernel: the chunks in order, every chunk's incoming state stored) and output passes
+// (gate_fwd_out_kernel / gate_rev_out_kernel: one CTA of 4 warps per (b, query head, chunk)). With e_it = exp(Bc_i - Bc_t), K_it = (phq_i . phk_t) e_it, t <= i,
 // V' = [v, 1] and dN'_i = [dn_i, dden_i], dK_it = dN'_i . V'_t:
-//   forward sweep, state S_n = sum_{t < chunk n} e(last of chunk n-1, t) phk_t V'_t^T ([2F x D] + z):
+//   forward, state S_n = sum_{t < chunk n} e(last of chunk n-1, t) phk_t V'_t^T ([2F x D] + z):
 //     N_i (and den_i) as in the forward, then dn_i, dden_i, and
 //     dphq_i = sum_{t <= i} dK_it e_it phk_t = W phk + exp(b_i) (S dn_i + z dden_i),  dbq_i = phq_i . dphq_i
-//   reverse sweep, state R_n = sum_{i after chunk n} e(i, last of chunk n) phq_i dN'_i^T (the dS):
+//   reverse, state R_n = sum_{i after chunk n} e(i, last of chunk n) phq_i dN'_i^T (the dS):
 //     dphk_t = W^T phq + exp(b_last - b_t) (R v_t + r),  dv_t += A^T dn + exp(b_last - b_t) R^T phk_t,
 //     dbk_t = -phk_t . dphk_t
 // where A = (phq phk^T) .* exp(b_i - b_t) .* causal and W = (dn V^T + dden) .* exp(b_i - b_t) .* causal
@@ -495,15 +494,13 @@ namespace gate {
 using namespace mma;
 constexpr int kC = 64, kGW = 4, kGT = kGW * 32;
 
-// Compact (the grouped sweeps): the decayed feature tile (PKd / PQd) takes PQ's place once the chunk's
-// outputs are done, and the fp32 state lives in the CTA's own slot of the group-state buffer in global
-// memory (L2; each element read and written by one thread), so 104 KB at D128 F64: 2 CTAs per SM at
-// every supported D, F (H100/H200).
-template <int D, int P2, bool Compact = false>
+// Output passes: PQ, PK, V, DN (the reverse's dn), the bf16 state [P2][D + 8], then fp32 z (or r) and
+// six per-row arrays. The chunk's incoming state arrives bf16 from the state pass (no fp32 copy here).
+template <int D, int P2>
 struct Smem {
   static constexpr int LDP = P2 + 8, LDD = D + 8;
-  static constexpr size_t bf16_elems = size_t(Compact ? 2 : 3) * kC * LDP + size_t(2) * kC * LDD + size_t(P2) * LDD;
-  static constexpr size_t bytes = bf16_elems * 2 + ((Compact ? 0 : size_t(P2) * D) + P2 + 6 * kC) * 4;
+  static constexpr size_t bf16_elems = size_t(2) * kC * LDP + size_t(2) * kC * LDD + size_t(P2) * LDD;
+  static constexpr size_t bytes = bf16_elems * 2 + (size_t(P2) + 6 * kC) * 4;
 };
 
 struct ChunkInfo {
@@ -522,20 +519,13 @@ __device__ __forceinline__ ChunkInfo chunk_info(const float* bc, int L, int n) {
   return ci;
 }
 
-// Sweep modes. kWhole: one CTA per (b, h) over every chunk from a zero state (the default sweep).
-// kGroupLocal: one CTA per (b, h, chunk group) from a zero state; only the state update, whose final
-// value (the group's own contribution) goes to `gst`. kGroupRun: one CTA per (b, h, chunk group),
-// starting from the group's incoming state in `gst` (after scan_groups_kernel), full outputs.
-// gst is [BH, G, P2 * D + P2] fp32 (S then z, or R then r).
-// kChunkOut (sweep variant 2's output passes): one CTA per (b, h, chunk) (groups = chunk count, cpg = 1)
-// from the chunk's incoming state, which gate_state_kernel stored in gst as [BH, NC, kStateFloats<D, P2>]:
-// bf16 [P2, D] then the fp32 normaliser [P2]; the chunk's outputs only, no state update.
-enum SweepMode : int { kWhole = 0, kGroupLocal = 1, kGroupRun = 2, kChunkOut = 3 };
-
+// Output passes: one CTA per (b, h, chunk) (groups = chunk count, cpg = 1) from the chunk's incoming
+// state, which gate_state_kernel stored in gst as [BH, NC, kStateFloats<D, P2>]: bf16 [P2, D] then the
+// fp32 normaliser [P2]; the chunk's outputs only, no state update.
 template <int D, int P2>
 constexpr int kStateFloats = P2 * D / 2 + P2;  // one chunk's stored state (bf16 S, fp32 z) in floats
 
-// kChunkOut: the bf16 state from global (16-byte rows) and its fp32 normaliser.
+// The chunk's bf16 incoming state from global (16-byte rows) and its fp32 normaliser.
 template <int D, int P2>
 __device__ __forceinline__ void load_state_bf16(const float* src, bf16* Sb, float* z, int tid) {
   constexpr int LDD = D + 8, V = D / 8;  // uint4 (8 bf16) per row
@@ -548,38 +538,21 @@ __device__ __forceinline__ void load_state_bf16(const float* src, bf16* Sb, floa
   for (int x = tid; x < P2; x += kGT) z[x] = src[P2 * D / 2 + x];
 }
 
-// The bf16 copy of a group's incoming state and its fp32 normaliser part (the fp32 state itself is
-// used in place: compact kernels).
-template <int D, int P2>
-__device__ __forceinline__ void load_state(const float* src, bf16* Sb, float* z, int tid) {
-  constexpr int LDD = D + 8;
-  for (int x = tid; x < P2 * LDD; x += kGT) {
-    const int f = x / LDD, c = x % LDD;
-    Sb[x] = __float2bfloat16(c < D ? src[f * D + c] : 0.f);
-  }
-  for (int x = tid; x < P2; x += kGT) z[x] = src[P2 * D + x];
-}
-
-template <int D, int P2>
-__device__ __forceinline__ void store_z(float* dst, const float* z, int tid) {
-  for (int x = tid; x < P2; x += kGT) dst[P2 * D + x] = z[x];
-}
-
-template <typename T, int D, int P2, int Mode>
-__device__ __forceinline__ void gate_fwd_body(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, int groups, int cpg,
-                                              float* gst) {
-  constexpr bool kCompact = Mode != kWhole;
-  using SM = Smem<D, P2, kCompact>;
+// Forward output pass: dn, dden, dphq, dbq of chunk n = blockIdx.x % groups (cpg = 1: the loop below
+// runs once; groups, cpg kept from the grouped sweeps this kernel came from, so its code is unchanged).
+template <typename T, int D, int P2>
+__global__ void __launch_bounds__(kGT, 2)
+    gate_fwd_out_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, int groups, int cpg, float* gst) {
+  using SM = Smem<D, P2>;
   constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* PQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* PK = PQ + kC * LDP;
-  bf16* PKd = kCompact ? PQ : PK + kC * LDP;  // compact: written after the last read of PQ
-  bf16* Vt = PK + (kCompact ? 1 : 2) * kC * LDP;
+  bf16* Vt = PK + kC * LDP;
   bf16* DN = Vt + kC * LDD;
   bf16* Sb = DN + kC * LDD;
   float* fsm = reinterpret_cast<float*>(Sb + P2 * LDD);
-  float* z = fsm + (kCompact ? 0 : P2 * D);
+  float* z = fsm;
   float* bs = z + P2;
   float* eb = bs + kC;
   float* ebt = eb + kC;
@@ -591,19 +564,7 @@ __device__ __forceinline__ void gate_fwd_body(const LizardAttnArgs& a, Dims d, W
   const float* phq = ws.phq + int64_t(bh) * L * P2;
   const float* phk = ws.phk + int64_t(bh) * L * P2;
   const T* v = static_cast<const T*>(a.v);
-  if (Mode == kGroupLocal && grp == groups - 1) return;  // no group after it: its contribution is unused
-  float* my_state =
-      Mode == kWhole ? nullptr : gst + int64_t(blockIdx.x) * (Mode == kChunkOut ? kStateFloats<D, P2> : P2 * D + P2);
-  float* Sf = kCompact ? my_state : fsm;  // fp32 state [P2, D] (recomputed at its use: no live range)
-  if (Mode == kChunkOut) {
-    load_state_bf16<D, P2>(my_state, Sb, z, tid);
-  } else if (Mode == kGroupRun) {
-    load_state<D, P2>(my_state, Sb, z, tid);
-  } else {
-    for (int x = tid; x < P2 * D; x += kGT) Sf[x] = 0.f;
-    for (int x = tid; x < P2 * LDD; x += kGT) Sb[x] = __float2bfloat16(0.f);
-    for (int x = tid; x < P2; x += kGT) z[x] = 0.f;
-  }
+  load_state_bf16<D, P2>(gst + int64_t(blockIdx.x) * kStateFloats<D, P2>, Sb, z, tid);
   const int r0 = warp * 16, ra = r0 + g, rb = ra + 8;
   const int nch = (L + kC - 1) / kC;
   const int n_begin = grp * cpg, n_end = min(nch, n_begin + cpg);
@@ -614,26 +575,18 @@ __device__ __forceinline__ void gate_fwd_body(const LizardAttnArgs& a, Dims d, W
       const float bb = tid < ci.nvalid ? bc[ci.c0 + tid] - base : ci.blast;
       bs[tid] = bb, eb[tid] = expf(bb), ebt[tid] = expf(ci.blast - bb);
     }
-    if (Mode != kGroupLocal) {
-      for (int x = tid; x < kC * P2; x += kGT) {
-        const int r = x / P2, f = x % P2;
-        const bool ok = r < ci.nvalid;
-        PQ[r * LDP + f] = __float2bfloat16(ok ? phq[int64_t(ci.c0 + r) * P2 + f] : 0.f);
-        PK[r * LDP + f] = __float2bfloat16(ok ? phk[int64_t(ci.c0 + r) * P2 + f] : 0.f);
-      }
+    for (int x = tid; x < kC * P2; x += kGT) {
+      const int r = x / P2, f = x % P2;
+      const bool ok = r < ci.nvalid;
+      PQ[r * LDP + f] = __float2bfloat16(ok ? phq[int64_t(ci.c0 + r) * P2 + f] : 0.f);
+      PK[r * LDP + f] = __float2bfloat16(ok ? phk[int64_t(ci.c0 + r) * P2 + f] : 0.f);
     }
     for (int x = tid; x < kC * D; x += kGT) {
       const int r = x / D, e = x % D;
       Vt[r * LDD + e] = __float2bfloat16(r < ci.nvalid ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
     }
     __syncthreads();
-    if (!kCompact) {
-      for (int x = tid; x < kC * P2; x += kGT) {
-        const int r = x / P2, f = x % P2;
-        PKd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phk[int64_t(ci.c0 + r) * P2 + f] * ebt[r] : 0.f);
-      }
-    }
-    if (Mode != kGroupLocal) {  // the chunk's outputs (block-uniform branch: barriers inside are safe)
+    {  // the chunk's outputs
     for (int r = warp; r < kC; r += kGW) {  // zdot = phq . z: warp per row, lanes over f (coalesced)
       float sacc = 0.f;
       if (r < ci.nvalid)  // warp-uniform
@@ -828,86 +781,25 @@ __device__ __forceinline__ void gate_fwd_body(const LizardAttnArgs& a, Dims d, W
       if (va) ws.dbq[int64_t(bh) * L + ia] = dba;
       if (vb) ws.dbq[int64_t(bh) * L + ib] = dbb;
     }
-    }  // Mode != kGroupLocal
-    if (Mode == kChunkOut) break;  // one chunk, outputs only (block-uniform)
-    __syncthreads();  // every read of S, z, the tiles is done; PKd visible
-    if (kCompact) {  // PKd over PQ
-      for (int x = tid; x < kC * P2; x += kGT) {
-        const int r = x / P2, f = x % P2;
-        PKd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phk[int64_t(ci.c0 + r) * P2 + f] * ebt[r] : 0.f);
-      }
-      __syncthreads();
     }
-    // S = exp(b_last) S + (phk .* exp(b_last - b_t))^T V, z likewise
-    const float decay = expf(ci.blast);
-    float* Sf_ = kCompact ? gst + int64_t(blockIdx.x) * (P2 * D + P2) : fsm;
-#pragma unroll
-    for (int mt = 0; mt < P2 / 64; ++mt) {
-      const int f0 = warp * (P2 / 4) + mt * 16;
-      float acc[ND][4];
-#pragma unroll
-      for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        uint32_t ka[4];
-        load_a_t(ka, PKd, LDP, f0, s * 16);
-#pragma unroll
-        for (int np = 0; np < ND / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, Vt, LDD, np * 16, s * 16);
-          mma16816(acc[2 * np], ka, bb[0], bb[1]);
-          mma16816(acc[2 * np + 1], ka, bb[2], bb[3]);
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < ND; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int f = f0 + g + (e >> 1) * 8, c = 8 * j + 2 * t4 + (e & 1);
-          const float nv = Sf_[f * D + c] * decay + acc[j][e];
-          Sf_[f * D + c] = nv;
-          Sb[f * LDD + c] = __float2bfloat16(nv);
-        }
-      }
-    }
-    if (tid < P2) {
-      float zz = z[tid] * decay;
-      for (int r = 0; r < ci.nvalid; ++r) zz += phk[int64_t(ci.c0 + r) * P2 + tid] * ebt[r];
-      z[tid] = zz;
-    }
-    __syncthreads();
+    break;  // one chunk, outputs only
   }
-  if (Mode == kGroupLocal) store_z<D, P2>(my_state, z, tid);  // S is already there
 }
 
-// The default sweeps keep their old launch bounds (and so their register allocation); the grouped
-// kernels ask for 2 CTAs per SM (at most 256 registers, no spills; ptxas left to itself capped the
-// grouped D128 F32 forward at 128 registers with a spill).
+// Reverse output pass: dphk, dbk and the gate's dv of chunk n = blockIdx.x % groups (cpg = 1, as above).
 template <typename T, int D, int P2>
-__global__ void __launch_bounds__(kGT) gate_fwd_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy) {
-  gate_fwd_body<T, D, P2, kWhole>(a, d, ws, dy, 1, (d.L + kC - 1) / kC, nullptr);
-}
-template <typename T, int D, int P2, int Mode>
 __global__ void __launch_bounds__(kGT, 2)
-    gate_fwd_group_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, int groups, int cpg, float* gst) {
-  gate_fwd_body<T, D, P2, Mode>(a, d, ws, dy, groups, cpg, gst);
-}
-
-template <typename T, int D, int P2, int Mode>
-__device__ __forceinline__ void gate_rev_body(const LizardAttnArgs& a, Dims d, Ws ws, float* dv, int groups, int cpg,
-                                              float* gst) {
-  constexpr bool kCompact = Mode != kWhole;
-  using SM = Smem<D, P2, kCompact>;
+    gate_rev_out_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dv, int groups, int cpg, float* gst) {
+  using SM = Smem<D, P2>;
   constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* PQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* PK = PQ + kC * LDP;
-  bf16* PQd = kCompact ? PQ : PK + kC * LDP;  // compact: written after the last read of PQ
-  bf16* Vt = PK + (kCompact ? 1 : 2) * kC * LDP;
+  bf16* Vt = PK + kC * LDP;
   bf16* DN = Vt + kC * LDD;
   bf16* Rb = DN + kC * LDD;
   float* fsm = reinterpret_cast<float*>(Rb + P2 * LDD);
-  float* rv = fsm + (kCompact ? 0 : P2 * D);
+  float* rv = fsm;
   float* bs = rv + P2;
   float* eb = bs + kC;
   float* ebt = eb + kC;
@@ -919,19 +811,7 @@ __device__ __forceinline__ void gate_rev_body(const LizardAttnArgs& a, Dims d, W
   const float* phk = ws.phk + int64_t(bh) * L * P2;
   const float* dnw = ws.dn + int64_t(bh) * L * D;
   const T* v = static_cast<const T*>(a.v);
-  if (Mode == kGroupLocal && grp == 0) return;  // no group before it: its contribution is unused
-  float* my_state =
-      Mode == kWhole ? nullptr : gst + int64_t(blockIdx.x) * (Mode == kChunkOut ? kStateFloats<D, P2> : P2 * D + P2);
-  float* Rf = kCompact ? my_state : fsm;  // fp32 state [P2, D] (recomputed at its use: no live range)
-  if (Mode == kChunkOut) {
-    load_state_bf16<D, P2>(my_state, Rb, rv, tid);
-  } else if (Mode == kGroupRun) {
-    load_state<D, P2>(my_state, Rb, rv, tid);
-  } else {
-    for (int x = tid; x < P2 * D; x += kGT) Rf[x] = 0.f;
-    for (int x = tid; x < P2 * LDD; x += kGT) Rb[x] = __float2bfloat16(0.f);
-    for (int x = tid; x < P2; x += kGT) rv[x] = 0.f;
-  }
+  load_state_bf16<D, P2>(gst + int64_t(blockIdx.x) * kStateFloats<D, P2>, Rb, rv, tid);
   const int r0 = warp * 16, ra = r0 + g, rb = ra + 8;
   const int nch = (L + kC - 1) / kC;
   const int n_begin = grp * cpg, n_end = min(nch, n_begin + cpg);
@@ -944,29 +824,20 @@ __device__ __forceinline__ void gate_rev_body(const LizardAttnArgs& a, Dims d, W
       bs[tid] = bb, eb[tid] = expf(bb), ebt[tid] = expf(ci.blast - bb);
       ddn[tid] = ok ? ws.dden[int64_t(bh) * L + ci.c0 + tid] : 0.f;
     }
-    if (Mode != kGroupLocal) {
-      for (int x = tid; x < kC * P2; x += kGT) {
-        const int r = x / P2, f = x % P2;
-        const bool ok = r < ci.nvalid;
-        PQ[r * LDP + f] = __float2bfloat16(ok ? phq[int64_t(ci.c0 + r) * P2 + f] : 0.f);
-        PK[r * LDP + f] = __float2bfloat16(ok ? phk[int64_t(ci.c0 + r) * P2 + f] : 0.f);
-      }
+    for (int x = tid; x < kC * P2; x += kGT) {
+      const int r = x / P2, f = x % P2;
+      const bool ok = r < ci.nvalid;
+      PQ[r * LDP + f] = __float2bfloat16(ok ? phq[int64_t(ci.c0 + r) * P2 + f] : 0.f);
+      PK[r * LDP + f] = __float2bfloat16(ok ? phk[int64_t(ci.c0 + r) * P2 + f] : 0.f);
     }
     for (int x = tid; x < kC * D; x += kGT) {
       const int r = x / D, e = x % D;
       const bool ok = r < ci.nvalid;
-      if (Mode != kGroupLocal) Vt[r * LDD + e] = __float2bfloat16(ok ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
+      Vt[r * LDD + e] = __float2bfloat16(ok ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
       DN[r * LDD + e] = __float2bfloat16(ok ? dnw[int64_t(ci.c0 + r) * D + e] : 0.f);
     }
     __syncthreads();
-    if (!kCompact) {
-      for (int x = tid; x < kC * P2; x += kGT) {
-        const int r = x / P2, f = x % P2;
-        PQd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phq[int64_t(ci.c0 + r) * P2 + f] * eb[r] : 0.f);
-      }
-    }
-    // (PQd is read only after the barrier before the state update.)
-    if (Mode != kGroupLocal) {  // the chunk's outputs (no barrier inside)
+    {  // the chunk's outputs (no barrier inside)
     const float bta = bs[ra], btb = bs[rb], eta = ebt[ra], etb = ebt[rb];
     // A^T (keys t as rows, queries i as columns) and W^T
     float at[8][4], wt[8][4];
@@ -1127,99 +998,21 @@ __device__ __forceinline__ void gate_rev_body(const LizardAttnArgs& a, Dims d, W
         if (vb) ws.dbk[int64_t(bh) * L + tb] = -dbb;
       }
     }
-    }  // Mode != kGroupLocal
-    if (Mode == kChunkOut) break;  // one chunk, outputs only (block-uniform)
-    __syncthreads();  // every read of R, r done; PQd visible
-    if (kCompact) {  // PQd over PQ
-      for (int x = tid; x < kC * P2; x += kGT) {
-        const int r = x / P2, f = x % P2;
-        PQd[r * LDP + f] = __float2bfloat16(r < ci.nvalid ? phq[int64_t(ci.c0 + r) * P2 + f] * eb[r] : 0.f);
-      }
-      __syncthreads();
     }
-    // R = exp(b_last) R + (phq .* exp(b_i))^T dn, r likewise with dden
-    const float decay = expf(ci.blast);
-    float* Rf_ = kCompact ? gst + int64_t(blockIdx.x) * (P2 * D + P2) : fsm;
-#pragma unroll
-    for (int mt = 0; mt < P2 / 64; ++mt) {
-      const int f0 = warp * (P2 / 4) + mt * 16;
-      float acc[ND][4];
-#pragma unroll
-      for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        uint32_t qa[4];
-        load_a_t(qa, PQd, LDP, f0, s * 16);
-#pragma unroll
-        for (int np = 0; np < ND / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, DN, LDD, np * 16, s * 16);
-          mma16816(acc[2 * np], qa, bb[0], bb[1]);
-          mma16816(acc[2 * np + 1], qa, bb[2], bb[3]);
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < ND; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int f = f0 + g + (e >> 1) * 8, c = 8 * j + 2 * t4 + (e & 1);
-          const float nv = Rf_[f * D + c] * decay + acc[j][e];
-          Rf_[f * D + c] = nv;
-          Rb[f * LDD + c] = __float2bfloat16(nv);
-        }
-      }
-    }
-    if (tid < P2) {
-      float rr = rv[tid] * decay;
-      for (int r = 0; r < ci.nvalid; ++r) rr += phq[int64_t(ci.c0 + r) * P2 + tid] * eb[r] * ddn[r];
-      rv[tid] = rr;
-    }
-    __syncthreads();
-  }
-  if (Mode == kGroupLocal) store_z<D, P2>(my_state, rv, tid);  // R is already there
-}
-
-template <typename T, int D, int P2>
-__global__ void __launch_bounds__(kGT) gate_rev_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dv) {
-  gate_rev_body<T, D, P2, kWhole>(a, d, ws, dv, 1, (d.L + kC - 1) / kC, nullptr);
-}
-template <typename T, int D, int P2, int Mode>
-__global__ void __launch_bounds__(kGT, 2)
-    gate_rev_group_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dv, int groups, int cpg, float* gst) {
-  gate_rev_body<T, D, P2, Mode>(a, d, ws, dv, groups, cpg, gst);
-}
-
-// Turns each group's own contribution in gst into its incoming state, in place (exclusive scan over
-// the groups of one (b, h)): forward, in(g) = decay(g-1) in(g-1) + own(g-1) from the first group;
-// reverse, in(g) = decay(g+1) in(g+1) + own(g+1) from the last. decay(g) = exp(sum of log gamma over
-// the group's tokens). The last group's own contribution (first group's, reverse) is never computed
-// nor read. Thread per state element, grid (BH, elements / 256).
-__global__ void scan_groups_kernel(Dims d, Ws ws, int groups, int cpg, int elems, float* gst, bool reverse) {
-  const int x = blockIdx.y * blockDim.x + threadIdx.x, bh = blockIdx.x, L = d.L;
-  if (x >= elems) return;
-  const float* bc = ws.bc + int64_t(bh) * L;
-  float* st = gst + int64_t(bh) * groups * elems + x;
-  float run = 0.f;
-  for (int k = 0; k < groups; ++k) {
-    const int grp = reverse ? groups - 1 - k : k;
-    const int t0 = grp * cpg * kC, t1 = min(L, (grp + 1) * cpg * kC);  // t0 < t1: no empty group
-    const float decay = expf(bc[t1 - 1] - (t0 > 0 ? bc[t0 - 1] : 0.f));
-    const float own = k + 1 < groups ? st[int64_t(grp) * elems] : 0.f;
-    st[int64_t(grp) * elems] = run;
-    run = decay * run + own;
+    break;  // one chunk, outputs only
   }
 }
 
-// Sweep variant 2, state passes. Grid (BH, D / kSD), kGT threads: each CTA owns kSD value columns of
+// State passes. Grid (BH, D / kSD), kGT threads: each CTA owns kSD value columns of
 // one (b, h) and walks the chunks in order (Rev: from the last), its [P2 x kSD] slice of the fp32 state
-// held in mma accumulators (warp w: rows w P2/4 .. + P2/4, the sweeps' state-update layout). Before
+// held in mma accumulators (warp w: rows w P2/4 .. + P2/4, the deleted sweeps' state-update layout). Before
 // folding chunk n in, it writes the chunk's incoming state (bf16, its columns) to chunk n's slot of st
 // ([BH, NC, kStateFloats]); CTA y == 0 also carries the fp32 normaliser (thread f < P2 holds z_f) and
-// writes it after the bf16 block. Same recurrences as the sweeps' state updates:
+// writes it after the bf16 block. Recurrences:
 //   forward:  S <- exp(b_last) S + (phk .* exp(b_last - b_t))^T V,  z <- exp(b_last) z + sum_t phk_t exp(b_last - b_t)
 //   reverse:  R <- exp(b_last) R + (phq .* exp(b_i))^T dn,          r <- exp(b_last) r + sum_i phq_i exp(b_i) dden_i
 // (the reverse reads dn, dden: after the forward output pass). Two barriers per chunk (the row factors
-// are double-buffered); the stored bf16 state is what the sweeps' Sb / Rb copies hold.
+// are double-buffered); the output passes read the stored bf16 state into their Sb / Rb tiles.
 constexpr int kSD = 32;
 
 template <typename T, int D, int P2, bool Rev>
@@ -1315,7 +1108,7 @@ __global__ void __launch_bounds__(kGT, 4) gate_state_kernel(const LizardAttnArgs
         }
       }
     }
-    if (zcta && tid < P2) {  // block-uniform CTA test; fp32 features as in the sweeps
+    if (zcta && tid < P2) {  // block-uniform CTA test; fp32 features
       float zz = zr * decay;
 #pragma unroll 8
       for (int r = 0; r < ci.nvalid; ++r) {
@@ -1327,16 +1120,16 @@ __global__ void __launch_bounds__(kGT, 4) gate_state_kernel(const LizardAttnArgs
   }
 }
 
-// Sweep variant 2: state pass, output pass (one CTA per (b, h, chunk)), forward then reverse, one state
+// The gate branch: state pass, output pass (one CTA per (b, h, chunk)), forward then reverse, one state
 // buffer [BH, NC, kStateFloats] reused by both directions. `mark` names the passes for the profile.
 template <typename T, int D, int P2, typename Mark>
 void launch_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, cudaStream_t st, Mark&& mark) {
   const int BH = d.B * d.Hq, nch = (d.L + kC - 1) / kC;
   float* sbuf = nullptr;
   LZ_CUDA_OK(cudaMallocAsync(&sbuf, sizeof(float) * size_t(BH) * nch * kStateFloats<D, P2>, st));
-  const size_t gsmem = Smem<D, P2, true>::bytes;
-  auto kfo = gate_fwd_group_kernel<T, D, P2, kChunkOut>;
-  auto kro = gate_rev_group_kernel<T, D, P2, kChunkOut>;
+  const size_t gsmem = Smem<D, P2>::bytes;
+  auto kfo = gate_fwd_out_kernel<T, D, P2>;
+  auto kro = gate_rev_out_kernel<T, D, P2>;
   LZ_CUDA_OK(cudaFuncSetAttribute(kfo, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
   LZ_CUDA_OK(cudaFuncSetAttribute(kro, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
   const dim3 sgrid(BH, D / kSD);
@@ -1362,120 +1155,6 @@ void run_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, c
   if (a.D == 128 && a.F == 32) return launch_gate2<T, 128, 64>(a, d, ws, dy, dv, st, mark);
   if (a.D == 128 && a.F == 64) return launch_gate2<T, 128, 128>(a, d, ws, dy, dv, st, mark);
   fail_cat("lizard attention chunked backward (cuda): needs D in {64, 128} and F in {32, 64}, got D=", a.D, " F=", a.F);
-}
-
-// groups = 0: the whole-sequence kernels; >= 1: the grouped (compact) kernels with that many groups
-// and gst [BH, groups, P2 D + P2] (with one group: no own pass; the scan only zeroes the states).
-template <typename T, int D, int P2>
-void launch_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, int groups, float* gst,
-                 cudaStream_t st) {
-  const size_t smem = Smem<D, P2>::bytes;
-  const int BH = d.B * d.Hq, nch = (d.L + kC - 1) / kC;
-  if (groups <= 0) {
-    auto kf = gate_fwd_kernel<T, D, P2>;
-    auto kr = gate_rev_kernel<T, D, P2>;
-    LZ_CUDA_OK(cudaFuncSetAttribute(kf, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    LZ_CUDA_OK(cudaFuncSetAttribute(kr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kf<<<BH, kGT, smem, st>>>(a, d, ws, dy);
-    LZ_CUDA_OK(cudaGetLastError());
-    kr<<<BH, kGT, smem, st>>>(a, d, ws, dv);
-    LZ_CUDA_OK(cudaGetLastError());
-    return;
-  }
-  const int cpg = (nch + groups - 1) / groups;
-  LZ_CUDA_CHECK(groups == (nch + cpg - 1) / cpg, "lizard chunked backward (cuda): bad chunk group count ", groups);
-  const int elems = P2 * D + P2;
-  const size_t gsmem = Smem<D, P2, true>::bytes;
-  const dim3 sgrid(BH, (elems + 255) / 256);
-  auto kfl = gate_fwd_group_kernel<T, D, P2, kGroupLocal>;
-  auto kfr = gate_fwd_group_kernel<T, D, P2, kGroupRun>;
-  auto krl = gate_rev_group_kernel<T, D, P2, kGroupLocal>;
-  auto krr = gate_rev_group_kernel<T, D, P2, kGroupRun>;
-  LZ_CUDA_OK(cudaFuncSetAttribute(kfl, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
-  LZ_CUDA_OK(cudaFuncSetAttribute(kfr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
-  LZ_CUDA_OK(cudaFuncSetAttribute(krl, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
-  LZ_CUDA_OK(cudaFuncSetAttribute(krr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
-  // The reverse sweep reads dn and dden, which the forward sweep's last pass writes: strictly in order.
-  if (groups > 1) kfl<<<BH * groups, kGT, gsmem, st>>>(a, d, ws, dy, groups, cpg, gst);
-  LZ_CUDA_OK(cudaGetLastError());
-  scan_groups_kernel<<<sgrid, 256, 0, st>>>(d, ws, groups, cpg, elems, gst, false);
-  LZ_CUDA_OK(cudaGetLastError());
-  kfr<<<BH * groups, kGT, gsmem, st>>>(a, d, ws, dy, groups, cpg, gst);
-  LZ_CUDA_OK(cudaGetLastError());
-  if (groups > 1) krl<<<BH * groups, kGT, gsmem, st>>>(a, d, ws, dv, groups, cpg, gst);
-  LZ_CUDA_OK(cudaGetLastError());
-  scan_groups_kernel<<<sgrid, 256, 0, st>>>(d, ws, groups, cpg, elems, gst, true);
-  LZ_CUDA_OK(cudaGetLastError());
-  krr<<<BH * groups, kGT, gsmem, st>>>(a, d, ws, dv, groups, cpg, gst);
-  LZ_CUDA_OK(cudaGetLastError());
-}
-
-// Chunk groups per (b, h) for the grouped sweeps. The sweep kernels are latency bound at a few CTAs per
-// SM, so the time goes as (rounds of CTAs) x (chunks per CTA): pick the G minimising
-//   ceil(BH G / slots) cpg + [G > 1] (0.35 ceil(BH (G - 1) / slots) cpg + 0.1 ceil(BH G / slots))
-// (second term: the own-contribution pass, about a third of a full chunk's work; third: the scan and
-// the state loads), slots = SMs x resident CTAs per SM of the compact kernels. Ties go to the smaller
-// G; 1 group when B H alone fills the card twice. `requested` > 0 overrides (capped at the chunk
-// count); the result always has no empty group.
-template <typename T, int D, int P2>
-int gate_groups(Dims d, int requested) {
-  const int nch = (d.L + kC - 1) / kC, BH = d.B * d.Hq;
-  auto fit = [nch](int want) {
-    want = want < 1 ? 1 : want > nch ? nch : want;
-    const int cpg = (nch + want - 1) / want;
-    return (nch + cpg - 1) / cpg;
-  };
-  if (requested > 0) return fit(requested);
-  // Resident CTA slots of the card: a device property, queried once per device (not per backward call).
-  constexpr int kMaxDev = 64;
-  static std::atomic<int64_t> slots_of[kMaxDev];
-  int dev = 0;
-  LZ_CUDA_OK(cudaGetDevice(&dev));
-  int64_t slots = dev >= 0 && dev < kMaxDev ? slots_of[dev].load() : 0;
-  if (slots == 0) {
-    int sms = 0, per_sm = 0;
-    LZ_CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    const size_t smem = Smem<D, P2, true>::bytes;
-    auto kfr = gate_fwd_group_kernel<T, D, P2, kGroupRun>;
-    LZ_CUDA_OK(cudaFuncSetAttribute(kfr, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    LZ_CUDA_OK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kfr, kGT, smem));
-    slots = int64_t(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
-    if (dev >= 0 && dev < kMaxDev) slots_of[dev].store(slots);
-  }
-  int best = 1;
-  double best_cost = 0;
-  for (int want = 1; want <= nch; ++want) {
-    const int G = fit(want), cpg = (nch + G - 1) / G;
-    if (G != want) continue;  // the same G as a smaller `want`
-    const double rounds = double((int64_t(BH) * G + slots - 1) / slots);
-    const double local_rounds = double((int64_t(BH) * (G - 1) + slots - 1) / slots);
-    const double cost = rounds * cpg + (G > 1 ? 0.35 * local_rounds * cpg + 0.1 * rounds : 0.0);
-    if (G == 1 || cost < best_cost) best = G, best_cost = cost;
-  }
-  return best;
-}
-
-// groups: 0 = the whole-sequence sweeps (one CTA per (b, h)); otherwise the grouped sweeps with
-// gate_groups(.., groups - 1) groups, i.e. 1 = auto. Returns the group count used (0 for whole).
-template <typename T, int D, int P2>
-int dispatch_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, int groups, cudaStream_t st) {
-  int G = 0;
-  float* gst = nullptr;
-  if (groups > 0) G = gate_groups<T, D, P2>(d, groups - 1);
-  if (G > 0) LZ_CUDA_OK(cudaMallocAsync(&gst, sizeof(float) * size_t(d.B) * d.Hq * G * (P2 * D + P2), st));
-  launch_gate<T, D, P2>(a, d, ws, dy, dv, G, gst, st);
-  if (gst) LZ_CUDA_OK(cudaFreeAsync(gst, st));
-  return G;
-}
-
-template <typename T>
-int run_gate(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, int groups, cudaStream_t st) {
-  if (a.D == 64 && a.F == 32) return dispatch_gate<T, 64, 64>(a, d, ws, dy, dv, groups, st);
-  if (a.D == 64 && a.F == 64) return dispatch_gate<T, 64, 128>(a, d, ws, dy, dv, groups, st);
-  if (a.D == 128 && a.F == 32) return dispatch_gate<T, 128, 64>(a, d, ws, dy, dv, groups, st);
-  if (a.D == 128 && a.F == 64) return dispatch_gate<T, 128, 128>(a, d, ws, dy, dv, groups, st);
-  fail_cat("lizard attention chunked backward (cuda): needs D in {64, 128} and F in {32, 64}, got D=", a.D, " F=", a.F);
-  return 0;
 }
 
 }  // namespace gate
@@ -2905,12 +2584,16 @@ void run_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool
 
 }  // namespace feattc
 
-int g_window_variant = 1;  // chunked backward: 1 = tensor-core window stage, 0 = CUDA-core
-int g_stage_variant = 1;   // chunked backward: 1 = tensor-core statistics and feature stages, 0 = CUDA-core,
-                           // 2 = the tensor-core stages with the variant-2 loaders, window and dW kernels
-int g_sweep_variant = kBackwardSweepDefault;  // gate sweeps: 0 = one CTA per (b, h), 1 = over chunk groups,
-                                              // 2 = state passes + one CTA per (b, h, chunk) output passes
-int g_sweep_groups = 0;    // grouped sweeps: groups per (b, h), 0 = auto
+// Which kernels run (run_bwd):
+//   parallel backward (lizard_attention_backward_parallel): the fp32 CUDA-core kernels, O(L^2): feat_kernel,
+//     stats_kernel (window and gate statistics), qgrad_kernel, kgrad_kernel, featbwd_kernel, dw_kernel.
+//   chunked backward (lizard_attention_backward_chunked), bf16 or fp32 inputs: tensor-core stages
+//     (feattc, wstats, win, dwtc) around the gate branch's state + output passes (gate::run_gate2).
+//     Stage variant 2 (the default) runs their V2 forms (cp.async loaders, double-buffered window kernels
+//     without dk/dv atomics, dW over batch-aligned token tiles; for fp32 inputs the V2 forms keep the
+//     variant-1 loaders, see each launcher) when q, k, v, dy, wq, wk, dq, dk, dv are all 16-byte aligned;
+//     otherwise, and under stage variant 1, the variant-1 forms (V2 = false) run.
+int g_stage_variant = kBackwardStageDefault;  // 2 or 1 (set_backward_stage_variant)
 
 template <typename T>
 void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g, cudaStream_t st, bool chunked) {
@@ -2956,46 +2639,39 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
     names[nev++] = n;
   };
   mark("start");
-  const bool tc_stages = chunked && g_stage_variant >= 1;
   // Variant 2's cp.async / float4 accesses need 16-byte aligned rows: D, F are multiples of 32, so that
   // holds when the base pointers are 16-byte aligned (else the variant-1 kernels run).
   auto al16 = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
   const bool stages2 = chunked && g_stage_variant == 2 && al16(a.q) && al16(a.k) && al16(a.v) && al16(dy) &&
                        al16(a.wq) && al16(a.wk) && al16(g.dq) && al16(g.dk) && al16(g.dv);
-  if (tc_stages)
+  if (chunked)
     feattc::run_feat<T>(a, d, ws, nullptr, nullptr, false, st, stages2);
   else
     feat_kernel<T><<<grid, block, 0, st>>>(a, d, ws);
   cumsum_kernel<<<a.B * a.Hq, 32, 0, st>>>(a, d, ws);
-  mark(stages2 ? "feat2+cumsum" : tc_stages ? "feat-tc+cumsum" : "feat+cumsum");
-  if (tc_stages)
-    wstats::run_stats<T>(a, d, ws, dy, dya, st, stages2);  // window only: the chunked sweep does the gate's
+  mark(stages2 ? "feat2+cumsum" : chunked ? "feat-tc+cumsum" : "feat+cumsum");
+  if (chunked)
+    wstats::run_stats<T>(a, d, ws, dy, dya, st, stages2);  // window only: the gate passes do the gate's
   else
-    stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya, !chunked);
-  mark(stages2 ? "stats2" : tc_stages ? "stats-tc" : "stats");
-  if (chunked && g_sweep_variant == 2) {  // state passes + chunk-parallel output passes, one mark each
+    stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya, /*gate=*/true);
+  mark(stages2 ? "stats2" : chunked ? "stats-tc" : "stats");
+  if (chunked) {
+    // gate branch: dn, dden, dphq, dbq; dv (gate), dphk, dbk (one mark per pass: gate2-fstate .. gate2-rout)
     gate::run_gate2<T>(a, d, ws, dy, g.dv, st, mark);
-  } else if (chunked) {  // dn, dden, dphq, dbq; dv (gate), dphk, dbk
-    const int groups = gate::run_gate<T>(a, d, ws, dy, g.dv, g_sweep_variant == 1 ? 1 + g_sweep_groups : 0, st);
-    mark(g_sweep_variant == 1 ? "gate-grouped" : "gate-chunked");
-    if (prof && g_sweep_variant == 1)
-      std::fprintf(stderr, "[lizard-bwd-profile] gate-grouped: %d chunk groups per (b, h)\n", groups);
-  }
-  if (chunked && g_window_variant == 1) {
     win::run_win<T>(a, d, ws, dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, stages2);
     mark(stages2 ? "window2" : "window-tc");
   } else {
     qgrad_kernel<T><<<grid, block, kWarps * (F2 + 3 * a.D) * 4, st>>>(a, d, ws, dy, g.dq,
-                                                                      a.n_meta > 0 ? g.dmeta : nullptr, !chunked);
+                                                                      a.n_meta > 0 ? g.dmeta : nullptr, /*gate=*/true);
     mark("qgrad");
-    kgrad_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, g.dk, g.dv, !chunked);
+    kgrad_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, g.dk, g.dv, /*gate=*/true);
     mark("kgrad");
   }
-  if (tc_stages)
+  if (chunked)
     feattc::run_feat<T>(a, d, ws, g.dq, g.dk, true, st, stages2);
   else
     featbwd_kernel<T><<<grid, block, 0, st>>>(a, d, ws, g.dq, g.dk);
-  mark(stages2 ? "featbwd2" : tc_stages ? "featbwd-tc" : "featbwd");
+  mark(stages2 ? "featbwd2" : chunked ? "featbwd-tc" : "featbwd");
   if ((g.dwq || g.dwk) && chunked)
     dwtc::run_dw<T>(a, d, ws, g.dwq, g.dwk, st, stages2);  // tensor cores, split over tokens
   else if (g.dwq || g.dwk)
@@ -3036,21 +2712,9 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
 }
 
 // Unknown values are refused, as set_forward_variant does (a silent remap would run, and time, another variant).
-void set_backward_window_variant(int v) {
-  LZ_CUDA_CHECK(v == 0 || v == 1, "lizard attention backward (cuda): no window variant ", v, " (0 or 1)");
-  g_window_variant = v;
-}
 void set_backward_stage_variant(int v) {
-  LZ_CUDA_CHECK(v >= 0 && v <= 2, "lizard attention backward (cuda): no stage variant ", v, " (0, 1 or 2)");
+  LZ_CUDA_CHECK(v == 1 || v == 2, "lizard attention backward (cuda): no stage variant ", v, " (1 or 2)");
   g_stage_variant = v;
-}
-void set_backward_sweep_variant(int v) {
-  LZ_CUDA_CHECK(v >= 0 && v <= 2, "lizard attention backward (cuda): no gate sweep variant ", v, " (0, 1 or 2)");
-  g_sweep_variant = v;
-}
-void set_backward_sweep_groups(int groups) {
-  LZ_CUDA_CHECK(groups >= 0, "lizard attention backward (cuda): sweep groups must be >= 0 (0: auto), got ", groups);
-  g_sweep_groups = groups;
 }
 
 void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
