@@ -1247,7 +1247,7 @@ __device__ __forceinline__ void add_rows(const float* sm, RowPtr dst, int row0, 
 // Window branch of the backward on tensor cores: the flash backward (flash_attention_bwd.cu) with a
 // band mask t in [i - w + 1, i], the window lse (meta sinks included) and delta = alpha dy . A from
 // stats_kernel, dO = alpha dy, fp32 outputs: dq assigned (featbwd adds the feature part later), dk
-// and dv added with atomics (the gate sweep and featbwd add to them too). dmeta from lse and delta.
+// and dv added with atomics (the gate passes and featbwd add to them too). dmeta from lse and delta.
 namespace win {
 
 using namespace mma;
