@@ -24,7 +24,6 @@ lib.lz_set_forward_split.argtypes = [I]
 lib.lz_set_backward_stage_variant.argtypes = [I]
 lib.lz_flash_fwd.argtypes = [P] * 5 + [I] * 5 + [P]
 lib.lz_flash_bwd.argtypes = [P] * 10 + [I] * 5 + [P]
-lib.lz_flash_set_bwd_variant.argtypes = [I]
 
 
 def flash_fwd(q, k, v, out):
@@ -81,27 +80,18 @@ def flash_rows(tag, qd, kd, vd, do, H, Hkv, sd_f, sd_fb, row):
         e = flash_check_vs_sdpa(qd, kd, vd, do)
         print(f"  flash cuda vs sdpa (batch 0) rel err: out {e[0]:.2e} dq {e[1]:.2e} dk {e[2]:.2e} dv {e[3]:.2e}",
               flush=True)
-        check(lib.lz_flash_set_bwd_variant(1))
-        e1 = flash_check_vs_sdpa(qd, kd, vd, do)
-        check(lib.lz_flash_set_bwd_variant(0))
-        print(f"  flash bwd v1 (wgmma) vs sdpa (batch 0) rel err: dq {e1[1]:.2e} dk {e1[2]:.2e} dv {e1[3]:.2e}",
-              flush=True)
         for hkv in sorted({H, Hkv}, reverse=True):
             kk, vv = (kd[:, :, :hkv].contiguous(), vd[:, :, :hkv].contiguous()) if hkv != H else (kd, vd)
             fl = Flash(qd, kk, vv, do)
             f = med(fl.fwd)
-            for bv, bname in ((0, ""), (1, " flash bwd v1 (wgmma)")):
-                check(lib.lz_flash_set_bwd_variant(bv))
-                fb = med(fl.fwd_bwd, 10, 50)
-                row(tag, f"flash cuda (Hkv={hkv}){bname}", f, fb)
-                print(f"FLASH {tag:20s} Hkv={hkv:<3d}{bname}: ours fwd {f:8.3f} f+b {fb:9.3f} ms | "
-                      f"sdpa/ours fwd {sd_f / f:.2f}  fwd+bwd {sd_fb / fb:.2f}  bwd only {(sd_fb - sd_f) / (fb - f):.2f}",
-                      flush=True)
-            check(lib.lz_flash_set_bwd_variant(0))
+            fb = med(fl.fwd_bwd, 10, 50)
+            row(tag, f"flash cuda (Hkv={hkv})", f, fb)
+            print(f"FLASH {tag:20s} Hkv={hkv:<3d}: ours fwd {f:8.3f} f+b {fb:9.3f} ms | "
+                  f"sdpa/ours fwd {sd_f / f:.2f}  fwd+bwd {sd_fb / fb:.2f}  bwd only {(sd_fb - sd_f) / (fb - f):.2f}",
+                  flush=True)
             del fl, kk, vv
             torch.cuda.empty_cache()
     except Exception as e:  # noqa: BLE001
-        lib.lz_flash_set_bwd_variant(0)
         print("  flash cuda failed:", str(e)[:300], flush=True)
 
 

@@ -111,11 +111,6 @@ int lz_flash_fwd(const void* q, const void* k, const void* v, void* out, float* 
   });
 }
 
-// Flash backward variant: 0 mma.sync (default), 1 wgmma; returns -1 for another.
-int lz_flash_set_bwd_variant(int v) {
-  return guarded([&] { lizard::cuda::flash_set_bwd_variant(v); });
-}
-
 // Its backward: dq [B, L, H, D], dk, dv [B, L, Hkv, D] bf16; lse from the forward; delta: B*H*L floats.
 int lz_flash_bwd(const void* q, const void* k, const void* v, const void* out, const void* dout, const float* lse,
                  void* dq, void* dk, void* dv, float* delta, int B, int L, int H, int Hkv, int D, void* stream) {

@@ -118,8 +118,7 @@ struct BwdCase {
   int B, L, H, Hkv, D;
 };
 
-// variant: flash_set_bwd_variant (0 mma.sync, 1 wgmma); restored to 0 afterwards.
-void run_backward_case(BwdCase c, double tol, int variant = 0) {
+void run_backward_case(BwdCase c, double tol) {
   const uint64_t seed = fresh_seed();
   std::mt19937_64 g(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -165,9 +164,7 @@ void run_backward_case(BwdCase c, double tol, int variant = 0) {
   ba.B = c.B, ba.L = c.L, ba.H = c.H, ba.Hkv = c.Hkv, ba.D = c.D;
   ba.q = dq, ba.k = dk, ba.v = dv, ba.out = dout, ba.dout = ddo, ba.lse = dlse;
   ba.dq = gq, ba.dk = gk, ba.dv = gv, ba.delta = ddelta;
-  lizard::cuda::flash_set_bwd_variant(variant);
   lizard::cuda::flash_attention_bwd(ba);
-  lizard::cuda::flash_set_bwd_variant(0);
   CK(cudaGetLastError());
   CK(cudaDeviceSynchronize());
   std::vector<uint16_t> hgq(nq), hgk(nk), hgv(nk);
@@ -221,9 +218,9 @@ void run_backward_case(BwdCase c, double tol, int variant = 0) {
   double mq, mk, mv;
   size_t nfq, nfk, nfv;
   const double eq = rel(hgq, rq, mq, nfq), ek = rel(hgk, rk, mk, nfk), ev = rel(hgv, rv, mv, nfv);
-  std::printf("[flash-cuda-bwd v%d] B%d L%d H%d Hkv%d D%d: rel err dq %.2e dk %.2e dv %.2e | max abs err / max |ref|: "
+  std::printf("[flash-cuda-bwd] B%d L%d H%d Hkv%d D%d: rel err dq %.2e dk %.2e dv %.2e | max abs err / max |ref|: "
               "dq %.2e dk %.2e dv %.2e (seed %llu)\n",
-              variant, c.B, c.L, c.H, c.Hkv, c.D, eq, ek, ev, mq, mk, mv, (unsigned long long)seed);
+              c.B, c.L, c.H, c.Hkv, c.D, eq, ek, ev, mq, mk, mv, (unsigned long long)seed);
   EXPECT_EQ(nfq + nfk + nfv, 0u) << "non-finite gradients (unwritten poison?)";
   EXPECT_LT(eq, tol);
   EXPECT_LT(ek, tol);
@@ -236,36 +233,23 @@ void run_backward_case(BwdCase c, double tol, int variant = 0) {
   CK(cudaFree(ddelta));
 }
 
-// Both backward variants (0 mma.sync, 1 wgmma) at the same cases and tolerances.
 TEST(FlashCuda, BackwardVsCpu) {
-  for (int variant : {0, 1})
-    for (BwdCase c : {BwdCase{2, 200, 6, 2, 64}, BwdCase{1, 131, 4, 4, 128}, BwdCase{1, 64, 2, 1, 128},
-                      BwdCase{3, 7, 3, 1, 64}, BwdCase{1, 257, 8, 2, 128}, BwdCase{2, 129, 9, 3, 64}}) {
-      run_backward_case(c, 2e-2, variant);
-    }
+  for (BwdCase c : {BwdCase{2, 200, 6, 2, 64}, BwdCase{1, 131, 4, 4, 128}, BwdCase{1, 64, 2, 1, 128},
+                    BwdCase{3, 7, 3, 1, 64}, BwdCase{1, 257, 8, 2, 128}, BwdCase{2, 129, 9, 3, 64}}) {
+    run_backward_case(c, 2e-2);
+  }
 }
 
 // Small enough for compute-sanitizer memcheck / racecheck (scripts/device_cuda.sh run).
 TEST(FlashCuda, SanitizerSmallBackward) {
-  for (int variant : {0, 1}) {
-    run_backward_case(BwdCase{1, 70, 2, 1, 64}, 2e-2, variant);
-    run_backward_case(BwdCase{1, 65, 2, 2, 128}, 2e-2, variant);
-  }
+  run_backward_case(BwdCase{1, 70, 2, 1, 64}, 2e-2);
+  run_backward_case(BwdCase{1, 65, 2, 2, 128}, 2e-2);
 }
 
-// The wgmma backward (variant 1) at lengths around its 64-row tile edges, both head dims, GQA.
-TEST(FlashCuda, WgmmaBackwardOddLengths) {
+// Lengths around the backward's 64-row tile edges, both head dims, GQA.
+TEST(FlashCuda, BackwardOddLengths) {
   for (int D : {64, 128})
-    for (int L : {17, 63, 64, 65, 127, 128, 129, 193}) run_backward_case(BwdCase{1, L, 6, 2, D}, 2e-2, 1);
-}
-
-TEST(FlashCuda, BackwardVariantSelector) {
-  EXPECT_EQ(lizard::cuda::flash_bwd_variant(), 0);
-  EXPECT_ANY_THROW(lizard::cuda::flash_set_bwd_variant(2));
-  lizard::cuda::flash_set_bwd_variant(1);
-  EXPECT_EQ(lizard::cuda::flash_bwd_variant(), 1);
-  lizard::cuda::flash_set_bwd_variant(0);
-  EXPECT_EQ(lizard::cuda::flash_bwd_variant(), 0);
+    for (int L : {17, 63, 64, 65, 127, 128, 129, 193}) run_backward_case(BwdCase{1, L, 6, 2, D}, 2e-2);
 }
 
 TEST(FlashCuda, BackwardRefusesBadArgs) {

@@ -23,8 +23,9 @@ struct FlashArgs {
 void flash_attention_fwd(const FlashArgs& a, cudaStream_t stream = nullptr);
 
 // Forward: one kernel on Hopper wgmma (sm_90a), 2 warpgroups x 64 query rows per CTA. Backward:
-// dk/dv kernel + separate dq kernel (recomputes S and dP; no atomics, deterministic), on mma.sync by
-// default or on wgmma as opt-in variant 1 (flash_set_bwd_variant below). The other variants lost on the H200 and were deleted on 2026-11-27 (cuda_notes.md).
+// dk/dv kernel + separate dq kernel (recomputes S and dP; no atomics, deterministic), one warpgroup
+// per CTA on wgmma (sm_90a). The other variants (the mma.sync backward among them) lost on the H200
+// and were deleted on 2026-11-27 (cuda_notes.md).
 
 // Backward of flash_attention_fwd. Inputs: q, k, v, out (the forward's output), dout [B, L, H, D]
 // bf16 and lse [B, H, L] (the forward's, natural log). Outputs (bf16, written, not accumulated):
@@ -46,11 +47,5 @@ struct FlashBwdArgs {
 };
 
 void flash_attention_bwd(const FlashBwdArgs& a, cudaStream_t stream = nullptr);
-
-// Backward variant (process-wide, not thread-safe; set before launching): 0 = the mma.sync kernels
-// (default), 1 = the same dk/dv + dq design on Hopper wgmma (sm_90a; opt-in, flash_attention_bwd.cu).
-// Another value throws.
-void flash_set_bwd_variant(int v);
-int flash_bwd_variant();
 
 }  // namespace lizard::cuda

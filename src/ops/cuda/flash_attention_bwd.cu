@@ -1,19 +1,25 @@
 // Backward of the causal GQA flash attention (flash_attention.cu), no L x L matrix in memory:
-// P is recomputed from the forward's saved log-sum-exp. bf16 in/out, fp32 accumulation on tensor
-// cores (mma.sync m16n8k16). Three kernels, no atomics, deterministic:
+// P is recomputed from the forward's saved log-sum-exp. bf16 in/out, fp32 accumulation on Hopper
+// wgmma tensor cores (sm_90a). Three kernels, no atomics, deterministic:
 //   1. delta[b, h, i] = sum_e dout[i, e] * out[i, e]                      (one warp per row)
-//   2. dk, dv: one CTA (4 warps x 16 keys) per (64-key block, b, kv head); loops over the query
-//      heads of the group and the query blocks at or after the key block, Q / dO / lse / delta
-//      double-buffered (cp.async). Per step (S^T = K Q^T, keys as rows):
-//        P^T = exp(scale S^T - lse),  dV += P^T dO,  dP^T = V dO^T,  dS^T = P^T (dP^T - delta),
-//        dK += dS^T Q;  dk, dv stay in registers for the whole group, so no atomics.
-//   3. dq: one CTA (4 warps x 16 queries) per (64-query block, b, h); loops over key blocks like the
-//      forward, recomputing S and dP:  dQ += (P (dP - delta)) K.
+//   2. dk, dv: one CTA (one warpgroup, 64 keys as the m64 rows) per (64-key block, b, kv head);
+//      loops over the query heads of the group and the query blocks at or after the key block,
+//      Q / dO / lse / delta double-buffered (cp.async). Per step (keys as rows):
+//        S^T = K Q^T and dP^T = V dO^T: wgmma ss m64n64k16 (A = K or V, B = Q or dO, both K-major),
+//        P^T = exp2(scale2 S^T - lse2), dS^T = P^T (dP^T - delta) on the fp32 accumulators,
+//        dV += P^T dO and dK += dS^T Q: wgmma rs m64nDk16 (A = P^T / dS^T repacked from the
+//        accumulators into register fragments, B = dO / Q MN-major via the transpose bit);
+//      dk, dv stay in registers for the whole group, so no atomics.
+//   3. dq: one CTA (one warpgroup, 64 queries) per (64-query block, b, h); loops over key blocks
+//      like the forward, recomputing S = Q K^T and dP = dO V^T (ss), dS = P (dP - delta),
+//      dQ += dS K (rs, B = K MN-major).
+// The tiles sit in shared memory in the SW128 layout of wgmma.cuh (one layout serves both the
+// K-major and the MN-major reads).
 // This recomputes Q K^T and dO V^T once more than an atomic-dq design (7 instead of 5 matrix
 // products per block pair) in exchange for no fp32 dq workspace, no memset and no atomics. The
-// atomic-dq designs (64- and 128-key CTAs) were slower at every shape on the H200 and are deleted
-// (docs/cuda_notes.md, 2026-11-27).
-// Variant 1 (opt-in, flash_set_bwd_variant(1), below): kernels 2 and 3 on Hopper wgmma, same design.
+// atomic-dq designs (64- and 128-key CTAs) were slower at every shape on the H200 and are deleted;
+// so is the mma.sync m16n8k16 version of kernels 2 and 3, slower than this one at every measured
+// shape on the H200 (docs/cuda_notes.md, 2026-11-27).
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -28,9 +34,8 @@ namespace lizard::cuda {
 namespace {
 
 using namespace mma;
-constexpr int kB = 64, kWarps = 4, kThreads = kWarps * 32;
+constexpr int kB = 64, kThreads = 128;  // one warpgroup (4 warps) per CTA
 constexpr float kLog2e = 1.4426950408889634f;
-int g_bwd_variant = 0;  // flash_set_bwd_variant
 
 // delta[(b * H + h) * L + i] = dot(dout row, out row), rows of [B, L, H, D] bf16.
 __global__ void flash_bwd_delta_kernel(const bf16* __restrict__ out, const bf16* __restrict__ dout,
@@ -55,318 +60,6 @@ __global__ void flash_bwd_delta_kernel(const bf16* __restrict__ out, const bf16*
     delta[(int64_t(b) * H + h) * L + i] = s;
   }
 }
-
-// Copy a kB-row tile (rows row0.., D columns) of a [.., stride] bf16 matrix into shared memory
-// with row stride LD, by the CTA's kThreads threads; rows past L are zero-filled.
-template <int D>
-__device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t stride, int row0, int L) {
-  constexpr int LD = D + 8;
-  for (int p = threadIdx.x; p < kB * D / 8; p += kThreads) {
-    const int r = p / (D / 8), c = (p % (D / 8)) * 8, pos = row0 + r;
-    const bool ok = pos < L;
-    cp_async16(dst + r * LD + c, src + int64_t(ok ? pos : 0) * stride + c, ok ? 16 : 0);
-  }
-}
-
-// kWarps warps, 16 keys each (kB keys per CTA); query tiles of kB rows.
-template <int D>
-__global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(const FlashBwdArgs a) {
-  constexpr int LD = D + 8, ND = D / 8, NQ = kB / 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
-  bf16* Vs = Ks + kB * LD;
-  bf16* Qs = Vs + kB * LD;    // [2][kB][LD]
-  bf16* dOs = Qs + 2 * kB * LD;  // [2][kB][LD]
-  float* lse2s = reinterpret_cast<float*>(dOs + 2 * kB * LD);  // [2][kB], log2 domain
-  float* dels = lse2s + 2 * kB;                                // [2][kB]
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int kb = blockIdx.x;  // small kb = most query blocks: scheduled first
-  const int hkv = blockIdx.y % a.Hkv, b = blockIdx.y / a.Hkv, G = a.H / a.Hkv;
-  // causal: query blocks from the key block's own on
-  const int nqb = (a.L + kB - 1) / kB, qb0 = kb, nq_it = nqb - qb0, n_it = G * nq_it;
-  const int64_t qs = int64_t(a.H) * D, ks = int64_t(a.Hkv) * D;
-  const bf16* q0 = static_cast<const bf16*>(a.q) + int64_t(b) * a.L * qs;
-  const bf16* do0 = static_cast<const bf16*>(a.dout) + int64_t(b) * a.L * qs;
-  const bf16* k = static_cast<const bf16*>(a.k) + int64_t(b) * a.L * ks + int64_t(hkv) * D;
-  const bf16* v = static_cast<const bf16*>(a.v) + int64_t(b) * a.L * ks + int64_t(hkv) * D;
-  const float scale = a.scale > 0 ? a.scale : rsqrtf(float(D));
-  const float scale2 = scale * kLog2e;
-
-  auto issue = [&](int it, int buf) {
-    const int j = it / nq_it, qb = qb0 + it % nq_it, h = hkv * G + j;
-    load_tile<D>(Qs + buf * kB * LD, q0 + int64_t(h) * D, qs, qb * kB, a.L);
-    load_tile<D>(dOs + buf * kB * LD, do0 + int64_t(h) * D, qs, qb * kB, a.L);
-    if (tid < kB) {
-      const int i = qb * kB + tid;
-      const int64_t r = (int64_t(b) * a.H + h) * a.L + i;
-      const bool ok = i < a.L;
-      lse2s[buf * kB + tid] = ok ? a.lse[r] * kLog2e : 0.f;
-      dels[buf * kB + tid] = ok ? a.delta[r] : 0.f;
-    }
-  };
-  load_tile<D>(Ks, k, ks, kb * kB, a.L);
-  load_tile<D>(Vs, v, ks, kb * kB, a.L);
-  issue(0, 0);
-  cp_async_commit();
-
-  const int r0 = warp * 16;
-  const int kr0 = kb * kB + r0 + g, kr1 = kr0 + 8;
-  float dk[ND][4], dv[ND][4];
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dk[j][e] = dv[j][e] = 0.f;
-  }
-
-  for (int it = 0; it < n_it; ++it) {
-    const int buf = it & 1, qb = qb0 + it % nq_it;
-    if (it + 1 < n_it) {
-      issue(it + 1, buf ^ 1);
-      cp_async_commit();
-      asm volatile("cp.async.wait_group 1;\n" ::);
-    } else {
-      cp_async_wait_all();
-    }
-    __syncthreads();
-    const bf16* Qb = Qs + buf * kB * LD;
-    const bf16* dOb = dOs + buf * kB * LD;
-    const float* l2 = lse2s + buf * kB;
-    const float* dl = dels + buf * kB;
-
-    // S^T = K Q^T (16 keys x 64 queries per warp)
-    float sc[NQ][4];
-#pragma unroll
-    for (int j = 0; j < NQ; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
-#pragma unroll
-    for (int s = 0; s < D / 16; ++s) {
-      uint32_t ka[4];
-      load_a(ka, Ks, LD, r0, s * 16);
-#pragma unroll
-      for (int np = 0; np < NQ / 2; ++np) {
-        uint32_t bb[4];
-        load_b_nk(bb, Qb, LD, np * 16, s * 16);
-        mma16816(sc[2 * np], ka, bb[0], bb[1]);
-        mma16816(sc[2 * np + 1], ka, bb[2], bb[3]);
-      }
-    }
-    // P^T (fp32), causal: query >= key, query < L
-#pragma unroll
-    for (int j = 0; j < NQ; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int col = 8 * j + 2 * t4 + e, qi = qb * kB + col;
-        const float lq = l2[col];
-        sc[j][e] = (qi >= kr0 && qi < a.L) ? exp2f(sc[j][e] * scale2 - lq) : 0.f;
-        sc[j][2 + e] = (qi >= kr1 && qi < a.L) ? exp2f(sc[j][2 + e] * scale2 - lq) : 0.f;
-      }
-    }
-    uint32_t pa[NQ / 2][4];
-#pragma unroll
-    for (int s = 0; s < NQ / 2; ++s) {
-      pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
-      pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
-      pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
-      pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
-    }
-    // dV += P^T dO
-#pragma unroll
-    for (int s = 0; s < NQ / 2; ++s) {
-#pragma unroll
-      for (int np = 0; np < ND / 2; ++np) {
-        uint32_t bb[4];
-        load_b_kn(bb, dOb, LD, np * 16, s * 16);
-        mma16816(dv[2 * np], pa[s], bb[0], bb[1]);
-        mma16816(dv[2 * np + 1], pa[s], bb[2], bb[3]);
-      }
-    }
-    // dP^T = V dO^T
-    float dp[NQ][4];
-#pragma unroll
-    for (int j = 0; j < NQ; ++j) dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.f;
-#pragma unroll
-    for (int s = 0; s < D / 16; ++s) {
-      uint32_t va[4];
-      load_a(va, Vs, LD, r0, s * 16);
-#pragma unroll
-      for (int np = 0; np < NQ / 2; ++np) {
-        uint32_t bb[4];
-        load_b_nk(bb, dOb, LD, np * 16, s * 16);
-        mma16816(dp[2 * np], va, bb[0], bb[1]);
-        mma16816(dp[2 * np + 1], va, bb[2], bb[3]);
-      }
-    }
-    // dS^T = P^T (dP^T - delta)
-#pragma unroll
-    for (int j = 0; j < NQ; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float d = dl[8 * j + 2 * t4 + e];
-        dp[j][e] = sc[j][e] * (dp[j][e] - d);
-        dp[j][2 + e] = sc[j][2 + e] * (dp[j][2 + e] - d);
-      }
-    }
-#pragma unroll
-    for (int s = 0; s < NQ / 2; ++s) {
-      pa[s][0] = pack_bf16(dp[2 * s][0], dp[2 * s][1]);
-      pa[s][1] = pack_bf16(dp[2 * s][2], dp[2 * s][3]);
-      pa[s][2] = pack_bf16(dp[2 * s + 1][0], dp[2 * s + 1][1]);
-      pa[s][3] = pack_bf16(dp[2 * s + 1][2], dp[2 * s + 1][3]);
-    }
-    // dK += dS^T Q
-#pragma unroll
-    for (int s = 0; s < NQ / 2; ++s) {
-#pragma unroll
-      for (int np = 0; np < ND / 2; ++np) {
-        uint32_t bb[4];
-        load_b_kn(bb, Qb, LD, np * 16, s * 16);
-        mma16816(dk[2 * np], pa[s], bb[0], bb[1]);
-        mma16816(dk[2 * np + 1], pa[s], bb[2], bb[3]);
-      }
-    }
-    __syncthreads();  // this buffer is refilled by the next iteration
-  }
-  bf16* dkp = static_cast<bf16*>(a.dk) + int64_t(b) * a.L * ks + int64_t(hkv) * D;
-  bf16* dvp = static_cast<bf16*>(a.dv) + int64_t(b) * a.L * ks + int64_t(hkv) * D;
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-    const int c = 8 * j + 2 * t4;
-    if (kr0 < a.L) {
-      *reinterpret_cast<uint32_t*>(dkp + int64_t(kr0) * ks + c) = pack_bf16(dk[j][0] * scale, dk[j][1] * scale);
-      *reinterpret_cast<uint32_t*>(dvp + int64_t(kr0) * ks + c) = pack_bf16(dv[j][0], dv[j][1]);
-    }
-    if (kr1 < a.L) {
-      *reinterpret_cast<uint32_t*>(dkp + int64_t(kr1) * ks + c) = pack_bf16(dk[j][2] * scale, dk[j][3] * scale);
-      *reinterpret_cast<uint32_t*>(dvp + int64_t(kr1) * ks + c) = pack_bf16(dv[j][2], dv[j][3]);
-    }
-  }
-}
-
-template <int D>
-__global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(const FlashBwdArgs a) {
-  constexpr int LD = D + 8, ND = D / 8, NK = kB / 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
-  bf16* dOs = Qs + kB * LD;
-  bf16* Ks = dOs + kB * LD;  // [2][kB][LD]
-  bf16* Vs = Ks + 2 * kB * LD;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int nqb = (a.L + kB - 1) / kB;
-  const int qb = nqb - 1 - blockIdx.x;  // longest rows first
-  const int h = blockIdx.y % a.H, b = blockIdx.y / a.H, hkv = h / (a.H / a.Hkv);
-  const int64_t qs = int64_t(a.H) * D, ks = int64_t(a.Hkv) * D;
-  const bf16* q = static_cast<const bf16*>(a.q) + int64_t(b) * a.L * qs + int64_t(h) * D;
-  const bf16* dO = static_cast<const bf16*>(a.dout) + int64_t(b) * a.L * qs + int64_t(h) * D;
-  const bf16* k = static_cast<const bf16*>(a.k) + int64_t(b) * a.L * ks + int64_t(hkv) * D;
-  const bf16* v = static_cast<const bf16*>(a.v) + int64_t(b) * a.L * ks + int64_t(hkv) * D;
-  const float scale = a.scale > 0 ? a.scale : rsqrtf(float(D));
-  const float scale2 = scale * kLog2e;
-
-  load_tile<D>(Qs, q, qs, qb * kB, a.L);
-  load_tile<D>(dOs, dO, qs, qb * kB, a.L);
-  load_tile<D>(Ks, k, ks, 0, a.L);
-  load_tile<D>(Vs, v, ks, 0, a.L);
-  cp_async_commit();
-
-  const int r0 = warp * 16;
-  const int ia = qb * kB + r0 + g, ib = ia + 8;
-  const int64_t rowbase = (int64_t(b) * a.H + h) * a.L;
-  const float la = ia < a.L ? a.lse[rowbase + ia] * kLog2e : 0.f;
-  const float lb = ib < a.L ? a.lse[rowbase + ib] * kLog2e : 0.f;
-  const float da = ia < a.L ? a.delta[rowbase + ia] : 0.f;
-  const float db = ib < a.L ? a.delta[rowbase + ib] : 0.f;
-  float dq[ND][4];
-#pragma unroll
-  for (int j = 0; j < ND; ++j) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.f;
-
-  for (int kb = 0; kb <= qb; ++kb) {
-    if (kb < qb) {
-      load_tile<D>(Ks + ((kb + 1) & 1) * kB * LD, k, ks, (kb + 1) * kB, a.L);
-      load_tile<D>(Vs + ((kb + 1) & 1) * kB * LD, v, ks, (kb + 1) * kB, a.L);
-      cp_async_commit();
-      asm volatile("cp.async.wait_group 1;\n" ::);
-    } else {
-      cp_async_wait_all();
-    }
-    __syncthreads();
-    const bf16* Kb = Ks + (kb & 1) * kB * LD;
-    const bf16* Vb = Vs + (kb & 1) * kB * LD;
-    float sc[NK][4], dp[NK][4];
-#pragma unroll
-    for (int j = 0; j < NK; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) sc[j][e] = dp[j][e] = 0.f;
-    }
-    // S = Q K^T and dP = dO V^T (16 queries x 64 keys per warp)
-#pragma unroll
-    for (int s = 0; s < D / 16; ++s) {
-      uint32_t qa[4], oa[4];
-      load_a(qa, Qs, LD, r0, s * 16);
-      load_a(oa, dOs, LD, r0, s * 16);
-#pragma unroll
-      for (int np = 0; np < NK / 2; ++np) {
-        uint32_t bb[4];
-        load_b_nk(bb, Kb, LD, np * 16, s * 16);
-        mma16816(sc[2 * np], qa, bb[0], bb[1]);
-        mma16816(sc[2 * np + 1], qa, bb[2], bb[3]);
-        load_b_nk(bb, Vb, LD, np * 16, s * 16);
-        mma16816(dp[2 * np], oa, bb[0], bb[1]);
-        mma16816(dp[2 * np + 1], oa, bb[2], bb[3]);
-      }
-    }
-    // dS = P (dP - delta), P = exp(scale S - lse), causal
-    const int t0 = kb * kB;
-#pragma unroll
-    for (int j = 0; j < NK; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int tt = t0 + 8 * j + 2 * t4 + e;
-        const float p0 = (tt <= ia && tt < a.L) ? exp2f(sc[j][e] * scale2 - la) : 0.f;
-        const float p1 = (tt <= ib && tt < a.L) ? exp2f(sc[j][2 + e] * scale2 - lb) : 0.f;
-        dp[j][e] = p0 * (dp[j][e] - da);
-        dp[j][2 + e] = p1 * (dp[j][2 + e] - db);
-      }
-    }
-    uint32_t pa[NK / 2][4];
-#pragma unroll
-    for (int s = 0; s < NK / 2; ++s) {
-      pa[s][0] = pack_bf16(dp[2 * s][0], dp[2 * s][1]);
-      pa[s][1] = pack_bf16(dp[2 * s][2], dp[2 * s][3]);
-      pa[s][2] = pack_bf16(dp[2 * s + 1][0], dp[2 * s + 1][1]);
-      pa[s][3] = pack_bf16(dp[2 * s + 1][2], dp[2 * s + 1][3]);
-    }
-    // dQ += dS K
-#pragma unroll
-    for (int s = 0; s < NK / 2; ++s) {
-#pragma unroll
-      for (int np = 0; np < ND / 2; ++np) {
-        uint32_t bb[4];
-        load_b_kn(bb, Kb, LD, np * 16, s * 16);
-        mma16816(dq[2 * np], pa[s], bb[0], bb[1]);
-        mma16816(dq[2 * np + 1], pa[s], bb[2], bb[3]);
-      }
-    }
-    __syncthreads();  // this buffer is refilled two iterations on
-  }
-  bf16* dqp = static_cast<bf16*>(a.dq) + int64_t(b) * a.L * qs + int64_t(h) * D;
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-    const int c = 8 * j + 2 * t4;
-    if (ia < a.L) *reinterpret_cast<uint32_t*>(dqp + int64_t(ia) * qs + c) = pack_bf16(dq[j][0] * scale, dq[j][1] * scale);
-    if (ib < a.L) *reinterpret_cast<uint32_t*>(dqp + int64_t(ib) * qs + c) = pack_bf16(dq[j][2] * scale, dq[j][3] * scale);
-  }
-}
-
-// ---- Variant 1 (opt-in, flash_set_bwd_variant(1)): the same two kernels on Hopper wgmma (sm_90a).
-// One warpgroup (128 threads) per CTA, the same 64-row blocks, grid, loop order, cp.async double
-// buffering, masks, scale and lse conventions as variant 0 above; the tiles sit in shared memory in
-// the SW128 layout of wgmma.cuh (one layout serves both the K-major and the MN-major reads).
-//   dk/dv (64 keys per warpgroup, keys as the m64 rows):
-//     S^T = K Q^T and dP^T = V dO^T: wgmma ss m64n64k16 (A = K or V, B = Q or dO, both K-major),
-//     P^T = exp2(scale2 S^T - lse2), dS^T = P^T (dP^T - delta) on the fp32 accumulators,
-//     dV += P^T dO and dK += dS^T Q: wgmma rs m64nDk16 (A = P^T / dS^T repacked from the
-//     accumulators into register fragments, B = dO / Q MN-major via the transpose bit).
-//   dq (64 queries per warpgroup): S = Q K^T, dP = dO V^T (ss), dS = P (dP - delta),
-//     dQ += dS K (rs, B = K MN-major).
 
 // A kB-row SW128 tile (rows row0.., D columns) of a [.., stride] bf16 matrix by cp.async, kThreads
 // threads; rows at or past L are zero-filled. Each thread keeps one 16-byte chunk column and rows
@@ -409,7 +102,7 @@ __device__ __forceinline__ void pack_a64(uint32_t (&pa)[4][4], const float (&x)[
 template <int D>
 __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_wgmma(const FlashBwdArgs a) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) printf("flash attention bwd v1 needs an sm_90a build\n");
+  if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) printf("flash attention backward needs an sm_90a build\n");
 #else
   constexpr uint32_t kT = kB * D * 2;  // bytes of one kB x D tile
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -549,7 +242,7 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_wgmma(const FlashBwdA
 template <int D>
 __global__ void __launch_bounds__(kThreads) flash_bwd_dq_wgmma(const FlashBwdArgs a) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) printf("flash attention bwd v1 needs an sm_90a build\n");
+  if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) printf("flash attention backward needs an sm_90a build\n");
 #else
   constexpr uint32_t kT = kB * D * 2;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -669,42 +362,19 @@ void launch_bwd(const FlashBwdArgs& a, cudaStream_t s) {
       static_cast<const bf16*>(a.out), static_cast<const bf16*>(a.dout), a.delta, a.B, a.L, a.H, D);
   launched("flash attention backward (cuda): delta");
   const int nb = (a.L + kB - 1) / kB;
-  if (g_bwd_variant == 1) {
-    const size_t tiles = size_t(6) * kB * D * sizeof(bf16) + 1024;  // + 1024: aligning the swizzle atoms
-    auto kdkdv = flash_bwd_dkdv_wgmma<D>;
-    LZ_CUDA_OK(cudaFuncSetAttribute(kdkdv, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(tiles + 4 * kB * sizeof(float))));
-    kdkdv<<<dim3(nb, a.B * a.Hkv), kThreads, tiles + 4 * kB * sizeof(float), s>>>(a);
-    launched("flash attention backward (cuda): dk/dv (wgmma)");
-    auto kdq = flash_bwd_dq_wgmma<D>;
-    LZ_CUDA_OK(cudaFuncSetAttribute(kdq, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiles)));
-    kdq<<<dim3(nb, a.B * a.H), kThreads, tiles, s>>>(a);
-    launched("flash attention backward (cuda): dq (wgmma)");
-    return;
-  }
-  {
-    const size_t smem = size_t(6) * kB * (D + 8) * sizeof(bf16) + 4 * kB * sizeof(float);
-    auto kern = flash_bwd_dkdv_kernel<D>;
-    LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kern<<<dim3(nb, a.B * a.Hkv), kThreads, smem, s>>>(a);
-    launched("flash attention backward (cuda): dk/dv");
-  }
-  {
-    const size_t tiles = size_t(6) * kB * (D + 8) * sizeof(bf16);
-    auto kern = flash_bwd_dq_kernel<D>;
-    LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiles)));
-    kern<<<dim3(nb, a.B * a.H), kThreads, tiles, s>>>(a);
-    launched("flash attention backward (cuda): dq");
-  }
+  const size_t tiles = size_t(6) * kB * D * sizeof(bf16) + 1024;  // + 1024: aligning the swizzle atoms
+  auto kdkdv = flash_bwd_dkdv_wgmma<D>;
+  LZ_CUDA_OK(cudaFuncSetAttribute(kdkdv, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(tiles + 4 * kB * sizeof(float))));
+  kdkdv<<<dim3(nb, a.B * a.Hkv), kThreads, tiles + 4 * kB * sizeof(float), s>>>(a);
+  launched("flash attention backward (cuda): dk/dv (wgmma)");
+  auto kdq = flash_bwd_dq_wgmma<D>;
+  LZ_CUDA_OK(cudaFuncSetAttribute(kdq, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiles)));
+  kdq<<<dim3(nb, a.B * a.H), kThreads, tiles, s>>>(a);
+  launched("flash attention backward (cuda): dq (wgmma)");
 }
 
 }  // namespace
-
-void flash_set_bwd_variant(int v) {
-  LZ_CUDA_CHECK(v == 0 || v == 1, "flash attention backward (cuda): variant must be 0 (mma.sync) or 1 (wgmma), got ", v);
-  g_bwd_variant = v;
-}
-int flash_bwd_variant() { return g_bwd_variant; }
 
 void flash_attention_bwd(const FlashBwdArgs& a, cudaStream_t s) {
   LZ_CUDA_CHECK(a.B > 0 && a.L > 0 && a.H > 0 && a.Hkv > 0 && a.H % a.Hkv == 0,
