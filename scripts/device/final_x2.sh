@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a 2-GPU machine: the data-parallel check (torchrun, 1 vs 2 GPUs, on a small random
 # teacher made there), then the GPU generation bench at batch 16 on synthetic SmolLM2 and Llama-3-8B
-# shapes (1K..128K), then the kernel bench (Lizard forward variants, backward, flash variants vs SDPA,
+# shapes (1K..128K), then the kernel bench (Lizard forward variants, backward, flash vs SDPA,
 # FLA chunk_simple_gla). Carry: .stage/bundle .stage/tok data/english build-dev/liblizard_capi.so .fla
 set -uo pipefail
 o=${OUT:-/tmp/out}
