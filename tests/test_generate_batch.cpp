@@ -1,8 +1,9 @@
 // generate_batch (generate/generate.h), the loop the GPU batch uses, on a CPU stand-in for the batch:
 // each slot's tokens, texts and stop reasons equal generate() alone with the same seed; slots stop at
-// different steps and leave the batch.
+// different steps (one is cancelled by its callback) and leave the batch.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -69,34 +70,46 @@ TEST(GenerateBatch, EachSlotEqualsGenerateAlone) {
 
   const std::vector<uint64_t> seeds = {1, 2, 3, 4, 5};
   CpuBatch batch(model, 6);  // one slot more than sequences: it stays idle
+  // The last sequence is cancelled by its callback after 2 tokens (as a client that disconnects), so at
+  // least one slot leaves the batch early whatever the random model samples.
+  const int cancelled = static_cast<int>(seeds.size()) - 1;
+  constexpr size_t kCancelAfter = 2;
   std::map<int, std::string> texts;
+  std::map<int, size_t> seen;
   const BatchGenerateStats bs = generate_batch(batch, prompt, opt, seeds, bytes, std::nullopt,
                                                [&](int slot, int32_t, std::string_view t) {
                                                  texts[slot] += t;
-                                                 return true;
+                                                 return !(slot == cancelled && ++seen[slot] >= kCancelAfter);
                                                });
   ASSERT_EQ(bs.sequences.size(), seeds.size());
   int64_t decoded = 0;
+  std::vector<int64_t> steps;  // decode steps of each sequence run alone
   for (size_t i = 0; i < seeds.size(); ++i) {
     GenerateOptions o = opt;
     o.sampling.seed = seeds[i];
     LlamaState st = model.new_state();
     std::string text;
+    size_t n = 0;
     const GenerateStats one = generate(model, st, prompt, o, bytes, std::nullopt, [&](int32_t, std::string_view t) {
       text += t;
-      return true;
+      return !(static_cast<int>(i) == cancelled && ++n >= kCancelAfter);
     });
     EXPECT_EQ(bs.sequences[i].tokens, one.tokens) << "slot " << i;
     EXPECT_EQ(bs.sequences[i].stop_reason, one.stop_reason) << "slot " << i;
     EXPECT_EQ(bs.sequences[i].decode_steps, one.decode_steps) << "slot " << i;
     EXPECT_EQ(texts[static_cast<int>(i)], text) << "slot " << i;
     decoded += one.decode_steps;
+    steps.push_back(one.decode_steps);
   }
   EXPECT_EQ(bs.decoded_tokens, decoded);
   EXPECT_EQ(bs.batch_steps, static_cast<int64_t>(batch.active_per_step.size()));
-  // Slots leave as they stop: the number running never grows.
-  for (size_t i = 1; i < batch.active_per_step.size(); ++i)
-    EXPECT_LE(batch.active_per_step[i], batch.active_per_step[i - 1]);
+  EXPECT_LT(steps.back(), *std::max_element(steps.begin(), steps.end())) << "the cancelled slot left early";
+  // Slots leave as they stop: batch step j decodes exactly the sequences that take more than j decode
+  // steps alone (the idle sixth slot never runs).
+  std::vector<int> want(batch.active_per_step.size(), 0);
+  for (int64_t n : steps)
+    for (int64_t j = 0; j < n && j < static_cast<int64_t>(want.size()); ++j) ++want[static_cast<size_t>(j)];
+  EXPECT_EQ(batch.active_per_step, want);
 }
 
 TEST(GenerateBatch, Refuses) {
