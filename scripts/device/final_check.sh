@@ -5,11 +5,15 @@
 #   here:   scripts/device/build_bundle.sh && scripts/device_cuda.sh build
 #   run(command="bash scripts/device/final_check.sh",
 #       carry=[".stage/bundle", "build-dev/liblizard_capi.so", ".fla"])
-#   env: TEST_TIMEOUT (150 s), SAN_TIMEOUT (90 s each), KB_TIMEOUT (200 s), FINAL=1 also runs --final
+#   env: TEST_TIMEOUT (150 s), SAN_TIMEOUT (90 s each), KB_TIMEOUT (200 s), FINAL=1 also runs --final,
+#        LAYER=1 also runs bench_layer (issue 4 (c)). The capi library and bench_layer together are too big to
+#        carry plain beside the bundle: `tar -cJf .stage/extra/extra.tar.xz build-dev/liblizard_capi.so
+#        build-dev/bench_layer` here and carry .stage/extra instead of build-dev/liblizard_capi.so.
 set -uo pipefail
 o=${OUT:-/tmp/out}
 g="bash scripts/device/gpu.sh"
 $g unpack >/dev/null
+[ -f .stage/extra/extra.tar.xz ] && tar -xJf .stage/extra/extra.tar.xz
 nvidia-smi --query-gpu=name --format=csv,noheader
 t=/tmp/lz/bin/lizard_gpu_tests
 timeout ${TEST_TIMEOUT:-150} $t --gtest_color=no >"$o/gpu_tests.log" 2>&1
@@ -27,4 +31,9 @@ grep -E "^ROW|profile|rel err|spot" "$o/kernels.log" | grep -v "flash cuda fwd" 
 if [ "${FINAL:-0}" = 1 ]; then
   PYTHONUNBUFFERED=1 timeout ${KB_TIMEOUT:-200} python3 bench/gpu/bench_lizard.py --final >"$o/kernels_final.log" 2>&1
   grep -E "^ROW|rel err" "$o/kernels_final.log" | cut -c1-200 | head -40
+fi
+if [ "${LAYER:-0}" = 1 ]; then
+  LAYER_TIMEOUT=${LAYER_TIMEOUT:-120} bash scripts/device_cuda.sh layer >"$o/layer.log" 2>&1
+  echo "bench_layer exit $?"
+  grep -vE "^\s*$" "$o/layer.log" | tail -16
 fi
