@@ -563,42 +563,49 @@ TEST(Stage2NoLizard, TeacherLoraTrainsSavesAndReloads) {
   EXPECT_NEAR(ce, want, 2e-3 * want);
 }
 
+// For `lizard linearize` end to end: a tiny GGUF teacher in `dir` and a folder of `docs` word-salad text
+// documents (the validation split takes whole documents, by hash), with the small run settings both tests use.
+LinearizeArgs tiny_linearize_args(Seeded& sd, const fs::path& dir, int docs, const std::string& out) {
+  TinySpec sp = tiny_spec();
+  sp.vocab = 270;  // the fixture's tokenizer has 264
+  sp.ctx = 64;
+  auto tiny = lizard::testing::make_tiny(sd, sp);
+  LinearizeArgs a;
+  a.teacher = (dir / "tiny.gguf").string();
+  lizard::testing::write_gguf_teacher(a.teacher, tiny);
+  const fs::path text = dir / "data";
+  fs::create_directories(text);
+  for (int f = 0; f < docs; ++f) {
+    std::ofstream t(text / ("doc" + std::to_string(f) + ".txt"));
+    const char* words[] = {"the", "thin", "hen", "in", "then", "there", "this", "then"};
+    for (int i = 0; i < 150; ++i) t << words[sd.rng() % 8] << (i % 13 == 12 ? ".\n" : " ");
+  }
+  a.data = {text.string()};
+  a.out = out;
+  a.seq_len = 16;
+  a.batch = 2;
+  a.val_fraction = 0.3;
+  a.val_seqs = 2;
+  a.quiet = true;
+  return a;
+}
+
 // `lizard linearize` with configs/teacher_lora.json's config, end to end on a GGUF teacher and a text file:
 // stage 1 (and both) and --train-lizard refuse; --stage 2 trains the LoRA and reports held-out ppl / KL;
 // the directory loads (load_model: what generate and eval use) and exports.
 TEST(Stage2NoLizard, LinearizeStage2FromTheTeacher) {
   Seeded sd;
   SCOPED_TRACE(sd.trace());
-  TinySpec sp = tiny_spec();
-  sp.vocab = 270;  // the fixture's tokenizer has 264
-  sp.ctx = 64;
-  auto tiny = lizard::testing::make_tiny(sd, sp);
   TempDir dir;
-  const std::string teacher = (dir.path / "tiny.gguf").string(), cfg = (dir.path / "none.json").string(),
-                    text = (dir.path / "data").string(), out = (dir.path / "yardstick").string();
-  lizard::testing::write_gguf_teacher(teacher, tiny);
+  const std::string cfg = (dir.path / "none.json").string(), out = (dir.path / "yardstick").string();
   std::ofstream(cfg) << R"({"lizard_layers": "none"})";
-  fs::create_directories(text);
-  for (int f = 0; f < 40; ++f) {  // documents: the validation split takes whole ones (by hash, 30%)
-    std::ofstream t(text + "/doc" + std::to_string(f) + ".txt");
-    const char* words[] = {"the", "thin", "hen", "in", "then", "there", "this", "then"};
-    for (int i = 0; i < 150; ++i) t << words[sd.rng() % 8] << (i % 13 == 12 ? ".\n" : " ");
-  }
-  LinearizeArgs a;
-  a.teacher = teacher;
-  a.data = {text};
-  a.out = out;
+  LinearizeArgs a = tiny_linearize_args(sd, dir.path, 40, out);
   a.config = cfg;
   a.steps = 12;
-  a.seq_len = 16;
-  a.batch = 2;
-  a.val_fraction = 0.3;
-  a.val_seqs = 2;
   a.eval_every = 6;
   a.eval_tokens = 64;
   a.lr2 = 1e-2;
   a.threads = 2;
-  a.quiet = true;
   for (const char* stage : {"1", "both"}) {
     a.stage = stage;
     const std::string e = error_of([&] { run_linearize(a); });
@@ -634,7 +641,7 @@ TEST(Stage2NoLizard, LinearizeStage2FromTheTeacher) {
   EXPECT_TRUE(m.lizard->config.no_lizard_layers);
   EXPECT_FALSE(m.lizard->lora.empty());
   EXPECT_EQ(m.model->context_length(), 64);  // softmax layers: the context stays bounded
-  for (int l = 0; l < sp.layers; ++l) EXPECT_EQ(m.model->mixer(l).name(), "softmax");
+  for (int l = 0; l < tiny_spec().layers; ++l) EXPECT_EQ(m.model->mixer(l).name(), "softmax");
   // ... and exports (LoRA merged) to a model that gives the same logits.
   const std::string merged = (dir.path / "merged").string();
   export_merged(out, merged);
@@ -662,34 +669,14 @@ TEST(Stage2NoLizard, LinearizeStage2FromTheTeacher) {
 TEST(Linearize, StopSignalBurstSavesAndResumes) {
   Seeded sd;
   SCOPED_TRACE(sd.trace());
-  TinySpec sp = tiny_spec();
-  sp.vocab = 270;  // the fixture's tokenizer has 264
-  sp.ctx = 64;
-  auto tiny = lizard::testing::make_tiny(sd, sp);
   TempDir dir;
-  const std::string teacher = (dir.path / "tiny.gguf").string(), text = (dir.path / "data").string(),
-                    out = (dir.path / "run").string();
-  lizard::testing::write_gguf_teacher(teacher, tiny);
-  fs::create_directories(text);
-  for (int f = 0; f < 20; ++f) {
-    std::ofstream t(text + "/doc" + std::to_string(f) + ".txt");
-    const char* words[] = {"the", "thin", "hen", "in", "then", "there", "this", "then"};
-    for (int i = 0; i < 150; ++i) t << words[sd.rng() % 8] << (i % 13 == 12 ? ".\n" : " ");
-  }
-  LinearizeArgs a;
-  a.teacher = teacher;
-  a.data = {text};
-  a.out = out;
+  const std::string out = (dir.path / "run").string();
+  LinearizeArgs a = tiny_linearize_args(sd, dir.path, 20, out);
   a.stage = "1";
   a.steps = 100000;  // far more than the test lets run
-  a.seq_len = 16;
-  a.batch = 2;
-  a.val_fraction = 0.3;
-  a.val_seqs = 2;
   a.eval_every = 0;
   a.eval_tokens = 0;
   a.threads = 1;
-  a.quiet = true;
   auto steps_logged = [&] { return logged_losses(out).size(); };
   // Runs linearize on a thread, sends the burst once `after` steps are logged, returns its exit code.
   auto run_and_stop = [&](size_t after) {
