@@ -598,20 +598,8 @@ __global__ void __launch_bounds__(kGT, 2)
     const float ba = bs[ra], bb_ = bs[rb], eba = eb[ra], ebb = eb[rb];
     // A = (phq phk^T) .* exp(b_i - b_t) .* causal
     float sc[8][4];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
-#pragma unroll
-    for (int s = 0; s < P2 / 16; ++s) {
-      uint32_t qa[4];
-      load_a(qa, PQ, LDP, r0, s * 16);
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t bb[4];
-        load_b_nk(bb, PK, LDP, np * 16, s * 16);
-        mma16816(sc[2 * np], qa, bb[0], bb[1]);
-        mma16816(sc[2 * np + 1], qa, bb[2], bb[3]);
-      }
-    }
+    zero_acc(sc);
+    mma_smem<P2 / 16, BLayout::NK>(sc, PQ, LDP, r0, PK, LDP);
     float rsa = 0.f, rsb = 0.f;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
@@ -628,42 +616,13 @@ __global__ void __launch_bounds__(kGT, 2)
     const float inva = 1.f / (dena + a.eps), invb = 1.f / (denb + a.eps);
     // N = A V + exp(b_i) phq S
     float nacc[ND][4];
-#pragma unroll
-    for (int j = 0; j < ND; ++j) nacc[j][0] = nacc[j][1] = nacc[j][2] = nacc[j][3] = 0.f;
+    zero_acc(nacc);
     {
       uint32_t pa[4][4];
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
-        pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
-        pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
-        pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
-      }
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-#pragma unroll
-        for (int np = 0; np < ND / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, Vt, LDD, np * 16, s * 16);
-          mma16816(nacc[2 * np], pa[s], bb[0], bb[1]);
-          mma16816(nacc[2 * np + 1], pa[s], bb[2], bb[3]);
-        }
-      }
+      acc_to_a(pa, sc);
+      mma_frag<4, BLayout::KN>(nacc, pa, Vt, LDD);
     }
-#pragma unroll
-    for (int s = 0; s < P2 / 16; ++s) {
-      uint32_t qa[4];
-      load_a(qa, PQ, LDP, r0, s * 16);
-      qa[0] = scale_bf16x2(qa[0], eba, eba), qa[1] = scale_bf16x2(qa[1], ebb, ebb);
-      qa[2] = scale_bf16x2(qa[2], eba, eba), qa[3] = scale_bf16x2(qa[3], ebb, ebb);
-#pragma unroll
-      for (int np = 0; np < ND / 2; ++np) {
-        uint32_t bb[4];
-        load_b_kn(bb, Sb, LDD, np * 16, s * 16);
-        mma16816(nacc[2 * np], qa, bb[0], bb[1]);
-        mma16816(nacc[2 * np + 1], qa, bb[2], bb[3]);
-      }
-    }
+    mma_smem<P2 / 16, BLayout::KN, true>(nacc, PQ, LDP, r0, Sb, LDD, eba, ebb);
     // dn = dy / (den + eps), dden = -(dy . N) / (den + eps)^2
     const bool va = ra < ci.nvalid, vb = rb < ci.nvalid;
     const int ia = ci.c0 + ra, ib = ci.c0 + rb;
@@ -693,20 +652,8 @@ __global__ void __launch_bounds__(kGT, 2)
     __syncthreads();
     // W = (dn V^T + dden) .* exp(b_i - b_t) .* causal
     float w[8][4];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) w[j][0] = w[j][1] = w[j][2] = w[j][3] = 0.f;
-#pragma unroll
-    for (int s = 0; s < D / 16; ++s) {
-      uint32_t da[4];
-      load_a(da, DN, LDD, r0, s * 16);
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t bb[4];
-        load_b_nk(bb, Vt, LDD, np * 16, s * 16);
-        mma16816(w[2 * np], da, bb[0], bb[1]);
-        mma16816(w[2 * np + 1], da, bb[2], bb[3]);
-      }
-    }
+    zero_acc(w);
+    mma_smem<D / 16, BLayout::NK>(w, DN, LDD, r0, Vt, LDD);
     const float dda = ddn[ra], ddb = ddn[rb];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
@@ -720,42 +667,13 @@ __global__ void __launch_bounds__(kGT, 2)
     }
     // dphq = W phk + exp(b_i) (dn S^T + dden z)
     float dph[NP][4];
-#pragma unroll
-    for (int j = 0; j < NP; ++j) dph[j][0] = dph[j][1] = dph[j][2] = dph[j][3] = 0.f;
+    zero_acc(dph);
     {
       uint32_t pa[4][4];
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        pa[s][0] = pack_bf16(w[2 * s][0], w[2 * s][1]);
-        pa[s][1] = pack_bf16(w[2 * s][2], w[2 * s][3]);
-        pa[s][2] = pack_bf16(w[2 * s + 1][0], w[2 * s + 1][1]);
-        pa[s][3] = pack_bf16(w[2 * s + 1][2], w[2 * s + 1][3]);
-      }
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-#pragma unroll
-        for (int np = 0; np < NP / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, PK, LDP, np * 16, s * 16);
-          mma16816(dph[2 * np], pa[s], bb[0], bb[1]);
-          mma16816(dph[2 * np + 1], pa[s], bb[2], bb[3]);
-        }
-      }
+      acc_to_a(pa, w);
+      mma_frag<4, BLayout::KN>(dph, pa, PK, LDP);
     }
-#pragma unroll
-    for (int s = 0; s < D / 16; ++s) {
-      uint32_t da[4];
-      load_a(da, DN, LDD, r0, s * 16);
-      da[0] = scale_bf16x2(da[0], eba, eba), da[1] = scale_bf16x2(da[1], ebb, ebb);
-      da[2] = scale_bf16x2(da[2], eba, eba), da[3] = scale_bf16x2(da[3], ebb, ebb);
-#pragma unroll
-      for (int np = 0; np < NP / 2; ++np) {
-        uint32_t bb[4];
-        load_b_nk(bb, Sb, LDD, np * 16, s * 16);
-        mma16816(dph[2 * np], da, bb[0], bb[1]);
-        mma16816(dph[2 * np + 1], da, bb[2], bb[3]);
-      }
-    }
+    mma_smem<D / 16, BLayout::NK, true>(dph, DN, LDD, r0, Sb, LDD, eba, ebb);
     float dba = 0.f, dbb = 0.f;
 #pragma unroll
     for (int j = 0; j < NP; ++j) {
@@ -841,35 +759,10 @@ __global__ void __launch_bounds__(kGT, 2)
     const float bta = bs[ra], btb = bs[rb], eta = ebt[ra], etb = ebt[rb];
     // A^T (keys t as rows, queries i as columns) and W^T
     float at[8][4], wt[8][4];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) at[j][e] = wt[j][e] = 0.f;
-    }
-#pragma unroll
-    for (int s = 0; s < P2 / 16; ++s) {
-      uint32_t ka[4];
-      load_a(ka, PK, LDP, r0, s * 16);
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t bb[4];
-        load_b_nk(bb, PQ, LDP, np * 16, s * 16);
-        mma16816(at[2 * np], ka, bb[0], bb[1]);
-        mma16816(at[2 * np + 1], ka, bb[2], bb[3]);
-      }
-    }
-#pragma unroll
-    for (int s = 0; s < D / 16; ++s) {
-      uint32_t va_[4];
-      load_a(va_, Vt, LDD, r0, s * 16);
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t bb[4];
-        load_b_nk(bb, DN, LDD, np * 16, s * 16);
-        mma16816(wt[2 * np], va_, bb[0], bb[1]);
-        mma16816(wt[2 * np + 1], va_, bb[2], bb[3]);
-      }
-    }
+    zero_acc(at);
+    zero_acc(wt);
+    mma_smem<P2 / 16, BLayout::NK>(at, PK, LDP, r0, PQ, LDP);
+    mma_smem<D / 16, BLayout::NK>(wt, Vt, LDD, r0, DN, LDD);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
 #pragma unroll
@@ -888,40 +781,11 @@ __global__ void __launch_bounds__(kGT, 2)
     // dv_t += A^T dn + exp(b_last - b_t) R^T phk_t
     {
       float acc[ND][4];
-#pragma unroll
-      for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+      zero_acc(acc);
       uint32_t pa[4][4];
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        pa[s][0] = pack_bf16(at[2 * s][0], at[2 * s][1]);
-        pa[s][1] = pack_bf16(at[2 * s][2], at[2 * s][3]);
-        pa[s][2] = pack_bf16(at[2 * s + 1][0], at[2 * s + 1][1]);
-        pa[s][3] = pack_bf16(at[2 * s + 1][2], at[2 * s + 1][3]);
-      }
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-#pragma unroll
-        for (int np = 0; np < ND / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, DN, LDD, np * 16, s * 16);
-          mma16816(acc[2 * np], pa[s], bb[0], bb[1]);
-          mma16816(acc[2 * np + 1], pa[s], bb[2], bb[3]);
-        }
-      }
-#pragma unroll
-      for (int s = 0; s < P2 / 16; ++s) {
-        uint32_t ka[4];
-        load_a(ka, PK, LDP, r0, s * 16);
-        ka[0] = scale_bf16x2(ka[0], eta, eta), ka[1] = scale_bf16x2(ka[1], etb, etb);
-        ka[2] = scale_bf16x2(ka[2], eta, eta), ka[3] = scale_bf16x2(ka[3], etb, etb);
-#pragma unroll
-        for (int np = 0; np < ND / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, Rb, LDD, np * 16, s * 16);
-          mma16816(acc[2 * np], ka, bb[0], bb[1]);
-          mma16816(acc[2 * np + 1], ka, bb[2], bb[3]);
-        }
-      }
+      acc_to_a(pa, at);
+      mma_frag<4, BLayout::KN>(acc, pa, DN, LDD);
+      mma_smem<P2 / 16, BLayout::KN, true>(acc, PK, LDP, r0, Rb, LDD, eta, etb);
 #pragma unroll
       for (int j = 0; j < ND; ++j) {
         const int c = 8 * j + 2 * t4;
@@ -938,40 +802,11 @@ __global__ void __launch_bounds__(kGT, 2)
     // dphk_t = W^T phq + exp(b_last - b_t) (R v_t + r)
     {
       float dph[NP][4];
-#pragma unroll
-      for (int j = 0; j < NP; ++j) dph[j][0] = dph[j][1] = dph[j][2] = dph[j][3] = 0.f;
+      zero_acc(dph);
       uint32_t pa[4][4];
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        pa[s][0] = pack_bf16(wt[2 * s][0], wt[2 * s][1]);
-        pa[s][1] = pack_bf16(wt[2 * s][2], wt[2 * s][3]);
-        pa[s][2] = pack_bf16(wt[2 * s + 1][0], wt[2 * s + 1][1]);
-        pa[s][3] = pack_bf16(wt[2 * s + 1][2], wt[2 * s + 1][3]);
-      }
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-#pragma unroll
-        for (int np = 0; np < NP / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, PQ, LDP, np * 16, s * 16);
-          mma16816(dph[2 * np], pa[s], bb[0], bb[1]);
-          mma16816(dph[2 * np + 1], pa[s], bb[2], bb[3]);
-        }
-      }
-#pragma unroll
-      for (int s = 0; s < D / 16; ++s) {
-        uint32_t va_[4];
-        load_a(va_, Vt, LDD, r0, s * 16);
-        va_[0] = scale_bf16x2(va_[0], eta, eta), va_[1] = scale_bf16x2(va_[1], etb, etb);
-        va_[2] = scale_bf16x2(va_[2], eta, eta), va_[3] = scale_bf16x2(va_[3], etb, etb);
-#pragma unroll
-        for (int np = 0; np < NP / 2; ++np) {
-          uint32_t bb[4];
-          load_b_nk(bb, Rb, LDD, np * 16, s * 16);
-          mma16816(dph[2 * np], va_, bb[0], bb[1]);
-          mma16816(dph[2 * np + 1], va_, bb[2], bb[3]);
-        }
-      }
+      acc_to_a(pa, wt);
+      mma_frag<4, BLayout::KN>(dph, pa, PQ, LDP);
+      mma_smem<D / 16, BLayout::NK, true>(dph, Vt, LDD, r0, Rb, LDD, eta, etb);
       float dba = 0.f, dbb = 0.f;
 #pragma unroll
       for (int j = 0; j < NP; ++j) {

@@ -81,6 +81,80 @@ __device__ __forceinline__ uint32_t scale_bf16x2(uint32_t u, float s0, float s1)
   return pack_bf16(f.x * s0, f.y * s1);
 }
 
+// Accumulator -> A fragment: two adjacent n-tiles of C (c0: columns 0..7, c1: 8..15) are, rounded to
+// bf16, the A fragment whose k runs over those 16 columns (C and A share the row/column lane layout).
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+  a[0] = pack_bf16(c0[0], c0[1]);
+  a[1] = pack_bf16(c0[2], c0[3]);
+  a[2] = pack_bf16(c1[0], c1[1]);
+  a[3] = pack_bf16(c1[2], c1[3]);
+}
+
+// The first S k-steps of an accumulator row block c[N][4] (N >= 2 S n-tiles) as A fragments.
+template <int S, int N>
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[S][4], const float (&c)[N][4]) {
+  static_assert(2 * S <= N, "acc_to_a: not enough accumulator tiles");
+#pragma unroll
+  for (int s = 0; s < S; ++s) acc_to_a(a[s], c[2 * s], c[2 * s + 1]);
+}
+
+template <int N>
+__device__ __forceinline__ void zero_acc(float (&c)[N][4]) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+}
+
+// Scale an A fragment's rows by exp-style factors: rows g (a0, a2) by sa, rows g + 8 (a1, a3) by sb.
+__device__ __forceinline__ void scale_a_rows(uint32_t (&a)[4], float sa, float sb) {
+  a[0] = scale_bf16x2(a[0], sa, sa), a[1] = scale_bf16x2(a[1], sb, sb);
+  a[2] = scale_bf16x2(a[2], sa, sa), a[3] = scale_bf16x2(a[3], sb, sb);
+}
+
+// Warp tile products acc[N][4] += A (16 x 16 KS) * B (16 KS x 8 N), N even, B in shared memory stored
+// [n][k] (BLayout::NK) or [k][n] (BLayout::KN); A from shared memory rows r0.. (mma_smem, optionally
+// row-scaled as in scale_a_rows) or from registers (mma_frag).
+enum class BLayout { NK, KN };
+
+template <BLayout BL>
+__device__ __forceinline__ void load_b(uint32_t (&b)[4], const bf16* base, int ld, int n0, int k0) {
+  if constexpr (BL == BLayout::NK)
+    load_b_nk(b, base, ld, n0, k0);
+  else
+    load_b_kn(b, base, ld, n0, k0);
+}
+
+template <int S, BLayout BL, int N>
+__device__ __forceinline__ void mma_frag(float (&acc)[N][4], const uint32_t (&a)[S][4], const bf16* B, int ldb) {
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+#pragma unroll
+    for (int np = 0; np < N / 2; ++np) {
+      uint32_t bb[4];
+      load_b<BL>(bb, B, ldb, np * 16, s * 16);
+      mma16816(acc[2 * np], a[s], bb[0], bb[1]);
+      mma16816(acc[2 * np + 1], a[s], bb[2], bb[3]);
+    }
+  }
+}
+
+template <int KS, BLayout BL, bool kScaled = false, int N>
+__device__ __forceinline__ void mma_smem(float (&acc)[N][4], const bf16* A, int lda, int r0, const bf16* B, int ldb,
+                                         float sa = 1.f, float sb = 1.f) {
+#pragma unroll
+  for (int s = 0; s < KS; ++s) {
+    uint32_t fa[4];
+    load_a(fa, A, lda, r0, s * 16);
+    if constexpr (kScaled) scale_a_rows(fa, sa, sb);
+#pragma unroll
+    for (int np = 0; np < N / 2; ++np) {
+      uint32_t bb[4];
+      load_b<BL>(bb, B, ldb, np * 16, s * 16);
+      mma16816(acc[2 * np], fa, bb[0], bb[1]);
+      mma16816(acc[2 * np + 1], fa, bb[2], bb[3]);
+    }
+  }
+}
+
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
