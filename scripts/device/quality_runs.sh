@@ -7,6 +7,7 @@
 #   lol10-s1, lol10-s2 LoLCATs 10M + 10M with the tuned recipe, one stage per call (~500 s each)
 #   w64, gate99, lr2x  Lizard 3M + 3M variations against 13.34: window 64, gate_init 0.99, stage-2 lr 4e-3
 #   sweep              w64, gate99, perhead (per-head gate + sinks), meta8: four 3M + 3M pairs in one call
+#   combo10            Lizard 10M + 10M with per-head gate + per-head sinks + 8 meta tokens (vs 10.78 / LoLCATs 10.41)
 #   lol10              LoLCATs 10M + 10M, resumable: each call goes on where the last stopped (stops with
 #                      SIGINT, which checkpoints, before DEADLINE seconds: 560) until lol10-s2 has its report
 set -uo pipefail
@@ -39,6 +40,10 @@ case "$name" in
   lol10-s2) lin --stage 2 --teacher $lz/lol10-s1 --lr2 2e-3 --train-lizard --tokens 10000000 --out $lz/lol10-s2 ;;
   lol10)  resumable lol10-s1 --stage 1 --teacher $lz/model.gguf --config configs/lolcats.json --lr 3e-2 --tokens 10000000
           [ -f $lz/lol10-s1/report.json ] && resumable lol10-s2 --stage 2 --teacher $lz/lol10-s1 --lr2 2e-3 \
+            --train-lizard --tokens 10000000 ;;
+  combo10) cfg=$(tmpcfg combo10 '{"gate": "per_head", "meta_per_head": true, "meta_tokens": 8}')
+          resumable combo10-s1 --stage 1 --teacher $lz/model.gguf --config "$cfg" --lr 3e-2 --tokens 10000000
+          [ -f $lz/combo10-s1/report.json ] && resumable combo10-s2 --stage 2 --teacher $lz/combo10-s1 --lr2 2e-3 \
             --train-lizard --tokens 10000000 ;;
   sweep)  for v in 'w64 {"window": 64}' 'gate99 {"gate_init": 0.99}' 'perhead {"gate": "per_head", "meta_per_head": true}' \
                    'meta8 {"meta_tokens": 8}'; do
