@@ -538,6 +538,49 @@ __device__ __forceinline__ void load_state_bf16(const float* src, bf16* Sb, floa
   for (int x = tid; x < P2; x += kGT) z[x] = src[P2 * D / 2 + x];
 }
 
+// The chunk's phi_Q, phi_K rows (fp32 workspace) as bf16 tiles, rows past the sequence end zero.
+template <int P2>
+__device__ __forceinline__ void load_phi_tiles(bf16* PQ, bf16* PK, const float* phq, const float* phk,
+                                               const ChunkInfo& ci, int tid) {
+  constexpr int LDP = P2 + 8;
+  for (int x = tid; x < kC * P2; x += kGT) {
+    const int r = x / P2, f = x % P2;
+    const bool ok = r < ci.nvalid;
+    PQ[r * LDP + f] = __float2bfloat16(ok ? phq[int64_t(ci.c0 + r) * P2 + f] : 0.f);
+    PK[r * LDP + f] = __float2bfloat16(ok ? phk[int64_t(ci.c0 + r) * P2 + f] : 0.f);
+  }
+}
+
+// Both output passes end alike: dphi (rows ia = g, ib = g + 8 of the warp's tile) gets its state term
+// ca|cb * zr[f], is stored to out[out_off + row * P2 + f] (valid rows), and dba, dbb return the rows'
+// quad-reduced sums of ph . dphi (the gate's db before its sign).
+template <int P2, int NP>
+__device__ __forceinline__ void finish_dphi(float (&dph)[NP][4], float ca, float cb, const float* zr, bool va, bool vb,
+                                            int ia, int ib, float* out, int64_t out_off, const float* ph, int t4,
+                                            float& dba, float& dbb) {
+  dba = 0.f, dbb = 0.f;
+#pragma unroll
+  for (int j = 0; j < NP; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int f = 8 * j + 2 * t4 + e;
+      dph[j][e] += ca * zr[f];
+      dph[j][2 + e] += cb * zr[f];
+      if (va) {
+        const int64_t o = int64_t(ia) * P2 + f;
+        out[out_off + o] = dph[j][e];
+        dba += ph[o] * dph[j][e];
+      }
+      if (vb) {
+        const int64_t o = int64_t(ib) * P2 + f;
+        out[out_off + o] = dph[j][2 + e];
+        dbb += ph[o] * dph[j][2 + e];
+      }
+    }
+  }
+  dba = quad_sum(dba), dbb = quad_sum(dbb);
+}
+
 // Forward output pass: dn, dden, dphq, dbq of chunk n = blockIdx.x % groups (cpg = 1: the loop below
 // runs once; groups, cpg kept from the grouped sweeps this kernel came from, so its code is unchanged).
 template <typename T, int D, int P2>
@@ -575,12 +618,7 @@ __global__ void __launch_bounds__(kGT, 2)
       const float bb = tid < ci.nvalid ? bc[ci.c0 + tid] - base : ci.blast;
       bs[tid] = bb, eb[tid] = expf(bb), ebt[tid] = expf(ci.blast - bb);
     }
-    for (int x = tid; x < kC * P2; x += kGT) {
-      const int r = x / P2, f = x % P2;
-      const bool ok = r < ci.nvalid;
-      PQ[r * LDP + f] = __float2bfloat16(ok ? phq[int64_t(ci.c0 + r) * P2 + f] : 0.f);
-      PK[r * LDP + f] = __float2bfloat16(ok ? phk[int64_t(ci.c0 + r) * P2 + f] : 0.f);
-    }
+    load_phi_tiles<P2>(PQ, PK, phq, phk, ci, tid);
     for (int x = tid; x < kC * D; x += kGT) {
       const int r = x / D, e = x % D;
       Vt[r * LDD + e] = __float2bfloat16(r < ci.nvalid ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
@@ -674,27 +712,8 @@ __global__ void __launch_bounds__(kGT, 2)
       mma_frag<4, BLayout::KN>(dph, pa, PK, LDP);
     }
     mma_smem<D / 16, BLayout::NK, true>(dph, DN, LDD, r0, Sb, LDD, eba, ebb);
-    float dba = 0.f, dbb = 0.f;
-#pragma unroll
-    for (int j = 0; j < NP; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int f = 8 * j + 2 * t4 + e;
-        dph[j][e] += eba * dda * z[f];
-        dph[j][2 + e] += ebb * ddb * z[f];
-        if (va) {
-          const int64_t o = int64_t(ci.c0 + ra) * P2 + f;
-          ws.dphq[int64_t(bh) * L * P2 + o] = dph[j][e];
-          dba += phq[o] * dph[j][e];
-        }
-        if (vb) {
-          const int64_t o = int64_t(ci.c0 + rb) * P2 + f;
-          ws.dphq[int64_t(bh) * L * P2 + o] = dph[j][2 + e];
-          dbb += phq[o] * dph[j][2 + e];
-        }
-      }
-    }
-    dba = quad_sum(dba), dbb = quad_sum(dbb);
+    float dba, dbb;
+    finish_dphi<P2>(dph, eba * dda, ebb * ddb, z, va, vb, ia, ib, ws.dphq, int64_t(bh) * L * P2, phq, t4, dba, dbb);
     if (t4 == 0) {
       if (va) ws.dbq[int64_t(bh) * L + ia] = dba;
       if (vb) ws.dbq[int64_t(bh) * L + ib] = dbb;
@@ -742,12 +761,7 @@ __global__ void __launch_bounds__(kGT, 2)
       bs[tid] = bb, eb[tid] = expf(bb), ebt[tid] = expf(ci.blast - bb);
       ddn[tid] = ok ? ws.dden[int64_t(bh) * L + ci.c0 + tid] : 0.f;
     }
-    for (int x = tid; x < kC * P2; x += kGT) {
-      const int r = x / P2, f = x % P2;
-      const bool ok = r < ci.nvalid;
-      PQ[r * LDP + f] = __float2bfloat16(ok ? phq[int64_t(ci.c0 + r) * P2 + f] : 0.f);
-      PK[r * LDP + f] = __float2bfloat16(ok ? phk[int64_t(ci.c0 + r) * P2 + f] : 0.f);
-    }
+    load_phi_tiles<P2>(PQ, PK, phq, phk, ci, tid);
     for (int x = tid; x < kC * D; x += kGT) {
       const int r = x / D, e = x % D;
       const bool ok = r < ci.nvalid;
@@ -807,27 +821,8 @@ __global__ void __launch_bounds__(kGT, 2)
       acc_to_a(pa, wt);
       mma_frag<4, BLayout::KN>(dph, pa, PQ, LDP);
       mma_smem<D / 16, BLayout::NK, true>(dph, Vt, LDD, r0, Rb, LDD, eta, etb);
-      float dba = 0.f, dbb = 0.f;
-#pragma unroll
-      for (int j = 0; j < NP; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int f = 8 * j + 2 * t4 + e;
-          dph[j][e] += eta * rv[f];
-          dph[j][2 + e] += etb * rv[f];
-          if (va) {
-            const int64_t o = int64_t(ta) * P2 + f;
-            ws.dphk[int64_t(bh) * L * P2 + o] = dph[j][e];
-            dba += phk[o] * dph[j][e];
-          }
-          if (vb) {
-            const int64_t o = int64_t(tb) * P2 + f;
-            ws.dphk[int64_t(bh) * L * P2 + o] = dph[j][2 + e];
-            dbb += phk[o] * dph[j][2 + e];
-          }
-        }
-      }
-      dba = quad_sum(dba), dbb = quad_sum(dbb);
+      float dba, dbb;
+      finish_dphi<P2>(dph, eta, etb, rv, va, vb, ta, tb, ws.dphk, int64_t(bh) * L * P2, phk, t4, dba, dbb);
       if (t4 == 0) {
         if (va) ws.dbk[int64_t(bh) * L + ta] = -dba;
         if (vb) ws.dbk[int64_t(bh) * L + tb] = -dbb;
