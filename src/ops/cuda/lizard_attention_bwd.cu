@@ -1122,8 +1122,7 @@ __global__ void __launch_bounds__(kWT) wdq_kernel(const LizardAttnArgs a, Dims d
   const float la = lsa * kLog2e, lb = lsb * kLog2e;
   const float da = va ? ws.delta[o + ia] : 0.f, db = vb ? ws.delta[o + ib] : 0.f;
   float acc[ND][4];
-#pragma unroll
-  for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  zero_acc(acc);
   const int kb_lo = max(0, qb * kB - w + 1) / kB;
   for (int kb = kb_lo; kb <= qb; ++kb) {
     __syncthreads();  // previous K, V tiles fully read
@@ -1131,27 +1130,9 @@ __global__ void __launch_bounds__(kWT) wdq_kernel(const LizardAttnArgs a, Dims d
     load_cvt<T, D>(Vs, v, ks, kb * kB, L, 1.f);
     __syncthreads();
     float sc[NK][4], dp[NK][4];
-#pragma unroll
-    for (int j = 0; j < NK; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) sc[j][e] = dp[j][e] = 0.f;
-    }
-#pragma unroll
-    for (int s = 0; s < D / 16; ++s) {
-      uint32_t qa[4], oa[4];
-      load_a(qa, Qs, LD, r0, s * 16);
-      load_a(oa, dOs, LD, r0, s * 16);
-#pragma unroll
-      for (int np = 0; np < NK / 2; ++np) {
-        uint32_t bb[4];
-        load_b_nk(bb, Ks, LD, np * 16, s * 16);
-        mma16816(sc[2 * np], qa, bb[0], bb[1]);
-        mma16816(sc[2 * np + 1], qa, bb[2], bb[3]);
-        load_b_nk(bb, Vs, LD, np * 16, s * 16);
-        mma16816(dp[2 * np], oa, bb[0], bb[1]);
-        mma16816(dp[2 * np + 1], oa, bb[2], bb[3]);
-      }
-    }
+    zero_acc(sc);
+    zero_acc(dp);
+    mma_smem_pair<D / 16>(sc, dp, Qs, dOs, LD, r0, Ks, Vs, LD);
 #pragma unroll
     for (int j = 0; j < NK; ++j) {
 #pragma unroll
@@ -1165,23 +1146,8 @@ __global__ void __launch_bounds__(kWT) wdq_kernel(const LizardAttnArgs a, Dims d
       }
     }
     uint32_t pa[NK / 2][4];
-#pragma unroll
-    for (int s = 0; s < NK / 2; ++s) {
-      pa[s][0] = pack_bf16(dp[2 * s][0], dp[2 * s][1]);
-      pa[s][1] = pack_bf16(dp[2 * s][2], dp[2 * s][3]);
-      pa[s][2] = pack_bf16(dp[2 * s + 1][0], dp[2 * s + 1][1]);
-      pa[s][3] = pack_bf16(dp[2 * s + 1][2], dp[2 * s + 1][3]);
-    }
-#pragma unroll
-    for (int s = 0; s < NK / 2; ++s) {
-#pragma unroll
-      for (int np = 0; np < ND / 2; ++np) {
-        uint32_t bb[4];
-        load_b_kn(bb, Ks, LD, np * 16, s * 16);
-        mma16816(acc[2 * np], pa[s], bb[0], bb[1]);
-        mma16816(acc[2 * np + 1], pa[s], bb[2], bb[3]);
-      }
-    }
+    acc_to_a(pa, dp);
+    mma_frag<NK / 2, BLayout::KN>(acc, pa, Ks, LD);
   }
 #pragma unroll
   for (int j = 0; j < ND; ++j) {
@@ -1230,11 +1196,8 @@ __global__ void __launch_bounds__(kWT) wdkdv_kernel(const LizardAttnArgs a, Dims
   load_cvt<T, D>(Vs, v, ks, kb * kB, L, 1.f);
   const int r0 = warp * 16, kr0 = kb * kB + r0 + g, kr1 = kr0 + 8;
   float dka[ND][4], dva[ND][4];
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dka[j][e] = dva[j][e] = 0.f;
-  }
+  zero_acc(dka);
+  zero_acc(dva);
   const int qb_hi = min(nqb - 1, (kb * kB + kB - 1 + w - 1) / kB);
   for (int jh = 0; jh < G; ++jh) {
     const int h = h0 + jh;
@@ -1253,27 +1216,9 @@ __global__ void __launch_bounds__(kWT) wdkdv_kernel(const LizardAttnArgs a, Dims
       }
       __syncthreads();
       float sc[NQ][4], dp[NQ][4];
-#pragma unroll
-      for (int j = 0; j < NQ; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sc[j][e] = dp[j][e] = 0.f;
-      }
-#pragma unroll
-      for (int s = 0; s < D / 16; ++s) {
-        uint32_t ka[4], va_[4];
-        load_a(ka, Ks, LD, r0, s * 16);
-        load_a(va_, Vs, LD, r0, s * 16);
-#pragma unroll
-        for (int np = 0; np < NQ / 2; ++np) {
-          uint32_t bb[4];
-          load_b_nk(bb, Qs, LD, np * 16, s * 16);
-          mma16816(sc[2 * np], ka, bb[0], bb[1]);
-          mma16816(sc[2 * np + 1], ka, bb[2], bb[3]);
-          load_b_nk(bb, dOs, LD, np * 16, s * 16);
-          mma16816(dp[2 * np], va_, bb[0], bb[1]);
-          mma16816(dp[2 * np + 1], va_, bb[2], bb[3]);
-        }
-      }
+      zero_acc(sc);
+      zero_acc(dp);
+      mma_smem_pair<D / 16>(sc, dp, Ks, Vs, LD, r0, Qs, dOs, LD);
 #pragma unroll
       for (int j = 0; j < NQ; ++j) {
 #pragma unroll
@@ -1290,29 +1235,8 @@ __global__ void __launch_bounds__(kWT) wdkdv_kernel(const LizardAttnArgs a, Dims
       }
       uint32_t pa[NQ / 2][4], sa[NQ / 2][4];
 #pragma unroll
-      for (int s = 0; s < NQ / 2; ++s) {
-        pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
-        pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
-        pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
-        pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
-        sa[s][0] = pack_bf16(dp[2 * s][0], dp[2 * s][1]);
-        sa[s][1] = pack_bf16(dp[2 * s][2], dp[2 * s][3]);
-        sa[s][2] = pack_bf16(dp[2 * s + 1][0], dp[2 * s + 1][1]);
-        sa[s][3] = pack_bf16(dp[2 * s + 1][2], dp[2 * s + 1][3]);
-      }
-#pragma unroll
-      for (int s = 0; s < NQ / 2; ++s) {
-#pragma unroll
-        for (int np = 0; np < ND / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, dOs, LD, np * 16, s * 16);
-          mma16816(dva[2 * np], pa[s], bb[0], bb[1]);
-          mma16816(dva[2 * np + 1], pa[s], bb[2], bb[3]);
-          load_b_kn(bb, Qs, LD, np * 16, s * 16);
-          mma16816(dka[2 * np], sa[s], bb[0], bb[1]);
-          mma16816(dka[2 * np + 1], sa[s], bb[2], bb[3]);
-        }
-      }
+      for (int s = 0; s < NQ / 2; ++s) acc_to_a(pa[s], sc[2 * s], sc[2 * s + 1]), acc_to_a(sa[s], dp[2 * s], dp[2 * s + 1]);
+      mma_frag_pair(dva, dka, pa, sa, dOs, Qs, LD);
     }
   }
   if constexpr (V2) {
@@ -1384,8 +1308,7 @@ __global__ void __launch_bounds__(kWT) wdq2_kernel(const LizardAttnArgs a, Dims 
   const float la = lsa * kLog2e, lb = lsb * kLog2e;
   const float da = va ? ws.delta[o + ia] : 0.f, db = vb ? ws.delta[o + ib] : 0.f;
   float acc[ND][4];
-#pragma unroll
-  for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  zero_acc(acc);
   for (int it = 0; it < nkb; ++it) {
     const int kb = kb_lo + it, u = it & 1;
     const bf16* Ks = KV + 2 * u * TS;
@@ -1398,27 +1321,9 @@ __global__ void __launch_bounds__(kWT) wdq2_kernel(const LizardAttnArgs a, Dims 
       cp_async_commit();
     }
     float sc[NK][4], dp[NK][4];
-#pragma unroll
-    for (int j = 0; j < NK; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) sc[j][e] = dp[j][e] = 0.f;
-    }
-#pragma unroll
-    for (int s = 0; s < D / 16; ++s) {
-      uint32_t qa[4], oa[4];
-      load_a(qa, Qs, LD, r0, s * 16);
-      load_a(oa, dOs, LD, r0, s * 16);
-#pragma unroll
-      for (int np = 0; np < NK / 2; ++np) {
-        uint32_t bb[4];
-        load_b_nk(bb, Ks, LD, np * 16, s * 16);
-        mma16816(sc[2 * np], qa, bb[0], bb[1]);
-        mma16816(sc[2 * np + 1], qa, bb[2], bb[3]);
-        load_b_nk(bb, Vs, LD, np * 16, s * 16);
-        mma16816(dp[2 * np], oa, bb[0], bb[1]);
-        mma16816(dp[2 * np + 1], oa, bb[2], bb[3]);
-      }
-    }
+    zero_acc(sc);
+    zero_acc(dp);
+    mma_smem_pair<D / 16>(sc, dp, Qs, dOs, LD, r0, Ks, Vs, LD);
 #pragma unroll
     for (int j = 0; j < NK; ++j) {
 #pragma unroll
@@ -1432,23 +1337,8 @@ __global__ void __launch_bounds__(kWT) wdq2_kernel(const LizardAttnArgs a, Dims 
       }
     }
     uint32_t pa[NK / 2][4];
-#pragma unroll
-    for (int s = 0; s < NK / 2; ++s) {
-      pa[s][0] = pack_bf16(dp[2 * s][0], dp[2 * s][1]);
-      pa[s][1] = pack_bf16(dp[2 * s][2], dp[2 * s][3]);
-      pa[s][2] = pack_bf16(dp[2 * s + 1][0], dp[2 * s + 1][1]);
-      pa[s][3] = pack_bf16(dp[2 * s + 1][2], dp[2 * s + 1][3]);
-    }
-#pragma unroll
-    for (int s = 0; s < NK / 2; ++s) {
-#pragma unroll
-      for (int np = 0; np < ND / 2; ++np) {
-        uint32_t bb[4];
-        load_b_kn(bb, Ks, LD, np * 16, s * 16);
-        mma16816(acc[2 * np], pa[s], bb[0], bb[1]);
-        mma16816(acc[2 * np + 1], pa[s], bb[2], bb[3]);
-      }
-    }
+    acc_to_a(pa, dp);
+    mma_frag<NK / 2, BLayout::KN>(acc, pa, Ks, LD);
   }
 #pragma unroll
   for (int j = 0; j < ND; ++j) {
@@ -1494,11 +1384,8 @@ __global__ void __launch_bounds__(kWT) wdkdv2_kernel(const LizardAttnArgs a, Dim
   v2::cp_tile<kB, D, kWT>(Vs, LD, v, ks, kb * kB, L);
   const int r0 = warp * 16, kr0 = kb * kB + r0 + g, kr1 = kr0 + 8;
   float dka[ND][4], dva[ND][4];
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dka[j][e] = dva[j][e] = 0.f;
-  }
+  zero_acc(dka);
+  zero_acc(dva);
   // (query head, query block) pairs in order: head h0 + idx / nq, block kb + idx % nq.
   const int qb_hi = min(nqb - 1, (kb * kB + kB - 1 + w - 1) / kB), nq = qb_hi - kb + 1, npair = G * nq;
   float nl = 0.f, nd = 0.f;  // the next pair's lse (log2 units) and delta for query row tid (tid < kB)
@@ -1528,27 +1415,9 @@ __global__ void __launch_bounds__(kWT) wdkdv2_kernel(const LizardAttnArgs a, Dim
     __syncthreads();      // visible to all; every warp is done with pair idx - 1 (the other buffer)
     if (idx + 1 < npair) issue(idx + 1);
     float sc[NQ][4], dp[NQ][4];
-#pragma unroll
-    for (int j = 0; j < NQ; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) sc[j][e] = dp[j][e] = 0.f;
-    }
-#pragma unroll
-    for (int s = 0; s < D / 16; ++s) {
-      uint32_t ka[4], va_[4];
-      load_a(ka, Ks, LD, r0, s * 16);
-      load_a(va_, Vs, LD, r0, s * 16);
-#pragma unroll
-      for (int np = 0; np < NQ / 2; ++np) {
-        uint32_t bb[4];
-        load_b_nk(bb, Qs, LD, np * 16, s * 16);
-        mma16816(sc[2 * np], ka, bb[0], bb[1]);
-        mma16816(sc[2 * np + 1], ka, bb[2], bb[3]);
-        load_b_nk(bb, dOs, LD, np * 16, s * 16);
-        mma16816(dp[2 * np], va_, bb[0], bb[1]);
-        mma16816(dp[2 * np + 1], va_, bb[2], bb[3]);
-      }
-    }
+    zero_acc(sc);
+    zero_acc(dp);
+    mma_smem_pair<D / 16>(sc, dp, Ks, Vs, LD, r0, Qs, dOs, LD);
 #pragma unroll
     for (int j = 0; j < NQ; ++j) {
 #pragma unroll
@@ -1565,29 +1434,8 @@ __global__ void __launch_bounds__(kWT) wdkdv2_kernel(const LizardAttnArgs a, Dim
     }
     uint32_t pa[NQ / 2][4], sa[NQ / 2][4];
 #pragma unroll
-    for (int s = 0; s < NQ / 2; ++s) {
-      pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
-      pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
-      pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
-      pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
-      sa[s][0] = pack_bf16(dp[2 * s][0], dp[2 * s][1]);
-      sa[s][1] = pack_bf16(dp[2 * s][2], dp[2 * s][3]);
-      sa[s][2] = pack_bf16(dp[2 * s + 1][0], dp[2 * s + 1][1]);
-      sa[s][3] = pack_bf16(dp[2 * s + 1][2], dp[2 * s + 1][3]);
-    }
-#pragma unroll
-    for (int s = 0; s < NQ / 2; ++s) {
-#pragma unroll
-      for (int np = 0; np < ND / 2; ++np) {
-        uint32_t bb[4];
-        load_b_kn(bb, dOs, LD, np * 16, s * 16);
-        mma16816(dva[2 * np], pa[s], bb[0], bb[1]);
-        mma16816(dva[2 * np + 1], pa[s], bb[2], bb[3]);
-        load_b_kn(bb, Qs, LD, np * 16, s * 16);
-        mma16816(dka[2 * np], sa[s], bb[0], bb[1]);
-        mma16816(dka[2 * np + 1], sa[s], bb[2], bb[3]);
-      }
-    }
+    for (int s = 0; s < NQ / 2; ++s) acc_to_a(pa[s], sc[2 * s], sc[2 * s + 1]), acc_to_a(sa[s], dp[2 * s], dp[2 * s + 1]);
+    mma_frag_pair(dva, dka, pa, sa, dOs, Qs, LD);
   }
   __syncthreads();  // every tile read: their space takes the staged sums (2 x 64 x (D + 4) fp32)
   float* sk = reinterpret_cast<float*>(smem_raw);
@@ -1933,8 +1781,7 @@ __global__ void __launch_bounds__(kT) stats_tc_kernel(const LizardAttnArgs a, Di
   for (int j = 0; j < d.m; ++j) la += exp2f(mu[j] * kLog2e - ma);
   float mb = ma, lb = la;
   float acc[ND][4];
-#pragma unroll
-  for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  zero_acc(acc);
   const int kb_lo = max(0, qb * kB - w + 1) / kB;
   for (int kb = kb_lo; kb <= qb; ++kb) {
     __syncthreads();  // previous K, V tiles fully read (and Q written, first time)
@@ -2313,8 +2160,7 @@ __global__ void __launch_bounds__(kT) featbwd_tc_kernel(const LizardAttnArgs a, 
       __syncthreads();
       // dx = du W^T: A = U [64 x F], B from W stored [e][f] = [n][k].
       float acc[ND][4];
-#pragma unroll
-      for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+      zero_acc(acc);
 #pragma unroll
       for (int s = 0; s < F / 16; ++s) {
         uint32_t ua[4], ul[4];

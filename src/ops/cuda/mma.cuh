@@ -155,6 +155,48 @@ __device__ __forceinline__ void mma_smem(float (&acc)[N][4], const bf16* A, int 
   }
 }
 
+// Two products sharing the k loop (and B's shape), their loads interleaved as in the flash backward:
+// c1 += A1 B1, c2 += A2 B2, A1, A2 from shared memory rows r0.., B1, B2 stored [n][k].
+template <int KS, int N>
+__device__ __forceinline__ void mma_smem_pair(float (&c1)[N][4], float (&c2)[N][4], const bf16* A1, const bf16* A2,
+                                              int lda, int r0, const bf16* B1, const bf16* B2, int ldb) {
+#pragma unroll
+  for (int s = 0; s < KS; ++s) {
+    uint32_t a1[4], a2[4];
+    load_a(a1, A1, lda, r0, s * 16);
+    load_a(a2, A2, lda, r0, s * 16);
+#pragma unroll
+    for (int np = 0; np < N / 2; ++np) {
+      uint32_t bb[4];
+      load_b_nk(bb, B1, ldb, np * 16, s * 16);
+      mma16816(c1[2 * np], a1, bb[0], bb[1]);
+      mma16816(c1[2 * np + 1], a1, bb[2], bb[3]);
+      load_b_nk(bb, B2, ldb, np * 16, s * 16);
+      mma16816(c2[2 * np], a2, bb[0], bb[1]);
+      mma16816(c2[2 * np + 1], a2, bb[2], bb[3]);
+    }
+  }
+}
+
+// The register-A counterpart: c1 += a1 B1, c2 += a2 B2, B1, B2 stored [k][n].
+template <int S, int N>
+__device__ __forceinline__ void mma_frag_pair(float (&c1)[N][4], float (&c2)[N][4], const uint32_t (&a1)[S][4],
+                                              const uint32_t (&a2)[S][4], const bf16* B1, const bf16* B2, int ldb) {
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+#pragma unroll
+    for (int np = 0; np < N / 2; ++np) {
+      uint32_t bb[4];
+      load_b_kn(bb, B1, ldb, np * 16, s * 16);
+      mma16816(c1[2 * np], a1[s], bb[0], bb[1]);
+      mma16816(c1[2 * np + 1], a1[s], bb[2], bb[3]);
+      load_b_kn(bb, B2, ldb, np * 16, s * 16);
+      mma16816(c2[2 * np], a2[s], bb[0], bb[1]);
+      mma16816(c2[2 * np + 1], a2[s], bb[2], bb[3]);
+    }
+  }
+}
+
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
