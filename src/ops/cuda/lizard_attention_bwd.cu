@@ -1093,6 +1093,35 @@ __device__ __forceinline__ void load_cvt(bf16* dst, const T* src, int64_t stride
   }
 }
 
+// The dq kernels' epilogue: the warp's rows ia, ib of dq (times scale) and the meta tokens' gradient,
+// -sum_i exp(mu - lse_i) delta_i over the valid rows (one atomic per warp and token).
+template <int ND>
+__device__ __forceinline__ void store_dq_dmeta(const LizardAttnArgs& a, const Dims& d, const float (&acc)[ND][4],
+                                               float* dq, float* dmeta, int b, int h, int ia, int ib, bool va, bool vb,
+                                               float lsa, float lsb, float da, float db, float scale) {
+  const int lane = threadIdx.x & 31, t4 = lane & 3;
+#pragma unroll
+  for (int j = 0; j < ND; ++j) {
+    const int c = 8 * j + 2 * t4;
+    if (va) *reinterpret_cast<float2*>(dq + d.q_off(b, ia, h) + c) = make_float2(acc[j][0] * scale, acc[j][1] * scale);
+    if (vb) *reinterpret_cast<float2*>(dq + d.q_off(b, ib, h) + c) = make_float2(acc[j][2] * scale, acc[j][3] * scale);
+  }
+  if (dmeta != nullptr && d.m > 0) {
+    const int moff = a.meta_per_head ? h * d.m : 0;
+    for (int j = 0; j < d.m; ++j) {
+      const float mu = a.meta[moff + j];
+      float x = 0.f;
+      if (t4 == 0) {
+        if (va) x -= expf(mu - lsa) * da;
+        if (vb) x -= expf(mu - lsb) * db;
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+      if (lane == 0) atomicAdd(dmeta + moff + j, x);
+    }
+  }
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kWT) wdq_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dq,
                                                   float* dmeta) {
@@ -1149,26 +1178,7 @@ __global__ void __launch_bounds__(kWT) wdq_kernel(const LizardAttnArgs a, Dims d
     acc_to_a(pa, dp);
     mma_frag<NK / 2, BLayout::KN>(acc, pa, Ks, LD);
   }
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-    const int c = 8 * j + 2 * t4;
-    if (va) *reinterpret_cast<float2*>(dq + d.q_off(b, ia, h) + c) = make_float2(acc[j][0] * scale, acc[j][1] * scale);
-    if (vb) *reinterpret_cast<float2*>(dq + d.q_off(b, ib, h) + c) = make_float2(acc[j][2] * scale, acc[j][3] * scale);
-  }
-  if (dmeta != nullptr && d.m > 0) {
-    const int moff = a.meta_per_head ? h * d.m : 0;
-    for (int j = 0; j < d.m; ++j) {
-      const float mu = a.meta[moff + j];
-      float x = 0.f;
-      if (t4 == 0) {
-        if (va) x -= expf(mu - lsa) * da;
-        if (vb) x -= expf(mu - lsb) * db;
-      }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
-      if (lane == 0) atomicAdd(dmeta + moff + j, x);
-    }
-  }
+  store_dq_dmeta(a, d, acc, dq, dmeta, b, h, ia, ib, va, vb, lsa, lsb, da, db, scale);
 }
 
 // V2 (stage variant 2, fp32 inputs; bf16 inputs take wdkdv2_kernel): dk, dv added without atomics (see
@@ -1340,26 +1350,7 @@ __global__ void __launch_bounds__(kWT) wdq2_kernel(const LizardAttnArgs a, Dims 
     acc_to_a(pa, dp);
     mma_frag<NK / 2, BLayout::KN>(acc, pa, Ks, LD);
   }
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-    const int c = 8 * j + 2 * t4;
-    if (va) *reinterpret_cast<float2*>(dq + d.q_off(b, ia, h) + c) = make_float2(acc[j][0] * scale, acc[j][1] * scale);
-    if (vb) *reinterpret_cast<float2*>(dq + d.q_off(b, ib, h) + c) = make_float2(acc[j][2] * scale, acc[j][3] * scale);
-  }
-  if (dmeta != nullptr && d.m > 0) {
-    const int moff = a.meta_per_head ? h * d.m : 0;
-    for (int j = 0; j < d.m; ++j) {
-      const float mu = a.meta[moff + j];
-      float x = 0.f;
-      if (t4 == 0) {
-        if (va) x -= expf(mu - lsa) * da;
-        if (vb) x -= expf(mu - lsb) * db;
-      }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
-      if (lane == 0) atomicAdd(dmeta + moff + j, x);
-    }
-  }
+  store_dq_dmeta(a, d, acc, dq, dmeta, b, h, ia, ib, va, vb, lsa, lsb, da, db, scale);
 }
 
 template <int D>
