@@ -1496,6 +1496,48 @@ namespace dwtc {
 using namespace mma;
 constexpr int kT = 64, kThr = 128, kDwTokens = 4096;
 
+// Both dW kernels' product over one 64-token tile: acc += X^T dU, X = Xs [kT][D + 8], dU = Us [kT][F + 8];
+// warp w owns dW rows w D/4 .. + D/4 (MT = D/64 m-tiles).
+template <int D, int F>
+__device__ __forceinline__ void mma_xt_u(float (&acc)[D / 64][F / 8][4], const bf16* Xs, const bf16* Us, int warp) {
+  constexpr int LDX = D + 8, LDU = F + 8, MT = D / 64, NF = F / 8;
+#pragma unroll
+  for (int s = 0; s < kT / 16; ++s) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      uint32_t xa[4];
+      load_a_t(xa, Xs, LDX, warp * (D / 4) + mt * 16, s * 16);
+#pragma unroll
+      for (int np = 0; np < NF / 2; ++np) {
+        uint32_t bb[4];
+        load_b_kn(bb, Us, LDU, np * 16, s * 16);
+        mma16816(acc[mt][2 * np], xa, bb[0], bb[1]);
+        mma16816(acc[mt][2 * np + 1], xa, bb[2], bb[3]);
+      }
+    }
+  }
+}
+
+// The CTA's partial [D x F] dW of head h added to the zeroed output by atomics.
+template <int D, int F>
+__device__ __forceinline__ void add_partial(const float (&acc)[D / 64][F / 8][4], float* out, int h, int warp, int g,
+                                            int t4) {
+  constexpr int MT = D / 64, NF = F / 8;
+  float* o = out + int64_t(h) * D * F;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int e0 = warp * (D / 4) + mt * 16 + g;
+#pragma unroll
+    for (int j = 0; j < NF; ++j) {
+      const int f = 8 * j + 2 * t4;
+      atomicAdd(o + int64_t(e0) * F + f, acc[mt][j][0]);
+      atomicAdd(o + int64_t(e0) * F + f + 1, acc[mt][j][1]);
+      atomicAdd(o + int64_t(e0 + 8) * F + f, acc[mt][j][2]);
+      atomicAdd(o + int64_t(e0 + 8) * F + f + 1, acc[mt][j][3]);
+    }
+  }
+}
+
 template <typename T, int D, int F>
 __global__ void __launch_bounds__(kThr) dw_tc_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dwq, float* dwk) {
   constexpr int LDX = D + 8, LDU = F + 8, MT = D / 64, NF = F / 8;
@@ -1511,9 +1553,7 @@ __global__ void __launch_bounds__(kThr) dw_tc_kernel(const LizardAttnArgs a, Dim
   const int64_t n0 = int64_t(blockIdx.x) * kDwTokens, n1 = min(ntok, n0 + kDwTokens);
   float acc[MT][NF][4];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int j = 0; j < NF; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
+  for (int mt = 0; mt < MT; ++mt) zero_acc(acc[mt]);
   for (int64_t c0 = n0; c0 < n1; c0 += kT) {
     __syncthreads();
     for (int p = tid; p < kT * D; p += kThr) {
@@ -1537,35 +1577,9 @@ __global__ void __launch_bounds__(kThr) dw_tc_kernel(const LizardAttnArgs a, Dim
       Us[r * LDU + f] = __float2bfloat16(val);
     }
     __syncthreads();
-#pragma unroll
-    for (int s = 0; s < kT / 16; ++s) {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        uint32_t xa[4];
-        load_a_t(xa, Xs, LDX, warp * (D / 4) + mt * 16, s * 16);
-#pragma unroll
-        for (int np = 0; np < NF / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, Us, LDU, np * 16, s * 16);
-          mma16816(acc[mt][2 * np], xa, bb[0], bb[1]);
-          mma16816(acc[mt][2 * np + 1], xa, bb[2], bb[3]);
-        }
-      }
-    }
+    mma_xt_u<D, F>(acc, Xs, Us, warp);
   }
-  float* o = out + int64_t(h) * D * F;
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    const int e0 = warp * (D / 4) + mt * 16 + g;
-#pragma unroll
-    for (int j = 0; j < NF; ++j) {
-      const int f = 8 * j + 2 * t4;
-      atomicAdd(o + int64_t(e0) * F + f, acc[mt][j][0]);
-      atomicAdd(o + int64_t(e0) * F + f + 1, acc[mt][j][1]);
-      atomicAdd(o + int64_t(e0 + 8) * F + f, acc[mt][j][2]);
-      atomicAdd(o + int64_t(e0 + 8) * F + f + 1, acc[mt][j][3]);
-    }
-  }
+  add_partial<D, F>(acc, out, h, warp, g, t4);
 }
 
 // Stage variant 2: the same GEMM with its K dimension (the B L tokens of the head) cut into 64-token
@@ -1595,9 +1609,7 @@ __global__ void __launch_bounds__(kThr) dw2_kernel(const LizardAttnArgs a, Dims 
   const int t_begin = blockIdx.x * kDw2Tiles, t_end = min(ntile, t_begin + kDw2Tiles);
   float acc[MT][NF][4];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int j = 0; j < NF; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
+  for (int mt = 0; mt < MT; ++mt) zero_acc(acc[mt]);
   for (int t = t_begin; t < t_end; ++t) {
     const int b = t / tpb, i0 = (t - b * tpb) * kT;
     const T* xb = x + (which ? d.k_off(b, 0, h) : d.q_off(b, 0, h));
@@ -1632,35 +1644,9 @@ __global__ void __launch_bounds__(kThr) dw2_kernel(const LizardAttnArgs a, Dims 
     }
     if constexpr (v2::fast_load<T>()) v2::cp_wait();
     __syncthreads();
-#pragma unroll
-    for (int s = 0; s < kT / 16; ++s) {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        uint32_t xa[4];
-        load_a_t(xa, Xs, LDX, warp * (D / 4) + mt * 16, s * 16);
-#pragma unroll
-        for (int np = 0; np < NF / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, Us, LDU, np * 16, s * 16);
-          mma16816(acc[mt][2 * np], xa, bb[0], bb[1]);
-          mma16816(acc[mt][2 * np + 1], xa, bb[2], bb[3]);
-        }
-      }
-    }
+    mma_xt_u<D, F>(acc, Xs, Us, warp);
   }
-  float* o = out + int64_t(h) * D * F;
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    const int e0 = warp * (D / 4) + mt * 16 + g;
-#pragma unroll
-    for (int j = 0; j < NF; ++j) {
-      const int f = 8 * j + 2 * t4;
-      atomicAdd(o + int64_t(e0) * F + f, acc[mt][j][0]);
-      atomicAdd(o + int64_t(e0) * F + f + 1, acc[mt][j][1]);
-      atomicAdd(o + int64_t(e0 + 8) * F + f, acc[mt][j][2]);
-      atomicAdd(o + int64_t(e0 + 8) * F + f + 1, acc[mt][j][3]);
-    }
-  }
+  add_partial<D, F>(acc, out, h, warp, g, t4);
 }
 
 template <typename T, int D, int F>
