@@ -160,26 +160,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       float ap[F / 8][4], am[F / 8][4];
       rows_times_w<D, F>(ap, Qs, Wq, r0);
       feature_map<F>(ap, am, a.act);
-#pragma unroll
-      for (int j = 0; j < F / 8; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          int c = 8 * j + 2 * t4 + e;
-          qz0 += ap[j][e] * zs[c] + am[j][e] * zs[F + c];
-          qz1 += ap[j][2 + e] * zs[c] + am[j][2 + e] * zs[F + c];
-        }
-      }
-#pragma unroll
-      for (int s = 0; s < F / 16; ++s) {
-        phq[s][0] = pack_bf16(ap[2 * s][0], ap[2 * s][1]);
-        phq[s][1] = pack_bf16(ap[2 * s][2], ap[2 * s][3]);
-        phq[s][2] = pack_bf16(ap[2 * s + 1][0], ap[2 * s + 1][1]);
-        phq[s][3] = pack_bf16(ap[2 * s + 1][2], ap[2 * s + 1][3]);
-        phq[F / 16 + s][0] = pack_bf16(am[2 * s][0], am[2 * s][1]);
-        phq[F / 16 + s][1] = pack_bf16(am[2 * s][2], am[2 * s][3]);
-        phq[F / 16 + s][2] = pack_bf16(am[2 * s + 1][0], am[2 * s + 1][1]);
-        phq[F / 16 + s][3] = pack_bf16(am[2 * s + 1][2], am[2 * s + 1][3]);
-      }
+      const float2 qz = phi_q_frags<F>(phq, ap, am, zs, t4);
+      qz0 = qz.x, qz1 = qz.y;
     } else {
       float ap[F / 8][4], am[F / 8][4];
       rows_times_w<D, F>(ap, Kc, Wk, r0);
@@ -677,26 +659,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         else
           rows_times_w_sw<D, F>(ap, sQ, Wq, r0);
         feature_map<F>(ap, am, a.act);
-#pragma unroll
-        for (int j = 0; j < F / 8; ++j) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            int c = 8 * j + 2 * t4 + e;
-            qz0 += ap[j][e] * zs[c] + am[j][e] * zs[F + c];
-            qz1 += ap[j][2 + e] * zs[c] + am[j][2 + e] * zs[F + c];
-          }
-        }
-#pragma unroll
-        for (int s = 0; s < F / 16; ++s) {
-          phq[s][0] = pack_bf16(ap[2 * s][0], ap[2 * s][1]);
-          phq[s][1] = pack_bf16(ap[2 * s][2], ap[2 * s][3]);
-          phq[s][2] = pack_bf16(ap[2 * s + 1][0], ap[2 * s + 1][1]);
-          phq[s][3] = pack_bf16(ap[2 * s + 1][2], ap[2 * s + 1][3]);
-          phq[F / 16 + s][0] = pack_bf16(am[2 * s][0], am[2 * s][1]);
-          phq[F / 16 + s][1] = pack_bf16(am[2 * s][2], am[2 * s][3]);
-          phq[F / 16 + s][2] = pack_bf16(am[2 * s + 1][0], am[2 * s + 1][1]);
-          phq[F / 16 + s][3] = pack_bf16(am[2 * s + 1][2], am[2 * s + 1][3]);
-        }
+        const float2 qz = phi_q_frags<F>(phq, ap, am, zs, t4);
+        qz0 = qz.x, qz1 = qz.y;
       }
       bar_arrive(kBarQ, kThreads);  // Q read: the window warps may overwrite it
       // Inter-chunk phi_Q S_n (A = phi_Q from registers, B = S16 MN-major, F2 rows), issued before the
