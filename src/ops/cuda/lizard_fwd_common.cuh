@@ -209,37 +209,5 @@ __device__ __forceinline__ float2 phi_q_frags(uint32_t (&phq)[2 * F / 16][4], co
   return make_float2(qz0, qz1);
 }
 
-// phi_K of the warp's 16 rows (ap, am; rows g, g + 8 valid per v0, v1) as bf16 into the chunk's phi_K
-// tile, word by word through pk_word(row, k8, t4) (the tile's layout: row r0 + g or + 8, 8-column
-// group k8 = j (plus) or F/8 + j (minus), this lane's column pair); and the rows' phi_K decayed by d0,
-// d1, summed over the warp's 16 rows, into zp[2F] (lanes g == 0).
-template <int F, typename PkWord>
-__device__ __forceinline__ void phi_k_rows(const float (&ap)[F / 8][4], const float (&am)[F / 8][4], bool v0, bool v1,
-                                           float d0, float d1, PkWord pk_word, float* zp, int g, int t4) {
-#pragma unroll
-  for (int j = 0; j < F / 8; ++j) {
-    int c = 8 * j + 2 * t4;
-    float p00 = v0 ? ap[j][0] : 0.f, p01 = v0 ? ap[j][1] : 0.f;
-    float p10 = v1 ? ap[j][2] : 0.f, p11 = v1 ? ap[j][3] : 0.f;
-    float m00 = v0 ? am[j][0] : 0.f, m01 = v0 ? am[j][1] : 0.f;
-    float m10 = v1 ? am[j][2] : 0.f, m11 = v1 ? am[j][3] : 0.f;
-    *pk_word(false, false, j) = mma::pack_bf16(p00, p01);
-    *pk_word(true, false, j) = mma::pack_bf16(p10, p11);
-    *pk_word(false, true, j) = mma::pack_bf16(m00, m01);
-    *pk_word(true, true, j) = mma::pack_bf16(m10, m11);
-    // key sums for z: sum over the warp's 16 rows of decayed phi_K
-    float zp0 = p00 * d0 + p10 * d1, zp1 = p01 * d0 + p11 * d1;
-    float zm0 = m00 * d0 + m10 * d1, zm1 = m01 * d0 + m11 * d1;
-#pragma unroll
-    for (int o = 4; o < 32; o <<= 1) {
-      zp0 += __shfl_xor_sync(0xffffffffu, zp0, o);
-      zp1 += __shfl_xor_sync(0xffffffffu, zp1, o);
-      zm0 += __shfl_xor_sync(0xffffffffu, zm0, o);
-      zm1 += __shfl_xor_sync(0xffffffffu, zm1, o);
-    }
-    if (g == 0) zp[c] = zp0, zp[c + 1] = zp1, zp[F + c] = zm0, zp[F + c + 1] = zm1;
-  }
-}
-
 }  // namespace
 }  // namespace lizard::cuda
