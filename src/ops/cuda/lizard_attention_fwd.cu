@@ -202,18 +202,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
     if (warp < 4) {
       // Intra-chunk scores phi_Q phi_K^T, decayed and causal.
       float sc[NK][4];
-#pragma unroll
-      for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
-#pragma unroll
-      for (int s = 0; s < F2 / 16; ++s) {
-#pragma unroll
-        for (int np = 0; np < NK / 2; ++np) {
-          uint32_t bb[4];
-          load_b_nk(bb, Pk, LDF, np * 16, s * 16);
-          mma16816(sc[2 * np], phq[s], bb[0], bb[1]);
-          mma16816(sc[2 * np + 1], phq[s], bb[2], bb[3]);
-        }
-      }
+      zero_acc(sc);
+      mma_frag<F2 / 16, BLayout::NK>(sc, phq, Pk, LDF);
       const int i0 = r0 + g, i1 = r0 + g + 8;
       const float bi0 = bsum[i0], bi1 = bsum[i1];
       uint32_t pa[NK / 2][4];
@@ -229,39 +219,14 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
           l0 += sc[j][e], l1 += sc[j][2 + e];
         }
       }
-#pragma unroll
-      for (int s = 0; s < NK / 2; ++s) {
-        pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
-        pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
-        pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
-        pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
-      }
+      acc_to_a(pa, sc);
       // Inter-chunk: exp(b_i) phi_Q S_n, then add the intra part A V.
-#pragma unroll
-      for (int j = 0; j < ND; ++j) og[j][0] = og[j][1] = og[j][2] = og[j][3] = 0.f;
-#pragma unroll
-      for (int s = 0; s < F2 / 16; ++s) {
-#pragma unroll
-        for (int np = 0; np < ND / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, S16, LDV, np * 16, s * 16);
-          mma16816(og[2 * np], phq[s], bb[0], bb[1]);
-          mma16816(og[2 * np + 1], phq[s], bb[2], bb[3]);
-        }
-      }
+      zero_acc(og);
+      mma_frag<F2 / 16, BLayout::KN>(og, phq, S16, LDV);
       const float e0 = __expf(bi0), e1 = __expf(bi1);
 #pragma unroll
       for (int j = 0; j < ND; ++j) og[j][0] *= e0, og[j][1] *= e0, og[j][2] *= e1, og[j][3] *= e1;
-#pragma unroll
-      for (int s = 0; s < NK / 2; ++s) {
-#pragma unroll
-        for (int np = 0; np < ND / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, Vc, LDV, np * 16, s * 16);
-          mma16816(og[2 * np], pa[s], bb[0], bb[1]);
-          mma16816(og[2 * np + 1], pa[s], bb[2], bb[3]);
-        }
-      }
+      mma_frag<NK / 2, BLayout::KN>(og, pa, Vc, LDV);
       l0 = quad_sum(l0) + e0 * quad_sum(qz0);
       l1 = quad_sum(l1) + e1 * quad_sum(qz1);
       const float inv0 = 1.f / (l0 + a.eps), inv1 = 1.f / (l1 + a.eps);
@@ -272,8 +237,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       const int ia = n * kC + r0 + g, ib = ia + 8;  // global query positions of this thread's rows
       float m0 = meta_m, m1 = meta_m;
       l0 = t4 == 0 ? meta_l : 0.f, l1 = l0;
-#pragma unroll
-      for (int j = 0; j < ND; ++j) og[j][0] = og[j][1] = og[j][2] = og[j][3] = 0.f;
+      zero_acc(og);
       const int wmin = n * kC + r0, wmax = wmin + 15;  // the warp's query positions
       for (int jb = nb; jb >= 0; --jb) {
         const int cn = n - jb;
@@ -325,23 +289,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
             l0 += sc[j][e], l1 += sc[j][2 + e];
           }
         }
-#pragma unroll
-        for (int s = 0; s < NK / 2; ++s) {
-          pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
-          pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
-          pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
-          pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
-        }
-#pragma unroll
-        for (int s = 0; s < NK / 2; ++s) {
-#pragma unroll
-          for (int np = 0; np < ND / 2; ++np) {
-            uint32_t bb[4];
-            load_b_kn(bb, Vb, LDV, np * 16, s * 16);
-            mma16816(og[2 * np], pa[s], bb[0], bb[1]);
-            mma16816(og[2 * np + 1], pa[s], bb[2], bb[3]);
-          }
-        }
+        acc_to_a(pa, sc);
+        mma_frag<NK / 2, BLayout::KN>(og, pa, Vb, LDV);
       }
       l0 = quad_sum(l0), l1 = quad_sum(l1);
       const float inv0 = alpha / l0, inv1 = alpha / l1;
@@ -699,13 +648,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           l0 += sc[4 * j + e], l1 += sc[4 * j + 2 + e];
         }
       }
-#pragma unroll
-      for (int s = 0; s < NK / 2; ++s) {
-        pa[s][0] = pack_bf16(sc[8 * s], sc[8 * s + 1]);
-        pa[s][1] = pack_bf16(sc[8 * s + 2], sc[8 * s + 3]);
-        pa[s][2] = pack_bf16(sc[8 * s + 4], sc[8 * s + 5]);
-        pa[s][3] = pack_bf16(sc[8 * s + 6], sc[8 * s + 7]);
-      }
+      acc_to_a(pa, sc);
       wg::wait<0>();
       wg::fence_regs(og);
       const float e0 = __expf(bi0), e1 = __expf(bi1);
@@ -783,13 +726,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
             }
           }
           uint32_t pa[NK / 2][4];
-#pragma unroll
-          for (int s = 0; s < NK / 2; ++s) {
-            pa[s][0] = pack_bf16(sc[8 * s], sc[8 * s + 1]);
-            pa[s][1] = pack_bf16(sc[8 * s + 2], sc[8 * s + 3]);
-            pa[s][2] = pack_bf16(sc[8 * s + 4], sc[8 * s + 5]);
-            pa[s][3] = pack_bf16(sc[8 * s + 6], sc[8 * s + 7]);
-          }
+          acc_to_a(pa, sc);
           wg::fence_regs(og);
           wg::wgmma_fence();
 #pragma unroll

@@ -98,6 +98,19 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[S][4], const float (&c)[N
   for (int s = 0; s < S; ++s) acc_to_a(a[s], c[2 * s], c[2 * s + 1]);
 }
 
+// The same from a flat accumulator c[4 N] (wgmma's layout: c[4 j + e] is c2d[j][e]).
+template <int S, int N>
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[S][4], const float (&c)[N]) {
+  static_assert(8 * S <= N, "acc_to_a: not enough accumulator tiles");
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+    a[s][0] = pack_bf16(c[8 * s], c[8 * s + 1]);
+    a[s][1] = pack_bf16(c[8 * s + 2], c[8 * s + 3]);
+    a[s][2] = pack_bf16(c[8 * s + 4], c[8 * s + 5]);
+    a[s][3] = pack_bf16(c[8 * s + 6], c[8 * s + 7]);
+  }
+}
+
 template <int N>
 __device__ __forceinline__ void zero_acc(float (&c)[N][4]) {
 #pragma unroll
