@@ -219,14 +219,39 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
           l0 += sc[j][e], l1 += sc[j][2 + e];
         }
       }
-      acc_to_a(pa, sc);
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s) {
+        pa[s][0] = pack_bf16(sc[2 * s][0], sc[2 * s][1]);
+        pa[s][1] = pack_bf16(sc[2 * s][2], sc[2 * s][3]);
+        pa[s][2] = pack_bf16(sc[2 * s + 1][0], sc[2 * s + 1][1]);
+        pa[s][3] = pack_bf16(sc[2 * s + 1][2], sc[2 * s + 1][3]);
+      }
       // Inter-chunk: exp(b_i) phi_Q S_n, then add the intra part A V.
-      zero_acc(og);
-      mma_frag<F2 / 16, BLayout::KN>(og, phq, S16, LDV);
+#pragma unroll
+      for (int j = 0; j < ND; ++j) og[j][0] = og[j][1] = og[j][2] = og[j][3] = 0.f;
+#pragma unroll
+      for (int s = 0; s < F2 / 16; ++s) {
+#pragma unroll
+        for (int np = 0; np < ND / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, S16, LDV, np * 16, s * 16);
+          mma16816(og[2 * np], phq[s], bb[0], bb[1]);
+          mma16816(og[2 * np + 1], phq[s], bb[2], bb[3]);
+        }
+      }
       const float e0 = __expf(bi0), e1 = __expf(bi1);
 #pragma unroll
       for (int j = 0; j < ND; ++j) og[j][0] *= e0, og[j][1] *= e0, og[j][2] *= e1, og[j][3] *= e1;
-      mma_frag<NK / 2, BLayout::KN>(og, pa, Vc, LDV);
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s) {
+#pragma unroll
+        for (int np = 0; np < ND / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, Vc, LDV, np * 16, s * 16);
+          mma16816(og[2 * np], pa[s], bb[0], bb[1]);
+          mma16816(og[2 * np + 1], pa[s], bb[2], bb[3]);
+        }
+      }
       l0 = quad_sum(l0) + e0 * quad_sum(qz0);
       l1 = quad_sum(l1) + e1 * quad_sum(qz1);
       const float inv0 = 1.f / (l0 + a.eps), inv1 = 1.f / (l1 + a.eps);
