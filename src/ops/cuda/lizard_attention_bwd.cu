@@ -538,6 +538,14 @@ __device__ __forceinline__ void load_state_bf16(const float* src, bf16* Sb, floa
   for (int x = tid; x < P2; x += kGT) z[x] = src[P2 * D / 2 + x];
 }
 
+// Row tid's b (local cumulative log gamma, base = b before the chunk), exp(b), exp(b_last - b);
+// rows past the sequence end (ok false) take b_last.
+__device__ __forceinline__ void row_factors(float* bs, float* eb, float* ebt, const float* bc, const ChunkInfo& ci,
+                                            float base, bool ok, int tid) {
+  const float bb = ok ? bc[ci.c0 + tid] - base : ci.blast;
+  bs[tid] = bb, eb[tid] = expf(bb), ebt[tid] = expf(ci.blast - bb);
+}
+
 // The chunk's phi_Q, phi_K rows (fp32 workspace) as bf16 tiles, rows past the sequence end zero.
 template <int P2>
 __device__ __forceinline__ void load_phi_tiles(bf16* PQ, bf16* PK, const float* phq, const float* phk,
@@ -614,10 +622,7 @@ __global__ void __launch_bounds__(kGT, 2)
   for (int n = n_begin; n < n_end; ++n) {
     const ChunkInfo ci = chunk_info(bc, L, n);
     const float base = ci.c0 > 0 ? bc[ci.c0 - 1] : 0.f;
-    if (tid < kC) {
-      const float bb = tid < ci.nvalid ? bc[ci.c0 + tid] - base : ci.blast;
-      bs[tid] = bb, eb[tid] = expf(bb), ebt[tid] = expf(ci.blast - bb);
-    }
+    if (tid < kC) row_factors(bs, eb, ebt, bc, ci, base, tid < ci.nvalid, tid);
     load_phi_tiles<P2>(PQ, PK, phq, phk, ci, tid);
     for (int x = tid; x < kC * D; x += kGT) {
       const int r = x / D, e = x % D;
@@ -757,8 +762,7 @@ __global__ void __launch_bounds__(kGT, 2)
     const float base = ci.c0 > 0 ? bc[ci.c0 - 1] : 0.f;
     if (tid < kC) {
       const bool ok = tid < ci.nvalid;
-      const float bb = ok ? bc[ci.c0 + tid] - base : ci.blast;
-      bs[tid] = bb, eb[tid] = expf(bb), ebt[tid] = expf(ci.blast - bb);
+      row_factors(bs, eb, ebt, bc, ci, base, ok, tid);
       ddn[tid] = ok ? ws.dden[int64_t(bh) * L + ci.c0 + tid] : 0.f;
     }
     load_phi_tiles<P2>(PQ, PK, phq, phk, ci, tid);
