@@ -119,6 +119,15 @@ double norm(const std::vector<float>& v) {
   return std::sqrt(s);
 }
 
+// The largest gradient norm among the Lizard tensors of `name`'s layer ("blk.N.lizard.*").
+double layer_scale(const std::vector<ParamTensor>& ps, const std::string& name) {
+  const std::string layer = name.substr(0, name.find(".lizard.") + 8);
+  double m = 0;
+  for (const ParamTensor& p : ps)
+    if (p.name.rfind(layer, 0) == 0) m = std::max(m, norm(*p.grad));
+  return m;
+}
+
 // One forward_backward on both; checks loss and every gradient; prints the figures.
 void compare_step(const char* what, Stage& cpu, Stage& gpu, const std::vector<std::vector<int32_t>>& batch, int L) {
   const LossResult rc = cpu.forward_backward(ptrs(batch), L);
@@ -143,14 +152,16 @@ void compare_step(const char* what, Stage& cpu, Stage& gpu, const std::vector<st
       if (e > worst_lora) worst_lora = e, worst_name = pc[i].name;
     } else {
       if (norm(*pc[i].grad) == 0 && norm(*pg[i].grad) == 0) continue;  // unused by this combine: 0 on both
-      // Catches layout mistakes (errors of order 1); the total is checked below. gate_b is printed only,
-      // as in test_stage1_cuda: a sum over B*L tokens of terms of both signs whose total came out 1/300 of
-      // gate_w's gradient on the H200 (5e-5 vs 1.4e-2), so bf16 rounding of the terms dominates |sum|; the
-      // kernel test (LizardCuda.ChunkedBackwardVsReference) bounds it against the sum of |terms|.
-      const bool cancelling = pc[i].name.find("gate_b") != std::string::npos;
-      if (!cancelling) {
-        EXPECT_LT(e, 0.25) << what << " " << pc[i].name;
-      }
+      // Catches layout mistakes (errors of order 1); the total is checked below. gate_b and meta are sums
+      // over B*L tokens of terms of both signs: their totals came out as small as 1/300 (gate_b, 5e-5 vs
+      // gate_w's 1.4e-2) and 1/8000 (meta, 3.4e-6 vs feat_q's 2.6e-2; rel err 0.29, session 4) of the
+      // layer's largest gradient on the H200, where bf16 rounding of the terms dominates |sum|. So their
+      // error is measured against max(|g|, 5% of the layer's largest Lizard gradient); the kernel test
+      // (LizardCuda.ChunkedBackwardVsReference) bounds them against the sum of |terms|.
+      const bool cancelling = pc[i].name.find("gate_b") != std::string::npos ||
+                              pc[i].name.find(".meta") != std::string::npos;
+      const double g = norm(*pc[i].grad), floor = 0.05 * layer_scale(pc, pc[i].name);
+      EXPECT_LT(cancelling && g < floor ? e * g / floor : e, 0.25) << what << " " << pc[i].name;
       for (size_t j = 0; j < pc[i].grad->size(); ++j) {
         const double dv = double((*pg[i].grad)[j]) - (*pc[i].grad)[j];
         e_liz += dv * dv;
