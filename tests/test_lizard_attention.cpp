@@ -173,6 +173,12 @@ TEST(LizardConfig, JsonRoundTripAndErrors) {
   EXPECT_THROW(lizard_config_from_string(R"({"chunk": "64"})"), Error);
   EXPECT_THROW(lizard_config_from_string(R"({"lizard_layers": [1, 1]})"), Error);
   EXPECT_THROW(lizard_config_from_string("{not json"), Error);
+  // meta_weights_gate: written only when on (older files and resumes keep their exact JSON)
+  EXPECT_FALSE(lizard_config_to_json(LizardConfig{}).contains("meta_weights_gate"));
+  const LizardConfig mw = lizard_config_from_string(R"({"meta_weights_gate": true})");
+  EXPECT_TRUE(mw.meta_weights_gate);
+  EXPECT_TRUE(lizard_config_from_string(lizard_config_to_string(mw)).meta_weights_gate);
+  EXPECT_THROW(lizard_config_from_string(R"({"meta_weights_gate": true, "meta_tokens": 0})"), Error);
   LizardConfig h;
   h.lizard_layers = {3, 40};
   EXPECT_THROW(h.validate(30), Error);
@@ -322,6 +328,39 @@ TEST(LizardForms, EveryOptionCombination) {
     ++n;
   }
   EXPECT_GT(n, 64);
+}
+
+// meta_weights_gate (not in the paper): the three forms agree over the options it combines with.
+TEST(LizardForms, MetaWeightsGate) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  LizardShape s{10, 4, 2, 8};
+  for (int bits = 0; bits < 32; ++bits) {
+    LizardConfig c = small_config(4, 8, (bits & 16) ? 5 : 13);
+    c.meta_weights_gate = true;
+    c.meta_tokens = 1 + bits % 3;
+    c.feature_act = (bits & 1) ? LizardConfig::FeatureAct::Exp : LizardConfig::FeatureAct::Softmax;
+    c.gate = (bits & 2) ? LizardConfig::Gate::PerHead : LizardConfig::Gate::Scalar;
+    c.meta_per_head = bits & 4;
+    c.window_rope = c.feature_on_rope = bits & 8;
+    expect_forms_agree(make_problem(c, s, 41, rng));
+  }
+  // It changes the output, and it needs the sinks and the Lizard combine.
+  LizardConfig c = small_config(4, 8, 13);
+  auto pb = make_problem(c, s, 30, rng);
+  const auto y0 = run<double>(pb, Form::Chunked);
+  pb.c.meta_weights_gate = true;
+  const auto y1 = run<double>(pb, Form::Chunked);
+  double diff = 0;
+  for (size_t i = 0; i < y0.size(); ++i) diff = std::max(diff, std::fabs(y1[i] - y0[i]));
+  EXPECT_GT(diff, 1e-3);
+  c.meta_weights_gate = true;
+  c.meta_tokens = 0;
+  EXPECT_THROW(c.validate(), Error);
+  c = LizardConfig::lolcats();
+  c.meta_weights_gate = true;
+  EXPECT_THROW(c.validate(), Error);
 }
 
 TEST(LizardForms, ZZReportWorstErrors) {
@@ -545,6 +584,23 @@ TEST(LizardBackward, FiniteDifferencesEveryOption) {
     c.combine = (bits & 64) ? LizardConfig::Combine::Lolcats : LizardConfig::Combine::Lizard;
     if (c.combine == LizardConfig::Combine::Lolcats && (bits & (4 | 8 | 16 | 32))) continue;
     c.meta_tokens = (bits % 3 == 0) ? 0 : 2;
+    g_worst_grad = std::max(g_worst_grad, gradcheck(make_problem(c, s, 15, rng), rng));
+  }
+}
+
+TEST(LizardBackward, FiniteDifferencesMetaWeightsGate) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  LizardShape s{5, 4, 2, 4};
+  for (int bits = 0; bits < 32; ++bits) {
+    LizardConfig c = small_config(3, 4, (bits & 16) ? 2 : 6);
+    c.meta_weights_gate = true;
+    c.meta_tokens = 1 + bits % 2;
+    c.feature_act = (bits & 1) ? LizardConfig::FeatureAct::Exp : LizardConfig::FeatureAct::Softmax;
+    c.gate = (bits & 2) ? LizardConfig::Gate::PerHead : LizardConfig::Gate::Scalar;
+    c.meta_per_head = bits & 4;
+    c.alpha_per_layer = bits & 8;
     g_worst_grad = std::max(g_worst_grad, gradcheck(make_problem(c, s, 15, rng), rng));
   }
 }

@@ -66,6 +66,8 @@ void LizardConfig::validate(int n_layers) const {
   LZ_CHECK(chunk >= 1 && chunk <= 4096, "lizard config: chunk {} out of range [1, 4096]", chunk);
   LZ_CHECK(eps >= 0.0 && eps < 1.0, "lizard config: eps {} must be in [0, 1)", eps);
   LZ_CHECK(std::isfinite(alpha_init), "lizard config: alpha_init must be finite");
+  LZ_CHECK(!meta_weights_gate || (combine == Combine::Lizard && meta_tokens >= 1),
+           "lizard config: meta_weights_gate needs combine = lizard and meta_tokens >= 1");
   LZ_CHECK(std::isfinite(lolcats_window_init), "lizard config: lolcats_window_init must be finite");
   LZ_CHECK(!(no_lizard_layers && !lizard_layers.empty()),
            "lizard config: no Lizard layers (\"none\") but lizard_layers lists {} layers", lizard_layers.size());
@@ -100,6 +102,8 @@ json lizard_config_to_json(const LizardConfig& c) {
   j["alpha"] = c.alpha_per_layer ? "per_layer" : "per_head";
   j["alpha_init"] = c.alpha_init;
   j["combine"] = to_string(c.combine);
+  // Written only when on: files of the paper's combine stay as they were (a resume compares configs).
+  if (c.meta_weights_gate) j["meta_weights_gate"] = true;
   j["chunk"] = c.chunk;
   j["eps"] = c.eps;
   j["lolcats_window_init"] = c.lolcats_window_init;
@@ -176,6 +180,8 @@ LizardConfig lizard_config_from_json(const json& j) {
       if (s == "lizard") c.combine = LizardConfig::Combine::Lizard;
       else if (s == "lolcats") c.combine = LizardConfig::Combine::Lolcats;
       else fail("lizard config: combine '{}' is not lizard or lolcats", s);
+    } else if (k == "meta_weights_gate") {
+      c.meta_weights_gate = get_as<bool>(v, "meta_weights_gate");
     } else if (k == "chunk") {
       c.chunk = get_as<int>(v, "chunk");
     } else if (k == "eps") {

@@ -26,6 +26,10 @@ struct LizardConfig {
   bool alpha_per_layer = false;                  // alpha: H (per head, default) | 1
   double alpha_init = 1.0;
   Combine combine = Combine::Lizard;             // lolcats: LoLCATs baseline (LIZARD.md section 4)
+  // Not in the paper (an option to measure): the gated branch weighted by the meta sinks' share of the
+  // window softmax, y = p_meta y_gate + alpha y_anchor, so that the window and the global branch split one
+  // unit of attention per query as LoLCATs' shared normaliser does. Needs meta_tokens >= 1; CPU only.
+  bool meta_weights_gate = false;
   int chunk = 64;                                // C of the chunked algorithm
   double eps = 1e-6;                             // gate-branch normaliser: num / (den + eps)
   double lolcats_window_init = -2.197;           // f: window weight sigmoid(f) ~ 0.1

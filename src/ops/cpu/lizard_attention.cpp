@@ -181,7 +181,13 @@ void lizard_forward_parallel(const LizardConfig& c, const LizardShape& s, const 
           for (int d = 0; d < D; ++d) wn[d] += e * vt[d];
         }
         const T al = alpha_of(c, p, h);
-        for (int d = 0; d < D; ++d) yi[d] = num[d] / (den + eps) + al * wn[d] / Z;
+        T pm = 1;  // weight of the gated branch: 1, or the meta sinks' share (meta_weights_gate)
+        if (c.meta_weights_gate) {
+          pm = 0;
+          for (int j = 0; j < c.meta_tokens; ++j) pm += std::exp(mu[j] - M);
+          pm /= Z;
+        }
+        for (int d = 0; d < D; ++d) yi[d] = pm * num[d] / (den + eps) + al * wn[d] / Z;
       } else {
         const T sg = sigmoid(p.lolcats_f[h]);
         const T M = std::max(T(0), smax), e = std::exp(-M);
@@ -296,10 +302,11 @@ void lizard_step(const LizardConfig& c, const LizardShape& s, const LizardParams
       for (int j = 0; j < c.meta_tokens; ++j) M = std::max(M, mu[j]);
       T Z = 0;
       for (int j = 0; j < c.meta_tokens; ++j) Z += std::exp(mu[j] - M);
+      const T pm = c.meta_weights_gate ? Z : T(0);  // the sinks' mass (divided by Z below)
       for (int t = 0; t < nv; ++t) Z += (sc[t] = std::exp(sc[t] - M));
       gemv(true, nv, D, T(1), &st.ring_v[size_t(g) * D], int(rs), sc.data(), T(0), wn.data());
-      const T al = alpha_of(c, p, h);
-      for (int d = 0; d < D; ++d) yh[d] = es * num[d] / (es * den + eps) + al * wn[d] / Z;
+      const T al = alpha_of(c, p, h), wg = c.meta_weights_gate ? pm / Z : T(1);
+      for (int d = 0; d < D; ++d) yh[d] = wg * es * num[d] / (es * den + eps) + al * wn[d] / Z;
     } else {
       const T sg = sigmoid(p.lolcats_f[h]);
       const T M = std::max(T(0), smax), e = std::exp(-M);

@@ -193,8 +193,10 @@ void head_forward_lizard(const Ctx<T>& X, int h, T* y, HeadSave<T>* sv, T* Sfina
       const T inv_l = T(1) / rl[r];
       for (int d = 0; d < D; ++d) A[size_t(r) * D + d] *= inv_l;
       const T den = out[size_t(r) * Dv + D];
+      // meta_weights_gate: the gated branch weighted by the sinks' share mu_sum e^{mu_max - rm} / rl
+      const T pm = X.c.meta_weights_gate ? mu_sum * std::exp(mu_max - rm[r]) * inv_l : T(1);
       T* yr = y + ((s0 + r) * H + h) * D;
-      for (int d = 0; d < D; ++d) yr[d] = out[size_t(r) * Dv + d] / (den + eps) + al * A[size_t(r) * D + d];
+      for (int d = 0; d < D; ++d) yr[d] = pm * out[size_t(r) * Dv + d] / (den + eps) + al * A[size_t(r) * D + d];
       if (sv) sv->lse[s0 + r] = rm[r] + std::log(rl[r]);
     }
     if (sv) {
@@ -399,19 +401,26 @@ void head_backward_lizard(const Ctx<T>& X, int h, const HeadSave<T>& sv, const T
   const int g = X.s.kv_head(h);
   const T eps = T(X.c.eps), al = alpha_of(X.c, X.p, h);
   const T* mu = meta_row(X.c, X.p, h);
-  std::vector<T> dOut(size_t(L) * Dv), dA(size_t(L) * D);
+  std::vector<T> dOut(size_t(L) * Dv), dA(size_t(L) * D), dpm(X.c.meta_weights_gate ? L : 0), pm(dpm.size());
+  T mu_max = -std::numeric_limits<T>::infinity(), mu_sum = 0;
+  for (int j = 0; j < m; ++j) mu_max = std::max(mu_max, mu[j]);
+  for (int j = 0; j < m; ++j) mu_sum += std::exp(mu[j] - mu_max);
   T dal = 0;
   for (int64_t i = 0; i < L; ++i) {
     const T* dyi = dy + (i * H + h) * D;
     const T* oi = &sv.out[i * Dv];
     const T inv = T(1) / (oi[D] + eps);
+    // meta_weights_gate: y = pm y_gate + alpha A with pm = the sinks' share of the window softmax;
+    // dy reaches the gated branch scaled by pm, and d pm = dy . y_gate goes to the window's softmax.
+    const T w = X.c.meta_weights_gate ? (pm[i] = mu_sum * std::exp(mu_max - sv.lse[i])) : T(1);
     T gd = 0;
     for (int d = 0; d < D; ++d) {
-      dOut[i * Dv + d] = dyi[d] * inv;
+      dOut[i * Dv + d] = w * dyi[d] * inv;
       gd += dyi[d] * oi[d];
       dA[i * D + d] = al * dyi[d];
     }
-    dOut[i * Dv + D] = -gd * inv * inv;
+    dOut[i * Dv + D] = -w * gd * inv * inv;
+    if (X.c.meta_weights_gate) dpm[i] = gd * inv;
     dal += dot(dyi, &sv.A[i * D], D);
   }
   gr.dal[h] += dal;
@@ -421,8 +430,11 @@ void head_backward_lizard(const Ctx<T>& X, int h, const HeadSave<T>& sv, const T
     const int64_t s0 = X.start(n);
     const int cn = X.len(n);
     for (int r = 0; r < cn; ++r) {
-      delta[r] = dot(&dA[(s0 + r) * D], &sv.A[(s0 + r) * D], D);
-      for (int j = 0; j < m; ++j) gr.dmu[size_t(h) * m + j] -= std::exp(mu[j] - sv.lse[s0 + r]) * delta[r];
+      // The softmax over sinks and window keys: the window keys' outputs are v_t (seen through dA), the
+      // sinks' is the scalar pm (seen through dpm); delta = sum over both of p * (its output's gradient).
+      const T g = X.c.meta_weights_gate ? dpm[s0 + r] : T(0);
+      delta[r] = dot(&dA[(s0 + r) * D], &sv.A[(s0 + r) * D], D) + (X.c.meta_weights_gate ? g * pm[s0 + r] : T(0));
+      for (int j = 0; j < m; ++j) gr.dmu[size_t(h) * m + j] += std::exp(mu[j] - sv.lse[s0 + r]) * (g - delta[r]);
     }
     window_backward(X, h, n, ones.data(), &sv.lse[s0], delta.data(), &dA[s0 * D], D, gr, p, dP);
   }
