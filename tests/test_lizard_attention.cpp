@@ -9,6 +9,7 @@
 
 #include "model/lizard_config.h"
 #include "ops/cpu/lizard_attention.h"
+#include "ops/cuda/lizard_attention.h"  // lizard_cuda_args: plain C++
 #include "util/error.h"
 
 using namespace lizard;
@@ -356,6 +357,12 @@ TEST(LizardForms, MetaWeightsGate) {
   for (size_t i = 0; i < y0.size(); ++i) diff = std::max(diff, std::fabs(y1[i] - y0[i]));
   EXPECT_GT(diff, 1e-3);
   c.meta_weights_gate = true;
+  try {  // the GPU kernels refuse it by name, before anything runs (plain C++: tested in every build)
+    lizard::cuda::lizard_cuda_args(c, LizardShape{64, 4, 2, 64}, 1, 10);
+    ADD_FAILURE() << "lizard_cuda_args took meta_weights_gate";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("meta_weights_gate"), std::string::npos) << e.what();
+  }
   c.meta_tokens = 0;
   EXPECT_THROW(c.validate(), Error);
   c = LizardConfig::lolcats();

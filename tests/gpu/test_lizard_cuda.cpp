@@ -366,6 +366,9 @@ TEST(LizardCuda, RefusesWhatItCannotDo) {
   cfg.feature_on_rope = true;
   EXPECT_THROW(lizard::cuda::lizard_cuda_args(cfg, s, 1, 10), lizard::Error);
   cfg = LizardConfig{};
+  cfg.meta_weights_gate = true;  // CPU-only option
+  EXPECT_THROW(lizard::cuda::lizard_cuda_args(cfg, s, 1, 10), lizard::Error);
+  cfg = LizardConfig{};
   LizardAttnArgs a = lizard::cuda::lizard_cuda_args(cfg, LizardShape{64, 4, 2, 96}, 1, 10);
   int dummy = 0;
   a.q = a.k = a.v = a.wq = a.wk = &dummy;
