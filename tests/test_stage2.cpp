@@ -48,6 +48,21 @@ std::vector<double> rnd(Seeded& s, size_t n, double scale = 1.0) {
   return v;
 }
 
+// 30 steps of batch 2 at lr 1e-2 with a held-out evaluation every 10: the end-to-end "stage 2 learns" runs.
+TrainResult train_30_steps(Stage& stage, const Dataset& data, const std::string& out, int L) {
+  TrainOptions o;
+  o.out_dir = out;
+  o.steps = 30;
+  o.batch = 2;
+  o.seq_len = L;
+  o.lr = 1e-2;
+  o.eval_every = 10;
+  o.val_seqs = 2;
+  o.eval_tokens = 32;
+  o.quiet = true;
+  return train(stage, data, o);
+}
+
 double dot(const std::vector<double>& a, const std::vector<double>& b) {
   double s = 0;
   for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
@@ -333,17 +348,7 @@ TEST(Stage2Train, LossFallsAndTheSavedModelCarriesTheLora) {
   Stage2 stage(tiny.ck, tiny_lizard(*tiny.ck, tiny_config()), tiny_options(L));
   Dataset data = random_tokens(sd.rng, sp.vocab, L, 4, 2, 4, 3);  // few sequences: LoRA can fit them
   TempDir dir;
-  TrainOptions o;
-  o.out_dir = dir.path.string();
-  o.steps = 30;
-  o.batch = 2;
-  o.seq_len = L;
-  o.lr = 1e-2;
-  o.eval_every = 10;
-  o.val_seqs = 2;
-  o.eval_tokens = 32;
-  o.quiet = true;
-  const TrainResult r = train(stage, data, o);
+  const TrainResult r = train_30_steps(stage, data, dir.path.string(), L);
   ASSERT_EQ(r.losses.size(), 30u);
   const double first = (r.losses[0] + r.losses[1] + r.losses[2]) / 3,
                last = (r.losses[27] + r.losses[28] + r.losses[29]) / 3;
@@ -523,17 +528,7 @@ TEST(Stage2NoLizard, TeacherLoraTrainsSavesAndReloads) {
     EXPECT_NEAR(student_ce, teacher_ce, 2e-3 * teacher_ce);
   }
   TempDir dir;
-  TrainOptions o;
-  o.out_dir = dir.path.string();
-  o.steps = 30;
-  o.batch = 2;
-  o.seq_len = L;
-  o.lr = 1e-2;
-  o.eval_every = 10;
-  o.val_seqs = 2;
-  o.eval_tokens = 32;
-  o.quiet = true;
-  const TrainResult r = train(stage, data, o);
+  const TrainResult r = train_30_steps(stage, data, dir.path.string(), L);
   ASSERT_EQ(r.losses.size(), 30u);
   const double first = (r.losses[0] + r.losses[1] + r.losses[2]) / 3,
                last = (r.losses[27] + r.losses[28] + r.losses[29]) / 3;
