@@ -68,16 +68,17 @@ __device__ __forceinline__ void feature_map(float (&acc)[F / 8][4], float (&out_
   }
 }
 
-// Pre-activations of 16 rows (m0) of X (smem [64][LDD]) times W (smem [D][LDW]).
-template <int D, int F>
-__device__ __forceinline__ void rows_times_w(float (&acc)[F / 8][4], const mma::bf16* X, const mma::bf16* W, int m0) {
-  constexpr int LDD = D + 8, LDW = F + 8;
+// Pre-activations of 16 rows times W (smem [D][LDW]): load_a(a, k0) gives the rows' A fragment at
+// column k0, so the padded and the SW128 row tiles share the product.
+template <int D, int F, typename LoadA>
+__device__ __forceinline__ void rows_times_w_from(float (&acc)[F / 8][4], LoadA&& load_a, const mma::bf16* W) {
+  constexpr int LDW = F + 8;
 #pragma unroll
   for (int j = 0; j < F / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) {
     uint32_t a[4];
-    mma::load_a(a, X, LDD, m0, ks * 16);
+    load_a(a, ks * 16);
 #pragma unroll
     for (int np = 0; np < F / 16; ++np) {
       uint32_t b[4];
@@ -86,6 +87,12 @@ __device__ __forceinline__ void rows_times_w(float (&acc)[F / 8][4], const mma::
       mma::mma16816(acc[2 * np + 1], a, b[2], b[3]);
     }
   }
+}
+
+// X a padded row tile (smem [64][D + 8]), rows m0 .. m0 + 15.
+template <int D, int F>
+__device__ __forceinline__ void rows_times_w(float (&acc)[F / 8][4], const mma::bf16* X, const mma::bf16* W, int m0) {
+  rows_times_w_from<D, F>(acc, [&](uint32_t (&a)[4], int k0) { mma::load_a(a, X, D + 8, m0, k0); }, W);
 }
 
 // Named barriers (id 0 is __syncthreads; each file numbers its own).
@@ -138,21 +145,7 @@ __device__ __forceinline__ void load_a_sw(uint32_t (&a)[4], uint32_t base, int m
 // rows_times_w with X an SW128 chunk tile.
 template <int D, int F>
 __device__ __forceinline__ void rows_times_w_sw(float (&acc)[F / 8][4], uint32_t X, const mma::bf16* W, int m0) {
-  constexpr int LDW = F + 8;
-#pragma unroll
-  for (int j = 0; j < F / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) {
-    uint32_t a[4];
-    load_a_sw<kC>(a, X, m0, ks * 16);
-#pragma unroll
-    for (int np = 0; np < F / 16; ++np) {
-      uint32_t b[4];
-      mma::load_b_kn(b, W, LDW, np * 16, ks * 16);
-      mma::mma16816(acc[2 * np], a, b[0], b[1]);
-      mma::mma16816(acc[2 * np + 1], a, b[2], b[3]);
-    }
-  }
+  rows_times_w_from<D, F>(acc, [&](uint32_t (&a)[4], int k0) { load_a_sw<kC>(a, X, m0, k0); }, W);
 }
 
 // Pre-activations of the warpgroup's 64 rows (X an SW128 chunk tile) times W (an SW128 tile of D rows
