@@ -114,9 +114,8 @@ void head_forward_lizard(const Ctx<T>& X, int h, T* y, HeadSave<T>* sv, T* Sfina
   const T eps = T(X.c.eps), al = alpha_of(X.c, X.p, h);
   const T* mu = meta_row(X.c, X.p, h);
   const int m = X.c.meta_tokens;
-  T mu_max = -std::numeric_limits<T>::infinity(), mu_sum = 0;
-  for (int j = 0; j < m; ++j) mu_max = std::max(mu_max, mu[j]);
-  for (int j = 0; j < m; ++j) mu_sum += std::exp(mu[j] - mu_max);
+  const MetaSum<T> ms(mu, m);
+  const T mu_max = ms.max, mu_sum = ms.sum;
 
   std::vector<T> u(size_t(C) * pr.F), phq(size_t(C) * F2), phk(size_t(C) * F2), Vh(size_t(C) * Dv),
       P(size_t(C) * C), out(size_t(C) * Dv), b(C), S(size_t(F2) * Dv, T(0));
@@ -402,9 +401,8 @@ void head_backward_lizard(const Ctx<T>& X, int h, const HeadSave<T>& sv, const T
   const T eps = T(X.c.eps), al = alpha_of(X.c, X.p, h);
   const T* mu = meta_row(X.c, X.p, h);
   std::vector<T> dOut(size_t(L) * Dv), dA(size_t(L) * D), dpm(X.c.meta_weights_gate ? L : 0), pm(dpm.size());
-  T mu_max = -std::numeric_limits<T>::infinity(), mu_sum = 0;
-  for (int j = 0; j < m; ++j) mu_max = std::max(mu_max, mu[j]);
-  for (int j = 0; j < m; ++j) mu_sum += std::exp(mu[j] - mu_max);
+  const MetaSum<T> ms(mu, m);
+  const T mu_max = ms.max, mu_sum = ms.sum;
   T dal = 0;
   for (int64_t i = 0; i < L; ++i) {
     const T* dyi = dy + (i * H + h) * D;

@@ -179,6 +179,15 @@ inline const T* meta_row(const Cfg& c, const LizardParamsT<T>& p, int h) {
   if (c.meta_tokens == 0) return nullptr;
   return p.meta.data() + (c.meta_per_head ? size_t(h) * c.meta_tokens : 0);
 }
+// The meta sinks of a row as a shifted sum: max_j mu_j and sum_j e^(mu_j - max) (-inf and 0 for m = 0).
+template <typename T>
+struct MetaSum {
+  T max = -std::numeric_limits<T>::infinity(), sum = 0;
+  MetaSum(const T* mu, int m) {
+    for (int j = 0; j < m; ++j) max = std::max(max, mu[j]);
+    for (int j = 0; j < m; ++j) sum += std::exp(mu[j] - max);
+  }
+};
 template <typename T>
 inline T alpha_of(const Cfg& c, const LizardParamsT<T>& p, int h) {
   return c.alpha_per_layer ? p.alpha[0] : p.alpha[h];
