@@ -4,8 +4,7 @@
 #   bash scripts/device/quality_runs.sh NAME        (NAME below; prints the held-out lines, $OUT/NAME.tgz)
 # The tuned recipe: stage 1 --lr 3e-2, stage 2 --lr2 2e-3 --train-lizard, configs/lizard_rope_a05.json.
 #   yard3 / yard10     the teacher fine-tuned with the same LoRA recipe (configs/teacher_lora.json), 3M / 10M
-#   lol10-s1, lol10-s2 LoLCATs 10M + 10M with the tuned recipe, one stage per call (~500 s each)
-#   w64, gate99, lr2x  Lizard 3M + 3M variations against 13.34: window 64, gate_init 0.99, stage-2 lr 4e-3
+#   lr2x               Lizard 3M + 3M with stage-2 lr 4e-3 (against 13.34)
 #   sweep              w64, gate99, perhead (per-head gate + sinks), meta8: four 3M + 3M pairs in one call
 #   combo10            Lizard 10M + 10M with per-head gate + per-head sinks + 8 meta tokens (vs 10.78 / LoLCATs 10.41)
 #   lol10              LoLCATs 10M + 10M, resumable: each call goes on where the last stopped (stops with
@@ -36,8 +35,6 @@ resumable() {  # OUT_NAME ARGS...: skipped once OUT has report.json
 case "$name" in
   yard3)  lin --stage 2 --teacher $lz/model.gguf --config configs/teacher_lora.json --lr2 2e-3 --tokens 3000000 --out $lz/yard3 ;;
   yard10) lin --stage 2 --teacher $lz/model.gguf --config configs/teacher_lora.json --lr2 2e-3 --tokens 10000000 --out $lz/yard10 ;;
-  lol10-s1) lin --stage 1 --teacher $lz/model.gguf --config configs/lolcats.json --lr 3e-2 --tokens 10000000 --out $lz/lol10-s1 ;;
-  lol10-s2) lin --stage 2 --teacher $lz/lol10-s1 --lr2 2e-3 --train-lizard --tokens 10000000 --out $lz/lol10-s2 ;;
   lol10)  resumable lol10-s1 --stage 1 --teacher $lz/model.gguf --config configs/lolcats.json --lr 3e-2 --tokens 10000000
           [ -f $lz/lol10-s1/report.json ] && resumable lol10-s2 --stage 2 --teacher $lz/lol10-s1 --lr2 2e-3 \
             --train-lizard --tokens 10000000 ;;
@@ -49,8 +46,6 @@ case "$name" in
                    'meta8 {"meta_tokens": 8}'; do
             echo "== ${v%% *}"; lizard_pair ${v%% *} "$(tmpcfg ${v%% *} "${v#* }")"
           done ;;
-  w64)    lizard_pair w64 "$(tmpcfg w64 '{"window": 64}')" ;;
-  gate99) lizard_pair gate99 "$(tmpcfg gate99 '{"gate_init": 0.99}')" ;;
   lr2x)   lin --stage 1 --teacher $lz/model.gguf --config configs/lizard_rope_a05.json --lr 3e-2 --tokens 3000000 --out $lz/lr2x-s1
           lin --stage 2 --teacher $lz/lr2x-s1 --lr2 4e-3 --train-lizard --tokens 3000000 --out $lz/lr2x-s2 ;;
   *) echo "quality_runs.sh: unknown run '$name'"; exit 2 ;;
