@@ -36,13 +36,15 @@ struct Case {
   int B, L, Hq, Hkv, D, F, w, m;
   bool gate_per_head = false, meta_per_head = false, alpha_per_layer = false;
   LizardConfig::FeatureAct act = LizardConfig::FeatureAct::Softmax;
+  bool mwg = false;  // meta_weights_gate
 };
 
 std::string describe(const Case& c) {
   char buf[256];
-  std::snprintf(buf, sizeof buf, "B%d L%d Hq%d Hkv%d D%d F%d w%d m%d%s%s%s%s", c.B, c.L, c.Hq, c.Hkv, c.D, c.F, c.w,
-                c.m, c.gate_per_head ? " gate/head" : "", c.meta_per_head ? " meta/head" : "",
-                c.alpha_per_layer ? " alpha/layer" : "", c.act == LizardConfig::FeatureAct::Exp ? " exp" : "");
+  std::snprintf(buf, sizeof buf, "B%d L%d Hq%d Hkv%d D%d F%d w%d m%d%s%s%s%s%s", c.B, c.L, c.Hq, c.Hkv, c.D, c.F,
+                c.w, c.m, c.gate_per_head ? " gate/head" : "", c.meta_per_head ? " meta/head" : "",
+                c.alpha_per_layer ? " alpha/layer" : "", c.act == LizardConfig::FeatureAct::Exp ? " exp" : "",
+                c.mwg ? " mwg" : "");
   return buf;
 }
 
@@ -65,6 +67,7 @@ struct Problem {
     cfg.alpha_per_layer = c.alpha_per_layer;
     cfg.gate = c.gate_per_head ? LizardConfig::Gate::PerHead : LizardConfig::Gate::Scalar;
     cfg.feature_act = c.act;
+    cfg.meta_weights_gate = c.mwg;
     shape.d_model = 24;
     shape.n_heads = c.Hq;
     shape.n_kv_heads = c.Hkv;
@@ -151,6 +154,17 @@ const std::vector<Case> kCases = {
     {1, 99, 2, 2, 128, 32, 65, 4, false, false, false, LizardConfig::FeatureAct::Exp},
 };
 
+// meta_weights_gate (y = p_meta y_gate + alpha y_anchor) over the options it combines with: window 1 (the
+// sinks hold most of the mass), 130 (three key chunks), per-head sinks / gate, alpha per layer, exp features.
+constexpr auto kSoftmax = LizardConfig::FeatureAct::Softmax, kExp = LizardConfig::FeatureAct::Exp;
+const std::vector<Case> kMwgCases = {
+    {2, 77, 4, 2, 64, 32, 16, 4, false, false, false, kSoftmax, true},
+    {1, 257, 2, 1, 128, 64, 128, 4, false, true, false, kSoftmax, true},
+    {1, 190, 2, 2, 64, 64, 130, 2, true, false, true, kExp, true},
+    {1, 150, 2, 2, 64, 64, 1, 3, false, false, false, kSoftmax, true},
+    {1, 99, 3, 1, 128, 32, 65, 1, true, true, false, kSoftmax, true},
+};
+
 // `tag` names the forward variant in each figure line (e.g. "v3", "v0-split").
 void chunked_bf16(const std::vector<Case>& cases, const char* tag = "v0") {
   for (const Case& c : cases) {
@@ -175,12 +189,14 @@ void chunked_bf16(const std::vector<Case>& cases, const char* tag = "v0") {
 // does not fit, w > 129 at D128 F64, as in the last case: v0 split there, 2 B Hq <= SMs). Deleted variants
 // (1, 2, 4: 2026-11-27; the two-pass 5, 6, 7: session 4) are refused.
 TEST(LizardCuda, ChunkedBf16MatchesReference) {
-  std::vector<Case> cases = kCases;
+  std::vector<Case> cases = kCases, v0cases = kCases;
   cases.push_back({1, 150, 2, 2, 128, 64, 130, 4});
+  cases.insert(cases.end(), kMwgCases.begin(), kMwgCases.end());
+  v0cases.insert(v0cases.end(), kMwgCases.begin(), kMwgCases.end());
   lizard::cuda::set_forward_variant(0);
   for (int mode : {1, 2}) {
     lizard::cuda::set_forward_split(mode);
-    chunked_bf16(kCases, mode == 2 ? "v0-split" : "v0");  // kCases: v0 unsplit does not fit the last one
+    chunked_bf16(v0cases, mode == 2 ? "v0-split" : "v0");  // v0 unsplit does not fit w 130 at D128 F64
   }
   lizard::cuda::set_forward_split(0);
   lizard::cuda::set_forward_variant(3);
@@ -245,7 +261,8 @@ TEST(LizardCuda, ChunkedBf16WgmmaOddLengths) {
 
 // Small cases for compute-sanitizer (memcheck, racecheck): scripts/device_cuda.sh runs this one.
 TEST(LizardCuda, SanitizerSmall) {
-  const std::vector<Case> small = {{1, 77, 2, 1, 64, 32, 16, 4}, {1, 130, 1, 1, 128, 64, 128, 4}, {1, 140, 1, 1, 64, 32, 1, 2}};
+  const std::vector<Case> small = {{1, 77, 2, 1, 64, 32, 16, 4}, {1, 130, 1, 1, 128, 64, 128, 4}, {1, 140, 1, 1, 64, 32, 1, 2},
+                                   {1, 100, 2, 1, 64, 64, 65, 2, false, false, false, kSoftmax, true}};
   lizard::cuda::set_forward_variant(0);
   chunked_bf16(small, "v0");
   lizard::cuda::set_forward_variant(3);
@@ -254,7 +271,9 @@ TEST(LizardCuda, SanitizerSmall) {
 }
 
 TEST(LizardCuda, RecurrentFp32AndBf16MatchReference) {
-  for (const Case& c : kCases) {
+  std::vector<Case> cases = kCases;
+  cases.insert(cases.end(), kMwgCases.begin(), kMwgCases.end());
+  for (const Case& c : cases) {
     const uint64_t seed = fresh_seed();
     {
       Problem P(c, seed, false);
@@ -289,7 +308,7 @@ TEST(LizardCuda, RecurrentFp32AndBf16MatchReference) {
 // Token-by-token decode from an empty state reproduces the reference at every position, and ends
 // in the same state as the chunked kernel's final state.
 TEST(LizardCuda, DecodeMatchesReferenceAndChunkedState) {
-  for (const Case& c : {kCases[0], kCases[1], kCases[3]}) {
+  for (const Case& c : {kCases[0], kCases[1], kCases[3], kMwgCases[1], kMwgCases[2]}) {
     const uint64_t seed = fresh_seed();
     Problem P(c, seed, true);
     DevInputs<float> in(P);
@@ -366,14 +385,26 @@ TEST(LizardCuda, RefusesWhatItCannotDo) {
   cfg.feature_on_rope = true;
   EXPECT_THROW(lizard::cuda::lizard_cuda_args(cfg, s, 1, 10), lizard::Error);
   cfg = LizardConfig{};
-  cfg.meta_weights_gate = true;  // CPU-only option
-  EXPECT_THROW(lizard::cuda::lizard_cuda_args(cfg, s, 1, 10), lizard::Error);
-  cfg = LizardConfig{};
   LizardAttnArgs a = lizard::cuda::lizard_cuda_args(cfg, LizardShape{64, 4, 2, 96}, 1, 10);
   int dummy = 0;
   a.q = a.k = a.v = a.wq = a.wk = &dummy;
   a.y = &dummy;
   a.log_gamma = a.alpha = a.meta = reinterpret_cast<float*>(&dummy);
+  {  // meta_weights_gate: the chunked backward only (refused by name before anything runs)
+    LizardAttnArgs m = a;
+    m.D = 64, m.meta_weights_gate = true;
+    float fd = 0.f;
+    lizard::cuda::LizardAttnGrads g;
+    g.dq = g.dk = g.dv = &fd;
+    try {
+      lizard::cuda::lizard_attention_backward_parallel(m, true, &dummy, g);
+      ADD_FAILURE() << "the parallel backward took meta_weights_gate";
+    } catch (const lizard::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("meta_weights_gate"), std::string::npos) << e.what();
+    }
+    m.n_meta = 0;
+    EXPECT_THROW(lizard::cuda::lizard_attention_forward_bf16(m), lizard::Error);  // needs the sinks
+  }
   EXPECT_THROW(lizard::cuda::lizard_attention_forward_bf16(a), lizard::Error);  // D = 96
   a.D = 128;
   a.window = 400;
@@ -427,6 +458,33 @@ std::vector<double> window_dya(const Problem& P, const std::vector<double>& dy) 
   return out;
 }
 
+// meta_weights_gate: dy_i . (p_i y_gate_i) for every (b, h, i) ([B, Hq, L]), from the CPU forward with
+// alpha = 0 (y = p_i y_gate_i), in double.
+std::vector<double> weighted_gate_dot(const Problem& P, const std::vector<double>& dy) {
+  const Case& c = P.c;
+  lizard::LizardParamsT<double> p0 = P.p;
+  std::fill(p0.alpha.begin(), p0.alpha.end(), 0.0);
+  std::vector<double> yg(P.yref.size()), out(size_t(c.B) * c.Hq * c.L);
+  for (int b = 0; b < c.B; ++b) {
+    lizard::LizardInput<double> in;
+    in.L = c.L;
+    in.x = P.x.data() + size_t(b) * c.L * P.shape.d_model;
+    in.q = P.q.data() + size_t(b) * c.L * c.Hq * c.D;
+    in.k = P.k.data() + size_t(b) * c.L * c.Hkv * c.D;
+    in.v = P.v.data() + size_t(b) * c.L * c.Hkv * c.D;
+    lizard::lizard_forward_parallel<double>(P.cfg, P.shape, p0, nullptr, in, yg.data() + size_t(b) * c.L * c.Hq * c.D);
+  }
+  for (int b = 0; b < c.B; ++b)
+    for (int h = 0; h < c.Hq; ++h)
+      for (int i = 0; i < c.L; ++i) {
+        const size_t o = ((size_t(b) * c.L + i) * c.Hq + h) * c.D;
+        double r = 0;
+        for (int e = 0; e < c.D; ++e) r += dy[o + e] * yg[o + e];
+        out[(size_t(b) * c.Hq + h) * c.L + i] = r;
+      }
+  return out;
+}
+
 // stages (chunked only): the stage variant in force, or -1 for no diagnostics; when set, the call is
 // repeated, dalpha is bisected by query block, and the tensor-core window statistics (dalpha, dmeta) are
 // compared with the parallel backward's fp32 CUDA-core ones on the same inputs (all printed, not asserted).
@@ -471,7 +529,7 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
   CK(cudaGetLastError());
   CK(cudaDeviceSynchronize());
   std::string vs_parallel;
-  if (chunked) {  // the all-pairs backward on the same inputs, as the second check
+  if (chunked && !c.mwg) {  // the all-pairs backward on the same inputs, as the second check (it refuses mwg)
     Dev<float> pq(P.q.size()), pk(P.k.size()), pv(P.v.size());
     lizard::cuda::LizardAttnGrads pg;
     pg.dq = pq.p, pg.dk = pk.p, pg.dv = pv.p;
@@ -551,7 +609,7 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
       }
       stats_check += blocks;
     }
-    {
+    if (!c.mwg) {
       rerun(a1, m1, /*parallel=*/true);
       size_t bad = 0;
       const double ea = rel_err(a0, a1, &bad), em = c.m > 0 ? rel_err(m0, m1, &bad) : 0.0;
@@ -607,14 +665,18 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
       // most of the window's mass and |sum| fell to ~1/100 of the terms on the H200, where the split-bf16
       // and fp32 statistics stages then differed by 7.5e-4 of |sum|). Scale: sum |alpha dy . A| per meta
       // set, an upper bound of sum |terms| (p_sink <= 1).
-      const std::vector<double> dya = window_dya(P, dy);
+      // meta_weights_gate adds sum_i exp(mu_j - lse_i) g_i and p_i g_i to delta_i (g_i = dy_i . y_gate_i):
+      // the scale then also takes 2 sum |p_i g_i|, with p_i y_gate_i the output of an alpha = 0 forward.
+      const std::vector<double> dya = window_dya(P, dy), gp = c.mwg ? weighted_gate_dot(P, dy) : std::vector<double>();
       const size_t nm = P.p.meta.size() / size_t(c.m), na = P.p.alpha.size();
       std::vector<double> scale(nm, 0.0);
       for (int b = 0; b < c.B; ++b)
         for (int h = 0; h < c.Hq; ++h)
-          for (int i = 0; i < c.L; ++i)
-            scale[nm == 1 ? 0 : size_t(h)] +=
-                std::fabs(P.p.alpha[na == 1 ? 0 : size_t(h)] * dya[(size_t(b) * c.Hq + h) * c.L + i]);
+          for (int i = 0; i < c.L; ++i) {
+            const size_t o = (size_t(b) * c.Hq + h) * c.L + i;
+            scale[nm == 1 ? 0 : size_t(h)] += std::fabs(P.p.alpha[na == 1 ? 0 : size_t(h)] * dya[o]) +
+                                              (c.mwg ? 2 * std::fabs(gp[o]) : 0.0);
+          }
       double err = 0;
       for (size_t j = 0; j < m.ref.size(); ++j)
         err = std::max(err, std::fabs(m.got[j] - m.ref[j]) / std::max(scale[j / size_t(c.m)], 1e-30));
@@ -632,7 +694,10 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     line += buf;
     EXPECT_EQ(bad, 0u) << m.name << " " << describe(c) << " seed " << seed;
     const std::string nm = m.name;
-    const double t = nm == "dalpha" || nm == "dmeta" ? 2e-5 : (chunked && nm.rfind("dgate", 0) == 0 ? gate_tol : tol);
+    // dmeta under meta_weights_gate takes the gate passes' p g (bf16 products): the tolerance of dq, dk, dv.
+    const double t = nm == "dalpha" || (nm == "dmeta" && !c.mwg) ? 2e-5
+                     : chunked && nm.rfind("dgate", 0) == 0 ? gate_tol
+                                                             : tol;
     EXPECT_LT(e, t) << m.name << " " << describe(c) << " seed " << seed;
   }
   std::printf("[lizard-cuda] backward%s %s %-40s%s%s%s (seed %llu)\n", chunked ? " chunked" : "", round ? "bf16" : "f32 ",
@@ -660,6 +725,7 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
                 stages, stages == 2 ? "tensor cores, split bf16, v2 loaders/window/dW" : "tensor cores, split bf16");
     std::vector<Case> cases = kCases;
     cases.push_back({1, 707, 2, 1, 64, 32, 64, 4, true});
+    cases.insert(cases.end(), kMwgCases.begin(), kMwgCases.end());
     for (const Case& c : cases) {
       const uint64_t seed = fresh_seed();
       backward_case<float>(c, seed, false, 3e-2, true, 2.5e-1, stages);
@@ -685,6 +751,7 @@ TEST(LizardCuda, SanitizerSmallChunkedBackward) {
     std::printf("[lizard-cuda] small chunked backward, stage variant %d\n", stages);
     backward_case<__nv_bfloat16>({1, 77, 2, 1, 64, 32, 16, 4}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>({1, 130, 2, 2, 128, 64, 65, 2, true}, fresh_seed(), true, 3e-2, true, 2.5e-1);
+    backward_case<__nv_bfloat16>(kMwgCases[0], fresh_seed(), true, 3e-2, true, 2.5e-1);
   }
   lizard::cuda::set_backward_stage_variant(lizard::cuda::kBackwardStageDefault);
 }

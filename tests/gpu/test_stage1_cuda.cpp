@@ -85,6 +85,14 @@ Variant hybrid() {
   return v;
 }
 
+// The hybrid with meta_weights_gate (y = p_meta y_gate + alpha y_anchor; not in the paper).
+Variant meta_weights_gate() {
+  Variant v = hybrid();
+  v.name = "hybrid-mwg";
+  v.cfg.meta_weights_gate = true;
+  return v;
+}
+
 // The LoLCATs baseline (combine = lolcats, feature maps on RoPE'd q, k), hybrid (layers 1 and 2 of 3).
 Variant lolcats() {
   Variant v = all_lizard();
@@ -266,6 +274,8 @@ TEST(Stage1Cuda, AllLizardBatchMatchesCpu) { compare_one_batch(all_lizard()); }
 TEST(Stage1Cuda, HybridBatchMatchesCpu) { compare_one_batch(hybrid()); }
 TEST(Stage1Cuda, AllLizardTrainingMatchesCpu) { compare_training(all_lizard()); }
 TEST(Stage1Cuda, HybridTrainingMatchesCpu) { compare_training(hybrid()); }
+TEST(Stage1Cuda, MetaWeightsGateBatchMatchesCpu) { compare_one_batch(meta_weights_gate()); }
+TEST(Stage1Cuda, MetaWeightsGateTrainingMatchesCpu) { compare_training(meta_weights_gate()); }
 TEST(Stage1Cuda, LolcatsBatchMatchesCpu) { compare_one_batch(lolcats()); }
 TEST(Stage1Cuda, LolcatsTrainingMatchesCpu) { compare_training(lolcats()); }
 

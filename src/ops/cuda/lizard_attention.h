@@ -1,6 +1,7 @@
 // Lizard attention on the GPU (LIZARD.md sections 1-5): gated linear branch with Hedgehog feature
 // maps and normaliser, plus a sliding-window softmax branch with meta-memory sinks, y = y_gate +
-// alpha * y_anchor. All pointers are device pointers; all tensors are contiguous.
+// alpha * y_anchor (meta_weights_gate: y = p_meta y_gate + alpha * y_anchor, p_meta the sinks' share of
+// the window softmax). All pointers are device pointers; all tensors are contiguous.
 //
 // Layouts (Hq query heads, Hkv key/value heads, Hq % Hkv == 0, GQA group = Hq / Hkv):
 //   q [B, L, Hq, D], k and v [B, L, Hkv, D], y [B, L, Hq, D]          (bf16 or fp32)
@@ -33,6 +34,7 @@ struct LizardAttnArgs {
   bool meta_per_head = false;  // meta is [Hq, m] instead of [m]
   bool alpha_per_head = true;  // alpha is [Hq] instead of [1]
   bool gate_per_head = false;  // log_gamma is [B, L, Hq] instead of [B, L]
+  bool meta_weights_gate = false;  // y_gate weighted by the sinks' share of the window softmax (n_meta >= 1)
   FeatureAct act = FeatureAct::Softmax;
   float eps = 1e-6f;           // added to the gate normaliser
   float scale = 0.0f;          // window score scale; 0 means 1/sqrt(D)

@@ -589,11 +589,27 @@ __device__ __forceinline__ void finish_dphi(float (&dph)[NP][4], float ca, float
   dba = quad_sum(dba), dbb = quad_sum(dbb);
 }
 
+// meta_weights_gate (y = p_i y_gate_i + alpha A_i): p_i = sum_j exp(mu_j - lse_i), the sinks' share of
+// the window softmax of row i (lse from the window statistics stage); 1 when the option is off, 0 for
+// rows past the sequence end.
+__device__ __forceinline__ float gate_weight(const LizardAttnArgs& a, int h, const float* lse, bool valid) {
+  if (!valid) return 0.f;
+  if (!a.meta_weights_gate) return 1.f;
+  const float* mu = a.meta + (a.meta_per_head ? h * a.n_meta : 0);
+  float p = 0.f;
+  for (int j = 0; j < a.n_meta; ++j) p += expf(mu[j] - *lse);
+  return p;
+}
+
 // Forward output pass: dn, dden, dphq, dbq of chunk n = blockIdx.x % groups (cpg = 1: the loop below
 // runs once; groups, cpg kept from the grouped sweeps this kernel came from, so its code is unchanged).
+// meta_weights_gate: dy reaches the gated branch as p_i dy_i, and the sinks' output (the scalar p_i) has
+// the gradient g_i = dy_i . y_gate_i: delta_i (window stage) += p_i g_i, and dmeta_j += sum_i
+// exp(mu_j - lse_i) g_i = softmax(mu)_j sum_i p_i g_i here (dmeta may be null).
 template <typename T, int D, int P2>
 __global__ void __launch_bounds__(kGT, 2)
-    gate_fwd_out_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, int groups, int cpg, float* gst) {
+    gate_fwd_out_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, int groups, int cpg, float* gst,
+                        float* dmeta) {
   using SM = Smem<D, P2>;
   constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -666,17 +682,19 @@ __global__ void __launch_bounds__(kGT, 2)
       mma_frag<4, BLayout::KN>(nacc, pa, Vt, LDD);
     }
     mma_smem<P2 / 16, BLayout::KN, true>(nacc, PQ, LDP, r0, Sb, LDD, eba, ebb);
-    // dn = dy / (den + eps), dden = -(dy . N) / (den + eps)^2
+    // dn = dy / (den + eps), dden = -(dy . N) / (den + eps)^2 (dy times the gate weight p)
     const bool va = ra < ci.nvalid, vb = rb < ci.nvalid;
     const int ia = ci.c0 + ra, ib = ci.c0 + rb;
+    const float pwa = gate_weight(a, h, ws.lse + int64_t(bh) * L + ia, va);
+    const float pwb = gate_weight(a, h, ws.lse + int64_t(bh) * L + ib, vb);
     float dga = 0.f, dgb = 0.f;
 #pragma unroll
     for (int j = 0; j < ND; ++j) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int c = 8 * j + 2 * t4 + e;
-        const float ya = va ? ld(dy + d.q_off(b, ia, h) + c) : 0.f;
-        const float yb = vb ? ld(dy + d.q_off(b, ib, h) + c) : 0.f;
+        const float ya = va ? ld(dy + d.q_off(b, ia, h) + c) * pwa : 0.f;
+        const float yb = vb ? ld(dy + d.q_off(b, ib, h) + c) * pwb : 0.f;
         dga += ya * nacc[j][e], dgb += yb * nacc[j][2 + e];
         const float dna = ya * inva, dnb = yb * invb;
         DN[ra * LDD + c] = __float2bfloat16(dna);
@@ -685,12 +703,29 @@ __global__ void __launch_bounds__(kGT, 2)
         if (vb) ws.dn[(int64_t(bh) * L + ib) * D + c] = dnb;
       }
     }
-    const float ddna = -quad_sum(dga) * inva * inva, ddnb = -quad_sum(dgb) * invb * invb;
+    const float gpa = quad_sum(dga) * inva, gpb = quad_sum(dgb) * invb;  // p dy . y_gate
+    const float ddna = -gpa * inva, ddnb = -gpb * invb;
     if (t4 == 0) {
       ddn[ra] = va ? ddna : 0.f;
       ddn[rb] = vb ? ddnb : 0.f;
       if (va) ws.dden[int64_t(bh) * L + ia] = ddna;
       if (vb) ws.dden[int64_t(bh) * L + ib] = ddnb;
+      if (a.meta_weights_gate) {  // one writer per row: the stats stage wrote delta, the window stage reads it
+        if (va) ws.delta[int64_t(bh) * L + ia] += gpa;
+        if (vb) ws.delta[int64_t(bh) * L + ib] += gpb;
+      }
+    }
+    if (a.meta_weights_gate && dmeta != nullptr) {  // warp-uniform
+      float gs = t4 == 0 ? gpa + gpb : 0.f;  // rows past the end have p = 0
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) gs += __shfl_xor_sync(0xffffffffu, gs, o);
+      const int moff = a.meta_per_head ? h * a.n_meta : 0;
+      const float* mu = a.meta + moff;
+      float mx = -INFINITY, den = 0.f;
+      for (int j = 0; j < a.n_meta; ++j) mx = fmaxf(mx, mu[j]);
+      for (int j = 0; j < a.n_meta; ++j) den += expf(mu[j] - mx);
+      if (lane == 0)
+        for (int j = 0; j < a.n_meta; ++j) atomicAdd(dmeta + moff + j, expf(mu[j] - mx) / den * gs);
     }
     __syncthreads();
     // W = (dn V^T + dden) .* exp(b_i - b_t) .* causal
@@ -957,7 +992,8 @@ __global__ void __launch_bounds__(kGT, 4) gate_state_kernel(const LizardAttnArgs
 // The gate branch: state pass, output pass (one CTA per (b, h, chunk)), forward then reverse, one state
 // buffer [BH, NC, kStateFloats] reused by both directions. `mark` names the passes for the profile.
 template <typename T, int D, int P2, typename Mark>
-void launch_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, cudaStream_t st, Mark&& mark) {
+void launch_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, float* dmeta, cudaStream_t st,
+                  Mark&& mark) {
   const int BH = d.B * d.Hq, nch = (d.L + kC - 1) / kC;
   float* sbuf = nullptr;
   LZ_CUDA_OK(cudaMallocAsync(&sbuf, sizeof(float) * size_t(BH) * nch * kStateFloats<D, P2>, st));
@@ -970,7 +1006,7 @@ void launch_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv
   gate_state_kernel<T, D, P2, false><<<sgrid, kGT, 0, st>>>(a, d, ws, sbuf);
   LZ_CUDA_OK(cudaGetLastError());
   mark("gate2-fstate");
-  kfo<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dy, nch, 1, sbuf);
+  kfo<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dy, nch, 1, sbuf, dmeta);
   LZ_CUDA_OK(cudaGetLastError());
   mark("gate2-fout");
   gate_state_kernel<T, D, P2, true><<<sgrid, kGT, 0, st>>>(a, d, ws, sbuf);  // dn, dden from kfo
@@ -982,12 +1018,14 @@ void launch_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv
   LZ_CUDA_OK(cudaFreeAsync(sbuf, st));
 }
 
+// dmeta (may be null): the meta_weights_gate part of the sinks' gradient (the window stage adds the rest).
 template <typename T, typename Mark>
-void run_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, cudaStream_t st, Mark&& mark) {
-  if (a.D == 64 && a.F == 32) return launch_gate2<T, 64, 64>(a, d, ws, dy, dv, st, mark);
-  if (a.D == 64 && a.F == 64) return launch_gate2<T, 64, 128>(a, d, ws, dy, dv, st, mark);
-  if (a.D == 128 && a.F == 32) return launch_gate2<T, 128, 64>(a, d, ws, dy, dv, st, mark);
-  if (a.D == 128 && a.F == 64) return launch_gate2<T, 128, 128>(a, d, ws, dy, dv, st, mark);
+void run_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, float* dmeta, cudaStream_t st,
+               Mark&& mark) {
+  if (a.D == 64 && a.F == 32) return launch_gate2<T, 64, 64>(a, d, ws, dy, dv, dmeta, st, mark);
+  if (a.D == 64 && a.F == 64) return launch_gate2<T, 64, 128>(a, d, ws, dy, dv, dmeta, st, mark);
+  if (a.D == 128 && a.F == 32) return launch_gate2<T, 128, 64>(a, d, ws, dy, dv, dmeta, st, mark);
+  if (a.D == 128 && a.F == 64) return launch_gate2<T, 128, 128>(a, d, ws, dy, dv, dmeta, st, mark);
   fail_cat("lizard attention chunked backward (cuda): needs D in {64, 128} and F in {32, 64}, got D=", a.D, " F=", a.F);
 }
 
@@ -2314,7 +2352,7 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   mark(stages2 ? "stats2" : chunked ? "stats-tc" : "stats");
   if (chunked) {
     // gate branch: dn, dden, dphq, dbq; dv (gate), dphk, dbk (one mark per pass: gate2-fstate .. gate2-rout)
-    gate::run_gate2<T>(a, d, ws, dy, g.dv, st, mark);
+    gate::run_gate2<T>(a, d, ws, dy, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, mark);
     win::run_win<T>(a, d, ws, dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, stages2);
     mark(stages2 ? "window2" : "window-tc");
   } else {
@@ -2360,6 +2398,9 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
                                         cudaStream_t stream) {
   check_common_args(a);
   LZ_CUDA_CHECK(g.dq && g.dk && g.dv && dy, "lizard attention backward (cuda): dy, dq, dk, dv are required");
+  LZ_CUDA_CHECK(!a.meta_weights_gate,
+                "lizard attention backward (cuda): meta_weights_gate needs the chunked backward "
+                "(lizard_attention_backward_chunked), the parallel form does not implement it");
   LZ_CUDA_CHECK(a.D <= 256 && a.F <= 128, "lizard attention backward (cuda): needs D <= 256 and F <= 128, got D=",
                 a.D, " F=", a.F);
   if (fp32)

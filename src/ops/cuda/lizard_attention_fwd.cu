@@ -27,6 +27,14 @@ namespace {
 using namespace mma;
 constexpr int kThreads = 256;
 
+// meta_weights_gate: the sinks' share of rows ra, ra + 8's window softmax (log2 domain: the sinks' sum
+// meta_l at max meta_m, the rows' running max m and full sum l) into pm[ra], pm[ra + 8].
+__device__ __forceinline__ void sinks_share(float* pm, int ra, float meta_l, float meta_m, float m0, float m1,
+                                            float l0, float l1) {
+  pm[ra] = meta_l * exp2f(meta_m - m0) / l0;
+  pm[ra + 8] = meta_l * exp2f(meta_m - m1) / l1;
+}
+
 // DV: value/output columns handled by one CTA (D, or D/2 when the value dimension is split over
 // two CTAs to put more CTAs on the chip for small batch x heads).
 template <int D, int F, int DV>
@@ -43,7 +51,7 @@ struct FwdSmem {
                + size_t(kC) * LDF               // phi_K
                + size_t(F2) * LDV               // S (bf16)
                + size_t(2) * D * LDW;           // Wq, Wk
-    size_t f = kC + F2 + 4 * F2;                // b, z, z partial sums
+    size_t f = kC + F2 + 4 * F2 + kC;           // b, z, z partial sums, p_meta
     return h * 2 + f * 4;
   }
 };
@@ -67,6 +75,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
   float* bsum = reinterpret_cast<float*>(Wk + D * LDW);
   float* zs = bsum + kC;
   float* zpart = zs + F2;
+  float* pmeta = zpart + 4 * F2;  // meta_weights_gate: each row's sinks' share, window warps -> gate warps
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const int sp = blockIdx.x % NSPLIT, bhq = blockIdx.x / NSPLIT;
@@ -319,6 +328,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       }
       l0 = quad_sum(l0), l1 = quad_sum(l1);
       const float inv0 = alpha / l0, inv1 = alpha / l1;
+      if (a.meta_weights_gate && t4 == 0) sinks_share(pmeta, r0 + g, meta_l, meta_m, m0, m1, l0, l1);
       __syncwarp();  // all lanes done reading this warp's Q rows
 #pragma unroll
       for (int j = 0; j < ND; ++j) {
@@ -368,6 +378,11 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       zs[tid] = eC * zs[tid] + zpart[tid] + zpart[F2 + tid] + zpart[2 * F2 + tid] + zpart[3 * F2 + tid];
     }
     if (warp < 4) {
+      if (a.meta_weights_gate) {
+        const float p0 = pmeta[r0 + g], p1 = pmeta[r0 + g + 8];
+#pragma unroll
+        for (int j = 0; j < ND; ++j) og[j][0] *= p0, og[j][1] *= p0, og[j][2] *= p1, og[j][3] *= p1;
+      }
 #pragma unroll
       for (int j = 0; j < ND; ++j) {
         int c = 8 * j + 2 * t4;
@@ -470,7 +485,7 @@ struct Fwd3Smem {
            + size_t(F2) * D * 2                                     // S16 (SW128, F2 rows)
            + size_t(kC) * F2 * 2                                    // phi_K (SW128, 64 rows x F2)
            + size_t(2) * kWBytes                                    // Wq, Wk
-           + size_t(2 * kC + F2 + 4 * F2) * 4                       // b, next log gamma, z, z partials
+           + size_t(3 * kC + F2 + 4 * F2) * 4                       // b, next log gamma, z, z partials, p_meta
            + 1024;                                                  // aligning the swizzle atoms
   }
 };
@@ -512,6 +527,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
   float* lgn = bsum + kC;
   float* zs = lgn + kC;
   float* zpart = zs + F2;
+  float* pmeta = zpart + 4 * F2;  // meta_weights_gate: as in v0
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const int hq = blockIdx.x % a.Hq, b = blockIdx.x / a.Hq;
@@ -770,6 +786,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       cp_async_commit();
       l0 = quad_sum(l0), l1 = quad_sum(l1);
       const float inv0 = alpha / l0, inv1 = alpha / l1;
+      if (a.meta_weights_gate && t4 == 0) sinks_share(pmeta, r0 + g, meta_l, meta_m, m0, m1, l0, l1);
       bar_sync(kBarQ, kThreads);   // the gate warps are done reading Q
       bar_sync(kBarPk, kThreads);  // phi_K ready (for the state update)
 #pragma unroll
@@ -824,6 +841,11 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       zs[tid] = eC * zs[tid] + zpart[tid] + zpart[F2 + tid] + zpart[2 * F2 + tid] + zpart[3 * F2 + tid];
     }
     if (warp < 4) {
+      if (a.meta_weights_gate) {
+        const float p0 = pmeta[r0 + g], p1 = pmeta[r0 + g + 8];
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) og[4 * j] *= p0, og[4 * j + 1] *= p0, og[4 * j + 2] *= p1, og[4 * j + 3] *= p1;
+      }
 #pragma unroll
       for (int j = 0; j < D / 8; ++j) {
         uint32_t* p0 = reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g, j) + 4 * t4);

@@ -18,6 +18,7 @@ void check_common_args(const LizardAttnArgs& a) {
   LZ_CUDA_CHECK(a.n_meta >= 0 && (a.n_meta == 0 || a.meta != nullptr), "lizard attention (cuda): ", a.n_meta, " meta logits but no meta pointer");
   LZ_CUDA_CHECK(a.q && a.k && a.v && a.y && a.wq && a.wk && a.log_gamma && a.alpha, "lizard attention (cuda): a required tensor pointer is null");
   LZ_CUDA_CHECK(a.eps >= 0.f, "lizard attention (cuda): eps must be >= 0");
+  LZ_CUDA_CHECK(!a.meta_weights_gate || a.n_meta >= 1, "lizard attention (cuda): meta_weights_gate needs meta tokens");
   LZ_CUDA_CHECK(a.act == FeatureAct::Softmax || a.act == FeatureAct::Exp, "lizard attention (cuda): unknown feature act");
 }
 
@@ -153,9 +154,11 @@ __global__ void __launch_bounds__(kThreads) lizard_recurrent_kernel(const Lizard
         sc[j] = p;
         s += p;
       }
-      for (int j = lane; j < a.n_meta; j += 32) s += expf(mu[j] - mx);
-      s = warp_sum(s);
-      if (lane == 0) red[0] = s;
+      float sm = 0.f;  // the sinks' part of the softmax sum
+      for (int j = lane; j < a.n_meta; j += 32) sm += expf(mu[j] - mx);
+      s = warp_sum(s + sm);
+      sm = warp_sum(sm);
+      if (lane == 0) red[0] = s, red[1] = sm;
     }
     const float gam = expf(lg);
     for (int f = tid; f < F2; f += kThreads) z[f] = gam * z[f] + phk[f];
@@ -163,6 +166,7 @@ __global__ void __launch_bounds__(kThreads) lizard_recurrent_kernel(const Lizard
     float dz = 0.f;
     for (int f = 0; f < F2; ++f) dz += phq[f] * z[f];
     const float inv_den = 1.f / red[0];
+    const float pm = a.meta_weights_gate ? red[1] * inv_den : 1.f;  // weight of the gated branch
     for (int d = tid; d < D; d += kThreads) {
       float yw = 0.f;
       for (int j = 0; j < nw; ++j) {
@@ -183,7 +187,7 @@ __global__ void __launch_bounds__(kThreads) lizard_recurrent_kernel(const Lizard
         S[f * D + d] = s;
         num += phq[f] * s;
       }
-      y[qo + d] = from_f<T>(num / (dz + a.eps) + alpha * yw * inv_den);
+      y[qo + d] = from_f<T>(pm * num / (dz + a.eps) + alpha * yw * inv_den);
     }
     if (kDecode && hq % group == 0) {
       // Slot pos % w holds position pos - w, which no query of this step reads.

@@ -31,7 +31,6 @@ LizardAttnArgs lizard_cuda_args(const LizardConfig& c, const LizardShape& s, int
   s.validate();
   LZ_CHECK(c.combine == LizardConfig::Combine::Lizard,
            "lizard attention (cuda): combine = {} is not implemented on the GPU (CPU only)", to_string(c.combine));
-  LZ_CHECK(!c.meta_weights_gate, "lizard attention (cuda): meta_weights_gate is not implemented on the GPU (CPU only)");
   LZ_CHECK(c.feature_on_rope == c.window_rope,
            "lizard attention (cuda): feature_on_rope = {} with window_rope = {} needs two q/k sets; the GPU kernel "
            "takes one (set both equal)",
@@ -41,6 +40,7 @@ LizardAttnArgs lizard_cuda_args(const LizardConfig& c, const LizardShape& s, int
   a.meta_per_head = c.meta_per_head;
   a.alpha_per_head = !c.alpha_per_layer;
   a.gate_per_head = c.gate == LizardConfig::Gate::PerHead;
+  a.meta_weights_gate = c.meta_weights_gate;
   return a;
 }
 
