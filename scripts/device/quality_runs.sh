@@ -7,6 +7,9 @@
 #   lr2x               Lizard 3M + 3M with stage-2 lr 4e-3 (against 13.34)
 #   sweep              w64, gate99, perhead (per-head gate + sinks), meta8: four 3M + 3M pairs in one call
 #   combo10            Lizard 10M + 10M with per-head gate + per-head sinks + 8 meta tokens (vs 10.78 / LoLCATs 10.41)
+#   mwg3               meta_weights_gate 3M + 3M, shared sinks then per-head sinks (vs 13.34 / LoLCATs 12.32)
+#   mwg10              meta_weights_gate 10M + 10M (configs/lizard_rope_mwg.json; MWG_CFG='{...}' adds options),
+#                      resumable like lol10 (vs Lizard 10.78 / LoLCATs 10.41)
 #   lol10              LoLCATs 10M + 10M, resumable: each call goes on where the last stopped (stops with
 #                      SIGINT, which checkpoints, before DEADLINE seconds: 560) until lol10-s2 has its report
 set -uo pipefail
@@ -41,6 +44,14 @@ case "$name" in
   combo10) cfg=$(tmpcfg combo10 '{"gate": "per_head", "meta_per_head": true, "meta_tokens": 8}')
           resumable combo10-s1 --stage 1 --teacher $lz/model.gguf --config "$cfg" --lr 3e-2 --tokens 10000000
           [ -f $lz/combo10-s1/report.json ] && resumable combo10-s2 --stage 2 --teacher $lz/combo10-s1 --lr2 2e-3 \
+            --train-lizard --tokens 10000000 ;;
+  mwg3)   for v in 'mwg3 {"meta_weights_gate": true}' 'mwgph3 {"meta_weights_gate": true, "meta_per_head": true}'; do
+            echo "== ${v%% *}"; lizard_pair ${v%% *} "$(tmpcfg ${v%% *} "${v#* }")"
+          done ;;
+  mwg10)  extra=${MWG_CFG:-}; [ -n "$extra" ] || extra='{}'
+          cfg=$(tmpcfg mwg10 "$(python3 -c "import json,sys; c=json.loads(sys.argv[1]); c['meta_weights_gate']=True; print(json.dumps(c))" "$extra")")
+          resumable mwg10-s1 --stage 1 --teacher $lz/model.gguf --config "$cfg" --lr 3e-2 --tokens 10000000
+          [ -f $lz/mwg10-s1/report.json ] && resumable mwg10-s2 --stage 2 --teacher $lz/mwg10-s1 --lr2 2e-3 \
             --train-lizard --tokens 10000000 ;;
   sweep)  for v in 'w64 {"window": 64}' 'gate99 {"gate_init": 0.99}' 'perhead {"gate": "per_head", "meta_per_head": true}' \
                    'meta8 {"meta_tokens": 8}'; do
