@@ -716,13 +716,18 @@ TEST(LizardCuda, BackwardMatchesReference) {
 // case of 12 chunks (L 707, a partial last one). The gate branch always runs its state passes (each chunk's
 // incoming bf16 state stored) and one CTA per (b, h, chunk) output passes. Stage variant 2 first (the
 // default: cp.async loaders, double-buffered window kernels without dk/dv atomics, dW over batch-aligned
-// token tiles), then stage variant 1 (the tensor-core kernels that misaligned pointers get).
+// token tiles), then stage variant 1 (the tensor-core kernels that misaligned pointers get); last, gate
+// variant 2 (the output passes with cp.async / float4 tiles) with the default stages.
 TEST(LizardCuda, ChunkedBackwardVsReference) {
   static_assert(lizard::cuda::kBackwardStageDefault == 2, "the first pass below is the default");
-  for (const int stages : {2, 1}) {
+  static_assert(lizard::cuda::kBackwardGateDefault == 1, "the gate-variant pass below is the other one");
+  for (const auto [stages, gatev] : {std::pair{2, 1}, std::pair{1, 1}, std::pair{2, 2}}) {
     lizard::cuda::set_backward_stage_variant(stages);
-    std::printf("[lizard-cuda] chunked backward, stage variant %d (%s), gate: state passes + chunk-parallel outputs\n",
-                stages, stages == 2 ? "tensor cores, split bf16, v2 loaders/window/dW" : "tensor cores, split bf16");
+    lizard::cuda::set_backward_gate_variant(gatev);
+    std::printf("[lizard-cuda] chunked backward, stage variant %d (%s), gate variant %d: state passes + "
+                "chunk-parallel outputs\n",
+                stages, stages == 2 ? "tensor cores, split bf16, v2 loaders/window/dW" : "tensor cores, split bf16",
+                gatev);
     std::vector<Case> cases = kCases;
     cases.push_back({1, 707, 2, 1, 64, 32, 64, 4, true});
     cases.insert(cases.end(), kMwgCases.begin(), kMwgCases.end());
@@ -739,21 +744,26 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
     backward_case<__nv_bfloat16>(kCases[5], kSeenSeed, true, 3e-2, true, 2.5e-1, stages);
   }
   lizard::cuda::set_backward_stage_variant(lizard::cuda::kBackwardStageDefault);
+  lizard::cuda::set_backward_gate_variant(lizard::cuda::kBackwardGateDefault);
   for (int deleted : {0, 3}) EXPECT_ANY_THROW(lizard::cuda::set_backward_stage_variant(deleted));
+  for (int unknown : {0, 3}) EXPECT_ANY_THROW(lizard::cuda::set_backward_gate_variant(unknown));
 }
 
 // Stage variants 2 (its bf16 kernels: cp.async tiles, double buffers, staged read-modify-writes) and 1,
 // both with the gate's state passes (into the per-chunk state buffer) and one CTA per (b, h, chunk) output
-// passes (L 77: 2 chunks, L 130: 3, a partial last one).
+// passes (L 77: 2 chunks, L 130: 3, a partial last one); then gate variant 2's output passes (cp.async,
+// float4 tiles, staged stores) with the default stages.
 TEST(LizardCuda, SanitizerSmallChunkedBackward) {
-  for (const int stages : {2, 1}) {
+  for (const auto [stages, gatev] : {std::pair{2, 1}, std::pair{1, 1}, std::pair{2, 2}}) {
     lizard::cuda::set_backward_stage_variant(stages);
-    std::printf("[lizard-cuda] small chunked backward, stage variant %d\n", stages);
+    lizard::cuda::set_backward_gate_variant(gatev);
+    std::printf("[lizard-cuda] small chunked backward, stage variant %d, gate variant %d\n", stages, gatev);
     backward_case<__nv_bfloat16>({1, 77, 2, 1, 64, 32, 16, 4}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>({1, 130, 2, 2, 128, 64, 65, 2, true}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>(kMwgCases[0], fresh_seed(), true, 3e-2, true, 2.5e-1);
   }
   lizard::cuda::set_backward_stage_variant(lizard::cuda::kBackwardStageDefault);
+  lizard::cuda::set_backward_gate_variant(lizard::cuda::kBackwardGateDefault);
 }
 
 TEST(LizardCuda, ChunkedBackwardRefusesUnsupportedSizes) {

@@ -131,6 +131,12 @@ void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const
 // misaligned-pointer path, selectable so tests cover it. Throws lizard::Error for another value.
 constexpr int kBackwardStageDefault = 2;
 void set_backward_stage_variant(int variant);
+// Gate output passes of the chunked backward: 1 (default) = gate_fwd_out / gate_rev_out, element-wise tile
+// loads and stores; 2 = the same math with cp.async / float4 tile loads, staged float4 dphi stores and
+// float2 dv atomics, run where dv (and, bf16 inputs, v and dy) are 16-byte aligned (variant 1 elsewhere).
+// Throws lizard::Error for another value.
+constexpr int kBackwardGateDefault = 1;
+void set_backward_gate_variant(int variant);
 
 // Options and sizes from a layer config (pointers left null). Throws lizard::Error for options the
 // kernels do not implement: combine = lolcats, and feature_on_rope != window_rope (the kernels take

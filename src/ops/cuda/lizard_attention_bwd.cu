@@ -989,46 +989,6 @@ __global__ void __launch_bounds__(kGT, 4) gate_state_kernel(const LizardAttnArgs
   }
 }
 
-// The gate branch: state pass, output pass (one CTA per (b, h, chunk)), forward then reverse, one state
-// buffer [BH, NC, kStateFloats] reused by both directions. `mark` names the passes for the profile.
-template <typename T, int D, int P2, typename Mark>
-void launch_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, float* dmeta, cudaStream_t st,
-                  Mark&& mark) {
-  const int BH = d.B * d.Hq, nch = (d.L + kC - 1) / kC;
-  float* sbuf = nullptr;
-  LZ_CUDA_OK(cudaMallocAsync(&sbuf, sizeof(float) * size_t(BH) * nch * kStateFloats<D, P2>, st));
-  const size_t gsmem = Smem<D, P2>::bytes;
-  auto kfo = gate_fwd_out_kernel<T, D, P2>;
-  auto kro = gate_rev_out_kernel<T, D, P2>;
-  LZ_CUDA_OK(cudaFuncSetAttribute(kfo, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
-  LZ_CUDA_OK(cudaFuncSetAttribute(kro, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
-  const dim3 sgrid(BH, D / kSD);
-  gate_state_kernel<T, D, P2, false><<<sgrid, kGT, 0, st>>>(a, d, ws, sbuf);
-  LZ_CUDA_OK(cudaGetLastError());
-  mark("gate2-fstate");
-  kfo<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dy, nch, 1, sbuf, dmeta);
-  LZ_CUDA_OK(cudaGetLastError());
-  mark("gate2-fout");
-  gate_state_kernel<T, D, P2, true><<<sgrid, kGT, 0, st>>>(a, d, ws, sbuf);  // dn, dden from kfo
-  LZ_CUDA_OK(cudaGetLastError());
-  mark("gate2-rstate");
-  kro<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dv, nch, 1, sbuf);
-  LZ_CUDA_OK(cudaGetLastError());
-  mark("gate2-rout");
-  LZ_CUDA_OK(cudaFreeAsync(sbuf, st));
-}
-
-// dmeta (may be null): the meta_weights_gate part of the sinks' gradient (the window stage adds the rest).
-template <typename T, typename Mark>
-void run_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, float* dmeta, cudaStream_t st,
-               Mark&& mark) {
-  if (a.D == 64 && a.F == 32) return launch_gate2<T, 64, 64>(a, d, ws, dy, dv, dmeta, st, mark);
-  if (a.D == 64 && a.F == 64) return launch_gate2<T, 64, 128>(a, d, ws, dy, dv, dmeta, st, mark);
-  if (a.D == 128 && a.F == 32) return launch_gate2<T, 128, 64>(a, d, ws, dy, dv, dmeta, st, mark);
-  if (a.D == 128 && a.F == 64) return launch_gate2<T, 128, 128>(a, d, ws, dy, dv, dmeta, st, mark);
-  fail_cat("lizard attention chunked backward (cuda): needs D in {64, 128} and F in {32, 64}, got D=", a.D, " F=", a.F);
-}
-
 }  // namespace gate
 
 // ---------------------------------------------------------------------------------------------
@@ -1114,6 +1074,487 @@ __device__ __forceinline__ void add_rows(const float* sm, RowPtr dst, int row0, 
 }
 
 }  // namespace v2
+
+// ---------------------------------------------------------------------------------------------
+// Gate variant 2 output passes (set_backward_gate_variant): the math of gate_fwd_out_kernel /
+// gate_rev_out_kernel, different data movement. Variant 1 loads its tiles element by element and stores
+// dn, dphi one float at a time, interleaved with global loads the compiler cannot move above those stores
+// (they may alias): hundreds of dependent global round trips per CTA, so at B16 H32 D128 F64 L2048 each
+// pass took 4.4 ms on the H200 against a ~1 ms memory + tensor-core floor. Here the incoming state (and,
+// bf16 inputs, V and the forward's dy) go by cp.async, issued first; the fp32 phi / dn rows come as float4
+// batches (8 per tile in flight) converted to bf16 8-byte stores, the forward's zdot = phq . z from those
+// same fp32 values; dn leaves as float2 stores, the gate's dv as float2 atomics; dphi is staged through the
+// dead PQ/PK tiles and stored as float4, its db = ph . dphi from batched float4 re-reads of ph. fp32
+// inputs keep the scalar V / dy loads. launch_gate2 runs these where dv (and, bf16, v and dy) are 16-byte
+// aligned.
+namespace gate {
+
+// The chunk's bf16 incoming state by cp.async into Sb (rows [P2][D + 8]); with zs, its fp32 normaliser too.
+template <int D, int P2>
+__device__ __forceinline__ void state_cp(const float* src, bf16* Sb, float* zs) {
+  constexpr int LDD = D + 8, V = D / 8, N = P2 * V / kGT;
+  static_assert(P2 * V % kGT == 0 && P2 / 4 <= kGT, "state chunks must split evenly");
+  const bf16* s = reinterpret_cast<const bf16*>(src);
+  const int tid = threadIdx.x;
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    const int x = tid + k * kGT, f = x / V, c = x % V;
+    cp_async16(Sb + f * LDD + 8 * c, s + 8 * x, 16);
+  }
+  if (zs != nullptr && tid < P2 / 4) cp_async16(zs + 4 * tid, src + P2 * D / 2 + 4 * tid, 16);
+}
+
+// kC rows of NTILE fp32 workspace matrices [.., NC] (src: the chunk's first row; rows >= nvalid read as
+// zero) into bf16 tiles of row stride ld: float4 loads, KB per thread in flight (over the tiles), each
+// converted (round to nearest, as __float2bfloat16) into one 8-byte shared store. A thread's column f is
+// fixed (kGT % (NC / 4) == 0): each(tile, r, f, u) sees the fp32 values, called by every thread alike.
+template <int NC, int NTILE, int KB, typename Each>
+__device__ __forceinline__ void f32_rows_to_bf16(bf16* const (&dst)[NTILE], int ld, const float* const (&src)[NTILE],
+                                                 int nvalid, Each&& each) {
+  constexpr int C4 = NC / 4, RS = kGT / C4, N = kC / RS, B = N < KB / NTILE ? N : KB / NTILE;  // RS rows per step
+  static_assert(kGT % C4 == 0 && N % B == 0, "tile float4s must split evenly");
+  const int tid = threadIdx.x, f = 4 * (tid % C4), rr = tid / C4;
+#pragma unroll 1
+  for (int base = 0; base < N; base += B) {
+    const int rb = rr + base * RS;
+    float4 u[NTILE][B];
+#pragma unroll
+    for (int k = 0; k < B; ++k) {
+#pragma unroll
+      for (int t = 0; t < NTILE; ++t)
+        u[t][k] = rb + k * RS < nvalid ? *reinterpret_cast<const float4*>(src[t] + int64_t(rb) * NC + f + k * RS * NC)
+                                       : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int k = 0; k < B; ++k) {
+      const int r = rb + k * RS;
+#pragma unroll
+      for (int t = 0; t < NTILE; ++t) {
+        uint2 pk;
+        pk.x = pack_bf16(u[t][k].x, u[t][k].y), pk.y = pack_bf16(u[t][k].z, u[t][k].w);
+        *reinterpret_cast<uint2*>(dst[t] + r * ld + f) = pk;
+        each(t, r, f, u[t][k]);
+      }
+    }
+  }
+}
+
+// Sum of s over the NL lanes that share a row (NL = 16 or 32: aligned lane groups).
+template <int NL>
+__device__ __forceinline__ float row_sum(float s) {
+#pragma unroll
+  for (int o = NL / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;
+}
+
+// finish_dphi's first half: dphi += ca|cb * zr[f], then the warp's rows ra, rb into the fp32 staging tile
+// stg [kC][P2 + 8] (that stride: the float2 stores of a half warp hit distinct banks).
+template <int P2>
+__device__ __forceinline__ void stage_dphi(float* stg, float (&dph)[P2 / 8][4], float ca, float cb, const float* zr,
+                                           int ra, int rb, int t4) {
+  constexpr int LDS = P2 + 8;
+#pragma unroll
+  for (int j = 0; j < P2 / 8; ++j) {
+    const int f = 8 * j + 2 * t4;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      dph[j][e] += ca * zr[f + e];
+      dph[j][2 + e] += cb * zr[f + e];
+    }
+    *reinterpret_cast<float2*>(stg + ra * LDS + f) = make_float2(dph[j][0], dph[j][1]);
+    *reinterpret_cast<float2*>(stg + rb * LDS + f) = make_float2(dph[j][2], dph[j][3]);
+  }
+}
+
+// Its second half: the staged rows (< nvalid) to out (the chunk's first row, [.., P2]) as float4, and
+// db[r] = (kNeg ? -1 : 1) ph_r . dphi_r with ph (the chunk's first row) re-read as batched float4.
+template <int P2, bool kNeg>
+__device__ __forceinline__ void store_dphi(const float* stg, float* out, const float* ph, float* db, int nvalid) {
+  constexpr int LDS = P2 + 8, P4 = P2 / 4, RS = kGT / P4, N = kC / RS, B = N < 8 ? N : 8;  // RS rows per step
+  static_assert(kGT % P4 == 0 && N % B == 0 && (P4 == 16 || P4 == 32), "dphi float4s must split evenly");
+  const int tid = threadIdx.x, f = 4 * (tid % P4), rr = tid / P4;
+#pragma unroll 1
+  for (int base = 0; base < N; base += B) {
+    const int rb = rr + base * RS;
+    float4 p[B];
+#pragma unroll
+    for (int k = 0; k < B; ++k)
+      p[k] = rb + k * RS < nvalid ? *reinterpret_cast<const float4*>(ph + int64_t(rb) * P2 + f + k * RS * P2)
+                                  : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int k = 0; k < B; ++k) {
+      const int r = rb + k * RS;
+      const float4 s = *reinterpret_cast<const float4*>(stg + r * LDS + f);
+      if (r < nvalid) *reinterpret_cast<float4*>(out + int64_t(r) * P2 + f) = s;
+      const float t = row_sum<P4>(p[k].x * s.x + p[k].y * s.y + p[k].z * s.z + p[k].w * s.w);
+      if (tid % P4 == 0 && r < nvalid) db[r] = kNeg ? -t : t;
+    }
+  }
+}
+
+// CTAs per SM that the shared memory allows (up to 4; 227 KB and 1 KB reserved per CTA): the register
+// cap for __launch_bounds__, so that ptxas's free use of registers does not cost occupancy.
+template <int D, int P2>
+constexpr int out2_blocks() {
+  const int n = int((227 * 1024) / (Smem<D, P2>::bytes + 1024));
+  return n < 4 ? n : 4;
+}
+// float4 loads in flight per thread in the tile loaders: 16 where 255 registers are allowed; under the
+// 168 / 128 register caps 16 spilled (ptxas 13.0), 8 does not.
+template <int D, int P2>
+constexpr int out2_loads() {
+  return out2_blocks<D, P2>() <= 2 ? 16 : 8;
+}
+
+// Forward output pass, variant 2 (gate_fwd_out_kernel's math): one CTA per (b, h, chunk), chunk-major
+// within (b, h) as there (blockIdx.x = bh * nch + n).
+template <typename T, int D, int P2>
+__global__ void __launch_bounds__(kGT, out2_blocks<D, P2>())
+    gate_fwd_out2_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, const float* gst, float* dmeta) {
+  using SM = Smem<D, P2>;
+  constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8, P4 = P2 / 4;
+  constexpr bool kCp = v2::fast_load<T>();
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* PQ = reinterpret_cast<bf16*>(smem_raw);
+  bf16* PK = PQ + kC * LDP;
+  bf16* Vt = PK + kC * LDP;
+  bf16* DN = Vt + kC * LDD;  // bf16 inputs: dy first (cp.async), each element overwritten by its dn
+  bf16* Sb = DN + kC * LDD;
+  float* fsm = reinterpret_cast<float*>(Sb + P2 * LDD);
+  float* z = fsm;
+  float* bs = z + P2;
+  float* eb = bs + kC;
+  float* ebt = eb + kC;
+  float* zdot = ebt + kC;
+  float* ddn = zdot + kC;
+  float* pw = ddn + kC;  // the rows' gate weights p (Smem's sixth row array)
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int L = d.L, nch = (L + kC - 1) / kC;
+  const int bh = blockIdx.x / nch, n = blockIdx.x % nch, h = bh % d.Hq, b = bh / d.Hq;
+  const float* bc = ws.bc + int64_t(bh) * L;
+  const ChunkInfo ci = chunk_info(bc, L, n);
+  const float* phq = ws.phq + (int64_t(bh) * L + ci.c0) * P2;  // the chunk's first row
+  const float* phk = ws.phk + (int64_t(bh) * L + ci.c0) * P2;
+  const T* v = static_cast<const T*>(a.v);
+  const float* src = gst + int64_t(blockIdx.x) * kStateFloats<D, P2>;
+  state_cp<D, P2>(src, Sb, nullptr);
+  if constexpr (kCp) {
+    v2::cp_tile<kC, D, kGT>(Vt, LDD, v + d.k_off(b, 0, h), int64_t(d.Hkv) * D, ci.c0, L);
+    v2::cp_tile<kC, D, kGT>(DN, LDD, dy + d.q_off(b, 0, h), int64_t(d.Hq) * D, ci.c0, L);
+  }
+  cp_async_commit();
+  const float4 zz = *reinterpret_cast<const float4*>(src + P2 * D / 2 + 4 * (tid % P4));  // this thread's z[f..f+3]
+  if (tid < P4) *reinterpret_cast<float4*>(z + 4 * tid) = zz;
+  if (tid < kC) {
+    const bool ok = tid < ci.nvalid;
+    row_factors(bs, eb, ebt, bc, ci, ci.c0 > 0 ? bc[ci.c0 - 1] : 0.f, ok, tid);
+    pw[tid] = gate_weight(a, h, ws.lse + int64_t(bh) * L + ci.c0 + tid, ok);
+  }
+  // PQ, PK; zdot = phq . z (fp32, rows past the end 0) from the same loads
+  auto zdot_row = [&](int t, int r, int, const float4& u) {
+    if (t != 0) return;  // unrolled: compile-time
+    const float s = row_sum<P4>(u.x * zz.x + u.y * zz.y + u.z * zz.z + u.w * zz.w);
+    if (tid % P4 == 0) zdot[r] = s;
+  };
+  f32_rows_to_bf16<P2, 2, out2_loads<D, P2>()>({PQ, PK}, LDP, {phq, phk}, ci.nvalid, zdot_row);
+  if constexpr (!kCp)
+    for (int x = tid; x < kC * D; x += kGT) {
+      const int r = x / D, e = x % D;
+      Vt[r * LDD + e] = __float2bfloat16(r < ci.nvalid ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
+    }
+  cp_async_wait_all();
+  __syncthreads();
+  const int r0 = warp * 16, ra = r0 + g, rb = ra + 8;
+  const float ba = bs[ra], bb_ = bs[rb], eba = eb[ra], ebb = eb[rb];
+  // A = (phq phk^T) .* exp(b_i - b_t) .* causal
+  float sc[8][4];
+  zero_acc(sc);
+  mma_smem<P2 / 16, BLayout::NK>(sc, PQ, LDP, r0, PK, LDP);
+  float rsa = 0.f, rsb = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int t = 8 * j + 2 * t4 + e;
+      const float bt = bs[t];
+      sc[j][e] = t <= ra ? sc[j][e] * expf(ba - bt) : 0.f;
+      sc[j][2 + e] = t <= rb ? sc[j][2 + e] * expf(bb_ - bt) : 0.f;
+      rsa += sc[j][e], rsb += sc[j][2 + e];
+    }
+  }
+  const float dena = quad_sum(rsa) + eba * zdot[ra], denb = quad_sum(rsb) + ebb * zdot[rb];
+  const float inva = 1.f / (dena + a.eps), invb = 1.f / (denb + a.eps);
+  // N = A V + exp(b_i) phq S
+  float nacc[ND][4];
+  zero_acc(nacc);
+  {
+    uint32_t pa[4][4];
+    acc_to_a(pa, sc);
+    mma_frag<4, BLayout::KN>(nacc, pa, Vt, LDD);
+  }
+  mma_smem<P2 / 16, BLayout::KN, true>(nacc, PQ, LDP, r0, Sb, LDD, eba, ebb);
+  // dn = dy / (den + eps), dden = -(dy . N) / (den + eps)^2 (dy times the gate weight p)
+  const bool va = ra < ci.nvalid, vb = rb < ci.nvalid;
+  const int ia = ci.c0 + ra, ib = ci.c0 + rb;
+  const float pwa = pw[ra], pwb = pw[rb];
+  float* dna_row = ws.dn + (int64_t(bh) * L + ia) * D;
+  float* dnb_row = ws.dn + (int64_t(bh) * L + ib) * D;
+  float dga = 0.f, dgb = 0.f;
+#pragma unroll
+  for (int j = 0; j < ND; ++j) {
+    const int c = 8 * j + 2 * t4;
+    float ya[2], yb[2];
+    if constexpr (kCp) {  // this thread's dy elements, read before it overwrites them with dn
+      const float2 fa = unpack_bf16(*reinterpret_cast<const uint32_t*>(DN + ra * LDD + c));
+      const float2 fb = unpack_bf16(*reinterpret_cast<const uint32_t*>(DN + rb * LDD + c));
+      ya[0] = va ? fa.x * pwa : 0.f, ya[1] = va ? fa.y * pwa : 0.f;
+      yb[0] = vb ? fb.x * pwb : 0.f, yb[1] = vb ? fb.y * pwb : 0.f;
+    } else {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        ya[e] = va ? ld(dy + d.q_off(b, ia, h) + c + e) * pwa : 0.f;
+        yb[e] = vb ? ld(dy + d.q_off(b, ib, h) + c + e) * pwb : 0.f;
+      }
+    }
+    float dna[2], dnb[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      dga += ya[e] * nacc[j][e], dgb += yb[e] * nacc[j][2 + e];
+      dna[e] = ya[e] * inva, dnb[e] = yb[e] * invb;
+    }
+    *reinterpret_cast<uint32_t*>(DN + ra * LDD + c) = pack_bf16(dna[0], dna[1]);
+    *reinterpret_cast<uint32_t*>(DN + rb * LDD + c) = pack_bf16(dnb[0], dnb[1]);
+    if (va) *reinterpret_cast<float2*>(dna_row + c) = make_float2(dna[0], dna[1]);
+    if (vb) *reinterpret_cast<float2*>(dnb_row + c) = make_float2(dnb[0], dnb[1]);
+  }
+  const float gpa = quad_sum(dga) * inva, gpb = quad_sum(dgb) * invb;  // p dy . y_gate
+  const float ddna = -gpa * inva, ddnb = -gpb * invb;
+  if (t4 == 0) {
+    ddn[ra] = va ? ddna : 0.f;
+    ddn[rb] = vb ? ddnb : 0.f;
+    if (va) ws.dden[int64_t(bh) * L + ia] = ddna;
+    if (vb) ws.dden[int64_t(bh) * L + ib] = ddnb;
+    if (a.meta_weights_gate) {  // one writer per row: the stats stage wrote delta, the window stage reads it
+      if (va) ws.delta[int64_t(bh) * L + ia] += gpa;
+      if (vb) ws.delta[int64_t(bh) * L + ib] += gpb;
+    }
+  }
+  if (a.meta_weights_gate && dmeta != nullptr) {  // warp-uniform
+    float gs = t4 == 0 ? gpa + gpb : 0.f;  // rows past the end have p = 0
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) gs += __shfl_xor_sync(0xffffffffu, gs, o);
+    const int moff = a.meta_per_head ? h * a.n_meta : 0;
+    const float* mu = a.meta + moff;
+    float mx = -INFINITY, den = 0.f;
+    for (int j = 0; j < a.n_meta; ++j) mx = fmaxf(mx, mu[j]);
+    for (int j = 0; j < a.n_meta; ++j) den += expf(mu[j] - mx);
+    if (lane == 0)
+      for (int j = 0; j < a.n_meta; ++j) atomicAdd(dmeta + moff + j, expf(mu[j] - mx) / den * gs);
+  }
+  __syncthreads();
+  // W = (dn V^T + dden) .* exp(b_i - b_t) .* causal
+  float w[8][4];
+  zero_acc(w);
+  mma_smem<D / 16, BLayout::NK>(w, DN, LDD, r0, Vt, LDD);
+  const float dda = ddn[ra], ddb = ddn[rb];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int t = 8 * j + 2 * t4 + e;
+      const float bt = bs[t];
+      w[j][e] = t <= ra ? (w[j][e] + dda) * expf(ba - bt) : 0.f;
+      w[j][2 + e] = t <= rb ? (w[j][2 + e] + ddb) * expf(bb_ - bt) : 0.f;
+    }
+  }
+  // dphq = W phk + exp(b_i) (dn S^T + dden z)
+  float dph[NP][4];
+  zero_acc(dph);
+  {
+    uint32_t pa[4][4];
+    acc_to_a(pa, w);
+    mma_frag<4, BLayout::KN>(dph, pa, PK, LDP);
+  }
+  mma_smem<D / 16, BLayout::NK, true>(dph, DN, LDD, r0, Sb, LDD, eba, ebb);
+  __syncthreads();  // every warp past its reads of PQ, PK: they become the staging tile
+  float* stg = reinterpret_cast<float*>(PQ);
+  stage_dphi<P2>(stg, dph, eba * dda, ebb * ddb, z, ra, rb, t4);
+  __syncthreads();
+  store_dphi<P2, false>(stg, ws.dphq + (int64_t(bh) * L + ci.c0) * P2, phq, ws.dbq + int64_t(bh) * L + ci.c0,
+                        ci.nvalid);
+}
+
+// Reverse output pass, variant 2 (gate_rev_out_kernel's math): dphk, dbk and the gate's dv.
+template <typename T, int D, int P2>
+__global__ void __launch_bounds__(kGT, out2_blocks<D, P2>())
+    gate_rev_out2_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dv, const float* gst) {
+  using SM = Smem<D, P2>;
+  constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
+  constexpr bool kCp = v2::fast_load<T>();
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* PQ = reinterpret_cast<bf16*>(smem_raw);
+  bf16* PK = PQ + kC * LDP;
+  bf16* Vt = PK + kC * LDP;
+  bf16* DN = Vt + kC * LDD;
+  bf16* Rb = DN + kC * LDD;
+  float* fsm = reinterpret_cast<float*>(Rb + P2 * LDD);
+  float* rv = fsm;
+  float* bs = rv + P2;
+  float* eb = bs + kC;
+  float* ebt = eb + kC;
+  float* ddn = ebt + kC;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int L = d.L, nch = (L + kC - 1) / kC;
+  const int bh = blockIdx.x / nch, n = blockIdx.x % nch, h = bh % d.Hq, b = bh / d.Hq;
+  const float* bc = ws.bc + int64_t(bh) * L;
+  const ChunkInfo ci = chunk_info(bc, L, n);
+  const float* phq = ws.phq + (int64_t(bh) * L + ci.c0) * P2;  // the chunk's first row
+  const float* phk = ws.phk + (int64_t(bh) * L + ci.c0) * P2;
+  const float* dnw = ws.dn + (int64_t(bh) * L + ci.c0) * D;
+  const T* v = static_cast<const T*>(a.v);
+  state_cp<D, P2>(gst + int64_t(blockIdx.x) * kStateFloats<D, P2>, Rb, rv);
+  if constexpr (kCp) v2::cp_tile<kC, D, kGT>(Vt, LDD, v + d.k_off(b, 0, h), int64_t(d.Hkv) * D, ci.c0, L);
+  cp_async_commit();
+  if (tid < kC) {
+    const bool ok = tid < ci.nvalid;
+    row_factors(bs, eb, ebt, bc, ci, ci.c0 > 0 ? bc[ci.c0 - 1] : 0.f, ok, tid);
+    ddn[tid] = ok ? ws.dden[int64_t(bh) * L + ci.c0 + tid] : 0.f;
+  }
+  auto none = [](int, int, int, const float4&) {};
+  f32_rows_to_bf16<D, 1, out2_loads<D, P2>()>({DN}, LDD, {dnw}, ci.nvalid, none);
+  f32_rows_to_bf16<P2, 2, out2_loads<D, P2>()>({PQ, PK}, LDP, {phq, phk}, ci.nvalid, none);
+  if constexpr (!kCp)
+    for (int x = tid; x < kC * D; x += kGT) {
+      const int r = x / D, e = x % D;
+      Vt[r * LDD + e] = __float2bfloat16(r < ci.nvalid ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
+    }
+  cp_async_wait_all();
+  __syncthreads();
+  const int r0 = warp * 16, ra = r0 + g, rb = ra + 8;
+  const float bta = bs[ra], btb = bs[rb], eta = ebt[ra], etb = ebt[rb];
+  const bool va = ra < ci.nvalid, vb = rb < ci.nvalid;
+  const int ta = ci.c0 + ra, tb = ci.c0 + rb;
+  // A^T (keys t as rows, queries i as columns), then W^T: variant 1's products and factors, the two score
+  // tiles one after the other (fewer live registers; the decay factors are computed twice)
+  // dv_t += A^T dn + exp(b_last - b_t) R^T phk_t (float2 atomics: the heads of a kv group share dv)
+  {
+    float at[8][4];
+    zero_acc(at);
+    mma_smem<P2 / 16, BLayout::NK>(at, PK, LDP, r0, PQ, LDP);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int i = 8 * j + 2 * t4 + e;
+        const float bi = bs[i];
+        const float ea = i >= ra ? expf(bi - bta) : 0.f, ebv = i >= rb ? expf(bi - btb) : 0.f;
+        at[j][e] = i >= ra ? at[j][e] * ea : 0.f;
+        at[j][2 + e] = i >= rb ? at[j][2 + e] * ebv : 0.f;
+      }
+    }
+    float acc[ND][4];
+    zero_acc(acc);
+    uint32_t pa[4][4];
+    acc_to_a(pa, at);
+    mma_frag<4, BLayout::KN>(acc, pa, DN, LDD);
+    mma_smem<P2 / 16, BLayout::KN, true>(acc, PK, LDP, r0, Rb, LDD, eta, etb);
+    float* dva = dv + d.k_off(b, ta, h);
+    float* dvb = dv + d.k_off(b, tb, h);
+#pragma unroll
+    for (int j = 0; j < ND; ++j) {
+      const int c = 8 * j + 2 * t4;
+      if (va) atomicAdd(reinterpret_cast<float2*>(dva + c), make_float2(acc[j][0], acc[j][1]));
+      if (vb) atomicAdd(reinterpret_cast<float2*>(dvb + c), make_float2(acc[j][2], acc[j][3]));
+    }
+  }
+  // dphk_t = W^T phq + exp(b_last - b_t) (R v_t + r)
+  float dph[NP][4];
+  zero_acc(dph);
+  {
+    float wt[8][4];
+    zero_acc(wt);
+    mma_smem<D / 16, BLayout::NK>(wt, Vt, LDD, r0, DN, LDD);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int i = 8 * j + 2 * t4 + e;
+        const float bi = bs[i], di = ddn[i];
+        const float ea = i >= ra ? expf(bi - bta) : 0.f, ebv = i >= rb ? expf(bi - btb) : 0.f;
+        wt[j][e] = i >= ra ? (wt[j][e] + di) * ea : 0.f;
+        wt[j][2 + e] = i >= rb ? (wt[j][2 + e] + di) * ebv : 0.f;
+      }
+    }
+    uint32_t pa[4][4];
+    acc_to_a(pa, wt);
+    mma_frag<4, BLayout::KN>(dph, pa, PQ, LDP);
+  }
+  mma_smem<D / 16, BLayout::NK, true>(dph, Vt, LDD, r0, Rb, LDD, eta, etb);
+  __syncthreads();  // every warp past its reads of PQ, PK: they become the staging tile
+  float* stg = reinterpret_cast<float*>(PQ);
+  stage_dphi<P2>(stg, dph, eta, etb, rv, ra, rb, t4);
+  __syncthreads();
+  store_dphi<P2, true>(stg, ws.dphk + (int64_t(bh) * L + ci.c0) * P2, phk, ws.dbk + int64_t(bh) * L + ci.c0,
+                       ci.nvalid);
+}
+
+// The gate branch: state pass, output pass (one CTA per (b, h, chunk)), forward then reverse, one state
+// buffer [BH, NC, kStateFloats] reused by both directions. `mark` names the passes for the profile.
+// out2: the variant-2 output passes (the caller checks their alignment needs).
+template <typename T, int D, int P2, typename Mark>
+void launch_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, float* dmeta, cudaStream_t st,
+                  Mark&& mark, bool out2) {
+  const int BH = d.B * d.Hq, nch = (d.L + kC - 1) / kC;
+  float* sbuf = nullptr;
+  LZ_CUDA_OK(cudaMallocAsync(&sbuf, sizeof(float) * size_t(BH) * nch * kStateFloats<D, P2>, st));
+  const size_t gsmem = Smem<D, P2>::bytes;
+  auto kfo = gate_fwd_out_kernel<T, D, P2>;
+  auto kro = gate_rev_out_kernel<T, D, P2>;
+  auto kfo2 = gate_fwd_out2_kernel<T, D, P2>;
+  auto kro2 = gate_rev_out2_kernel<T, D, P2>;
+  if (out2) {  // out2_blocks CTAs per SM need the largest shared-memory carveout
+    LZ_CUDA_OK(cudaFuncSetAttribute(kfo2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
+    LZ_CUDA_OK(cudaFuncSetAttribute(kro2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
+    LZ_CUDA_OK(cudaFuncSetAttribute(kfo2, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+    LZ_CUDA_OK(cudaFuncSetAttribute(kro2, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+  } else {
+    LZ_CUDA_OK(cudaFuncSetAttribute(kfo, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
+    LZ_CUDA_OK(cudaFuncSetAttribute(kro, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
+  }
+  const dim3 sgrid(BH, D / kSD);
+  gate_state_kernel<T, D, P2, false><<<sgrid, kGT, 0, st>>>(a, d, ws, sbuf);
+  LZ_CUDA_OK(cudaGetLastError());
+  mark("gate2-fstate");
+  if (out2)
+    kfo2<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dy, sbuf, dmeta);
+  else
+    kfo<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dy, nch, 1, sbuf, dmeta);
+  LZ_CUDA_OK(cudaGetLastError());
+  mark(out2 ? "gate2-fout-v2" : "gate2-fout");
+  gate_state_kernel<T, D, P2, true><<<sgrid, kGT, 0, st>>>(a, d, ws, sbuf);  // dn, dden from kfo
+  LZ_CUDA_OK(cudaGetLastError());
+  mark("gate2-rstate");
+  if (out2)
+    kro2<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dv, sbuf);
+  else
+    kro<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dv, nch, 1, sbuf);
+  LZ_CUDA_OK(cudaGetLastError());
+  mark(out2 ? "gate2-rout-v2" : "gate2-rout");
+  LZ_CUDA_OK(cudaFreeAsync(sbuf, st));
+}
+
+// dmeta (may be null): the meta_weights_gate part of the sinks' gradient (the window stage adds the rest).
+template <typename T, typename Mark>
+void run_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, float* dmeta, cudaStream_t st,
+               Mark&& mark, bool out2) {
+  if (a.D == 64 && a.F == 32) return launch_gate2<T, 64, 64>(a, d, ws, dy, dv, dmeta, st, mark, out2);
+  if (a.D == 64 && a.F == 64) return launch_gate2<T, 64, 128>(a, d, ws, dy, dv, dmeta, st, mark, out2);
+  if (a.D == 128 && a.F == 32) return launch_gate2<T, 128, 64>(a, d, ws, dy, dv, dmeta, st, mark, out2);
+  if (a.D == 128 && a.F == 64) return launch_gate2<T, 128, 128>(a, d, ws, dy, dv, dmeta, st, mark, out2);
+  fail_cat("lizard attention chunked backward (cuda): needs D in {64, 128} and F in {32, 64}, got D=", a.D, " F=", a.F);
+}
+
+}  // namespace gate
 
 // ---------------------------------------------------------------------------------------------
 // Window branch of the backward on tensor cores: the flash backward (flash_attention_bwd.cu) with a
@@ -2288,7 +2729,10 @@ void run_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool
 //     without dk/dv atomics, dW over batch-aligned token tiles; for fp32 inputs the V2 forms keep the
 //     variant-1 loaders, see each launcher) when q, k, v, dy, wq, wk, dq, dk, dv are all 16-byte aligned;
 //     otherwise, and under stage variant 1, the variant-1 forms (V2 = false) run.
+//     The gate's output passes: variant 1 (gate_fwd_out_kernel, gate_rev_out_kernel) or, under gate variant 2
+//     where dv (and, bf16 inputs, v and dy) are 16-byte aligned, gate_fwd_out2_kernel, gate_rev_out2_kernel.
 int g_stage_variant = kBackwardStageDefault;  // 2 or 1 (set_backward_stage_variant)
+int g_gate_variant = kBackwardGateDefault;    // 1 or 2 (set_backward_gate_variant)
 
 template <typename T>
 void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g, cudaStream_t st, bool chunked) {
@@ -2352,7 +2796,8 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   mark(stages2 ? "stats2" : chunked ? "stats-tc" : "stats");
   if (chunked) {
     // gate branch: dn, dden, dphq, dbq; dv (gate), dphk, dbk (one mark per pass: gate2-fstate .. gate2-rout)
-    gate::run_gate2<T>(a, d, ws, dy, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, mark);
+    const bool out2 = g_gate_variant == 2 && al16(g.dv) && (sizeof(T) == 4 || (al16(a.v) && al16(dy)));
+    gate::run_gate2<T>(a, d, ws, dy, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, mark, out2);
     win::run_win<T>(a, d, ws, dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, stages2);
     mark(stages2 ? "window2" : "window-tc");
   } else {
@@ -2413,6 +2858,11 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
 void set_backward_stage_variant(int v) {
   LZ_CUDA_CHECK(v == 1 || v == 2, "lizard attention backward (cuda): no stage variant ", v, " (1 or 2)");
   g_stage_variant = v;
+}
+
+void set_backward_gate_variant(int v) {
+  LZ_CUDA_CHECK(v == 1 || v == 2, "lizard attention backward (cuda): no gate variant ", v, " (1 or 2)");
+  g_gate_variant = v;
 }
 
 void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
