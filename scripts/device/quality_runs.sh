@@ -8,6 +8,8 @@
 #   sweep              w64, gate99, perhead (per-head gate + sinks), meta8: four 3M + 3M pairs in one call
 #   combo10            Lizard 10M + 10M with per-head gate + per-head sinks + 8 meta tokens (vs 10.78 / LoLCATs 10.41)
 #   mwg3               meta_weights_gate 3M + 3M, shared sinks then per-head sinks (vs 13.34 / LoLCATs 12.32)
+#   mwgsweep           3M + 3M variations of mwg + per-head sinks (mwgph3): stage-1 lr 1e-2 / 6e-2, 8 sinks,
+#                      per-head gate, alpha init 1
 #   mwg10              meta_weights_gate 10M + 10M (configs/lizard_rope_mwg.json; MWG_CFG='{...}' adds options),
 #                      resumable like lol10 (vs Lizard 10.78 / LoLCATs 10.41)
 #   lol10              LoLCATs 10M + 10M, resumable: each call goes on where the last stopped (stops with
@@ -18,9 +20,9 @@ lz=/tmp/lz
 o=${OUT:-/tmp/out}
 lin() { bash scripts/device/gpu.sh x lizard linearize --device cuda --data $lz/data --seq-len 2048 --batch 8 \
   --eval-every 200 "$@" 2>&1 | grep -E "held-out \(|done|error" ; }
-lizard_pair() {  # NAME CONFIG_JSON [stage-2 flags...]: 3M + 3M with the tuned recipe
+lizard_pair() {  # NAME CONFIG_JSON [stage-2 flags...]: 3M + 3M with the tuned recipe (LR1: stage-1 lr)
   local n=$1 cfg=$2; shift 2
-  lin --stage 1 --teacher $lz/model.gguf --config "$cfg" --lr 3e-2 --tokens 3000000 --out $lz/$n-s1
+  lin --stage 1 --teacher $lz/model.gguf --config "$cfg" --lr ${LR1:-3e-2} --tokens 3000000 --out $lz/$n-s1
   lin --stage 2 --teacher $lz/$n-s1 --lr2 2e-3 --train-lizard --tokens 3000000 --out $lz/$n-s2 "$@"
 }
 tmpcfg() { local f=$lz/$1.json; python3 -c "import json,sys; c=json.load(open('configs/lizard_rope_a05.json')); c.update(json.loads(sys.argv[1])); json.dump(c, open(sys.argv[2], 'w'))" "$2" "$f"; echo "$f"; }
@@ -47,6 +49,12 @@ case "$name" in
             --train-lizard --tokens 10000000 ;;
   mwg3)   for v in 'mwg3 {"meta_weights_gate": true}' 'mwgph3 {"meta_weights_gate": true, "meta_per_head": true}'; do
             echo "== ${v%% *}"; lizard_pair ${v%% *} "$(tmpcfg ${v%% *} "${v#* }")"
+          done ;;
+  mwgsweep) m='"meta_weights_gate": true, "meta_per_head": true'
+          for v in "mlr1 1e-2 {$m}" "mlr6 6e-2 {$m}" "mm8 3e-2 {$m, \"meta_tokens\": 8}" \
+                   "mgph 3e-2 {$m, \"gate\": \"per_head\"}" "ma1 3e-2 {$m, \"alpha_init\": 1.0}"; do
+            read -r n lr js <<<"$v"
+            echo "== $n (stage-1 lr $lr) $js"; LR1=$lr lizard_pair $n "$(tmpcfg $n "$js")"
           done ;;
   mwg10)  extra=${MWG_CFG:-}; [ -n "$extra" ] || extra='{}'
           cfg=$(tmpcfg mwg10 "$(python3 -c "import json,sys; c=json.loads(sys.argv[1]); c['meta_weights_gate']=True; print(json.dumps(c))" "$extra")")
