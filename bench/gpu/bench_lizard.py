@@ -336,18 +336,20 @@ def main():
         print("spot check B1 L777 H4/2 D128 backward, chunked (default) vs parallel rel err: " + " ".join(
             f"{n} {((a - b).norm() / b.norm()).item():.2e}" for n, a, b in zip(names, z.grads(), gp)), flush=True)
         check(lib.lz_set_backward_stage_variant(1))  # the misaligned-pointer stage kernels
+        check(lib.lz_set_backward_gate_variant(1))
         try:
             z.fwd_bwd_chunked()
         finally:
             check(lib.lz_set_backward_stage_variant(2))
-        print("spot check B1 L777 H4/2 D128 backward, chunked (stage variant 1) vs parallel rel err: " + " ".join(
+            check(lib.lz_set_backward_gate_variant(2))
+        print("spot check B1 L777 H4/2 D128 backward, chunked (stage + gate variant 1) vs parallel rel err: " + " ".join(
             f"{n} {((a - b).norm() / b.norm()).item():.2e}" for n, a, b in zip(names, z.grads(), gp)), flush=True)
-        check(lib.lz_set_backward_gate_variant(2))  # the gate output passes with cp.async / float4 tiles
+        check(lib.lz_set_backward_gate_variant(1))  # the element-wise gate output passes
         try:
             z.fwd_bwd_chunked()
         finally:
-            check(lib.lz_set_backward_gate_variant(1))
-        print("spot check B1 L777 H4/2 D128 backward, chunked (gate variant 2) vs parallel rel err: " + " ".join(
+            check(lib.lz_set_backward_gate_variant(2))
+        print("spot check B1 L777 H4/2 D128 backward, chunked (gate variant 1) vs parallel rel err: " + " ".join(
             f"{n} {((a - b).norm() / b.norm()).item():.2e}" for n, a, b in zip(names, z.grads(), gp)), flush=True)
         del z, gp
     except Exception as e:  # noqa: BLE001
@@ -414,29 +416,29 @@ def main():
             except Exception as e:  # noqa: BLE001
                 print("  chunked backward stage variant 1 failed:", str(e)[:200])
             check(lib.lz_set_backward_stage_variant(2))  # the default (kBackwardStageDefault)
-            # Gate variant 2 (the gate output passes with cp.async / float4 tiles): same-input check against
-            # the default, the per-stage breakdown (gate2-fout-v2, gate2-rout-v2), then its row.
+            # Gate variant 1 (the element-wise gate output passes, the default before session 5): same-input
+            # check against the default, the per-stage breakdown (gate2-fout, gate2-rout), then its row.
             try:
                 z.fwd_bwd_chunked()
                 torch.cuda.synchronize()
                 ref = [t.clone() for t in z.grads()]
-                check(lib.lz_set_backward_gate_variant(2))
+                check(lib.lz_set_backward_gate_variant(1))
                 z.fwd_bwd_chunked()
                 torch.cuda.synchronize()
                 names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
                 errs = " ".join(f"{n} {((t - r).abs().max() / r.abs().max().clamp_min(1e-30)).item():.1e}"
                                 for n, t, r in zip(names, z.grads(), ref))
-                print(f"  {tag}: chunked bwd gate2 vs default: {errs}", flush=True)
+                print(f"  {tag}: chunked bwd gate1 vs default: {errs}", flush=True)
                 del ref
                 os.environ["LIZARD_CUDA_BWD_PROFILE"] = "1"
                 z.fwd_bwd_chunked()
                 torch.cuda.synchronize()
                 del os.environ["LIZARD_CUDA_BWD_PROFILE"]
-                row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd gate2", liz[tag], events_ms(z.fwd_bwd_chunked))
+                row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd gate1", liz[tag], events_ms(z.fwd_bwd_chunked))
             except Exception as e:  # noqa: BLE001
                 os.environ.pop("LIZARD_CUDA_BWD_PROFILE", None)
-                print("  chunked backward gate variant 2 failed:", str(e)[:200])
-            check(lib.lz_set_backward_gate_variant(1))  # the default (kBackwardGateDefault)
+                print("  chunked backward gate variant 1 failed:", str(e)[:200])
+            check(lib.lz_set_backward_gate_variant(2))  # the default (kBackwardGateDefault)
         del z
         torch.cuda.empty_cache()
         q, k, v, gk, gs, do = fla_inputs(B, L, H, D)

@@ -2729,10 +2729,11 @@ void run_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool
 //     without dk/dv atomics, dW over batch-aligned token tiles; for fp32 inputs the V2 forms keep the
 //     variant-1 loaders, see each launcher) when q, k, v, dy, wq, wk, dq, dk, dv are all 16-byte aligned;
 //     otherwise, and under stage variant 1, the variant-1 forms (V2 = false) run.
-//     The gate's output passes: variant 1 (gate_fwd_out_kernel, gate_rev_out_kernel) or, under gate variant 2
-//     where dv (and, bf16 inputs, v and dy) are 16-byte aligned, gate_fwd_out2_kernel, gate_rev_out2_kernel.
+//     The gate's output passes: under gate variant 2 (the default) where dv (and, bf16 inputs, v and dy) are
+//     16-byte aligned, gate_fwd_out2_kernel, gate_rev_out2_kernel; otherwise, and under gate variant 1,
+//     gate_fwd_out_kernel, gate_rev_out_kernel.
 int g_stage_variant = kBackwardStageDefault;  // 2 or 1 (set_backward_stage_variant)
-int g_gate_variant = kBackwardGateDefault;    // 1 or 2 (set_backward_gate_variant)
+int g_gate_variant = kBackwardGateDefault;    // 2 or 1 (set_backward_gate_variant)
 
 template <typename T>
 void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g, cudaStream_t st, bool chunked) {
