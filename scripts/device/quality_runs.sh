@@ -10,8 +10,9 @@
 #   mwg3               meta_weights_gate 3M + 3M, shared sinks then per-head sinks (vs 13.34 / LoLCATs 12.32)
 #   mwgsweep           3M + 3M variations of mwg + per-head sinks (mwgph3): stage-1 lr 1e-2 / 6e-2, 8 sinks,
 #                      per-head gate, alpha init 1
-#   mwg10              meta_weights_gate 10M + 10M (configs/lizard_rope_mwg.json; MWG_CFG='{...}' adds options),
-#                      resumable like lol10 (vs Lizard 10.78 / LoLCATs 10.41)
+#   mwg10              meta_weights_gate 10M + 10M (configs/lizard_rope_mwg.json; MWG_CFG='{...}' adds options,
+#                      MWG_NAME names the run, LR1 the stage-1 lr, SEED the seed), resumable like lol10
+#                      (vs Lizard 10.78 / LoLCATs 10.41)
 #   lol10              LoLCATs 10M + 10M, resumable: each call goes on where the last stopped (stops with
 #                      SIGINT, which checkpoints, before DEADLINE seconds: 560) until lol10-s2 has its report
 set -uo pipefail
@@ -56,11 +57,11 @@ case "$name" in
             read -r n lr js <<<"$v"
             echo "== $n (stage-1 lr $lr) $js"; LR1=$lr lizard_pair $n "$(tmpcfg $n "$js")"
           done ;;
-  mwg10)  extra=${MWG_CFG:-}; [ -n "$extra" ] || extra='{}'
-          cfg=$(tmpcfg mwg10 "$(python3 -c "import json,sys; c=json.loads(sys.argv[1]); c['meta_weights_gate']=True; print(json.dumps(c))" "$extra")")
-          resumable mwg10-s1 --stage 1 --teacher $lz/model.gguf --config "$cfg" --lr 3e-2 --tokens 10000000
-          [ -f $lz/mwg10-s1/report.json ] && resumable mwg10-s2 --stage 2 --teacher $lz/mwg10-s1 --lr2 2e-3 \
-            --train-lizard --tokens 10000000 ;;
+  mwg10)  extra=${MWG_CFG:-}; [ -n "$extra" ] || extra='{}'; n=${MWG_NAME:-mwg10}
+          cfg=$(tmpcfg $n "$(python3 -c "import json,sys; c=json.loads(sys.argv[1]); c['meta_weights_gate']=True; print(json.dumps(c))" "$extra")")
+          resumable $n-s1 --stage 1 --teacher $lz/model.gguf --config "$cfg" --lr ${LR1:-3e-2} --tokens 10000000 ${SEED:+--seed $SEED}
+          [ -f $lz/$n-s1/report.json ] && resumable $n-s2 --stage 2 --teacher $lz/$n-s1 --lr2 2e-3 \
+            --train-lizard --tokens 10000000 ${SEED:+--seed $SEED} ;;
   sweep)  for v in 'w64 {"window": 64}' 'gate99 {"gate_init": 0.99}' 'perhead {"gate": "per_head", "meta_per_head": true}' \
                    'meta8 {"meta_tokens": 8}'; do
             echo "== ${v%% *}"; lizard_pair ${v%% *} "$(tmpcfg ${v%% *} "${v#* }")"
@@ -69,4 +70,5 @@ case "$name" in
           lin --stage 2 --teacher $lz/lr2x-s1 --lr2 4e-3 --train-lizard --tokens 3000000 --out $lz/lr2x-s2 ;;
   *) echo "quality_runs.sh: unknown run '$name'"; exit 2 ;;
 esac
+[ "$name" = mwg10 ] && name=${MWG_NAME:-mwg10}
 (cd $lz && tar czf "$o/$name.tgz" $(ls -d $name* 2>/dev/null | sed 's|$|/report.json|') 2>/dev/null) || true
