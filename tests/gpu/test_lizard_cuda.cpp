@@ -421,8 +421,9 @@ namespace {
 // chunked: lizard_attention_backward_chunked (bf16 tensor-core gate branch), also compared with the
 // parallel-form GPU backward; gate_tol for d gate (a suffix sum of dbq + dbk, which cancel in total).
 // dy_i . A_i of the window branch (softmax over the window keys and the meta sinks), in double, for
-// every (b, h, i) ([B, Hq, L]): the terms whose sum is dalpha.
-std::vector<double> window_dya(const Problem& P, const std::vector<double>& dy) {
+// every (b, h, i) ([B, Hq, L]): the terms whose sum is dalpha. abs_terms: sum_e |dy_ie A_ie| instead (the
+// scale of one row's rounding: a row's dy . A can itself cancel to near zero).
+std::vector<double> window_dya(const Problem& P, const std::vector<double>& dy, bool abs_terms = false) {
   const Case& c = P.c;
   const int D = c.D, grp = c.Hq / c.Hkv;
   std::vector<double> out(size_t(c.B) * c.Hq * c.L), s(static_cast<size_t>(c.w)), A(static_cast<size_t>(D));
@@ -452,7 +453,7 @@ std::vector<double> window_dya(const Problem& P, const std::vector<double>& dy) 
         }
         const double* g = &dy[((size_t(b) * c.L + i) * c.Hq + h) * D];
         double r = 0;
-        for (int e = 0; e < D; ++e) r += g[e] * A[e];
+        for (int e = 0; e < D; ++e) r += abs_terms ? std::fabs(g[e] * A[e]) : g[e] * A[e];
         out[(size_t(b) * c.Hq + h) * c.L + i] = r / Z;
       }
   return out;
@@ -576,13 +577,15 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     // shows up as O(1).
     EXPECT_LT(big > 0 ? diff / big : diff, 5e-6) << "rerun differs";
     // dalpha bisected over 64-query blocks: dy zeroed outside the block, so dalpha is that block's
-    // sum of dy . A; its error is printed in units of the block's sum |dy . A| (the scale of the
-    // rounding of a sum of terms of both signs). Locates a window-statistics error by query block.
+    // sum of dy . A; its error is printed in units of the block's sum over rows and columns |dy_ie A_ie|
+    // (the scale of the rounding of a sum of terms of both signs; per row, not |dy . A|: a block of one
+    // row, L 257's last, whose dy . A cancelled to ~1/1000 of its terms read 9.9e-4 that way on the H200,
+    // session 5). Locates a window-statistics error by query block.
     {
-      const std::vector<double> dya = window_dya(P, dy);
+      const std::vector<double> dya = window_dya(P, dy), dya_abs = window_dya(P, dy, /*abs_terms=*/true);
       const size_t na = P.p.alpha.size();
       auto slot = [&](int h) { return na == 1 ? 0 : size_t(h); };
-      std::string blocks = ", dalpha per 64-query block (err / sum|dy.A|):";
+      std::string blocks = ", dalpha per 64-query block (err / sum|dy*A|):";
       for (int i0 = 0; i0 < c.L; i0 += 64) {
         std::vector<double> dym(dy.size(), 0.0), ref(na, 0.0), scale(na, 0.0);
         for (int b = 0; b < c.B; ++b)
@@ -592,7 +595,7 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
               std::copy(dy.begin() + o * D, dy.begin() + (o + 1) * D, dym.begin() + o * D);
               const double t = dya[(size_t(b) * c.Hq + h) * c.L + i];
               ref[slot(h)] += t;
-              scale[slot(h)] += std::fabs(t);
+              scale[slot(h)] += dya_abs[(size_t(b) * c.Hq + h) * c.L + i];
             }
         Dev<T> ddm(dym);
         Dev<float> rq(P.q.size()), rk(P.k.size()), rv(P.v.size()), ralpha(na);
