@@ -10,7 +10,8 @@
 #   mwg3               meta_weights_gate 3M + 3M, shared sinks then per-head sinks (vs 13.34 / LoLCATs 12.32)
 #   mwgsweep           3M + 3M variations of mwg + per-head sinks (mwgph3): stage-1 lr 1e-2 / 6e-2, 8 sinks,
 #                      per-head gate, alpha init 1
-#   mwg10              meta_weights_gate 10M + 10M (configs/lizard_rope_mwg.json; MWG_CFG='{...}' adds options,
+#   mwg10              meta_weights_gate 10M + 10M (configs/lizard_rope_mwg.json: with per-head sinks; MWG_CFG='{...}'
+#                      replaces the per-head-sinks option by others,
 #                      MWG_NAME names the run, LR1 the stage-1 lr, SEED the seed), resumable like lol10
 #                      (vs Lizard 10.78 / LoLCATs 10.41)
 #   lol10              LoLCATs 10M + 10M, resumable: each call goes on where the last stopped (stops with
@@ -57,7 +58,7 @@ case "$name" in
             read -r n lr js <<<"$v"
             echo "== $n (stage-1 lr $lr) $js"; LR1=$lr lizard_pair $n "$(tmpcfg $n "$js")"
           done ;;
-  mwg10)  extra=${MWG_CFG:-}; [ -n "$extra" ] || extra='{}'; n=${MWG_NAME:-mwg10}
+  mwg10)  extra=${MWG_CFG:-}; [ -n "$extra" ] || extra='{"meta_per_head": true}'; n=${MWG_NAME:-mwg10}
           cfg=$(tmpcfg $n "$(python3 -c "import json,sys; c=json.loads(sys.argv[1]); c['meta_weights_gate']=True; print(json.dumps(c))" "$extra")")
           resumable $n-s1 --stage 1 --teacher $lz/model.gguf --config "$cfg" --lr ${LR1:-3e-2} --tokens 10000000 ${SEED:+--seed $SEED}
           [ -f $lz/$n-s1/report.json ] && resumable $n-s2 --stage 2 --teacher $lz/$n-s1 --lr2 2e-3 \
