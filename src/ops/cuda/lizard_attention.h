@@ -139,6 +139,14 @@ void set_backward_stage_variant(int variant);
 // 4.523 ms (variant 1) -> 1.211 + 1.242 (variant 2), fwd+bwd 19.066 -> 11.983 ms; B8 H9 D64: 2.106 -> 1.710.
 constexpr int kBackwardGateDefault = 2;
 void set_backward_gate_variant(int variant);
+// Gate state passes of the chunked backward: 1 (default) = gate_state_kernel (32 value columns per CTA,
+// each chunk's rows loaded after the previous chunk's update); 2 = gate_state2_kernel: 64 columns per CTA,
+// the CTAs of one (b, h) adjacent, cp.async of the raw rows into two stages (chunk n + 1 in flight during
+// chunk n's update), one barrier per chunk; the same bf16 operands. Variant 2 runs where v is 16-byte
+// aligned (else variant 1). Throws lizard::Error for another value.
+// H200, B16 H32 D128 F64 L2048, variant 1: gate2-fstate 1.585 ms, gate2-rstate 1.121 ms (variant 2: to measure).
+constexpr int kBackwardStateDefault = 1;
+void set_backward_state_variant(int variant);
 
 // Options and sizes from a layer config (pointers left null). Throws lizard::Error for options the
 // kernels do not implement: combine = lolcats, and feature_on_rope != window_rope (the kernels take

@@ -1498,12 +1498,222 @@ __global__ void __launch_bounds__(kGT, out2_blocks<D, P2>())
                        ci.nvalid);
 }
 
+// ---------------------------------------------------------------------------------------------
+// State variant 2 (set_backward_state_variant): gate_state_kernel's recurrences and bf16 operands, other
+// data movement. Variant 1 issues chunk n's loads only after chunk n - 1's update (the row factors, then
+// the tiles, converted to bf16 on the way in: two dependent round trips and two barriers per chunk, on the
+// critical path of a sequential loop), and its D / 32 CTAs of one (b, h) run waves apart, each reading phi
+// from HBM again. Here a CTA owns SD = 64 columns (the D / SD CTAs of one (b, h) adjacent in launch order,
+// so they share phi through L2) and two shared-memory stages of raw rows: chunk n + 1's fp32 phi rows and
+// V (dn) rows go into one by cp.async while chunk n's update reads the other, its row factors arrive as
+// register loads issued a chunk early; one barrier per chunk. The fp32 values are scaled and rounded to
+// bf16 as the fragments are built (the values variant 1 stores in XA, XB), so each state element sums the
+// same bf16 products in the same order; z sums the same fp32 terms.
+// Fragment layout: row g (g + 8) of the warp's m-tile at f0 is feature f0 + 2g (f0 + 2g + 1), so one float2
+// shared load serves both; with fp32 values (the reverse's dn, fp32 V), n-tiles 2q, 2q + 1 are columns
+// 16q + 2n, 16q + 2n + 1 (n = the B fragment's column): a float2 load again, and a thread's accumulators
+// cover 4 adjacent columns 16q + 4 t4 .. + 3 (8-byte state stores). bf16 V keeps ldmatrix (columns 8j + 2t4).
+// Row strides P2 + 4, SD + 4 floats (2 stride = 8 banks mod 32): the float2 loads of a half warp hit 32
+// distinct banks.
+template <typename T, int D, int P2, bool Rev>
+struct State2 {
+  static constexpr int SD = D < 64 ? D : 64, NY = D / SD;
+  static constexpr bool kVb = !Rev && sizeof(T) == 2;  // bf16 V tile: ldmatrix fragments
+  static constexpr int LDR = P2 + 4, LDV = kVb ? SD + 8 : SD + 4, VB = kVb ? 2 : 4;  // VB: bytes per V element
+  static constexpr size_t r_bytes = size_t(kC) * LDR * 4, stage_bytes = r_bytes + size_t(kC) * LDV * VB;
+  static constexpr size_t bytes = 2 * stage_bytes;
+};
+
+// Row factors' inputs of chunk n, loaded a chunk ahead: b before the chunk, b at its last row, and (thread
+// tid < nv) b and the reverse's dden at row tid.
+struct RowPre {
+  float base, last, bcv, ddv;
+  int nv;
+};
+
+template <bool Rev>
+__device__ __forceinline__ RowPre row_pre(const float* bc, const float* dden, int L, int n, int tid) {
+  RowPre p;
+  const int c0 = n * kC;
+  p.nv = min(kC, L - c0);
+  p.base = c0 > 0 ? bc[c0 - 1] : 0.f;
+  p.last = bc[c0 + p.nv - 1];
+  const bool ok = tid < p.nv;
+  p.bcv = ok ? bc[c0 + tid] : 0.f;
+  p.ddv = Rev && ok ? dden[c0 + tid] : 0.f;
+  return p;
+}
+
+// gate_state_kernel's row factor (and reverse normaliser weight) from those inputs, same expressions.
+template <bool Rev>
+__device__ __forceinline__ void put_row_factors(const RowPre& p, float* fac, float* wz, int tid) {
+  if (tid >= kC) return;
+  const bool ok = tid < p.nv;
+  const float blast = p.last - p.base, bb = ok ? p.bcv - p.base : blast;
+  fac[tid] = ok ? expf(Rev ? bb : blast - bb) : 0.f;
+  if (Rev) wz[tid] = p.ddv;
+}
+
+// Chunk n's raw rows into one stage (rows past the sequence end zero-filled), one commit group.
+template <typename T, int D, int P2, bool Rev>
+__device__ __forceinline__ void state2_issue(unsigned char* stage, const float* ph, const T* v, const float* dnw,
+                                             const Dims& d, int b, int h, int col0, int n, int nv) {
+  using S2 = State2<T, D, P2, Rev>;
+  constexpr int P4 = P2 / 4, E = 16 / S2::VB, CPR = S2::SD / E;  // V: E elements per copy, CPR per row
+  static_assert(kC * P4 % kGT == 0 && kC * CPR % kGT == 0, "stage copies must split evenly");
+  const int tid = threadIdx.x, c0 = n * kC;
+  float* R = reinterpret_cast<float*>(stage);
+#pragma unroll
+  for (int it = 0; it < kC * P4 / kGT; ++it) {
+    const int x = tid + it * kGT, r = x / P4, c = 4 * (x % P4);
+    const bool ok = r < nv;
+    cp_async16(R + r * S2::LDR + c, ok ? ph + int64_t(c0 + r) * P2 + c : ph, ok ? 16 : 0);
+  }
+  unsigned char* V = stage + S2::r_bytes;
+#pragma unroll
+  for (int it = 0; it < kC * CPR / kGT; ++it) {
+    const int x = tid + it * kGT, r = x / CPR, c = E * (x % CPR);
+    const bool ok = r < nv;
+    const void* src;
+    if constexpr (Rev)
+      src = ok ? dnw + int64_t(c0 + r) * D + col0 + c : dnw;
+    else
+      src = ok ? v + d.k_off(b, c0 + r, h) + col0 + c : v;
+    cp_async16(V + (r * S2::LDV + c) * S2::VB, src, ok ? 16 : 0);
+  }
+  cp_async_commit();
+}
+
+// Grid BH * NY (blockIdx.x = bh * NY + y: column block y of (b, h)), kGT threads, State2::bytes dynamic
+// shared memory. Writes what gate_state_kernel writes (st: [BH, NC, kStateFloats]).
+template <typename T, int D, int P2, bool Rev>
+__global__ void __launch_bounds__(kGT, 2) gate_state2_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* st) {
+  using S2 = State2<T, D, P2, Rev>;
+  constexpr int SD = S2::SD, NY = S2::NY, LDR = S2::LDR, LDV = S2::LDV, NJ = SD / 8, MT = P2 / 64, P4 = P2 / 4;
+  static_assert(P2 % 64 == 0 && SD % 16 == 0 && D % SD == 0, "state pass tiling");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ __align__(16) float fac[2][kC];
+  __shared__ __align__(16) float wz[2][kC];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int bh = blockIdx.x / NY, y = blockIdx.x % NY, h = bh % d.Hq, b = bh / d.Hq, L = d.L, col0 = y * SD;
+  const bool zcta = y == 0;
+  const int nch = (L + kC - 1) / kC;
+  const float* bc = ws.bc + int64_t(bh) * L;
+  const float* dden = ws.dden + int64_t(bh) * L;
+  const float* ph = (Rev ? ws.phq : ws.phk) + int64_t(bh) * L * P2;
+  const float* dnw = ws.dn + int64_t(bh) * L * D;
+  const T* v = static_cast<const T*>(a.v);
+  float acc[MT][NJ][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
+  float zr = 0.f;
+  RowPre nxt = row_pre<Rev>(bc, dden, L, Rev ? nch - 1 : 0, tid);
+  state2_issue<T, D, P2, Rev>(smem_raw, ph, v, dnw, d, b, h, col0, Rev ? nch - 1 : 0, nxt.nv);
+  put_row_factors<Rev>(nxt, fac[0], wz[0], tid);
+  for (int k = 0; k < nch; ++k) {
+    const int n = Rev ? nch - 1 - k : k, s = k & 1, nn = Rev ? n - 1 : n + 1;
+    const bool more = k + 1 < nch;
+    const RowPre cur = nxt;
+    // chunk n's incoming state out (the accumulators' layout, see above)
+    float* slot = st + (int64_t(bh) * nch + n) * kStateFloats<D, P2>;
+    bf16* Sg = reinterpret_cast<bf16*>(slot);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const int f = warp * P4 + mt * 16 + 2 * g;
+      if constexpr (S2::kVb) {
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) {
+          const int c = col0 + 8 * j + 2 * t4;
+          *reinterpret_cast<uint32_t*>(Sg + f * D + c) = pack_bf16(acc[mt][j][0], acc[mt][j][1]);
+          *reinterpret_cast<uint32_t*>(Sg + (f + 1) * D + c) = pack_bf16(acc[mt][j][2], acc[mt][j][3]);
+        }
+      } else {
+#pragma unroll
+        for (int q = 0; q < NJ / 2; ++q) {
+          const int c = col0 + 16 * q + 4 * t4;
+          const float(&c0)[4] = acc[mt][2 * q];
+          const float(&c1)[4] = acc[mt][2 * q + 1];
+          *reinterpret_cast<uint2*>(Sg + f * D + c) = make_uint2(pack_bf16(c0[0], c1[0]), pack_bf16(c0[1], c1[1]));
+          *reinterpret_cast<uint2*>(Sg + (f + 1) * D + c) = make_uint2(pack_bf16(c0[2], c1[2]), pack_bf16(c0[3], c1[3]));
+        }
+      }
+    }
+    if (zcta && tid < P2) slot[P2 * D / 2 + tid] = zr;
+    if (more) nxt = row_pre<Rev>(bc, dden, L, nn, tid);  // consumed after this chunk's update
+    cp_async_wait_all();
+    __syncthreads();  // chunk n's stage and row factors visible; every warp is past chunk n - 1's reads
+    unsigned char* stage = smem_raw + s * S2::stage_bytes;
+    if (more) state2_issue<T, D, P2, Rev>(smem_raw + (s ^ 1) * S2::stage_bytes, ph, v, dnw, d, b, h, col0, nn, nxt.nv);
+    const float* R = reinterpret_cast<const float*>(stage);
+    const float* fs = fac[s];
+    const float decay = expf(cur.last - cur.base);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mt][j][e] *= decay;
+#pragma unroll
+    for (int ks = 0; ks < kC / 16; ++ks) {
+      const int k0 = ks * 16 + 2 * t4;  // this thread's first token row
+      uint32_t bq[NJ][2];
+      if constexpr (S2::kVb) {
+        const bf16* Vb = reinterpret_cast<const bf16*>(stage + S2::r_bytes);
+#pragma unroll
+        for (int np = 0; np < NJ / 2; ++np) {
+          uint32_t bb[4];
+          load_b_kn(bb, Vb, LDV, np * 16, ks * 16);
+          bq[2 * np][0] = bb[0], bq[2 * np][1] = bb[1], bq[2 * np + 1][0] = bb[2], bq[2 * np + 1][1] = bb[3];
+        }
+      } else {
+        const float* Vf = reinterpret_cast<const float*>(stage + S2::r_bytes);
+#pragma unroll
+        for (int q = 0; q < NJ / 2; ++q) {
+          const float* p = Vf + k0 * LDV + 16 * q + 2 * g;
+          const float2 u0 = *reinterpret_cast<const float2*>(p), u1 = *reinterpret_cast<const float2*>(p + LDV);
+          const float2 u2 = *reinterpret_cast<const float2*>(p + 8 * LDV);
+          const float2 u3 = *reinterpret_cast<const float2*>(p + 9 * LDV);
+          bq[2 * q][0] = pack_bf16(u0.x, u1.x), bq[2 * q][1] = pack_bf16(u2.x, u3.x);
+          bq[2 * q + 1][0] = pack_bf16(u0.y, u1.y), bq[2 * q + 1][1] = pack_bf16(u2.y, u3.y);
+        }
+      }
+      const float2 fa = *reinterpret_cast<const float2*>(fs + k0), fb = *reinterpret_cast<const float2*>(fs + k0 + 8);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const float* p = R + k0 * LDR + warp * P4 + mt * 16 + 2 * g;
+        const float2 u0 = *reinterpret_cast<const float2*>(p), u1 = *reinterpret_cast<const float2*>(p + LDR);
+        const float2 u2 = *reinterpret_cast<const float2*>(p + 8 * LDR);
+        const float2 u3 = *reinterpret_cast<const float2*>(p + 9 * LDR);
+        uint32_t ka[4];
+        ka[0] = pack_bf16(u0.x * fa.x, u1.x * fa.y);  // row g: feature f0 + 2g
+        ka[1] = pack_bf16(u0.y * fa.x, u1.y * fa.y);  // row g + 8: feature f0 + 2g + 1
+        ka[2] = pack_bf16(u2.x * fb.x, u3.x * fb.y);
+        ka[3] = pack_bf16(u2.y * fb.x, u3.y * fb.y);
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) mma16816(acc[mt][j], ka, bq[j][0], bq[j][1]);
+      }
+    }
+    if (zcta && tid < P2) {  // block-uniform CTA test; fp32 features
+      float zz = zr * decay;
+#pragma unroll 8
+      for (int r = 0; r < cur.nv; ++r) {
+        const float t = R[r * LDR + tid] * fs[r];
+        zz += Rev ? t * wz[s][r] : t;
+      }
+      zr = zz;
+    }
+    if (more) put_row_factors<Rev>(nxt, fac[s ^ 1], wz[s ^ 1], tid);  // that buffer's readers are past the barrier
+  }
+}
+
 // The gate branch: state pass, output pass (one CTA per (b, h, chunk)), forward then reverse, one state
 // buffer [BH, NC, kStateFloats] reused by both directions. `mark` names the passes for the profile.
-// out2: the variant-2 output passes (the caller checks their alignment needs).
+// out2: the variant-2 output passes, state2: the variant-2 state passes (the caller checks their alignment needs).
 template <typename T, int D, int P2, typename Mark>
 void launch_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, float* dmeta, cudaStream_t st,
-                  Mark&& mark, bool out2) {
+                  Mark&& mark, bool out2, bool state2) {
   const int BH = d.B * d.Hq, nch = (d.L + kC - 1) / kC;
   float* sbuf = nullptr;
   LZ_CUDA_OK(cudaMallocAsync(&sbuf, sizeof(float) * size_t(BH) * nch * kStateFloats<D, P2>, st));
@@ -1522,18 +1732,33 @@ void launch_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv
     LZ_CUDA_OK(cudaFuncSetAttribute(kro, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
   }
   const dim3 sgrid(BH, D / kSD);
-  gate_state_kernel<T, D, P2, false><<<sgrid, kGT, 0, st>>>(a, d, ws, sbuf);
+  using S2f = State2<T, D, P2, false>;
+  using S2r = State2<T, D, P2, true>;
+  auto kfs2 = gate_state2_kernel<T, D, P2, false>;
+  auto krs2 = gate_state2_kernel<T, D, P2, true>;
+  if (state2) {  // two CTAs per SM need more than the default shared-memory carveout
+    LZ_CUDA_OK(cudaFuncSetAttribute(kfs2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(S2f::bytes)));
+    LZ_CUDA_OK(cudaFuncSetAttribute(krs2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(S2r::bytes)));
+    LZ_CUDA_OK(cudaFuncSetAttribute(kfs2, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+    LZ_CUDA_OK(cudaFuncSetAttribute(krs2, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+    kfs2<<<BH * S2f::NY, kGT, S2f::bytes, st>>>(a, d, ws, sbuf);
+  } else {
+    gate_state_kernel<T, D, P2, false><<<sgrid, kGT, 0, st>>>(a, d, ws, sbuf);
+  }
   LZ_CUDA_OK(cudaGetLastError());
-  mark("gate2-fstate");
+  mark(state2 ? "gate2-fstate-v2" : "gate2-fstate");
   if (out2)
     kfo2<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dy, sbuf, dmeta);
   else
     kfo<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dy, nch, 1, sbuf, dmeta);
   LZ_CUDA_OK(cudaGetLastError());
   mark(out2 ? "gate2-fout-v2" : "gate2-fout");
-  gate_state_kernel<T, D, P2, true><<<sgrid, kGT, 0, st>>>(a, d, ws, sbuf);  // dn, dden from kfo
+  if (state2)  // dn, dden from the forward output pass
+    krs2<<<BH * S2r::NY, kGT, S2r::bytes, st>>>(a, d, ws, sbuf);
+  else
+    gate_state_kernel<T, D, P2, true><<<sgrid, kGT, 0, st>>>(a, d, ws, sbuf);
   LZ_CUDA_OK(cudaGetLastError());
-  mark("gate2-rstate");
+  mark(state2 ? "gate2-rstate-v2" : "gate2-rstate");
   if (out2)
     kro2<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dv, sbuf);
   else
@@ -1546,11 +1771,11 @@ void launch_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv
 // dmeta (may be null): the meta_weights_gate part of the sinks' gradient (the window stage adds the rest).
 template <typename T, typename Mark>
 void run_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, float* dmeta, cudaStream_t st,
-               Mark&& mark, bool out2) {
-  if (a.D == 64 && a.F == 32) return launch_gate2<T, 64, 64>(a, d, ws, dy, dv, dmeta, st, mark, out2);
-  if (a.D == 64 && a.F == 64) return launch_gate2<T, 64, 128>(a, d, ws, dy, dv, dmeta, st, mark, out2);
-  if (a.D == 128 && a.F == 32) return launch_gate2<T, 128, 64>(a, d, ws, dy, dv, dmeta, st, mark, out2);
-  if (a.D == 128 && a.F == 64) return launch_gate2<T, 128, 128>(a, d, ws, dy, dv, dmeta, st, mark, out2);
+               Mark&& mark, bool out2, bool state2) {
+  if (a.D == 64 && a.F == 32) return launch_gate2<T, 64, 64>(a, d, ws, dy, dv, dmeta, st, mark, out2, state2);
+  if (a.D == 64 && a.F == 64) return launch_gate2<T, 64, 128>(a, d, ws, dy, dv, dmeta, st, mark, out2, state2);
+  if (a.D == 128 && a.F == 32) return launch_gate2<T, 128, 64>(a, d, ws, dy, dv, dmeta, st, mark, out2, state2);
+  if (a.D == 128 && a.F == 64) return launch_gate2<T, 128, 128>(a, d, ws, dy, dv, dmeta, st, mark, out2, state2);
   fail_cat("lizard attention chunked backward (cuda): needs D in {64, 128} and F in {32, 64}, got D=", a.D, " F=", a.F);
 }
 
@@ -2732,8 +2957,11 @@ void run_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool
 //     The gate's output passes: under gate variant 2 (the default) where dv (and, bf16 inputs, v and dy) are
 //     16-byte aligned, gate_fwd_out2_kernel, gate_rev_out2_kernel; otherwise, and under gate variant 1,
 //     gate_fwd_out_kernel, gate_rev_out_kernel.
+//     The gate's state passes: under state variant 2 where v is 16-byte aligned, gate_state2_kernel;
+//     otherwise, and under state variant 1, gate_state_kernel.
 int g_stage_variant = kBackwardStageDefault;  // 2 or 1 (set_backward_stage_variant)
 int g_gate_variant = kBackwardGateDefault;    // 2 or 1 (set_backward_gate_variant)
+int g_state_variant = kBackwardStateDefault;  // 2 or 1 (set_backward_state_variant)
 
 template <typename T>
 void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g, cudaStream_t st, bool chunked) {
@@ -2798,7 +3026,8 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   if (chunked) {
     // gate branch: dn, dden, dphq, dbq; dv (gate), dphk, dbk (one mark per pass: gate2-fstate .. gate2-rout)
     const bool out2 = g_gate_variant == 2 && al16(g.dv) && (sizeof(T) == 4 || (al16(a.v) && al16(dy)));
-    gate::run_gate2<T>(a, d, ws, dy, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, mark, out2);
+    const bool state2 = g_state_variant == 2 && al16(a.v);  // cp.async of V rows (dn, phi: the workspace)
+    gate::run_gate2<T>(a, d, ws, dy, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, mark, out2, state2);
     win::run_win<T>(a, d, ws, dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, stages2);
     mark(stages2 ? "window2" : "window-tc");
   } else {
@@ -2864,6 +3093,11 @@ void set_backward_stage_variant(int v) {
 void set_backward_gate_variant(int v) {
   LZ_CUDA_CHECK(v == 1 || v == 2, "lizard attention backward (cuda): no gate variant ", v, " (1 or 2)");
   g_gate_variant = v;
+}
+
+void set_backward_state_variant(int v) {
+  LZ_CUDA_CHECK(v == 1 || v == 2, "lizard attention backward (cuda): no state variant ", v, " (1 or 2)");
+  g_state_variant = v;
 }
 
 void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
