@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -720,17 +721,23 @@ TEST(LizardCuda, BackwardMatchesReference) {
 // incoming bf16 state stored) and one CTA per (b, h, chunk) output passes. Stage variant 2 first (the
 // default: cp.async loaders, double-buffered window kernels without dk/dv atomics, dW over batch-aligned
 // token tiles) with gate variant 2 (the default output passes: cp.async / float4 tiles), then stage and gate
-// variant 1 together (the kernels misaligned pointers get), last gate variant 1 with the default stages.
+// variant 1 together (the kernels misaligned pointers get), then gate variant 1 with the default stages, all
+// under the default state passes; last the other state-pass variant (1: gate_state_kernel, 2:
+// gate_state2_kernel, cp.async double-buffered) under the default stage and gate variants.
 TEST(LizardCuda, ChunkedBackwardVsReference) {
   static_assert(lizard::cuda::kBackwardStageDefault == 2, "the first pass below is the default");
   static_assert(lizard::cuda::kBackwardGateDefault == 2, "the first pass below is the default");
-  for (const auto [stages, gatev] : {std::pair{2, 2}, std::pair{1, 1}, std::pair{2, 1}}) {
+  constexpr int kState = lizard::cuda::kBackwardStateDefault, kStateOther = 3 - kState;
+  static_assert(kState == 1 || kState == 2, "state variants 1 and 2");
+  for (const auto [stages, gatev, statev] :
+       {std::tuple{2, 2, kState}, std::tuple{1, 1, kState}, std::tuple{2, 1, kState}, std::tuple{2, 2, kStateOther}}) {
     lizard::cuda::set_backward_stage_variant(stages);
     lizard::cuda::set_backward_gate_variant(gatev);
-    std::printf("[lizard-cuda] chunked backward, stage variant %d (%s), gate variant %d: state passes + "
-                "chunk-parallel outputs\n",
+    lizard::cuda::set_backward_state_variant(statev);
+    std::printf("[lizard-cuda] chunked backward, stage variant %d (%s), gate variant %d, state variant %d: state "
+                "passes + chunk-parallel outputs\n",
                 stages, stages == 2 ? "tensor cores, split bf16, v2 loaders/window/dW" : "tensor cores, split bf16",
-                gatev);
+                gatev, statev);
     std::vector<Case> cases = kCases;
     cases.push_back({1, 707, 2, 1, 64, 32, 64, 4, true});
     cases.insert(cases.end(), kMwgCases.begin(), kMwgCases.end());
@@ -748,25 +755,34 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
   }
   lizard::cuda::set_backward_stage_variant(lizard::cuda::kBackwardStageDefault);
   lizard::cuda::set_backward_gate_variant(lizard::cuda::kBackwardGateDefault);
+  lizard::cuda::set_backward_state_variant(lizard::cuda::kBackwardStateDefault);
   for (int deleted : {0, 3}) EXPECT_ANY_THROW(lizard::cuda::set_backward_stage_variant(deleted));
   for (int unknown : {0, 3}) EXPECT_ANY_THROW(lizard::cuda::set_backward_gate_variant(unknown));
+  for (int unknown : {0, 3}) EXPECT_ANY_THROW(lizard::cuda::set_backward_state_variant(unknown));
 }
 
 // Stage variants 2 (its bf16 kernels: cp.async tiles, double buffers, staged read-modify-writes) and 1,
 // both with the gate's state passes (into the per-chunk state buffer) and one CTA per (b, h, chunk) output
 // passes (L 77: 2 chunks, L 130: 3, a partial last one): the defaults (gate variant 2's output passes:
-// cp.async, float4 tiles, staged stores), both variant-1 kernel sets, gate variant 1 with the default stages.
+// cp.async, float4 tiles, staged stores), both variant-1 kernel sets, gate variant 1 with the default stages
+// (those under the default state passes), then the other state-pass variant (cp.async stages of raw rows,
+// rows past L zero-filled) under the default stage and gate variants.
 TEST(LizardCuda, SanitizerSmallChunkedBackward) {
-  for (const auto [stages, gatev] : {std::pair{2, 2}, std::pair{1, 1}, std::pair{2, 1}}) {
+  constexpr int kState = lizard::cuda::kBackwardStateDefault, kStateOther = 3 - kState;
+  for (const auto [stages, gatev, statev] :
+       {std::tuple{2, 2, kState}, std::tuple{1, 1, kState}, std::tuple{2, 1, kState}, std::tuple{2, 2, kStateOther}}) {
     lizard::cuda::set_backward_stage_variant(stages);
     lizard::cuda::set_backward_gate_variant(gatev);
-    std::printf("[lizard-cuda] small chunked backward, stage variant %d, gate variant %d\n", stages, gatev);
+    lizard::cuda::set_backward_state_variant(statev);
+    std::printf("[lizard-cuda] small chunked backward, stage variant %d, gate variant %d, state variant %d\n", stages,
+                gatev, statev);
     backward_case<__nv_bfloat16>({1, 77, 2, 1, 64, 32, 16, 4}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>({1, 130, 2, 2, 128, 64, 65, 2, true}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>(kMwgCases[0], fresh_seed(), true, 3e-2, true, 2.5e-1);
   }
   lizard::cuda::set_backward_stage_variant(lizard::cuda::kBackwardStageDefault);
   lizard::cuda::set_backward_gate_variant(lizard::cuda::kBackwardGateDefault);
+  lizard::cuda::set_backward_state_variant(lizard::cuda::kBackwardStateDefault);
 }
 
 TEST(LizardCuda, ChunkedBackwardRefusesUnsupportedSizes) {
