@@ -24,6 +24,7 @@ lib.lz_set_forward_split.argtypes = [I]
 lib.lz_set_backward_stage_variant.argtypes = [I]
 lib.lz_set_backward_gate_variant.argtypes = [I]
 lib.lz_set_backward_state_variant.argtypes = [I]
+lib.lz_set_backward_window_variant.argtypes = [I]
 lib.lz_flash_fwd.argtypes = [P] * 5 + [I] * 5 + [P]
 lib.lz_flash_bwd.argtypes = [P] * 10 + [I] * 5 + [P]
 
@@ -463,6 +464,29 @@ def main():
                 os.environ.pop("LIZARD_CUDA_BWD_PROFILE", None)
                 print("  chunked backward state variant 2 failed:", str(e)[:200])
             check(lib.lz_set_backward_state_variant(1))  # the default (kBackwardStateDefault)
+            # Window variant 2 (win3_kernel: the dq and dkdv roles in one grid, dk stored): same-input check
+            # against the default, the per-stage breakdown (window2v), then its row.
+            try:
+                z.fwd_bwd_chunked()
+                torch.cuda.synchronize()
+                ref = [t.clone() for t in z.grads()]
+                check(lib.lz_set_backward_window_variant(2))
+                z.fwd_bwd_chunked()
+                torch.cuda.synchronize()
+                names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
+                errs = " ".join(f"{n} {((t - r).abs().max() / r.abs().max().clamp_min(1e-30)).item():.1e}"
+                                for n, t, r in zip(names, z.grads(), ref))
+                print(f"  {tag}: chunked bwd window2v vs default: {errs}", flush=True)
+                del ref
+                os.environ["LIZARD_CUDA_BWD_PROFILE"] = "1"
+                z.fwd_bwd_chunked()
+                torch.cuda.synchronize()
+                del os.environ["LIZARD_CUDA_BWD_PROFILE"]
+                row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd window2v", liz[tag], events_ms(z.fwd_bwd_chunked))
+            except Exception as e:  # noqa: BLE001
+                os.environ.pop("LIZARD_CUDA_BWD_PROFILE", None)
+                print("  chunked backward window variant 2 failed:", str(e)[:200])
+            check(lib.lz_set_backward_window_variant(1))  # the default (kBackwardWindowDefault)
         del z
         torch.cuda.empty_cache()
         q, k, v, gk, gs, do = fla_inputs(B, L, H, D)
