@@ -367,6 +367,32 @@ def main():
         print(f"ROW {tag:20s} {name:28s} fwd {f:8.3f} ms  fwd+bwd {fb:9.3f} ms  (this / lizard fwd: {f / base:5.2f})",
               flush=True)
 
+    def other_variant(z, tag, label, name, fwd_ms, setter, other, default):
+        """A non-default variant of the chunked backward: same-input check against the default (max |diff| /
+        max |ref| per gradient), its per-stage profile line, then its row; the default is set back after."""
+        try:
+            z.fwd_bwd_chunked()
+            torch.cuda.synchronize()
+            ref = [t.clone() for t in z.grads()]
+            check(setter(other))
+            z.fwd_bwd_chunked()
+            torch.cuda.synchronize()
+            names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
+            errs = " ".join(f"{n} {((t - r).abs().max() / r.abs().max().clamp_min(1e-30)).item():.1e}"
+                            for n, t, r in zip(names, z.grads(), ref))
+            print(f"  {tag}: chunked bwd {name} vs default: {errs}", flush=True)
+            del ref
+            os.environ["LIZARD_CUDA_BWD_PROFILE"] = "1"
+            z.fwd_bwd_chunked()
+            torch.cuda.synchronize()
+            del os.environ["LIZARD_CUDA_BWD_PROFILE"]
+            row(tag, f"{label} {name}", fwd_ms, events_ms(z.fwd_bwd_chunked))
+        except Exception as e:  # noqa: BLE001
+            os.environ.pop("LIZARD_CUDA_BWD_PROFILE", None)
+            print(f"  chunked backward {name} failed:", str(e)[:200])
+        finally:
+            check(setter(default))
+
     # 1. Lizard forward at every shape, SDPA flash (fast to set up).
     for (B, H, Hkv, D, L) in shapes:
         tag = f"B{B} H{H} D{D} L{L}"
@@ -399,94 +425,16 @@ def main():
             torch.cuda.synchronize()
             del os.environ["LIZARD_CUDA_BWD_PROFILE"]
         row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd (default)", liz[tag], fbc)
-        if fbc == fbc:
-            # Stage variant 1 (the tensor-core stage kernels that misaligned pointers get): same-input check
-            # against the default (max |diff| / max |ref| per gradient), then its row.
-            try:
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                ref = [t.clone() for t in z.grads()]
-                check(lib.lz_set_backward_stage_variant(1))
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
-                errs = " ".join(f"{n} {((t - r).abs().max() / r.abs().max().clamp_min(1e-30)).item():.1e}"
-                                for n, t, r in zip(names, z.grads(), ref))
-                print(f"  {tag}: chunked bwd stages1 vs default: {errs}", flush=True)
-                del ref
-                row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd stages1", liz[tag], events_ms(z.fwd_bwd_chunked))
-            except Exception as e:  # noqa: BLE001
-                print("  chunked backward stage variant 1 failed:", str(e)[:200])
-            check(lib.lz_set_backward_stage_variant(2))  # the default (kBackwardStageDefault)
-            # Gate variant 1 (the element-wise gate output passes, the default before session 5): same-input
-            # check against the default, the per-stage breakdown (gate2-fout, gate2-rout), then its row.
-            try:
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                ref = [t.clone() for t in z.grads()]
-                check(lib.lz_set_backward_gate_variant(1))
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
-                errs = " ".join(f"{n} {((t - r).abs().max() / r.abs().max().clamp_min(1e-30)).item():.1e}"
-                                for n, t, r in zip(names, z.grads(), ref))
-                print(f"  {tag}: chunked bwd gate1 vs default: {errs}", flush=True)
-                del ref
-                os.environ["LIZARD_CUDA_BWD_PROFILE"] = "1"
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                del os.environ["LIZARD_CUDA_BWD_PROFILE"]
-                row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd gate1", liz[tag], events_ms(z.fwd_bwd_chunked))
-            except Exception as e:  # noqa: BLE001
-                os.environ.pop("LIZARD_CUDA_BWD_PROFILE", None)
-                print("  chunked backward gate variant 1 failed:", str(e)[:200])
-            check(lib.lz_set_backward_gate_variant(2))  # the default (kBackwardGateDefault)
-            # State variant 2 (gate_state2_kernel: cp.async double-buffered state passes): same-input check
-            # against the default, the per-stage breakdown (gate2-fstate-v2, gate2-rstate-v2), then its row.
-            try:
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                ref = [t.clone() for t in z.grads()]
-                check(lib.lz_set_backward_state_variant(2))
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
-                errs = " ".join(f"{n} {((t - r).abs().max() / r.abs().max().clamp_min(1e-30)).item():.1e}"
-                                for n, t, r in zip(names, z.grads(), ref))
-                print(f"  {tag}: chunked bwd state2 vs default: {errs}", flush=True)
-                del ref
-                os.environ["LIZARD_CUDA_BWD_PROFILE"] = "1"
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                del os.environ["LIZARD_CUDA_BWD_PROFILE"]
-                row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd state2", liz[tag], events_ms(z.fwd_bwd_chunked))
-            except Exception as e:  # noqa: BLE001
-                os.environ.pop("LIZARD_CUDA_BWD_PROFILE", None)
-                print("  chunked backward state variant 2 failed:", str(e)[:200])
-            check(lib.lz_set_backward_state_variant(1))  # the default (kBackwardStateDefault)
-            # Window variant 2 (win3_kernel: the dq and dkdv roles in one grid, dk stored): same-input check
-            # against the default, the per-stage breakdown (window2v), then its row.
-            try:
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                ref = [t.clone() for t in z.grads()]
-                check(lib.lz_set_backward_window_variant(2))
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                names = ["dq", "dk", "dv", "dwq", "dwk", "dlg", "dmeta", "dalpha"]
-                errs = " ".join(f"{n} {((t - r).abs().max() / r.abs().max().clamp_min(1e-30)).item():.1e}"
-                                for n, t, r in zip(names, z.grads(), ref))
-                print(f"  {tag}: chunked bwd window2v vs default: {errs}", flush=True)
-                del ref
-                os.environ["LIZARD_CUDA_BWD_PROFILE"] = "1"
-                z.fwd_bwd_chunked()
-                torch.cuda.synchronize()
-                del os.environ["LIZARD_CUDA_BWD_PROFILE"]
-                row(tag, f"lizard cuda (Hkv={Hkv}) chunked bwd window2v", liz[tag], events_ms(z.fwd_bwd_chunked))
-            except Exception as e:  # noqa: BLE001
-                os.environ.pop("LIZARD_CUDA_BWD_PROFILE", None)
-                print("  chunked backward window variant 2 failed:", str(e)[:200])
-            check(lib.lz_set_backward_window_variant(1))  # the default (kBackwardWindowDefault)
+        if fbc == fbc:  # each non-default variant of the chunked backward against the default, same inputs
+            label = f"lizard cuda (Hkv={Hkv}) chunked bwd"
+            # stage variant 1: the stage kernels misaligned pointers get
+            other_variant(z, tag, label, "stages1", liz[tag], lib.lz_set_backward_stage_variant, 1, 2)
+            # gate variant 1: element-wise gate output passes (the default before session 5)
+            other_variant(z, tag, label, "gate1", liz[tag], lib.lz_set_backward_gate_variant, 1, 2)
+            # state variant 1: the gate state passes of session 4 (32 columns per CTA, no prefetch)
+            other_variant(z, tag, label, "state1", liz[tag], lib.lz_set_backward_state_variant, 1, 2)
+            # window variant 1: separate dq and dk/dv window kernels
+            other_variant(z, tag, label, "window1", liz[tag], lib.lz_set_backward_window_variant, 1, 2)
         del z
         torch.cuda.empty_cache()
         q, k, v, gk, gs, do = fla_inputs(B, L, H, D)

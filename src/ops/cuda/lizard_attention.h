@@ -139,21 +139,22 @@ void set_backward_stage_variant(int variant);
 // 4.523 ms (variant 1) -> 1.211 + 1.242 (variant 2), fwd+bwd 19.066 -> 11.983 ms; B8 H9 D64: 2.106 -> 1.710.
 constexpr int kBackwardGateDefault = 2;
 void set_backward_gate_variant(int variant);
-// Gate state passes of the chunked backward: 1 (default) = gate_state_kernel (32 value columns per CTA,
-// each chunk's rows loaded after the previous chunk's update); 2 = gate_state2_kernel: 64 columns per CTA,
+// Gate state passes of the chunked backward: 1 = gate_state_kernel (32 value columns per CTA, each
+// chunk's rows loaded after the previous chunk's update); 2 (default) = gate_state2_kernel: 64 columns per CTA,
 // the CTAs of one (b, h) adjacent, cp.async of the raw rows into two stages (chunk n + 1 in flight during
 // chunk n's update), one barrier per chunk; the same bf16 operands. Variant 2 runs where v is 16-byte
 // aligned (else variant 1). Throws lizard::Error for another value.
-// H200, B16 H32 D128 F64 L2048, variant 1: gate2-fstate 1.585 ms, gate2-rstate 1.121 ms (variant 2: to measure).
-constexpr int kBackwardStateDefault = 1;
+// H200, B16 H32 D128 F64 L2048, variant 1: gate2-fstate 1.585 ms, gate2-rstate 1.121 ms (variant 2: see
+// docs/cuda_notes.md, session 5).
+constexpr int kBackwardStateDefault = 2;
 void set_backward_state_variant(int variant);
 // Window stage of the chunked backward under stage variant 2 with bf16 inputs (the other paths ignore it):
-// 1 (default) = wdq2_kernel then wdkdv2_kernel; 2 = win3_kernel: the same two roles and math interleaved
+// 1 = wdq2_kernel then wdkdv2_kernel; 2 (default) = win3_kernel: the same two roles and math interleaved
 // block by block in one grid (a dq CTA's tensor-core work beside a dkdv CTA's loads and epilogue), dk
 // stored instead of added (the window stage is its first writer), dv's old rows loaded in one batch.
 // Throws lizard::Error for another value. H200, B16 H32 D128 L2048 w128: variant 1 window2 2.14 ms
-// (variant 2: to measure).
-constexpr int kBackwardWindowDefault = 1;
+// (variant 2: see docs/cuda_notes.md, session 5).
+constexpr int kBackwardWindowDefault = 2;
 void set_backward_window_variant(int variant);
 
 // Options and sizes from a layer config (pointers left null). Throws lizard::Error for options the

@@ -3115,7 +3115,7 @@ void run_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool
 int g_stage_variant = kBackwardStageDefault;  // 2 or 1 (set_backward_stage_variant)
 int g_gate_variant = kBackwardGateDefault;    // 2 or 1 (set_backward_gate_variant)
 int g_state_variant = kBackwardStateDefault;  // 2 or 1 (set_backward_state_variant)
-int g_window_variant = kBackwardWindowDefault;  // 1 or 2 (set_backward_window_variant)
+int g_window_variant = kBackwardWindowDefault;  // 2 or 1 (set_backward_window_variant)
 
 template <typename T>
 void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g, cudaStream_t st, bool chunked) {
