@@ -61,17 +61,13 @@ void lz_set_forward_split(int m) { lizard::cuda::set_forward_split(m); }
 int lz_set_backward_stage_variant(int v) {
   return guarded([&] { lizard::cuda::set_backward_stage_variant(v); });
 }
-// Chunked backward gate output passes 1 (default) or 2; returns -1 (lz_last_error) for another.
+// Chunked backward gate output passes 2 (default) or 1; returns -1 (lz_last_error) for another.
 int lz_set_backward_gate_variant(int v) {
   return guarded([&] { lizard::cuda::set_backward_gate_variant(v); });
 }
-// Chunked backward gate state passes 1 (default) or 2; returns -1 (lz_last_error) for another.
+// Chunked backward gate state passes 2 (default) or 1; returns -1 (lz_last_error) for another.
 int lz_set_backward_state_variant(int v) {
   return guarded([&] { lizard::cuda::set_backward_state_variant(v); });
-}
-// Chunked backward window stage 1 (default) or 2; returns -1 (lz_last_error) for another.
-int lz_set_backward_window_variant(int v) {
-  return guarded([&] { lizard::cuda::set_backward_window_variant(v); });
 }
 
 // bf16 chunked forward; scalar gate [B, L], meta [m] per layer, alpha [Hq] per head.

@@ -148,14 +148,6 @@ void set_backward_gate_variant(int variant);
 // docs/cuda_notes.md, session 5).
 constexpr int kBackwardStateDefault = 2;
 void set_backward_state_variant(int variant);
-// Window stage of the chunked backward under stage variant 2 with bf16 inputs (the other paths ignore it):
-// 1 = wdq2_kernel then wdkdv2_kernel; 2 (default) = win3_kernel: the same two roles and math interleaved
-// block by block in one grid (a dq CTA's tensor-core work beside a dkdv CTA's loads and epilogue), dk
-// stored instead of added (the window stage is its first writer), dv's old rows loaded in one batch.
-// Throws lizard::Error for another value. H200, B16 H32 D128 L2048 w128: variant 1 window2 2.14 ms
-// (variant 2: see docs/cuda_notes.md, session 5).
-constexpr int kBackwardWindowDefault = 2;
-void set_backward_window_variant(int variant);
 
 // Options and sizes from a layer config (pointers left null). Throws lizard::Error for options the
 // kernels do not implement: combine = lolcats, and feature_on_rope != window_rope (the kernels take

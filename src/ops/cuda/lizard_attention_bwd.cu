@@ -1889,8 +1889,8 @@ __global__ void __launch_bounds__(kWT) wdq_kernel(const LizardAttnArgs a, Dims d
   store_dq_dmeta(a, d, acc, dq, dmeta, b, h, ia, ib, va, vb, lsa, lsb, da, db, scale);
 }
 
-// V2 (stage variant 2, fp32 inputs; bf16 inputs take wdkdv2_kernel): dk, dv added without atomics (see
-// wdkdv2_kernel).
+// V2 (stage variant 2, fp32 inputs; bf16 inputs take win2_kernel): dk, dv added without atomics (see
+// wdkdv2_body).
 template <typename T, int D, bool V2 = false>
 __global__ void __launch_bounds__(kWT) wdkdv_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dk,
                                                     float* dv) {
@@ -1991,10 +1991,10 @@ __global__ void __launch_bounds__(kWT) wdkdv_kernel(const LizardAttnArgs a, Dims
 // Q, dO block with its lse and delta, is in flight while the current one is multiplied: 6 tiles, 104 KB
 // at D128; both kernels are register-bound to 2 CTAs per SM anyway, so the second buffer costs no
 // occupancy), dO = dy with alpha applied to the fp32 dP (and, for dV, to P before its bf16 rounding),
-// and dk, dv added without atomics: a wdkdv2 CTA is the only writer of its 64 rows of (b, hkv) (it
-// sums the group's query heads itself) and no other stage runs concurrently (stream order), so its
-// fp32 sums are staged in shared memory and added by coalesced float4 read-modify-writes.
-// The kernels' bodies take the block coordinates (bx, by) as arguments: win3_kernel runs both.
+// and dk, dv without atomics: a dkdv CTA is the only writer of its 64 rows of (b, hkv) (it sums the
+// group's query heads itself) and no other stage runs concurrently (stream order), so its fp32 sums are
+// staged in shared memory and written by coalesced float4 stores (dk) and read-modify-writes (dv).
+// The two bodies take the block coordinates (bx, by) as arguments: win2_kernel runs both.
 template <int D>
 __device__ __forceinline__ void wdq2_body(const LizardAttnArgs& a, const Dims& d, const Ws& ws, const bf16* dy,
                                           float* dq, float* dmeta, int bx, int by) {
@@ -2062,103 +2062,11 @@ __device__ __forceinline__ void wdq2_body(const LizardAttnArgs& a, const Dims& d
   store_dq_dmeta(a, d, acc, dq, dmeta, b, h, ia, ib, va, vb, lsa, lsb, da, db, scale);
 }
 
+// win2_kernel's dkdv role. dk is stored, not added (the window stage is its first writer: only the memset
+// precedes it; the gate passes add to dv only, featbwd adds to dk later); the old dv rows are loaded in
+// one batch (the accumulators are dead by then) before dk's stores are issued.
 template <int D>
-__global__ void __launch_bounds__(kWT) wdq2_kernel(const LizardAttnArgs a, Dims d, Ws ws, const bf16* dy, float* dq,
-                                                   float* dmeta) {
-  wdq2_body<D>(a, d, ws, dy, dq, dmeta, int(blockIdx.x), int(blockIdx.y));
-}
-
-template <int D>
-__global__ void __launch_bounds__(kWT) wdkdv2_kernel(const LizardAttnArgs a, Dims d, Ws ws, const bf16* dy, float* dk,
-                                                     float* dv) {
-  constexpr int LD = D + 8, ND = D / 8, NQ = kB / 8, TS = kB * LD;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
-  bf16* Vs = Ks + TS;
-  bf16* QO = Vs + TS;  // buffer u: Q at QO + 2 u TS, dO at QO + (2 u + 1) TS
-  float* l2b = reinterpret_cast<float*>(QO + 4 * TS);  // [2][kB] lse (log2 units), then [2][kB] delta
-  float* dlb = l2b + 2 * kB;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int L = d.L, w = d.w, nqb = (L + kB - 1) / kB, kb = blockIdx.x;
-  const int hkv = blockIdx.y % d.Hkv, b = blockIdx.y / d.Hkv, G = d.group, h0 = hkv * G;
-  const int64_t qs = int64_t(d.Hq) * D, ks = int64_t(d.Hkv) * D;
-  const bf16* k = static_cast<const bf16*>(a.k) + d.k_off(b, 0, h0);
-  const bf16* v = static_cast<const bf16*>(a.v) + d.k_off(b, 0, h0);
-  const float scale = a.scale > 0 ? a.scale : rsqrtf(float(D));
-  const float scale2 = scale * kLog2e;
-  v2::cp_tile<kB, D, kWT>(Ks, LD, k, ks, kb * kB, L);
-  v2::cp_tile<kB, D, kWT>(Vs, LD, v, ks, kb * kB, L);
-  const int r0 = warp * 16, kr0 = kb * kB + r0 + g, kr1 = kr0 + 8;
-  float dka[ND][4], dva[ND][4];
-  zero_acc(dka);
-  zero_acc(dva);
-  // (query head, query block) pairs in order: head h0 + idx / nq, block kb + idx % nq.
-  const int qb_hi = min(nqb - 1, (kb * kB + kB - 1 + w - 1) / kB), nq = qb_hi - kb + 1, npair = G * nq;
-  float nl = 0.f, nd = 0.f;  // the next pair's lse (log2 units) and delta for query row tid (tid < kB)
-  auto issue = [&](int idx) {
-    const int h = h0 + idx / nq, qb = kb + idx % nq, u = idx & 1;
-    v2::cp_tile<kB, D, kWT>(QO + 2 * u * TS, LD, static_cast<const bf16*>(a.q) + d.q_off(b, 0, h), qs, qb * kB, L);
-    v2::cp_tile<kB, D, kWT>(QO + (2 * u + 1) * TS, LD, dy + d.q_off(b, 0, h), qs, qb * kB, L);
-    cp_async_commit();
-    if (tid < kB) {
-      const int i = qb * kB + tid;
-      const int64_t o = (int64_t(b) * d.Hq + h) * L;
-      nl = i < L ? ws.lse[o + i] * kLog2e : 0.f;
-      nd = i < L ? ws.delta[o + i] : 0.f;
-    }
-  };
-  issue(0);  // (K, V ride in the same group)
-  for (int idx = 0; idx < npair; ++idx) {
-    const int h = h0 + idx / nq, qb = kb + idx % nq, u = idx & 1;
-    const float alpha = a.alpha[a.alpha_per_head ? h : 0];
-    const bf16* Qs = QO + 2 * u * TS;
-    const bf16* dOs = Qs + TS;
-    const float* l2s = l2b + u * kB;
-    const float* dls = dlb + u * kB;
-    // Buffer u was last read by pair idx - 2, which every warp finished before the last barrier.
-    if (tid < kB) l2b[u * kB + tid] = nl, dlb[u * kB + tid] = nd;
-    cp_async_wait_all();  // this pair's Q, dO
-    __syncthreads();      // visible to all; every warp is done with pair idx - 1 (the other buffer)
-    if (idx + 1 < npair) issue(idx + 1);
-    float sc[NQ][4], dp[NQ][4];
-    zero_acc(sc);
-    zero_acc(dp);
-    mma_smem_pair<D / 16>(sc, dp, Ks, Vs, LD, r0, Qs, dOs, LD);
-#pragma unroll
-    for (int j = 0; j < NQ; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int col = 8 * j + 2 * t4 + e, qi = qb * kB + col;
-        const float lq = l2s[col], dl = dls[col];
-        const bool ok0 = qi >= kr0 && qi - kr0 < w && qi < L, ok1 = qi >= kr1 && qi - kr1 < w && qi < L;
-        const float p0 = ok0 ? exp2f(sc[j][e] * scale2 - lq) : 0.f;
-        const float p1 = ok1 ? exp2f(sc[j][2 + e] * scale2 - lq) : 0.f;
-        sc[j][e] = alpha * p0, sc[j][2 + e] = alpha * p1;  // dV = P^T dO = (alpha P)^T dy
-        dp[j][e] = p0 * (alpha * dp[j][e] - dl);
-        dp[j][2 + e] = p1 * (alpha * dp[j][2 + e] - dl);
-      }
-    }
-    uint32_t pa[NQ / 2][4], sa[NQ / 2][4];
-#pragma unroll
-    for (int s = 0; s < NQ / 2; ++s) acc_to_a(pa[s], sc[2 * s], sc[2 * s + 1]), acc_to_a(sa[s], dp[2 * s], dp[2 * s + 1]);
-    mma_frag_pair(dva, dka, pa, sa, dOs, Qs, LD);
-  }
-  __syncthreads();  // every tile read: their space takes the staged sums (2 x 64 x (D + 4) fp32)
-  float* sk = reinterpret_cast<float*>(smem_raw);
-  float* sv = sk + kB * (D + 4);
-  v2::stage_frag<D>(sk, dka, r0, g, t4, scale);
-  v2::stage_frag<D>(sv, dva, r0, g, t4, 1.f);
-  __syncthreads();
-  v2::add_rows<kB, D, kWT, false>(sk, [&](int pos) { return dk + d.k_off(b, pos, h0); }, kb * kB, L);
-  v2::add_rows<kB, D, kWT, false>(sv, [&](int pos) { return dv + d.k_off(b, pos, h0); }, kb * kB, L);
-}
-
-// win3_kernel's dkdv role: wdkdv2_kernel's math (a copy, so that kernel's code stays as measured) with
-// another epilogue: dk stored, not added (the window stage is its first writer: only the memset precedes
-// it; the gate passes add to dv only, featbwd adds to dk later), the old dv rows loaded in one batch (the
-// accumulators are dead by then) before dk's stores are issued.
-template <int D>
-__device__ __forceinline__ void wdkdv3_body(const LizardAttnArgs& a, const Dims& d, const Ws& ws, const bf16* dy,
+__device__ __forceinline__ void wdkdv2_body(const LizardAttnArgs& a, const Dims& d, const Ws& ws, const bf16* dy,
                                             float* dk, float* dv, int bx, int by) {
   constexpr int LD = D + 8, ND = D / 8, NQ = kB / 8, TS = kB * LD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -2266,20 +2174,21 @@ __device__ __forceinline__ void wdkdv3_body(const LizardAttnArgs& a, const Dims&
   }
 }
 
-// Window variant 2 (set_backward_window_variant): wdq2 and wdkdv2 (wdkdv3_body: dk stored) as the two
-// roles of ONE grid, interleaved block by block. Separately, the dq kernel ran its 2 CTAs per SM on
-// tensor cores and shared memory while HBM idled, then the dkdv kernel ended on its dk / dv read-modify-
-// writes; mixed, a dq CTA computes beside a dkdv CTA's loads and epilogue, and the block pair of one
-// index (same blockIdx.x, y: for G = 1 the same head) reads the same K, V, Q, dy rows from L2. Registers
-// and shared memory are the larger kernel's (wdkdv2: 2 CTAs per SM at D128, 3 at D64), so neither role
-// loses occupancy. Block i < 2 nK: role i & 1 (0 dq, 1 dkdv), index i / 2; later blocks dq (nQ >= nK).
+// The window stage for bf16 inputs under stage variant 2: the dq and dkdv roles in ONE grid, interleaved
+// block by block. As two kernels (measured and deleted in session 5: 2.14 ms against this grid's 1.80 at
+// B16 H32 D128 L2048 w128 on the H200), the dq kernel ran its 2 CTAs per SM on tensor cores and shared
+// memory while HBM idled, then the dkdv kernel ended on its dk / dv read-modify-writes; mixed, a dq CTA
+// computes beside a dkdv CTA's loads and epilogue, and the block pair of one index (same blockIdx.x, y:
+// for G = 1 the same head) reads the same K, V, Q, dy rows from L2. Registers and shared memory are the
+// dkdv role's (2 CTAs per SM at D128, 3 at D64). Block i < 2 nK: role i & 1 (0 dq, 1 dkdv), index i / 2;
+// later blocks dq (nQ >= nK).
 template <int D>
-__global__ void __launch_bounds__(kWT) win3_kernel(const LizardAttnArgs a, Dims d, Ws ws, const bf16* dy, float* dq,
+__global__ void __launch_bounds__(kWT) win2_kernel(const LizardAttnArgs a, Dims d, Ws ws, const bf16* dy, float* dq,
                                                    float* dk, float* dv, float* dmeta, int nb, int nK) {
   const int i = int(blockIdx.x);
   if (i < 2 * nK && (i & 1)) {
     const int s = i >> 1;
-    wdkdv3_body<D>(a, d, ws, dy, dk, dv, s % nb, s / nb);
+    wdkdv2_body<D>(a, d, ws, dy, dk, dv, s % nb, s / nb);
   } else {
     const int s = i < 2 * nK ? i >> 1 : i - nK;
     wdq2_body<D>(a, d, ws, dy, dq, dmeta, s % nb, s / nb);
@@ -2289,37 +2198,19 @@ __global__ void __launch_bounds__(kWT) win3_kernel(const LizardAttnArgs a, Dims 
 template <int D>
 void launch_win2(const LizardAttnArgs& a, Dims d, Ws ws, const bf16* dy, float* dq, float* dk, float* dv, float* dmeta,
                  cudaStream_t st) {
-  const size_t tiles = size_t(6) * kB * (D + 8) * sizeof(bf16);
-  static_assert(size_t(2) * kB * (D + 4) * 4 <= size_t(6) * kB * (D + 8) * sizeof(bf16), "staging fits the tiles");
-  const int nb = (d.L + kB - 1) / kB;
-  auto kq = wdq2_kernel<D>;
-  auto kk = wdkdv2_kernel<D>;
-  LZ_CUDA_OK(cudaFuncSetAttribute(kq, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiles)));
-  LZ_CUDA_OK(cudaFuncSetAttribute(kk, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiles + 4 * kB * 4)));
-  kq<<<dim3(nb, d.B * d.Hq), kWT, tiles, st>>>(a, d, ws, dy, dq, dmeta);
-  LZ_CUDA_OK(cudaGetLastError());
-  kk<<<dim3(nb, d.B * d.Hkv), kWT, tiles + 4 * kB * 4, st>>>(a, d, ws, dy, dk, dv);
-  LZ_CUDA_OK(cudaGetLastError());
-}
-
-template <int D>
-void launch_win3(const LizardAttnArgs& a, Dims d, Ws ws, const bf16* dy, float* dq, float* dk, float* dv, float* dmeta,
-                 cudaStream_t st) {
   const size_t smem = size_t(6) * kB * (D + 8) * sizeof(bf16) + 4 * kB * 4;
   const int nb = (d.L + kB - 1) / kB, nQ = nb * d.B * d.Hq, nK = nb * d.B * d.Hkv;
-  auto kw = win3_kernel<D>;
+  auto kw = win2_kernel<D>;
   LZ_CUDA_OK(cudaFuncSetAttribute(kw, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kw<<<nQ + nK, kWT, smem, st>>>(a, d, ws, dy, dq, dk, dv, dmeta, nb, nK);
   LZ_CUDA_OK(cudaGetLastError());
 }
 
-// V2: bf16 inputs take launch_win2 (window variant 1) or launch_win3 (window variant 2); fp32 inputs the
-// variant-1 kernels with wdkdv's atomics replaced (V2).
+// V2: bf16 inputs take launch_win2; fp32 inputs the variant-1 kernels with wdkdv's atomics replaced (V2).
 template <typename T, int D, bool V2>
 void launch_win(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dq, float* dk, float* dv, float* dmeta,
-                cudaStream_t st, int winv) {
+                cudaStream_t st) {
   if constexpr (V2 && v2::fast_load<T>()) {
-    if (winv == 2) return launch_win3<D>(a, d, ws, dy, dq, dk, dv, dmeta, st);
     return launch_win2<D>(a, d, ws, dy, dq, dk, dv, dmeta, st);
   } else {
   const size_t tiles = size_t(4) * kB * (D + 8) * sizeof(bf16);
@@ -2338,11 +2229,11 @@ void launch_win(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dq, 
 
 template <typename T>
 void run_win(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dq, float* dk, float* dv, float* dmeta,
-             cudaStream_t st, bool fast = false, int winv = 1) {
-  if (a.D == 64) return fast ? launch_win<T, 64, true>(a, d, ws, dy, dq, dk, dv, dmeta, st, winv)
-                           : launch_win<T, 64, false>(a, d, ws, dy, dq, dk, dv, dmeta, st, winv);
-  if (a.D == 128) return fast ? launch_win<T, 128, true>(a, d, ws, dy, dq, dk, dv, dmeta, st, winv)
-                            : launch_win<T, 128, false>(a, d, ws, dy, dq, dk, dv, dmeta, st, winv);
+             cudaStream_t st, bool fast = false) {
+  if (a.D == 64) return fast ? launch_win<T, 64, true>(a, d, ws, dy, dq, dk, dv, dmeta, st)
+                           : launch_win<T, 64, false>(a, d, ws, dy, dq, dk, dv, dmeta, st);
+  if (a.D == 128) return fast ? launch_win<T, 128, true>(a, d, ws, dy, dq, dk, dv, dmeta, st)
+                            : launch_win<T, 128, false>(a, d, ws, dy, dq, dk, dv, dmeta, st);
   fail_cat("lizard attention chunked backward (cuda): window stage needs D in {64, 128}, got ", a.D);
 }
 
@@ -3115,7 +3006,6 @@ void run_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool
 int g_stage_variant = kBackwardStageDefault;  // 2 or 1 (set_backward_stage_variant)
 int g_gate_variant = kBackwardGateDefault;    // 2 or 1 (set_backward_gate_variant)
 int g_state_variant = kBackwardStateDefault;  // 2 or 1 (set_backward_state_variant)
-int g_window_variant = kBackwardWindowDefault;  // 2 or 1 (set_backward_window_variant)
 
 template <typename T>
 void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g, cudaStream_t st, bool chunked) {
@@ -3182,8 +3072,8 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
     const bool out2 = g_gate_variant == 2 && al16(g.dv) && (sizeof(T) == 4 || (al16(a.v) && al16(dy)));
     const bool state2 = g_state_variant == 2 && al16(a.v);  // cp.async of V rows (dn, phi: the workspace)
     gate::run_gate2<T>(a, d, ws, dy, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, mark, out2, state2);
-    win::run_win<T>(a, d, ws, dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, stages2, g_window_variant);
-    mark(stages2 ? (g_window_variant == 2 && sizeof(T) == 2 ? "window2v" : "window2") : "window-tc");
+    win::run_win<T>(a, d, ws, dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, stages2);
+    mark(stages2 ? "window2" : "window-tc");
   } else {
     qgrad_kernel<T><<<grid, block, kWarps * (F2 + 3 * a.D) * 4, st>>>(a, d, ws, dy, g.dq,
                                                                       a.n_meta > 0 ? g.dmeta : nullptr, /*gate=*/true);
@@ -3252,11 +3142,6 @@ void set_backward_gate_variant(int v) {
 void set_backward_state_variant(int v) {
   LZ_CUDA_CHECK(v == 1 || v == 2, "lizard attention backward (cuda): no state variant ", v, " (1 or 2)");
   g_state_variant = v;
-}
-
-void set_backward_window_variant(int v) {
-  LZ_CUDA_CHECK(v == 1 || v == 2, "lizard attention backward (cuda): no window variant ", v, " (1 or 2)");
-  g_window_variant = v;
 }
 
 void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
