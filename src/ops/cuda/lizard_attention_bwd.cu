@@ -2062,8 +2062,8 @@ __device__ __forceinline__ void wdq2_body(const LizardAttnArgs& a, const Dims& d
   store_dq_dmeta(a, d, acc, dq, dmeta, b, h, ia, ib, va, vb, lsa, lsb, da, db, scale);
 }
 
-// win2_kernel's dkdv role. dk is stored, not added (the window stage is its first writer: only the memset
-// precedes it; the gate passes add to dv only, featbwd adds to dk later); the old dv rows are loaded in
+// win2_kernel's dkdv role. dk is stored, not added (the window stage is its first writer, so run_bwd skips
+// dk's memset on this path; the gate passes add to dv only, featbwd adds to dk later); the old dv rows are loaded in
 // one batch (the accumulators are dead by then) before dk's stores are issued.
 template <int D>
 __device__ __forceinline__ void wdkdv2_body(const LizardAttnArgs& a, const Dims& d, const Ws& ws, const bf16* dy,
@@ -3032,7 +3032,6 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   float* dya = p;
   p += BHL;
   const size_t nk = size_t(a.B) * a.L * a.Hkv * a.D;
-  LZ_CUDA_OK(cudaMemsetAsync(g.dk, 0, nk * 4, st));
   LZ_CUDA_OK(cudaMemsetAsync(g.dv, 0, nk * 4, st));
   if (g.dlog_gamma && !a.gate_per_head) LZ_CUDA_OK(cudaMemsetAsync(g.dlog_gamma, 0, size_t(a.B) * a.L * 4, st));
   if (g.dmeta && a.n_meta > 0)
@@ -3056,6 +3055,8 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   auto al16 = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
   const bool stages2 = chunked && g_stage_variant == 2 && al16(a.q) && al16(a.k) && al16(a.v) && al16(dy) &&
                        al16(a.wq) && al16(a.wk) && al16(g.dq) && al16(g.dk) && al16(g.dv);
+  // dk's first writer: win2_kernel stores every row (bf16 under stage variant 2); the other window kernels add.
+  if (!(stages2 && sizeof(T) == 2)) LZ_CUDA_OK(cudaMemsetAsync(g.dk, 0, nk * 4, st));
   if (chunked)
     feattc::run_feat<T>(a, d, ws, nullptr, nullptr, false, st, stages2);
   else
