@@ -24,7 +24,6 @@ lib.lz_set_forward_split.argtypes = [I]
 lib.lz_set_backward_stage_variant.argtypes = [I]
 lib.lz_set_backward_gate_variant.argtypes = [I]
 lib.lz_set_backward_state_variant.argtypes = [I]
-lib.lz_set_backward_featbwd_variant.argtypes = [I]
 lib.lz_flash_fwd.argtypes = [P] * 5 + [I] * 5 + [P]
 lib.lz_flash_bwd.argtypes = [P] * 10 + [I] * 5 + [P]
 
@@ -433,8 +432,6 @@ def main():
             other_variant(z, tag, label, "gate1", liz[tag], lib.lz_set_backward_gate_variant, 1, 2)
             # state variant 1: the gate state passes of session 4 (32 columns per CTA, no prefetch)
             other_variant(z, tag, label, "state1", liz[tag], lib.lz_set_backward_state_variant, 1, 2)
-            # featbwd variant 2: featbwd2_kernel (one side per CTA, cp.async dq / dk rows, float4 stores)
-            other_variant(z, tag, label, "featbwd2v", liz[tag], lib.lz_set_backward_featbwd_variant, 2, 1)
         del z
         torch.cuda.empty_cache()
         q, k, v, gk, gs, do = fla_inputs(B, L, H, D)

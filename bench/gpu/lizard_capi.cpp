@@ -69,10 +69,6 @@ int lz_set_backward_gate_variant(int v) {
 int lz_set_backward_state_variant(int v) {
   return guarded([&] { lizard::cuda::set_backward_state_variant(v); });
 }
-// Chunked backward feature-map backward 1 (default) or 2; returns -1 (lz_last_error) for another.
-int lz_set_backward_featbwd_variant(int v) {
-  return guarded([&] { lizard::cuda::set_backward_featbwd_variant(v); });
-}
 
 // bf16 chunked forward; scalar gate [B, L], meta [m] per layer, alpha [Hq] per head.
 int lz_forward_bf16(const void* q, const void* k, const void* v, const float* lg, const void* wq, const void* wk,

@@ -722,28 +722,22 @@ TEST(LizardCuda, BackwardMatchesReference) {
 // default: cp.async loaders, double-buffered window kernels without dk/dv atomics, dW over batch-aligned
 // token tiles) with gate variant 2 (the default output passes: cp.async / float4 tiles), then stage and gate
 // variant 1 together (the kernels misaligned pointers get), then gate variant 1 with the default stages, all
-// under the default state passes; then the other state-pass variant (1: gate_state_kernel, 2:
-// gate_state2_kernel, cp.async double-buffered) under the default stage and gate variants; last the other
-// feature-map backward (1: featbwd_tc_kernel, 2: featbwd2_kernel, one side per CTA, cp.async dq / dk rows;
-// bf16 inputs only, the fp32 cases run variant 1's kernels) under the defaults.
+// under the default state passes; last the other state-pass variant (1: gate_state_kernel, 2:
+// gate_state2_kernel, cp.async double-buffered) under the default stage and gate variants.
 TEST(LizardCuda, ChunkedBackwardVsReference) {
   static_assert(lizard::cuda::kBackwardStageDefault == 2, "the first pass below is the default");
   static_assert(lizard::cuda::kBackwardGateDefault == 2, "the first pass below is the default");
   constexpr int kState = lizard::cuda::kBackwardStateDefault, kStateOther = 3 - kState;
   static_assert(kState == 1 || kState == 2, "state variants 1 and 2");
-  constexpr int kFb = lizard::cuda::kBackwardFeatbwdDefault, kFbOther = 3 - kFb;
-  static_assert(kFb == 1 || kFb == 2, "featbwd variants 1 and 2");
-  for (const auto [stages, gatev, statev, fbv] :
-       {std::tuple{2, 2, kState, kFb}, std::tuple{1, 1, kState, kFb}, std::tuple{2, 1, kState, kFb},
-        std::tuple{2, 2, kStateOther, kFb}, std::tuple{2, 2, kState, kFbOther}}) {
+  for (const auto [stages, gatev, statev] : {std::tuple{2, 2, kState}, std::tuple{1, 1, kState},
+                                             std::tuple{2, 1, kState}, std::tuple{2, 2, kStateOther}}) {
     lizard::cuda::set_backward_stage_variant(stages);
     lizard::cuda::set_backward_gate_variant(gatev);
     lizard::cuda::set_backward_state_variant(statev);
-    lizard::cuda::set_backward_featbwd_variant(fbv);
-    std::printf("[lizard-cuda] chunked backward, stage variant %d (%s), gate variant %d, state variant %d, featbwd "
-                "variant %d: state passes + chunk-parallel outputs\n",
+    std::printf("[lizard-cuda] chunked backward, stage variant %d (%s), gate variant %d, state variant %d: state "
+                "passes + chunk-parallel outputs\n",
                 stages, stages == 2 ? "tensor cores, split bf16, v2 loaders/window/dW" : "tensor cores, split bf16",
-                gatev, statev, fbv);
+                gatev, statev);
     std::vector<Case> cases = kCases;
     cases.push_back({1, 707, 2, 1, 64, 32, 64, 4, true});
     cases.insert(cases.end(), kMwgCases.begin(), kMwgCases.end());
@@ -762,11 +756,9 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
   lizard::cuda::set_backward_stage_variant(lizard::cuda::kBackwardStageDefault);
   lizard::cuda::set_backward_gate_variant(lizard::cuda::kBackwardGateDefault);
   lizard::cuda::set_backward_state_variant(lizard::cuda::kBackwardStateDefault);
-  lizard::cuda::set_backward_featbwd_variant(lizard::cuda::kBackwardFeatbwdDefault);
   for (int deleted : {0, 3}) EXPECT_ANY_THROW(lizard::cuda::set_backward_stage_variant(deleted));
   for (int unknown : {0, 3}) EXPECT_ANY_THROW(lizard::cuda::set_backward_gate_variant(unknown));
   for (int unknown : {0, 3}) EXPECT_ANY_THROW(lizard::cuda::set_backward_state_variant(unknown));
-  for (int unknown : {0, 3}) EXPECT_ANY_THROW(lizard::cuda::set_backward_featbwd_variant(unknown));
 }
 
 // Stage variants 2 (its bf16 kernels: cp.async tiles, double buffers, staged read-modify-writes) and 1,
@@ -774,21 +766,16 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
 // passes (L 77: 2 chunks, L 130: 3, a partial last one): the defaults (gate variant 2's output passes:
 // cp.async, float4 tiles, staged stores), both variant-1 kernel sets, gate variant 1 with the default stages
 // (those under the default state passes), then the other state-pass variant (cp.async stages of raw rows,
-// rows past L zero-filled) under the default stage and gate variants, then the other feature-map backward
-// (featbwd2_kernel: cp.async of dq / dk rows past L zero-filled, GQA dk float4 atomics) under the defaults.
+// rows past L zero-filled) under the default stage and gate variants.
 TEST(LizardCuda, SanitizerSmallChunkedBackward) {
   constexpr int kState = lizard::cuda::kBackwardStateDefault, kStateOther = 3 - kState;
-  constexpr int kFb = lizard::cuda::kBackwardFeatbwdDefault, kFbOther = 3 - kFb;
-  for (const auto [stages, gatev, statev, fbv] :
-       {std::tuple{2, 2, kState, kFb}, std::tuple{1, 1, kState, kFb}, std::tuple{2, 1, kState, kFb},
-        std::tuple{2, 2, kStateOther, kFb}, std::tuple{2, 2, kState, kFbOther}}) {
+  for (const auto [stages, gatev, statev] : {std::tuple{2, 2, kState}, std::tuple{1, 1, kState},
+                                             std::tuple{2, 1, kState}, std::tuple{2, 2, kStateOther}}) {
     lizard::cuda::set_backward_stage_variant(stages);
     lizard::cuda::set_backward_gate_variant(gatev);
     lizard::cuda::set_backward_state_variant(statev);
-    lizard::cuda::set_backward_featbwd_variant(fbv);
-    std::printf("[lizard-cuda] small chunked backward, stage variant %d, gate variant %d, state variant %d, featbwd "
-                "variant %d\n",
-                stages, gatev, statev, fbv);
+    std::printf("[lizard-cuda] small chunked backward, stage variant %d, gate variant %d, state variant %d\n", stages,
+                gatev, statev);
     backward_case<__nv_bfloat16>({1, 77, 2, 1, 64, 32, 16, 4}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>({1, 130, 2, 2, 128, 64, 65, 2, true}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>(kMwgCases[0], fresh_seed(), true, 3e-2, true, 2.5e-1);
@@ -796,7 +783,6 @@ TEST(LizardCuda, SanitizerSmallChunkedBackward) {
   lizard::cuda::set_backward_stage_variant(lizard::cuda::kBackwardStageDefault);
   lizard::cuda::set_backward_gate_variant(lizard::cuda::kBackwardGateDefault);
   lizard::cuda::set_backward_state_variant(lizard::cuda::kBackwardStateDefault);
-  lizard::cuda::set_backward_featbwd_variant(lizard::cuda::kBackwardFeatbwdDefault);
 }
 
 TEST(LizardCuda, ChunkedBackwardRefusesUnsupportedSizes) {

@@ -148,13 +148,6 @@ void set_backward_gate_variant(int variant);
 // docs/cuda_notes.md, session 5).
 constexpr int kBackwardStateDefault = 2;
 void set_backward_state_variant(int variant);
-// Feature-map backward of the chunked backward (bf16 inputs, stage variant 2): 1 (default) =
-// featbwd_tc_kernel (both sides per CTA, dq / dk read back after the mma); 2 = featbwd2_kernel (one side
-// per CTA, the tile's dq / dk rows by cp.async in flight with all of its phi / dphi loads, dx added in shared
-// memory, float4 stores; GQA dk float4 atomics). Elsewhere variant 1's kernels run. Throws lizard::Error
-// for another value.
-constexpr int kBackwardFeatbwdDefault = 1;
-void set_backward_featbwd_variant(int variant);
 
 // Options and sizes from a layer config (pointers left null). Throws lizard::Error for options the
 // kernels do not implement: combine = lolcats, and feature_on_rope != window_rope (the kernels take

@@ -2655,10 +2655,6 @@ void run_stats(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dya, 
 //   backward: du from phi and dphi (stored over the first F columns of dphi, as featbwd_kernel did,
 //             for the dW stage), then dq += du Wq^T (plain add: each (token, head) has one owner),
 //             dk += du Wk^T (atomics: the group's query heads share dk).
-// 1 or 2 (set_backward_featbwd_variant): featbwd_tc_kernel<V2> or featbwd2_kernel for bf16 inputs under
-// stage variant 2.
-int g_featbwd_variant = kBackwardFeatbwdDefault;
-
 namespace feattc {
 
 using namespace mma;
@@ -2957,168 +2953,12 @@ __global__ void __launch_bounds__(kT) featbwd_tc_kernel(const LizardAttnArgs a, 
   }
 }
 
-// featbwd variant 2 (set_backward_featbwd_variant; bf16 inputs under stage variant 2): featbwd_tc_kernel's
-// math, other data movement. V2 above, per tile: two batches of phi / dphi loads, the mma, then the dq / dk
-// rows read back (a third and fourth round trip, batched 8 float4 per thread) before they are written; with
-// both sides' W in shared memory (72 KB at D128 F64) 3 CTAs per SM. Here a CTA takes one side (blockIdx.z:
-// 0 q, 1 k), so it holds one W; the tile's dq / dk rows are copied by cp.async into the staging block at
-// the tile's start, in flight together with all 16 of each warp's phi / dphi token rows; dx = du W^T is added
-// to them in shared memory and stored by coalesced float4 (stores only, no round trip after the mma).
-// GQA dk (rows shared by the group's CTAs): dx staged, then float4 atomics.
-template <int D, int F>
-struct Fb2Smem {
-  // LDS = D + 8: the fragment adds (float2 at word 8 g + 2 t4 of rows r0 + g) are free of bank conflicts.
-  static constexpr int LDW = F + 8, LDU = F + 8, LDS = D + 8;
-  static constexpr size_t s = size_t(kB) * LDS * 4, w = size_t(D) * LDW * 2, u = size_t(2) * kB * LDU * 2;
-  static constexpr size_t bytes = s + w + u;  // staging fp32 [kB][D + 8], W [D][F + 8], du hi / lo [kB][F + 8]
-};
-
-// CTAs per SM the shared memory allows, capped at 3 so that ptxas may use 168 registers (the 16 tokens' loads).
-template <int D, int F>
-constexpr int fb2_blocks() {
-  const int n = int((227 * 1024) / (Fb2Smem<D, F>::bytes + 1024));
-  return n < 3 ? n : 3;
-}
-
-// NR fp32 rows of D (row stride `stride` floats, rows row0.., rows >= L zero-filled) into dst, row stride
-// ld floats; 16-byte chunks, all in flight. NT threads; the caller commits and waits.
-template <int NR, int D, int NT>
-__device__ __forceinline__ void cp_rows_f32(float* dst, int ld, const float* src, int64_t stride, int row0, int L) {
-  constexpr int CPR = D / 4, RS = NT / CPR;
-  static_assert(NT % CPR == 0 && NR % RS == 0, "rows must split evenly over the threads");
-  const int rr = int(threadIdx.x) / CPR, c = (int(threadIdx.x) % CPR) * 4;
-#pragma unroll
-  for (int it = 0; it < NR / RS; ++it) {
-    const int r = rr + it * RS;
-    const bool ok = row0 + r < L;
-    cp_async16(dst + r * ld + c, ok ? src + (int64_t(row0 + r) * stride + c) : src, ok ? 16 : 0);
-  }
-}
-
-template <int D, int F>
-__global__ void __launch_bounds__(kT, fb2_blocks<D, F>())
-    featbwd2_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dq, float* dk) {
-  using S = Fb2Smem<D, F>;
-  constexpr int LDW = S::LDW, LDU = S::LDU, LDS = S::LDS, ND = D / 8, CPR = D / 4;
-  constexpr int NB = kB / (kT / 32);  // tokens per warp per tile, all loads issued before any use
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  float* sx = reinterpret_cast<float*>(smem_raw);
-  bf16* Wh = reinterpret_cast<bf16*>(smem_raw + S::s);
-  bf16* Uh = Wh + D * LDW;
-  bf16* Ul = Uh + kB * LDU;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int L = d.L, bh = blockIdx.y, h = bh % d.Hq, b = bh / d.Hq, which = blockIdx.z;
-  const bool atomic = which == 1 && d.group > 1;  // CTA-uniform
-  float* x0 = which ? dk + d.k_off(b, 0, h) : dq + d.q_off(b, 0, h);
-  const int64_t xs = int64_t(which ? d.Hkv : d.Hq) * D;
-  const float* ph = (which ? ws.phk : ws.phq) + int64_t(bh) * L * 2 * F;
-  float* dph = (which ? ws.dphk : ws.dphq) + int64_t(bh) * L * 2 * F;
-  // W: committed with the first tile's rows (one group), waited with them.
-  v2::cp_tile<D, F, kT>(Wh, LDW, reinterpret_cast<const bf16*>(which ? a.wk : a.wq) + int64_t(h) * D * F, F, 0, D);
-  const int r0 = warp * 16, f = 2 * lane;
-  const bool fok = f < F;
-  const int tend = min(L, (blockIdx.x + 1) * kTok);
-#pragma unroll 1
-  for (int tb = blockIdx.x * kTok; tb < tend; tb += kB) {
-    // sx and U free: the previous tile's barrier came after its last reads.
-    if (!atomic) cp_rows_f32<kB, D, kT>(sx, LDS, x0, xs, tb, L);
-    cp_async_commit();
-    // du for this warp's tokens rb = warp + 4 u (lanes on float2 column pairs).
-    float2 pp[NB], pn[NB], gp[NB], gn[NB];
-#pragma unroll
-    for (int u = 0; u < NB; ++u) {
-      const int i = tb + warp + 4 * u;
-      pp[u] = pn[u] = gp[u] = gn[u] = make_float2(0.f, 0.f);
-      if (i < L && fok) {
-        const float* pr = ph + int64_t(i) * 2 * F;
-        const float* gr = dph + int64_t(i) * 2 * F;
-        pp[u] = *reinterpret_cast<const float2*>(pr + f), pn[u] = *reinterpret_cast<const float2*>(pr + F + f);
-        gp[u] = *reinterpret_cast<const float2*>(gr + f), gn[u] = *reinterpret_cast<const float2*>(gr + F + f);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < NB; ++u) {
-      const int r = warp + 4 * u, i = tb + r;
-      float sp = 0.f, sn = 0.f;
-      if (a.act == FeatureAct::Softmax) {  // uniform: every lane takes part (padded lanes hold 0)
-        sp = wsum(pp[u].x * gp[u].x + pp[u].y * gp[u].y);
-        sn = wsum(pn[u].x * gn[u].x + pn[u].y * gn[u].y);
-      }
-      // Rows past L: every operand 0, so du = 0 (the tile's padding).
-      const float d0 = pp[u].x * (gp[u].x - sp) - pn[u].x * (gn[u].x - sn);
-      const float d1 = pp[u].y * (gp[u].y - sp) - pn[u].y * (gn[u].y - sn);
-      if (fok) {
-        if (i < L) *reinterpret_cast<float2*>(dph + int64_t(i) * 2 * F + f) = make_float2(d0, d1);  // for dW
-        uint32_t hi, lo;
-        wstats::split_pack(hi, lo, d0, d1);
-        *reinterpret_cast<uint32_t*>(Uh + r * LDU + f) = hi;
-        *reinterpret_cast<uint32_t*>(Ul + r * LDU + f) = lo;
-      }
-    }
-    cp_async_wait_all();
-    __syncthreads();  // U written; W and the tile's dq / dk rows landed
-    // dx = du W^T: A = U [64 x F], B from W stored [e][f] = [n][k].
-    float acc[ND][4];
-    zero_acc(acc);
-#pragma unroll
-    for (int s = 0; s < F / 16; ++s) {
-      uint32_t ua[4], ul[4];
-      load_a(ua, Uh, LDU, r0, s * 16);
-      load_a(ul, Ul, LDU, r0, s * 16);
-#pragma unroll
-      for (int np = 0; np < ND / 2; ++np) {
-        uint32_t bb[4];
-        load_b_nk(bb, Wh, LDW, np * 16, s * 16);
-        mma16816(acc[2 * np], ua, bb[0], bb[1]);
-        mma16816(acc[2 * np + 1], ua, bb[2], bb[3]);
-        mma16816(acc[2 * np], ul, bb[0], bb[1]);
-        mma16816(acc[2 * np + 1], ul, bb[2], bb[3]);
-      }
-    }
-    // Rows r0 + g (acc[j][0..1]) and r0 + g + 8 (acc[j][2..3]), columns 8 j + 2 t4: each element of sx
-    // has one owner thread, so the add needs no barrier before it.
-#pragma unroll
-    for (int j = 0; j < ND; ++j) {
-      const int c = 8 * j + 2 * t4;
-      float2* pa = reinterpret_cast<float2*>(sx + (r0 + g) * LDS + c);
-      float2* pb = reinterpret_cast<float2*>(sx + (r0 + g + 8) * LDS + c);
-      if (atomic) {
-        *pa = make_float2(acc[j][0], acc[j][1]);
-        *pb = make_float2(acc[j][2], acc[j][3]);
-      } else {
-        const float2 oa = *pa, ob = *pb;
-        *pa = make_float2(oa.x + acc[j][0], oa.y + acc[j][1]);
-        *pb = make_float2(ob.x + acc[j][2], ob.y + acc[j][3]);
-      }
-    }
-    __syncthreads();
-    // Coalesced: a row's D / 4 float4 chunks on consecutive threads.
-#pragma unroll 4
-    for (int p = tid; p < kB * CPR; p += kT) {
-      const int r = p / CPR, c = (p % CPR) * 4;
-      if (tb + r >= L) continue;
-      const float4 v = *reinterpret_cast<const float4*>(sx + r * LDS + c);
-      float4* o = reinterpret_cast<float4*>(x0 + (int64_t(tb + r) * xs + c));
-      if (atomic)
-        atomicAdd(o, v);
-      else
-        *o = v;
-    }
-    __syncthreads();  // sx, U read before the next tile refills them
-  }
-}
-
 template <typename T, int D, int F, bool V2 = false>
 void launch_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool backward, cudaStream_t st) {
   constexpr size_t smem = smem_bytes<T, D, F, V2>();
   static_assert(size_t(kB) * (D + 4) * 4 <= size_t(2) * kB * (D + 8) * sizeof(bf16), "v2 staging fits the U tiles");
   const dim3 grid((d.L + kTok - 1) / kTok, d.B * d.Hq);
-  if (backward && V2 && v2::fast_load<T>() && g_featbwd_variant == 2) {
-    auto kern = featbwd2_kernel<D, F>;
-    constexpr size_t smem2 = Fb2Smem<D, F>::bytes;
-    LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
-    kern<<<dim3(grid.x, grid.y, 2), kT, smem2, st>>>(a, d, ws, dq, dk);
-  } else if (backward) {
+  if (backward) {
     auto kern = featbwd_tc_kernel<T, D, F, V2>;
     LZ_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     kern<<<grid, kT, smem, st>>>(a, d, ws, dq, dk);
@@ -3303,11 +3143,6 @@ void set_backward_gate_variant(int v) {
 void set_backward_state_variant(int v) {
   LZ_CUDA_CHECK(v == 1 || v == 2, "lizard attention backward (cuda): no state variant ", v, " (1 or 2)");
   g_state_variant = v;
-}
-
-void set_backward_featbwd_variant(int v) {
-  LZ_CUDA_CHECK(v == 1 || v == 2, "lizard attention backward (cuda): no featbwd variant ", v, " (1 or 2)");
-  g_featbwd_variant = v;
 }
 
 void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
