@@ -107,20 +107,18 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
                                         cudaStream_t stream = nullptr);
 
 // Same gradients with the gated branch in the chunked form of LIZARD.md section 5 (C = 64), linear in L:
-// state passes (one CTA per (b, h, 32 value columns), sequential over chunks, storing every chunk's
+// state passes (one CTA per (b, h, 64 value columns), sequential over chunks, storing every chunk's
 // incoming state bf16 + normaliser fp32 in a stream-ordered workspace of B Hq (L / 64) (F D + 2F) floats)
 // then output passes with one CTA per (b, h, chunk), forward (dn, dden, dphi_q, d log gamma query side)
 // then reverse (dphi_k, dv, d log gamma key side); chunk products on tensor cores (bf16 operands, fp32
 // accumulation and states). The window branch (O(L w)), the feature maps and their backward, the window
 // statistics and the weight reductions run on tensor cores as the stage variant below selects.
 // bf16 or fp32 inputs; D in {64, 128}, F in {32, 64}; throws lizard::Error otherwise.
-// H200 (bench_lizard.py --quick, 2026-11-27 session 4), fwd+bwd at B16 H32 D128 L2048 / B8 H9 D64 L2048:
-// stage variant 2 with the grouped gate sweeps 18.969 / 2.743 ms (stage variant 1: 34.060 / 5.619);
-// these gate passes with stage variant 1 33.422 / 5.002 (with stage variant 2 not yet timed as a pair).
-// Gate branch alone at D128: these passes 11.57 ms, grouped sweeps 12.148, one CTA per (b, h) 19.07;
-// at D64 1.224 / 1.840 / 3.055. Deleted as slower: both sweeps (one CTA per (b, h); over chunk groups),
-// the window stage's CUDA-core option and stage variant 0 (CUDA-core stages; those kernels remain the
-// parallel backward's).
+// H200 (bench_lizard.py, 2026-11-27 session 5), fwd+bwd with the defaults below: 9.911-10.029 ms at B16 H32
+// D128 L2048, 19.686 at L4096, 39.287 at L8192, 1.409-1.482 at B8 H9 D64 L2048 (FLA chunk_gla, ANCHORS:
+// 12.515 / - / 50.077 / 2.388). Deleted as slower: both gate sweeps (one CTA per (b, h); over chunk groups),
+// the window stage's CUDA-core option, stage variant 0 (CUDA-core stages; those kernels remain the
+// parallel backward's), the two-kernel bf16 window stage and a one-side-per-CTA feature-map backward.
 void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
                                        cudaStream_t stream = nullptr);
 // Stage kernels of the chunked backward (feature maps, window statistics, window, feature-map backward, dW):
