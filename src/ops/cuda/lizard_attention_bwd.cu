@@ -601,6 +601,61 @@ __device__ __forceinline__ float gate_weight(const LizardAttnArgs& a, int h, con
   return p;
 }
 
+// The forward output passes' row epilogue (both variants): dden of rows ra, rb (o = bh L: the head's first
+// row) from the quad-summed p dy . N (dga, dgb), into ws.dden and the ddn tile; under meta_weights_gate also
+// delta_i += p_i g_i and dmeta_j += softmax(mu)_j sum_i p_i g_i (dmeta may be null).
+__device__ __forceinline__ void dden_rows(const LizardAttnArgs& a, const Ws& ws, float* ddn, float* dmeta, int64_t o,
+                                          int h, int ra, int rb, int ia, int ib, bool va, bool vb, float dga,
+                                          float dgb, float inva, float invb) {
+  const int lane = threadIdx.x & 31, t4 = lane & 3;
+  const float gpa = quad_sum(dga) * inva, gpb = quad_sum(dgb) * invb;  // p dy . y_gate
+  const float ddna = -gpa * inva, ddnb = -gpb * invb;
+  if (t4 == 0) {
+    ddn[ra] = va ? ddna : 0.f;
+    ddn[rb] = vb ? ddnb : 0.f;
+    if (va) ws.dden[o + ia] = ddna;
+    if (vb) ws.dden[o + ib] = ddnb;
+    if (a.meta_weights_gate) {  // one writer per row: the stats stage wrote delta, the window stage reads it
+      if (va) ws.delta[o + ia] += gpa;
+      if (vb) ws.delta[o + ib] += gpb;
+    }
+  }
+  if (a.meta_weights_gate && dmeta != nullptr) {  // warp-uniform
+    float gs = t4 == 0 ? gpa + gpb : 0.f;  // rows past the end have p = 0
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) gs += __shfl_xor_sync(0xffffffffu, gs, off);
+    const int moff = a.meta_per_head ? h * a.n_meta : 0;
+    const float* mu = a.meta + moff;
+    float mx = -INFINITY, den = 0.f;
+    for (int j = 0; j < a.n_meta; ++j) mx = fmaxf(mx, mu[j]);
+    for (int j = 0; j < a.n_meta; ++j) den += expf(mu[j] - mx);
+    if (lane == 0)
+      for (int j = 0; j < a.n_meta; ++j) atomicAdd(dmeta + moff + j, expf(mu[j] - mx) / den * gs);
+  }
+}
+
+// W = (dn V^T + dden) .* exp(b_i - b_t) .* causal for the warp's rows ra, rb (after the barrier that
+// publishes ddn); returns the two rows' dden.
+template <int D>
+__device__ __forceinline__ float2 w_tile(float (&w)[8][4], const bf16* DN, const bf16* Vt, int ldd, int r0,
+                                         const float* ddn, const float* bs, int ra, int rb, float ba, float bb) {
+  const int t4 = threadIdx.x & 3;
+  zero_acc(w);
+  mma_smem<D / 16, BLayout::NK>(w, DN, ldd, r0, Vt, ldd);
+  const float dda = ddn[ra], ddb = ddn[rb];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int t = 8 * j + 2 * t4 + e;
+      const float bt = bs[t];
+      w[j][e] = t <= ra ? (w[j][e] + dda) * expf(ba - bt) : 0.f;
+      w[j][2 + e] = t <= rb ? (w[j][2 + e] + ddb) * expf(bb - bt) : 0.f;
+    }
+  }
+  return make_float2(dda, ddb);
+}
+
 // Forward output pass: dn, dden, dphq, dbq of chunk n = blockIdx.x % groups (cpg = 1: the loop below
 // runs once; groups, cpg kept from the grouped sweeps this kernel came from, so its code is unchanged).
 // meta_weights_gate: dy reaches the gated branch as p_i dy_i, and the sinks' output (the scalar p_i) has
@@ -703,46 +758,11 @@ __global__ void __launch_bounds__(kGT, 2)
         if (vb) ws.dn[(int64_t(bh) * L + ib) * D + c] = dnb;
       }
     }
-    const float gpa = quad_sum(dga) * inva, gpb = quad_sum(dgb) * invb;  // p dy . y_gate
-    const float ddna = -gpa * inva, ddnb = -gpb * invb;
-    if (t4 == 0) {
-      ddn[ra] = va ? ddna : 0.f;
-      ddn[rb] = vb ? ddnb : 0.f;
-      if (va) ws.dden[int64_t(bh) * L + ia] = ddna;
-      if (vb) ws.dden[int64_t(bh) * L + ib] = ddnb;
-      if (a.meta_weights_gate) {  // one writer per row: the stats stage wrote delta, the window stage reads it
-        if (va) ws.delta[int64_t(bh) * L + ia] += gpa;
-        if (vb) ws.delta[int64_t(bh) * L + ib] += gpb;
-      }
-    }
-    if (a.meta_weights_gate && dmeta != nullptr) {  // warp-uniform
-      float gs = t4 == 0 ? gpa + gpb : 0.f;  // rows past the end have p = 0
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) gs += __shfl_xor_sync(0xffffffffu, gs, o);
-      const int moff = a.meta_per_head ? h * a.n_meta : 0;
-      const float* mu = a.meta + moff;
-      float mx = -INFINITY, den = 0.f;
-      for (int j = 0; j < a.n_meta; ++j) mx = fmaxf(mx, mu[j]);
-      for (int j = 0; j < a.n_meta; ++j) den += expf(mu[j] - mx);
-      if (lane == 0)
-        for (int j = 0; j < a.n_meta; ++j) atomicAdd(dmeta + moff + j, expf(mu[j] - mx) / den * gs);
-    }
+    dden_rows(a, ws, ddn, dmeta, int64_t(bh) * L, h, ra, rb, ia, ib, va, vb, dga, dgb, inva, invb);
     __syncthreads();
-    // W = (dn V^T + dden) .* exp(b_i - b_t) .* causal
     float w[8][4];
-    zero_acc(w);
-    mma_smem<D / 16, BLayout::NK>(w, DN, LDD, r0, Vt, LDD);
-    const float dda = ddn[ra], ddb = ddn[rb];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int t = 8 * j + 2 * t4 + e;
-        const float bt = bs[t];
-        w[j][e] = t <= ra ? (w[j][e] + dda) * expf(ba - bt) : 0.f;
-        w[j][2 + e] = t <= rb ? (w[j][2 + e] + ddb) * expf(bb_ - bt) : 0.f;
-      }
-    }
+    const float2 dd = w_tile<D>(w, DN, Vt, LDD, r0, ddn, bs, ra, rb, ba, bb_);
+    const float dda = dd.x, ddb = dd.y;
     // dphq = W phk + exp(b_i) (dn S^T + dden z)
     float dph[NP][4];
     zero_acc(dph);
@@ -1327,46 +1347,11 @@ __global__ void __launch_bounds__(kGT, out2_blocks<D, P2>())
     if (va) *reinterpret_cast<float2*>(dna_row + c) = make_float2(dna[0], dna[1]);
     if (vb) *reinterpret_cast<float2*>(dnb_row + c) = make_float2(dnb[0], dnb[1]);
   }
-  const float gpa = quad_sum(dga) * inva, gpb = quad_sum(dgb) * invb;  // p dy . y_gate
-  const float ddna = -gpa * inva, ddnb = -gpb * invb;
-  if (t4 == 0) {
-    ddn[ra] = va ? ddna : 0.f;
-    ddn[rb] = vb ? ddnb : 0.f;
-    if (va) ws.dden[int64_t(bh) * L + ia] = ddna;
-    if (vb) ws.dden[int64_t(bh) * L + ib] = ddnb;
-    if (a.meta_weights_gate) {  // one writer per row: the stats stage wrote delta, the window stage reads it
-      if (va) ws.delta[int64_t(bh) * L + ia] += gpa;
-      if (vb) ws.delta[int64_t(bh) * L + ib] += gpb;
-    }
-  }
-  if (a.meta_weights_gate && dmeta != nullptr) {  // warp-uniform
-    float gs = t4 == 0 ? gpa + gpb : 0.f;  // rows past the end have p = 0
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) gs += __shfl_xor_sync(0xffffffffu, gs, o);
-    const int moff = a.meta_per_head ? h * a.n_meta : 0;
-    const float* mu = a.meta + moff;
-    float mx = -INFINITY, den = 0.f;
-    for (int j = 0; j < a.n_meta; ++j) mx = fmaxf(mx, mu[j]);
-    for (int j = 0; j < a.n_meta; ++j) den += expf(mu[j] - mx);
-    if (lane == 0)
-      for (int j = 0; j < a.n_meta; ++j) atomicAdd(dmeta + moff + j, expf(mu[j] - mx) / den * gs);
-  }
+  dden_rows(a, ws, ddn, dmeta, int64_t(bh) * L, h, ra, rb, ia, ib, va, vb, dga, dgb, inva, invb);
   __syncthreads();
-  // W = (dn V^T + dden) .* exp(b_i - b_t) .* causal
   float w[8][4];
-  zero_acc(w);
-  mma_smem<D / 16, BLayout::NK>(w, DN, LDD, r0, Vt, LDD);
-  const float dda = ddn[ra], ddb = ddn[rb];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int t = 8 * j + 2 * t4 + e;
-      const float bt = bs[t];
-      w[j][e] = t <= ra ? (w[j][e] + dda) * expf(ba - bt) : 0.f;
-      w[j][2 + e] = t <= rb ? (w[j][2 + e] + ddb) * expf(bb_ - bt) : 0.f;
-    }
-  }
+  const float2 dd = w_tile<D>(w, DN, Vt, LDD, r0, ddn, bs, ra, rb, ba, bb_);
+  const float dda = dd.x, ddb = dd.y;
   // dphq = W phk + exp(b_i) (dn S^T + dden z)
   float dph[NP][4];
   zero_acc(dph);
