@@ -601,6 +601,41 @@ __device__ __forceinline__ float gate_weight(const LizardAttnArgs& a, int h, con
   return p;
 }
 
+// The forward output passes' gated output of the warp's rows ra, rb (both variants): A = (phq phk^T) .*
+// exp(b_i - b_t) .* causal, the normaliser den = rowsum(A) + exp(b_i) phq . z (zdot), N = A V + exp(b_i)
+// phq S into nacc (ba, bb: the rows' b; eba, ebb: exp of them); returns 1 / (den + eps) of the two rows.
+template <int D, int P2>
+__device__ __forceinline__ float2 gate_out_n(float (&nacc)[D / 8][4], const bf16* PQ, const bf16* PK, const bf16* Vt,
+                                             const bf16* Sb, const float* bs, const float* zdot, int r0, int ra, int rb,
+                                             float ba, float bb, float eba, float ebb, float eps) {
+  constexpr int LDP = P2 + 8, LDD = D + 8;
+  const int t4 = threadIdx.x & 3;
+  float sc[8][4];
+  zero_acc(sc);
+  mma_smem<P2 / 16, BLayout::NK>(sc, PQ, LDP, r0, PK, LDP);
+  float rsa = 0.f, rsb = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int t = 8 * j + 2 * t4 + e;
+      const float bt = bs[t];
+      sc[j][e] = t <= ra ? sc[j][e] * expf(ba - bt) : 0.f;
+      sc[j][2 + e] = t <= rb ? sc[j][2 + e] * expf(bb - bt) : 0.f;
+      rsa += sc[j][e], rsb += sc[j][2 + e];
+    }
+  }
+  const float dena = quad_sum(rsa) + eba * zdot[ra], denb = quad_sum(rsb) + ebb * zdot[rb];
+  zero_acc(nacc);
+  {
+    uint32_t pa[4][4];
+    acc_to_a(pa, sc);
+    mma_frag<4, BLayout::KN>(nacc, pa, Vt, LDD);
+  }
+  mma_smem<P2 / 16, BLayout::KN, true>(nacc, PQ, LDP, r0, Sb, LDD, eba, ebb);
+  return make_float2(1.f / (dena + eps), 1.f / (denb + eps));
+}
+
 // The forward output passes' row epilogue (both variants): dden of rows ra, rb (o = bh L: the head's first
 // row) from the quad-summed p dy . N (dga, dgb), into ws.dden and the ddn tile; under meta_weights_gate also
 // delta_i += p_i g_i and dmeta_j += softmax(mu)_j sum_i p_i g_i (dmeta may be null).
@@ -710,33 +745,9 @@ __global__ void __launch_bounds__(kGT, 2)
     }
     __syncthreads();
     const float ba = bs[ra], bb_ = bs[rb], eba = eb[ra], ebb = eb[rb];
-    // A = (phq phk^T) .* exp(b_i - b_t) .* causal
-    float sc[8][4];
-    zero_acc(sc);
-    mma_smem<P2 / 16, BLayout::NK>(sc, PQ, LDP, r0, PK, LDP);
-    float rsa = 0.f, rsb = 0.f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int t = 8 * j + 2 * t4 + e;
-        const float bt = bs[t];
-        sc[j][e] = t <= ra ? sc[j][e] * expf(ba - bt) : 0.f;
-        sc[j][2 + e] = t <= rb ? sc[j][2 + e] * expf(bb_ - bt) : 0.f;
-        rsa += sc[j][e], rsb += sc[j][2 + e];
-      }
-    }
-    const float dena = quad_sum(rsa) + eba * zdot[ra], denb = quad_sum(rsb) + ebb * zdot[rb];
-    const float inva = 1.f / (dena + a.eps), invb = 1.f / (denb + a.eps);
-    // N = A V + exp(b_i) phq S
     float nacc[ND][4];
-    zero_acc(nacc);
-    {
-      uint32_t pa[4][4];
-      acc_to_a(pa, sc);
-      mma_frag<4, BLayout::KN>(nacc, pa, Vt, LDD);
-    }
-    mma_smem<P2 / 16, BLayout::KN, true>(nacc, PQ, LDP, r0, Sb, LDD, eba, ebb);
+    const float2 inv = gate_out_n<D, P2>(nacc, PQ, PK, Vt, Sb, bs, zdot, r0, ra, rb, ba, bb_, eba, ebb, a.eps);
+    const float inva = inv.x, invb = inv.y;
     // dn = dy / (den + eps), dden = -(dy . N) / (den + eps)^2 (dy times the gate weight p)
     const bool va = ra < ci.nvalid, vb = rb < ci.nvalid;
     const int ia = ci.c0 + ra, ib = ci.c0 + rb;
@@ -1286,33 +1297,9 @@ __global__ void __launch_bounds__(kGT, out2_blocks<D, P2>())
   __syncthreads();
   const int r0 = warp * 16, ra = r0 + g, rb = ra + 8;
   const float ba = bs[ra], bb_ = bs[rb], eba = eb[ra], ebb = eb[rb];
-  // A = (phq phk^T) .* exp(b_i - b_t) .* causal
-  float sc[8][4];
-  zero_acc(sc);
-  mma_smem<P2 / 16, BLayout::NK>(sc, PQ, LDP, r0, PK, LDP);
-  float rsa = 0.f, rsb = 0.f;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int t = 8 * j + 2 * t4 + e;
-      const float bt = bs[t];
-      sc[j][e] = t <= ra ? sc[j][e] * expf(ba - bt) : 0.f;
-      sc[j][2 + e] = t <= rb ? sc[j][2 + e] * expf(bb_ - bt) : 0.f;
-      rsa += sc[j][e], rsb += sc[j][2 + e];
-    }
-  }
-  const float dena = quad_sum(rsa) + eba * zdot[ra], denb = quad_sum(rsb) + ebb * zdot[rb];
-  const float inva = 1.f / (dena + a.eps), invb = 1.f / (denb + a.eps);
-  // N = A V + exp(b_i) phq S
   float nacc[ND][4];
-  zero_acc(nacc);
-  {
-    uint32_t pa[4][4];
-    acc_to_a(pa, sc);
-    mma_frag<4, BLayout::KN>(nacc, pa, Vt, LDD);
-  }
-  mma_smem<P2 / 16, BLayout::KN, true>(nacc, PQ, LDP, r0, Sb, LDD, eba, ebb);
+  const float2 inv = gate_out_n<D, P2>(nacc, PQ, PK, Vt, Sb, bs, zdot, r0, ra, rb, ba, bb_, eba, ebb, a.eps);
+  const float inva = inv.x, invb = inv.y;
   // dn = dy / (den + eps), dden = -(dy . N) / (den + eps)^2 (dy times the gate weight p)
   const bool va = ra < ci.nvalid, vb = rb < ci.nvalid;
   const int ia = ci.c0 + ra, ib = ci.c0 + rb;
