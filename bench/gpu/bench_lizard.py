@@ -22,7 +22,6 @@ lib.lz_backward_chunked.argtypes = [P] * 17 + [I] * 10 + [P]
 lib.lz_set_forward_variant.argtypes = [I]
 lib.lz_set_forward_split.argtypes = [I]
 lib.lz_set_backward_stage_variant.argtypes = [I]
-lib.lz_set_backward_gate_variant.argtypes = [I]
 lib.lz_set_backward_state_variant.argtypes = [I]
 lib.lz_flash_fwd.argtypes = [P] * 5 + [I] * 5 + [P]
 lib.lz_flash_bwd.argtypes = [P] * 10 + [I] * 5 + [P]
@@ -337,20 +336,11 @@ def main():
         print("spot check B1 L777 H4/2 D128 backward, chunked (default) vs parallel rel err: " + " ".join(
             f"{n} {((a - b).norm() / b.norm()).item():.2e}" for n, a, b in zip(names, z.grads(), gp)), flush=True)
         check(lib.lz_set_backward_stage_variant(1))  # the misaligned-pointer stage kernels
-        check(lib.lz_set_backward_gate_variant(1))
         try:
             z.fwd_bwd_chunked()
         finally:
             check(lib.lz_set_backward_stage_variant(2))
-            check(lib.lz_set_backward_gate_variant(2))
-        print("spot check B1 L777 H4/2 D128 backward, chunked (stage + gate variant 1) vs parallel rel err: " + " ".join(
-            f"{n} {((a - b).norm() / b.norm()).item():.2e}" for n, a, b in zip(names, z.grads(), gp)), flush=True)
-        check(lib.lz_set_backward_gate_variant(1))  # the element-wise gate output passes
-        try:
-            z.fwd_bwd_chunked()
-        finally:
-            check(lib.lz_set_backward_gate_variant(2))
-        print("spot check B1 L777 H4/2 D128 backward, chunked (gate variant 1) vs parallel rel err: " + " ".join(
+        print("spot check B1 L777 H4/2 D128 backward, chunked (stage variant 1) vs parallel rel err: " + " ".join(
             f"{n} {((a - b).norm() / b.norm()).item():.2e}" for n, a, b in zip(names, z.grads(), gp)), flush=True)
         del z, gp
     except Exception as e:  # noqa: BLE001
@@ -428,8 +418,6 @@ def main():
             label = f"lizard cuda (Hkv={Hkv}) chunked bwd"
             # stage variant 1: the stage kernels misaligned pointers get
             other_variant(z, tag, label, "stages1", liz[tag], lib.lz_set_backward_stage_variant, 1, 2)
-            # gate variant 1: element-wise gate output passes (the default before session 5)
-            other_variant(z, tag, label, "gate1", liz[tag], lib.lz_set_backward_gate_variant, 1, 2)
             # state variant 1: the gate state passes of session 4 (32 columns per CTA, no prefetch)
             other_variant(z, tag, label, "state1", liz[tag], lib.lz_set_backward_state_variant, 1, 2)
         del z

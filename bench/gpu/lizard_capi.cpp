@@ -61,10 +61,6 @@ void lz_set_forward_split(int m) { lizard::cuda::set_forward_split(m); }
 int lz_set_backward_stage_variant(int v) {
   return guarded([&] { lizard::cuda::set_backward_stage_variant(v); });
 }
-// Chunked backward gate output passes 2 (default) or 1; returns -1 (lz_last_error) for another.
-int lz_set_backward_gate_variant(int v) {
-  return guarded([&] { lizard::cuda::set_backward_gate_variant(v); });
-}
 // Chunked backward gate state passes 2 (default) or 1; returns -1 (lz_last_error) for another.
 int lz_set_backward_state_variant(int v) {
   return guarded([&] { lizard::cuda::set_backward_state_variant(v); });

@@ -720,24 +720,20 @@ TEST(LizardCuda, BackwardMatchesReference) {
 // case of 12 chunks (L 707, a partial last one). The gate branch always runs its state passes (each chunk's
 // incoming bf16 state stored) and one CTA per (b, h, chunk) output passes. Stage variant 2 first (the
 // default: cp.async loaders, double-buffered window kernels without dk/dv atomics, dW over batch-aligned
-// token tiles) with gate variant 2 (the default output passes: cp.async / float4 tiles), then stage and gate
-// variant 1 together (the kernels misaligned pointers get), then gate variant 1 with the default stages, all
-// under the default state passes; last the other state-pass variant (1: gate_state_kernel, 2:
-// gate_state2_kernel, cp.async double-buffered) under the default stage and gate variants.
+// token tiles), then stage variant 1 (the kernels misaligned pointers get), both under the default state
+// passes; last the other state-pass variant (1: gate_state_kernel, 2: gate_state2_kernel, cp.async
+// double-buffered) under the default stages.
 TEST(LizardCuda, ChunkedBackwardVsReference) {
   static_assert(lizard::cuda::kBackwardStageDefault == 2, "the first pass below is the default");
-  static_assert(lizard::cuda::kBackwardGateDefault == 2, "the first pass below is the default");
   constexpr int kState = lizard::cuda::kBackwardStateDefault, kStateOther = 3 - kState;
   static_assert(kState == 1 || kState == 2, "state variants 1 and 2");
-  for (const auto [stages, gatev, statev] : {std::tuple{2, 2, kState}, std::tuple{1, 1, kState},
-                                             std::tuple{2, 1, kState}, std::tuple{2, 2, kStateOther}}) {
+  for (const auto [stages, statev] : {std::pair{2, kState}, std::pair{1, kState}, std::pair{2, kStateOther}}) {
     lizard::cuda::set_backward_stage_variant(stages);
-    lizard::cuda::set_backward_gate_variant(gatev);
     lizard::cuda::set_backward_state_variant(statev);
-    std::printf("[lizard-cuda] chunked backward, stage variant %d (%s), gate variant %d, state variant %d: state "
-                "passes + chunk-parallel outputs\n",
+    std::printf("[lizard-cuda] chunked backward, stage variant %d (%s), state variant %d: state passes + "
+                "chunk-parallel outputs\n",
                 stages, stages == 2 ? "tensor cores, split bf16, v2 loaders/window/dW" : "tensor cores, split bf16",
-                gatev, statev);
+                statev);
     std::vector<Case> cases = kCases;
     cases.push_back({1, 707, 2, 1, 64, 32, 64, 4, true});
     cases.insert(cases.end(), kMwgCases.begin(), kMwgCases.end());
@@ -754,35 +750,70 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
     backward_case<__nv_bfloat16>(kCases[5], kSeenSeed, true, 3e-2, true, 2.5e-1, stages);
   }
   lizard::cuda::set_backward_stage_variant(lizard::cuda::kBackwardStageDefault);
-  lizard::cuda::set_backward_gate_variant(lizard::cuda::kBackwardGateDefault);
   lizard::cuda::set_backward_state_variant(lizard::cuda::kBackwardStateDefault);
   for (int deleted : {0, 3}) EXPECT_ANY_THROW(lizard::cuda::set_backward_stage_variant(deleted));
-  for (int unknown : {0, 3}) EXPECT_ANY_THROW(lizard::cuda::set_backward_gate_variant(unknown));
   for (int unknown : {0, 3}) EXPECT_ANY_THROW(lizard::cuda::set_backward_state_variant(unknown));
 }
 
 // Stage variants 2 (its bf16 kernels: cp.async tiles, double buffers, staged read-modify-writes) and 1,
 // both with the gate's state passes (into the per-chunk state buffer) and one CTA per (b, h, chunk) output
-// passes (L 77: 2 chunks, L 130: 3, a partial last one): the defaults (gate variant 2's output passes:
-// cp.async, float4 tiles, staged stores), both variant-1 kernel sets, gate variant 1 with the default stages
-// (those under the default state passes), then the other state-pass variant (cp.async stages of raw rows,
-// rows past L zero-filled) under the default stage and gate variants.
+// passes (L 77: 2 chunks, L 130: 3, a partial last one): the defaults, stage variant 1, then the other
+// state-pass variant (cp.async stages of raw rows, rows past L zero-filled) under the default stages.
 TEST(LizardCuda, SanitizerSmallChunkedBackward) {
   constexpr int kState = lizard::cuda::kBackwardStateDefault, kStateOther = 3 - kState;
-  for (const auto [stages, gatev, statev] : {std::tuple{2, 2, kState}, std::tuple{1, 1, kState},
-                                             std::tuple{2, 1, kState}, std::tuple{2, 2, kStateOther}}) {
+  for (const auto [stages, statev] : {std::pair{2, kState}, std::pair{1, kState}, std::pair{2, kStateOther}}) {
     lizard::cuda::set_backward_stage_variant(stages);
-    lizard::cuda::set_backward_gate_variant(gatev);
     lizard::cuda::set_backward_state_variant(statev);
-    std::printf("[lizard-cuda] small chunked backward, stage variant %d, gate variant %d, state variant %d\n", stages,
-                gatev, statev);
+    std::printf("[lizard-cuda] small chunked backward, stage variant %d, state variant %d\n", stages, statev);
     backward_case<__nv_bfloat16>({1, 77, 2, 1, 64, 32, 16, 4}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>({1, 130, 2, 2, 128, 64, 65, 2, true}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>(kMwgCases[0], fresh_seed(), true, 3e-2, true, 2.5e-1);
   }
   lizard::cuda::set_backward_stage_variant(lizard::cuda::kBackwardStageDefault);
-  lizard::cuda::set_backward_gate_variant(lizard::cuda::kBackwardGateDefault);
   lizard::cuda::set_backward_state_variant(lizard::cuda::kBackwardStateDefault);
+}
+
+// Gradient buffers 4 bytes past a 16-byte boundary (as a caller's sub-tensor can be) take the kernels
+// without vector accesses (stage variant 1, the gate output passes' scalar dv atomics): the same gradients
+// as aligned buffers, to bf16 reassociation level, on the same inputs (bf16, GQA, meta_weights_gate too).
+TEST(LizardCuda, ChunkedBackwardMisalignedGradients) {
+  for (const Case& c : {Case{1, 130, 4, 2, 64, 32, 64, 4}, kMwgCases[1]}) {
+    const uint64_t seed = fresh_seed();
+    Problem P(c, seed, /*round=*/true);
+    DevInputs<__nv_bfloat16> in(P);
+    std::mt19937_64 rng(seed + 1);
+    std::normal_distribution<double> nd(0.0, 1.0);
+    std::vector<double> dy(P.yref.size());
+    for (auto& e : dy) e = bf16r(nd(rng));
+    Dev<__nv_bfloat16> ddy(dy);
+    Dev<float> y(P.yref.size());
+    std::vector<std::vector<double>> out[2];
+    for (int off : {0, 1}) {
+      Dev<float> gq(P.q.size() + 1), gk(P.k.size() + 1), gv(P.v.size() + 1);
+      for (Dev<float>* t : {&gq, &gk, &gv}) t->poison();
+      lizard::cuda::LizardAttnGrads g;
+      g.dq = gq.p + off, g.dk = gk.p + off, g.dv = gv.p + off;
+      lizard::cuda::lizard_attention_backward_chunked(in.args(P, y.p), false, ddy.p, g);
+      CK(cudaDeviceSynchronize());
+      for (Dev<float>* t : {&gq, &gk, &gv}) {
+        std::vector<double> h = t->get();
+        out[off].emplace_back(h.begin() + off, h.end() - 1 + off);
+      }
+    }
+    const char* names[3] = {"dq", "dk", "dv"};
+    std::string line;
+    for (int i = 0; i < 3; ++i) {
+      size_t bad = 0;
+      const double e = rel_err(out[1][i], out[0][i], &bad);
+      EXPECT_EQ(bad, 0u) << names[i];
+      EXPECT_LT(e, 1e-3) << names[i] << " " << describe(c) << " seed " << seed;
+      char buf[48];
+      std::snprintf(buf, sizeof buf, " %s %.1e", names[i], e);
+      line += buf;
+    }
+    std::printf("[lizard-cuda] misaligned gradient buffers vs aligned %-40s%s (seed %llu)\n", describe(c).c_str(),
+                line.c_str(), (unsigned long long)seed);
+  }
 }
 
 TEST(LizardCuda, ChunkedBackwardRefusesUnsupportedSizes) {

@@ -129,14 +129,6 @@ void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const
 // misaligned-pointer path, selectable so tests cover it. Throws lizard::Error for another value.
 constexpr int kBackwardStageDefault = 2;
 void set_backward_stage_variant(int variant);
-// Gate output passes of the chunked backward: 2 (default) = cp.async / float4 tile loads, staged float4 dphi
-// stores and float2 dv atomics, run where dv (and, bf16 inputs, v and dy) are 16-byte aligned; 1 = the same
-// math with element-wise tile loads and stores (gate_fwd_out / gate_rev_out): the misaligned-pointer path,
-// selectable so tests cover it. Throws lizard::Error for another value.
-// H200 (bench_lizard.py --quick, 2026-11-27 session 5), B16 H32 D128 L2048: the two output passes 4.912 +
-// 4.523 ms (variant 1) -> 1.211 + 1.242 (variant 2), fwd+bwd 19.066 -> 11.983 ms; B8 H9 D64: 2.106 -> 1.710.
-constexpr int kBackwardGateDefault = 2;
-void set_backward_gate_variant(int variant);
 // Gate state passes of the chunked backward: 1 = gate_state_kernel (32 value columns per CTA, each
 // chunk's rows loaded after the previous chunk's update); 2 (default) = gate_state2_kernel: 64 columns per CTA,
 // the CTAs of one (b, h) adjacent, cp.async of the raw rows into two stages (chunk n + 1 in flight during

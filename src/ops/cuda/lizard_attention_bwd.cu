@@ -477,7 +477,8 @@ __global__ void dlg_kernel(const LizardAttnArgs a, Dims d, Ws ws, const float* d
 // ---------------------------------------------------------------------------------------------
 // Chunked gated branch of the backward on tensor cores (LIZARD.md section 5), C = 64, as state passes
 // (gate_state_kernel: the chunks in order, every chunk's incoming state stored) and output passes
-// (gate_fwd_out_kernel / gate_rev_out_kernel: one CTA of 4 warps per (b, query head, chunk)). With e_it = exp(Bc_i - Bc_t), K_it = (phq_i . phk_t) e_it, t <= i,
+// (gate_fwd_out_kernel / gate_rev_out_kernel: one CTA of 4 warps per (b, query head, chunk), further down).
+// With e_it = exp(Bc_i - Bc_t), K_it = (phq_i . phk_t) e_it, t <= i,
 // V' = [v, 1] and dN'_i = [dn_i, dden_i], dK_it = dN'_i . V'_t:
 //   forward, state S_n = sum_{t < chunk n} e(last of chunk n-1, t) phk_t V'_t^T ([2F x D] + z):
 //     N_i (and den_i) as in the forward, then dn_i, dden_i, and
@@ -519,24 +520,11 @@ __device__ __forceinline__ ChunkInfo chunk_info(const float* bc, int L, int n) {
   return ci;
 }
 
-// Output passes: one CTA per (b, h, chunk) (groups = chunk count, cpg = 1) from the chunk's incoming
-// state, which gate_state_kernel stored in gst as [BH, NC, kStateFloats<D, P2>]: bf16 [P2, D] then the
-// fp32 normaliser [P2]; the chunk's outputs only, no state update.
+// Output passes: one CTA per (b, h, chunk) from the chunk's incoming state, which the state pass stored in
+// gst as [BH, NC, kStateFloats<D, P2>]: bf16 [P2, D] then the fp32 normaliser [P2]; the chunk's outputs
+// only, no state update.
 template <int D, int P2>
 constexpr int kStateFloats = P2 * D / 2 + P2;  // one chunk's stored state (bf16 S, fp32 z) in floats
-
-// The chunk's bf16 incoming state from global (16-byte rows) and its fp32 normaliser.
-template <int D, int P2>
-__device__ __forceinline__ void load_state_bf16(const float* src, bf16* Sb, float* z, int tid) {
-  constexpr int LDD = D + 8, V = D / 8;  // uint4 (8 bf16) per row
-  const uint4* s4 = reinterpret_cast<const uint4*>(src);
-#pragma unroll 4
-  for (int x = tid; x < P2 * V; x += kGT) {
-    const int f = x / V, c = x % V;
-    *reinterpret_cast<uint4*>(Sb + f * LDD + 8 * c) = s4[x];
-  }
-  for (int x = tid; x < P2; x += kGT) z[x] = src[P2 * D / 2 + x];
-}
 
 // Row tid's b (local cumulative log gamma, base = b before the chunk), exp(b), exp(b_last - b);
 // rows past the sequence end (ok false) take b_last.
@@ -544,49 +532,6 @@ __device__ __forceinline__ void row_factors(float* bs, float* eb, float* ebt, co
                                             float base, bool ok, int tid) {
   const float bb = ok ? bc[ci.c0 + tid] - base : ci.blast;
   bs[tid] = bb, eb[tid] = expf(bb), ebt[tid] = expf(ci.blast - bb);
-}
-
-// The chunk's phi_Q, phi_K rows (fp32 workspace) as bf16 tiles, rows past the sequence end zero.
-template <int P2>
-__device__ __forceinline__ void load_phi_tiles(bf16* PQ, bf16* PK, const float* phq, const float* phk,
-                                               const ChunkInfo& ci, int tid) {
-  constexpr int LDP = P2 + 8;
-  for (int x = tid; x < kC * P2; x += kGT) {
-    const int r = x / P2, f = x % P2;
-    const bool ok = r < ci.nvalid;
-    PQ[r * LDP + f] = __float2bfloat16(ok ? phq[int64_t(ci.c0 + r) * P2 + f] : 0.f);
-    PK[r * LDP + f] = __float2bfloat16(ok ? phk[int64_t(ci.c0 + r) * P2 + f] : 0.f);
-  }
-}
-
-// Both output passes end alike: dphi (rows ia = g, ib = g + 8 of the warp's tile) gets its state term
-// ca|cb * zr[f], is stored to out[out_off + row * P2 + f] (valid rows), and dba, dbb return the rows'
-// quad-reduced sums of ph . dphi (the gate's db before its sign).
-template <int P2, int NP>
-__device__ __forceinline__ void finish_dphi(float (&dph)[NP][4], float ca, float cb, const float* zr, bool va, bool vb,
-                                            int ia, int ib, float* out, int64_t out_off, const float* ph, int t4,
-                                            float& dba, float& dbb) {
-  dba = 0.f, dbb = 0.f;
-#pragma unroll
-  for (int j = 0; j < NP; ++j) {
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int f = 8 * j + 2 * t4 + e;
-      dph[j][e] += ca * zr[f];
-      dph[j][2 + e] += cb * zr[f];
-      if (va) {
-        const int64_t o = int64_t(ia) * P2 + f;
-        out[out_off + o] = dph[j][e];
-        dba += ph[o] * dph[j][e];
-      }
-      if (vb) {
-        const int64_t o = int64_t(ib) * P2 + f;
-        out[out_off + o] = dph[j][2 + e];
-        dbb += ph[o] * dph[j][2 + e];
-      }
-    }
-  }
-  dba = quad_sum(dba), dbb = quad_sum(dbb);
 }
 
 // meta_weights_gate (y = p_i y_gate_i + alpha A_i): p_i = sum_j exp(mu_j - lse_i), the sinks' share of
@@ -689,218 +634,6 @@ __device__ __forceinline__ float2 w_tile(float (&w)[8][4], const bf16* DN, const
     }
   }
   return make_float2(dda, ddb);
-}
-
-// Forward output pass: dn, dden, dphq, dbq of chunk n = blockIdx.x % groups (cpg = 1: the loop below
-// runs once; groups, cpg kept from the grouped sweeps this kernel came from, so its code is unchanged).
-// meta_weights_gate: dy reaches the gated branch as p_i dy_i, and the sinks' output (the scalar p_i) has
-// the gradient g_i = dy_i . y_gate_i: delta_i (window stage) += p_i g_i, and dmeta_j += sum_i
-// exp(mu_j - lse_i) g_i = softmax(mu)_j sum_i p_i g_i here (dmeta may be null).
-template <typename T, int D, int P2>
-__global__ void __launch_bounds__(kGT, 2)
-    gate_fwd_out_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, int groups, int cpg, float* gst,
-                        float* dmeta) {
-  using SM = Smem<D, P2>;
-  constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* PQ = reinterpret_cast<bf16*>(smem_raw);
-  bf16* PK = PQ + kC * LDP;
-  bf16* Vt = PK + kC * LDP;
-  bf16* DN = Vt + kC * LDD;
-  bf16* Sb = DN + kC * LDD;
-  float* fsm = reinterpret_cast<float*>(Sb + P2 * LDD);
-  float* z = fsm;
-  float* bs = z + P2;
-  float* eb = bs + kC;
-  float* ebt = eb + kC;
-  float* zdot = ebt + kC;
-  float* ddn = zdot + kC;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int bh = blockIdx.x / groups, grp = blockIdx.x % groups, h = bh % d.Hq, b = bh / d.Hq, L = d.L;
-  const float* bc = ws.bc + int64_t(bh) * L;
-  const float* phq = ws.phq + int64_t(bh) * L * P2;
-  const float* phk = ws.phk + int64_t(bh) * L * P2;
-  const T* v = static_cast<const T*>(a.v);
-  load_state_bf16<D, P2>(gst + int64_t(blockIdx.x) * kStateFloats<D, P2>, Sb, z, tid);
-  const int r0 = warp * 16, ra = r0 + g, rb = ra + 8;
-  const int nch = (L + kC - 1) / kC;
-  const int n_begin = grp * cpg, n_end = min(nch, n_begin + cpg);
-  for (int n = n_begin; n < n_end; ++n) {
-    const ChunkInfo ci = chunk_info(bc, L, n);
-    const float base = ci.c0 > 0 ? bc[ci.c0 - 1] : 0.f;
-    if (tid < kC) row_factors(bs, eb, ebt, bc, ci, base, tid < ci.nvalid, tid);
-    load_phi_tiles<P2>(PQ, PK, phq, phk, ci, tid);
-    for (int x = tid; x < kC * D; x += kGT) {
-      const int r = x / D, e = x % D;
-      Vt[r * LDD + e] = __float2bfloat16(r < ci.nvalid ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
-    }
-    __syncthreads();
-    {  // the chunk's outputs
-    for (int r = warp; r < kC; r += kGW) {  // zdot = phq . z: warp per row, lanes over f (coalesced)
-      float sacc = 0.f;
-      if (r < ci.nvalid)  // warp-uniform
-        for (int f = lane; f < P2; f += 32) sacc += phq[int64_t(ci.c0 + r) * P2 + f] * z[f];
-      sacc = wsum(sacc);
-      if (lane == 0) zdot[r] = sacc;
-    }
-    __syncthreads();
-    const float ba = bs[ra], bb_ = bs[rb], eba = eb[ra], ebb = eb[rb];
-    float nacc[ND][4];
-    const float2 inv = gate_out_n<D, P2>(nacc, PQ, PK, Vt, Sb, bs, zdot, r0, ra, rb, ba, bb_, eba, ebb, a.eps);
-    const float inva = inv.x, invb = inv.y;
-    // dn = dy / (den + eps), dden = -(dy . N) / (den + eps)^2 (dy times the gate weight p)
-    const bool va = ra < ci.nvalid, vb = rb < ci.nvalid;
-    const int ia = ci.c0 + ra, ib = ci.c0 + rb;
-    const float pwa = gate_weight(a, h, ws.lse + int64_t(bh) * L + ia, va);
-    const float pwb = gate_weight(a, h, ws.lse + int64_t(bh) * L + ib, vb);
-    float dga = 0.f, dgb = 0.f;
-#pragma unroll
-    for (int j = 0; j < ND; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int c = 8 * j + 2 * t4 + e;
-        const float ya = va ? ld(dy + d.q_off(b, ia, h) + c) * pwa : 0.f;
-        const float yb = vb ? ld(dy + d.q_off(b, ib, h) + c) * pwb : 0.f;
-        dga += ya * nacc[j][e], dgb += yb * nacc[j][2 + e];
-        const float dna = ya * inva, dnb = yb * invb;
-        DN[ra * LDD + c] = __float2bfloat16(dna);
-        DN[rb * LDD + c] = __float2bfloat16(dnb);
-        if (va) ws.dn[(int64_t(bh) * L + ia) * D + c] = dna;
-        if (vb) ws.dn[(int64_t(bh) * L + ib) * D + c] = dnb;
-      }
-    }
-    dden_rows(a, ws, ddn, dmeta, int64_t(bh) * L, h, ra, rb, ia, ib, va, vb, dga, dgb, inva, invb);
-    __syncthreads();
-    float w[8][4];
-    const float2 dd = w_tile<D>(w, DN, Vt, LDD, r0, ddn, bs, ra, rb, ba, bb_);
-    const float dda = dd.x, ddb = dd.y;
-    // dphq = W phk + exp(b_i) (dn S^T + dden z)
-    float dph[NP][4];
-    zero_acc(dph);
-    {
-      uint32_t pa[4][4];
-      acc_to_a(pa, w);
-      mma_frag<4, BLayout::KN>(dph, pa, PK, LDP);
-    }
-    mma_smem<D / 16, BLayout::NK, true>(dph, DN, LDD, r0, Sb, LDD, eba, ebb);
-    float dba, dbb;
-    finish_dphi<P2>(dph, eba * dda, ebb * ddb, z, va, vb, ia, ib, ws.dphq, int64_t(bh) * L * P2, phq, t4, dba, dbb);
-    if (t4 == 0) {
-      if (va) ws.dbq[int64_t(bh) * L + ia] = dba;
-      if (vb) ws.dbq[int64_t(bh) * L + ib] = dbb;
-    }
-    }
-    break;  // one chunk, outputs only
-  }
-}
-
-// Reverse output pass: dphk, dbk and the gate's dv of chunk n = blockIdx.x % groups (cpg = 1, as above).
-template <typename T, int D, int P2>
-__global__ void __launch_bounds__(kGT, 2)
-    gate_rev_out_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dv, int groups, int cpg, float* gst) {
-  using SM = Smem<D, P2>;
-  constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* PQ = reinterpret_cast<bf16*>(smem_raw);
-  bf16* PK = PQ + kC * LDP;
-  bf16* Vt = PK + kC * LDP;
-  bf16* DN = Vt + kC * LDD;
-  bf16* Rb = DN + kC * LDD;
-  float* fsm = reinterpret_cast<float*>(Rb + P2 * LDD);
-  float* rv = fsm;
-  float* bs = rv + P2;
-  float* eb = bs + kC;
-  float* ebt = eb + kC;
-  float* ddn = ebt + kC;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int bh = blockIdx.x / groups, grp = blockIdx.x % groups, h = bh % d.Hq, b = bh / d.Hq, L = d.L;
-  const float* bc = ws.bc + int64_t(bh) * L;
-  const float* phq = ws.phq + int64_t(bh) * L * P2;
-  const float* phk = ws.phk + int64_t(bh) * L * P2;
-  const float* dnw = ws.dn + int64_t(bh) * L * D;
-  const T* v = static_cast<const T*>(a.v);
-  load_state_bf16<D, P2>(gst + int64_t(blockIdx.x) * kStateFloats<D, P2>, Rb, rv, tid);
-  const int r0 = warp * 16, ra = r0 + g, rb = ra + 8;
-  const int nch = (L + kC - 1) / kC;
-  const int n_begin = grp * cpg, n_end = min(nch, n_begin + cpg);
-  for (int n = n_end - 1; n >= n_begin; --n) {
-    const ChunkInfo ci = chunk_info(bc, L, n);
-    const float base = ci.c0 > 0 ? bc[ci.c0 - 1] : 0.f;
-    if (tid < kC) {
-      const bool ok = tid < ci.nvalid;
-      row_factors(bs, eb, ebt, bc, ci, base, ok, tid);
-      ddn[tid] = ok ? ws.dden[int64_t(bh) * L + ci.c0 + tid] : 0.f;
-    }
-    load_phi_tiles<P2>(PQ, PK, phq, phk, ci, tid);
-    for (int x = tid; x < kC * D; x += kGT) {
-      const int r = x / D, e = x % D;
-      const bool ok = r < ci.nvalid;
-      Vt[r * LDD + e] = __float2bfloat16(ok ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
-      DN[r * LDD + e] = __float2bfloat16(ok ? dnw[int64_t(ci.c0 + r) * D + e] : 0.f);
-    }
-    __syncthreads();
-    {  // the chunk's outputs (no barrier inside)
-    const float bta = bs[ra], btb = bs[rb], eta = ebt[ra], etb = ebt[rb];
-    // A^T (keys t as rows, queries i as columns) and W^T
-    float at[8][4], wt[8][4];
-    zero_acc(at);
-    zero_acc(wt);
-    mma_smem<P2 / 16, BLayout::NK>(at, PK, LDP, r0, PQ, LDP);
-    mma_smem<D / 16, BLayout::NK>(wt, Vt, LDD, r0, DN, LDD);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int i = 8 * j + 2 * t4 + e;
-        const float bi = bs[i], di = ddn[i];
-        const float ea = i >= ra ? expf(bi - bta) : 0.f, ebv = i >= rb ? expf(bi - btb) : 0.f;
-        at[j][e] = i >= ra ? at[j][e] * ea : 0.f;
-        at[j][2 + e] = i >= rb ? at[j][2 + e] * ebv : 0.f;
-        wt[j][e] = i >= ra ? (wt[j][e] + di) * ea : 0.f;
-        wt[j][2 + e] = i >= rb ? (wt[j][2 + e] + di) * ebv : 0.f;
-      }
-    }
-    const bool va = ra < ci.nvalid, vb = rb < ci.nvalid;
-    const int ta = ci.c0 + ra, tb = ci.c0 + rb;
-    // dv_t += A^T dn + exp(b_last - b_t) R^T phk_t
-    {
-      float acc[ND][4];
-      zero_acc(acc);
-      uint32_t pa[4][4];
-      acc_to_a(pa, at);
-      mma_frag<4, BLayout::KN>(acc, pa, DN, LDD);
-      mma_smem<P2 / 16, BLayout::KN, true>(acc, PK, LDP, r0, Rb, LDD, eta, etb);
-#pragma unroll
-      for (int j = 0; j < ND; ++j) {
-        const int c = 8 * j + 2 * t4;
-        if (va) {
-          float* p = dv + d.k_off(b, ta, h) + c;
-          atomicAdd(p, acc[j][0]), atomicAdd(p + 1, acc[j][1]);
-        }
-        if (vb) {
-          float* p = dv + d.k_off(b, tb, h) + c;
-          atomicAdd(p, acc[j][2]), atomicAdd(p + 1, acc[j][3]);
-        }
-      }
-    }
-    // dphk_t = W^T phq + exp(b_last - b_t) (R v_t + r)
-    {
-      float dph[NP][4];
-      zero_acc(dph);
-      uint32_t pa[4][4];
-      acc_to_a(pa, wt);
-      mma_frag<4, BLayout::KN>(dph, pa, PQ, LDP);
-      mma_smem<D / 16, BLayout::NK, true>(dph, Vt, LDD, r0, Rb, LDD, eta, etb);
-      float dba, dbb;
-      finish_dphi<P2>(dph, eta, etb, rv, va, vb, ta, tb, ws.dphk, int64_t(bh) * L * P2, phk, t4, dba, dbb);
-      if (t4 == 0) {
-        if (va) ws.dbk[int64_t(bh) * L + ta] = -dba;
-        if (vb) ws.dbk[int64_t(bh) * L + tb] = -dbb;
-      }
-    }
-    }
-    break;  // one chunk, outputs only
-  }
 }
 
 // State passes. Grid (BH, D / kSD), kGT threads: each CTA owns kSD value columns of
@@ -1107,17 +840,16 @@ __device__ __forceinline__ void add_rows(const float* sm, RowPtr dst, int row0, 
 }  // namespace v2
 
 // ---------------------------------------------------------------------------------------------
-// Gate variant 2 output passes (set_backward_gate_variant): the math of gate_fwd_out_kernel /
-// gate_rev_out_kernel, different data movement. Variant 1 loads its tiles element by element and stores
-// dn, dphi one float at a time, interleaved with global loads the compiler cannot move above those stores
-// (they may alias): hundreds of dependent global round trips per CTA, so at B16 H32 D128 F64 L2048 each
-// pass took 4.4 ms on the H200 against a ~1 ms memory + tensor-core floor. Here the incoming state (and,
-// bf16 inputs, V and the forward's dy) go by cp.async, issued first; the fp32 phi / dn rows come as float4
-// batches (8 per tile in flight) converted to bf16 8-byte stores, the forward's zdot = phq . z from those
-// same fp32 values; dn leaves as float2 stores, the gate's dv as float2 atomics; dphi is staged through the
-// dead PQ/PK tiles and stored as float4, its db = ph . dphi from batched float4 re-reads of ph. fp32
-// inputs keep the scalar V / dy loads. launch_gate2 runs these where dv (and, bf16, v and dy) are 16-byte
-// aligned.
+// The gate's output passes. Their session-4 form loaded its tiles element by element and stored dn, dphi
+// one float at a time, interleaved with global loads the compiler cannot move above those stores (they may
+// alias): hundreds of dependent global round trips per CTA, 4.9 + 4.5 ms at B16 H32 D128 F64 L2048 on the
+// H200 against a ~1 ms memory + tensor-core floor (1.2 + 1.2 ms now; deleted in session 5). Here the
+// incoming state (and, bf16 inputs, V and the forward's dy) go by cp.async, issued first; the fp32 phi / dn
+// rows come as float4 batches (8 per tile in flight) converted to bf16 8-byte stores, the forward's zdot =
+// phq . z from those same fp32 values; dn leaves as float2 stores, the gate's dv as float2 atomics; dphi is
+// staged through the dead PQ/PK tiles and stored as float4, its db = ph . dphi from batched float4 re-reads
+// of ph. kAligned false (dv, or bf16 v / dy, not 16-byte aligned) and fp32 inputs: scalar V / dy loads, and
+// without kAligned scalar dv atomics.
 namespace gate {
 
 // The chunk's bf16 incoming state by cp.async into Sb (rows [P2][D + 8]); with zs, its fp32 normaliser too.
@@ -1178,7 +910,7 @@ __device__ __forceinline__ float row_sum(float s) {
   return s;
 }
 
-// finish_dphi's first half: dphi += ca|cb * zr[f], then the warp's rows ra, rb into the fp32 staging tile
+// dphi += ca|cb * zr[f] (the state's normaliser term), then the warp's rows ra, rb into the fp32 staging tile
 // stg [kC][P2 + 8] (that stride: the float2 stores of a half warp hit distinct banks).
 template <int P2>
 __device__ __forceinline__ void stage_dphi(float* stg, float (&dph)[P2 / 8][4], float ca, float cb, const float* zr,
@@ -1226,25 +958,25 @@ __device__ __forceinline__ void store_dphi(const float* stg, float* out, const f
 // CTAs per SM that the shared memory allows (up to 4; 227 KB and 1 KB reserved per CTA): the register
 // cap for __launch_bounds__, so that ptxas's free use of registers does not cost occupancy.
 template <int D, int P2>
-constexpr int out2_blocks() {
+constexpr int out_blocks() {
   const int n = int((227 * 1024) / (Smem<D, P2>::bytes + 1024));
   return n < 4 ? n : 4;
 }
 // float4 loads in flight per thread in the tile loaders: 16 where 255 registers are allowed; under the
 // 168 / 128 register caps 16 spilled (ptxas 13.0), 8 does not.
 template <int D, int P2>
-constexpr int out2_loads() {
-  return out2_blocks<D, P2>() <= 2 ? 16 : 8;
+constexpr int out_loads() {
+  return out_blocks<D, P2>() <= 2 ? 16 : 8;
 }
 
-// Forward output pass, variant 2 (gate_fwd_out_kernel's math): one CTA per (b, h, chunk), chunk-major
+// Forward output pass: dn, dden, dphq, dbq; one CTA per (b, h, chunk), chunk-major
 // within (b, h) as there (blockIdx.x = bh * nch + n).
-template <typename T, int D, int P2>
-__global__ void __launch_bounds__(kGT, out2_blocks<D, P2>())
-    gate_fwd_out2_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, const float* gst, float* dmeta) {
+template <typename T, int D, int P2, bool kAligned>
+__global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
+    gate_fwd_out_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, const float* gst, float* dmeta) {
   using SM = Smem<D, P2>;
   constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8, P4 = P2 / 4;
-  constexpr bool kCp = v2::fast_load<T>();
+  constexpr bool kCp = kAligned && v2::fast_load<T>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* PQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* PK = PQ + kC * LDP;
@@ -1287,7 +1019,7 @@ __global__ void __launch_bounds__(kGT, out2_blocks<D, P2>())
     const float s = row_sum<P4>(u.x * zz.x + u.y * zz.y + u.z * zz.z + u.w * zz.w);
     if (tid % P4 == 0) zdot[r] = s;
   };
-  f32_rows_to_bf16<P2, 2, out2_loads<D, P2>()>({PQ, PK}, LDP, {phq, phk}, ci.nvalid, zdot_row);
+  f32_rows_to_bf16<P2, 2, out_loads<D, P2>()>({PQ, PK}, LDP, {phq, phk}, ci.nvalid, zdot_row);
   if constexpr (!kCp)
     for (int x = tid; x < kC * D; x += kGT) {
       const int r = x / D, e = x % D;
@@ -1356,13 +1088,13 @@ __global__ void __launch_bounds__(kGT, out2_blocks<D, P2>())
                         ci.nvalid);
 }
 
-// Reverse output pass, variant 2 (gate_rev_out_kernel's math): dphk, dbk and the gate's dv.
-template <typename T, int D, int P2>
-__global__ void __launch_bounds__(kGT, out2_blocks<D, P2>())
-    gate_rev_out2_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dv, const float* gst) {
+// Reverse output pass: dphk, dbk and the gate's dv.
+template <typename T, int D, int P2, bool kAligned>
+__global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
+    gate_rev_out_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dv, const float* gst) {
   using SM = Smem<D, P2>;
   constexpr int LDP = SM::LDP, LDD = SM::LDD, ND = D / 8, NP = P2 / 8;
-  constexpr bool kCp = v2::fast_load<T>();
+  constexpr bool kCp = kAligned && v2::fast_load<T>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* PQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* PK = PQ + kC * LDP;
@@ -1393,8 +1125,8 @@ __global__ void __launch_bounds__(kGT, out2_blocks<D, P2>())
     ddn[tid] = ok ? ws.dden[int64_t(bh) * L + ci.c0 + tid] : 0.f;
   }
   auto none = [](int, int, int, const float4&) {};
-  f32_rows_to_bf16<D, 1, out2_loads<D, P2>()>({DN}, LDD, {dnw}, ci.nvalid, none);
-  f32_rows_to_bf16<P2, 2, out2_loads<D, P2>()>({PQ, PK}, LDP, {phq, phk}, ci.nvalid, none);
+  f32_rows_to_bf16<D, 1, out_loads<D, P2>()>({DN}, LDD, {dnw}, ci.nvalid, none);
+  f32_rows_to_bf16<P2, 2, out_loads<D, P2>()>({PQ, PK}, LDP, {phq, phk}, ci.nvalid, none);
   if constexpr (!kCp)
     for (int x = tid; x < kC * D; x += kGT) {
       const int r = x / D, e = x % D;
@@ -1435,8 +1167,13 @@ __global__ void __launch_bounds__(kGT, out2_blocks<D, P2>())
 #pragma unroll
     for (int j = 0; j < ND; ++j) {
       const int c = 8 * j + 2 * t4;
-      if (va) atomicAdd(reinterpret_cast<float2*>(dva + c), make_float2(acc[j][0], acc[j][1]));
-      if (vb) atomicAdd(reinterpret_cast<float2*>(dvb + c), make_float2(acc[j][2], acc[j][3]));
+      if constexpr (kAligned) {
+        if (va) atomicAdd(reinterpret_cast<float2*>(dva + c), make_float2(acc[j][0], acc[j][1]));
+        if (vb) atomicAdd(reinterpret_cast<float2*>(dvb + c), make_float2(acc[j][2], acc[j][3]));
+      } else {  // dv not 8-byte aligned
+        if (va) atomicAdd(dva + c, acc[j][0]), atomicAdd(dva + c + 1, acc[j][1]);
+        if (vb) atomicAdd(dvb + c, acc[j][2]), atomicAdd(dvb + c + 1, acc[j][3]);
+      }
     }
   }
   // dphk_t = W^T phq + exp(b_last - b_t) (R v_t + r)
@@ -1682,27 +1419,22 @@ __global__ void __launch_bounds__(kGT, 2) gate_state2_kernel(const LizardAttnArg
 
 // The gate branch: state pass, output pass (one CTA per (b, h, chunk)), forward then reverse, one state
 // buffer [BH, NC, kStateFloats] reused by both directions. `mark` names the passes for the profile.
-// out2: the variant-2 output passes, state2: the variant-2 state passes (the caller checks their alignment needs).
+// aligned: dv (and, bf16 inputs, v and dy) 16-byte aligned, for the output passes' vector loads and dv
+// atomics; state2: the variant-2 state passes (the caller checks their alignment needs).
 template <typename T, int D, int P2, typename Mark>
 void launch_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, float* dmeta, cudaStream_t st,
-                  Mark&& mark, bool out2, bool state2) {
+                  Mark&& mark, bool aligned, bool state2) {
   const int BH = d.B * d.Hq, nch = (d.L + kC - 1) / kC;
   float* sbuf = nullptr;
   LZ_CUDA_OK(cudaMallocAsync(&sbuf, sizeof(float) * size_t(BH) * nch * kStateFloats<D, P2>, st));
   const size_t gsmem = Smem<D, P2>::bytes;
-  auto kfo = gate_fwd_out_kernel<T, D, P2>;
-  auto kro = gate_rev_out_kernel<T, D, P2>;
-  auto kfo2 = gate_fwd_out2_kernel<T, D, P2>;
-  auto kro2 = gate_rev_out2_kernel<T, D, P2>;
-  if (out2) {  // out2_blocks CTAs per SM need the largest shared-memory carveout
-    LZ_CUDA_OK(cudaFuncSetAttribute(kfo2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
-    LZ_CUDA_OK(cudaFuncSetAttribute(kro2, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
-    LZ_CUDA_OK(cudaFuncSetAttribute(kfo2, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
-    LZ_CUDA_OK(cudaFuncSetAttribute(kro2, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
-  } else {
-    LZ_CUDA_OK(cudaFuncSetAttribute(kfo, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
-    LZ_CUDA_OK(cudaFuncSetAttribute(kro, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
-  }
+  auto kfo = aligned ? gate_fwd_out_kernel<T, D, P2, true> : gate_fwd_out_kernel<T, D, P2, false>;
+  auto kro = aligned ? gate_rev_out_kernel<T, D, P2, true> : gate_rev_out_kernel<T, D, P2, false>;
+  // out_blocks CTAs per SM need the largest shared-memory carveout
+  LZ_CUDA_OK(cudaFuncSetAttribute(kfo, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
+  LZ_CUDA_OK(cudaFuncSetAttribute(kro, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
+  LZ_CUDA_OK(cudaFuncSetAttribute(kfo, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+  LZ_CUDA_OK(cudaFuncSetAttribute(kro, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
   const dim3 sgrid(BH, D / kSD);
   using S2f = State2<T, D, P2, false>;
   using S2r = State2<T, D, P2, true>;
@@ -1719,35 +1451,29 @@ void launch_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv
   }
   LZ_CUDA_OK(cudaGetLastError());
   mark(state2 ? "gate2-fstate-v2" : "gate2-fstate");
-  if (out2)
-    kfo2<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dy, sbuf, dmeta);
-  else
-    kfo<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dy, nch, 1, sbuf, dmeta);
+  kfo<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dy, sbuf, dmeta);
   LZ_CUDA_OK(cudaGetLastError());
-  mark(out2 ? "gate2-fout-v2" : "gate2-fout");
+  mark("gate2-fout");
   if (state2)  // dn, dden from the forward output pass
     krs2<<<BH * S2r::NY, kGT, S2r::bytes, st>>>(a, d, ws, sbuf);
   else
     gate_state_kernel<T, D, P2, true><<<sgrid, kGT, 0, st>>>(a, d, ws, sbuf);
   LZ_CUDA_OK(cudaGetLastError());
   mark(state2 ? "gate2-rstate-v2" : "gate2-rstate");
-  if (out2)
-    kro2<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dv, sbuf);
-  else
-    kro<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dv, nch, 1, sbuf);
+  kro<<<BH * nch, kGT, gsmem, st>>>(a, d, ws, dv, sbuf);
   LZ_CUDA_OK(cudaGetLastError());
-  mark(out2 ? "gate2-rout-v2" : "gate2-rout");
+  mark("gate2-rout");
   LZ_CUDA_OK(cudaFreeAsync(sbuf, st));
 }
 
 // dmeta (may be null): the meta_weights_gate part of the sinks' gradient (the window stage adds the rest).
 template <typename T, typename Mark>
 void run_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv, float* dmeta, cudaStream_t st,
-               Mark&& mark, bool out2, bool state2) {
-  if (a.D == 64 && a.F == 32) return launch_gate2<T, 64, 64>(a, d, ws, dy, dv, dmeta, st, mark, out2, state2);
-  if (a.D == 64 && a.F == 64) return launch_gate2<T, 64, 128>(a, d, ws, dy, dv, dmeta, st, mark, out2, state2);
-  if (a.D == 128 && a.F == 32) return launch_gate2<T, 128, 64>(a, d, ws, dy, dv, dmeta, st, mark, out2, state2);
-  if (a.D == 128 && a.F == 64) return launch_gate2<T, 128, 128>(a, d, ws, dy, dv, dmeta, st, mark, out2, state2);
+               Mark&& mark, bool aligned, bool state2) {
+  if (a.D == 64 && a.F == 32) return launch_gate2<T, 64, 64>(a, d, ws, dy, dv, dmeta, st, mark, aligned, state2);
+  if (a.D == 64 && a.F == 64) return launch_gate2<T, 64, 128>(a, d, ws, dy, dv, dmeta, st, mark, aligned, state2);
+  if (a.D == 128 && a.F == 32) return launch_gate2<T, 128, 64>(a, d, ws, dy, dv, dmeta, st, mark, aligned, state2);
+  if (a.D == 128 && a.F == 64) return launch_gate2<T, 128, 128>(a, d, ws, dy, dv, dmeta, st, mark, aligned, state2);
   fail_cat("lizard attention chunked backward (cuda): needs D in {64, 128} and F in {32, 64}, got D=", a.D, " F=", a.F);
 }
 
@@ -2970,13 +2696,11 @@ void run_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool
 //     without dk/dv atomics, dW over batch-aligned token tiles; for fp32 inputs the V2 forms keep the
 //     variant-1 loaders, see each launcher) when q, k, v, dy, wq, wk, dq, dk, dv are all 16-byte aligned;
 //     otherwise, and under stage variant 1, the variant-1 forms (V2 = false) run.
-//     The gate's output passes: under gate variant 2 (the default) where dv (and, bf16 inputs, v and dy) are
-//     16-byte aligned, gate_fwd_out2_kernel, gate_rev_out2_kernel; otherwise, and under gate variant 1,
-//     gate_fwd_out_kernel, gate_rev_out_kernel.
+//     The gate's output passes: gate_fwd_out_kernel, gate_rev_out_kernel (their kAligned forms where dv and,
+//     bf16 inputs, v and dy are 16-byte aligned).
 //     The gate's state passes: under state variant 2 where v is 16-byte aligned, gate_state2_kernel;
 //     otherwise, and under state variant 1, gate_state_kernel.
 int g_stage_variant = kBackwardStageDefault;  // 2 or 1 (set_backward_stage_variant)
-int g_gate_variant = kBackwardGateDefault;    // 2 or 1 (set_backward_gate_variant)
 int g_state_variant = kBackwardStateDefault;  // 2 or 1 (set_backward_state_variant)
 
 template <typename T>
@@ -3042,9 +2766,9 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   mark(stages2 ? "stats2" : chunked ? "stats-tc" : "stats");
   if (chunked) {
     // gate branch: dn, dden, dphq, dbq; dv (gate), dphk, dbk (one mark per pass: gate2-fstate .. gate2-rout)
-    const bool out2 = g_gate_variant == 2 && al16(g.dv) && (sizeof(T) == 4 || (al16(a.v) && al16(dy)));
+    const bool aligned = al16(g.dv) && (sizeof(T) == 4 || (al16(a.v) && al16(dy)));
     const bool state2 = g_state_variant == 2 && al16(a.v);  // cp.async of V rows (dn, phi: the workspace)
-    gate::run_gate2<T>(a, d, ws, dy, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, mark, out2, state2);
+    gate::run_gate2<T>(a, d, ws, dy, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, mark, aligned, state2);
     win::run_win<T>(a, d, ws, dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, stages2);
     mark(stages2 ? "window2" : "window-tc");
   } else {
@@ -3105,11 +2829,6 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
 void set_backward_stage_variant(int v) {
   LZ_CUDA_CHECK(v == 1 || v == 2, "lizard attention backward (cuda): no stage variant ", v, " (1 or 2)");
   g_stage_variant = v;
-}
-
-void set_backward_gate_variant(int v) {
-  LZ_CUDA_CHECK(v == 1 || v == 2, "lizard attention backward (cuda): no gate variant ", v, " (1 or 2)");
-  g_gate_variant = v;
 }
 
 void set_backward_state_variant(int v) {
