@@ -773,9 +773,11 @@ TEST(LizardCuda, SanitizerSmallChunkedBackward) {
   lizard::cuda::set_backward_state_variant(lizard::cuda::kBackwardStateDefault);
 }
 
-// Gradient buffers 4 bytes past a 16-byte boundary (as a caller's sub-tensor can be) take the kernels
-// without vector accesses (stage variant 1, the gate output passes' scalar dv atomics): the same gradients
-// as aligned buffers, to bf16 reassociation level, on the same inputs (bf16, GQA, meta_weights_gate too).
+// dy 2 bytes and the gradient buffers 4 bytes past a 16-byte boundary (as a caller's sub-tensors can be):
+// dy takes the kernels without vector loads (stage variant 1, the gate output passes' scalar loads and dv
+// atomics), the gradients aligned temporaries; the same gradients as aligned buffers, to bf16 reassociation
+// level, on the same inputs (bf16, GQA, meta_weights_gate too). (Seen on the H200 before the temporaries:
+// the variant-1 window kernel's 8-byte dq stores faulted on such a buffer.)
 TEST(LizardCuda, ChunkedBackwardMisalignedGradients) {
   for (const Case& c : {Case{1, 130, 4, 2, 64, 32, 64, 4}, kMwgCases[1]}) {
     const uint64_t seed = fresh_seed();
@@ -785,7 +787,8 @@ TEST(LizardCuda, ChunkedBackwardMisalignedGradients) {
     std::normal_distribution<double> nd(0.0, 1.0);
     std::vector<double> dy(P.yref.size());
     for (auto& e : dy) e = bf16r(nd(rng));
-    Dev<__nv_bfloat16> ddy(dy);
+    Dev<__nv_bfloat16> ddy(dy), ddy_off(dy.size() + 1);
+    CK(cudaMemcpy(ddy_off.p + 1, ddy.p, dy.size() * sizeof(__nv_bfloat16), cudaMemcpyDeviceToDevice));
     Dev<float> y(P.yref.size());
     std::vector<std::vector<double>> out[2];
     for (int off : {0, 1}) {
@@ -793,7 +796,7 @@ TEST(LizardCuda, ChunkedBackwardMisalignedGradients) {
       for (Dev<float>* t : {&gq, &gk, &gv}) t->poison();
       lizard::cuda::LizardAttnGrads g;
       g.dq = gq.p + off, g.dk = gk.p + off, g.dv = gv.p + off;
-      lizard::cuda::lizard_attention_backward_chunked(in.args(P, y.p), false, ddy.p, g);
+      lizard::cuda::lizard_attention_backward_chunked(in.args(P, y.p), false, off ? ddy_off.p + 1 : ddy.p, g);
       CK(cudaDeviceSynchronize());
       for (Dev<float>* t : {&gq, &gk, &gv}) {
         std::vector<double> h = t->get();
@@ -811,7 +814,7 @@ TEST(LizardCuda, ChunkedBackwardMisalignedGradients) {
       std::snprintf(buf, sizeof buf, " %s %.1e", names[i], e);
       line += buf;
     }
-    std::printf("[lizard-cuda] misaligned gradient buffers vs aligned %-40s%s (seed %llu)\n", describe(c).c_str(),
+    std::printf("[lizard-cuda] misaligned dy and gradient buffers vs aligned %-40s%s (seed %llu)\n", describe(c).c_str(),
                 line.c_str(), (unsigned long long)seed);
   }
 }

@@ -2843,10 +2843,26 @@ void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const
   LZ_CUDA_CHECK((a.D == 64 || a.D == 128) && (a.F == 32 || a.F == 64),
                 "lizard attention chunked backward (cuda): needs D in {64, 128} and F in {32, 64}, got D=", a.D,
                 " F=", a.F, " (lizard_attention_backward_parallel takes any D <= 256, F <= 128)");
-  if (fp32)
-    run_bwd<float>(a, dy, g, stream, true);
-  else
-    run_bwd<__nv_bfloat16>(a, dy, g, stream, true);
+  auto run = [&](const LizardAttnGrads& gr) {
+    if (fp32)
+      run_bwd<float>(a, dy, gr, stream, true);
+    else
+      run_bwd<__nv_bfloat16>(a, dy, gr, stream, true);
+  };
+  // The stage kernels store dq, dk, dv rows with 8- and 16-byte accesses: buffers off a 16-byte boundary (a
+  // caller's sub-tensor) get aligned temporaries, copied out at the end (the gradients are overwritten anyway).
+  auto al16 = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
+  if (al16(g.dq) && al16(g.dk) && al16(g.dv)) return run(g);
+  const size_t nq = size_t(a.B) * a.L * a.Hq * a.D, nk = size_t(a.B) * a.L * a.Hkv * a.D;
+  float* tmp = nullptr;
+  LZ_CUDA_OK(cudaMallocAsync(&tmp, (nq + 2 * nk) * sizeof(float), stream));  // D | 64: every part 256-aligned
+  LizardAttnGrads t = g;
+  t.dq = tmp, t.dk = tmp + nq, t.dv = tmp + nq + nk;
+  run(t);
+  LZ_CUDA_OK(cudaMemcpyAsync(g.dq, t.dq, nq * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+  LZ_CUDA_OK(cudaMemcpyAsync(g.dk, t.dk, nk * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+  LZ_CUDA_OK(cudaMemcpyAsync(g.dv, t.dv, nk * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+  LZ_CUDA_OK(cudaFreeAsync(tmp, stream));
 }
 
 }  // namespace lizard::cuda
