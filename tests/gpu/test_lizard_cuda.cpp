@@ -775,7 +775,7 @@ TEST(LizardCuda, SanitizerSmallChunkedBackward) {
 
 // dy 2 bytes and the gradient buffers 4 bytes past a 16-byte boundary (as a caller's sub-tensors can be):
 // dy takes the kernels without vector loads (stage variant 1, the gate output passes' scalar loads and dv
-// atomics), the gradients aligned temporaries; the same gradients as aligned buffers, to bf16 reassociation
+// atomics), the gradients aligned temporaries; the same gradients as aligned buffers, to bf16 rounding
 // level, on the same inputs (bf16, GQA, meta_weights_gate too). (Seen on the H200 before the temporaries:
 // the variant-1 window kernel's 8-byte dq stores faulted on such a buffer.)
 TEST(LizardCuda, ChunkedBackwardMisalignedGradients) {
@@ -809,7 +809,10 @@ TEST(LizardCuda, ChunkedBackwardMisalignedGradients) {
       size_t bad = 0;
       const double e = rel_err(out[1][i], out[0][i], &bad);
       EXPECT_EQ(bad, 0u) << names[i];
-      EXPECT_LT(e, 1e-3) << names[i] << " " << describe(c) << " seed " << seed;
+      // The misaligned run takes stage variant 1 (split-bf16 operands, close to fp32), the aligned one
+      // variant 2 (bf16 operands): they differ at bf16 rounding level (H200: 1.2e-3..2.7e-3), each within
+      // ~3e-3 of the double reference (ChunkedBackwardVsReference); a wrong row or a lost write reads O(1).
+      EXPECT_LT(e, 1e-2) << names[i] << " " << describe(c) << " seed " << seed;
       char buf[48];
       std::snprintf(buf, sizeof buf, " %s %.1e", names[i], e);
       line += buf;
