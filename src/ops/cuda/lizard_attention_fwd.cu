@@ -281,20 +281,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         const bf16* Kb = Ks + (cn % ring) * kC * LDD;
         const bf16* Vb = Vs + (cn % ring) * kC * LDV;
         float sc[NK][4];
-#pragma unroll
-        for (int j = 0; j < NK; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
-#pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks) {
-          uint32_t qa[4];
-          load_a(qa, Qs, LDD, r0, ks * 16);
-#pragma unroll
-          for (int np = 0; np < NK / 2; ++np) {
-            uint32_t bb[4];
-            load_b_nk(bb, Kb, LDD, np * 16, ks * 16);
-            mma16816(sc[2 * np], qa, bb[0], bb[1]);
-            mma16816(sc[2 * np + 1], qa, bb[2], bb[3]);
-          }
-        }
+        zero_acc(sc);
+        mma_smem<D / 16, BLayout::NK>(sc, Qs, LDD, r0, Kb, LDD);
         float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
         for (int j = 0; j < NK; ++j) {
