@@ -969,6 +969,16 @@ constexpr int out_loads() {
   return out_blocks<D, P2>() <= 2 ? 16 : 8;
 }
 
+// The chunk's V rows into the bf16 tile Vt (row stride D + 8) element by element, rows past the sequence end
+// zero: the output passes' load where cp.async cannot serve (fp32 inputs, misaligned v).
+template <int D, typename T>
+__device__ __forceinline__ void v_tile_scalar(bf16* Vt, const T* v, const Dims& d, int b, int h, const ChunkInfo& ci) {
+  for (int x = threadIdx.x; x < kC * D; x += kGT) {
+    const int r = x / D, e = x % D;
+    Vt[r * (D + 8) + e] = __float2bfloat16(r < ci.nvalid ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
+  }
+}
+
 // Forward output pass: dn, dden, dphq, dbq; one CTA per (b, h, chunk), chunk-major
 // within (b, h) as there (blockIdx.x = bh * nch + n).
 template <typename T, int D, int P2, bool kAligned>
@@ -1020,11 +1030,7 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
     if (tid % P4 == 0) zdot[r] = s;
   };
   f32_rows_to_bf16<P2, 2, out_loads<D, P2>()>({PQ, PK}, LDP, {phq, phk}, ci.nvalid, zdot_row);
-  if constexpr (!kCp)
-    for (int x = tid; x < kC * D; x += kGT) {
-      const int r = x / D, e = x % D;
-      Vt[r * LDD + e] = __float2bfloat16(r < ci.nvalid ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
-    }
+  if constexpr (!kCp) v_tile_scalar<D>(Vt, v, d, b, h, ci);
   cp_async_wait_all();
   __syncthreads();
   const int r0 = warp * 16, ra = r0 + g, rb = ra + 8;
@@ -1127,11 +1133,7 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
   auto none = [](int, int, int, const float4&) {};
   f32_rows_to_bf16<D, 1, out_loads<D, P2>()>({DN}, LDD, {dnw}, ci.nvalid, none);
   f32_rows_to_bf16<P2, 2, out_loads<D, P2>()>({PQ, PK}, LDP, {phq, phk}, ci.nvalid, none);
-  if constexpr (!kCp)
-    for (int x = tid; x < kC * D; x += kGT) {
-      const int r = x / D, e = x % D;
-      Vt[r * LDD + e] = __float2bfloat16(r < ci.nvalid ? ld(v + d.k_off(b, ci.c0 + r, h) + e) : 0.f);
-    }
+  if constexpr (!kCp) v_tile_scalar<D>(Vt, v, d, b, h, ci);
   cp_async_wait_all();
   __syncthreads();
   const int r0 = warp * 16, ra = r0 + g, rb = ra + 8;
