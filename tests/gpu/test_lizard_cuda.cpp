@@ -774,8 +774,8 @@ TEST(LizardCuda, SanitizerSmallChunkedBackward) {
 }
 
 // dy 2 bytes and the gradient buffers 4 bytes past a 16-byte boundary (as a caller's sub-tensors can be):
-// dy takes the kernels without vector loads (stage variant 1, the gate output passes' scalar loads and dv
-// atomics), the gradients aligned temporaries; the same gradients as aligned buffers, to bf16 rounding
+// dy takes the kernels without vector loads (stage variant 1, the gate output passes' scalar loads),
+// the gradients aligned temporaries; the same gradients as aligned buffers, to bf16 rounding
 // level, on the same inputs (bf16, GQA, meta_weights_gate too). (Seen on the H200 before the temporaries:
 // the variant-1 window kernel's 8-byte dq stores faulted on such a buffer.)
 TEST(LizardCuda, ChunkedBackwardMisalignedGradients) {

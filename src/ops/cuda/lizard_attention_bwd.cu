@@ -848,8 +848,8 @@ __device__ __forceinline__ void add_rows(const float* sm, RowPtr dst, int row0, 
 // rows come as float4 batches (8 per tile in flight) converted to bf16 8-byte stores, the forward's zdot =
 // phq . z from those same fp32 values; dn leaves as float2 stores, the gate's dv as float2 atomics; dphi is
 // staged through the dead PQ/PK tiles and stored as float4, its db = ph . dphi from batched float4 re-reads
-// of ph. kAligned false (dv, or bf16 v / dy, not 16-byte aligned) and fp32 inputs: scalar V / dy loads, and
-// without kAligned scalar dv atomics.
+// of ph. kAligned false (bf16 v or dy not 16-byte aligned) and fp32 inputs: scalar V / dy loads. (dv is
+// always aligned here: lizard_attention_backward_chunked gives misaligned gradient buffers aligned temporaries.)
 namespace gate {
 
 // The chunk's bf16 incoming state by cp.async into Sb (rows [P2][D + 8]); with zs, its fp32 normaliser too.
@@ -1169,13 +1169,8 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
 #pragma unroll
     for (int j = 0; j < ND; ++j) {
       const int c = 8 * j + 2 * t4;
-      if constexpr (kAligned) {
-        if (va) atomicAdd(reinterpret_cast<float2*>(dva + c), make_float2(acc[j][0], acc[j][1]));
-        if (vb) atomicAdd(reinterpret_cast<float2*>(dvb + c), make_float2(acc[j][2], acc[j][3]));
-      } else {  // dv not 8-byte aligned
-        if (va) atomicAdd(dva + c, acc[j][0]), atomicAdd(dva + c + 1, acc[j][1]);
-        if (vb) atomicAdd(dvb + c, acc[j][2]), atomicAdd(dvb + c + 1, acc[j][3]);
-      }
+      if (va) atomicAdd(reinterpret_cast<float2*>(dva + c), make_float2(acc[j][0], acc[j][1]));
+      if (vb) atomicAdd(reinterpret_cast<float2*>(dvb + c), make_float2(acc[j][2], acc[j][3]));
     }
   }
   // dphk_t = W^T phq + exp(b_last - b_t) (R v_t + r)
@@ -2698,10 +2693,13 @@ void run_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool
 //     without dk/dv atomics, dW over batch-aligned token tiles; for fp32 inputs the V2 forms keep the
 //     variant-1 loaders, see each launcher) when q, k, v, dy, wq, wk, dq, dk, dv are all 16-byte aligned;
 //     otherwise, and under stage variant 1, the variant-1 forms (V2 = false) run.
-//     The gate's output passes: gate_fwd_out_kernel, gate_rev_out_kernel (their kAligned forms where dv and,
-//     bf16 inputs, v and dy are 16-byte aligned).
+//     The gate's output passes: gate_fwd_out_kernel, gate_rev_out_kernel (their kAligned forms where v and dy
+//     are 16-byte aligned). dq, dk, dv are 16-byte aligned on the chunked path (lizard_attention_backward_chunked
+//     gives misaligned ones aligned temporaries).
 //     The gate's state passes: under state variant 2 where v is 16-byte aligned, gate_state2_kernel;
 //     otherwise, and under state variant 1, gate_state_kernel.
+// 16-byte aligned: what the cp.async / float4 paths need of a base pointer (rows are multiples of 32 floats).
+bool al16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 int g_stage_variant = kBackwardStageDefault;  // 2 or 1 (set_backward_stage_variant)
 int g_state_variant = kBackwardStateDefault;  // 2 or 1 (set_backward_state_variant)
 
@@ -2750,9 +2748,8 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   mark("start");
   // Variant 2's cp.async / float4 accesses need 16-byte aligned rows: D, F are multiples of 32, so that
   // holds when the base pointers are 16-byte aligned (else the variant-1 kernels run).
-  auto al16 = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
   const bool stages2 = chunked && g_stage_variant == 2 && al16(a.q) && al16(a.k) && al16(a.v) && al16(dy) &&
-                       al16(a.wq) && al16(a.wk) && al16(g.dq) && al16(g.dk) && al16(g.dv);
+                       al16(a.wq) && al16(a.wk);
   // dk's first writer: win2_kernel stores every row (bf16 under stage variant 2); the other window kernels add.
   if (!(stages2 && sizeof(T) == 2)) LZ_CUDA_OK(cudaMemsetAsync(g.dk, 0, nk * 4, st));
   if (chunked)
@@ -2768,7 +2765,7 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   mark(stages2 ? "stats2" : chunked ? "stats-tc" : "stats");
   if (chunked) {
     // gate branch: dn, dden, dphq, dbq; dv (gate), dphk, dbk (one mark per pass: gate2-fstate .. gate2-rout)
-    const bool aligned = al16(g.dv) && (sizeof(T) == 4 || (al16(a.v) && al16(dy)));
+    const bool aligned = sizeof(T) == 4 || (al16(a.v) && al16(dy));
     const bool state2 = g_state_variant == 2 && al16(a.v);  // cp.async of V rows (dn, phi: the workspace)
     gate::run_gate2<T>(a, d, ws, dy, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, mark, aligned, state2);
     win::run_win<T>(a, d, ws, dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, stages2);
@@ -2853,7 +2850,6 @@ void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const
   };
   // The stage kernels store dq, dk, dv rows with 8- and 16-byte accesses: buffers off a 16-byte boundary (a
   // caller's sub-tensor) get aligned temporaries, copied out at the end (the gradients are overwritten anyway).
-  auto al16 = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
   if (al16(g.dq) && al16(g.dk) && al16(g.dv)) return run(g);
   const size_t nq = size_t(a.B) * a.L * a.Hq * a.D, nk = size_t(a.B) * a.L * a.Hkv * a.D;
   float* tmp = nullptr;
