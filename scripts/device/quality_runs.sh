@@ -39,16 +39,17 @@ resumable() {  # OUT_NAME ARGS...: skipped once OUT has report.json
   timeout -s INT $left bash scripts/device/gpu.sh x lizard linearize --device cuda --data $lz/data --seq-len 2048 \
     --batch 8 --eval-every 200 --out $lz/$n "${r[@]}" "$@" 2>&1 | grep -E "held-out \(|done|error|step .*tok/s" | tail -4
 }
+run10() {  # NAME CONFIG: 10M + 10M with the tuned recipe, both stages resumable (LR1, SEED as for mwg10)
+  local n=$1 cfg=$2
+  resumable $n-s1 --stage 1 --teacher $lz/model.gguf --config "$cfg" --lr ${LR1:-3e-2} --tokens 10000000 ${SEED:+--seed $SEED}
+  [ -f $lz/$n-s1/report.json ] && resumable $n-s2 --stage 2 --teacher $lz/$n-s1 --lr2 2e-3 --train-lizard \
+    --tokens 10000000 ${SEED:+--seed $SEED}
+}
 case "$name" in
   yard3)  lin --stage 2 --teacher $lz/model.gguf --config configs/teacher_lora.json --lr2 2e-3 --tokens 3000000 --out $lz/yard3 ;;
   yard10) lin --stage 2 --teacher $lz/model.gguf --config configs/teacher_lora.json --lr2 2e-3 --tokens 10000000 --out $lz/yard10 ;;
-  lol10)  resumable lol10-s1 --stage 1 --teacher $lz/model.gguf --config configs/lolcats.json --lr 3e-2 --tokens 10000000
-          [ -f $lz/lol10-s1/report.json ] && resumable lol10-s2 --stage 2 --teacher $lz/lol10-s1 --lr2 2e-3 \
-            --train-lizard --tokens 10000000 ;;
-  combo10) cfg=$(tmpcfg combo10 '{"gate": "per_head", "meta_per_head": true, "meta_tokens": 8}')
-          resumable combo10-s1 --stage 1 --teacher $lz/model.gguf --config "$cfg" --lr 3e-2 --tokens 10000000
-          [ -f $lz/combo10-s1/report.json ] && resumable combo10-s2 --stage 2 --teacher $lz/combo10-s1 --lr2 2e-3 \
-            --train-lizard --tokens 10000000 ;;
+  lol10)  run10 lol10 configs/lolcats.json ;;
+  combo10) run10 combo10 "$(tmpcfg combo10 '{"gate": "per_head", "meta_per_head": true, "meta_tokens": 8}')" ;;
   mwg3)   for v in 'mwg3 {"meta_weights_gate": true}' 'mwgph3 {"meta_weights_gate": true, "meta_per_head": true}'; do
             echo "== ${v%% *}"; lizard_pair ${v%% *} "$(tmpcfg ${v%% *} "${v#* }")"
           done ;;
@@ -59,10 +60,7 @@ case "$name" in
             echo "== $n (stage-1 lr $lr) $js"; LR1=$lr lizard_pair $n "$(tmpcfg $n "$js")"
           done ;;
   mwg10)  extra=${MWG_CFG:-}; [ -n "$extra" ] || extra='{"meta_per_head": true}'; n=${MWG_NAME:-mwg10}
-          cfg=$(tmpcfg $n "$(python3 -c "import json,sys; c=json.loads(sys.argv[1]); c['meta_weights_gate']=True; print(json.dumps(c))" "$extra")")
-          resumable $n-s1 --stage 1 --teacher $lz/model.gguf --config "$cfg" --lr ${LR1:-3e-2} --tokens 10000000 ${SEED:+--seed $SEED}
-          [ -f $lz/$n-s1/report.json ] && resumable $n-s2 --stage 2 --teacher $lz/$n-s1 --lr2 2e-3 \
-            --train-lizard --tokens 10000000 ${SEED:+--seed $SEED} ;;
+          run10 $n "$(tmpcfg $n "$(python3 -c "import json,sys; c=json.loads(sys.argv[1]); c['meta_weights_gate']=True; print(json.dumps(c))" "$extra")")" ;;
   sweep)  for v in 'w64 {"window": 64}' 'gate99 {"gate_init": 0.99}' 'perhead {"gate": "per_head", "meta_per_head": true}' \
                    'meta8 {"meta_tokens": 8}'; do
             echo "== ${v%% *}"; lizard_pair ${v%% *} "$(tmpcfg ${v%% *} "${v#* }")"
