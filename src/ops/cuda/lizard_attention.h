@@ -102,7 +102,8 @@ struct LizardAttnGrads {
 };
 
 // Backward in the parallel form with fp32 arithmetic on CUDA cores (exact gradients; O(L^2 (2F+D))
-// per head, so a check path, not the fast path). Allocates its fp32 workspace on `stream`.
+// per head, so a check path, not the fast path). Allocates its fp32 workspace on `stream`. Refuses
+// meta_weights_gate (the chunked backward implements it).
 void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
                                         cudaStream_t stream = nullptr);
 
