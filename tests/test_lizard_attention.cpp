@@ -366,6 +366,40 @@ TEST(LizardForms, MetaWeightsGate) {
   EXPECT_THROW(c.validate(), Error);
 }
 
+// shared_normaliser (not in the paper): the three forms agree; it changes the output; it needs mwg.
+TEST(LizardForms, SharedNormaliser) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  LizardShape s{10, 4, 2, 8};
+  for (int bits = 0; bits < 32; ++bits) {
+    LizardConfig c = small_config(4, 8, (bits & 16) ? 5 : 13);
+    c.meta_weights_gate = c.shared_normaliser = true;
+    c.meta_tokens = 1 + bits % 3;
+    c.feature_act = (bits & 1) ? LizardConfig::FeatureAct::Exp : LizardConfig::FeatureAct::Softmax;
+    c.gate = (bits & 2) ? LizardConfig::Gate::PerHead : LizardConfig::Gate::Scalar;
+    c.meta_per_head = bits & 4;
+    c.window_rope = c.feature_on_rope = bits & 8;
+    expect_forms_agree(make_problem(c, s, 41, rng));
+  }
+  LizardConfig c = small_config(4, 8, 13);
+  c.meta_weights_gate = true;
+  auto pb = make_problem(c, s, 30, rng);
+  const auto y0 = run<double>(pb, Form::Chunked);
+  pb.c.shared_normaliser = true;
+  const auto y1 = run<double>(pb, Form::Chunked);
+  double diff = 0;
+  for (size_t i = 0; i < y0.size(); ++i) diff = std::max(diff, std::fabs(y1[i] - y0[i]));
+  EXPECT_GT(diff, 1e-3);
+  c.shared_normaliser = true;
+  EXPECT_TRUE(lizard::cuda::lizard_cuda_args(c, LizardShape{64, 4, 2, 64}, 1, 10).shared_normaliser);
+  const LizardConfig back = lizard_config_from_string(lizard_config_to_string(c));
+  EXPECT_TRUE(back.shared_normaliser);
+  EXPECT_FALSE(lizard_config_to_json(LizardConfig{}).contains("shared_normaliser"));
+  c.meta_weights_gate = false;
+  EXPECT_THROW(c.validate(), Error);
+}
+
 TEST(LizardForms, ZZReportWorstErrors) {
   std::printf("[lizard] worst forward rel. error so far: float forms vs fp64 parallel %.3g, double forms %.3g\n",
               g_worst_float, g_worst_double);
@@ -587,6 +621,23 @@ TEST(LizardBackward, FiniteDifferencesEveryOption) {
     c.combine = (bits & 64) ? LizardConfig::Combine::Lolcats : LizardConfig::Combine::Lizard;
     if (c.combine == LizardConfig::Combine::Lolcats && (bits & (4 | 8 | 16 | 32))) continue;
     c.meta_tokens = (bits % 3 == 0) ? 0 : 2;
+    g_worst_grad = std::max(g_worst_grad, gradcheck(make_problem(c, s, 15, rng), rng));
+  }
+}
+
+TEST(LizardBackward, FiniteDifferencesSharedNormaliser) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  LizardShape s{5, 4, 2, 4};
+  for (int bits = 0; bits < 32; ++bits) {
+    LizardConfig c = small_config(3, 4, (bits & 16) ? 2 : 6);
+    c.meta_weights_gate = c.shared_normaliser = true;
+    c.meta_tokens = 1 + bits % 2;
+    c.feature_act = (bits & 1) ? LizardConfig::FeatureAct::Exp : LizardConfig::FeatureAct::Softmax;
+    c.gate = (bits & 2) ? LizardConfig::Gate::PerHead : LizardConfig::Gate::Scalar;
+    c.meta_per_head = bits & 4;
+    c.alpha_per_layer = bits & 8;
     g_worst_grad = std::max(g_worst_grad, gradcheck(make_problem(c, s, 15, rng), rng));
   }
 }

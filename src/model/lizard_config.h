@@ -28,8 +28,14 @@ struct LizardConfig {
   Combine combine = Combine::Lizard;             // lolcats: LoLCATs baseline (LIZARD.md section 4)
   // Not in the paper (an option to measure): the gated branch weighted by the meta sinks' share of the
   // window softmax, y = p_meta y_gate + alpha y_anchor, so that the window and the global branch split one
-  // unit of attention per query as LoLCATs' shared normaliser does. Needs meta_tokens >= 1; CPU only.
+  // unit of attention per query as LoLCATs' shared normaliser does. Needs meta_tokens >= 1.
   bool meta_weights_gate = false;
+  // Not in the paper either (needs meta_weights_gate): the sinks' mass scaled by the gated branch's own
+  // normaliser d_i = den_i + eps, so the two branches share one normaliser as in LoLCATs, with decay:
+  //   y_i = (E_i N_i + alpha sum_win e^{s_it} v_t) / (E_i d_i + sum_win e^{s_it}),  E_i = sum_j e^{mu_j}.
+  // In terms of p = p_meta: y = (p N + alpha A) / (p d + 1 - p). A query that matches its decayed history
+  // (large d) leans on the gated branch; one that does not, on the window.
+  bool shared_normaliser = false;
   int chunk = 64;                                // C of the chunked algorithm
   double eps = 1e-6;                             // gate-branch normaliser: num / (den + eps)
   double lolcats_window_init = -2.197;           // f: window weight sigmoid(f) ~ 0.1

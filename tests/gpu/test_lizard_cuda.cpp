@@ -38,14 +38,15 @@ struct Case {
   bool gate_per_head = false, meta_per_head = false, alpha_per_layer = false;
   LizardConfig::FeatureAct act = LizardConfig::FeatureAct::Softmax;
   bool mwg = false;  // meta_weights_gate
+  bool sn = false;   // shared_normaliser (with mwg)
 };
 
 std::string describe(const Case& c) {
   char buf[256];
-  std::snprintf(buf, sizeof buf, "B%d L%d Hq%d Hkv%d D%d F%d w%d m%d%s%s%s%s%s", c.B, c.L, c.Hq, c.Hkv, c.D, c.F,
-                c.w, c.m, c.gate_per_head ? " gate/head" : "", c.meta_per_head ? " meta/head" : "",
+  std::snprintf(buf, sizeof buf, "B%d L%d Hq%d Hkv%d D%d F%d w%d m%d%s%s%s%s%s%s", c.B, c.L, c.Hq, c.Hkv, c.D,
+                c.F, c.w, c.m, c.gate_per_head ? " gate/head" : "", c.meta_per_head ? " meta/head" : "",
                 c.alpha_per_layer ? " alpha/layer" : "", c.act == LizardConfig::FeatureAct::Exp ? " exp" : "",
-                c.mwg ? " mwg" : "");
+                c.mwg ? " mwg" : "", c.sn ? " sn" : "");
   return buf;
 }
 
@@ -69,6 +70,7 @@ struct Problem {
     cfg.gate = c.gate_per_head ? LizardConfig::Gate::PerHead : LizardConfig::Gate::Scalar;
     cfg.feature_act = c.act;
     cfg.meta_weights_gate = c.mwg;
+    cfg.shared_normaliser = c.sn;
     shape.d_model = 24;
     shape.n_heads = c.Hq;
     shape.n_kv_heads = c.Hkv;
@@ -166,6 +168,21 @@ const std::vector<Case> kMwgCases = {
     {1, 99, 3, 1, 128, 32, 65, 1, true, true, false, kSoftmax, true},
 };
 
+// shared_normaliser (y = (p N + alpha A) / (p (den + eps) + 1 - p)): the same five cases, and the mwg ones
+// together (the lists the tests below take).
+std::vector<Case> shared_normaliser_cases() {
+  std::vector<Case> out = kMwgCases;
+  for (Case& c : out) c.sn = true;
+  return out;
+}
+const std::vector<Case> kSnCases = shared_normaliser_cases();
+std::vector<Case> mwg_and_sn_cases() {
+  std::vector<Case> out = kMwgCases;
+  out.insert(out.end(), kSnCases.begin(), kSnCases.end());
+  return out;
+}
+const std::vector<Case> kMwgSnCases = mwg_and_sn_cases();
+
 // `tag` names the forward variant in each figure line (e.g. "v3", "v0-split").
 void chunked_bf16(const std::vector<Case>& cases, const char* tag = "v0") {
   for (const Case& c : cases) {
@@ -192,8 +209,8 @@ void chunked_bf16(const std::vector<Case>& cases, const char* tag = "v0") {
 TEST(LizardCuda, ChunkedBf16MatchesReference) {
   std::vector<Case> cases = kCases, v0cases = kCases;
   cases.push_back({1, 150, 2, 2, 128, 64, 130, 4});
-  cases.insert(cases.end(), kMwgCases.begin(), kMwgCases.end());
-  v0cases.insert(v0cases.end(), kMwgCases.begin(), kMwgCases.end());
+  cases.insert(cases.end(), kMwgSnCases.begin(), kMwgSnCases.end());
+  v0cases.insert(v0cases.end(), kMwgSnCases.begin(), kMwgSnCases.end());
   lizard::cuda::set_forward_variant(0);
   for (int mode : {1, 2}) {
     lizard::cuda::set_forward_split(mode);
@@ -273,7 +290,7 @@ TEST(LizardCuda, SanitizerSmall) {
 
 TEST(LizardCuda, RecurrentFp32AndBf16MatchReference) {
   std::vector<Case> cases = kCases;
-  cases.insert(cases.end(), kMwgCases.begin(), kMwgCases.end());
+  cases.insert(cases.end(), kMwgSnCases.begin(), kMwgSnCases.end());
   for (const Case& c : cases) {
     const uint64_t seed = fresh_seed();
     {
@@ -309,7 +326,7 @@ TEST(LizardCuda, RecurrentFp32AndBf16MatchReference) {
 // Token-by-token decode from an empty state reproduces the reference at every position, and ends
 // in the same state as the chunked kernel's final state.
 TEST(LizardCuda, DecodeMatchesReferenceAndChunkedState) {
-  for (const Case& c : {kCases[0], kCases[1], kCases[3], kMwgCases[1], kMwgCases[2]}) {
+  for (const Case& c : {kCases[0], kCases[1], kCases[3], kMwgCases[1], kMwgCases[2], kSnCases[1], kSnCases[2]}) {
     const uint64_t seed = fresh_seed();
     Problem P(c, seed, true);
     DevInputs<float> in(P);
@@ -405,6 +422,14 @@ TEST(LizardCuda, RefusesWhatItCannotDo) {
     }
     m.n_meta = 0;
     EXPECT_THROW(lizard::cuda::lizard_attention_forward_bf16(m), lizard::Error);  // needs the sinks
+    m = a;
+    m.shared_normaliser = true;  // without meta_weights_gate
+    try {
+      lizard::cuda::lizard_attention_forward_bf16(m);
+      ADD_FAILURE() << "the forward took shared_normaliser without meta_weights_gate";
+    } catch (const lizard::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("shared_normaliser"), std::string::npos) << e.what();
+    }
   }
   EXPECT_THROW(lizard::cuda::lizard_attention_forward_bf16(a), lizard::Error);  // D = 96
   a.D = 128;
@@ -736,7 +761,7 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
                 statev);
     std::vector<Case> cases = kCases;
     cases.push_back({1, 707, 2, 1, 64, 32, 64, 4, true});
-    cases.insert(cases.end(), kMwgCases.begin(), kMwgCases.end());
+    cases.insert(cases.end(), kMwgSnCases.begin(), kMwgSnCases.end());
     for (const Case& c : cases) {
       const uint64_t seed = fresh_seed();
       backward_case<float>(c, seed, false, 3e-2, true, 2.5e-1, stages);
@@ -768,6 +793,7 @@ TEST(LizardCuda, SanitizerSmallChunkedBackward) {
     backward_case<__nv_bfloat16>({1, 77, 2, 1, 64, 32, 16, 4}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>({1, 130, 2, 2, 128, 64, 65, 2, true}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>(kMwgCases[0], fresh_seed(), true, 3e-2, true, 2.5e-1);
+    backward_case<__nv_bfloat16>(kSnCases[1], fresh_seed(), true, 3e-2, true, 2.5e-1);
   }
   lizard::cuda::set_backward_stage_variant(lizard::cuda::kBackwardStageDefault);
   lizard::cuda::set_backward_state_variant(lizard::cuda::kBackwardStateDefault);
@@ -779,7 +805,7 @@ TEST(LizardCuda, SanitizerSmallChunkedBackward) {
 // level, on the same inputs (bf16, GQA, meta_weights_gate too). (Seen on the H200 before the temporaries:
 // the variant-1 window kernel's 8-byte dq stores faulted on such a buffer.)
 TEST(LizardCuda, ChunkedBackwardMisalignedGradients) {
-  for (const Case& c : {Case{1, 130, 4, 2, 64, 32, 64, 4}, kMwgCases[1]}) {
+  for (const Case& c : {Case{1, 130, 4, 2, 64, 32, 64, 4}, kMwgCases[1], kSnCases[2]}) {
     const uint64_t seed = fresh_seed();
     Problem P(c, seed, /*round=*/true);
     DevInputs<__nv_bfloat16> in(P);

@@ -93,6 +93,14 @@ Variant meta_weights_gate() {
   return v;
 }
 
+// The hybrid with meta_weights_gate and shared_normaliser (one normaliser for both branches).
+Variant shared_normaliser() {
+  Variant v = meta_weights_gate();
+  v.name = "hybrid-sn";
+  v.cfg.shared_normaliser = true;
+  return v;
+}
+
 // The LoLCATs baseline (combine = lolcats, feature maps on RoPE'd q, k), hybrid (layers 1 and 2 of 3).
 Variant lolcats() {
   Variant v = all_lizard();
@@ -276,6 +284,7 @@ TEST(Stage1Cuda, AllLizardTrainingMatchesCpu) { compare_training(all_lizard()); 
 TEST(Stage1Cuda, HybridTrainingMatchesCpu) { compare_training(hybrid()); }
 TEST(Stage1Cuda, MetaWeightsGateBatchMatchesCpu) { compare_one_batch(meta_weights_gate()); }
 TEST(Stage1Cuda, MetaWeightsGateTrainingMatchesCpu) { compare_training(meta_weights_gate()); }
+TEST(Stage1Cuda, SharedNormaliserBatchMatchesCpu) { compare_one_batch(shared_normaliser()); }
 TEST(Stage1Cuda, LolcatsBatchMatchesCpu) { compare_one_batch(lolcats()); }
 TEST(Stage1Cuda, LolcatsTrainingMatchesCpu) { compare_training(lolcats()); }
 

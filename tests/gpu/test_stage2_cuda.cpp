@@ -231,6 +231,22 @@ TEST(Stage2Cuda, MetaWeightsGateMatchesCpu) {
   compare_step("mwg", cpu, gpu, random_batch(sd, 2, L, tiny.ck->config.vocab_size), L);
 }
 
+// shared_normaliser (with meta_weights_gate) in every layer.
+TEST(Stage2Cuda, SharedNormaliserMatchesCpu) {
+  Seeded sd;
+  SCOPED_TRACE(sd.trace());
+  auto tiny = lizard::testing::make_tiny(sd, gpu_spec());
+  LizardConfig c = gpu_config();
+  c.meta_weights_gate = c.shared_normaliser = true;
+  const LizardCheckpoint lz = lizard_for(*tiny.ck, c);
+  const int L = 130;
+  Stage2Options o = options(L, true);
+  Stage2 cpu(tiny.ck, lz, o);
+  Stage2Cuda gpu(tiny.ck, lz, o);
+  perturb_b(sd, cpu, gpu);
+  compare_step("sn", cpu, gpu, random_batch(sd, 2, L, tiny.ck->config.vocab_size), L);
+}
+
 // "lizard_layers": "none": LoRA on the teacher itself (stage 2's yardstick), every layer on the flash path;
 // Lizard options the GPU kernels do not take (feature_dim 8) must not matter.
 TEST(Stage2Cuda, NoLizardLayersMatchesCpu) {

@@ -181,12 +181,14 @@ void lizard_forward_parallel(const LizardConfig& c, const LizardShape& s, const 
           for (int d = 0; d < D; ++d) wn[d] += e * vt[d];
         }
         const T al = alpha_of(c, p, h);
-        T pm = 1;  // weight of the gated branch: 1, or the meta sinks' share (meta_weights_gate)
-        if (c.meta_weights_gate) {
-          pm = 0;
-          for (int j = 0; j < c.meta_tokens; ++j) pm += std::exp(mu[j] - M);
-          pm /= Z;
+        T E = 0;  // the sinks' mass
+        for (int j = 0; j < c.meta_tokens; ++j) E += std::exp(mu[j] - M);
+        if (c.shared_normaliser) {  // one normaliser: (E N + al wn) / (E (den + eps) + window mass)
+          const T q = E * (den + eps) + (Z - E);
+          for (int d = 0; d < D; ++d) yi[d] = (E * num[d] + al * wn[d]) / q;
+          continue;
         }
+        const T pm = c.meta_weights_gate ? E / Z : T(1);  // weight of the gated branch
         for (int d = 0; d < D; ++d) yi[d] = pm * num[d] / (den + eps) + al * wn[d] / Z;
       } else {
         const T sg = sigmoid(p.lolcats_f[h]);
@@ -302,11 +304,17 @@ void lizard_step(const LizardConfig& c, const LizardShape& s, const LizardParams
       for (int j = 0; j < c.meta_tokens; ++j) M = std::max(M, mu[j]);
       T Z = 0;
       for (int j = 0; j < c.meta_tokens; ++j) Z += std::exp(mu[j] - M);
-      const T pm = c.meta_weights_gate ? Z : T(0);  // the sinks' mass (divided by Z below)
+      const T E = Z;  // the sinks' mass
       for (int t = 0; t < nv; ++t) Z += (sc[t] = std::exp(sc[t] - M));
       gemv(true, nv, D, T(1), &st.ring_v[size_t(g) * D], int(rs), sc.data(), T(0), wn.data());
-      const T al = alpha_of(c, p, h), wg = c.meta_weights_gate ? pm / Z : T(1);
-      for (int d = 0; d < D; ++d) yh[d] = wg * es * num[d] / (es * den + eps) + al * wn[d] / Z;
+      const T al = alpha_of(c, p, h);
+      if (c.shared_normaliser) {
+        const T q = E * (es * den + eps) + (Z - E);
+        for (int d = 0; d < D; ++d) yh[d] = (E * es * num[d] + al * wn[d]) / q;
+      } else {
+        const T wg = c.meta_weights_gate ? E / Z : T(1);
+        for (int d = 0; d < D; ++d) yh[d] = wg * es * num[d] / (es * den + eps) + al * wn[d] / Z;
+      }
     } else {
       const T sg = sigmoid(p.lolcats_f[h]);
       const T M = std::max(T(0), smax), e = std::exp(-M);

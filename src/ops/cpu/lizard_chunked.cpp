@@ -195,7 +195,12 @@ void head_forward_lizard(const Ctx<T>& X, int h, T* y, HeadSave<T>* sv, T* Sfina
       // meta_weights_gate: the gated branch weighted by the sinks' share mu_sum e^{mu_max - rm} / rl
       const T pm = X.c.meta_weights_gate ? mu_sum * std::exp(mu_max - rm[r]) * inv_l : T(1);
       T* yr = y + ((s0 + r) * H + h) * D;
-      for (int d = 0; d < D; ++d) yr[d] = pm * out[size_t(r) * Dv + d] / (den + eps) + al * A[size_t(r) * D + d];
+      if (X.c.shared_normaliser) {  // y = (pm N + al A) / (pm (den + eps) + 1 - pm)
+        const T iq = T(1) / (pm * (den + eps) + (T(1) - pm));
+        for (int d = 0; d < D; ++d) yr[d] = (pm * out[size_t(r) * Dv + d] + al * A[size_t(r) * D + d]) * iq;
+      } else {
+        for (int d = 0; d < D; ++d) yr[d] = pm * out[size_t(r) * Dv + d] / (den + eps) + al * A[size_t(r) * D + d];
+      }
       if (sv) sv->lse[s0 + r] = rm[r] + std::log(rl[r]);
     }
     if (sv) {
@@ -411,6 +416,24 @@ void head_backward_lizard(const Ctx<T>& X, int h, const HeadSave<T>& sv, const T
     // meta_weights_gate: y = pm y_gate + alpha A with pm = the sinks' share of the window softmax;
     // dy reaches the gated branch scaled by pm, and d pm = dy . y_gate goes to the window's softmax.
     const T w = X.c.meta_weights_gate ? (pm[i] = mu_sum * std::exp(mu_max - sv.lse[i])) : T(1);
+    const T* Ai = &sv.A[i * D];
+    if (X.c.shared_normaliser) {
+      // y = (w N + al A) / Q with Q = w d + 1 - w, d = den + eps: dN = w dy / Q, d den = -w (dy . y) / Q,
+      // dA = al dy / Q, d al = dy . A / Q, d w = (dy . N - (d - 1)(dy . y)) / Q.
+      const T dd = oi[D] + eps, iq = T(1) / (w * dd + (T(1) - w));
+      T gn = 0, ga = 0;
+      for (int d = 0; d < D; ++d) {
+        gn += dyi[d] * oi[d];
+        ga += dyi[d] * Ai[d];
+        dOut[i * Dv + d] = w * dyi[d] * iq;
+        dA[i * D + d] = al * dyi[d] * iq;
+      }
+      const T gy = (w * gn + al * ga) * iq;  // dy . y
+      dOut[i * Dv + D] = -w * gy * iq;
+      dpm[i] = (gn - (dd - T(1)) * gy) * iq;
+      dal += ga * iq;
+      continue;
+    }
     T gd = 0;
     for (int d = 0; d < D; ++d) {
       dOut[i * Dv + d] = w * dyi[d] * inv;
@@ -419,7 +442,7 @@ void head_backward_lizard(const Ctx<T>& X, int h, const HeadSave<T>& sv, const T
     }
     dOut[i * Dv + D] = -w * gd * inv * inv;
     if (X.c.meta_weights_gate) dpm[i] = gd * inv;
-    dal += dot(dyi, &sv.A[i * D], D);
+    dal += dot(dyi, Ai, D);
   }
   gr.dal[h] += dal;
   // window branch

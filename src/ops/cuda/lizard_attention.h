@@ -1,7 +1,8 @@
 // Lizard attention on the GPU (LIZARD.md sections 1-5): gated linear branch with Hedgehog feature
 // maps and normaliser, plus a sliding-window softmax branch with meta-memory sinks, y = y_gate +
 // alpha * y_anchor (meta_weights_gate: y = p_meta y_gate + alpha * y_anchor, p_meta the sinks' share of
-// the window softmax). All pointers are device pointers; all tensors are contiguous.
+// the window softmax; shared_normaliser: one normaliser for both, y = (p_meta N + alpha y_anchor) /
+// (p_meta (den + eps) + 1 - p_meta), N and den the gated branch's numerator and normaliser). All pointers are device pointers; all tensors are contiguous.
 //
 // Layouts (Hq query heads, Hkv key/value heads, Hq % Hkv == 0, GQA group = Hq / Hkv):
 //   q [B, L, Hq, D], k and v [B, L, Hkv, D], y [B, L, Hq, D]          (bf16 or fp32)
@@ -35,6 +36,7 @@ struct LizardAttnArgs {
   bool alpha_per_head = true;  // alpha is [Hq] instead of [1]
   bool gate_per_head = false;  // log_gamma is [B, L, Hq] instead of [B, L]
   bool meta_weights_gate = false;  // y_gate weighted by the sinks' share of the window softmax (n_meta >= 1)
+  bool shared_normaliser = false;  // with meta_weights_gate: y = (p N + alpha A) / (p (den + eps) + 1 - p)
   FeatureAct act = FeatureAct::Softmax;
   float eps = 1e-6f;           // added to the gate normaliser
   float scale = 0.0f;          // window score scale; 0 means 1/sqrt(D)
@@ -103,7 +105,7 @@ struct LizardAttnGrads {
 
 // Backward in the parallel form with fp32 arithmetic on CUDA cores (exact gradients; O(L^2 (2F+D))
 // per head, so a check path, not the fast path). Allocates its fp32 workspace on `stream`. Refuses
-// meta_weights_gate (the chunked backward implements it).
+// meta_weights_gate and shared_normaliser (the chunked backward implements them).
 void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, const void* dy, const LizardAttnGrads& g,
                                         cudaStream_t stream = nullptr);
 

@@ -52,6 +52,8 @@ __device__ __forceinline__ float dot_row(const float* a, const T* row, int n) {
 
 struct Ws {  // fp32 workspace, all [BH, L, X]
   float *phq, *phk, *bc, *dn, *dden, *lse, *delta, *dphq, *dphk, *dbq, *dbk;
+  float* dya;  // dy . A per row (alpha's gradient; under shared_normaliser divided by Q)
+  float* gw;   // shared_normaliser only: each row's weight of dy in the gate passes, p d / Q
 };
 
 struct Dims {
@@ -121,6 +123,52 @@ __global__ void cumsum_kernel(const LizardAttnArgs a, Dims d, Ws ws) {
     }
     if (i < d.L) ws.bc[int64_t(bh) * d.L + i] = carry + v;
     carry += __shfl_sync(0xffffffffu, v, 31);
+  }
+}
+
+// shared_normaliser (y = (p N + alpha A) / Q, Q = p d + 1 - p, d = den + eps; after the stats stage):
+// den_i = phq_i . zt_i with zt_i = gamma_i zt_{i-1} + phk_i (the decayed key sum, fp32 recurrence), then
+// per row gw = p d / Q (the gate passes scale dy by it and divide by d: dN = p dy / Q), delta = alpha dya / Q
+// (the gate forward output pass adds p g), dya /= Q (dalpha = sum dy . A / Q) and the window stage's dy
+// copy dyw = dy / Q (its dO = alpha dyw). One CTA of P2 threads per (b, h); chunks of 64 rows.
+template <typename T>
+__global__ void shared_rows_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, T* dyw) {
+  constexpr int kR = 64;
+  extern __shared__ float part[];  // [kR][P2 + 1], then iq [kR]
+  const int P2 = 2 * d.F, tid = threadIdx.x, bh = blockIdx.x, h = bh % d.Hq, b = bh / d.Hq, L = d.L;
+  float* iqs = part + kR * (P2 + 1);
+  const int64_t o = int64_t(bh) * L;
+  const float* mu = a.meta + (a.meta_per_head ? h * a.n_meta : 0);
+  const float alpha = a.alpha[a.alpha_per_head ? h : 0];
+  float zt = 0.f;  // thread tid's entry of the decayed key sum
+  for (int r0 = 0; r0 < L; r0 += kR) {
+    const int nr = min(kR, L - r0);
+    for (int r = 0; r < nr; ++r) {
+      const int64_t i = o + r0 + r;
+      const float lg = a.log_gamma[a.gate_per_head ? (int64_t(b) * L + r0 + r) * d.Hq + h : int64_t(b) * L + r0 + r];
+      zt = __expf(lg) * zt + ws.phk[i * P2 + tid];
+      part[r * (P2 + 1) + tid] = ws.phq[i * P2 + tid] * zt;
+    }
+    __syncthreads();
+    if (tid < nr) {
+      const int64_t i = o + r0 + tid;
+      float den = 0.f;
+      for (int f = 0; f < P2; ++f) den += part[tid * (P2 + 1) + f];
+      float p = 0.f;
+      for (int j = 0; j < a.n_meta; ++j) p += expf(mu[j] - ws.lse[i]);
+      const float dd = den + a.eps, iq = 1.f / (p * dd + (1.f - p));
+      ws.gw[i] = p * dd * iq;
+      ws.delta[i] = alpha * ws.dya[i] * iq;
+      ws.dya[i] *= iq;
+      iqs[tid] = iq;
+    }
+    __syncthreads();
+    for (int e = tid; e < nr * d.D; e += P2) {
+      const int r = e / d.D, c = e % d.D;
+      const int64_t off = d.q_off(b, r0 + r, h) + c;
+      dyw[off] = T(ld(dy + off) * iqs[r]);
+    }
+    __syncthreads();  // part and iqs are rewritten by the next chunk
   }
 }
 
@@ -588,8 +636,17 @@ __device__ __forceinline__ void dden_rows(const LizardAttnArgs& a, const Ws& ws,
                                           int h, int ra, int rb, int ia, int ib, bool va, bool vb, float dga,
                                           float dgb, float inva, float invb) {
   const int lane = threadIdx.x & 31, t4 = lane & 3;
-  const float gpa = quad_sum(dga) * inva, gpb = quad_sum(dgb) * invb;  // p dy . y_gate
-  const float ddna = -gpa * inva, ddnb = -gpb * invb;
+  float gpa = quad_sum(dga) * inva, gpb = quad_sum(dgb) * invb;  // p dy . y_gate (shared: p dy . N / Q)
+  float ddna = -gpa * inva, ddnb = -gpb * invb;
+  if (a.shared_normaliser) {
+    // dy . y = gp + alpha dya / Q (ws.dya holds dy . A / Q), dden = -(p / Q) dy . y, and the sinks' share gets
+    // p d pm = p (dy . N - (d - 1) dy . y) / Q = gp - (p / Q)(d - 1) dy . y (into gp); p / Q = gw / d.
+    const float alpha = a.alpha[a.alpha_per_head ? h : 0];
+    const float gya = gpa + (va ? alpha * ws.dya[o + ia] : 0.f), gyb = gpb + (vb ? alpha * ws.dya[o + ib] : 0.f);
+    const float sa = va ? ws.gw[o + ia] * inva : 0.f, sb = vb ? ws.gw[o + ib] * invb : 0.f;
+    ddna = -sa * gya, ddnb = -sb * gyb;
+    gpa -= sa * (1.f / inva - 1.f) * gya, gpb -= sb * (1.f / invb - 1.f) * gyb;
+  }
   if (t4 == 0) {
     ddn[ra] = va ? ddna : 0.f;
     ddn[rb] = vb ? ddnb : 0.f;
@@ -1021,7 +1078,8 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
   if (tid < kC) {
     const bool ok = tid < ci.nvalid;
     row_factors(bs, eb, ebt, bc, ci, ci.c0 > 0 ? bc[ci.c0 - 1] : 0.f, ok, tid);
-    pw[tid] = gate_weight(a, h, ws.lse + int64_t(bh) * L + ci.c0 + tid, ok);
+    pw[tid] = a.shared_normaliser ? (ok ? ws.gw[int64_t(bh) * L + ci.c0 + tid] : 0.f)
+                                  : gate_weight(a, h, ws.lse + int64_t(bh) * L + ci.c0 + tid, ok);
   }
   // PQ, PK; zdot = phq . z (fp32, rows past the end 0) from the same loads
   auto zdot_row = [&](int t, int r, int, const float4& u) {
@@ -2708,7 +2766,7 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   const T* dy = static_cast<const T*>(dy_);
   Dims d{a.B, a.L, a.Hq, a.Hkv, a.D, a.F, a.window, a.n_meta, a.Hq / a.Hkv};
   const int64_t BHL = int64_t(a.B) * a.Hq * a.L, F2 = 2 * a.F;
-  const int64_t total = BHL * (4 * F2 + a.D + 8) + BHL;  // + dy.A scratch
+  const int64_t total = BHL * (4 * F2 + a.D + 8) + 2 * BHL;  // + dy.A scratch, gw
   float* buf = nullptr;
   keep_pool_memory();
   LZ_CUDA_OK(cudaMallocAsync(&buf, total * sizeof(float), st));
@@ -2727,6 +2785,10 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   ws.dbk = p, p += BHL;
   float* dya = p;
   p += BHL;
+  ws.dya = dya;
+  ws.gw = p, p += BHL;
+  T* dyw = nullptr;  // shared_normaliser: the window stage's dy / Q
+  if (a.shared_normaliser) LZ_CUDA_OK(cudaMallocAsync(&dyw, size_t(BHL) * a.D * sizeof(T), st));
   const size_t nk = size_t(a.B) * a.L * a.Hkv * a.D;
   LZ_CUDA_OK(cudaMemsetAsync(g.dv, 0, nk * 4, st));
   if (g.dlog_gamma && !a.gate_per_head) LZ_CUDA_OK(cudaMemsetAsync(g.dlog_gamma, 0, size_t(a.B) * a.L * 4, st));
@@ -2763,12 +2825,16 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   else
     stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya, /*gate=*/true);
   mark(stages2 ? "stats2" : chunked ? "stats-tc" : "stats");
+  if (a.shared_normaliser) {
+    shared_rows_kernel<T><<<a.B * a.Hq, 2 * a.F, (64 * (2 * a.F + 1) + 64) * sizeof(float), st>>>(a, d, ws, dy, dyw);
+    mark("shared-rows");
+  }
   if (chunked) {
     // gate branch: dn, dden, dphq, dbq; dv (gate), dphk, dbk (one mark per pass: gate2-fstate .. gate2-rout)
     const bool aligned = sizeof(T) == 4 || (al16(a.v) && al16(dy));
     const bool state2 = g_state_variant == 2 && al16(a.v);  // cp.async of V rows (dn, phi: the workspace)
     gate::run_gate2<T>(a, d, ws, dy, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, mark, aligned, state2);
-    win::run_win<T>(a, d, ws, dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, stages2);
+    win::run_win<T>(a, d, ws, dyw ? dyw : dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, stages2);
     mark(stages2 ? "window2" : "window-tc");
   } else {
     qgrad_kernel<T><<<grid, block, kWarps * (F2 + 3 * a.D) * 4, st>>>(a, d, ws, dy, g.dq,
@@ -2805,6 +2871,7 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
     for (int i = 0; i < nev; ++i) cudaEventDestroy(evs[i]);
   }
   LZ_CUDA_OK(cudaFreeAsync(buf, st));
+  if (dyw) LZ_CUDA_OK(cudaFreeAsync(dyw, st));
 }
 
 }  // namespace
@@ -2814,8 +2881,8 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
   check_common_args(a);
   LZ_CUDA_CHECK(g.dq && g.dk && g.dv && dy, "lizard attention backward (cuda): dy, dq, dk, dv are required");
   LZ_CUDA_CHECK(!a.meta_weights_gate,
-                "lizard attention backward (cuda): meta_weights_gate needs the chunked backward "
-                "(lizard_attention_backward_chunked), the parallel form does not implement it");
+                "lizard attention backward (cuda): meta_weights_gate (and shared_normaliser) need the chunked "
+                "backward (lizard_attention_backward_chunked), the parallel form does not implement them");
   LZ_CUDA_CHECK(a.D <= 256 && a.F <= 128, "lizard attention backward (cuda): needs D <= 256 and F <= 128, got D=",
                 a.D, " F=", a.F);
   if (fp32)

@@ -35,6 +35,14 @@ __device__ __forceinline__ void sinks_share(float* pm, int ra, float meta_l, flo
   pm[ra + 8] = meta_l * exp2f(meta_m - m1) / l1;
 }
 
+// shared_normaliser: y = (p N + alpha A) / (p d + 1 - p) with d = den + eps. The gate rows hold
+// G = N / d, so G is scaled by p d / Q (into p) and the window's alpha A by 1 / Q (into w), Q = p d + 1 - p.
+__device__ __forceinline__ void combine_shared(float& p0, float& p1, float& w0, float& w1, float d0, float d1) {
+  const float q0 = 1.f / (p0 * d0 + (1.f - p0)), q1 = 1.f / (p1 * d1 + (1.f - p1));
+  p0 *= d0 * q0, p1 *= d1 * q1;
+  w0 = q0, w1 = q1;
+}
+
 // DV: value/output columns handled by one CTA (D, or D/2 when the value dimension is split over
 // two CTAs to put more CTAs on the chip for small batch x heads).
 template <int D, int F, int DV>
@@ -366,8 +374,10 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       zs[tid] = eC * zs[tid] + zpart[tid] + zpart[F2 + tid] + zpart[2 * F2 + tid] + zpart[3 * F2 + tid];
     }
     if (warp < 4) {
+      float wa = 1.f, wb = 1.f;  // the window part's factor (shared_normaliser)
       if (a.meta_weights_gate) {
-        const float p0 = pmeta[r0 + g], p1 = pmeta[r0 + g + 8];
+        float p0 = pmeta[r0 + g], p1 = pmeta[r0 + g + 8];
+        if (a.shared_normaliser) combine_shared(p0, p1, wa, wb, l0 + a.eps, l1 + a.eps);
 #pragma unroll
         for (int j = 0; j < ND; ++j) og[j][0] *= p0, og[j][1] *= p0, og[j][2] *= p1, og[j][3] *= p1;
       }
@@ -377,8 +387,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         uint32_t* p0 = reinterpret_cast<uint32_t*>(Qs + (r0 + g) * LDD + c);
         uint32_t* p1 = reinterpret_cast<uint32_t*>(Qs + (r0 + g + 8) * LDD + c);
         float2 w0 = unpack_bf16(*p0), w1 = unpack_bf16(*p1);
-        *p0 = pack_bf16(og[j][0] + w0.x, og[j][1] + w0.y);
-        *p1 = pack_bf16(og[j][2] + w1.x, og[j][3] + w1.y);
+        *p0 = pack_bf16(og[j][0] + w0.x * wa, og[j][1] + w0.y * wa);
+        *p1 = pack_bf16(og[j][2] + w1.x * wb, og[j][3] + w1.y * wb);
       }
       __syncwarp();
       for (int p = lane; p < 16 * DV / 8; p += 32) {
@@ -829,8 +839,10 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       zs[tid] = eC * zs[tid] + zpart[tid] + zpart[F2 + tid] + zpart[2 * F2 + tid] + zpart[3 * F2 + tid];
     }
     if (warp < 4) {
+      float wa = 1.f, wb = 1.f;  // the window part's factor (shared_normaliser)
       if (a.meta_weights_gate) {
-        const float p0 = pmeta[r0 + g], p1 = pmeta[r0 + g + 8];
+        float p0 = pmeta[r0 + g], p1 = pmeta[r0 + g + 8];
+        if (a.shared_normaliser) combine_shared(p0, p1, wa, wb, l0 + a.eps, l1 + a.eps);
 #pragma unroll
         for (int j = 0; j < D / 8; ++j) og[4 * j] *= p0, og[4 * j + 1] *= p0, og[4 * j + 2] *= p1, og[4 * j + 3] *= p1;
       }
@@ -839,8 +851,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         uint32_t* p0 = reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g, j) + 4 * t4);
         uint32_t* p1 = reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4);
         float2 w0 = unpack_bf16(*p0), w1 = unpack_bf16(*p1);
-        *p0 = pack_bf16(og[4 * j] + w0.x, og[4 * j + 1] + w0.y);
-        *p1 = pack_bf16(og[4 * j + 2] + w1.x, og[4 * j + 3] + w1.y);
+        *p0 = pack_bf16(og[4 * j] + w0.x * wa, og[4 * j + 1] + w0.y * wa);
+        *p1 = pack_bf16(og[4 * j + 2] + w1.x * wb, og[4 * j + 3] + w1.y * wb);
       }
       __syncwarp();
       for (int p = lane; p < 16 * D / 8; p += 32) {

@@ -19,6 +19,7 @@ void check_common_args(const LizardAttnArgs& a) {
   LZ_CUDA_CHECK(a.q && a.k && a.v && a.y && a.wq && a.wk && a.log_gamma && a.alpha, "lizard attention (cuda): a required tensor pointer is null");
   LZ_CUDA_CHECK(a.eps >= 0.f, "lizard attention (cuda): eps must be >= 0");
   LZ_CUDA_CHECK(!a.meta_weights_gate || a.n_meta >= 1, "lizard attention (cuda): meta_weights_gate needs meta tokens");
+  LZ_CUDA_CHECK(!a.shared_normaliser || a.meta_weights_gate, "lizard attention (cuda): shared_normaliser needs meta_weights_gate");
   LZ_CUDA_CHECK(a.act == FeatureAct::Softmax || a.act == FeatureAct::Exp, "lizard attention (cuda): unknown feature act");
 }
 
@@ -187,7 +188,10 @@ __global__ void __launch_bounds__(kThreads) lizard_recurrent_kernel(const Lizard
         S[f * D + d] = s;
         num += phq[f] * s;
       }
-      y[qo + d] = from_f<T>(pm * num / (dz + a.eps) + alpha * yw * inv_den);
+      // shared_normaliser: (p N + alpha A) / (p d + 1 - p), d = den + eps, A = yw / l (p = red[1] / l)
+      y[qo + d] = from_f<T>(a.shared_normaliser
+                                ? (red[1] * num + alpha * yw) / (red[1] * (dz + a.eps) + (red[0] - red[1]))
+                                : pm * num / (dz + a.eps) + alpha * yw * inv_den);
     }
     if (kDecode && hq % group == 0) {
       // Slot pos % w holds position pos - w, which no query of this step reads.

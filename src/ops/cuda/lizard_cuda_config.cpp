@@ -41,6 +41,7 @@ LizardAttnArgs lizard_cuda_args(const LizardConfig& c, const LizardShape& s, int
   a.alpha_per_head = !c.alpha_per_layer;
   a.gate_per_head = c.gate == LizardConfig::Gate::PerHead;
   a.meta_weights_gate = c.meta_weights_gate;
+  a.shared_normaliser = c.shared_normaliser;
   return a;
 }
 
