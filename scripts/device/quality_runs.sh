@@ -14,6 +14,8 @@
 #                      replaces the per-head-sinks option by others,
 #                      MWG_NAME names the run, LR1 the stage-1 lr, SEED the seed), resumable like lol10
 #                      (vs Lizard 10.78 / LoLCATs 10.41)
+#   tput               stage-1 / stage-2 tokens/s of mwg + per-head sinks against shared_normaliser (sn: its
+#                      backward adds a per-row pass and a dy copy), short runs one after the other
 #   lol10              LoLCATs 10M + 10M, resumable: each call goes on where the last stopped (stops with
 #                      SIGINT, which checkpoints, before DEADLINE seconds: 560) until lol10-s2 has its report
 set -uo pipefail
@@ -64,6 +66,14 @@ case "$name" in
   sweep)  for v in 'w64 {"window": 64}' 'gate99 {"gate_init": 0.99}' 'perhead {"gate": "per_head", "meta_per_head": true}' \
                    'meta8 {"meta_tokens": 8}'; do
             echo "== ${v%% *}"; lizard_pair ${v%% *} "$(tmpcfg ${v%% *} "${v#* }")"
+          done ;;
+  tput)   for v in 'tmwg {"meta_weights_gate": true, "meta_per_head": true}' \
+                   'tsn {"meta_weights_gate": true, "meta_per_head": true, "shared_normaliser": true, "alpha_init": 1.0}'; do
+            n=${v%% *}; c=$(tmpcfg $n "${v#* }")
+            g=(bash scripts/device/gpu.sh x lizard linearize --device cuda --data $lz/data --seq-len 2048 --batch 8
+               --eval-every 100000 --tokens 1500000)
+            "${g[@]}" --stage 1 --teacher $lz/model.gguf --config $c --lr 3e-2 --out $lz/$n-s1 2>&1 | grep -E "done|error" | sed "s/^/$n: /"
+            "${g[@]}" --stage 2 --teacher $lz/$n-s1 --lr2 2e-3 --train-lizard --out $lz/$n-s2 2>&1 | grep -E "done|error" | sed "s/^/$n: /"
           done ;;
   lr2x)   lin --stage 1 --teacher $lz/model.gguf --config configs/lizard_rope_a05.json --lr 3e-2 --tokens 3000000 --out $lz/lr2x-s1
           lin --stage 2 --teacher $lz/lr2x-s1 --lr2 4e-3 --train-lizard --tokens 3000000 --out $lz/lr2x-s2 ;;

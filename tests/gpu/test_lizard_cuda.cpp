@@ -606,8 +606,9 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     // sum of dy . A; its error is printed in units of the block's sum over rows and columns |dy_ie A_ie|
     // (the scale of the rounding of a sum of terms of both signs; per row, not |dy . A|: a block of one
     // row, L 257's last, whose dy . A cancelled to ~1/1000 of its terms read 9.9e-4 that way on the H200,
-    // session 5). Locates a window-statistics error by query block.
-    {
+    // session 5). Locates a window-statistics error by query block. Not under shared_normaliser, whose
+    // dalpha is sum dy . A / Q_i (Q_i from the gated branch too): there the whole dalpha is checked below.
+    if (!c.sn) {
       const std::vector<double> dya = window_dya(P, dy), dya_abs = window_dya(P, dy, /*abs_terms=*/true);
       const size_t na = P.p.alpha.size();
       auto slot = [&](int h) { return na == 1 ? 0 : size_t(h); };

@@ -130,24 +130,39 @@ __global__ void cumsum_kernel(const LizardAttnArgs a, Dims d, Ws ws) {
 // den_i = phq_i . zt_i with zt_i = gamma_i zt_{i-1} + phk_i (the decayed key sum, fp32 recurrence), then
 // per row gw = p d / Q (the gate passes scale dy by it and divide by d: dN = p dy / Q), delta = alpha dya / Q
 // (the gate forward output pass adds p g), dya /= Q (dalpha = sum dy . A / Q) and the window stage's dy
-// copy dyw = dy / Q (its dO = alpha dyw). One CTA of P2 threads per (b, h); chunks of 64 rows.
+// copy dyw = dy / Q (its dO = alpha dyw). One CTA of P2 threads per (b, h); chunks of 64 rows, each
+// chunk's phk / phq column and gammas loaded in one batch (a load per row on the serial chain was ~1 ms
+// per call at B8 H9 L2048: the H200 stage-2 run of session 6 lost 15% of its tokens/s to it).
 template <typename T>
 __global__ void shared_rows_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, T* dyw) {
   constexpr int kR = 64;
-  extern __shared__ float part[];  // [kR][P2 + 1], then iq [kR]
+  extern __shared__ float part[];  // [kR][P2 + 1], then iq [kR], gamma [kR]
   const int P2 = 2 * d.F, tid = threadIdx.x, bh = blockIdx.x, h = bh % d.Hq, b = bh / d.Hq, L = d.L;
   float* iqs = part + kR * (P2 + 1);
+  float* gam = iqs + kR;
   const int64_t o = int64_t(bh) * L;
   const float* mu = a.meta + (a.meta_per_head ? h * a.n_meta : 0);
   const float alpha = a.alpha[a.alpha_per_head ? h : 0];
   float zt = 0.f;  // thread tid's entry of the decayed key sum
   for (int r0 = 0; r0 < L; r0 += kR) {
     const int nr = min(kR, L - r0);
-    for (int r = 0; r < nr; ++r) {
-      const int64_t i = o + r0 + r;
-      const float lg = a.log_gamma[a.gate_per_head ? (int64_t(b) * L + r0 + r) * d.Hq + h : int64_t(b) * L + r0 + r];
-      zt = __expf(lg) * zt + ws.phk[i * P2 + tid];
-      part[r * (P2 + 1) + tid] = ws.phq[i * P2 + tid] * zt;
+    if (tid < nr) {
+      const int64_t gi = a.gate_per_head ? (int64_t(b) * L + r0 + tid) * d.Hq + h : int64_t(b) * L + r0 + tid;
+      gam[tid] = expf(a.log_gamma[gi]);
+    }
+    float kq[kR], qq[kR];
+#pragma unroll
+    for (int r = 0; r < kR; ++r) {
+      const int64_t i = o + r0 + min(r, nr - 1);
+      kq[r] = ws.phk[i * P2 + tid], qq[r] = ws.phq[i * P2 + tid];
+    }
+    __syncthreads();  // gam
+#pragma unroll
+    for (int r = 0; r < kR; ++r) {
+      if (r < nr) {
+        zt = gam[r] * zt + kq[r];
+        part[r * (P2 + 1) + tid] = qq[r] * zt;
+      }
     }
     __syncthreads();
     if (tid < nr) {
@@ -2826,7 +2841,7 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
     stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya, /*gate=*/true);
   mark(stages2 ? "stats2" : chunked ? "stats-tc" : "stats");
   if (a.shared_normaliser) {
-    shared_rows_kernel<T><<<a.B * a.Hq, 2 * a.F, (64 * (2 * a.F + 1) + 64) * sizeof(float), st>>>(a, d, ws, dy, dyw);
+    shared_rows_kernel<T><<<a.B * a.Hq, 2 * a.F, (64 * (2 * a.F + 1) + 128) * sizeof(float), st>>>(a, d, ws, dy, dyw);
     mark("shared-rows");
   }
   if (chunked) {
