@@ -33,11 +33,6 @@ constexpr int kWarps = 8;
 __device__ __forceinline__ float ld(const float* p) { return *p; }
 __device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 
-__device__ __forceinline__ void store_pair(float* p, float x, float y) { *reinterpret_cast<float2*>(p) = make_float2(x, y); }
-__device__ __forceinline__ void store_pair(__nv_bfloat16* p, float x, float y) {
-  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x, y);
-}
-
 __device__ __forceinline__ float wsum(float x) {
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
@@ -57,8 +52,8 @@ __device__ __forceinline__ float dot_row(const float* a, const T* row, int n) {
 
 struct Ws {  // fp32 workspace, all [BH, L, X]
   float *phq, *phk, *bc, *dn, *dden, *lse, *delta, *dphq, *dphk, *dbq, *dbk;
-  float* dya;  // dy . A per row (alpha's gradient; under shared_normaliser divided by Q by the gate pass)
-  void* dyw;   // shared_normaliser only: the window stage's dy / Q (T, dy's layout), written by the gate pass
+  float* dya;  // dy . A per row (alpha's gradient; under shared_normaliser divided by Q)
+  float* gw;   // shared_normaliser only: each row's weight of dy in the gate passes, p d / Q
 };
 
 struct Dims {
@@ -128,6 +123,68 @@ __global__ void cumsum_kernel(const LizardAttnArgs a, Dims d, Ws ws) {
     }
     if (i < d.L) ws.bc[int64_t(bh) * d.L + i] = carry + v;
     carry += __shfl_sync(0xffffffffu, v, 31);
+  }
+}
+
+// shared_normaliser (y = (p N + alpha A) / Q, Q = p d + 1 - p, d = den + eps; after the stats stage):
+// den_i = phq_i . zt_i with zt_i = gamma_i zt_{i-1} + phk_i (the decayed key sum, fp32 recurrence), then
+// per row gw = p d / Q (the gate passes scale dy by it and divide by d: dN = p dy / Q), delta = alpha dya / Q
+// (the gate forward output pass adds p g), dya /= Q (dalpha = sum dy . A / Q) and the window stage's dy
+// copy dyw = dy / Q (its dO = alpha dyw). One CTA of P2 threads per (b, h); chunks of 64 rows, each
+// chunk's phk / phq column and gammas loaded in one batch (not a load per row on the serial chain). This
+// pass costs: stage 2 at 99,953 tokens/s against mwg's 113,371 (one H100, session 6, quality_runs.sh tput);
+// branch sn-fused-bwd folds it into the gate forward output pass (not yet run on a GPU).
+template <typename T>
+__global__ void shared_rows_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, T* dyw) {
+  constexpr int kR = 64;
+  extern __shared__ float part[];  // [kR][P2 + 1], then iq [kR], gamma [kR]
+  const int P2 = 2 * d.F, tid = threadIdx.x, bh = blockIdx.x, h = bh % d.Hq, b = bh / d.Hq, L = d.L;
+  float* iqs = part + kR * (P2 + 1);
+  float* gam = iqs + kR;
+  const int64_t o = int64_t(bh) * L;
+  const float* mu = a.meta + (a.meta_per_head ? h * a.n_meta : 0);
+  const float alpha = a.alpha[a.alpha_per_head ? h : 0];
+  float zt = 0.f;  // thread tid's entry of the decayed key sum
+  for (int r0 = 0; r0 < L; r0 += kR) {
+    const int nr = min(kR, L - r0);
+    if (tid < nr) {
+      const int64_t gi = a.gate_per_head ? (int64_t(b) * L + r0 + tid) * d.Hq + h : int64_t(b) * L + r0 + tid;
+      gam[tid] = expf(a.log_gamma[gi]);
+    }
+    float kq[kR], qq[kR];
+#pragma unroll
+    for (int r = 0; r < kR; ++r) {
+      const int64_t i = o + r0 + min(r, nr - 1);
+      kq[r] = ws.phk[i * P2 + tid], qq[r] = ws.phq[i * P2 + tid];
+    }
+    __syncthreads();  // gam
+#pragma unroll
+    for (int r = 0; r < kR; ++r) {
+      if (r < nr) {
+        zt = gam[r] * zt + kq[r];
+        part[r * (P2 + 1) + tid] = qq[r] * zt;
+      }
+    }
+    __syncthreads();
+    if (tid < nr) {
+      const int64_t i = o + r0 + tid;
+      float den = 0.f;
+      for (int f = 0; f < P2; ++f) den += part[tid * (P2 + 1) + f];
+      float p = 0.f;
+      for (int j = 0; j < a.n_meta; ++j) p += expf(mu[j] - ws.lse[i]);
+      const float dd = den + a.eps, iq = 1.f / (p * dd + (1.f - p));
+      ws.gw[i] = p * dd * iq;
+      ws.delta[i] = alpha * ws.dya[i] * iq;
+      ws.dya[i] *= iq;
+      iqs[tid] = iq;
+    }
+    __syncthreads();
+    for (int e = tid; e < nr * d.D; e += P2) {
+      const int r = e / d.D, c = e % d.D;
+      const int64_t off = d.q_off(b, r0 + r, h) + c;
+      dyw[off] = T(ld(dy + off) * iqs[r]);
+    }
+    __syncthreads();  // part and iqs are rewritten by the next chunk
   }
 }
 
@@ -591,37 +648,27 @@ __device__ __forceinline__ float2 gate_out_n(float (&nacc)[D / 8][4], const bf16
 // The forward output passes' row epilogue (both variants): dden of rows ra, rb (o = bh L: the head's first
 // row) from the quad-summed p dy . N (dga, dgb), into ws.dden and the ddn tile; under meta_weights_gate also
 // delta_i += p_i g_i and dmeta_j += softmax(mu)_j sum_i p_i g_i (dmeta may be null).
-// shared_normaliser (y = (p N + alpha A) / Q, Q = p d + 1 - p, d = den + eps; dga, dgb then hold (p / Q) dy . N,
-// sq = p / Q and iq = 1 / Q of the two rows): dy . y = gp + alpha dya / Q with ws.dya = dy . A from the stats
-// stage, dden = -(p / Q) dy . y, the sinks' share gets p d pm = gp - (p / Q)(d - 1) dy . y, and this pass, the
-// rows' one writer, sets delta = alpha dya / Q + p d pm and dya = dya / Q (dalpha = sum dy . A / Q).
-template <bool kShared = false>
 __device__ __forceinline__ void dden_rows(const LizardAttnArgs& a, const Ws& ws, float* ddn, float* dmeta, int64_t o,
                                           int h, int ra, int rb, int ia, int ib, bool va, bool vb, float dga,
-                                          float dgb, float inva, float invb, float2 sq = {}, float2 iq = {}) {
+                                          float dgb, float inva, float invb) {
   const int lane = threadIdx.x & 31, t4 = lane & 3;
-  float gpa = quad_sum(dga) * inva, gpb = quad_sum(dgb) * invb;  // p dy . y_gate
+  float gpa = quad_sum(dga) * inva, gpb = quad_sum(dgb) * invb;  // p dy . y_gate (shared: p dy . N / Q)
   float ddna = -gpa * inva, ddnb = -gpb * invb;
-  float wya = 0.f, wyb = 0.f;  // shared_normaliser: alpha dya / Q
-  if constexpr (kShared) {
-    gpa = quad_sum(dga), gpb = quad_sum(dgb);
+  if (a.shared_normaliser) {
+    // dy . y = gp + alpha dya / Q (ws.dya holds dy . A / Q), dden = -(p / Q) dy . y, and the sinks' share gets
+    // p d pm = p (dy . N - (d - 1) dy . y) / Q = gp - (p / Q)(d - 1) dy . y (into gp); p / Q = gw / d.
     const float alpha = a.alpha[a.alpha_per_head ? h : 0];
-    // lane t4 == 0 alone reads (and below rewrites) ws.dya; the other lanes' results are not used
-    wya = t4 == 0 && va ? alpha * ws.dya[o + ia] * iq.x : 0.f;
-    wyb = t4 == 0 && vb ? alpha * ws.dya[o + ib] * iq.y : 0.f;
-    const float gya = gpa + wya, gyb = gpb + wyb;
-    ddna = -sq.x * gya, ddnb = -sq.y * gyb;
-    gpa -= sq.x * (1.f / inva - 1.f) * gya, gpb -= sq.y * (1.f / invb - 1.f) * gyb;
+    const float gya = gpa + (va ? alpha * ws.dya[o + ia] : 0.f), gyb = gpb + (vb ? alpha * ws.dya[o + ib] : 0.f);
+    const float sa = va ? ws.gw[o + ia] * inva : 0.f, sb = vb ? ws.gw[o + ib] * invb : 0.f;
+    ddna = -sa * gya, ddnb = -sb * gyb;
+    gpa -= sa * (1.f / inva - 1.f) * gya, gpb -= sb * (1.f / invb - 1.f) * gyb;
   }
   if (t4 == 0) {
     ddn[ra] = va ? ddna : 0.f;
     ddn[rb] = vb ? ddnb : 0.f;
     if (va) ws.dden[o + ia] = ddna;
     if (vb) ws.dden[o + ib] = ddnb;
-    if constexpr (kShared) {
-      if (va) ws.delta[o + ia] = wya + gpa, ws.dya[o + ia] *= iq.x;
-      if (vb) ws.delta[o + ib] = wyb + gpb, ws.dya[o + ib] *= iq.y;
-    } else if (a.meta_weights_gate) {  // one writer per row: the stats stage wrote delta, the window stage reads it
+    if (a.meta_weights_gate) {  // one writer per row: the stats stage wrote delta, the window stage reads it
       if (va) ws.delta[o + ia] += gpa;
       if (vb) ws.delta[o + ib] += gpb;
     }
@@ -1007,8 +1054,7 @@ __device__ __forceinline__ void v_tile_scalar(bf16* Vt, const T* v, const Dims& 
 
 // Forward output pass: dn, dden, dphq, dbq; one CTA per (b, h, chunk), chunk-major
 // within (b, h) as there (blockIdx.x = bh * nch + n).
-// kShared: shared_normaliser (a separate instance, so that the default one carries none of its registers).
-template <typename T, int D, int P2, bool kAligned, bool kShared = false>
+template <typename T, int D, int P2, bool kAligned>
 __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
     gate_fwd_out_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, const float* gst, float* dmeta) {
   using SM = Smem<D, P2>;
@@ -1048,7 +1094,8 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
   if (tid < kC) {
     const bool ok = tid < ci.nvalid;
     row_factors(bs, eb, ebt, bc, ci, ci.c0 > 0 ? bc[ci.c0 - 1] : 0.f, ok, tid);
-    pw[tid] = gate_weight(a, h, ws.lse + int64_t(bh) * L + ci.c0 + tid, ok);
+    pw[tid] = a.shared_normaliser ? (ok ? ws.gw[int64_t(bh) * L + ci.c0 + tid] : 0.f)
+                                  : gate_weight(a, h, ws.lse + int64_t(bh) * L + ci.c0 + tid, ok);
   }
   // PQ, PK; zdot = phq . z (fp32, rows past the end 0) from the same loads
   auto zdot_row = [&](int t, int r, int, const float4& u) {
@@ -1068,34 +1115,25 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
   // dn = dy / (den + eps), dden = -(dy . N) / (den + eps)^2 (dy times the gate weight p)
   const bool va = ra < ci.nvalid, vb = rb < ci.nvalid;
   const int ia = ci.c0 + ra, ib = ci.c0 + rb;
-  float pwa = pw[ra], pwb = pw[rb];
-  float2 sq{}, iq{};  // shared_normaliser: p / Q and 1 / Q of rows ra, rb (Q = p d + 1 - p, d = 1 / inv)
-  if constexpr (kShared) {
-    iq = make_float2(1.f / (pwa / inva + (1.f - pwa)), 1.f / (pwb / invb + (1.f - pwb)));
-    sq = make_float2(pwa * iq.x, pwb * iq.y);
-    pwa = sq.x / inva, pwb = sq.y / invb;  // dn = (p / Q) dy: dy times p d / Q, then divided by d below
-  }
+  const float pwa = pw[ra], pwb = pw[rb];
   float* dna_row = ws.dn + (int64_t(bh) * L + ia) * D;
   float* dnb_row = ws.dn + (int64_t(bh) * L + ib) * D;
   float dga = 0.f, dgb = 0.f;
 #pragma unroll
   for (int j = 0; j < ND; ++j) {
     const int c = 8 * j + 2 * t4;
-    float2 fa, fb;  // this thread's dy elements, read before it overwrites them with dn
-    if constexpr (kCp) {
-      fa = unpack_bf16(*reinterpret_cast<const uint32_t*>(DN + ra * LDD + c));
-      fb = unpack_bf16(*reinterpret_cast<const uint32_t*>(DN + rb * LDD + c));
-    } else {
-      fa = va ? make_float2(ld(dy + d.q_off(b, ia, h) + c), ld(dy + d.q_off(b, ia, h) + c + 1)) : make_float2(0.f, 0.f);
-      fb = vb ? make_float2(ld(dy + d.q_off(b, ib, h) + c), ld(dy + d.q_off(b, ib, h) + c + 1)) : make_float2(0.f, 0.f);
-    }
     float ya[2], yb[2];
-    ya[0] = va ? fa.x * pwa : 0.f, ya[1] = va ? fa.y * pwa : 0.f;
-    yb[0] = vb ? fb.x * pwb : 0.f, yb[1] = vb ? fb.y * pwb : 0.f;
-    if constexpr (kShared) {  // the window stage's dy / Q
-      T* dyw = static_cast<T*>(ws.dyw);
-      if (va) store_pair(dyw + d.q_off(b, ia, h) + c, fa.x * iq.x, fa.y * iq.x);
-      if (vb) store_pair(dyw + d.q_off(b, ib, h) + c, fb.x * iq.y, fb.y * iq.y);
+    if constexpr (kCp) {  // this thread's dy elements, read before it overwrites them with dn
+      const float2 fa = unpack_bf16(*reinterpret_cast<const uint32_t*>(DN + ra * LDD + c));
+      const float2 fb = unpack_bf16(*reinterpret_cast<const uint32_t*>(DN + rb * LDD + c));
+      ya[0] = va ? fa.x * pwa : 0.f, ya[1] = va ? fa.y * pwa : 0.f;
+      yb[0] = vb ? fb.x * pwb : 0.f, yb[1] = vb ? fb.y * pwb : 0.f;
+    } else {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        ya[e] = va ? ld(dy + d.q_off(b, ia, h) + c + e) * pwa : 0.f;
+        yb[e] = vb ? ld(dy + d.q_off(b, ib, h) + c + e) * pwb : 0.f;
+      }
     }
     float dna[2], dnb[2];
 #pragma unroll
@@ -1108,7 +1146,7 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
     if (va) *reinterpret_cast<float2*>(dna_row + c) = make_float2(dna[0], dna[1]);
     if (vb) *reinterpret_cast<float2*>(dnb_row + c) = make_float2(dnb[0], dnb[1]);
   }
-  dden_rows<kShared>(a, ws, ddn, dmeta, int64_t(bh) * L, h, ra, rb, ia, ib, va, vb, dga, dgb, inva, invb, sq, iq);
+  dden_rows(a, ws, ddn, dmeta, int64_t(bh) * L, h, ra, rb, ia, ib, va, vb, dga, dgb, inva, invb);
   __syncthreads();
   float w[8][4];
   const float2 dd = w_tile<D>(w, DN, Vt, LDD, r0, ddn, bs, ra, rb, ba, bb_);
@@ -1461,8 +1499,7 @@ void launch_gate2(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dv
   float* sbuf = nullptr;
   LZ_CUDA_OK(cudaMallocAsync(&sbuf, sizeof(float) * size_t(BH) * nch * kStateFloats<D, P2>, st));
   const size_t gsmem = Smem<D, P2>::bytes;
-  auto kfo = a.shared_normaliser ? (aligned ? gate_fwd_out_kernel<T, D, P2, true, true> : gate_fwd_out_kernel<T, D, P2, false, true>)
-                                 : (aligned ? gate_fwd_out_kernel<T, D, P2, true> : gate_fwd_out_kernel<T, D, P2, false>);
+  auto kfo = aligned ? gate_fwd_out_kernel<T, D, P2, true> : gate_fwd_out_kernel<T, D, P2, false>;
   auto kro = aligned ? gate_rev_out_kernel<T, D, P2, true> : gate_rev_out_kernel<T, D, P2, false>;
   // out_blocks CTAs per SM need the largest shared-memory carveout
   LZ_CUDA_OK(cudaFuncSetAttribute(kfo, cudaFuncAttributeMaxDynamicSharedMemorySize, int(gsmem)));
@@ -2745,7 +2782,7 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   const T* dy = static_cast<const T*>(dy_);
   Dims d{a.B, a.L, a.Hq, a.Hkv, a.D, a.F, a.window, a.n_meta, a.Hq / a.Hkv};
   const int64_t BHL = int64_t(a.B) * a.Hq * a.L, F2 = 2 * a.F;
-  const int64_t total = BHL * (4 * F2 + a.D + 8) + BHL;  // + dy.A scratch
+  const int64_t total = BHL * (4 * F2 + a.D + 8) + 2 * BHL;  // + dy.A scratch, gw
   float* buf = nullptr;
   keep_pool_memory();
   LZ_CUDA_OK(cudaMallocAsync(&buf, total * sizeof(float), st));
@@ -2765,9 +2802,9 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   float* dya = p;
   p += BHL;
   ws.dya = dya;
-  T* dyw = nullptr;  // shared_normaliser: the window stage's dy / Q (the gate forward output pass writes it)
+  ws.gw = p, p += BHL;
+  T* dyw = nullptr;  // shared_normaliser: the window stage's dy / Q
   if (a.shared_normaliser) LZ_CUDA_OK(cudaMallocAsync(&dyw, size_t(BHL) * a.D * sizeof(T), st));
-  ws.dyw = dyw;
   const size_t nk = size_t(a.B) * a.L * a.Hkv * a.D;
   LZ_CUDA_OK(cudaMemsetAsync(g.dv, 0, nk * 4, st));
   if (g.dlog_gamma && !a.gate_per_head) LZ_CUDA_OK(cudaMemsetAsync(g.dlog_gamma, 0, size_t(a.B) * a.L * 4, st));
@@ -2804,6 +2841,10 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   else
     stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya, /*gate=*/true);
   mark(stages2 ? "stats2" : chunked ? "stats-tc" : "stats");
+  if (a.shared_normaliser) {
+    shared_rows_kernel<T><<<a.B * a.Hq, 2 * a.F, (64 * (2 * a.F + 1) + 128) * sizeof(float), st>>>(a, d, ws, dy, dyw);
+    mark("shared-rows");
+  }
   if (chunked) {
     // gate branch: dn, dden, dphq, dbq; dv (gate), dphk, dbk (one mark per pass: gate2-fstate .. gate2-rout)
     const bool aligned = sizeof(T) == 4 || (al16(a.v) && al16(dy));
