@@ -331,15 +331,17 @@ TEST(LizardForms, EveryOptionCombination) {
   EXPECT_GT(n, 64);
 }
 
-// meta_weights_gate (not in the paper): the three forms agree over the options it combines with.
-TEST(LizardForms, MetaWeightsGate) {
+// meta_weights_gate (not in the paper), with or without shared_normaliser: the three forms agree over the
+// options it combines with (32 combinations, fresh seed).
+static void expect_mwg_forms_agree(bool shared) {
   const uint64_t seed = fresh_seed();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  SCOPED_TRACE(::testing::Message() << "seed " << seed << (shared ? " shared_normaliser" : ""));
   std::mt19937_64 rng(seed);
   LizardShape s{10, 4, 2, 8};
   for (int bits = 0; bits < 32; ++bits) {
     LizardConfig c = small_config(4, 8, (bits & 16) ? 5 : 13);
     c.meta_weights_gate = true;
+    c.shared_normaliser = shared;
     c.meta_tokens = 1 + bits % 3;
     c.feature_act = (bits & 1) ? LizardConfig::FeatureAct::Exp : LizardConfig::FeatureAct::Softmax;
     c.gate = (bits & 2) ? LizardConfig::Gate::PerHead : LizardConfig::Gate::Scalar;
@@ -347,15 +349,28 @@ TEST(LizardForms, MetaWeightsGate) {
     c.window_rope = c.feature_on_rope = bits & 8;
     expect_forms_agree(make_problem(c, s, 41, rng));
   }
-  // It changes the output, and it needs the sinks and the Lizard combine.
-  LizardConfig c = small_config(4, 8, 13);
-  auto pb = make_problem(c, s, 30, rng);
+}
+
+// How far the chunked forward's output moves when `turn_on` changes the config (fresh seed).
+template <typename F>
+static double output_change(const LizardConfig& base, F&& turn_on) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  auto pb = make_problem(base, LizardShape{10, 4, 2, 8}, 30, rng);
   const auto y0 = run<double>(pb, Form::Chunked);
-  pb.c.meta_weights_gate = true;
+  turn_on(pb.c);
   const auto y1 = run<double>(pb, Form::Chunked);
   double diff = 0;
   for (size_t i = 0; i < y0.size(); ++i) diff = std::max(diff, std::fabs(y1[i] - y0[i]));
-  EXPECT_GT(diff, 1e-3);
+  return diff;
+}
+
+TEST(LizardForms, MetaWeightsGate) {
+  expect_mwg_forms_agree(false);
+  // It changes the output, and it needs the sinks and the Lizard combine.
+  LizardConfig c = small_config(4, 8, 13);
+  EXPECT_GT(output_change(c, [](LizardConfig& x) { x.meta_weights_gate = true; }), 1e-3);
   c.meta_weights_gate = true;
   // The GPU kernels take it (plain C++: tested in every build; the kernels in tests/gpu).
   EXPECT_TRUE(lizard::cuda::lizard_cuda_args(c, LizardShape{64, 4, 2, 64}, 1, 10).meta_weights_gate);
@@ -368,29 +383,10 @@ TEST(LizardForms, MetaWeightsGate) {
 
 // shared_normaliser (not in the paper): the three forms agree; it changes the output; it needs mwg.
 TEST(LizardForms, SharedNormaliser) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
-  std::mt19937_64 rng(seed);
-  LizardShape s{10, 4, 2, 8};
-  for (int bits = 0; bits < 32; ++bits) {
-    LizardConfig c = small_config(4, 8, (bits & 16) ? 5 : 13);
-    c.meta_weights_gate = c.shared_normaliser = true;
-    c.meta_tokens = 1 + bits % 3;
-    c.feature_act = (bits & 1) ? LizardConfig::FeatureAct::Exp : LizardConfig::FeatureAct::Softmax;
-    c.gate = (bits & 2) ? LizardConfig::Gate::PerHead : LizardConfig::Gate::Scalar;
-    c.meta_per_head = bits & 4;
-    c.window_rope = c.feature_on_rope = bits & 8;
-    expect_forms_agree(make_problem(c, s, 41, rng));
-  }
+  expect_mwg_forms_agree(true);
   LizardConfig c = small_config(4, 8, 13);
   c.meta_weights_gate = true;
-  auto pb = make_problem(c, s, 30, rng);
-  const auto y0 = run<double>(pb, Form::Chunked);
-  pb.c.shared_normaliser = true;
-  const auto y1 = run<double>(pb, Form::Chunked);
-  double diff = 0;
-  for (size_t i = 0; i < y0.size(); ++i) diff = std::max(diff, std::fabs(y1[i] - y0[i]));
-  EXPECT_GT(diff, 1e-3);
+  EXPECT_GT(output_change(c, [](LizardConfig& x) { x.shared_normaliser = true; }), 1e-3);
   c.shared_normaliser = true;
   EXPECT_TRUE(lizard::cuda::lizard_cuda_args(c, LizardShape{64, 4, 2, 64}, 1, 10).shared_normaliser);
   const LizardConfig back = lizard_config_from_string(lizard_config_to_string(c));
@@ -625,14 +621,16 @@ TEST(LizardBackward, FiniteDifferencesEveryOption) {
   }
 }
 
-TEST(LizardBackward, FiniteDifferencesSharedNormaliser) {
+// Finite differences over 32 option combinations with meta_weights_gate, with or without shared_normaliser.
+static void mwg_gradchecks(bool shared) {
   const uint64_t seed = fresh_seed();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  SCOPED_TRACE(::testing::Message() << "seed " << seed << (shared ? " shared_normaliser" : ""));
   std::mt19937_64 rng(seed);
   LizardShape s{5, 4, 2, 4};
   for (int bits = 0; bits < 32; ++bits) {
     LizardConfig c = small_config(3, 4, (bits & 16) ? 2 : 6);
-    c.meta_weights_gate = c.shared_normaliser = true;
+    c.meta_weights_gate = true;
+    c.shared_normaliser = shared;
     c.meta_tokens = 1 + bits % 2;
     c.feature_act = (bits & 1) ? LizardConfig::FeatureAct::Exp : LizardConfig::FeatureAct::Softmax;
     c.gate = (bits & 2) ? LizardConfig::Gate::PerHead : LizardConfig::Gate::Scalar;
@@ -642,22 +640,8 @@ TEST(LizardBackward, FiniteDifferencesSharedNormaliser) {
   }
 }
 
-TEST(LizardBackward, FiniteDifferencesMetaWeightsGate) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
-  std::mt19937_64 rng(seed);
-  LizardShape s{5, 4, 2, 4};
-  for (int bits = 0; bits < 32; ++bits) {
-    LizardConfig c = small_config(3, 4, (bits & 16) ? 2 : 6);
-    c.meta_weights_gate = true;
-    c.meta_tokens = 1 + bits % 2;
-    c.feature_act = (bits & 1) ? LizardConfig::FeatureAct::Exp : LizardConfig::FeatureAct::Softmax;
-    c.gate = (bits & 2) ? LizardConfig::Gate::PerHead : LizardConfig::Gate::Scalar;
-    c.meta_per_head = bits & 4;
-    c.alpha_per_layer = bits & 8;
-    g_worst_grad = std::max(g_worst_grad, gradcheck(make_problem(c, s, 15, rng), rng));
-  }
-}
+TEST(LizardBackward, FiniteDifferencesSharedNormaliser) { mwg_gradchecks(true); }
+TEST(LizardBackward, FiniteDifferencesMetaWeightsGate) { mwg_gradchecks(false); }
 
 TEST(LizardBackward, FiniteDifferencesWindowsAndLengths) {
   const uint64_t seed = fresh_seed();

@@ -215,37 +215,26 @@ TEST(Stage2Cuda, HybridWithBiasAndTiedHeadMatchesCpu) {
   compare_step("hybrid", cpu, gpu, random_batch(sd, 2, L, tiny.ck->config.vocab_size), L);
 }
 
-// meta_weights_gate (the gated branch weighted by the sinks' share of the window softmax) in every layer.
-TEST(Stage2Cuda, MetaWeightsGateMatchesCpu) {
+// meta_weights_gate (the gated branch weighted by the sinks' share of the window softmax) in every layer,
+// alone or with shared_normaliser (one normaliser for both branches).
+static void compare_mwg_step(bool shared) {
   Seeded sd;
   SCOPED_TRACE(sd.trace());
   auto tiny = lizard::testing::make_tiny(sd, gpu_spec());
   LizardConfig c = gpu_config();
   c.meta_weights_gate = true;
+  c.shared_normaliser = shared;
   const LizardCheckpoint lz = lizard_for(*tiny.ck, c);
   const int L = 130;
   Stage2Options o = options(L, true);
   Stage2 cpu(tiny.ck, lz, o);
   Stage2Cuda gpu(tiny.ck, lz, o);
   perturb_b(sd, cpu, gpu);
-  compare_step("mwg", cpu, gpu, random_batch(sd, 2, L, tiny.ck->config.vocab_size), L);
+  compare_step(shared ? "sn" : "mwg", cpu, gpu, random_batch(sd, 2, L, tiny.ck->config.vocab_size), L);
 }
 
-// shared_normaliser (with meta_weights_gate) in every layer.
-TEST(Stage2Cuda, SharedNormaliserMatchesCpu) {
-  Seeded sd;
-  SCOPED_TRACE(sd.trace());
-  auto tiny = lizard::testing::make_tiny(sd, gpu_spec());
-  LizardConfig c = gpu_config();
-  c.meta_weights_gate = c.shared_normaliser = true;
-  const LizardCheckpoint lz = lizard_for(*tiny.ck, c);
-  const int L = 130;
-  Stage2Options o = options(L, true);
-  Stage2 cpu(tiny.ck, lz, o);
-  Stage2Cuda gpu(tiny.ck, lz, o);
-  perturb_b(sd, cpu, gpu);
-  compare_step("sn", cpu, gpu, random_batch(sd, 2, L, tiny.ck->config.vocab_size), L);
-}
+TEST(Stage2Cuda, MetaWeightsGateMatchesCpu) { compare_mwg_step(false); }
+TEST(Stage2Cuda, SharedNormaliserMatchesCpu) { compare_mwg_step(true); }
 
 // "lizard_layers": "none": LoRA on the teacher itself (stage 2's yardstick), every layer on the flash path;
 // Lizard options the GPU kernels do not take (feature_dim 8) must not matter.
