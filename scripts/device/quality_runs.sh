@@ -16,7 +16,9 @@
 #                      (vs Lizard 10.78 / LoLCATs 10.41)
 #   tput               stage-1 / stage-2 tokens/s of mwg + per-head sinks against shared_normaliser (sn: its
 #                      backward adds a per-row pass and a dy copy), short runs one after the other
-#   lol10              LoLCATs 10M + 10M, resumable: each call goes on where the last stopped (stops with
+#   sn10               configs/lizard_rope_sn.json (mwg + per-head sinks + shared_normaliser, gate_init 0.999)
+#                      10M + 10M, resumable; NAME (default sn10) and SEED as for mwg10
+#   lol10              LoLCATs 10M + 10M (NAME, default lol10, and SEED: other seeds of the baseline), resumable: each call goes on where the last stopped (stops with
 #                      SIGINT, which checkpoints, before DEADLINE seconds: 560) until lol10-s2 has its report
 set -uo pipefail
 name=${1:?usage: quality_runs.sh NAME}
@@ -50,7 +52,8 @@ run10() {  # NAME CONFIG: 10M + 10M with the tuned recipe, both stages resumable
 case "$name" in
   yard3)  lin --stage 2 --teacher $lz/model.gguf --config configs/teacher_lora.json --lr2 2e-3 --tokens 3000000 --out $lz/yard3 ;;
   yard10) lin --stage 2 --teacher $lz/model.gguf --config configs/teacher_lora.json --lr2 2e-3 --tokens 10000000 --out $lz/yard10 ;;
-  lol10)  run10 lol10 configs/lolcats.json ;;
+  lol10)  run10 ${NAME:-lol10} configs/lolcats.json ;;
+  sn10)   run10 ${NAME:-sn10} configs/lizard_rope_sn.json ;;
   combo10) run10 combo10 "$(tmpcfg combo10 '{"gate": "per_head", "meta_per_head": true, "meta_tokens": 8}')" ;;
   mwg3)   for v in 'mwg3 {"meta_weights_gate": true}' 'mwgph3 {"meta_weights_gate": true, "meta_per_head": true}'; do
             echo "== ${v%% *}"; lizard_pair ${v%% *} "$(tmpcfg ${v%% *} "${v#* }")"
@@ -80,4 +83,5 @@ case "$name" in
   *) echo "quality_runs.sh: unknown run '$name'"; exit 2 ;;
 esac
 [ "$name" = mwg10 ] && name=${MWG_NAME:-mwg10}
+[ "$name" = lol10 ] || [ "$name" = sn10 ] && name=${NAME:-$name}
 (cd $lz && tar czf "$o/$name.tgz" $(ls -d $name* 2>/dev/null | sed 's|$|/report.json|') 2>/dev/null) || true
