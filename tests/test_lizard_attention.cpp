@@ -396,6 +396,34 @@ TEST(LizardForms, SharedNormaliser) {
   EXPECT_THROW(c.validate(), Error);
 }
 
+// gate_skips_window (a CPU experiment): the parallel and chunked forms agree (it has no recurrent form:
+// refused), alone and with mwg / shared_normaliser; it changes the output; the GPU refuses it.
+TEST(LizardForms, GateSkipsWindow) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  LizardShape s{10, 4, 2, 8};
+  for (int bits = 0; bits < 64; ++bits) {
+    LizardConfig c = small_config(4, 8, (bits & 16) ? 5 : (bits & 32) ? 1 : 13);
+    c.gate_skips_window = true;
+    c.meta_weights_gate = bits & 1;
+    c.shared_normaliser = (bits & 1) && (bits & 2);
+    c.gate = (bits & 4) ? LizardConfig::Gate::PerHead : LizardConfig::Gate::Scalar;
+    c.window_rope = c.feature_on_rope = bits & 8;
+    const Problem pb = make_problem(c, s, 41, rng);
+    const auto ref = run<double>(pb, Form::Parallel);
+    EXPECT_LT(rel_err(run<double>(pb, Form::Chunked), ref), 1e-11) << describe(pb.c, pb.s, pb.L);
+    EXPECT_LT(rel_err(run<float>(pb, Form::Chunked), ref), 1e-5) << describe(pb.c, pb.s, pb.L);
+  }
+  LizardConfig c = small_config(4, 8, 13);
+  EXPECT_GT(output_change(c, [](LizardConfig& x) { x.gate_skips_window = true; }), 1e-3);
+  c.gate_skips_window = true;
+  EXPECT_THROW(run<double>(make_problem(c, s, 20, rng), Form::Recurrent), Error);
+  EXPECT_THROW(lizard::cuda::lizard_cuda_args(c, LizardShape{64, 4, 2, 64}, 1, 10), Error);
+  EXPECT_TRUE(lizard_config_from_string(lizard_config_to_string(c)).gate_skips_window);
+  EXPECT_FALSE(lizard_config_to_json(LizardConfig{}).contains("gate_skips_window"));
+}
+
 TEST(LizardForms, ZZReportWorstErrors) {
   std::printf("[lizard] worst forward rel. error so far: float forms vs fp64 parallel %.3g, double forms %.3g\n",
               g_worst_float, g_worst_double);
@@ -641,6 +669,21 @@ static void mwg_gradchecks(bool shared) {
 }
 
 TEST(LizardBackward, FiniteDifferencesSharedNormaliser) { mwg_gradchecks(true); }
+
+TEST(LizardBackward, FiniteDifferencesGateSkipsWindow) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  LizardShape s{5, 4, 2, 4};
+  for (int bits = 0; bits < 32; ++bits) {
+    LizardConfig c = small_config(3, 4, (bits & 8) ? 2 : (bits & 16) ? 1 : 6);
+    c.gate_skips_window = true;
+    c.meta_weights_gate = bits & 1;
+    c.shared_normaliser = (bits & 1) && (bits & 2);
+    c.gate = (bits & 4) ? LizardConfig::Gate::PerHead : LizardConfig::Gate::Scalar;
+    g_worst_grad = std::max(g_worst_grad, gradcheck(make_problem(c, s, 15, rng), rng));
+  }
+}
 TEST(LizardBackward, FiniteDifferencesMetaWeightsGate) { mwg_gradchecks(false); }
 
 TEST(LizardBackward, FiniteDifferencesWindowsAndLengths) {

@@ -69,6 +69,7 @@ void LizardConfig::validate(int n_layers) const {
   LZ_CHECK(!meta_weights_gate || (combine == Combine::Lizard && meta_tokens >= 1),
            "lizard config: meta_weights_gate needs combine = lizard and meta_tokens >= 1");
   LZ_CHECK(!shared_normaliser || meta_weights_gate, "lizard config: shared_normaliser needs meta_weights_gate");
+  LZ_CHECK(!gate_skips_window || combine == Combine::Lizard, "lizard config: gate_skips_window needs combine = lizard");
   LZ_CHECK(std::isfinite(lolcats_window_init), "lizard config: lolcats_window_init must be finite");
   LZ_CHECK(!(no_lizard_layers && !lizard_layers.empty()),
            "lizard config: no Lizard layers (\"none\") but lizard_layers lists {} layers", lizard_layers.size());
@@ -106,6 +107,7 @@ json lizard_config_to_json(const LizardConfig& c) {
   // Written only when on: files of the paper's combine stay as they were (a resume compares configs).
   if (c.meta_weights_gate) j["meta_weights_gate"] = true;
   if (c.shared_normaliser) j["shared_normaliser"] = true;
+  if (c.gate_skips_window) j["gate_skips_window"] = true;
   j["chunk"] = c.chunk;
   j["eps"] = c.eps;
   j["lolcats_window_init"] = c.lolcats_window_init;
@@ -186,6 +188,8 @@ LizardConfig lizard_config_from_json(const json& j) {
       c.meta_weights_gate = get_as<bool>(v, "meta_weights_gate");
     } else if (k == "shared_normaliser") {
       c.shared_normaliser = get_as<bool>(v, "shared_normaliser");
+    } else if (k == "gate_skips_window") {
+      c.gate_skips_window = get_as<bool>(v, "gate_skips_window");
     } else if (k == "chunk") {
       c.chunk = get_as<int>(v, "chunk");
     } else if (k == "eps") {

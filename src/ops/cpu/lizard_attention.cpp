@@ -162,10 +162,12 @@ void lizard_forward_parallel(const LizardConfig& c, const LizardShape& s, const 
         for (int64_t t = i; t >= 0; --t) {
           const T decay = std::exp(dsum);
           if (decay == T(0)) break;
-          const T kk = decay * dot(pq, &phk[(t * H + h) * F2], F2);
-          const T* vt = in.v + (t * Hkv + g) * D;
-          for (int d = 0; d < D; ++d) num[d] += kk * vt[d];
-          den += kk;
+          if (!c.gate_skips_window || t <= i - w) {
+            const T kk = decay * dot(pq, &phk[(t * H + h) * F2], F2);
+            const T* vt = in.v + (t * Hkv + g) * D;
+            for (int d = 0; d < D; ++d) num[d] += kk * vt[d];
+            den += kk;
+          }
           dsum += pr.lg[t * G + gc];
         }
         // window with meta sinks
@@ -227,6 +229,7 @@ void lizard_step(const LizardConfig& c, const LizardShape& s, const LizardParams
            "lizard_step: state does not match the config (call reset)");
   LZ_CHECK(!needs_rope(c) || rope, "lizard: the options need RoPE but no rope was given");
   LZ_CHECK(lol || x, "lizard_step: missing x (the gate input)");
+  LZ_CHECK(!c.gate_skips_window, "lizard: gate_skips_window has no recurrent form (token-by-token decode) yet");
   const T scale = T(1) / std::sqrt(T(D)), eps = T(c.eps);
   const int64_t n = st.n_tokens;
   const size_t slot = size_t(n % w);

@@ -104,6 +104,57 @@ struct Ctx {
   bool in_window(int64_t i, int64_t t) const { return t <= i && t > i - c.window; }
 };
 
+// ---- gate_skips_window: the gated branch over the keys t <= i - w only -----------------------------
+// Query chunk n reads the state S_m entering chunk m = lag_chunk(n) (every key before chunk m is <= i - w for
+// each of the chunk's rows) and key chunks m .. n under the mask t <= i - w (Bc: the head's cumulative log
+// gamma, Bc_{-1} = 0):
+//   [N|den]_i = e^{Bc_i - Bc_{mC-1}} phq_i S_m + sum_{j=m..n} sum_{t in j, t <= i-w} (phq_i.phk_t) e^{Bc_i - Bc_t} [v_t|1]
+// Exact (no subtraction of the window's part from the full branch: that cancels to roundoff / eps while
+// every key is still in the window).
+
+template <typename T>
+std::vector<T> cumulative_log_gamma(const Ctx<T>& X, int h) {
+  std::vector<T> Bc(size_t(X.pr.L));
+  T acc = 0;
+  for (int64_t i = 0; i < X.pr.L; ++i) Bc[size_t(i)] = (acc += X.pr.lg[i * X.pr.G + X.pr.gate_col(h)]);
+  return Bc;
+}
+
+template <typename T>
+int lag_chunk(const Ctx<T>& X, int n) {
+  const int64_t a = X.start(n) - X.c.window + 1;
+  return a <= 0 ? 0 : int(a / X.C);
+}
+
+// e^{Bc_i - Bc_{mC-1}} for the rows of query chunk n, m = lag_chunk(n), into el [cn].
+template <typename T>
+void lag_row_decay(const Ctx<T>& X, int n, const T* Bc, T* el) {
+  const int m = lag_chunk(X, n);
+  const T base = m > 0 ? Bc[X.start(m) - 1] : T(0);
+  for (int r = 0; r < X.len(n); ++r) el[r] = std::exp(Bc[X.start(n) + r] - base);
+}
+
+// Kl [cn, kc] = (phq phk_j^T) .* Ml with Ml = e^{Bc_i - Bc_t} [t <= i - w] (stored if given); phk_j [kc, F2]
+// and Vh_j [kc, D+1] of key chunk j into the scratch given; false when no pair of the chunks qualifies.
+template <typename T>
+bool lag_kernel(const Ctx<T>& X, int h, int n, int j, const T* Bc, const T* phq, T* Kl, T* phkj, T* Vhj, T* u,
+                T* Ml = nullptr) {
+  const int64_t s0 = X.start(n), ks = X.start(j);
+  const int cn = X.len(n), kc = X.len(j), w = X.c.window;
+  if (ks > s0 + cn - 1 - w) return false;  // no key of chunk j is <= i - w for any row
+  X.features(h, ks, kc, u, nullptr, phkj);
+  X.vhat(X.s.kv_head(h), ks, kc, Vhj);
+  gemm(false, true, cn, kc, X.F2, T(1), phq, X.F2, phkj, X.F2, T(0), Kl, kc);
+  for (int r = 0; r < cn; ++r)
+    for (int t = 0; t < kc; ++t) {
+      const int64_t i = s0 + r, tt = ks + t;
+      const T ml = tt <= i - w ? std::exp(Bc[i] - Bc[tt]) : T(0);
+      Kl[size_t(r) * kc + t] *= ml;
+      if (Ml) Ml[size_t(r) * kc + t] = ml;
+    }
+  return true;
+}
+
 // ---- lizard combine: forward of one head ---------------------------------------------------------
 
 template <typename T>
@@ -122,6 +173,13 @@ void head_forward_lizard(const Ctx<T>& X, int h, T* y, HeadSave<T>* sv, T* Sfina
   std::vector<T> A(size_t(C) * D), rm(C), rl(C);
   (void)F;
   if (X.S0) std::copy(X.S0 + size_t(h) * F2 * Dv, X.S0 + size_t(h + 1) * F2 * Dv, S.begin());
+  // gate_skips_window: every chunk's entering state, Bc, the lag rows' decays, one key chunk's scratch
+  const bool skip = X.c.gate_skips_window;
+  std::vector<T> allS, Bc, el, phkj, Vhj, uj;
+  if (skip) {
+    allS.resize(size_t(X.N) * F2 * Dv), Bc = cumulative_log_gamma(X, h), el.resize(C);
+    phkj.resize(size_t(C) * F2), Vhj.resize(size_t(C) * Dv), uj.resize(size_t(C) * pr.F);
+  }
   for (int n = 0; n < X.N; ++n) {
     const int64_t s0 = X.start(n);
     const int cn = X.len(n);
@@ -130,17 +188,29 @@ void head_forward_lizard(const Ctx<T>& X, int h, T* y, HeadSave<T>* sv, T* Sfina
     T acc = 0;
     for (int r = 0; r < cn; ++r) b[r] = (acc += pr.lg[(s0 + r) * G + gc]);
     if (sv) std::copy(S.begin(), S.end(), sv->states.begin() + size_t(n) * F2 * Dv);
-    // inter-chunk: e^{b_i} phi_q S_n
-    gemm(false, false, cn, Dv, F2, T(1), phq.data(), F2, S.data(), Dv, T(0), out.data(), Dv);
-    for (int r = 0; r < cn; ++r) {
-      const T e = std::exp(b[r]);
-      for (int d = 0; d < Dv; ++d) out[size_t(r) * Dv + d] *= e;
+    if (skip) {  // gate_skips_window: S_m of the lag chunk, then key chunks m .. n masked (see lag_kernel)
+      std::copy(S.begin(), S.end(), allS.begin() + size_t(n) * F2 * Dv);
+      const int lm = lag_chunk(X, n);
+      gemm(false, false, cn, Dv, F2, T(1), phq.data(), F2, &allS[size_t(lm) * F2 * Dv], Dv, T(0), out.data(), Dv);
+      lag_row_decay(X, n, Bc.data(), el.data());
+      for (int r = 0; r < cn; ++r)
+        for (int d = 0; d < Dv; ++d) out[size_t(r) * Dv + d] *= el[r];
+      for (int j = lm; j <= n; ++j)
+        if (lag_kernel(X, h, n, j, Bc.data(), phq.data(), P.data(), phkj.data(), Vhj.data(), uj.data()))
+          gemm(false, false, cn, Dv, X.len(j), T(1), P.data(), X.len(j), Vhj.data(), Dv, T(1), out.data(), Dv);
+    } else {
+      // inter-chunk: e^{b_i} phi_q S_n
+      gemm(false, false, cn, Dv, F2, T(1), phq.data(), F2, S.data(), Dv, T(0), out.data(), Dv);
+      for (int r = 0; r < cn; ++r) {
+        const T e = std::exp(b[r]);
+        for (int d = 0; d < Dv; ++d) out[size_t(r) * Dv + d] *= e;
+      }
+      // intra-chunk: (phi_q phi_k^T .* e^{b_i - b_t} .* causal) [V|1]
+      gemm(false, true, cn, cn, F2, T(1), phq.data(), F2, phk.data(), F2, T(0), P.data(), cn);
+      for (int r = 0; r < cn; ++r)
+        for (int t = 0; t < cn; ++t) P[size_t(r) * cn + t] = t <= r ? P[size_t(r) * cn + t] * std::exp(b[r] - b[t]) : T(0);
+      gemm(false, false, cn, Dv, cn, T(1), P.data(), cn, Vh.data(), Dv, T(1), out.data(), Dv);
     }
-    // intra-chunk: (phi_q phi_k^T .* e^{b_i - b_t} .* causal) [V|1]
-    gemm(false, true, cn, cn, F2, T(1), phq.data(), F2, phk.data(), F2, T(0), P.data(), cn);
-    for (int r = 0; r < cn; ++r)
-      for (int t = 0; t < cn; ++t) P[size_t(r) * cn + t] = t <= r ? P[size_t(r) * cn + t] * std::exp(b[r] - b[t]) : T(0);
-    gemm(false, false, cn, Dv, cn, T(1), P.data(), cn, Vh.data(), Dv, T(1), out.data(), Dv);
     // state: S_{n+1} = e^{b_C} S_n + (phi_k .* e^{b_C - b_t})^T [V|1]
     const T bl = b[cn - 1];
     for (int t = 0; t < cn; ++t) {
@@ -464,6 +534,17 @@ void head_backward_lizard(const Ctx<T>& X, int h, const HeadSave<T>& sv, const T
       dphq(size_t(C) * F2), dphk(size_t(C) * F2), dVh(size_t(C) * Dv), Gm(size_t(C) * C), b(C), eb(C),
       dS(size_t(F2) * Dv, T(0)), dB(L), phqs(size_t(C) * F2);
   T* dv = &gr.dv[size_t(h) * L * D];
+  // gate_skips_window (see lag_kernel): Bc, row decays, one key chunk's scratch, pending key gradients, and
+  // the per-state gradients of the queries that read each state
+  const bool skip = X.c.gate_skips_window;
+  std::vector<T> Bc, el, Kl, Ml, Gl, phkj, Vhj, uj, dphk_pend, dVh_pend, pend;
+  if (skip) {
+    Bc = cumulative_log_gamma(X, h), el.resize(C);
+    Kl.resize(size_t(C) * C), Ml.resize(size_t(C) * C), Gl.resize(size_t(C) * C);
+    phkj.resize(size_t(C) * F2), Vhj.resize(size_t(C) * Dv), uj.resize(size_t(C) * pr.F);
+    dphk_pend.assign(size_t(L) * F2, T(0)), dVh_pend.assign(size_t(L) * Dv, T(0));
+    pend.assign(size_t(X.N) * F2 * Dv, T(0));
+  }
   for (int n = X.N - 1; n >= 0; --n) {
     const int64_t s0 = X.start(n);
     const int cn = X.len(n);
@@ -473,12 +554,14 @@ void head_backward_lizard(const Ctx<T>& X, int h, const HeadSave<T>& sv, const T
     for (int r = 0; r < cn; ++r) b[r] = (acc += pr.lg[(s0 + r) * G + gc]);
     const T bl = b[cn - 1];
     for (int t = 0; t < cn; ++t) eb[t] = std::exp(bl - b[t]);
-    const T* Sn = &sv.states[size_t(n) * F2 * Dv];
+    const int lm = skip ? lag_chunk(X, n) : n;  // the state this chunk's queries read
+    const T* Sn = &sv.states[size_t(lm) * F2 * Dv];
     const T* dOc = &dOut[s0 * Dv];
     // inter-chunk terms (dS is the gradient of the state leaving this chunk)
     gemm(false, true, cn, F2, Dv, T(1), dOc, Dv, Sn, Dv, T(0), dphq.data(), F2);
+    if (skip) lag_row_decay(X, n, Bc.data(), el.data());
     for (int r = 0; r < cn; ++r) {
-      const T e = std::exp(b[r]);
+      const T e = skip ? el[r] : std::exp(b[r]);
       for (int f = 0; f < F2; ++f) dphq[size_t(r) * F2 + f] *= e;
     }
     gemm(false, false, cn, Dv, F2, T(1), phk.data(), F2, dS.data(), Dv, T(0), dVh.data(), Dv);
@@ -487,6 +570,30 @@ void head_backward_lizard(const Ctx<T>& X, int h, const HeadSave<T>& sv, const T
       for (int d = 0; d < Dv; ++d) dVh[size_t(t) * Dv + d] *= eb[t];
       for (int f = 0; f < F2; ++f) dphk[size_t(t) * F2 + f] *= eb[t];
     }
+    if (skip) {
+      // gate_skips_window: key chunks lm .. n under the lag mask (lag_kernel): Gl = (dOut Vh_j^T) .* Ml,
+      // dphq += Gl phk_j, dphk_j += Gl^T phq, dVh_j += Kl^T dOut (chunks before n: pending until their turn);
+      // the queries' state gradient goes to the lag chunk's state: pend_lm += (el .* phq)^T dOut.
+      for (int j = lm; j <= n; ++j) {
+        if (!lag_kernel(X, h, n, j, Bc.data(), phq.data(), Kl.data(), phkj.data(), Vhj.data(), uj.data(), Ml.data()))
+          continue;
+        const int64_t ks = X.start(j);
+        const int kc = X.len(j);
+        gemm(false, true, cn, kc, Dv, T(1), dOc, Dv, Vhj.data(), Dv, T(0), Gl.data(), kc);
+        for (size_t e = 0; e < size_t(cn) * kc; ++e) Gl[e] *= Ml[e];
+        gemm(false, false, cn, F2, kc, T(1), Gl.data(), kc, phkj.data(), F2, T(1), dphq.data(), F2);
+        gemm(true, false, kc, F2, cn, T(1), Gl.data(), kc, phq.data(), F2, T(1), &dphk_pend[size_t(ks) * F2], F2);
+        gemm(true, false, kc, Dv, cn, T(1), Kl.data(), kc, dOc, Dv, T(1), &dVh_pend[size_t(ks) * Dv], Dv);
+      }
+      for (size_t e = 0; e < size_t(cn) * F2; ++e) dphk[e] += dphk_pend[size_t(s0) * F2 + e];
+      for (size_t e = 0; e < size_t(cn) * Dv; ++e) dVh[e] += dVh_pend[size_t(s0) * Dv + e];
+      for (int r = 0; r < cn; ++r)
+        for (int f = 0; f < F2; ++f) phqs[size_t(r) * F2 + f] = phq[size_t(r) * F2 + f] * el[r];
+      gemm(true, false, F2, Dv, cn, T(1), phqs.data(), F2, dOc, Dv, T(1), &pend[size_t(lm) * F2 * Dv], Dv);
+      // dS_n = e^{b_C} dS_{n+1} + pend_n
+      const T ebl = std::exp(bl);
+      for (size_t e = 0; e < dS.size(); ++e) dS[e] = ebl * dS[e] + pend[size_t(n) * F2 * Dv + e];
+    } else {
     // intra-chunk: P = phq phk^T .* Dm, Gm = dOut Vh^T .* Dm
     gemm(false, true, cn, cn, F2, T(1), phq.data(), F2, phk.data(), F2, T(0), p.data(), cn);
     gemm(false, true, cn, cn, Dv, T(1), dOc, Dv, Vh.data(), Dv, T(0), Gm.data(), cn);
@@ -505,6 +612,7 @@ void head_backward_lizard(const Ctx<T>& X, int h, const HeadSave<T>& sv, const T
       for (int f = 0; f < F2; ++f) phqs[size_t(r) * F2 + f] = phq[size_t(r) * F2 + f] * e;
     }
     gemm(true, false, F2, Dv, cn, T(1), phqs.data(), F2, dOc, Dv, std::exp(bl), dS.data(), Dv);
+    }
     for (int r = 0; r < cn; ++r)
       dB[s0 + r] = dot(dOc + size_t(r) * Dv, &sv.out[(s0 + r) * Dv], Dv) -
                    dot(&Vh[size_t(r) * Dv], &dVh[size_t(r) * Dv], Dv);
@@ -606,6 +714,8 @@ template <typename T>
 void lizard_forward_chunked(const LizardConfig& c, const LizardShape& s, const LizardParamsT<T>& p,
                             const LizardRope* rope, const LizardInput<T>& in, T* y, LizardState<T>* final_state,
                             const LizardState<T>* initial_state) {
+  LZ_CHECK(!c.gate_skips_window || (!final_state && !(initial_state && initial_state->n_tokens > 0)),
+           "lizard: gate_skips_window has no recurrent state yet (no continued sequence, no decode)");
   Prepared<T> pr;
   prepare(c, s, p, rope, in, pr);
   Ctx<T> X(c, s, p, pr, in);

@@ -35,6 +35,8 @@ LizardAttnArgs lizard_cuda_args(const LizardConfig& c, const LizardShape& s, int
            "lizard attention (cuda): feature_on_rope = {} with window_rope = {} needs two q/k sets; the GPU kernel "
            "takes one (set both equal)",
            c.feature_on_rope, c.window_rope);
+  LZ_CHECK(!c.gate_skips_window,
+           "lizard attention (cuda): gate_skips_window is a CPU-only experiment (use --device cpu)");
   LizardAttnArgs a = shared_args<LizardAttnArgs>(c, s, batch, L);
   a.n_meta = c.meta_tokens;
   a.meta_per_head = c.meta_per_head;
