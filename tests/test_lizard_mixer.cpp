@@ -304,6 +304,33 @@ TEST(LizardMixer, PrefillContinuation) {
     }
 }
 
+// gate_skips_window (no recurrent form: the mixer keeps the inputs and recomputes): prefill A then B, one
+// prefill of A+B and token by token agree, and decode goes on.
+TEST(LizardMixer, GateSkipsWindowContinuation) {
+  Seeded rs;
+  SCOPED_TRACE(rs.trace());
+  for (auto [w, C] : {std::pair{8, 4}, std::pair{3, 8}}) {
+    auto cfg = tiny_config({}, w, C);
+    cfg.gate_skips_window = true;
+    auto t = make_lizard_tiny(rs, cfg);
+    LlamaModel m(t.tm.ck, test_options());
+    apply_lizard(m, t.lck);
+    const int V = m.vocab_size();
+    const auto A = random_tokens(rs, 21, V), B = random_tokens(rs, 13, V);
+    std::vector<int32_t> AB = A;
+    AB.insert(AB.end(), B.begin(), B.end());
+    auto s1 = m.new_state(), s2 = m.new_state(), s3 = m.new_state();
+    auto la = run_all(m, s1, A), lb = run_all(m, s1, B);
+    la.insert(la.end(), lb.begin(), lb.end());
+    const auto lab = run_all(m, s2, AB);
+    const auto lt = token_by_token(m, s3, AB);
+    EXPECT_LT(rel_err(la, lt), 2e-5) << "w " << w;
+    EXPECT_LT(rel_err(lab, lt), 2e-5) << "w " << w;
+    const auto d1 = decode(m, s1, last_row(la, V), 4), d3 = decode(m, s3, last_row(lt, V), 4);
+    EXPECT_LT(rel_err(d1, d3), 2e-5) << "w " << w;
+  }
+}
+
 // A saved state (state_io) resumes exactly; another Lizard model refuses it.
 TEST(LizardMixer, SaveLoadState) {
   Seeded rs;

@@ -15,6 +15,8 @@
 //   window: s_it = qw_i . kw_t / sqrt(D), t in [i-w+1, i];  mu = meta logits (row h if per head)
 //           A_i = sum_t e^{s_it} v_t / (sum_j e^{mu_j} + sum_t e^{s_it})   (shifted by the row max)
 //   y_i = G_i + alpha_h A_i
+//   (meta_weights_gate / shared_normaliser: see lizard_config.h; gate_skips_window: the gate sums run over
+//    t <= i - w only, computed exactly in the chunked form from the state of a lagged chunk)
 // combine = lolcats (no gate, no meta, no alpha; sg = sigmoid(f_h)):
 //   y_i = [sg sum_{win} e^{s_it} v_t + (1-sg) sum_{t<=i-w} (phi_q_i.phi_k_t) v_t]
 //         / [sg sum_{win} e^{s_it} + (1-sg) sum_{t<=i-w} phi_q_i.phi_k_t + eps]

@@ -594,24 +594,24 @@ void head_backward_lizard(const Ctx<T>& X, int h, const HeadSave<T>& sv, const T
       const T ebl = std::exp(bl);
       for (size_t e = 0; e < dS.size(); ++e) dS[e] = ebl * dS[e] + pend[size_t(n) * F2 * Dv + e];
     } else {
-    // intra-chunk: P = phq phk^T .* Dm, Gm = dOut Vh^T .* Dm
-    gemm(false, true, cn, cn, F2, T(1), phq.data(), F2, phk.data(), F2, T(0), p.data(), cn);
-    gemm(false, true, cn, cn, Dv, T(1), dOc, Dv, Vh.data(), Dv, T(0), Gm.data(), cn);
-    for (int r = 0; r < cn; ++r)
-      for (int t = 0; t < cn; ++t) {
-        const T dm = t <= r ? std::exp(b[r] - b[t]) : T(0);
-        p[size_t(r) * cn + t] *= dm;
-        Gm[size_t(r) * cn + t] *= dm;
+      // intra-chunk: P = phq phk^T .* Dm, Gm = dOut Vh^T .* Dm
+      gemm(false, true, cn, cn, F2, T(1), phq.data(), F2, phk.data(), F2, T(0), p.data(), cn);
+      gemm(false, true, cn, cn, Dv, T(1), dOc, Dv, Vh.data(), Dv, T(0), Gm.data(), cn);
+      for (int r = 0; r < cn; ++r)
+        for (int t = 0; t < cn; ++t) {
+          const T dm = t <= r ? std::exp(b[r] - b[t]) : T(0);
+          p[size_t(r) * cn + t] *= dm;
+          Gm[size_t(r) * cn + t] *= dm;
+        }
+      gemm(false, false, cn, F2, cn, T(1), Gm.data(), cn, phk.data(), F2, T(1), dphq.data(), F2);
+      gemm(true, false, cn, F2, cn, T(1), Gm.data(), cn, phq.data(), F2, T(1), dphk.data(), F2);
+      gemm(true, false, cn, Dv, cn, T(1), p.data(), cn, dOc, Dv, T(1), dVh.data(), Dv);
+      // dS_n = e^{b_C} dS_{n+1} + (e^{b} .* phq)^T dOut
+      for (int r = 0; r < cn; ++r) {
+        const T e = std::exp(b[r]);
+        for (int f = 0; f < F2; ++f) phqs[size_t(r) * F2 + f] = phq[size_t(r) * F2 + f] * e;
       }
-    gemm(false, false, cn, F2, cn, T(1), Gm.data(), cn, phk.data(), F2, T(1), dphq.data(), F2);
-    gemm(true, false, cn, F2, cn, T(1), Gm.data(), cn, phq.data(), F2, T(1), dphk.data(), F2);
-    gemm(true, false, cn, Dv, cn, T(1), p.data(), cn, dOc, Dv, T(1), dVh.data(), Dv);
-    // dS_n = e^{b_C} dS_{n+1} + (e^{b} .* phq)^T dOut
-    for (int r = 0; r < cn; ++r) {
-      const T e = std::exp(b[r]);
-      for (int f = 0; f < F2; ++f) phqs[size_t(r) * F2 + f] = phq[size_t(r) * F2 + f] * e;
-    }
-    gemm(true, false, F2, Dv, cn, T(1), phqs.data(), F2, dOc, Dv, std::exp(bl), dS.data(), Dv);
+      gemm(true, false, F2, Dv, cn, T(1), phqs.data(), F2, dOc, Dv, std::exp(bl), dS.data(), Dv);
     }
     for (int r = 0; r < cn; ++r)
       dB[s0 + r] = dot(dOc + size_t(r) * Dv, &sv.out[(s0 + r) * Dv], Dv) -
