@@ -38,7 +38,8 @@ struct LizardConfig {
   bool shared_normaliser = false;
   // Not in the paper (an experiment; CPU chunked / parallel forms only): the gated branch covers only the keys
   // outside the window (t <= i - w), as LoLCATs' linear part does, instead of every key t <= i. The window's
-  // keys then reach a query through the softmax alone. No recurrent form yet (decode refuses it).
+  // keys then reach a query through the softmax alone. No recurrent form yet: lizard_step refuses it and the
+  // model's Lizard mixer keeps the sequence's inputs and recomputes (memory grows with the context).
   bool gate_skips_window = false;
   int chunk = 64;                                // C of the chunked algorithm
   double eps = 1e-6;                             // gate-branch normaliser: num / (den + eps)
