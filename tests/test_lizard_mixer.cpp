@@ -273,7 +273,25 @@ TEST(LizardMixer, PrefillEqualsTokenByToken) {
     }
 }
 
-// Multi-turn: prefill A, prefill B, decode == prefill A+B, decode == token by token.
+// Multi-turn on model m: prefill A (nA tokens), prefill B (nB), decode == prefill A+B, decode == token by token.
+static void expect_continuation_agrees(Seeded& rs, LlamaModel& m, int nA, int nB, int ndecode, const std::string& what) {
+  const int V = m.vocab_size();
+  const auto A = random_tokens(rs, nA, V), B = random_tokens(rs, nB, V);
+  std::vector<int32_t> AB = A;
+  AB.insert(AB.end(), B.begin(), B.end());
+  auto s1 = m.new_state(), s2 = m.new_state(), s3 = m.new_state();
+  auto la = run_all(m, s1, A), lb = run_all(m, s1, B);
+  la.insert(la.end(), lb.begin(), lb.end());
+  const auto lab = run_all(m, s2, AB);
+  const auto lt = token_by_token(m, s3, AB);
+  EXPECT_LT(rel_err(la, lt), 2e-5) << what;
+  EXPECT_LT(rel_err(lab, lt), 2e-5) << what;
+  const auto d1 = decode(m, s1, last_row(la, V), ndecode), d2 = decode(m, s2, last_row(lab, V), ndecode),
+             d3 = decode(m, s3, last_row(lt, V), ndecode);
+  EXPECT_LT(rel_err(d1, d3), 2e-5) << what;
+  EXPECT_LT(rel_err(d2, d3), 2e-5) << what;
+}
+
 TEST(LizardMixer, PrefillContinuation) {
   Seeded rs;
   SCOPED_TRACE(rs.trace());
@@ -285,27 +303,11 @@ TEST(LizardMixer, PrefillContinuation) {
       auto t = make_lizard_tiny(rs, cfg);
       LlamaModel m(t.tm.ck, test_options());
       apply_lizard(m, t.lck);
-      const int V = m.vocab_size();
-      const auto A = random_tokens(rs, 45, V), B = random_tokens(rs, 29, V);
-      std::vector<int32_t> AB = A;
-      AB.insert(AB.end(), B.begin(), B.end());
-      auto s1 = m.new_state(), s2 = m.new_state(), s3 = m.new_state();
-      auto la = run_all(m, s1, A), lb = run_all(m, s1, B);
-      la.insert(la.end(), lb.begin(), lb.end());
-      const auto lab = run_all(m, s2, AB);
-      const auto lt = token_by_token(m, s3, AB);
-      const std::string what = fmt::format("w {} C {} hybrid {}", w, C, !layers.empty());
-      EXPECT_LT(rel_err(la, lt), 2e-5) << what;
-      EXPECT_LT(rel_err(lab, lt), 2e-5) << what;
-      const auto d1 = decode(m, s1, last_row(la, V), 6), d2 = decode(m, s2, last_row(lab, V), 6),
-                 d3 = decode(m, s3, last_row(lt, V), 6);
-      EXPECT_LT(rel_err(d1, d3), 2e-5) << what;
-      EXPECT_LT(rel_err(d2, d3), 2e-5) << what;
+      expect_continuation_agrees(rs, m, 45, 29, 6, fmt::format("w {} C {} hybrid {}", w, C, !layers.empty()));
     }
 }
 
-// gate_skips_window (no recurrent form: the mixer keeps the inputs and recomputes): prefill A then B, one
-// prefill of A+B and token by token agree, and decode goes on.
+// gate_skips_window (no recurrent form: the mixer keeps the inputs and recomputes): the same agreement.
 TEST(LizardMixer, GateSkipsWindowContinuation) {
   Seeded rs;
   SCOPED_TRACE(rs.trace());
@@ -315,19 +317,7 @@ TEST(LizardMixer, GateSkipsWindowContinuation) {
     auto t = make_lizard_tiny(rs, cfg);
     LlamaModel m(t.tm.ck, test_options());
     apply_lizard(m, t.lck);
-    const int V = m.vocab_size();
-    const auto A = random_tokens(rs, 21, V), B = random_tokens(rs, 13, V);
-    std::vector<int32_t> AB = A;
-    AB.insert(AB.end(), B.begin(), B.end());
-    auto s1 = m.new_state(), s2 = m.new_state(), s3 = m.new_state();
-    auto la = run_all(m, s1, A), lb = run_all(m, s1, B);
-    la.insert(la.end(), lb.begin(), lb.end());
-    const auto lab = run_all(m, s2, AB);
-    const auto lt = token_by_token(m, s3, AB);
-    EXPECT_LT(rel_err(la, lt), 2e-5) << "w " << w;
-    EXPECT_LT(rel_err(lab, lt), 2e-5) << "w " << w;
-    const auto d1 = decode(m, s1, last_row(la, V), 4), d3 = decode(m, s3, last_row(lt, V), 4);
-    EXPECT_LT(rel_err(d1, d3), 2e-5) << "w " << w;
+    expect_continuation_agrees(rs, m, 21, 13, 4, fmt::format("gate_skips_window w {} C {}", w, C));
   }
 }
 
