@@ -396,8 +396,8 @@ TEST(LizardForms, SharedNormaliser) {
   EXPECT_THROW(c.validate(), Error);
 }
 
-// gate_skips_window (a CPU experiment): the parallel and chunked forms agree (it has no recurrent form:
-// refused), alone and with mwg / shared_normaliser; it changes the output; the GPU refuses it.
+// gate_skips_window (a CPU experiment): the three forms agree, alone and with mwg / shared_normaliser; it
+// changes the output; the GPU refuses it.
 TEST(LizardForms, GateSkipsWindow) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
@@ -413,16 +413,17 @@ TEST(LizardForms, GateSkipsWindow) {
     const Problem pb = make_problem(c, s, 41, rng);
     const auto ref = run<double>(pb, Form::Parallel);
     EXPECT_LT(rel_err(run<double>(pb, Form::Chunked), ref), 1e-11) << describe(pb.c, pb.s, pb.L);
+    EXPECT_LT(rel_err(run<double>(pb, Form::Recurrent), ref), 1e-11) << describe(pb.c, pb.s, pb.L);
     // With shared_normaliser the first w rows have an empty gated branch (d = eps), so y = alpha A / (1 - p)
     // and the float forms' 1 - p (p the sinks' share) loses digits where the sinks hold most of the mass:
     // seen 1.6e-5 (w 1) and 3.4e-5 (w 5) in ~1 run of 7; <= 1e-5 without shared_normaliser.
     const double tol_f = c.shared_normaliser ? 2e-4 : 1e-5;
     EXPECT_LT(rel_err(run<float>(pb, Form::Chunked), ref), tol_f) << describe(pb.c, pb.s, pb.L);
+    EXPECT_LT(rel_err(run<float>(pb, Form::Recurrent), ref), tol_f) << describe(pb.c, pb.s, pb.L);
   }
   LizardConfig c = small_config(4, 8, 13);
   EXPECT_GT(output_change(c, [](LizardConfig& x) { x.gate_skips_window = true; }), 1e-3);
   c.gate_skips_window = true;
-  EXPECT_THROW(run<double>(make_problem(c, s, 20, rng), Form::Recurrent), Error);
   EXPECT_THROW(lizard::cuda::lizard_cuda_args(c, LizardShape{64, 4, 2, 64}, 1, 10), Error);
   EXPECT_TRUE(lizard_config_from_string(lizard_config_to_string(c)).gate_skips_window);
   EXPECT_FALSE(lizard_config_to_json(LizardConfig{}).contains("gate_skips_window"));
@@ -440,10 +441,13 @@ TEST(LizardState, DecodeContinuesAChunkedPrefill) {
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
   std::mt19937_64 rng(seed);
   LizardShape s{12, 4, 2, 8};
-  for (auto comb : {LizardConfig::Combine::Lizard, LizardConfig::Combine::Lolcats})
+  // variant 2: gate_skips_window with shared_normaliser (its state adds the window's gammas)
+  for (int variant : {0, 1, 2})
     for (int w : {5, 16, 100}) {
+      const auto comb = variant == 1 ? LizardConfig::Combine::Lolcats : LizardConfig::Combine::Lizard;
       auto c = small_config(4, 8, w);
       c.combine = comb;
+      c.gate_skips_window = c.meta_weights_gate = c.shared_normaliser = variant == 2;
       c.window_rope = true;
       c.feature_on_rope = comb == LizardConfig::Combine::Lolcats;
       const int64_t L = 70, P = 37;  // prefill P tokens, decode the rest
@@ -465,11 +469,14 @@ TEST(LizardState, DecodeContinuesAChunkedPrefill) {
           c2.window = w + 1;
           LizardState<double> bad;
           EXPECT_THROW(bad.load(bytes, c2, s), Error);
+          c2 = c;
+          c2.gate_skips_window = !c.gate_skips_window || comb == LizardConfig::Combine::Lolcats;
+          if (c2.combine == LizardConfig::Combine::Lizard) EXPECT_THROW(bad.load(bytes, c2, s), Error);
         }
         for (int64_t i = P; i < L; ++i)
           lizard_step(c, s, pb.p, &pb.rope, st, &pb.x[i * s.d_model], &pb.q[i * H * D], &pb.k[i * Hkv * D],
                       &pb.v[i * Hkv * D], pb.pos[i], &y[i * H * D]);
-        EXPECT_LT(rel_err(y, full), 1e-11) << "w=" << w << " " << to_string(comb);
+        EXPECT_LT(rel_err(y, full), 1e-11) << "w=" << w << " " << to_string(comb) << " variant " << variant;
       }
     }
 }

@@ -307,7 +307,7 @@ TEST(LizardMixer, PrefillContinuation) {
     }
 }
 
-// gate_skips_window (no recurrent form: the mixer keeps the inputs and recomputes): the same agreement.
+// gate_skips_window (its chunked form does not continue: later prompts run token by token): the same agreement.
 TEST(LizardMixer, GateSkipsWindowContinuation) {
   Seeded rs;
   SCOPED_TRACE(rs.trace());

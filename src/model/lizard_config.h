@@ -36,10 +36,10 @@ struct LizardConfig {
   // In terms of p = p_meta: y = (p N + alpha A) / (p d + 1 - p). A query that matches its decayed history
   // (large d) leans on the gated branch; one that does not, on the window.
   bool shared_normaliser = false;
-  // Not in the paper (an experiment; CPU chunked / parallel forms only): the gated branch covers only the keys
+  // Not in the paper (an experiment; CPU forms only, the GPU refuses it): the gated branch covers only the keys
   // outside the window (t <= i - w), as LoLCATs' linear part does, instead of every key t <= i. The window's
-  // keys then reach a query through the softmax alone. No recurrent form yet: lizard_step refuses it and the
-  // model's Lizard mixer keeps the sequence's inputs and recomputes (memory grows with the context).
+  // keys then reach a query through the softmax alone. The recurrent state adds a ring of the window's
+  // feature keys and gammas (a token joins S w steps after it arrives).
   bool gate_skips_window = false;
   int chunk = 64;                                // C of the chunked algorithm
   double eps = 1e-6;                             // gate-branch normaliser: num / (den + eps)

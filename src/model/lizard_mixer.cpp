@@ -21,7 +21,6 @@ bool LizardMixerState::truncate(int64_t n_keep) {
 }
 
 void LizardMixerState::serialize(std::ostream& out) const {
-  LZ_CHECK(!cfg.gate_skips_window, "gate_skips_window (a CPU experiment) has no recurrent state to save");
   const std::vector<uint8_t> b = s.save();
   const uint32_t magic = kMixerMagic;
   const uint64_t n = b.size();
@@ -69,26 +68,13 @@ void LizardMixer::forward(const float* x_normed, const float* q, const float* k,
   LZ_CHECK(pos0 == st.s.n_tokens, "Lizard state holds {} positions, the chunk starts at {}", st.s.n_tokens, pos0);
   if (n <= 0) return;
   const int64_t qw = int64_t(shape_.n_heads) * shape_.head_dim, kw = int64_t(shape_.n_kv_heads) * shape_.head_dim;
-  if (cfg_.gate_skips_window) {  // no recurrent form: the whole sequence again (see LizardMixerState)
-    const int64_t dm = shape_.d_model, L = pos0 + n;
-    st.hx.insert(st.hx.end(), x_normed, x_normed + n * dm);
-    st.hq.insert(st.hq.end(), q, q + n * qw);
-    st.hk.insert(st.hk.end(), k, k + n * kw);
-    st.hv.insert(st.hv.end(), v, v + n * kw);
-    std::vector<float> yall(static_cast<size_t>(L * qw));
-    lizard_forward_chunked(cfg_, shape_, p_, &rope_,
-                           LizardInput<float>{L, st.hx.data(), st.hq.data(), st.hk.data(), st.hv.data(), nullptr},
-                           yall.data());
-    std::copy(yall.begin() + pos0 * qw, yall.end(), y);
-    st.s.n_tokens = L;
-    return;
-  }
   if (n == 1) {
     lizard_step(cfg_, shape_, p_, &rope_, st.s, x_normed, q, k, v, pos0, y);
     return;
   }
   const bool fresh = st.s.n_tokens == 0;
-  if (!fresh && cfg_.combine == LizardConfig::Combine::Lolcats) {
+  // LoLCATs and gate_skips_window: their chunked forms do not continue a sequence; token by token instead
+  if (!fresh && (cfg_.combine == LizardConfig::Combine::Lolcats || cfg_.gate_skips_window)) {
     for (int64_t i = 0; i < n; ++i)
       lizard_step(cfg_, shape_, p_, &rope_, st.s, x_normed + i * shape_.d_model, q + i * qw, k + i * kw, v + i * kw,
                   pos0 + i, y + i * qw);

@@ -20,17 +20,11 @@ struct LizardMixerState : MixerState {
   LizardShape shape;
   LizardState<float> s;
   std::vector<int32_t> pos;  // scratch: positions of one chunk
-  // gate_skips_window (a CPU experiment without a recurrent form): every input so far (x, q, k, v rows), the
-  // whole sequence recomputed at each call -- memory and time grow with the context, unlike every other config.
-  std::vector<float> hx, hq, hk, hv;
 
   LizardMixerState(const LizardConfig& c, const LizardShape& sh) : cfg(c), shape(sh) { s.reset(c, sh); }
-  void reset() override {
-    s.reset(cfg, shape);
-    hx.clear(), hq.clear(), hk.clear(), hv.clear();
-  }
+  void reset() override { s.reset(cfg, shape); }
   bool truncate(int64_t n_keep) override;  // only to 0 (reset) or to where it is
-  size_t bytes() const override { return s.bytes() + 4 * (hx.size() + hq.size() + hk.size() + hv.size()); }
+  size_t bytes() const override { return s.bytes(); }
   // {u32 "LZMX", u64 size, LizardState::save() bytes}
   void serialize(std::ostream& out) const override;
   void deserialize(std::istream& in) override;

@@ -47,10 +47,14 @@ void LizardState<T>::reset(const LizardConfig& c, const LizardShape& s) {
   log_scale.assign(H, T(0));
   ring_k.assign(ring, T(0));
   ring_v.assign(ring, T(0));
-  if (c.combine == LizardConfig::Combine::Lolcats)
+  if (c.combine == LizardConfig::Combine::Lolcats || c.gate_skips_window)
     ring_kf.assign(ring, T(0));
   else
     ring_kf.clear();
+  if (c.gate_skips_window)
+    ring_lg.assign(size_t(c.window) * H, T(0));
+  else
+    ring_lg.clear();
 }
 
 namespace {
@@ -73,6 +77,11 @@ std::vector<uint8_t> LizardState<T>::save() const {
     put(&n, sizeof n);
     put(v->data(), n * sizeof(T));
   }
+  if (!ring_lg.empty()) {  // gate_skips_window only: the snapshots of every other config are unchanged
+    uint64_t n = ring_lg.size();
+    put(&n, sizeof n);
+    put(ring_lg.data(), n * sizeof(T));
+  }
   return out;
 }
 
@@ -91,7 +100,8 @@ void LizardState<T>::load(const std::vector<uint8_t>& bytes, const LizardConfig&
   LZ_CHECK(hdr[0] == kStateMagic, "lizard state: not a Lizard state snapshot");
   LZ_CHECK(hdr[1] == sizeof(T), "lizard state: snapshot holds {}-byte values, expected {}", hdr[1], sizeof(T));
   get(&fresh.n_tokens, sizeof fresh.n_tokens);
-  for (auto* v : {&fresh.S, &fresh.z, &fresh.log_scale, &fresh.ring_k, &fresh.ring_v, &fresh.ring_kf}) {
+  for (auto* v : {&fresh.S, &fresh.z, &fresh.log_scale, &fresh.ring_k, &fresh.ring_v, &fresh.ring_kf, &fresh.ring_lg}) {
+    if (v == &fresh.ring_lg && v->empty()) break;  // written only for gate_skips_window
     uint64_t n;
     get(&n, sizeof n);
     LZ_CHECK(n == v->size(), "lizard state: snapshot does not match this config/shape ({} vs {} values)", n,
@@ -104,7 +114,8 @@ void LizardState<T>::load(const std::vector<uint8_t>& bytes, const LizardConfig&
 
 template <typename T>
 size_t LizardState<T>::bytes() const {
-  return sizeof(T) * (S.size() + z.size() + log_scale.size() + ring_k.size() + ring_v.size() + ring_kf.size());
+  return sizeof(T) * (S.size() + z.size() + log_scale.size() + ring_k.size() + ring_v.size() + ring_kf.size() +
+                      ring_lg.size());
 }
 
 template struct LizardState<float>;
@@ -224,12 +235,13 @@ void lizard_step(const LizardConfig& c, const LizardShape& s, const LizardParams
                  LizardState<T>& st, const T* x, const T* q, const T* k, const T* v, int64_t pos, T* y) {
   const int H = s.n_heads, Hkv = s.n_kv_heads, D = s.head_dim, F = c.feature_dim, F2 = 2 * F, w = c.window;
   const bool lol = c.combine == LizardConfig::Combine::Lolcats;
+  const bool skip = c.gate_skips_window;
   LZ_CHECK(st.S.size() == size_t(H) * F2 * D && st.ring_k.size() == size_t(w) * Hkv * D &&
-               st.ring_kf.size() == (lol ? size_t(w) * Hkv * D : 0),
+               st.ring_kf.size() == (lol || skip ? size_t(w) * Hkv * D : 0) &&
+               st.ring_lg.size() == (skip ? size_t(w) * H : 0),
            "lizard_step: state does not match the config (call reset)");
   LZ_CHECK(!needs_rope(c) || rope, "lizard: the options need RoPE but no rope was given");
   LZ_CHECK(lol || x, "lizard_step: missing x (the gate input)");
-  LZ_CHECK(!c.gate_skips_window, "lizard: gate_skips_window has no recurrent form (token-by-token decode) yet");
   const T scale = T(1) / std::sqrt(T(D)), eps = T(c.eps);
   const int64_t n = st.n_tokens;
   const size_t slot = size_t(n % w);
@@ -266,9 +278,21 @@ void lizard_step(const LizardConfig& c, const LizardShape& s, const LizardParams
       for (int f = 0; f < F2; ++f) st.z[size_t(h) * F2 + f] += phk[f];
     }
   }
+  if (skip && n >= w) {  // gate_skips_window: token n-w joins the state, decayed by tokens n-w+1 .. n-1's gammas
+    for (int h = 0; h < H; ++h) {
+      const int g = s.kv_head(h);
+      T lgsum = 0;
+      for (int j = 0; j < w; ++j)
+        if (size_t(j) != slot) lgsum += st.ring_lg[size_t(j) * H + h];
+      fmap(&st.ring_kf[slot * rs + g * D], p.feat_k.data() + size_t(h) * D * F, phk.data());
+      const T wgt = std::exp(lgsum - st.log_scale[h]);  // into the scaled S (true = e^{log_scale} S)
+      ger(F2, D, wgt, phk.data(), &st.ring_v[slot * rs + g * D], &st.S[size_t(h) * F2 * D], D);
+      for (int f = 0; f < F2; ++f) st.z[size_t(h) * F2 + f] += wgt * phk[f];
+    }
+  }
   std::copy(kw, kw + rs, &st.ring_k[slot * rs]);
   std::copy(v, v + rs, &st.ring_v[slot * rs]);
-  if (lol) std::copy(kf, kf + rs, &st.ring_kf[slot * rs]);
+  if (lol || skip) std::copy(kf, kf + rs, &st.ring_kf[slot * rs]);
 
   // ring slots [0, nv) hold exactly the window tokens (in ring order; order does not matter)
   const int nv = int(std::min<int64_t>(n + 1, w));
@@ -295,10 +319,14 @@ void lizard_step(const LizardConfig& c, const LizardShape& s, const LizardParams
         ls = 0;
       }
       st.log_scale[h] = ls;
-      fmap(kf + size_t(g) * D, p.feat_k.data() + size_t(h) * D * F, phk.data());
-      const T inv = std::exp(-ls);  // <= e
-      ger(F2, D, inv, phk.data(), v + size_t(g) * D, S, D);
-      for (int f = 0; f < F2; ++f) z[f] += inv * phk[f];
+      if (skip) {
+        st.ring_lg[slot * H + h] = log_sigmoid(a);  // this token joins the state w steps later
+      } else {
+        fmap(kf + size_t(g) * D, p.feat_k.data() + size_t(h) * D * F, phk.data());
+        const T inv = std::exp(-ls);  // <= e
+        ger(F2, D, inv, phk.data(), v + size_t(g) * D, S, D);
+        for (int f = 0; f < F2; ++f) z[f] += inv * phk[f];
+      }
       gemv(true, F2, D, T(1), S, D, phq.data(), T(0), num.data());
       const T den = dot(phq.data(), z, F2);
       const T es = std::exp(ls);

@@ -16,7 +16,7 @@
 //           A_i = sum_t e^{s_it} v_t / (sum_j e^{mu_j} + sum_t e^{s_it})   (shifted by the row max)
 //   y_i = G_i + alpha_h A_i
 //   (meta_weights_gate / shared_normaliser: see lizard_config.h; gate_skips_window: the gate sums run over
-//    t <= i - w only, computed exactly in the chunked form from the state of a lagged chunk)
+//    t <= i - w only: the chunked form reads a lagged chunk's state, the recurrent one adds token i-w at step i)
 // combine = lolcats (no gate, no meta, no alpha; sg = sigmoid(f_h)):
 //   y_i = [sg sum_{win} e^{s_it} v_t + (1-sg) sum_{t<=i-w} (phi_q_i.phi_k_t) v_t]
 //         / [sg sum_{win} e^{s_it} + (1-sg) sum_{t<=i-w} phi_q_i.phi_k_t + eps]
@@ -36,7 +36,8 @@
 //  recurrent: one token at a time with LizardState: S, z per head (stored as e^{log_scale} * S so
 //             that a gate close to 1 is applied as a sum of logs, not a product of rounded gammas),
 //             and a ring buffer of the last w keys (as the window uses them) and values.
-//             LoLCATs: a token leaving the window is added to S (no decay).
+//             LoLCATs: a token leaving the window is added to S (no decay). gate_skips_window: likewise,
+//             decayed by the gammas of the tokens after it (ring_lg); S covers t <= i - w.
 // Threads: the chunked forward/backward spread heads over OpenMP threads (when L*H >= 1024) and
 //   set OpenBLAS to one thread for that call (restored after): do not run two such calls at once
 //   from different threads of one process if BLAS thread counts matter to you.
@@ -83,7 +84,8 @@ struct LizardState {
   std::vector<T> log_scale;      // [H]
   std::vector<T> ring_k;         // [w, Hkv, D]  window keys (RoPE'd when the window uses RoPE)
   std::vector<T> ring_v;         // [w, Hkv, D]
-  std::vector<T> ring_kf;        // [w, Hkv, D]  lolcats: feature-map keys of tokens in the window
+  std::vector<T> ring_kf;        // [w, Hkv, D]  lolcats, gate_skips_window: feature-map keys of tokens in the window
+  std::vector<T> ring_lg;        // [w, H]       gate_skips_window: log gamma of tokens in the window
 
   void reset(const LizardConfig& c, const LizardShape& s);
   // Binary snapshot (little-endian host order, with a header that checks shapes on load).

@@ -278,7 +278,30 @@ void head_forward_lizard(const Ctx<T>& X, int h, T* y, HeadSave<T>* sv, T* Sfina
       std::copy(A.begin(), A.begin() + size_t(cn) * D, sv->A.begin() + s0 * D);
     }
   }
-  if (Sfinal) std::copy(S.begin(), S.end(), Sfinal);
+  if (Sfinal && skip) {
+    // gate_skips_window: the state after the last token covers t <= L-1-w (lizard_step's S):
+    // e^{Bc_{L-1} - Bc_{mC-1}} S_m + sum_{t = mC .. L-1-w} e^{Bc_{L-1} - Bc_t} phk_t^T [v_t|1], mC <= L-w.
+    const int64_t L = pr.L, last = L - 1 - X.c.window;
+    std::fill(Sfinal, Sfinal + size_t(F2) * Dv, T(0));
+    if (last >= 0) {
+      const int m = int((L - X.c.window) / C);
+      const T e0 = std::exp(Bc[L - 1] - (m > 0 ? Bc[X.start(m) - 1] : T(0)));
+      for (size_t e = 0; e < size_t(F2) * Dv; ++e) Sfinal[e] = e0 * allS[size_t(m) * F2 * Dv + e];
+      for (int j = m; X.start(j) <= last; ++j) {
+        const int64_t ks = X.start(j);
+        const int kc = int(std::min<int64_t>(X.len(j), last - ks + 1));
+        X.features(h, ks, kc, uj.data(), nullptr, phkj.data());
+        X.vhat(g, ks, kc, Vhj.data());
+        for (int t = 0; t < kc; ++t) {
+          const T e = std::exp(Bc[L - 1] - Bc[ks + t]);
+          for (int f = 0; f < F2; ++f) phkj[size_t(t) * F2 + f] *= e;
+        }
+        gemm(true, false, F2, Dv, kc, T(1), phkj.data(), F2, Vhj.data(), Dv, T(1), Sfinal, Dv);
+      }
+    }
+  } else if (Sfinal) {
+    std::copy(S.begin(), S.end(), Sfinal);
+  }
 }
 
 // ---- lolcats combine: forward of one head --------------------------------------------------------
@@ -714,8 +737,8 @@ template <typename T>
 void lizard_forward_chunked(const LizardConfig& c, const LizardShape& s, const LizardParamsT<T>& p,
                             const LizardRope* rope, const LizardInput<T>& in, T* y, LizardState<T>* final_state,
                             const LizardState<T>* initial_state) {
-  LZ_CHECK(!c.gate_skips_window || (!final_state && !(initial_state && initial_state->n_tokens > 0)),
-           "lizard: gate_skips_window has no recurrent state yet (no continued sequence, no decode)");
+  LZ_CHECK(!c.gate_skips_window || !(initial_state && initial_state->n_tokens > 0),
+           "lizard: a gate_skips_window chunked forward can not continue a sequence; use lizard_step");
   Prepared<T> pr;
   prepare(c, s, p, rope, in, pr);
   Ctx<T> X(c, s, p, pr, in);
@@ -786,6 +809,8 @@ void lizard_forward_chunked(const LizardConfig& c, const LizardShape& s, const L
       std::copy(pr.kw + t * rs, pr.kw + (t + 1) * rs, &st.ring_k[slot * rs]);
       std::copy(in.v + t * rs, in.v + (t + 1) * rs, &st.ring_v[slot * rs]);
       if (!st.ring_kf.empty()) std::copy(pr.kf + t * rs, pr.kf + (t + 1) * rs, &st.ring_kf[slot * rs]);
+      for (size_t h = 0; h < st.ring_lg.size() / size_t(w); ++h)  // gate_skips_window
+        st.ring_lg[slot * size_t(H) + h] = pr.lg[t * pr.G + pr.gate_col(int(h))];
     }
   }
 }
