@@ -173,11 +173,15 @@ void head_forward_lizard(const Ctx<T>& X, int h, T* y, HeadSave<T>* sv, T* Sfina
   std::vector<T> A(size_t(C) * D), rm(C), rl(C);
   (void)F;
   if (X.S0) std::copy(X.S0 + size_t(h) * F2 * Dv, X.S0 + size_t(h + 1) * F2 * Dv, S.begin());
-  // gate_skips_window: every chunk's entering state, Bc, the lag rows' decays, one key chunk's scratch
+  // gate_skips_window: every chunk's entering state (sv->states when saving, else allS), Bc, the lag rows'
+  // decays, one key chunk's scratch
   const bool skip = X.c.gate_skips_window;
   std::vector<T> allS, Bc, el, phkj, Vhj, uj;
+  T* states = nullptr;
   if (skip) {
-    allS.resize(size_t(X.N) * F2 * Dv), Bc = cumulative_log_gamma(X, h), el.resize(C);
+    if (!sv) allS.resize(size_t(X.N) * F2 * Dv);
+    states = sv ? sv->states.data() : allS.data();
+    Bc = cumulative_log_gamma(X, h), el.resize(C);
     phkj.resize(size_t(C) * F2), Vhj.resize(size_t(C) * Dv), uj.resize(size_t(C) * pr.F);
   }
   for (int n = 0; n < X.N; ++n) {
@@ -189,9 +193,9 @@ void head_forward_lizard(const Ctx<T>& X, int h, T* y, HeadSave<T>* sv, T* Sfina
     for (int r = 0; r < cn; ++r) b[r] = (acc += pr.lg[(s0 + r) * G + gc]);
     if (sv) std::copy(S.begin(), S.end(), sv->states.begin() + size_t(n) * F2 * Dv);
     if (skip) {  // gate_skips_window: S_m of the lag chunk, then key chunks m .. n masked (see lag_kernel)
-      std::copy(S.begin(), S.end(), allS.begin() + size_t(n) * F2 * Dv);
+      if (!sv) std::copy(S.begin(), S.end(), states + size_t(n) * F2 * Dv);  // (sv: stored just above)
       const int lm = lag_chunk(X, n);
-      gemm(false, false, cn, Dv, F2, T(1), phq.data(), F2, &allS[size_t(lm) * F2 * Dv], Dv, T(0), out.data(), Dv);
+      gemm(false, false, cn, Dv, F2, T(1), phq.data(), F2, states + size_t(lm) * F2 * Dv, Dv, T(0), out.data(), Dv);
       lag_row_decay(X, n, Bc.data(), el.data());
       for (int r = 0; r < cn; ++r)
         for (int d = 0; d < Dv; ++d) out[size_t(r) * Dv + d] *= el[r];
@@ -286,7 +290,7 @@ void head_forward_lizard(const Ctx<T>& X, int h, T* y, HeadSave<T>* sv, T* Sfina
     if (last >= 0) {
       const int m = int((L - X.c.window) / C);
       const T e0 = std::exp(Bc[L - 1] - (m > 0 ? Bc[X.start(m) - 1] : T(0)));
-      for (size_t e = 0; e < size_t(F2) * Dv; ++e) Sfinal[e] = e0 * allS[size_t(m) * F2 * Dv + e];
+      for (size_t e = 0; e < size_t(F2) * Dv; ++e) Sfinal[e] = e0 * states[size_t(m) * F2 * Dv + e];
       for (int j = m; X.start(j) <= last; ++j) {
         const int64_t ks = X.start(j);
         const int kc = int(std::min<int64_t>(X.len(j), last - ks + 1));

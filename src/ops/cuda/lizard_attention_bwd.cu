@@ -738,9 +738,7 @@ __global__ void __launch_bounds__(kGT, 4) gate_state_kernel(const LizardAttnArgs
   const T* v = static_cast<const T*>(a.v);
   float acc[MT][NJ][4];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int j = 0; j < NJ; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
+  for (int mt = 0; mt < MT; ++mt) zero_acc(acc[mt]);
   float zr = 0.f;
   for (int k = 0; k < nch; ++k) {
     const int n = Rev ? nch - 1 - k : k, pb = k & 1;
@@ -1385,9 +1383,7 @@ __global__ void __launch_bounds__(kGT, 2) gate_state2_kernel(const LizardAttnArg
   const T* v = static_cast<const T*>(a.v);
   float acc[MT][NJ][4];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int j = 0; j < NJ; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
+  for (int mt = 0; mt < MT; ++mt) zero_acc(acc[mt]);
   float zr = 0.f;
   RowPre nxt = row_pre<Rev>(bc, dden, L, Rev ? nch - 1 : 0, tid);
   state2_issue<T, D, P2, Rev>(smem_raw, ph, v, dnw, d, b, h, col0, Rev ? nch - 1 : 0, nxt.nv);
