@@ -635,12 +635,7 @@ __device__ __forceinline__ float2 gate_out_n(float (&nacc)[D / 8][4], const bf16
     }
   }
   const float dena = quad_sum(rsa) + eba * zdot[ra], denb = quad_sum(rsb) + ebb * zdot[rb];
-  zero_acc(nacc);
-  {
-    uint32_t pa[4][4];
-    acc_to_a(pa, sc);
-    mma_frag<4, BLayout::KN>(nacc, pa, Vt, LDD);
-  }
+  acc_times_tile(nacc, sc, Vt, LDD);
   mma_smem<P2 / 16, BLayout::KN, true>(nacc, PQ, LDP, r0, Sb, LDD, eba, ebb);
   return make_float2(1.f / (dena + eps), 1.f / (denb + eps));
 }
@@ -1151,12 +1146,7 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
   const float dda = dd.x, ddb = dd.y;
   // dphq = W phk + exp(b_i) (dn S^T + dden z)
   float dph[NP][4];
-  zero_acc(dph);
-  {
-    uint32_t pa[4][4];
-    acc_to_a(pa, w);
-    mma_frag<4, BLayout::KN>(dph, pa, PK, LDP);
-  }
+  acc_times_tile(dph, w, PK, LDP);
   mma_smem<D / 16, BLayout::NK, true>(dph, DN, LDD, r0, Sb, LDD, eba, ebb);
   __syncthreads();  // every warp past its reads of PQ, PK: they become the staging tile
   float* stg = reinterpret_cast<float*>(PQ);
@@ -1231,10 +1221,7 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
       }
     }
     float acc[ND][4];
-    zero_acc(acc);
-    uint32_t pa[4][4];
-    acc_to_a(pa, at);
-    mma_frag<4, BLayout::KN>(acc, pa, DN, LDD);
+    acc_times_tile(acc, at, DN, LDD);
     mma_smem<P2 / 16, BLayout::KN, true>(acc, PK, LDP, r0, Rb, LDD, eta, etb);
     float* dva = dv + d.k_off(b, ta, h);
     float* dvb = dv + d.k_off(b, tb, h);

@@ -150,6 +150,16 @@ __device__ __forceinline__ void mma_frag(float (&acc)[N][4], const uint32_t (&a)
   }
 }
 
+// acc = P B: a 16 x 64 fp32 accumulator tile P (8 n-tiles), as bf16 A fragments, times the 64-row k x n
+// shared tile B (row stride ldb).
+template <int N>
+__device__ __forceinline__ void acc_times_tile(float (&acc)[N][4], const float (&p)[8][4], const bf16* B, int ldb) {
+  zero_acc(acc);
+  uint32_t pa[4][4];
+  acc_to_a(pa, p);
+  mma_frag<4, BLayout::KN>(acc, pa, B, ldb);
+}
+
 template <int KS, BLayout BL, bool kScaled = false, int N>
 __device__ __forceinline__ void mma_smem(float (&acc)[N][4], const bf16* A, int lda, int r0, const bf16* B, int ldb,
                                          float sa = 1.f, float sb = 1.f) {
