@@ -584,6 +584,25 @@ __device__ __forceinline__ ChunkInfo chunk_info(const float* bc, int L, int n) {
   return ci;
 }
 
+// The reverse output pass's key-row tiles (rows ra, rb are keys t with b_t = bta, btb; columns queries i):
+// x_it (+ add_i under kAdd) times exp(b_i - b_t) where i >= t, 0 elsewhere.
+template <bool kAdd>
+__device__ __forceinline__ void rev_decay(float (&x)[8][4], const float* bs, const float* add, int ra, int rb,
+                                          float bta, float btb) {
+  const int t4 = threadIdx.x & 3;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int i = 8 * j + 2 * t4 + e;
+      const float bi = bs[i], di = kAdd ? add[i] : 0.f;
+      const float ea = i >= ra ? expf(bi - bta) : 0.f, ebv = i >= rb ? expf(bi - btb) : 0.f;
+      x[j][e] = i >= ra ? (kAdd ? x[j][e] + di : x[j][e]) * ea : 0.f;
+      x[j][2 + e] = i >= rb ? (kAdd ? x[j][2 + e] + di : x[j][2 + e]) * ebv : 0.f;
+    }
+  }
+}
+
 // Output passes: one CTA per (b, h, chunk) from the chunk's incoming state, which the state pass stored in
 // gst as [BH, NC, kStateFloats<D, P2>]: bf16 [P2, D] then the fp32 normaliser [P2]; the chunk's outputs
 // only, no state update.
@@ -1209,17 +1228,7 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
     float at[8][4];
     zero_acc(at);
     mma_smem<P2 / 16, BLayout::NK>(at, PK, LDP, r0, PQ, LDP);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int i = 8 * j + 2 * t4 + e;
-        const float bi = bs[i];
-        const float ea = i >= ra ? expf(bi - bta) : 0.f, ebv = i >= rb ? expf(bi - btb) : 0.f;
-        at[j][e] = i >= ra ? at[j][e] * ea : 0.f;
-        at[j][2 + e] = i >= rb ? at[j][2 + e] * ebv : 0.f;
-      }
-    }
+    rev_decay<false>(at, bs, nullptr, ra, rb, bta, btb);
     float acc[ND][4];
     acc_times_tile(acc, at, DN, LDD);
     mma_smem<P2 / 16, BLayout::KN, true>(acc, PK, LDP, r0, Rb, LDD, eta, etb);
@@ -1239,17 +1248,7 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
     float wt[8][4];
     zero_acc(wt);
     mma_smem<D / 16, BLayout::NK>(wt, Vt, LDD, r0, DN, LDD);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int i = 8 * j + 2 * t4 + e;
-        const float bi = bs[i], di = ddn[i];
-        const float ea = i >= ra ? expf(bi - bta) : 0.f, ebv = i >= rb ? expf(bi - btb) : 0.f;
-        wt[j][e] = i >= ra ? (wt[j][e] + di) * ea : 0.f;
-        wt[j][2 + e] = i >= rb ? (wt[j][2 + e] + di) * ebv : 0.f;
-      }
-    }
+    rev_decay<true>(wt, bs, ddn, ra, rb, bta, btb);
     uint32_t pa[4][4];
     acc_to_a(pa, wt);
     mma_frag<4, BLayout::KN>(dph, pa, PQ, LDP);
