@@ -18,6 +18,8 @@
 #                      backward adds a per-row pass and a dy copy), short runs one after the other
 #   sn10               configs/lizard_rope_sn.json (mwg + per-head sinks + shared_normaliser, gate_init 0.999)
 #                      10M + 10M, resumable; NAME (default sn10) and SEED as for mwg10
+#   skip10             configs/lizard_rope_sn_skip.json (sn10's config + gate_skips_window: the gated branch over keys
+#                      outside the window, as LoLCATs' linear part) 10M + 10M, resumable; NAME (default skip10), SEED
 #   lol10              LoLCATs 10M + 10M (NAME, default lol10, and SEED: other seeds of the baseline), resumable: each call goes on where the last stopped (stops with
 #                      SIGINT, which checkpoints, before DEADLINE seconds: 560) until lol10-s2 has its report
 set -uo pipefail
@@ -54,6 +56,7 @@ case "$name" in
   yard10) lin --stage 2 --teacher $lz/model.gguf --config configs/teacher_lora.json --lr2 2e-3 --tokens 10000000 --out $lz/yard10 ;;
   lol10)  run10 ${NAME:-lol10} configs/lolcats.json ;;
   sn10)   run10 ${NAME:-sn10} configs/lizard_rope_sn.json ;;
+  skip10) run10 ${NAME:-skip10} configs/lizard_rope_sn_skip.json ;;
   combo10) run10 combo10 "$(tmpcfg combo10 '{"gate": "per_head", "meta_per_head": true, "meta_tokens": 8}')" ;;
   mwg3)   for v in 'mwg3 {"meta_weights_gate": true}' 'mwgph3 {"meta_weights_gate": true, "meta_per_head": true}'; do
             echo "== ${v%% *}"; lizard_pair ${v%% *} "$(tmpcfg ${v%% *} "${v#* }")"

@@ -39,14 +39,15 @@ struct Case {
   LizardConfig::FeatureAct act = LizardConfig::FeatureAct::Softmax;
   bool mwg = false;  // meta_weights_gate
   bool sn = false;   // shared_normaliser (with mwg)
+  bool skip = false; // gate_skips_window (w a multiple of 64)
 };
 
 std::string describe(const Case& c) {
   char buf[256];
-  std::snprintf(buf, sizeof buf, "B%d L%d Hq%d Hkv%d D%d F%d w%d m%d%s%s%s%s%s%s", c.B, c.L, c.Hq, c.Hkv, c.D,
+  std::snprintf(buf, sizeof buf, "B%d L%d Hq%d Hkv%d D%d F%d w%d m%d%s%s%s%s%s%s%s", c.B, c.L, c.Hq, c.Hkv, c.D,
                 c.F, c.w, c.m, c.gate_per_head ? " gate/head" : "", c.meta_per_head ? " meta/head" : "",
                 c.alpha_per_layer ? " alpha/layer" : "", c.act == LizardConfig::FeatureAct::Exp ? " exp" : "",
-                c.mwg ? " mwg" : "", c.sn ? " sn" : "");
+                c.mwg ? " mwg" : "", c.sn ? " sn" : "", c.skip ? " skip" : "");
   return buf;
 }
 
@@ -71,6 +72,7 @@ struct Problem {
     cfg.feature_act = c.act;
     cfg.meta_weights_gate = c.mwg;
     cfg.shared_normaliser = c.sn;
+    cfg.gate_skips_window = c.skip;
     shape.d_model = 24;
     shape.n_heads = c.Hq;
     shape.n_kv_heads = c.Hkv;
@@ -129,7 +131,7 @@ double rel_err(const std::vector<double>& a, const std::vector<double>& ref, siz
     num += (a[i] - ref[i]) * (a[i] - ref[i]);
     den += ref[i] * ref[i];
   }
-  return std::sqrt(num / den);
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);  // an all-zero reference (an empty branch): absolute
 }
 
 // Device copies of a problem's inputs in element type T (T = float or bf16).
@@ -183,6 +185,18 @@ std::vector<Case> mwg_and_sn_cases() {
 }
 const std::vector<Case> kMwgSnCases = mwg_and_sn_cases();
 
+// gate_skips_window (the gated branch over keys t <= i - w; the GPU takes w a multiple of 64): with the
+// shared normaliser (the configuration it is meant for), with mwg alone, without mwg and sinks, L < w (an
+// empty gated branch everywhere), w 192 (three chunks of lag), per-head gate / sinks, exp features, GQA.
+const std::vector<Case> kSkipCases = {
+    {2, 200, 4, 2, 64, 32, 64, 4, false, false, false, kSoftmax, true, true, true},
+    {1, 333, 2, 1, 128, 64, 128, 4, false, true, false, kSoftmax, true, true, true},
+    {1, 190, 2, 2, 64, 64, 128, 2, true, false, true, kExp, true, false, true},
+    {2, 150, 3, 1, 64, 32, 64, 0, false, false, false, kSoftmax, false, false, true},
+    {1, 50, 2, 1, 64, 64, 64, 4, false, false, false, kSoftmax, true, true, true},
+    {1, 300, 2, 2, 128, 32, 192, 4, true, true, false, kSoftmax, true, true, true},
+};
+
 // `tag` names the forward variant in each figure line (e.g. "v3", "v0-split").
 void chunked_bf16(const std::vector<Case>& cases, const char* tag = "v0") {
   for (const Case& c : cases) {
@@ -211,6 +225,8 @@ TEST(LizardCuda, ChunkedBf16MatchesReference) {
   cases.push_back({1, 150, 2, 2, 128, 64, 130, 4});
   cases.insert(cases.end(), kMwgSnCases.begin(), kMwgSnCases.end());
   v0cases.insert(v0cases.end(), kMwgSnCases.begin(), kMwgSnCases.end());
+  cases.insert(cases.end(), kSkipCases.begin(), kSkipCases.end());  // v0 runs them under either variant
+  v0cases.insert(v0cases.end(), kSkipCases.begin(), kSkipCases.end());
   lizard::cuda::set_forward_variant(0);
   for (int mode : {1, 2}) {
     lizard::cuda::set_forward_split(mode);
@@ -280,6 +296,7 @@ TEST(LizardCuda, ChunkedBf16WgmmaOddLengths) {
 // Small cases for compute-sanitizer (memcheck, racecheck): scripts/device_cuda.sh runs this one.
 TEST(LizardCuda, SanitizerSmall) {
   const std::vector<Case> small = {{1, 77, 2, 1, 64, 32, 16, 4}, {1, 130, 1, 1, 128, 64, 128, 4}, {1, 140, 1, 1, 64, 32, 1, 2},
+                                   {1, 150, 2, 1, 64, 32, 64, 4, false, false, false, kSoftmax, true, true, true},
                                    {1, 100, 2, 1, 64, 64, 65, 2, false, false, false, kSoftmax, true}};
   lizard::cuda::set_forward_variant(0);
   chunked_bf16(small, "v0");
@@ -431,6 +448,35 @@ TEST(LizardCuda, RefusesWhatItCannotDo) {
       EXPECT_NE(std::string(e.what()).find("shared_normaliser"), std::string::npos) << e.what();
     }
   }
+  {  // gate_skips_window: the chunked forward and backward only, w a multiple of 64
+    LizardAttnArgs m = a;
+    m.D = 64, m.window = 64, m.gate_skips_window = true;
+    float fd = 0.f;
+    int pos = 0;
+    lizard::cuda::LizardAttnGrads g;
+    g.dq = g.dk = g.dv = &fd;
+    auto refused = [&](const char* what, auto&& call) {
+      try {
+        call();
+        ADD_FAILURE() << what << " took gate_skips_window";
+      } catch (const lizard::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("gate_skips_window"), std::string::npos) << e.what();
+      }
+    };
+    refused("the parallel backward", [&] { lizard::cuda::lizard_attention_backward_parallel(m, true, &dummy, g); });
+    refused("the recurrent forward", [&] { lizard::cuda::lizard_attention_forward_recurrent(m, true); });
+    m.state_s = m.state_z = &fd;
+    refused("decode", [&] { lizard::cuda::lizard_attention_decode(m, true, &pos, &dummy, &dummy); });
+    refused("a forward with state out", [&] { lizard::cuda::lizard_attention_forward_bf16(m); });
+    m.state_s = m.state_z = nullptr;
+    m.window = 100;
+    refused("w 100", [&] { lizard::cuda::lizard_attention_forward_bf16(m); });
+    LizardConfig sc;
+    sc.gate_skips_window = true, sc.window = 96;
+    EXPECT_THROW(lizard::cuda::lizard_cuda_args(sc, LizardShape{64, 4, 2, 64}, 1, 10), lizard::Error);
+    sc.window = 128;
+    EXPECT_TRUE(lizard::cuda::lizard_cuda_args(sc, LizardShape{64, 4, 2, 64}, 1, 10).gate_skips_window);
+  }
   EXPECT_THROW(lizard::cuda::lizard_attention_forward_bf16(a), lizard::Error);  // D = 96
   a.D = 128;
   a.window = 400;
@@ -556,7 +602,8 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
   CK(cudaGetLastError());
   CK(cudaDeviceSynchronize());
   std::string vs_parallel;
-  if (chunked && !c.mwg) {  // the all-pairs backward on the same inputs, as the second check (it refuses mwg)
+  if (chunked && !c.mwg && !c.skip) {  // the all-pairs backward on the same inputs, as the second check (it
+                                       // refuses mwg and gate_skips_window)
     Dev<float> pq(P.q.size()), pk(P.k.size()), pv(P.v.size());
     lizard::cuda::LizardAttnGrads pg;
     pg.dq = pq.p, pg.dk = pk.p, pg.dv = pv.p;
@@ -639,7 +686,7 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
       }
       stats_check += blocks;
     }
-    if (!c.mwg) {
+    if (!c.mwg && !c.skip) {
       rerun(a1, m1, /*parallel=*/true);
       size_t bad = 0;
       const double ea = rel_err(a0, a1, &bad), em = c.m > 0 ? rel_err(m0, m1, &bad) : 0.0;
@@ -763,6 +810,7 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
     std::vector<Case> cases = kCases;
     cases.push_back({1, 707, 2, 1, 64, 32, 64, 4, true});
     cases.insert(cases.end(), kMwgSnCases.begin(), kMwgSnCases.end());
+    cases.insert(cases.end(), kSkipCases.begin(), kSkipCases.end());
     for (const Case& c : cases) {
       const uint64_t seed = fresh_seed();
       backward_case<float>(c, seed, false, 3e-2, true, 2.5e-1, stages);
@@ -795,6 +843,8 @@ TEST(LizardCuda, SanitizerSmallChunkedBackward) {
     backward_case<__nv_bfloat16>({1, 130, 2, 2, 128, 64, 65, 2, true}, fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>(kMwgCases[0], fresh_seed(), true, 3e-2, true, 2.5e-1);
     backward_case<__nv_bfloat16>(kSnCases[1], fresh_seed(), true, 3e-2, true, 2.5e-1);
+    backward_case<__nv_bfloat16>({1, 150, 2, 1, 64, 32, 64, 4, false, false, false, kSoftmax, true, true, true},
+                                 fresh_seed(), true, 3e-2, true, 2.5e-1);
   }
   lizard::cuda::set_backward_stage_variant(lizard::cuda::kBackwardStageDefault);
   lizard::cuda::set_backward_state_variant(lizard::cuda::kBackwardStateDefault);

@@ -216,25 +216,27 @@ TEST(Stage2Cuda, HybridWithBiasAndTiedHeadMatchesCpu) {
 }
 
 // meta_weights_gate (the gated branch weighted by the sinks' share of the window softmax) in every layer,
-// alone or with shared_normaliser (one normaliser for both branches).
-static void compare_mwg_step(bool shared) {
+// alone or with shared_normaliser (one normaliser for both branches), and with gate_skips_window (w 64).
+static void compare_mwg_step(bool shared, bool skip = false) {
   Seeded sd;
   SCOPED_TRACE(sd.trace());
   auto tiny = lizard::testing::make_tiny(sd, gpu_spec());
   LizardConfig c = gpu_config();
   c.meta_weights_gate = true;
   c.shared_normaliser = shared;
+  if (skip) c.gate_skips_window = true, c.window = 64;
   const LizardCheckpoint lz = lizard_for(*tiny.ck, c);
   const int L = 130;
   Stage2Options o = options(L, true);
   Stage2 cpu(tiny.ck, lz, o);
   Stage2Cuda gpu(tiny.ck, lz, o);
   perturb_b(sd, cpu, gpu);
-  compare_step(shared ? "sn" : "mwg", cpu, gpu, random_batch(sd, 2, L, tiny.ck->config.vocab_size), L);
+  compare_step(skip ? "sn-skip" : shared ? "sn" : "mwg", cpu, gpu, random_batch(sd, 2, L, tiny.ck->config.vocab_size), L);
 }
 
 TEST(Stage2Cuda, MetaWeightsGateMatchesCpu) { compare_mwg_step(false); }
 TEST(Stage2Cuda, SharedNormaliserMatchesCpu) { compare_mwg_step(true); }
+TEST(Stage2Cuda, GateSkipsWindowMatchesCpu) { compare_mwg_step(true, true); }
 
 // "lizard_layers": "none": LoRA on the teacher itself (stage 2's yardstick), every layer on the flash path;
 // Lizard options the GPU kernels do not take (feature_dim 8) must not matter.

@@ -119,6 +119,7 @@ struct CudaModel::Impl {
   std::vector<LizardAttnArgs> lz_args;              // per Lizard layer: options and sizes (B, L set per call)
   int n_softmax = 0;
   bool lolcats = false;                              // LoLCATs layers: all_logits only (no generation kernels)
+  bool skips_window = false;                         // gate_skips_window: all_logits only (no decode kernel)
   LolcatsAttnArgs lolcats_args;                      // their options and sizes (B, L set per call)
   int64_t d = 0, H = 0, Hkv = 0, D = 0, F = 0, V = 0, qd = 0, kvd = 0, G = 1;
   // Prefill scratch: whole-prompt tensors and piece-sized ones. A continuation (pos0 > 0) also uses
@@ -141,6 +142,7 @@ struct CudaModel::Impl {
                    lizard->shape.head_dim == cfg.head_dim,
                "the Lizard checkpoint does not fit this teacher's shape");
       lolcats = lizard->config.combine == LizardConfig::Combine::Lolcats;
+      skips_window = lizard->config.gate_skips_window;
       for (const auto& [layer, p] : lizard->layers) {
         LZ_CHECK(layer >= 0 && layer < cfg.n_layers, "Lizard layer {} does not exist (the teacher has {})", layer,
                  cfg.n_layers);
@@ -431,6 +433,7 @@ struct CudaModel::Impl {
 
   CudaBatch new_batch(int slots, int64_t ctx) const {
     LZ_CHECK(!lolcats, "a LoLCATs model has no GPU generation kernels (all_logits only): use --device cpu");
+    LZ_CHECK(!skips_window, "a gate_skips_window model has no GPU decode kernel (all_logits only): use --device cpu");
     LZ_CHECK(slots >= 1, "a batch needs at least one slot, got {}", slots);
     LZ_CHECK(ctx >= 1 && ctx <= INT32_MAX, "batch context {} is out of range", ctx);
     CudaBatch out;
@@ -504,7 +507,7 @@ const ModelConfig& CudaModel::config() const { return impl_->cfg; }
 int CudaModel::vocab_size() const { return impl_->cfg.vocab_size; }
 size_t CudaModel::weight_bytes() const { return impl_->w->bytes() + impl_->lz.bytes(); }
 bool CudaModel::has_softmax_layers() const { return impl_->n_softmax > 0; }
-bool CudaModel::can_generate() const { return !impl_->lolcats; }
+bool CudaModel::can_generate() const { return !impl_->lolcats && !impl_->skips_window; }
 
 void CudaModel::release_scratch() {
   Impl& m = *impl_;

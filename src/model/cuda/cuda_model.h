@@ -71,7 +71,7 @@ class CudaModel {
   size_t weight_bytes() const;   // device memory of the weights
   void release_scratch();        // frees the prefill scratch
   bool has_softmax_layers() const;
-  bool can_generate() const;  // false for LoLCATs layers: all_logits only
+  bool can_generate() const;  // false for LoLCATs and gate_skips_window layers: all_logits only
 
   // A batch of `slots` empty sequences of up to ctx positions each. Out of memory throws Error.
   CudaBatch new_batch(int slots, int64_t ctx) const;

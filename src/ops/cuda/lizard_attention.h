@@ -37,6 +37,10 @@ struct LizardAttnArgs {
   bool gate_per_head = false;  // log_gamma is [B, L, Hq] instead of [B, L]
   bool meta_weights_gate = false;  // y_gate weighted by the sinks' share of the window softmax (n_meta >= 1)
   bool shared_normaliser = false;  // with meta_weights_gate: y = (p N + alpha A) / (p (den + eps) + 1 - p)
+  // The gated branch covers only keys outside the window, t <= i - w (LizardConfig::gate_skips_window):
+  // chunked forward (variant 0) and chunked backward, window a multiple of 64; the recurrent, decode and
+  // parallel forms and a forward that hands its state on (state_s) refuse it.
+  bool gate_skips_window = false;
   FeatureAct act = FeatureAct::Softmax;
   float eps = 1e-6f;           // added to the gate normaliser
   float scale = 0.0f;          // window score scale; 0 means 1/sqrt(D)

@@ -134,8 +134,13 @@ __global__ void cumsum_kernel(const LizardAttnArgs a, Dims d, Ws ws) {
 // chunk's phk / phq column and gammas loaded in one batch (not a load per row on the serial chain). This
 // pass costs: stage 2 at 99,953 tokens/s against mwg's 113,371 (one H100, session 6, quality_runs.sh tput);
 // branch sn-fused-bwd folds it into the gate forward output pass (not yet run on a GPU).
+// gate_skips_window: sh = w (a multiple of 64) and ws.phq the shifted query features (skip_in_kernel); each
+// row's den is then that of row i - sh (0 for i < sh), kept in dens. Rows i < sh have no gate row, whose
+// epilogue (dden_rows) adds the sinks' share term through Q = p d + 1 - p; this pass adds it for them (with
+// N = 0: -(p / Q)(d - 1) dy . y) to delta and, through dmeta (may be null), to the sinks.
 template <typename T>
-__global__ void shared_rows_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, T* dyw) {
+__global__ void shared_rows_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, T* dyw, int sh, float* dens,
+                                   float* dmeta) {
   constexpr int kR = 64;
   extern __shared__ float part[];  // [kR][P2 + 1], then iq [kR], gamma [kR]
   const int P2 = 2 * d.F, tid = threadIdx.x, bh = blockIdx.x, h = bh % d.Hq, b = bh / d.Hq, L = d.L;
@@ -170,6 +175,10 @@ __global__ void shared_rows_kernel(const LizardAttnArgs a, Dims d, Ws ws, const 
       const int64_t i = o + r0 + tid;
       float den = 0.f;
       for (int f = 0; f < P2; ++f) den += part[tid * (P2 + 1) + f];
+      if (sh > 0) {  // row i - sh: this thread wrote it an earlier chunk ago
+        dens[i] = den;
+        den = r0 + tid >= sh ? dens[i - sh] : 0.f;
+      }
       float p = 0.f;
       for (int j = 0; j < a.n_meta; ++j) p += expf(mu[j] - ws.lse[i]);
       const float dd = den + a.eps, iq = 1.f / (p * dd + (1.f - p));
@@ -177,6 +186,17 @@ __global__ void shared_rows_kernel(const LizardAttnArgs a, Dims d, Ws ws, const 
       ws.delta[i] = alpha * ws.dya[i] * iq;
       ws.dya[i] *= iq;
       iqs[tid] = iq;
+      if (r0 + tid < sh) {  // no gate row (see above): dy . y = alpha dya
+        const float gp = -p * iq * (dd - 1.f) * alpha * ws.dya[i];
+        ws.delta[i] += gp;
+        if (dmeta != nullptr && a.n_meta > 0) {  // dmeta_j += softmax(mu)_j gp, as dden_rows
+          float mx = -INFINITY, sm = 0.f;
+          for (int j = 0; j < a.n_meta; ++j) mx = fmaxf(mx, mu[j]);
+          for (int j = 0; j < a.n_meta; ++j) sm += expf(mu[j] - mx);
+          const int moff = a.meta_per_head ? h * a.n_meta : 0;
+          for (int j = 0; j < a.n_meta; ++j) atomicAdd(dmeta + moff + j, expf(mu[j] - mx) / sm * gp);
+        }
+      }
     }
     __syncthreads();
     for (int e = tid; e < nr * d.D; e += P2) {
@@ -185,6 +205,58 @@ __global__ void shared_rows_kernel(const LizardAttnArgs a, Dims d, Ws ws, const 
       dyw[off] = T(ld(dy + off) * iqs[r]);
     }
     __syncthreads();  // part and iqs are rewritten by the next chunk
+  }
+}
+
+// gate_skips_window: the gated branch of row i covers keys t <= j = i - w, which is the ordinary gated branch
+// at position j for the query phq_i exp(Bc_i - Bc_j) (the forward's form). The gate passes run unchanged in
+// those shifted coordinates on the rows of Skip: skip_in_kernel fills row j from row i = j + w (rows j >= L - w
+// empty: zero features and dy, no gate weight) -- first the query features (rows = false, before the
+// shared_normaliser pass needs them), then dy and the per-row inputs; skip_out_kernel maps the query-side
+// outputs back: dphq_i = exp(Bc_i - Bc_j) dphq'_j; dbq_i = dbq'_j (the factor's derivative moves dbq'_j from
+// Bc_j to Bc_i); delta_i += delta'_j (meta_weights_gate's p g).
+struct Skip {
+  float *phq, *dphq;                       // [BH, L, 2F]
+  float *lse, *gw, *dya, *delta, *dbq, *dens;  // [BH, L]; dens: the shared_normaliser pass's den by row
+};
+
+template <typename T>
+__global__ void skip_in_kernel(const LizardAttnArgs a, Dims d, Ws ws, Skip sk, const T* dy, T* dys, bool rows) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int j = blockIdx.x * kWarps + warp, bh = blockIdx.y, h = bh % d.Hq, b = bh / d.Hq;
+  if (j >= d.L) return;
+  const int i = j + d.w;
+  const bool ok = i < d.L;
+  const int64_t oj = int64_t(bh) * d.L + j, oi = int64_t(bh) * d.L + (ok ? i : j);
+  if (!rows) {
+    const int F2 = 2 * d.F;
+    const float sc = ok ? expf(ws.bc[oi] - ws.bc[oj]) : 0.f;
+    for (int f = lane; f < F2; f += 32) sk.phq[oj * F2 + f] = ok ? ws.phq[oi * F2 + f] * sc : 0.f;
+    return;
+  }
+  T* out = dys + d.q_off(b, j, h);
+  const T* in = dy + d.q_off(b, ok ? i : j, h);
+  for (int c = lane; c < d.D; c += 32) out[c] = ok ? in[c] : T(0.f);
+  if (lane == 0) {
+    sk.lse[oj] = ok ? ws.lse[oi] : INFINITY;  // p = 0
+    sk.gw[oj] = ok && a.shared_normaliser ? ws.gw[oi] : 0.f;
+    sk.dya[oj] = ok ? ws.dya[oi] : 0.f;
+    sk.delta[oj] = 0.f;
+  }
+}
+
+__global__ void skip_out_kernel(const LizardAttnArgs a, Dims d, Ws ws, Skip sk) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int i = blockIdx.x * kWarps + warp, bh = blockIdx.y;
+  if (i >= d.L) return;
+  const int j = i - d.w, F2 = 2 * d.F;
+  const bool ok = j >= 0;
+  const int64_t oi = int64_t(bh) * d.L + i, oj = int64_t(bh) * d.L + (ok ? j : i);
+  const float sc = ok ? expf(ws.bc[oi] - ws.bc[oj]) : 0.f;
+  for (int f = lane; f < F2; f += 32) ws.dphq[oi * F2 + f] = ok ? sk.dphq[oj * F2 + f] * sc : 0.f;
+  if (lane == 0) {
+    ws.dbq[oi] = ok ? sk.dbq[oj] : 0.f;
+    if (a.meta_weights_gate && ok) ws.delta[oi] += sk.delta[oj];
   }
 }
 
@@ -2787,6 +2859,18 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   ws.gw = p, p += BHL;
   T* dyw = nullptr;  // shared_normaliser: the window stage's dy / Q
   if (a.shared_normaliser) LZ_CUDA_OK(cudaMallocAsync(&dyw, size_t(BHL) * a.D * sizeof(T), st));
+  // gate_skips_window (chunked only): the gate passes' shifted rows (Skip) and dy
+  const bool skip = a.gate_skips_window;
+  Skip sk{};
+  float* skbuf = nullptr;
+  T* dys = nullptr;
+  if (skip) {
+    LZ_CUDA_OK(cudaMallocAsync(&skbuf, size_t(BHL) * (2 * F2 + 6) * sizeof(float), st));
+    LZ_CUDA_OK(cudaMallocAsync(&dys, size_t(BHL) * a.D * sizeof(T), st));
+    float* q = skbuf;
+    for (float** r : {&sk.phq, &sk.dphq}) *r = q, q += BHL * F2;
+    for (float** r : {&sk.lse, &sk.gw, &sk.dya, &sk.delta, &sk.dbq, &sk.dens}) *r = q, q += BHL;
+  }
   const size_t nk = size_t(a.B) * a.L * a.Hkv * a.D;
   LZ_CUDA_OK(cudaMemsetAsync(g.dv, 0, nk * 4, st));
   if (g.dlog_gamma && !a.gate_per_head) LZ_CUDA_OK(cudaMemsetAsync(g.dlog_gamma, 0, size_t(a.B) * a.L * 4, st));
@@ -2823,15 +2907,29 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   else
     stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya, /*gate=*/true);
   mark(stages2 ? "stats2" : chunked ? "stats-tc" : "stats");
+  Ws wg = ws;  // the gate passes' workspace (gate_skips_window: the shifted rows)
+  const T* dyg = dy;
+  if (skip) {
+    skip_in_kernel<T><<<grid, block, 0, st>>>(a, d, ws, sk, dy, dys, /*rows=*/false);
+    wg.phq = sk.phq;
+  }
   if (a.shared_normaliser) {
-    shared_rows_kernel<T><<<a.B * a.Hq, 2 * a.F, (64 * (2 * a.F + 1) + 128) * sizeof(float), st>>>(a, d, ws, dy, dyw);
+    shared_rows_kernel<T><<<a.B * a.Hq, 2 * a.F, (64 * (2 * a.F + 1) + 128) * sizeof(float), st>>>(
+        a, d, wg, dy, dyw, skip ? a.window : 0, sk.dens, a.n_meta > 0 ? g.dmeta : nullptr);
     mark("shared-rows");
+  }
+  if (skip) {
+    skip_in_kernel<T><<<grid, block, 0, st>>>(a, d, ws, sk, dy, dys, /*rows=*/true);
+    wg.lse = sk.lse, wg.gw = sk.gw, wg.dya = sk.dya, wg.delta = sk.delta, wg.dphq = sk.dphq, wg.dbq = sk.dbq;
+    dyg = dys;
+    mark("skip-in");
   }
   if (chunked) {
     // gate branch: dn, dden, dphq, dbq; dv (gate), dphk, dbk (one mark per pass: gate2-fstate .. gate2-rout)
-    const bool aligned = sizeof(T) == 4 || (al16(a.v) && al16(dy));
+    const bool aligned = sizeof(T) == 4 || (al16(a.v) && al16(dyg));
     const bool state2 = g_state_variant == 2 && al16(a.v);  // cp.async of V rows (dn, phi: the workspace)
-    gate::run_gate2<T>(a, d, ws, dy, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, mark, aligned, state2);
+    gate::run_gate2<T>(a, d, wg, dyg, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, mark, aligned, state2);
+    if (skip) skip_out_kernel<<<grid, block, 0, st>>>(a, d, ws, sk);
     win::run_win<T>(a, d, ws, dyw ? dyw : dy, g.dq, g.dk, g.dv, a.n_meta > 0 ? g.dmeta : nullptr, st, stages2);
     mark(stages2 ? "window2" : "window-tc");
   } else {
@@ -2870,6 +2968,8 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   }
   LZ_CUDA_OK(cudaFreeAsync(buf, st));
   if (dyw) LZ_CUDA_OK(cudaFreeAsync(dyw, st));
+  if (skbuf) LZ_CUDA_OK(cudaFreeAsync(skbuf, st));
+  if (dys) LZ_CUDA_OK(cudaFreeAsync(dys, st));
 }
 
 }  // namespace
@@ -2881,6 +2981,8 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
   LZ_CUDA_CHECK(!a.meta_weights_gate,
                 "lizard attention backward (cuda): meta_weights_gate (and shared_normaliser) need the chunked "
                 "backward (lizard_attention_backward_chunked), the parallel form does not implement them");
+  LZ_CUDA_CHECK(!a.gate_skips_window, "lizard attention backward (cuda): gate_skips_window needs the chunked "
+                "backward (lizard_attention_backward_chunked)");
   LZ_CUDA_CHECK(a.D <= 256 && a.F <= 128, "lizard attention backward (cuda): needs D <= 256 and F <= 128, got D=",
                 a.D, " F=", a.F);
   if (fp32)

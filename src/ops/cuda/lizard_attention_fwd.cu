@@ -59,7 +59,7 @@ struct FwdSmem {
                + size_t(kC) * LDF               // phi_K
                + size_t(F2) * LDV               // S (bf16)
                + size_t(2) * D * LDW;           // Wq, Wk
-    size_t f = kC + F2 + 4 * F2 + kC;           // b, z, z partial sums, p_meta
+    size_t f = size_t(ring) * kC + F2 + 4 * F2 + kC;  // b (a ring, as K and V), z, z partial sums, p_meta
     return h * 2 + f * 4;
   }
 };
@@ -80,8 +80,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
   bf16* S16 = Pk + kC * LDF;
   bf16* Wq = S16 + F2 * LDV;
   bf16* Wk = Wq + D * LDW;
-  float* bsum = reinterpret_cast<float*>(Wk + D * LDW);
-  float* zs = bsum + kC;
+  float* bring = reinterpret_cast<float*>(Wk + D * LDW);  // b of the ring's chunks, [ring][kC]
+  float* zs = bring + ring * kC;
   float* zpart = zs + F2;
   float* pmeta = zpart + 4 * F2;  // meta_weights_gate: each row's sinks' share, window warps -> gate warps
 
@@ -103,6 +103,11 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
   const float* lgb = a.log_gamma + int64_t(b) * L * gts + (a.gate_per_head ? hq : 0);
   const float alpha = a.alpha[a.alpha_per_head ? hq : 0];
   const float scale2 = (a.scale > 0 ? a.scale : rsqrtf(float(D))) * kLog2e;
+  // gate_skips_window (w a multiple of 64): the gated branch of query i covers keys t <= i - w. With
+  // j = i - w that is the ordinary gated branch at position j for the query phi_q(q_i) exp(B_i - B_j)
+  // (B the cumulative log gamma): the gate warps work on key chunk m = n - lag (its state, keys, values
+  // and b) with the query rows of chunk n scaled by that factor, and the state update lags by lag chunks.
+  const int lag = a.gate_skips_window ? w / kC : 0;
 
   // Meta sinks in the log2 domain: running max starts at max mu, sum at sum exp(mu - max).
   float meta_m = -INFINITY, meta_l = 0.f;
@@ -153,6 +158,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       cp_async16(Vc + r * LDV + c, vb + (ok ? pos : 0) * kstride + c, ok ? 16 : 0);
     }
     cp_async_commit();
+    float* bsum_n = bring + slot * kC;
     if (warp == 0) {  // b_i: inclusive prefix sums of log gamma inside the chunk
       int p0 = n * kC + 2 * lane;
       float v0 = p0 < L ? lgb[int64_t(p0) * gts] : 0.f;
@@ -163,11 +169,17 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         float u = __shfl_up_sync(0xffffffffu, inc, o);
         if (lane >= o) inc += u;
       }
-      bsum[2 * lane] = inc - s + v0;
-      bsum[2 * lane + 1] = inc;
+      bsum_n[2 * lane] = inc - s + v0;
+      bsum_n[2 * lane + 1] = inc;
     }
     cp_async_wait_all();
     __syncthreads();  // (B) chunk tiles and b ready
+    // The gated branch's key chunk m (n unless gate_skips_window) and its tiles in the rings.
+    const int m = n - lag, mslot = m >= 0 ? m % ring : slot;
+    const bool gate_on = m >= 0;  // false: no key is old enough yet (gate_skips_window)
+    const float* bsum = bring + mslot * kC;
+    const bf16* Kg = Ks + mslot * kC * LDD;
+    const bf16* Vg = Vs + mslot * kC * LDV;
     const float bC = bsum[kC - 1];
 
     const int r0 = (warp & 3) * 16;  // the 16 rows this warp works on
@@ -177,13 +189,27 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       float ap[F / 8][4], am[F / 8][4];
       rows_times_w<D, F>(ap, Qs, Wq, r0);
       feature_map<F>(ap, am, a.act);
+      if (lag > 0 && gate_on) {  // rows r0 + g, r0 + g + 8 times exp(B_i - B_{i - w})
+        float tot = 0.f;         // log gamma summed over chunks m .. n - 1
+        for (int c = m; c < n; ++c) tot += bring[(c % ring) * kC + kC - 1];
+        const int i0 = r0 + g, i1 = i0 + 8;
+        const float s0 = __expf(bsum_n[i0] - bsum[i0] + tot), s1 = __expf(bsum_n[i1] - bsum[i1] + tot);
+#pragma unroll
+        for (int j = 0; j < F / 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            ap[j][e] = round_bf16(ap[j][e] * s0), am[j][e] = round_bf16(am[j][e] * s0);
+            ap[j][2 + e] = round_bf16(ap[j][2 + e] * s1), am[j][2 + e] = round_bf16(am[j][2 + e] * s1);
+          }
+        }
+      }
       const float2 qz = phi_q_frags<F>(phq, ap, am, zs, t4);
       qz0 = qz.x, qz1 = qz.y;
-    } else {
+    } else if (gate_on) {
       float ap[F / 8][4], am[F / 8][4];
-      rows_times_w<D, F>(ap, Kc, Wk, r0);
+      rows_times_w<D, F>(ap, Kg, Wk, r0);
       feature_map<F>(ap, am, a.act);
-      const bool v0 = n * kC + r0 + g < L, v1 = n * kC + r0 + g + 8 < L;
+      const bool v0 = m * kC + r0 + g < L, v1 = m * kC + r0 + g + 8 < L;
       const float d0 = v0 ? __expf(bC - bsum[r0 + g]) : 0.f, d1 = v1 ? __expf(bC - bsum[r0 + g + 8]) : 0.f;
 #pragma unroll
       for (int j = 0; j < F / 8; ++j) {
@@ -216,7 +242,9 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
 
     float og[ND][4];  // gate warps: gated output; window warps: window output
     float l0 = 0.f, l1 = 0.f;
-    if (warp < 4) {
+    if (warp < 4 && !gate_on) {
+      zero_acc(og);  // an empty gated branch: N = 0, den = 0
+    } else if (warp < 4) {
       // Intra-chunk scores phi_Q phi_K^T, decayed and causal.
       float sc[NK][4];
       zero_acc(sc);
@@ -264,7 +292,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
 #pragma unroll
         for (int np = 0; np < ND / 2; ++np) {
           uint32_t bb[4];
-          load_b_kn(bb, Vc, LDV, np * 16, s * 16);
+          load_b_kn(bb, Vg, LDV, np * 16, s * 16);
           mma16816(og[2 * np], pa[s], bb[0], bb[1]);
           mma16816(og[2 * np + 1], pa[s], bb[2], bb[3]);
         }
@@ -335,7 +363,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
     }
 
     // State update S = exp(b_C) S + (phi_K * exp(b_C - b_t))^T V for this warp's 16 feature rows.
-    if (owns_s) {
+    if (owns_s && gate_on) {
       const float eC = __expf(bC);
 #pragma unroll
       for (int j = 0; j < ND; ++j) sreg[j][0] *= eC, sreg[j][1] *= eC, sreg[j][2] *= eC, sreg[j][3] *= eC;
@@ -353,7 +381,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
 #pragma unroll
         for (int np = 0; np < ND / 2; ++np) {
           uint32_t bb[4];
-          load_b_kn(bb, Vc, LDV, np * 16, s * 16);
+          load_b_kn(bb, Vg, LDV, np * 16, s * 16);
           mma16816(sreg[2 * np], pa, bb[0], bb[1]);
           mma16816(sreg[2 * np + 1], pa, bb[2], bb[3]);
         }
@@ -369,7 +397,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         *reinterpret_cast<uint32_t*>(S16 + (f0 + g + 8) * LDV + c) = pack_bf16(sreg[j][2], sreg[j][3]);
       }
     }
-    if (tid < F2) {
+    if (tid < F2 && gate_on) {
       const float eC = __expf(bC);
       zs[tid] = eC * zs[tid] + zpart[tid] + zpart[F2 + tid] + zpart[2 * F2 + tid] + zpart[3 * F2 + tid];
     }
@@ -913,7 +941,8 @@ int g_split_mode = 0;   // 0: auto, 1: never split the value columns, 2: always
 // Variant 3: v3 where its shared memory fits on sm_90, else v0. Variant 0: v0 always.
 template <int D, int F>
 void launch_fwd(const LizardAttnArgs& a, cudaStream_t stream) {
-  if (g_fwd_variant == 3 && launch_fwd3<D, F>(a, stream)) return;  // else v0 (see launch_fwd3)
+  // gate_skips_window: v0 only (v3's schedule keeps no lagged state)
+  if (g_fwd_variant == 3 && !a.gate_skips_window && launch_fwd3<D, F>(a, stream)) return;  // else v0
   bool split = g_split_mode == 2;
   if (g_split_mode == 0) {
     // Two CTAs per (b, h) (half the value columns each; feature maps and scores computed by both)
@@ -942,6 +971,9 @@ void set_forward_split(int mode) { g_split_mode = mode; }
 
 void lizard_attention_forward_bf16(const LizardAttnArgs& a, cudaStream_t stream) {
   check_common_args(a);
+  LZ_CUDA_CHECK(!a.gate_skips_window || a.state_s == nullptr,
+                "lizard attention (cuda): gate_skips_window cannot hand its state on to decoding on the GPU "
+                "(use --device cpu to generate)");
   if (a.D == 128 && a.F == 64) return launch_fwd<128, 64>(a, stream);
   if (a.D == 64 && a.F == 64) return launch_fwd<64, 64>(a, stream);
   if (a.D == 128 && a.F == 32) return launch_fwd<128, 32>(a, stream);

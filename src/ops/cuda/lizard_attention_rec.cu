@@ -21,6 +21,8 @@ void check_common_args(const LizardAttnArgs& a) {
   LZ_CUDA_CHECK(!a.meta_weights_gate || a.n_meta >= 1, "lizard attention (cuda): meta_weights_gate needs meta tokens");
   LZ_CUDA_CHECK(!a.shared_normaliser || a.meta_weights_gate, "lizard attention (cuda): shared_normaliser needs meta_weights_gate");
   LZ_CUDA_CHECK(a.act == FeatureAct::Softmax || a.act == FeatureAct::Exp, "lizard attention (cuda): unknown feature act");
+  LZ_CUDA_CHECK(!a.gate_skips_window || (a.window % 64 == 0),
+                "lizard attention (cuda): gate_skips_window needs a window that is a multiple of 64, got ", a.window);
 }
 
 namespace {
@@ -225,6 +227,8 @@ void launch_rec(const LizardAttnArgs& a, const int* pos, void* rk, void* rv, cud
 
 void lizard_attention_forward_recurrent(const LizardAttnArgs& a, bool fp32, cudaStream_t stream) {
   check_common_args(a);
+  LZ_CUDA_CHECK(!a.gate_skips_window, "lizard attention (cuda): the recurrent form does not implement "
+                "gate_skips_window (the chunked forward and backward do)");
   if (fp32)
     launch_rec<float, false>(a, nullptr, nullptr, nullptr, stream);
   else
@@ -235,6 +239,8 @@ void lizard_attention_decode(const LizardAttnArgs& a, bool fp32, const int* pos,
                              cudaStream_t stream) {
   check_common_args(a);
   LZ_CUDA_CHECK(a.state_s && a.state_z && pos && ring_k && ring_v, "lizard attention (cuda, decode): state, positions and ring buffers are required");
+  LZ_CUDA_CHECK(!a.gate_skips_window, "lizard attention (cuda, decode): gate_skips_window is not implemented for "
+                "decoding on the GPU (use --device cpu)");
   if (fp32)
     launch_rec<float, true>(a, pos, ring_k, ring_v, stream);
   else

@@ -35,8 +35,10 @@ LizardAttnArgs lizard_cuda_args(const LizardConfig& c, const LizardShape& s, int
            "lizard attention (cuda): feature_on_rope = {} with window_rope = {} needs two q/k sets; the GPU kernel "
            "takes one (set both equal)",
            c.feature_on_rope, c.window_rope);
-  LZ_CHECK(!c.gate_skips_window,
-           "lizard attention (cuda): gate_skips_window is a CPU-only experiment (use --device cpu)");
+  LZ_CHECK(!c.gate_skips_window || c.window % 64 == 0,
+           "lizard attention (cuda): gate_skips_window needs a window that is a multiple of 64 on the GPU, got {} "
+           "(use --device cpu)",
+           c.window);
   LizardAttnArgs a = shared_args<LizardAttnArgs>(c, s, batch, L);
   a.n_meta = c.meta_tokens;
   a.meta_per_head = c.meta_per_head;
@@ -44,6 +46,7 @@ LizardAttnArgs lizard_cuda_args(const LizardConfig& c, const LizardShape& s, int
   a.gate_per_head = c.gate == LizardConfig::Gate::PerHead;
   a.meta_weights_gate = c.meta_weights_gate;
   a.shared_normaliser = c.shared_normaliser;
+  a.gate_skips_window = c.gate_skips_window;
   return a;
 }
 
