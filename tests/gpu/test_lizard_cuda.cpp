@@ -648,7 +648,10 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     stats_check = buf;
     // Bound 20x above the largest seen on the H200 (session 4: 2.3e-7): a race or a stale workspace read
     // shows up as O(1).
-    EXPECT_LT(big > 0 ? diff / big : diff, 5e-6) << "rerun differs";
+    // gate_skips_window + shared_normaliser: rows i < w (no gated branch) add dmeta terms that cancel against
+    // the window stage's (their y does not depend on the sinks up to eps), so the atomics' order moves a
+    // smaller total by more: seen 7.5e-6 on the H200 (session 7); a race still reads O(1).
+    EXPECT_LT(big > 0 ? diff / big : diff, c.skip && c.sn ? 5e-5 : 5e-6) << "rerun differs";
     // dalpha bisected over 64-query blocks: dy zeroed outside the block, so dalpha is that block's
     // sum of dy . A; its error is printed in units of the block's sum over rows and columns |dy_ie A_ie|
     // (the scale of the rounding of a sum of terms of both signs; per row, not |dy . A|: a block of one
