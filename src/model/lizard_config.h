@@ -36,10 +36,11 @@ struct LizardConfig {
   // In terms of p = p_meta: y = (p N + alpha A) / (p d + 1 - p). A query that matches its decayed history
   // (large d) leans on the gated branch; one that does not, on the window.
   bool shared_normaliser = false;
-  // Not in the paper (an experiment; CPU forms only, the GPU refuses it): the gated branch covers only the keys
-  // outside the window (t <= i - w), as LoLCATs' linear part does, instead of every key t <= i. The window's
-  // keys then reach a query through the softmax alone. The recurrent state adds a ring of the window's
-  // feature keys and gammas (a token joins S w steps after it arrives).
+  // Not in the paper: the gated branch covers only the keys outside the window (t <= i - w), as LoLCATs' linear
+  // part does, instead of every key t <= i. The window's keys then reach a query through the softmax alone.
+  // The recurrent state adds a ring of the window's feature keys and gammas (a token joins S w steps after it
+  // arrives). CPU: every form. GPU: chunked forward and backward (training, all_logits evaluation) where w is a
+  // multiple of 64; GPU decoding refuses it (generate on the CPU).
   bool gate_skips_window = false;
   int chunk = 64;                                // C of the chunked algorithm
   double eps = 1e-6;                             // gate-branch normaliser: num / (den + eps)
