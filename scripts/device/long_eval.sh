@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Held-out KL and perplexity of trained students (quality_runs.sh) against the teacher on long documents the
-# training text does not contain (data/longeval: scripts/fetch_eval_data.sh, carried with the tree), at
+# training text does not contain (data/longeval: scripts/fetch_data.sh --longeval, carried with the tree), at
 # several window lengths: the same tokens, ctx 2048 (the training length) up to 8192 (the teacher's own).
 #   bash scripts/device/long_eval.sh STUDENT_DIR...     (e.g. /tmp/lz/skip10-s2; after gpu.sh recv2, unpack)
 #   CTXS="2048 8192" (windows, stride ctx / 2), MAX_TOKENS=120000 (tokens read)
