@@ -63,6 +63,24 @@ struct Dims {
   __host__ __device__ int64_t bh(int b, int h) const { return int64_t(b) * Hq + h; }
 };
 
+// meta_weights_gate: p = sum_j exp(mu_j - lse), the sinks' share of a row's window softmax (lse over the window
+// and the sinks), and the sinks' gradient through it: dmeta_j += softmax(mu)_j g for a gradient g on p (one
+// atomic per sink). The gate passes and the shared_normaliser row pass use both.
+__device__ __forceinline__ float sinks_share_of(const LizardAttnArgs& a, int h, float lse) {
+  const float* mu = a.meta + (a.meta_per_head ? h * a.n_meta : 0);
+  float p = 0.f;
+  for (int j = 0; j < a.n_meta; ++j) p += expf(mu[j] - lse);
+  return p;
+}
+__device__ __forceinline__ void add_sinks_share_grad(const LizardAttnArgs& a, int h, float* dmeta, float g) {
+  const int moff = a.meta_per_head ? h * a.n_meta : 0;
+  const float* mu = a.meta + moff;
+  float mx = -INFINITY, den = 0.f;
+  for (int j = 0; j < a.n_meta; ++j) mx = fmaxf(mx, mu[j]);
+  for (int j = 0; j < a.n_meta; ++j) den += expf(mu[j] - mx);
+  for (int j = 0; j < a.n_meta; ++j) atomicAdd(dmeta + moff + j, expf(mu[j] - mx) / den * g);
+}
+
 // Feature maps of q and k for every token: warp per (b, h, i).
 template <typename T>
 __global__ void feat_kernel(const LizardAttnArgs a, Dims d, Ws ws) {
@@ -147,7 +165,6 @@ __global__ void shared_rows_kernel(const LizardAttnArgs a, Dims d, Ws ws, const 
   float* iqs = part + kR * (P2 + 1);
   float* gam = iqs + kR;
   const int64_t o = int64_t(bh) * L;
-  const float* mu = a.meta + (a.meta_per_head ? h * a.n_meta : 0);
   const float alpha = a.alpha[a.alpha_per_head ? h : 0];
   float zt = 0.f;  // thread tid's entry of the decayed key sum
   for (int r0 = 0; r0 < L; r0 += kR) {
@@ -179,8 +196,7 @@ __global__ void shared_rows_kernel(const LizardAttnArgs a, Dims d, Ws ws, const 
         dens[i] = den;
         den = r0 + tid >= sh ? dens[i - sh] : 0.f;
       }
-      float p = 0.f;
-      for (int j = 0; j < a.n_meta; ++j) p += expf(mu[j] - ws.lse[i]);
+      const float p = sinks_share_of(a, h, ws.lse[i]);
       const float dd = den + a.eps, iq = 1.f / (p * dd + (1.f - p));
       ws.gw[i] = p * dd * iq;
       ws.delta[i] = alpha * ws.dya[i] * iq;
@@ -189,13 +205,7 @@ __global__ void shared_rows_kernel(const LizardAttnArgs a, Dims d, Ws ws, const 
       if (r0 + tid < sh) {  // no gate row (see above): dy . y = alpha dya
         const float gp = -p * iq * (dd - 1.f) * alpha * ws.dya[i];
         ws.delta[i] += gp;
-        if (dmeta != nullptr && a.n_meta > 0) {  // dmeta_j += softmax(mu)_j gp, as dden_rows
-          float mx = -INFINITY, sm = 0.f;
-          for (int j = 0; j < a.n_meta; ++j) mx = fmaxf(mx, mu[j]);
-          for (int j = 0; j < a.n_meta; ++j) sm += expf(mu[j] - mx);
-          const int moff = a.meta_per_head ? h * a.n_meta : 0;
-          for (int j = 0; j < a.n_meta; ++j) atomicAdd(dmeta + moff + j, expf(mu[j] - mx) / sm * gp);
-        }
+        if (dmeta != nullptr) add_sinks_share_grad(a, h, dmeta, gp);
       }
     }
     __syncthreads();
@@ -695,10 +705,7 @@ __device__ __forceinline__ void row_factors(float* bs, float* eb, float* ebt, co
 __device__ __forceinline__ float gate_weight(const LizardAttnArgs& a, int h, const float* lse, bool valid) {
   if (!valid) return 0.f;
   if (!a.meta_weights_gate) return 1.f;
-  const float* mu = a.meta + (a.meta_per_head ? h * a.n_meta : 0);
-  float p = 0.f;
-  for (int j = 0; j < a.n_meta; ++j) p += expf(mu[j] - *lse);
-  return p;
+  return sinks_share_of(a, h, *lse);
 }
 
 // The forward output passes' gated output of the warp's rows ra, rb (both variants): A = (phq phk^T) .*
@@ -763,13 +770,7 @@ __device__ __forceinline__ void dden_rows(const LizardAttnArgs& a, const Ws& ws,
     float gs = t4 == 0 ? gpa + gpb : 0.f;  // rows past the end have p = 0
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) gs += __shfl_xor_sync(0xffffffffu, gs, off);
-    const int moff = a.meta_per_head ? h * a.n_meta : 0;
-    const float* mu = a.meta + moff;
-    float mx = -INFINITY, den = 0.f;
-    for (int j = 0; j < a.n_meta; ++j) mx = fmaxf(mx, mu[j]);
-    for (int j = 0; j < a.n_meta; ++j) den += expf(mu[j] - mx);
-    if (lane == 0)
-      for (int j = 0; j < a.n_meta; ++j) atomicAdd(dmeta + moff + j, expf(mu[j] - mx) / den * gs);
+    if (lane == 0) add_sinks_share_grad(a, h, dmeta, gs);
   }
 }
 
