@@ -20,6 +20,8 @@
 #                      10M + 10M, resumable; NAME (default sn10) and SEED as for mwg10
 #   skip10             configs/lizard_rope_sn_skip.json (sn10's config + gate_skips_window: the gated branch over keys
 #                      outside the window, as LoLCATs' linear part) 10M + 10M, resumable; NAME (default skip10), SEED
+#   plain10            configs/lizard_plainfeat_sn_skip.json: skip10 with the feature maps on the plain (un-rotated) q, k
+#                      beside the RoPE'd window (the paper's choice for the gated branch; two q/k sets), resumable
 #   lol10              LoLCATs 10M + 10M (NAME, default lol10, and SEED: other seeds of the baseline), resumable: each call goes on where the last stopped (stops with
 #                      SIGINT, which checkpoints, before DEADLINE seconds: 560) until lol10-s2 has its report
 set -uo pipefail
@@ -57,6 +59,7 @@ case "$name" in
   lol10)  run10 ${NAME:-lol10} configs/lolcats.json ;;
   sn10)   run10 ${NAME:-sn10} configs/lizard_rope_sn.json ;;
   skip10) run10 ${NAME:-skip10} configs/lizard_rope_sn_skip.json ;;
+  plain10) run10 ${NAME:-plain10} configs/lizard_plainfeat_sn_skip.json ;;
   combo10) run10 combo10 "$(tmpcfg combo10 '{"gate": "per_head", "meta_per_head": true, "meta_tokens": 8}')" ;;
   mwg3)   for v in 'mwg3 {"meta_weights_gate": true}' 'mwgph3 {"meta_weights_gate": true, "meta_per_head": true}'; do
             echo "== ${v%% *}"; lizard_pair ${v%% *} "$(tmpcfg ${v%% *} "${v#* }")"

@@ -40,6 +40,7 @@ struct Case {
   bool mwg = false;  // meta_weights_gate
   bool sn = false;   // shared_normaliser (with mwg)
   bool skip = false; // gate_skips_window (w a multiple of 64)
+  bool sep = false;  // window_rope with un-rotated feature maps (feature_on_rope false): two q/k sets
 };
 
 std::string describe(const Case& c) {
@@ -48,6 +49,7 @@ std::string describe(const Case& c) {
                 c.F, c.w, c.m, c.gate_per_head ? " gate/head" : "", c.meta_per_head ? " meta/head" : "",
                 c.alpha_per_layer ? " alpha/layer" : "", c.act == LizardConfig::FeatureAct::Exp ? " exp" : "",
                 c.mwg ? " mwg" : "", c.sn ? " sn" : "", c.skip ? " skip" : "");
+  if (c.sep) std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), " rope-window");
   return buf;
 }
 
@@ -59,6 +61,9 @@ struct Problem {
   lizard::LizardParamsT<double> p;
   std::vector<double> x, q, k, v, lg;  // lg [B, L] or [B, L, Hq]
   std::vector<double> yref;            // [B, L, Hq, D]
+  lizard::LizardRope rope;             // sep: RoPE of the window's q, k (the CPU applies it itself)
+  std::vector<double> qr, kr;          // sep: q, k RoPE'd on the host (what the kernel's window reads)
+  const lizard::LizardRope* rope_ptr() const { return c.sep ? &rope : nullptr; }
 
   Problem(const Case& cs, uint64_t seed, bool round) : c(cs) {
     std::mt19937_64 rng(seed);
@@ -73,6 +78,7 @@ struct Problem {
     cfg.meta_weights_gate = c.mwg;
     cfg.shared_normaliser = c.sn;
     cfg.gate_skips_window = c.skip;
+    cfg.window_rope = c.sep;
     shape.d_model = 24;
     shape.n_heads = c.Hq;
     shape.n_kv_heads = c.Hkv;
@@ -110,6 +116,18 @@ struct Problem {
         double l = a >= 0 ? -std::log1p(std::exp(-a)) : a - std::log1p(std::exp(a));
         lg[i * G + h] = static_cast<float>(l);  // the kernel sees it in fp32
       }
+    if (c.sep) {  // positions 0..L-1 within each sequence; bf16 values again when round
+      rope = lizard::LizardRope::make(c.D, 10000.0);
+      qr = q, kr = k;
+      for (int b = 0; b < c.B; ++b)
+        for (int i = 0; i < c.L; ++i) {
+          for (int h = 0; h < c.Hq; ++h) rope.apply(&qr[((size_t(b) * c.L + i) * c.Hq + h) * c.D], i);
+          for (int h = 0; h < c.Hkv; ++h) rope.apply(&kr[((size_t(b) * c.L + i) * c.Hkv + h) * c.D], i);
+        }
+      if (round)
+        for (auto* t : {&qr, &kr})
+          for (auto& e : *t) e = bf16r(e);
+    }
     yref.resize(nq);
     for (int b = 0; b < c.B; ++b) {
       lizard::LizardInput<double> in;
@@ -118,7 +136,7 @@ struct Problem {
       in.q = q.data() + size_t(b) * c.L * c.Hq * c.D;
       in.k = k.data() + size_t(b) * c.L * c.Hkv * c.D;
       in.v = v.data() + size_t(b) * c.L * c.Hkv * c.D;
-      lizard::lizard_forward_parallel<double>(cfg, shape, p, nullptr, in, yref.data() + size_t(b) * c.L * c.Hq * c.D);
+      lizard::lizard_forward_parallel<double>(cfg, shape, p, rope_ptr(), in, yref.data() + size_t(b) * c.L * c.Hq * c.D);
     }
   }
 };
@@ -135,15 +153,19 @@ double rel_err(const std::vector<double>& a, const std::vector<double>& ref, siz
 }
 
 // Device copies of a problem's inputs in element type T (T = float or bf16).
+// sep: q, k are the host-RoPE'd ones (the window's) and qf, kf the plain ones (the feature maps').
 template <typename T>
 struct DevInputs {
-  Dev<T> q, k, v, wq, wk;
+  Dev<T> q, k, v, wq, wk, qf, kf;
   Dev<float> lg, meta, alpha;
   explicit DevInputs(const Problem& P)
-      : q(P.q), k(P.k), v(P.v), wq(P.p.feat_q), wk(P.p.feat_k), lg(P.lg), meta(P.p.meta), alpha(P.p.alpha) {}
+      : q(P.c.sep ? P.qr : P.q), k(P.c.sep ? P.kr : P.k), v(P.v), wq(P.p.feat_q), wk(P.p.feat_k),
+        qf(P.c.sep ? P.q : std::vector<double>(1)), kf(P.c.sep ? P.k : std::vector<double>(1)), lg(P.lg),
+        meta(P.p.meta), alpha(P.p.alpha) {}
   LizardAttnArgs args(const Problem& P, void* y) const {
     LizardAttnArgs a = lizard::cuda::lizard_cuda_args(P.cfg, P.shape, P.c.B, P.c.L);
     a.q = q.p, a.k = k.p, a.v = v.p, a.wq = wq.p, a.wk = wk.p;
+    if (P.c.sep) a.qf = qf.p, a.kf = kf.p;
     a.log_gamma = lg.p, a.meta = P.c.m > 0 ? meta.p : nullptr, a.alpha = alpha.p, a.y = y;
     return a;
   }
@@ -188,6 +210,15 @@ const std::vector<Case> kMwgSnCases = mwg_and_sn_cases();
 // gate_skips_window (the gated branch over keys t <= i - w; the GPU takes w a multiple of 64): with the
 // shared normaliser (the configuration it is meant for), with mwg alone, without mwg and sinks, L < w (an
 // empty gated branch everywhere), w 192 (three chunks of lag), per-head gate / sinks, exp features, GQA.
+// Two q/k sets: the window on RoPE'd q, k, the feature maps on the plain ones (the paper's Lizard with a RoPE'd
+// window): alone, with mwg + sn, with gate_skips_window too (its GPU forward lags the feature k tile), D 128.
+const std::vector<Case> kSepCases = {
+    {2, 150, 4, 2, 64, 32, 64, 4, false, false, false, kSoftmax, false, false, false, true},
+    {1, 200, 2, 1, 64, 64, 128, 4, false, true, false, kSoftmax, true, true, false, true},
+    {1, 190, 2, 2, 64, 64, 128, 4, false, true, false, kSoftmax, true, true, true, true},
+    {1, 130, 2, 2, 128, 64, 64, 2, true, false, false, kExp, false, false, false, true},
+};
+
 const std::vector<Case> kSkipCases = {
     {2, 200, 4, 2, 64, 32, 64, 4, false, false, false, kSoftmax, true, true, true},
     {1, 333, 2, 1, 128, 64, 128, 4, false, true, false, kSoftmax, true, true, true},
@@ -227,6 +258,8 @@ TEST(LizardCuda, ChunkedBf16MatchesReference) {
   v0cases.insert(v0cases.end(), kMwgSnCases.begin(), kMwgSnCases.end());
   cases.insert(cases.end(), kSkipCases.begin(), kSkipCases.end());  // v0 runs them under either variant
   v0cases.insert(v0cases.end(), kSkipCases.begin(), kSkipCases.end());
+  cases.insert(cases.end(), kSepCases.begin(), kSepCases.end());  // v0 too
+  v0cases.insert(v0cases.end(), kSepCases.begin(), kSepCases.end());
   lizard::cuda::set_forward_variant(0);
   for (int mode : {1, 2}) {
     lizard::cuda::set_forward_split(mode);
@@ -417,8 +450,20 @@ TEST(LizardCuda, RefusesWhatItCannotDo) {
   cfg.combine = LizardConfig::Combine::Lolcats;
   EXPECT_THROW(lizard::cuda::lizard_cuda_args(cfg, s, 1, 10), lizard::Error);
   cfg = LizardConfig{};
-  cfg.feature_on_rope = true;
-  EXPECT_THROW(lizard::cuda::lizard_cuda_args(cfg, s, 1, 10), lizard::Error);
+  cfg.feature_on_rope = true;  // window_rope false: two q/k sets, so the calls need qf, kf
+  {
+    LizardAttnArgs m = lizard::cuda::lizard_cuda_args(cfg, s, 1, 10);
+    EXPECT_TRUE(m.separate_feature_qk);
+    int dummy = 0;
+    m.q = m.k = m.v = m.wq = m.wk = m.y = &dummy;
+    m.log_gamma = m.alpha = m.meta = reinterpret_cast<float*>(&dummy);
+    EXPECT_THROW(lizard::cuda::lizard_attention_forward_bf16(m), lizard::Error);  // no qf, kf
+    m.qf = m.kf = &dummy;
+    float fd = 0.f;
+    int pos = 0;
+    m.state_s = m.state_z = &fd;
+    EXPECT_THROW(lizard::cuda::lizard_attention_decode(m, true, &pos, &dummy, &dummy), lizard::Error);
+  }
   cfg = LizardConfig{};
   LizardAttnArgs a = lizard::cuda::lizard_cuda_args(cfg, LizardShape{64, 4, 2, 96}, 1, 10);
   int dummy = 0;
@@ -545,7 +590,7 @@ std::vector<double> weighted_gate_dot(const Problem& P, const std::vector<double
     in.q = P.q.data() + size_t(b) * c.L * c.Hq * c.D;
     in.k = P.k.data() + size_t(b) * c.L * c.Hkv * c.D;
     in.v = P.v.data() + size_t(b) * c.L * c.Hkv * c.D;
-    lizard::lizard_forward_parallel<double>(P.cfg, P.shape, p0, nullptr, in, yg.data() + size_t(b) * c.L * c.Hq * c.D);
+    lizard::lizard_forward_parallel<double>(P.cfg, P.shape, p0, P.rope_ptr(), in, yg.data() + size_t(b) * c.L * c.Hq * c.D);
   }
   for (int b = 0; b < c.B; ++b)
     for (int h = 0; h < c.Hq; ++h)
@@ -580,7 +625,7 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     in.q = P.q.data() + size_t(b) * c.L * c.Hq * D;
     in.k = P.k.data() + size_t(b) * c.L * c.Hkv * D;
     in.v = P.v.data() + size_t(b) * c.L * c.Hkv * D;
-    lizard::lizard_backward_chunked<double>(P.cfg, P.shape, P.p, nullptr, in, dy.data() + size_t(b) * c.L * c.Hq * D,
+    lizard::lizard_backward_chunked<double>(P.cfg, P.shape, P.p, P.rope_ptr(), in, dy.data() + size_t(b) * c.L * c.Hq * D,
                                             dp, nullptr, dq.data() + size_t(b) * c.L * c.Hq * D,
                                             dk.data() + size_t(b) * c.L * c.Hkv * D,
                                             dv.data() + size_t(b) * c.L * c.Hkv * D);
@@ -595,6 +640,8 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
   lizard::cuda::LizardAttnGrads g;
   g.dq = gq.p, g.dk = gk.p, g.dv = gv.p, g.dwq = gwq.p, g.dwk = gwk.p, g.dlog_gamma = glg.p;
   g.dmeta = c.m > 0 ? gmeta.p : nullptr, g.dalpha = galpha.p;
+  Dev<float> gqf(c.sep ? P.q.size() : 1), gkf(c.sep ? P.k.size() : 1);  // sep: the feature maps' part
+  if (c.sep) g.dqf = gqf.p, g.dkf = gkf.p;
   if (chunked)
     lizard::cuda::lizard_attention_backward_chunked(in.args(P, y.p), std::is_same_v<T, float>, ddy.p, g);
   else
@@ -602,7 +649,7 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
   CK(cudaGetLastError());
   CK(cudaDeviceSynchronize());
   std::string vs_parallel;
-  if (chunked && !c.mwg && !c.skip) {  // the all-pairs backward on the same inputs, as the second check (it
+  if (chunked && !c.mwg && !c.skip && !c.sep) {  // the all-pairs backward on the same inputs, as the second check (it
                                        // refuses mwg and gate_skips_window)
     Dev<float> pq(P.q.size()), pk(P.k.size()), pv(P.v.size());
     lizard::cuda::LizardAttnGrads pg;
@@ -618,7 +665,7 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     EXPECT_LT(std::max({eq, ek, ev}), tol) << "chunked vs parallel " << describe(c) << " seed " << seed;
   }
   std::string stats_check;
-  if (chunked && stages >= 0) {  // not in the sanitizer cases (stages -1): 3-6 more calls each
+  if (chunked && stages >= 0 && !c.sep) {  // not in the sanitizer cases (stages -1): 3-6 more calls each
     // The same inputs twice more: an identical call (any difference: a race or a read of stale
     // workspace) and the parallel backward (fp32 CUDA-core statistics), so that a dalpha or dmeta error
     // can be pinned on the statistics stage instead of the reference. dalpha = sum dy . A reads only
@@ -715,7 +762,18 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     const char* name;
     std::vector<double> got, ref;
   };
-  std::vector<Cmp> cmps = {{"dq", gq.get(), dq},          {"dk", gk.get(), dk},
+  // sep: d q = RoPE^T (the window's dq) + dqf (the feature maps'), k likewise
+  auto full_grad = [&](Dev<float>& gw, Dev<float>& gf, int heads) {
+    std::vector<double> out = gw.get();
+    if (!c.sep) return out;
+    const std::vector<double> f = gf.get();
+    for (int b = 0; b < c.B; ++b)
+      for (int i = 0; i < c.L; ++i)
+        for (int h = 0; h < heads; ++h) P.rope.apply(&out[((size_t(b) * c.L + i) * heads + h) * D], i, /*inverse=*/true);
+    for (size_t j = 0; j < out.size(); ++j) out[j] += f[j];
+    return out;
+  };
+  std::vector<Cmp> cmps = {{"dq", full_grad(gq, gqf, c.Hq), dq}, {"dk", full_grad(gk, gkf, c.Hkv), dk},
                            {"dv", gv.get(), dv},          {"dfeat_q", gwq.get(), dp.feat_q},
                            {"dfeat_k", gwk.get(), dp.feat_k}, {"dgate_w", gw, dp.gate_w},
                            {"dgate_b", gb, dp.gate_b},    {"dalpha", galpha.get(), dp.alpha}};
@@ -814,6 +872,7 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
     cases.push_back({1, 707, 2, 1, 64, 32, 64, 4, true});
     cases.insert(cases.end(), kMwgSnCases.begin(), kMwgSnCases.end());
     cases.insert(cases.end(), kSkipCases.begin(), kSkipCases.end());
+    cases.insert(cases.end(), kSepCases.begin(), kSepCases.end());
     for (const Case& c : cases) {
       const uint64_t seed = fresh_seed();
       backward_case<float>(c, seed, false, 3e-2, true, 2.5e-1, stages);

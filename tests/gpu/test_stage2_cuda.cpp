@@ -216,8 +216,9 @@ TEST(Stage2Cuda, HybridWithBiasAndTiedHeadMatchesCpu) {
 }
 
 // meta_weights_gate (the gated branch weighted by the sinks' share of the window softmax) in every layer,
-// alone or with shared_normaliser (one normaliser for both branches), and with gate_skips_window (w 64).
-static void compare_mwg_step(bool shared, bool skip = false) {
+// alone or with shared_normaliser (one normaliser for both branches), and with gate_skips_window (w 64), and
+// with the window RoPE'd but the feature maps on the plain q, k (two q/k sets; plain_features).
+static void compare_mwg_step(bool shared, bool skip = false, bool plain_features = false) {
   Seeded sd;
   SCOPED_TRACE(sd.trace());
   auto tiny = lizard::testing::make_tiny(sd, gpu_spec());
@@ -225,18 +226,21 @@ static void compare_mwg_step(bool shared, bool skip = false) {
   c.meta_weights_gate = true;
   c.shared_normaliser = shared;
   if (skip) c.gate_skips_window = true, c.window = 64;
+  if (plain_features) c.window_rope = true;  // feature_on_rope stays false
   const LizardCheckpoint lz = lizard_for(*tiny.ck, c);
   const int L = 130;
   Stage2Options o = options(L, true);
   Stage2 cpu(tiny.ck, lz, o);
   Stage2Cuda gpu(tiny.ck, lz, o);
   perturb_b(sd, cpu, gpu);
-  compare_step(skip ? "sn-skip" : shared ? "sn" : "mwg", cpu, gpu, random_batch(sd, 2, L, tiny.ck->config.vocab_size), L);
+  const char* name = plain_features ? "sn-skip-plain-features" : skip ? "sn-skip" : shared ? "sn" : "mwg";
+  compare_step(name, cpu, gpu, random_batch(sd, 2, L, tiny.ck->config.vocab_size), L);
 }
 
 TEST(Stage2Cuda, MetaWeightsGateMatchesCpu) { compare_mwg_step(false); }
 TEST(Stage2Cuda, SharedNormaliserMatchesCpu) { compare_mwg_step(true); }
 TEST(Stage2Cuda, GateSkipsWindowMatchesCpu) { compare_mwg_step(true, true); }
+TEST(Stage2Cuda, PlainFeaturesRopeWindowMatchesCpu) { compare_mwg_step(true, true, true); }
 
 // "lizard_layers": "none": LoRA on the teacher itself (stage 2's yardstick), every layer on the flash path;
 // Lizard options the GPU kernels do not take (feature_dim 8) must not matter.

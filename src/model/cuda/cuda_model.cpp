@@ -120,11 +120,13 @@ struct CudaModel::Impl {
   int n_softmax = 0;
   bool lolcats = false;                              // LoLCATs layers: all_logits only (no generation kernels)
   bool skips_window = false;                         // gate_skips_window: all_logits only (no decode kernel)
+  bool sep_qk = false;                               // feature_on_rope != window_rope: all_logits only (two q/k sets)
   LolcatsAttnArgs lolcats_args;                      // their options and sizes (B, L set per call)
   int64_t d = 0, H = 0, Hkv = 0, D = 0, F = 0, V = 0, qd = 0, kvd = 0, G = 1;
   // Prefill scratch: whole-prompt tensors and piece-sized ones. A continuation (pos0 > 0) also uses
   // positions (pos0 .. pos0+n-1, then pos0+n) and attn_ws (attention_decode's workspace of one piece).
   DeviceBuffer x, q, k, v, y, log_gamma, tokens, zero, xn, gate, up, logits, positions, attn_ws;
+  DeviceBuffer qf, kf;  // sep_qk: the feature maps' q, k
 
   void init(const Checkpoint& teacher, const LizardCheckpoint* lizard) {
     const LoraSet* lora = lizard && !lizard->lora.empty() ? &lizard->lora : nullptr;
@@ -143,6 +145,7 @@ struct CudaModel::Impl {
                "the Lizard checkpoint does not fit this teacher's shape");
       lolcats = lizard->config.combine == LizardConfig::Combine::Lolcats;
       skips_window = lizard->config.gate_skips_window;
+      sep_qk = !lolcats && lizard->config.feature_on_rope != lizard->config.window_rope;
       for (const auto& [layer, p] : lizard->layers) {
         LZ_CHECK(layer >= 0 && layer < cfg.n_layers, "Lizard layer {} does not exist (the teacher has {})", layer,
                  cfg.n_layers);
@@ -167,7 +170,9 @@ struct CudaModel::Impl {
     LZ_CHECK(cudaMemset(zero.get(), 0, sizeof(int)) == cudaSuccess, "cudaMemset failed");
   }
 
-  bool rope_lizard(const DeviceLizardLayer& l) const { return l.cfg.feature_on_rope && l.cfg.window_rope; }
+  // RoPE on the window's q, k (in place, before the kernel); with two q/k sets the feature maps' copies are
+  // taken first (RoPE'd where feature_on_rope).
+  bool rope_lizard(const DeviceLizardLayer& l) const { return l.cfg.window_rope; }
   int gates_of(const DeviceLizardLayer& l) const { return l.cfg.gate == LizardConfig::Gate::PerHead ? int(H) : 1; }
 
   LizardAttnArgs lizard_args(int layer, int B, int L) const {
@@ -308,12 +313,23 @@ struct CudaModel::Impl {
                                   bf(bl.ring_v.get(), roff));
         }
       } else {
+        if (sep_qk) {  // no batch here (new_batch refuses such models): all_logits only
+          qf.resize(size_t(n * qd) * 2), kf.resize(size_t(n * kvd) * 2);
+          LZ_CHECK(cudaMemcpy(qf.get(), q.get(), size_t(n * qd) * 2, cudaMemcpyDeviceToDevice) == cudaSuccess &&
+                       cudaMemcpy(kf.get(), k.get(), size_t(n * kvd) * 2, cudaMemcpyDeviceToDevice) == cudaSuccess,
+                   "cudaMemcpy failed");
+          if (lzl->cfg.feature_on_rope) {
+            rope_apply(kBF16, qf.get(), n, qd, int(H), int(D), 0, w->rope_inv_freq(), false);
+            rope_apply(kBF16, kf.get(), n, kvd, int(Hkv), int(D), 0, w->rope_inv_freq(), false);
+          }
+        }
         if (rope_lizard(*lzl)) {
           rope_apply(kBF16, q.get(), n, qd, int(H), int(D), 0, w->rope_inv_freq(), false);
           rope_apply(kBF16, k.get(), n, kvd, int(Hkv), int(D), 0, w->rope_inv_freq(), false);
         }
         LizardAttnArgs a = lizard_args(li, 1, int(n));
         a.q = q.get(), a.k = k.get(), a.v = v.get(), a.y = y.get(), a.log_gamma = log_gamma.as<float>();
+        if (sep_qk) a.qf = qf.get(), a.kf = kf.get();
         if (b) {
           auto& bl = b->layers[size_t(li)];
           const int64_t F2 = 2 * int64_t(a.F);
@@ -434,6 +450,8 @@ struct CudaModel::Impl {
   CudaBatch new_batch(int slots, int64_t ctx) const {
     LZ_CHECK(!lolcats, "a LoLCATs model has no GPU generation kernels (all_logits only): use --device cpu");
     LZ_CHECK(!skips_window, "a gate_skips_window model has no GPU decode kernel (all_logits only): use --device cpu");
+    LZ_CHECK(!sep_qk, "a model with feature_on_rope != window_rope has no GPU decode kernel (all_logits only): use "
+                      "--device cpu");
     LZ_CHECK(slots >= 1, "a batch needs at least one slot, got {}", slots);
     LZ_CHECK(ctx >= 1 && ctx <= INT32_MAX, "batch context {} is out of range", ctx);
     CudaBatch out;
@@ -507,12 +525,12 @@ const ModelConfig& CudaModel::config() const { return impl_->cfg; }
 int CudaModel::vocab_size() const { return impl_->cfg.vocab_size; }
 size_t CudaModel::weight_bytes() const { return impl_->w->bytes() + impl_->lz.bytes(); }
 bool CudaModel::has_softmax_layers() const { return impl_->n_softmax > 0; }
-bool CudaModel::can_generate() const { return !impl_->lolcats && !impl_->skips_window; }
+bool CudaModel::can_generate() const { return !impl_->lolcats && !impl_->skips_window && !impl_->sep_qk; }
 
 void CudaModel::release_scratch() {
   Impl& m = *impl_;
   for (DeviceBuffer* b : {&m.x, &m.q, &m.k, &m.v, &m.y, &m.log_gamma, &m.tokens, &m.xn, &m.gate, &m.up, &m.logits,
-                          &m.positions, &m.attn_ws})
+                          &m.positions, &m.attn_ws, &m.qf, &m.kf})
     b->release();
 }
 

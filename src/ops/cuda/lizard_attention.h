@@ -41,6 +41,10 @@ struct LizardAttnArgs {
   // chunked forward (variant 0) and chunked backward, window a multiple of 64; the recurrent, decode and
   // parallel forms and a forward that hands its state on (state_s) refuse it.
   bool gate_skips_window = false;
+  // The feature maps read their own q, k (qf, kf below) instead of the window's: feature_on_rope !=
+  // window_rope (e.g. the paper's un-rotated features beside a RoPE'd window). Chunked forward (variant 0)
+  // and chunked backward; the recurrent, decode and parallel forms refuse it.
+  bool separate_feature_qk = false;
   FeatureAct act = FeatureAct::Softmax;
   float eps = 1e-6f;           // added to the gate normaliser
   float scale = 0.0f;          // window score scale; 0 means 1/sqrt(D)
@@ -48,6 +52,8 @@ struct LizardAttnArgs {
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
+  const void* qf = nullptr;  // separate_feature_qk: the feature maps' q [B, L, Hq, D] and k [B, L, Hkv, D]
+  const void* kf = nullptr;
   const float* log_gamma = nullptr;
   const void* wq = nullptr;
   const void* wk = nullptr;
@@ -105,6 +111,10 @@ struct LizardAttnGrads {
   float* dlog_gamma = nullptr;
   float* dmeta = nullptr;
   float* dalpha = nullptr;
+  // separate_feature_qk: the gradients w.r.t. qf, kf (the feature maps' part, 16-byte aligned, OVERWRITTEN);
+  // dq, dk then hold the window's part (w.r.t. q, k) only.
+  float* dqf = nullptr;
+  float* dkf = nullptr;
 };
 
 // Backward in the parallel form with fp32 arithmetic on CUDA cores (exact gradients; O(L^2 (2F+D))
@@ -147,8 +157,8 @@ constexpr int kBackwardStateDefault = 2;
 void set_backward_state_variant(int variant);
 
 // Options and sizes from a layer config (pointers left null). Throws lizard::Error for options the
-// kernels do not implement: combine = lolcats, and feature_on_rope != window_rope (the kernels take
-// one q/k pair; apply RoPE to q, k before the call when both options are on).
+// kernels do not implement: combine = lolcats. Apply RoPE to q, k before the call where the options say
+// so; feature_on_rope != window_rope sets separate_feature_qk (pass the feature maps' q, k as qf, kf).
 LizardAttnArgs lizard_cuda_args(const LizardConfig& c, const LizardShape& s, int batch, int L);
 
 }  // namespace lizard::cuda

@@ -2893,12 +2893,21 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   mark("start");
   // Variant 2's cp.async / float4 accesses need 16-byte aligned rows: D, F are multiples of 32, so that
   // holds when the base pointers are 16-byte aligned (else the variant-1 kernels run).
+  // separate_feature_qk: the feature stages (maps, their backward, dW) read qf, kf and write dqf, dkf
+  LizardAttnArgs af = a;
+  float *dqf = g.dq, *dkf = g.dk;
+  if (a.separate_feature_qk) {
+    af.q = a.qf, af.k = a.kf;
+    dqf = g.dqf, dkf = g.dkf;
+    LZ_CUDA_OK(cudaMemsetAsync(dqf, 0, size_t(BHL) * a.D * 4, st));  // the feature backward adds into them
+    LZ_CUDA_OK(cudaMemsetAsync(dkf, 0, nk * 4, st));
+  }
   const bool stages2 = chunked && g_stage_variant == 2 && al16(a.q) && al16(a.k) && al16(a.v) && al16(dy) &&
-                       al16(a.wq) && al16(a.wk);
+                       al16(a.wq) && al16(a.wk) && al16(af.q) && al16(af.k);
   // dk's first writer: win2_kernel stores every row (bf16 under stage variant 2); the other window kernels add.
   if (!(stages2 && sizeof(T) == 2)) LZ_CUDA_OK(cudaMemsetAsync(g.dk, 0, nk * 4, st));
   if (chunked)
-    feattc::run_feat<T>(a, d, ws, nullptr, nullptr, false, st, stages2);
+    feattc::run_feat<T>(af, d, ws, nullptr, nullptr, false, st, stages2);
   else
     feat_kernel<T><<<grid, block, 0, st>>>(a, d, ws);
   cumsum_kernel<<<a.B * a.Hq, 32, 0, st>>>(a, d, ws);
@@ -2941,12 +2950,12 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
     mark("kgrad");
   }
   if (chunked)
-    feattc::run_feat<T>(a, d, ws, g.dq, g.dk, true, st, stages2);
+    feattc::run_feat<T>(af, d, ws, dqf, dkf, true, st, stages2);
   else
     featbwd_kernel<T><<<grid, block, 0, st>>>(a, d, ws, g.dq, g.dk);
   mark(stages2 ? "featbwd2" : chunked ? "featbwd-tc" : "featbwd");
   if ((g.dwq || g.dwk) && chunked)
-    dwtc::run_dw<T>(a, d, ws, g.dwq, g.dwk, st, stages2);  // tensor cores, split over tokens
+    dwtc::run_dw<T>(af, d, ws, g.dwq, g.dwk, st, stages2);  // tensor cores, split over tokens
   else if (g.dwq || g.dwk)
     dw_kernel<T><<<a.Hq * a.D, 128, 0, st>>>(a, d, ws, g.dwq, g.dwk);
   mark(stages2 ? "dW2" : "dW");
@@ -2984,6 +2993,8 @@ void lizard_attention_backward_parallel(const LizardAttnArgs& a, bool fp32, cons
                 "backward (lizard_attention_backward_chunked), the parallel form does not implement them");
   LZ_CUDA_CHECK(!a.gate_skips_window, "lizard attention backward (cuda): gate_skips_window needs the chunked "
                 "backward (lizard_attention_backward_chunked)");
+  LZ_CUDA_CHECK(!a.separate_feature_qk, "lizard attention backward (cuda): feature_on_rope != window_rope needs "
+                "the chunked backward (lizard_attention_backward_chunked)");
   LZ_CUDA_CHECK(a.D <= 256 && a.F <= 128, "lizard attention backward (cuda): needs D <= 256 and F <= 128, got D=",
                 a.D, " F=", a.F);
   if (fp32)
@@ -3010,6 +3021,9 @@ void lizard_attention_backward_chunked(const LizardAttnArgs& a, bool fp32, const
   LZ_CUDA_CHECK((a.D == 64 || a.D == 128) && (a.F == 32 || a.F == 64),
                 "lizard attention chunked backward (cuda): needs D in {64, 128} and F in {32, 64}, got D=", a.D,
                 " F=", a.F, " (lizard_attention_backward_parallel takes any D <= 256, F <= 128)");
+  LZ_CUDA_CHECK(!a.separate_feature_qk || (g.dqf && g.dkf && al16(g.dqf) && al16(g.dkf)),
+                "lizard attention chunked backward (cuda): feature_on_rope != window_rope needs 16-byte aligned dqf, "
+                "dkf (the feature maps' q, k gradients)");
   auto run = [&](const LizardAttnGrads& gr) {
     if (fp32)
       run_bwd<float>(a, dy, gr, stream, true);

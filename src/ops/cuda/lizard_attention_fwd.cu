@@ -52,8 +52,9 @@ struct FwdSmem {
   static constexpr int LDV = DV + 8;  // v/S16 rows
   static constexpr int LDF = F2 + 8;  // phi_K rows
   static constexpr int LDW = F + 8;   // W rows
-  static size_t bytes(int ring) {
+  static size_t bytes(int ring, bool sep) {
     size_t h = size_t(kC) * LDD                 // Q (then the window output)
+               + (sep ? size_t(2) * kC * LDD : 0)  // separate_feature_qk: the feature maps' Q, K tiles
                + size_t(ring) * kC * LDD        // K ring
                + size_t(ring) * kC * LDV        // V ring
                + size_t(kC) * LDF               // phi_K
@@ -80,7 +81,10 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
   bf16* S16 = Pk + kC * LDF;
   bf16* Wq = S16 + F2 * LDV;
   bf16* Wk = Wq + D * LDW;
-  float* bring = reinterpret_cast<float*>(Wk + D * LDW);  // b of the ring's chunks, [ring][kC]
+  const bool sep = a.separate_feature_qk;
+  bf16* QFs = Wk + D * LDW;                    // separate_feature_qk: chunk n's feature q rows,
+  bf16* KFs = QFs + (sep ? kC * LDD : 0);      // chunk m's feature k rows
+  float* bring = reinterpret_cast<float*>(KFs + (sep ? kC * LDD : 0));  // b of the ring's chunks, [ring][kC]
   float* zs = bring + ring * kC;
   float* zpart = zs + F2;
   float* pmeta = zpart + 4 * F2;  // meta_weights_gate: each row's sinks' share, window warps -> gate warps
@@ -99,6 +103,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
   const bf16* kb = k + int64_t(b) * L * kstride + int64_t(hkv) * D;
   const bf16* vb = v + int64_t(b) * L * kstride + int64_t(hkv) * D + voff;
   bf16* yb = y + int64_t(b) * L * qstride + int64_t(hq) * D + voff;
+  const bf16* qfb = sep ? static_cast<const bf16*>(a.qf) + int64_t(b) * L * qstride + int64_t(hq) * D : nullptr;
+  const bf16* kfb = sep ? static_cast<const bf16*>(a.kf) + int64_t(b) * L * kstride + int64_t(hkv) * D : nullptr;
   const int gts = a.gate_per_head ? a.Hq : 1;
   const float* lgb = a.log_gamma + int64_t(b) * L * gts + (a.gate_per_head ? hq : 0);
   const float alpha = a.alpha[a.alpha_per_head ? hq : 0];
@@ -157,6 +163,16 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       bool ok = pos < L;
       cp_async16(Vc + r * LDV + c, vb + (ok ? pos : 0) * kstride + c, ok ? 16 : 0);
     }
+    if (sep) {  // the feature maps' rows: q of chunk n, k of the gate's key chunk n - lag (none before it)
+      const int mk = n - lag;
+      for (int p = tid; p < kC * D / 8; p += kThreads) {
+        int r = p / (D / 8), c = (p % (D / 8)) * 8;
+        int pos = n * kC + r, kpos = mk * kC + r;
+        bool ok = pos < L, kok = mk >= 0 && kpos < L;
+        cp_async16(QFs + r * LDD + c, qfb + (ok ? pos : 0) * qstride + c, ok ? 16 : 0);
+        cp_async16(KFs + r * LDD + c, kfb + (kok ? kpos : 0) * kstride + c, kok ? 16 : 0);
+      }
+    }
     cp_async_commit();
     float* bsum_n = bring + slot * kC;
     if (warp == 0) {  // b_i: inclusive prefix sums of log gamma inside the chunk
@@ -187,7 +203,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
     float qz0 = 0.f, qz1 = 0.f;      // gate warps: phi_Q . z (previous state)
     if (warp < 4) {
       float ap[F / 8][4], am[F / 8][4];
-      rows_times_w<D, F>(ap, Qs, Wq, r0);
+      rows_times_w<D, F>(ap, sep ? QFs : Qs, Wq, r0);
       feature_map<F>(ap, am, a.act);
       if (lag > 0 && gate_on) {  // rows r0 + g, r0 + g + 8 times exp(B_i - B_{i - w})
         float tot = 0.f;         // log gamma summed over chunks m .. n - 1
@@ -207,7 +223,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       qz0 = qz.x, qz1 = qz.y;
     } else if (gate_on) {
       float ap[F / 8][4], am[F / 8][4];
-      rows_times_w<D, F>(ap, Kg, Wk, r0);
+      rows_times_w<D, F>(ap, sep ? KFs : Kg, Wk, r0);
       feature_map<F>(ap, am, a.act);
       const bool v0 = m * kC + r0 + g < L, v1 = m * kC + r0 + g + 8 < L;
       const float d0 = v0 ? __expf(bC - bsum[r0 + g]) : 0.f, d1 = v1 ? __expf(bC - bsum[r0 + g + 8]) : 0.f;
@@ -448,7 +464,7 @@ template <int D, int F, int DV>
 void launch_fwd0(const LizardAttnArgs& a, cudaStream_t stream) {
   const int nb = a.window > 1 ? (a.window - 1 + kC - 1) / kC : 0;
   const int ring = nb + 1;
-  const size_t smem = FwdSmem<D, F, DV>::bytes(ring);
+  const size_t smem = FwdSmem<D, F, DV>::bytes(ring, a.separate_feature_qk);
   int dev = 0, optin = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
@@ -941,8 +957,9 @@ int g_split_mode = 0;   // 0: auto, 1: never split the value columns, 2: always
 // Variant 3: v3 where its shared memory fits on sm_90, else v0. Variant 0: v0 always.
 template <int D, int F>
 void launch_fwd(const LizardAttnArgs& a, cudaStream_t stream) {
-  // gate_skips_window: v0 only (v3's schedule keeps no lagged state)
-  if (g_fwd_variant == 3 && !a.gate_skips_window && launch_fwd3<D, F>(a, stream)) return;  // else v0
+  // gate_skips_window, separate_feature_qk: v0 only (v3's schedule keeps no lagged state, one q/k pair)
+  if (g_fwd_variant == 3 && !a.gate_skips_window && !a.separate_feature_qk && launch_fwd3<D, F>(a, stream))
+    return;  // else v0
   bool split = g_split_mode == 2;
   if (g_split_mode == 0) {
     // Two CTAs per (b, h) (half the value columns each; feature maps and scores computed by both)

@@ -23,6 +23,8 @@ void check_common_args(const LizardAttnArgs& a) {
   LZ_CUDA_CHECK(a.act == FeatureAct::Softmax || a.act == FeatureAct::Exp, "lizard attention (cuda): unknown feature act");
   LZ_CUDA_CHECK(!a.gate_skips_window || (a.window % 64 == 0),
                 "lizard attention (cuda): gate_skips_window needs a window that is a multiple of 64, got ", a.window);
+  LZ_CUDA_CHECK(!a.separate_feature_qk || (a.qf && a.kf),
+                "lizard attention (cuda): feature_on_rope != window_rope needs the feature maps' q, k (qf, kf)");
 }
 
 namespace {
@@ -229,6 +231,8 @@ void lizard_attention_forward_recurrent(const LizardAttnArgs& a, bool fp32, cuda
   check_common_args(a);
   LZ_CUDA_CHECK(!a.gate_skips_window, "lizard attention (cuda): the recurrent form does not implement "
                 "gate_skips_window (the chunked forward and backward do)");
+  LZ_CUDA_CHECK(!a.separate_feature_qk, "lizard attention (cuda): the recurrent form does not implement "
+                "feature_on_rope != window_rope (the chunked forward and backward do)");
   if (fp32)
     launch_rec<float, false>(a, nullptr, nullptr, nullptr, stream);
   else
@@ -241,6 +245,8 @@ void lizard_attention_decode(const LizardAttnArgs& a, bool fp32, const int* pos,
   LZ_CUDA_CHECK(a.state_s && a.state_z && pos && ring_k && ring_v, "lizard attention (cuda, decode): state, positions and ring buffers are required");
   LZ_CUDA_CHECK(!a.gate_skips_window, "lizard attention (cuda, decode): gate_skips_window is not implemented for "
                 "decoding on the GPU (use --device cpu)");
+  LZ_CUDA_CHECK(!a.separate_feature_qk, "lizard attention (cuda, decode): feature_on_rope != window_rope is not "
+                "implemented for decoding on the GPU (use --device cpu)");
   if (fp32)
     launch_rec<float, true>(a, pos, ring_k, ring_v, stream);
   else

@@ -31,10 +31,6 @@ LizardAttnArgs lizard_cuda_args(const LizardConfig& c, const LizardShape& s, int
   s.validate();
   LZ_CHECK(c.combine == LizardConfig::Combine::Lizard,
            "lizard attention (cuda): combine = {} is not implemented on the GPU (CPU only)", to_string(c.combine));
-  LZ_CHECK(c.feature_on_rope == c.window_rope,
-           "lizard attention (cuda): feature_on_rope = {} with window_rope = {} needs two q/k sets; the GPU kernel "
-           "takes one (set both equal)",
-           c.feature_on_rope, c.window_rope);
   LZ_CHECK(!c.gate_skips_window || c.window % 64 == 0,
            "lizard attention (cuda): gate_skips_window needs a window that is a multiple of 64 on the GPU, got {} "
            "(use --device cpu)",
@@ -47,6 +43,7 @@ LizardAttnArgs lizard_cuda_args(const LizardConfig& c, const LizardShape& s, int
   a.meta_weights_gate = c.meta_weights_gate;
   a.shared_normaliser = c.shared_normaliser;
   a.gate_skips_window = c.gate_skips_window;
+  a.separate_feature_qk = c.feature_on_rope != c.window_rope;
   return a;
 }
 

@@ -111,6 +111,8 @@ struct LayerIo {
   int B = 0, L = 0;
   const void* xn = nullptr;       // [B*L, d_model] bf16, the gate's input
   const void *q = nullptr, *k = nullptr, *v = nullptr;  // as the layer reads them (RoPE'd or not), bf16
+  const void *qf = nullptr, *kf = nullptr;  // feature_on_rope != window_rope: the feature maps' q, k
+  float *dqf = nullptr, *dkf = nullptr;     // and their gradient scratch
   const void* y_teacher = nullptr;  // [B*L, H*D] bf16
   void *y = nullptr, *dy = nullptr;  // [B*L, H*D] bf16
   float *lg = nullptr, *dlg = nullptr;  // log gamma and its gradient, [B*L, G]
@@ -129,6 +131,7 @@ void lizard_layer(const LizardConfig& cfg, const LizardShape& shape, const Layer
   cuda::lizard_gate_fwd(io.xn, io.p->gate_w, io.p->gate_b, io.lg, T, shape.d_model, G, s);
   cuda::LizardAttnArgs a = cuda::lizard_cuda_args(cfg, shape, io.B, io.L);
   a.q = io.q, a.k = io.k, a.v = io.v;
+  a.qf = io.qf, a.kf = io.kf;
   a.log_gamma = io.lg;
   a.wq = io.p->feat_q, a.wk = io.p->feat_k;
   a.meta = cfg.meta_tokens > 0 ? io.p->meta : nullptr;
@@ -141,6 +144,7 @@ void lizard_layer(const LizardConfig& cfg, const LizardShape& shape, const Layer
   io.timer->mark(LizardBwd, s);
   cuda::LizardAttnGrads gr;
   gr.dq = io.dq, gr.dk = io.dk, gr.dv = io.dv;  // required by the kernel; not needed here
+  gr.dqf = io.dqf, gr.dkf = io.dkf;
   gr.dwq = io.g->feat_q, gr.dwk = io.g->feat_k;
   gr.dlog_gamma = io.dlg;
   gr.dmeta = cfg.meta_tokens > 0 ? io.g->meta : nullptr;
@@ -177,6 +181,7 @@ struct Slot {
   cudaEvent_t ready = nullptr;  // recorded on the teacher's stream once the inputs are copied in
   cudaEvent_t done = nullptr;   // recorded on `stream` once the layer finished
   DeviceBuffer xn, q, k, v, y_teacher, y, dy, lg, dlg, dq, dk, dv;
+  DeviceBuffer qf, kf, dqf, dkf;  // feature_on_rope != window_rope: the feature maps' q, k (and scratch)
   PartTimer timer;
 
   Slot() : stream(new_stream()), ready(new_event()), done(new_event()) {}
@@ -313,9 +318,10 @@ LossResult Stage1Cuda::run(const std::vector<const int32_t*>& seqs, int seq_len,
   const int qd = H * D, kvd = Hkv * D;
   const int G = cfg.gate == LizardConfig::Gate::PerHead ? H : 1;
   const bool lolcats = cfg.combine == LizardConfig::Combine::Lolcats;
-  // Lolcats always reads RoPE'd q, k (its window does; lolcats_cuda_args wants feature_on_rope); Lizard
-  // when feature_on_rope (== window_rope, checked at construction).
-  const bool rope_lizard = lolcats || cfg.feature_on_rope;
+  // Lolcats always reads RoPE'd q, k (its window does; lolcats_cuda_args wants feature_on_rope); Lizard's
+  // window when window_rope, its feature maps when feature_on_rope (a second pair where the two differ).
+  const bool rope_window = lolcats || cfg.window_rope;
+  const bool sep = !lolcats && cfg.feature_on_rope != cfg.window_rope;
   const cudaStream_t st = d.stream;
 
   // Tokens (inputs only: each sequence holds seq_len + 1 ids, the last one a target).
@@ -351,6 +357,11 @@ LossResult Stage1Cuda::run(const std::vector<const int32_t*>& seqs, int seq_len,
     s->y_teacher.resize(bf(T * qd));
     s->y.resize(bf(T * qd));
     s->lg.resize(f32(T * G));
+    if (sep) {
+      s->qf.resize(bf(T * qd));
+      s->kf.resize(bf(T * kvd));
+      if (grads) s->dqf.resize(f32(T * qd)), s->dkf.resize(f32(T * kvd));
+    }
     if (grads) {
       s->dy.resize(bf(T * qd));
       s->dlg.resize(f32(T * G));
@@ -412,8 +423,12 @@ LossResult Stage1Cuda::run(const std::vector<const int32_t*>& seqs, int seq_len,
       LZ_CUDA_OK(cudaStreamWaitEvent(st, s.done, 0));
       d.timer.mark(Teacher, st);
       copy(s.xn, d.xn, bf(T * dm));
-      copy(s.q, rope_lizard ? d.qr : d.q, bf(T * qd));
-      copy(s.k, rope_lizard ? d.kr : d.k, bf(T * kvd));
+      copy(s.q, rope_window ? d.qr : d.q, bf(T * qd));
+      copy(s.k, rope_window ? d.kr : d.k, bf(T * kvd));
+      if (sep) {
+        copy(s.qf, cfg.feature_on_rope ? d.qr : d.q, bf(T * qd));
+        copy(s.kf, cfg.feature_on_rope ? d.kr : d.k, bf(T * kvd));
+      }
       copy(s.v, d.v, bf(T * kvd));
       copy(s.y_teacher, d.att, bf(T * qd));
       LZ_CUDA_OK(cudaEventRecord(s.ready, st));
@@ -429,6 +444,10 @@ LossResult Stage1Cuda::run(const std::vector<const int32_t*>& seqs, int seq_len,
       io.y = s.y.get(), io.dy = s.dy.get();
       io.lg = s.lg.as<float>(), io.dlg = s.dlg.as<float>();
       io.dq = s.dq.as<float>(), io.dk = s.dk.as<float>(), io.dv = s.dv.as<float>();
+      if (sep) {
+        io.qf = s.qf.get(), io.kf = s.kf.get();
+        io.dqf = s.dqf.as<float>(), io.dkf = s.dkf.as<float>();
+      }
       io.sum_sq = d.sums.as<double>() + li;
       io.dy_scale = dy_scale;
       io.timer = &s.timer;

@@ -88,6 +88,7 @@ struct Stage2Cuda::Impl {
   // What one layer's backward needs (bf16 unless noted).
   struct Acts {
     DeviceBuffer xn1, q, k, v, att, xm, g, u;
+    DeviceBuffer qf, kf;        // Lizard layers with feature_on_rope != window_rope: the feature maps' q, k
     DeviceBuffer rstd1, rstd2;  // fp32 [T]
     DeviceBuffer lse;           // softmax layers: fp32 [B, H, L]
     DeviceBuffer log_gamma;     // Lizard layers: fp32 [T, G]
@@ -105,7 +106,8 @@ struct Stage2Cuda::Impl {
   std::map<int, std::map<std::string, Adapter>> lora;  // layer -> "q" | "k" | "v"
   std::map<int, LizardParams> lizard, lizard_grad;
   bool lolcats = false;      // combine = lolcats: the LoLCATs baseline's kernels (no gate, meta, alpha)
-  bool rope_lizard = false;  // RoPE q, k before the mixer kernels (lolcats, or feature_on_rope = window_rope)
+  bool rope_lizard = false;  // RoPE the window's q, k before the mixer kernels (lolcats, or window_rope)
+  bool sep_qk = false;       // Lizard with feature_on_rope != window_rope: the feature maps read their own q, k
 
   std::unique_ptr<cuda::TeacherWeights> tw;
   cuda::LizardWeights lw;
@@ -117,6 +119,7 @@ struct Stage2Cuda::Impl {
   // Scratch shared by all layers.
   DeviceBuffer ids, targets, xn2, act, xf, rstdf, loss, lse_ce, dloss, logits, dlogits;
   DeviceBuffer dres, dxf, tmp, da, dg, du, dxn2, datt, dq, dk, dv, dq32, dk32, dv32, dlg, dh, dxn1, delta;
+  DeviceBuffer dqf32, dkf32;  // sep_qk: the feature maps' part of d q, d k
   DeviceBuffer gate_dw_scratch, gate_db_scratch, x_scratch;
 
   Impl(std::shared_ptr<const Checkpoint> teacher, const LizardCheckpoint& lz, const Stage2Options& o)
@@ -128,7 +131,8 @@ struct Stage2Cuda::Impl {
     LZ_CHECK(mc.n_heads % mc.n_kv_heads == 0, "stage 2: {} heads over {} kv heads", mc.n_heads, mc.n_kv_heads);
     const LizardConfig& c = base.config;
     lolcats = c.combine == LizardConfig::Combine::Lolcats;
-    rope_lizard = lolcats || (c.feature_on_rope && c.window_rope);
+    rope_lizard = lolcats || c.window_rope;
+    sep_qk = !lolcats && c.feature_on_rope != c.window_rope;
     // Fail here, not at the first step, on sizes and options the kernels do not implement.
     LZ_CHECK(mc.head_dim == 64 || mc.head_dim == 128,
              "stage 2 on the GPU: head_dim {} (the GPU attention kernels take 64 or 128; use --device cpu)",
@@ -216,6 +220,7 @@ struct Stage2Cuda::Impl {
     la.meta = lz.meta;
     la.alpha = lz.alpha;
     la.y = a.att.get();
+    if (sep_qk) la.qf = a.qf.get(), la.kf = a.kf.get();
     return la;
   }
 
@@ -233,12 +238,13 @@ struct Stage2Cuda::Impl {
 
   int gate_groups() const { return base.config.gate == LizardConfig::Gate::PerHead ? mc.n_heads : 1; }
 
-  // RoPE (or its inverse) on q-like rows [B * L, heads * D], positions 0..L-1 in every sequence.
-  void rope(void* p, int B, int L, int heads, bool inverse) {
+  // RoPE (or its inverse) on q-like rows [B * L, heads * D], positions 0..L-1 in every sequence (bf16, or
+  // fp32 where f32).
+  void rope(void* p, int B, int L, int heads, bool inverse, bool f32 = false) {
     const int64_t cols = int64_t(heads) * mc.head_dim;
     for (int b = 0; b < B; ++b)
-      cuda::rope_apply(kBF16, row_ptr(p, int64_t(b) * L, cols), L, cols, heads, mc.head_dim, 0,
-                       tw->rope_inv_freq(), inverse);
+      cuda::rope_apply(f32 ? kF32 : kBF16, static_cast<char*>(p) + int64_t(b) * L * cols * (f32 ? 4 : kBf16), L,
+                       cols, heads, mc.head_dim, 0, tw->rope_inv_freq(), inverse);
   }
 
   // One decoder layer: x_in [T, d] -> x_out [T, d]; a receives what the backward needs.
@@ -270,6 +276,14 @@ struct Stage2Cuda::Impl {
     } else if (lz) {
       cuda::lizard_gate_fwd(xn1, lz->gate_w, lz->gate_b, f32_buf(a.log_gamma, T * gate_groups()), T, d,
                             gate_groups());
+      if (sep_qk) {  // the feature maps' own q, k: the projections, RoPE'd where feature_on_rope
+        LZ_CUDA_OK(cudaMemcpyAsync(bf16_buf(a.qf, T * qd), a.q.get(), size_t(T) * qd * kBf16, cudaMemcpyDeviceToDevice));
+        LZ_CUDA_OK(cudaMemcpyAsync(bf16_buf(a.kf, T * kvd), a.k.get(), size_t(T) * kvd * kBf16, cudaMemcpyDeviceToDevice));
+        if (base.config.feature_on_rope) {
+          rope(a.qf.get(), B, L, H, false);
+          rope(a.kf.get(), B, L, Hkv, false);
+        }
+      }
       if (rope_lizard) {
         rope(a.q.get(), B, L, H, false);
         rope(a.k.get(), B, L, Hkv, false);
@@ -356,11 +370,18 @@ struct Stage2Cuda::Impl {
         gr.dmeta = lizard.at(li).meta.empty() ? nullptr : static_cast<float*>(g.meta.get());
         gr.dalpha = static_cast<float*>(g.alpha.get());
       }
+      if (sep_qk) gr.dqf = f32_buf(dqf32, T * qd), gr.dkf = f32_buf(dkf32, T * kvd);
       cuda::lizard_attention_backward_chunked(lizard_args(*lz, a, B, L), false, dattb, gr);
+      if (sep_qk) {  // d q = the window's part + the feature maps', each rotated back where it was RoPE'd (fp32)
+        if (rope_lizard) rope(gr.dq, B, L, H, true, true), rope(gr.dk, B, L, Hkv, true, true);
+        if (base.config.feature_on_rope) rope(gr.dqf, B, L, H, true, true), rope(gr.dkf, B, L, Hkv, true, true);
+        cuda::add_inplace(kF32, gr.dq, gr.dqf, T * qd);
+        cuda::add_inplace(kF32, gr.dk, gr.dkf, T * kvd);
+      }
       cuda::convert(kF32, gr.dq, kBF16, dqb, T * qd);
       cuda::convert(kF32, gr.dk, kBF16, dkb, T * kvd);
       cuda::convert(kF32, gr.dv, kBF16, dvb, T * kvd);
-      if (rope_lizard) {  // gradient through an orthogonal rotation: the inverse rotation
+      if (rope_lizard && !sep_qk) {  // gradient through an orthogonal rotation: the inverse rotation
         rope(dqb, B, L, H, true);
         rope(dkb, B, L, Hkv, true);
       }
@@ -542,14 +563,14 @@ struct Stage2Cuda::Impl {
     auto add = [&](const DeviceBuffer& b) { n += b.bytes(); };
     for (auto& x : xs) add(x);
     for (auto& a : acts) {
-      for (const DeviceBuffer* b : {&a.xn1, &a.q, &a.k, &a.v, &a.att, &a.xm, &a.g, &a.u, &a.rstd1, &a.rstd2, &a.lse,
-                                    &a.log_gamma})
+      for (const DeviceBuffer* b : {&a.xn1, &a.q, &a.k, &a.v, &a.qf, &a.kf, &a.att, &a.xm, &a.g, &a.u, &a.rstd1,
+                                    &a.rstd2, &a.lse, &a.log_gamma})
         add(*b);
       for (auto& [t, h] : a.h) add(h);
     }
     for (const DeviceBuffer* b : {&ids, &targets, &xn2, &act, &xf, &rstdf, &loss, &lse_ce, &dloss, &logits, &dlogits,
                                   &dres, &dxf, &tmp, &da, &dg, &du, &dxn2, &datt, &dq, &dk, &dv, &dq32, &dk32, &dv32,
-                                  &dlg, &dh, &dxn1, &delta, &gate_dw_scratch, &gate_db_scratch, &x_scratch})
+                                  &dlg, &dh, &dxn1, &delta, &dqf32, &dkf32, &gate_dw_scratch, &gate_db_scratch, &x_scratch})
       add(*b);
     for (auto& [l, m] : lora)
       for (auto& [t, a] : m)
