@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
 #include <vector>
 
@@ -17,7 +18,9 @@
 
 namespace lizard::testing {
 
+// LIZARD_TEST_SEED=N replays a failure: every case then takes seed N (the seed its message printed).
 inline uint64_t fresh_seed() {
+  if (const char* e = std::getenv("LIZARD_TEST_SEED")) return std::strtoull(e, nullptr, 10);
   std::random_device rd;
   return (uint64_t(rd()) << 32) ^ rd();
 }

@@ -269,20 +269,20 @@ TEST(CudaModel, GenerateThroughTheAdapters) {
 TEST(CudaModel, RefusesWhatTheKernelsCannotDo) {
   Seeded s;
   TinyModel tm = make_tiny(s, gpu_tiny_spec());
+  // LoLCATs, and two q/k sets (feature maps and window on differently rotated q, k), run all_logits only (the
+  // held-out evaluation): generation needs a batch, which they refuse by name.
   for (int variant = 0; variant < 2; ++variant) {
     LizardConfig lc = variant == 0 ? LizardConfig::lolcats() : LizardConfig{};
     lc.feature_dim = 32;
     if (variant == 1) lc.feature_on_rope = true, lc.window_rope = false;
     const LizardCheckpoint lz = init_lizard_checkpoint(lc, tm.ck->config, 1);
+    CudaModel m(*tm.ck, &lz);
+    EXPECT_FALSE(m.can_generate()) << "variant " << variant;
     try {
-      CudaModel m(*tm.ck, &lz);
-      // LoLCATs runs all_logits only (eval): generation needs a batch, which it refuses.
-      EXPECT_EQ(variant, 0) << "variant " << variant << " was accepted";
-      EXPECT_FALSE(m.can_generate());
       m.new_batch(1, 8);
       ADD_FAILURE() << "variant " << variant << " made a batch";
     } catch (const Error& e) {
-      std::printf("[cuda-model] refused (%s): %s\n", variant == 0 ? "lolcats" : "feature_on_rope only", e.what());
+      std::printf("[cuda-model] refused a batch (%s): %s\n", variant == 0 ? "lolcats" : "two q/k sets", e.what());
     }
   }
   CudaModel m(*tm.ck, nullptr);

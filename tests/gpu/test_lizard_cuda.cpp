@@ -833,7 +833,10 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     EXPECT_EQ(bad, 0u) << m.name << " " << describe(c) << " seed " << seed;
     const std::string nm = m.name;
     // dmeta under meta_weights_gate takes the gate passes' p g (bf16 products): the tolerance of dq, dk, dv.
-    const double t = nm == "dalpha" || (nm == "dmeta" && !c.mwg) ? 2e-5
+    // bf16 two q/k sets: the window reads bf16(RoPE(q)), one rounding more than the reference's RoPE of the
+    // bf16 q (the logits move by ~2^-9 of themselves): dalpha read 1.5e-4..3.6e-4 on the H100 (session 8).
+    const double exact_tol = c.sep && round ? 2e-3 : 2e-5;
+    const double t = nm == "dalpha" || (nm == "dmeta" && !c.mwg) ? exact_tol
                      : chunked && nm.rfind("dgate", 0) == 0 ? gate_tol
                                                              : tol;
     EXPECT_LT(e, t) << m.name << " " << describe(c) << " seed " << seed;
