@@ -54,9 +54,13 @@ struct LizardVariant {
   std::vector<int> layers;     // Lizard layers; empty: all
   bool lora = false;           // random rank-4 LoRA adapters on q, k, v of every layer
   bool rope_features = false;  // feature_on_rope = window_rope = true
+  // 1: two q/k sets (the window on RoPE'd q, k, the feature maps on the plain ones); 2: the recommended recipe
+  // (configs/lizard_plainfeat_sn_skip.json: two q/k sets, meta_weights_gate, per-head sinks, shared_normaliser,
+  // gate_skips_window) with window 64, the smallest the GPU takes for gate_skips_window.
+  int options = 0;
 };
 
-// Feature dim 32, window 16 (prompts of the tests cross it), 3 meta sinks (Lizard), gate 0.9; feature maps
+// Feature dim 32, window 16 (prompts of the tests cross it; 64 for options 2), 3 meta sinks (Lizard), gate 0.9; feature maps
 // far from uniform in bf16 values (what the GPU kernels read) and random meta sinks. lolcats: the
 // LoLCATs baseline (LizardConfig::lolcats(), no sinks).
 inline LizardCheckpoint gpu_lizard_checkpoint(Seeded& s, const ModelConfig& teacher, const LizardVariant& v,
@@ -68,6 +72,11 @@ inline LizardCheckpoint gpu_lizard_checkpoint(Seeded& s, const ModelConfig& teac
   lc.gate_init = 0.9;
   lc.lizard_layers = v.layers;
   if (v.rope_features) lc.feature_on_rope = lc.window_rope = true;
+  if (v.options >= 1) lc.window_rope = true, lc.feature_on_rope = false;
+  if (v.options == 2) {
+    lc.window = 64;
+    lc.meta_weights_gate = lc.meta_per_head = lc.shared_normaliser = lc.gate_skips_window = true;
+  }
   LizardCheckpoint lz = init_lizard_checkpoint(lc, teacher, s.rng());
   for (auto& [layer, p] : lz.layers) {
     for (auto* w : {&p.feat_q, &p.feat_k})

@@ -31,6 +31,7 @@ struct Case {
   std::vector<int> lizard_layers;  // empty: all (when lizard)
   bool lora = false;
   bool rope_features = false;      // feature_on_rope = window_rope = true
+  int options = 0;                 // LizardVariant::options
 };
 
 Case named(const std::string& name) {
@@ -65,12 +66,20 @@ std::vector<Case> cases() {
   rope.lizard = true;
   rope.rope_features = true;
   v.push_back(rope);
+  Case two = named("lizard-rope-window");  // two q/k sets
+  two.lizard = true;
+  two.options = 1;
+  v.push_back(two);
+  Case recipe = named("lizard-recipe");  // two q/k sets, mwg, sn, gate_skips_window, window 64
+  recipe.lizard = true;
+  recipe.options = 2;
+  v.push_back(recipe);
   return v;
 }
 
 CpuGpuModels build(Seeded& s, const Case& c, const CudaModelOptions& opt = {}) {
   std::optional<LizardVariant> lizard;
-  if (c.lizard) lizard = LizardVariant{c.lizard_layers, c.lora, c.rope_features};
+  if (c.lizard) lizard = LizardVariant{c.lizard_layers, c.lora, c.rope_features, c.options};
   return build_cpu_gpu(s, c.spec, lizard, opt);
 }
 
@@ -128,7 +137,8 @@ TEST(CudaModel, PrefillDecodeAndAllLogitsMatchCpu) {
 // for some steps neither moves nor changes.
 TEST(CudaModel, BatchedDecodeEqualsSingleSlots) {
   for (const Case& c : cases()) {
-    if (c.name != "llama-gqa" && c.name != "lizard-hybrid-lora" && c.name != "lizard-all") continue;
+    if (c.name != "llama-gqa" && c.name != "lizard-hybrid-lora" && c.name != "lizard-all" && c.name != "lizard-recipe")
+      continue;
     Seeded s;
     SCOPED_TRACE(c.name + " " + s.trace());
     CpuGpuModels b = build(s, c);
@@ -179,7 +189,7 @@ TEST(CudaModel, BatchedDecodeEqualsSingleSlots) {
 // A prompt of many prefill pieces (piece = 16 rows) matches the CPU; then decoding continues from it. copy_slot gives a second slot the same continuation.
 TEST(CudaModel, PromptLongerThanOnePiece) {
   for (const Case& c : cases()) {
-    if (c.name != "qwen2-bias" && c.name != "lizard-hybrid-lora") continue;
+    if (c.name != "qwen2-bias" && c.name != "lizard-hybrid-lora" && c.name != "lizard-recipe") continue;
     Seeded s;
     SCOPED_TRACE(c.name + " " + s.trace());
     CudaModelOptions small;
@@ -269,21 +279,26 @@ TEST(CudaModel, GenerateThroughTheAdapters) {
 TEST(CudaModel, RefusesWhatTheKernelsCannotDo) {
   Seeded s;
   TinyModel tm = make_tiny(s, gpu_tiny_spec());
-  // LoLCATs, and two q/k sets (feature maps and window on differently rotated q, k), run all_logits only (the
-  // held-out evaluation): generation needs a batch, which they refuse by name.
-  for (int variant = 0; variant < 2; ++variant) {
-    LizardConfig lc = variant == 0 ? LizardConfig::lolcats() : LizardConfig{};
+  {  // LoLCATs runs all_logits only (the held-out evaluation): generation needs a batch, which it refuses
+    LizardConfig lc = LizardConfig::lolcats();
     lc.feature_dim = 32;
-    if (variant == 1) lc.feature_on_rope = true, lc.window_rope = false;
     const LizardCheckpoint lz = init_lizard_checkpoint(lc, tm.ck->config, 1);
     CudaModel m(*tm.ck, &lz);
-    EXPECT_FALSE(m.can_generate()) << "variant " << variant;
+    EXPECT_FALSE(m.can_generate());
     try {
       m.new_batch(1, 8);
-      ADD_FAILURE() << "variant " << variant << " made a batch";
+      ADD_FAILURE() << "LoLCATs made a batch";
     } catch (const Error& e) {
-      std::printf("[cuda-model] refused a batch (%s): %s\n", variant == 0 ? "lolcats" : "two q/k sets", e.what());
+      std::printf("[cuda-model] refused a batch (lolcats): %s\n", e.what());
     }
+  }
+  {  // two q/k sets either way round generate
+    LizardConfig lc;
+    lc.feature_dim = 32;
+    lc.feature_on_rope = true, lc.window_rope = false;
+    const LizardCheckpoint lz = init_lizard_checkpoint(lc, tm.ck->config, 1);
+    CudaModel m(*tm.ck, &lz);
+    EXPECT_TRUE(m.can_generate());
   }
   CudaModel m(*tm.ck, nullptr);
   CudaBatch b = m.new_batch(2, 8);

@@ -1,6 +1,6 @@
 // Continuing a GPU sequence and moving it through a saved state (model/cuda/cuda_model.h: extend,
 // download_slot, upload_slot; generate/state_io.h's format), on tiny random teachers and Lizard
-// checkpoints (teacher, all-Lizard, hybrid with LoRA, Lizard with RoPE'd features):
+// checkpoints (teacher, all-Lizard, hybrid with LoRA, Lizard with RoPE'd features, the recommended recipe):
 //   prefill A + extend B  vs  prefill A+B on the GPU, and vs the CPU; decode steps after the extend;
 //   GPU -> LZSTATE bytes -> GPU continues as the uninterrupted GPU run (bit for bit);
 //   GPU -> bytes -> CPU, and CPU -> bytes -> GPU, continue close to the CPU's uninterrupted run.
@@ -33,19 +33,21 @@ struct Case {
   bool lora = false;
   bool rope_features = false;
   int layers = 2;
+  int options = 0;  // LizardVariant::options
 };
 
 std::vector<Case> cases() {
   return {{"teacher", false, {}, false, false, 2},
           {"lizard-all", true, {}, false, false, 2},
           {"lizard-hybrid-lora", true, {1}, true, false, 3},
-          {"lizard-rope", true, {}, false, true, 2}};
+          {"lizard-rope", true, {}, false, true, 2},
+          {"lizard-recipe", true, {}, false, false, 2, 2}};
 }
 
 // Lizard window 16: the prompts below cross it.
 CpuGpuModels build(Seeded& s, const Case& c) {
   std::optional<LizardVariant> lizard;
-  if (c.lizard) lizard = LizardVariant{c.lizard_layers, c.lora, c.rope_features};
+  if (c.lizard) lizard = LizardVariant{c.lizard_layers, c.lora, c.rope_features, c.options};
   return build_cpu_gpu(s, gpu_tiny_spec(251, c.layers), lizard);
 }
 

@@ -76,21 +76,24 @@ struct CudaBatch::Impl {
     DeviceBuffer k_cache, v_cache;  // softmax: [slots, Hkv, ctx, D] bf16
     DeviceBuffer s, z;              // Lizard: [slots, H, 2F, D], [slots, H, 2F] fp32
     DeviceBuffer ring_k, ring_v;    // Lizard: [slots, Hkv, w, D] bf16
+    DeviceBuffer ring_kf, ring_lg;  // gate_skips_window: feature keys [slots, Hkv, w, D] bf16, log gammas [slots, H, w] fp32
+    std::vector<DeviceBuffer*> all() { return {&k_cache, &v_cache, &s, &z, &ring_k, &ring_v, &ring_kf, &ring_lg}; }
   };
   std::vector<Layer> layers;
   // Decode scratch, one row per slot.
   DeviceBuffer x, xn, q, k, v, y, gate, up, log_gamma, logits, workspace;
+  DeviceBuffer qf, kf;  // two q/k sets: the feature maps' q, k of the step
   // int32 [3, slots]: tokens, positions, lengths (position + 1; 0 for an inactive slot): one upload a step.
   DeviceBuffer step;
   const int32_t* tokens() const { return step.as<int32_t>(); }
   const int* pos() const { return step.as<int>() + slots; }
   const int* lens() const { return step.as<int>() + 2 * slots; }
 
-  size_t bytes() const {
+  size_t bytes() {
     size_t n = 0;
-    for (const auto& l : layers)
-      for (const DeviceBuffer* d : {&l.k_cache, &l.v_cache, &l.s, &l.z, &l.ring_k, &l.ring_v}) n += d->bytes();
-    for (const DeviceBuffer* d : {&x, &xn, &q, &k, &v, &y, &gate, &up, &log_gamma, &logits, &step, &workspace})
+    for (auto& l : layers)
+      for (const DeviceBuffer* d : l.all()) n += d->bytes();
+    for (const DeviceBuffer* d : {&x, &xn, &q, &k, &v, &y, &gate, &up, &log_gamma, &logits, &step, &workspace, &qf, &kf})
       n += d->bytes();
     return n;
   }
@@ -119,8 +122,8 @@ struct CudaModel::Impl {
   std::vector<LizardAttnArgs> lz_args;              // per Lizard layer: options and sizes (B, L set per call)
   int n_softmax = 0;
   bool lolcats = false;                              // LoLCATs layers: all_logits only (no generation kernels)
-  bool skips_window = false;                         // gate_skips_window: all_logits only (no decode kernel)
-  bool sep_qk = false;                               // feature_on_rope != window_rope: all_logits only (two q/k sets)
+  bool skips_window = false;                         // gate_skips_window: rings of feature keys and log gammas
+  bool sep_qk = false;                               // feature_on_rope != window_rope: two q/k sets
   LolcatsAttnArgs lolcats_args;                      // their options and sizes (B, L set per call)
   int64_t d = 0, H = 0, Hkv = 0, D = 0, F = 0, V = 0, qd = 0, kvd = 0, G = 1;
   // Prefill scratch: whole-prompt tensors and piece-sized ones. A continuation (pos0 > 0) also uses
@@ -173,6 +176,37 @@ struct CudaModel::Impl {
   // RoPE on the window's q, k (in place, before the kernel); with two q/k sets the feature maps' copies are
   // taken first (RoPE'd where feature_on_rope).
   bool rope_lizard(const DeviceLizardLayer& l) const { return l.cfg.window_rope; }
+
+  // Two q/k sets: copies of `rows` rows of q, k into qf_, kf_ (the feature maps' inputs), RoPE'd where
+  // feature_on_rope: at positions pos0.. (pos null) or at pos[r] per row. Call before the window's RoPE.
+  void feature_qk(const DeviceLizardLayer& l, const void* q_, const void* k_, DeviceBuffer& qf_, DeviceBuffer& kf_,
+                  int64_t rows, int64_t pos0, const int* pos) {
+    qf_.resize(size_t(rows * qd) * 2), kf_.resize(size_t(rows * kvd) * 2);
+    LZ_CHECK(cudaMemcpy(qf_.get(), q_, size_t(rows * qd) * 2, cudaMemcpyDeviceToDevice) == cudaSuccess &&
+                 cudaMemcpy(kf_.get(), k_, size_t(rows * kvd) * 2, cudaMemcpyDeviceToDevice) == cudaSuccess,
+             "cudaMemcpy failed");
+    if (!l.cfg.feature_on_rope) return;
+    if (pos) {
+      rope_rows(qf_.get(), rows, qd, int(H), int(D), pos, w->rope_inv_freq());
+      rope_rows(kf_.get(), rows, kvd, int(Hkv), int(D), pos, w->rope_inv_freq());
+    } else {
+      rope_apply(kBF16, qf_.get(), rows, qd, int(H), int(D), pos0, w->rope_inv_freq(), false);
+      rope_apply(kBF16, kf_.get(), rows, kvd, int(Hkv), int(D), pos0, w->rope_inv_freq(), false);
+    }
+  }
+
+  // A slot's decode rings of one layer (slot s0 onwards).
+  LizardDecodeRings rings_of(CudaBatch::Impl::Layer& bl, const DeviceLizardLayer& l, int64_t s0) const {
+    const int64_t w_ = l.cfg.window;
+    LizardDecodeRings r;
+    r.k = bf(bl.ring_k.get(), s0 * Hkv * w_ * D);
+    r.v = bf(bl.ring_v.get(), s0 * Hkv * w_ * D);
+    if (l.cfg.gate_skips_window) {
+      r.kf = bf(bl.ring_kf.get(), s0 * Hkv * w_ * D);
+      r.lg = bl.ring_lg.as<float>() + s0 * H * w_;
+    }
+    return r;
+  }
   int gates_of(const DeviceLizardLayer& l) const { return l.cfg.gate == LizardConfig::Gate::PerHead ? int(H) : 1; }
 
   LizardAttnArgs lizard_args(int layer, int B, int L) const {
@@ -294,6 +328,7 @@ struct CudaModel::Impl {
       } else if (cont) {
         // The chunked kernel starts from an empty state: a continuation steps through its tokens
         // with the decode kernel (exact, one launch per token), reading and updating the slot's state.
+        if (sep_qk) feature_qk(*lzl, q.get(), k.get(), qf, kf, n, pos0, nullptr);
         if (rope_lizard(*lzl)) {
           rope_apply(kBF16, q.get(), n, qd, int(H), int(D), pos0, w->rope_inv_freq(), false);
           rope_apply(kBF16, k.get(), n, kvd, int(Hkv), int(D), pos0, w->rope_inv_freq(), false);
@@ -304,25 +339,15 @@ struct CudaModel::Impl {
           LizardAttnArgs a = lizard_args(li, 1, 1);
           const int64_t F2 = 2 * int64_t(a.F);
           a.q = bf(q.get(), i * qd), a.k = bf(k.get(), i * kvd), a.v = bf(v.get(), i * kvd);
+          if (sep_qk) a.qf = bf(qf.get(), i * qd), a.kf = bf(kf.get(), i * kvd);
           a.y = bf(y.get(), i * qd);
           a.log_gamma = log_gamma.as<float>() + i * g;
           a.state_s = bl.s.as<float>() + int64_t(slot) * H * F2 * D;
           a.state_z = bl.z.as<float>() + int64_t(slot) * H * F2;
-          const int64_t roff = int64_t(slot) * Hkv * a.window * D;
-          lizard_attention_decode(a, /*fp32=*/false, positions.as<int>() + i, bf(bl.ring_k.get(), roff),
-                                  bf(bl.ring_v.get(), roff));
+          lizard_attention_decode(a, /*fp32=*/false, positions.as<int>() + i, rings_of(bl, *lzl, slot));
         }
       } else {
-        if (sep_qk) {  // no batch here (new_batch refuses such models): all_logits only
-          qf.resize(size_t(n * qd) * 2), kf.resize(size_t(n * kvd) * 2);
-          LZ_CHECK(cudaMemcpy(qf.get(), q.get(), size_t(n * qd) * 2, cudaMemcpyDeviceToDevice) == cudaSuccess &&
-                       cudaMemcpy(kf.get(), k.get(), size_t(n * kvd) * 2, cudaMemcpyDeviceToDevice) == cudaSuccess,
-                   "cudaMemcpy failed");
-          if (lzl->cfg.feature_on_rope) {
-            rope_apply(kBF16, qf.get(), n, qd, int(H), int(D), 0, w->rope_inv_freq(), false);
-            rope_apply(kBF16, kf.get(), n, kvd, int(Hkv), int(D), 0, w->rope_inv_freq(), false);
-          }
-        }
+        if (sep_qk) feature_qk(*lzl, q.get(), k.get(), qf, kf, n, 0, nullptr);
         if (rope_lizard(*lzl)) {
           rope_apply(kBF16, q.get(), n, qd, int(H), int(D), 0, w->rope_inv_freq(), false);
           rope_apply(kBF16, k.get(), n, kvd, int(Hkv), int(D), 0, w->rope_inv_freq(), false);
@@ -330,13 +355,23 @@ struct CudaModel::Impl {
         LizardAttnArgs a = lizard_args(li, 1, int(n));
         a.q = q.get(), a.k = k.get(), a.v = v.get(), a.y = y.get(), a.log_gamma = log_gamma.as<float>();
         if (sep_qk) a.qf = qf.get(), a.kf = kf.get();
-        if (b) {
+        // The state a decode continues from: the chunked forward hands on its own, except with the gated
+        // branch lagging the window or on a second q/k set (then lizard_attention_prompt_state makes it).
+        const bool own_state = !skips_window && !sep_qk;
+        if (b && own_state) {
           auto& bl = b->layers[size_t(li)];
           const int64_t F2 = 2 * int64_t(a.F);
           a.state_s = bl.s.as<float>() + int64_t(slot) * H * F2 * D;
           a.state_z = bl.z.as<float>() + int64_t(slot) * H * F2;
         }
         lizard_attention_forward_bf16(a);
+        if (b && !own_state) {
+          auto& bl = b->layers[size_t(li)];
+          const int64_t F2 = 2 * int64_t(a.F);
+          a.state_s = bl.s.as<float>() + int64_t(slot) * H * F2 * D;
+          a.state_z = bl.z.as<float>() + int64_t(slot) * H * F2;
+          lizard_attention_prompt_state(a, rings_of(bl, *lzl, slot));
+        }
         if (b) {
           auto& bl = b->layers[size_t(li)];
           const int64_t off = int64_t(slot) * Hkv * a.window * D;
@@ -418,6 +453,7 @@ struct CudaModel::Impl {
       } else {
         const int g = gates_of(*lzl);
         lizard_gate_fwd(b.xn.get(), lzl->gate_w, lzl->gate_b, b.log_gamma.as<float>(), B, int(d), g);
+        if (sep_qk) feature_qk(*lzl, b.q.get(), b.k.get(), b.qf, b.kf, B, 0, b.pos());
         if (rope_lizard(*lzl)) {
           rope_rows(b.q.get(), B, qd, int(H), int(D), b.pos(), inv_freq);
           rope_rows(b.k.get(), B, kvd, int(Hkv), int(D), b.pos(), inv_freq);
@@ -427,13 +463,12 @@ struct CudaModel::Impl {
           LizardAttnArgs a = lizard_args(li, ns, 1);
           const int64_t F2 = 2 * int64_t(a.F);
           a.q = bf(b.q.get(), s0 * qd), a.k = bf(b.k.get(), s0 * kvd), a.v = bf(b.v.get(), s0 * kvd);
+          if (sep_qk) a.qf = bf(b.qf.get(), s0 * qd), a.kf = bf(b.kf.get(), s0 * kvd);
           a.y = bf(b.y.get(), s0 * qd);
           a.log_gamma = b.log_gamma.as<float>() + int64_t(s0) * g;
           a.state_s = bl.s.as<float>() + int64_t(s0) * H * F2 * D;
           a.state_z = bl.z.as<float>() + int64_t(s0) * H * F2;
-          const int64_t roff = int64_t(s0) * Hkv * a.window * D;
-          lizard_attention_decode(a, /*fp32=*/false, b.pos() + s0, bf(bl.ring_k.get(), roff),
-                                  bf(bl.ring_v.get(), roff));
+          lizard_attention_decode(a, /*fp32=*/false, b.pos() + s0, rings_of(bl, *lzl, s0));
         });
       }
       linear_fwd(b.y.get(), L.o.w, L.o.bias, b.x.get(), kBF16, B, int(qd), int(d), /*accumulate=*/true);
@@ -449,9 +484,6 @@ struct CudaModel::Impl {
 
   CudaBatch new_batch(int slots, int64_t ctx) const {
     LZ_CHECK(!lolcats, "a LoLCATs model has no GPU generation kernels (all_logits only): use --device cpu");
-    LZ_CHECK(!skips_window, "a gate_skips_window model has no GPU decode kernel (all_logits only): use --device cpu");
-    LZ_CHECK(!sep_qk, "a model with feature_on_rope != window_rope has no GPU decode kernel (all_logits only): use "
-                      "--device cpu");
     LZ_CHECK(slots >= 1, "a batch needs at least one slot, got {}", slots);
     LZ_CHECK(ctx >= 1 && ctx <= INT32_MAX, "batch context {} is out of range", ctx);
     CudaBatch out;
@@ -477,6 +509,10 @@ struct CudaModel::Impl {
       bl.z.resize(S * size_t(H) * F2 * sizeof(float));
       bl.ring_k.resize(S * size_t(Hkv) * size_t(l->cfg.window) * size_t(D) * 2);
       bl.ring_v.resize(bl.ring_k.bytes());
+      if (l->cfg.gate_skips_window) {
+        bl.ring_kf.resize(bl.ring_k.bytes());
+        bl.ring_lg.resize(S * size_t(H) * size_t(l->cfg.window) * sizeof(float));
+      }
       // A slot decoded before any prefill starts from an empty state.
       LZ_CHECK(cudaMemset(bl.s.get(), 0, bl.s.bytes()) == cudaSuccess &&
                    cudaMemset(bl.z.get(), 0, bl.z.bytes()) == cudaSuccess,
@@ -525,7 +561,7 @@ const ModelConfig& CudaModel::config() const { return impl_->cfg; }
 int CudaModel::vocab_size() const { return impl_->cfg.vocab_size; }
 size_t CudaModel::weight_bytes() const { return impl_->w->bytes() + impl_->lz.bytes(); }
 bool CudaModel::has_softmax_layers() const { return impl_->n_softmax > 0; }
-bool CudaModel::can_generate() const { return !impl_->lolcats && !impl_->skips_window && !impl_->sep_qk; }
+bool CudaModel::can_generate() const { return !impl_->lolcats; }
 
 void CudaModel::release_scratch() {
   Impl& m = *impl_;
@@ -623,20 +659,30 @@ void CudaModel::download_slot(CudaBatch& b, int slot, LlamaState& st) const {
     const int64_t F2 = 2 * int64_t(lzl->cfg.feature_dim), w = lzl->cfg.window;
     LZ_CHECK(ls.cfg.feature_dim == lzl->cfg.feature_dim && ls.cfg.window == lzl->cfg.window &&
                  ls.s.S.size() == size_t(H * F2 * D) && ls.s.z.size() == size_t(H * F2) &&
-                 ls.s.ring_k.size() == size_t(w * Hkv * D) && ls.s.ring_kf.empty(),
+                 ls.s.ring_k.size() == size_t(w * Hkv * D) && ls.s.ring_kf.size() == bl.ring_kf.bytes() / 2 / bi.slots &&
+                 ls.s.ring_lg.size() == bl.ring_lg.bytes() / 4 / bi.slots,
              "layer {}: the CPU model's Lizard layer has another shape than the GPU's", li);
     to_host(ls.s.S.data(), bl.s.as<float>() + int64_t(slot) * H * F2 * D, ls.s.S.size() * sizeof(float));
     to_host(ls.s.z.data(), bl.z.as<float>() + int64_t(slot) * H * F2, ls.s.z.size() * sizeof(float));
     std::fill(ls.s.log_scale.begin(), ls.s.log_scale.end(), 0.0f);
     std::vector<uint16_t> ring(size_t(Hkv * w * D));  // [Hkv, w, D]
     const int64_t held = std::min(n, w);              // slots holding a token; the rest stay 0 as on the CPU
-    for (auto [dev, cpu] : {std::pair{&bl.ring_k, &ls.s.ring_k}, std::pair{&bl.ring_v, &ls.s.ring_v}}) {
+    for (auto [dev, cpu] : {std::pair{&bl.ring_k, &ls.s.ring_k}, std::pair{&bl.ring_v, &ls.s.ring_v},
+                            std::pair{&bl.ring_kf, &ls.s.ring_kf}}) {
+      if (dev->bytes() == 0) continue;  // ring_kf: gate_skips_window only
       to_host(ring.data(), bf(dev->get(), int64_t(slot) * Hkv * w * D), ring.size() * 2);
       std::fill(cpu->begin(), cpu->end(), 0.0f);
       for (int64_t g = 0; g < Hkv; ++g)
         for (int64_t t = 0; t < held; ++t)
           for (int64_t e = 0; e < D; ++e)
             (*cpu)[size_t((t * Hkv + g) * D + e)] = bf16_to_f32(ring[size_t((g * w + t) * D + e)]);
+    }
+    if (bl.ring_lg.bytes() > 0) {  // [H, w] on the GPU, [w, H] on the CPU
+      std::vector<float> lg(size_t(H * w));
+      to_host(lg.data(), bl.ring_lg.as<float>() + int64_t(slot) * H * w, lg.size() * sizeof(float));
+      std::fill(ls.s.ring_lg.begin(), ls.s.ring_lg.end(), 0.0f);
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t t = 0; t < held; ++t) ls.s.ring_lg[size_t(t * H + h)] = lg[size_t(h * w + t)];
     }
     ls.s.n_tokens = n;
   }
@@ -692,7 +738,8 @@ void CudaModel::upload_slot(CudaBatch& b, int slot, const LlamaState& st) {
     LZ_CHECK(ls->cfg.feature_dim == lzl->cfg.feature_dim && ls->cfg.window == lzl->cfg.window &&
                  ls->s.S.size() == size_t(H * F2 * D) && ls->s.z.size() == size_t(H * F2) &&
                  ls->s.log_scale.size() == size_t(H) && ls->s.ring_k.size() == size_t(w * Hkv * D) &&
-                 ls->s.ring_kf.empty() && ls->s.n_tokens == n,
+                 ls->s.ring_kf.size() == bl.ring_kf.bytes() / 2 / bi.slots &&
+                 ls->s.ring_lg.size() == bl.ring_lg.bytes() / 4 / bi.slots && ls->s.n_tokens == n,
              "layer {}: the CPU model's Lizard layer has another shape than the GPU's", li);
     // The GPU keeps the true state: fold in the CPU's pending decay.
     std::vector<float> S(ls->s.S), z(ls->s.z);
@@ -705,12 +752,20 @@ void CudaModel::upload_slot(CudaBatch& b, int slot, const LlamaState& st) {
     to_device(bl.s.as<float>() + int64_t(slot) * H * F2 * D, S.data(), S.size() * sizeof(float));
     to_device(bl.z.as<float>() + int64_t(slot) * H * F2, z.data(), z.size() * sizeof(float));
     std::vector<uint16_t> ring(size_t(Hkv * w * D));  // [Hkv, w, D]
-    for (auto [dev, cpu] : {std::pair{&bl.ring_k, &ls->s.ring_k}, std::pair{&bl.ring_v, &ls->s.ring_v}}) {
+    for (auto [dev, cpu] : {std::pair{&bl.ring_k, &ls->s.ring_k}, std::pair{&bl.ring_v, &ls->s.ring_v},
+                            std::pair{&bl.ring_kf, &ls->s.ring_kf}}) {
+      if (dev->bytes() == 0) continue;  // ring_kf: gate_skips_window only
       for (int64_t t = 0; t < w; ++t)
         for (int64_t g = 0; g < Hkv; ++g)
           for (int64_t e = 0; e < D; ++e)
             ring[size_t((g * w + t) * D + e)] = f32_to_bf16((*cpu)[size_t((t * Hkv + g) * D + e)]);
       to_device(bf(dev->get(), int64_t(slot) * Hkv * w * D), ring.data(), ring.size() * 2);
+    }
+    if (bl.ring_lg.bytes() > 0) {  // [w, H] on the CPU, [H, w] on the GPU
+      std::vector<float> lg(size_t(H * w));
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t t = 0; t < w; ++t) lg[size_t(h * w + t)] = ls->s.ring_lg[size_t(t * H + h)];
+      to_device(bl.ring_lg.as<float>() + int64_t(slot) * H * w, lg.data(), lg.size() * sizeof(float));
     }
   }
   bi.n_past[size_t(slot)] = n;
@@ -730,7 +785,7 @@ void CudaModel::copy_slot(CudaBatch& b, int from, int to) {
     LZ_CHECK(e == cudaSuccess, "copying a batch slot on the GPU failed: {}", cudaGetErrorString(e));
   };
   for (auto& l : bi.layers)
-    for (DeviceBuffer* d : {&l.k_cache, &l.v_cache, &l.s, &l.z, &l.ring_k, &l.ring_v}) copy(*d);
+    for (DeviceBuffer* d : l.all()) copy(*d);
   bi.n_past[size_t(to)] = bi.n_past[size_t(from)];
 }
 

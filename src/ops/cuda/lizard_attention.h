@@ -38,12 +38,13 @@ struct LizardAttnArgs {
   bool meta_weights_gate = false;  // y_gate weighted by the sinks' share of the window softmax (n_meta >= 1)
   bool shared_normaliser = false;  // with meta_weights_gate: y = (p N + alpha A) / (p (den + eps) + 1 - p)
   // The gated branch covers only keys outside the window, t <= i - w (LizardConfig::gate_skips_window):
-  // chunked forward (variant 0) and chunked backward, window a multiple of 64; the recurrent, decode and
-  // parallel forms and a forward that hands its state on (state_s) refuse it.
+  // chunked forward (variant 0), chunked backward, recurrent and decode forms, window a multiple of 64; the
+  // parallel backward and a chunked forward that hands its state on (state_s) refuse it
+  // (lizard_attention_prompt_state makes that state).
   bool gate_skips_window = false;
   // The feature maps read their own q, k (qf, kf below) instead of the window's: feature_on_rope !=
-  // window_rope (e.g. the paper's un-rotated features beside a RoPE'd window). Chunked forward (variant 0)
-  // and chunked backward; the recurrent, decode and parallel forms refuse it.
+  // window_rope (e.g. the paper's un-rotated features beside a RoPE'd window). Chunked forward (variant 0),
+  // chunked backward, recurrent and decode forms; the parallel backward refuses it.
   bool separate_feature_qk = false;
   FeatureAct act = FeatureAct::Softmax;
   float eps = 1e-6f;           // added to the gate normaliser
@@ -91,12 +92,28 @@ void set_forward_split(int mode);
 // element type of q/k/v/y/wq/wk: true for float, false for bf16. Any D <= 256, F <= 128.
 void lizard_attention_forward_recurrent(const LizardAttnArgs& a, bool fp32, cudaStream_t stream = nullptr);
 
-// One generation step for every sequence of the batch. q/k/v/y hold one token: [B, Hq|Hkv, D].
-// log_gamma is [B] or [B, Hq]. pos [B] (device int32) is each sequence's position of this token.
-// The ring buffers ring_k, ring_v [B, Hkv, w, D] (element type as q) keep the last w keys/values;
-// slot pos % w receives this token. S and z (state_s/state_z, required) are updated in place.
-void lizard_attention_decode(const LizardAttnArgs& a, bool fp32, const int* pos, void* ring_k, void* ring_v,
+// What a decode step keeps of the last w tokens of each sequence: position t in slot t % w.
+struct LizardDecodeRings {
+  void* k = nullptr;    // [B, Hkv, w, D] the window's keys (RoPE'd when the window uses RoPE), element type of q
+  void* v = nullptr;    // [B, Hkv, w, D]
+  void* kf = nullptr;   // gate_skips_window: the feature maps' keys [B, Hkv, w, D] (kf, or k if one q/k set)
+  float* lg = nullptr;  // gate_skips_window: log gamma [B, Hq, w] (per query head, also for a scalar gate)
+};
+
+// One generation step for every sequence of the batch. q/k/v/y (and qf/kf) hold one token: [B, Hq|Hkv, D].
+// log_gamma is [B] or [B, Hq]. pos [B] (device int32) is each sequence's position of this token; the
+// rings' slot pos % w receives it (gate_skips_window: the token of slot pos % w, position pos - w, joins
+// the gated state first). S and z (state_s/state_z, required) are updated in place.
+void lizard_attention_decode(const LizardAttnArgs& a, bool fp32, const int* pos, const LizardDecodeRings& rings,
                              cudaStream_t stream = nullptr);
+
+// The state a decode step continues from after a prompt of a.L tokens at positions 0 .. L-1 (bf16 inputs;
+// the y of the prompt comes from lizard_attention_forward_bf16): per (b, hq) S = sum over keys t <= L-1-lag
+// of e_t phi_k(kf_t) v_t^T and z = sum e_t phi_k(kf_t), e_t = exp(sum_{s=t+1}^{L-1} log_gamma_s), lag = w
+// under gate_skips_window and 0 otherwise, into state_s / state_z (required). gate_skips_window also fills
+// rings.kf and rings.lg with the prompt's last w tokens; rings.k / rings.v are the caller's (the window's).
+void lizard_attention_prompt_state(const LizardAttnArgs& a, const LizardDecodeRings& rings,
+                                   cudaStream_t stream = nullptr);
 
 // Gradients of lizard_attention_forward_* for an upstream dy (element type as q). All fp32,
 // OVERWRITTEN (not accumulated). Any pointer may be null except dq, dk, dv.

@@ -68,31 +68,43 @@ __device__ void warp_feature_map(const float* u, float* out, int F, FeatureAct a
   for (int j = lane; j < F; j += 32) out[j] = expf(u[j] - mx) * sp, out[F + j] = expf(mn - u[j]) * sm;
 }
 
-// kDecode: one token at position pos[b], keys/values of earlier positions in the ring buffers,
-// state read from and written back to a.state_s / a.state_z. Otherwise: all L tokens of the input,
-// state starting at zero and written out at the end if requested.
+// kDecode: one token at position pos[b], keys/values of earlier positions in the rings, state read from
+// and written back to a.state_s / a.state_z. Otherwise: all L tokens of the input, state starting at zero
+// and written out at the end if requested.
+// separate_feature_qk: the feature maps read qf, kf; the window q, k. gate_skips_window: the key that joins
+// the gated state at step i is t = i - w (from the rings when decoding: slot i % w), decayed by the gammas of
+// t + 1 .. i; the window's keys t > i - w reach the query through the softmax alone.
 template <typename T, bool kDecode>
 __global__ void __launch_bounds__(kThreads) lizard_recurrent_kernel(const LizardAttnArgs a, const int* pos,
-                                                                      T* ring_k, T* ring_v) {
+                                                                      const LizardDecodeRings r) {
   const int D = a.D, F = a.F, F2 = 2 * a.F, w = a.window;
   extern __shared__ float sm[];
   float* S = sm;              // [F2][D]
   float* z = S + F2 * D;      // [F2]
-  float* sq = z + F2;         // [D]
+  float* sq = z + F2;         // [D] the window's q, k, v of this token
   float* sk = sq + D;         // [D]
   float* sv = sk + D;         // [D]
-  float* u = sv + D;          // [2F]: q then k pre-activations
+  float* xq = sv + D;         // [D] what the feature maps read: q (or qf) of this token,
+  float* xk = xq + D;         // [D] k (or kf) of the key joining the state,
+  float* xv = xk + D;         // [D] and its value
+  float* u = xv + D;          // [2F]: q then k pre-activations
   float* phq = u + F2;        // [2F]
   float* phk = phq + F2;      // [2F]
   float* sc = phk + F2;       // [w]
-  float* red = sc + w;        // [4]
+  float* red = sc + w;        // [4]: softmax sum, the sinks' part, the joining key's weight
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hq = blockIdx.x % a.Hq, b = blockIdx.x / a.Hq;
   const int group = a.Hq / a.Hkv, hkv = hq / group;
+  const bool sep = a.separate_feature_qk, skip = a.gate_skips_window;
   const T* q = static_cast<const T*>(a.q);
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
+  const T* qf = static_cast<const T*>(sep ? a.qf : a.q);
+  const T* kf = static_cast<const T*>(sep ? a.kf : a.k);
+  const T* ring_k = static_cast<const T*>(r.k);
+  const T* ring_v = static_cast<const T*>(r.v);
+  const T* ring_kf = static_cast<const T*>(r.kf);
   T* y = static_cast<T*>(a.y);
   const T* wq = static_cast<const T*>(a.wq) + int64_t(hq) * D * F;
   const T* wk = static_cast<const T*>(a.wk) + int64_t(hq) * D * F;
@@ -100,6 +112,10 @@ __global__ void __launch_bounds__(kThreads) lizard_recurrent_kernel(const Lizard
   const float scale = a.scale > 0 ? a.scale : rsqrtf(float(D));
   const float* mu = a.meta + (a.meta_per_head ? hq * a.n_meta : 0);
   const int64_t sidx = (int64_t(b) * a.Hq + hq);
+  const int64_t ring_row0 = (int64_t(b) * a.Hkv + hkv) * w;  // this head's rows of ring_k / ring_v / ring_kf
+  auto lg_at = [&](int t) {  // log gamma of position t (not decoding)
+    return a.log_gamma[a.gate_per_head ? (int64_t(b) * a.L + t) * a.Hq + hq : int64_t(b) * a.L + t];
+  };
 
   if (kDecode) {
     for (int i = tid; i < F2 * D; i += kThreads) S[i] = a.state_s[sidx * F2 * D + i];
@@ -116,13 +132,35 @@ __global__ void __launch_bounds__(kThreads) lizard_recurrent_kernel(const Lizard
     // Token tensors: decode holds one token per sequence, [B, H, D].
     const int64_t qo = kDecode ? (int64_t(b) * a.Hq + hq) * D : ((int64_t(b) * a.L + i) * a.Hq + hq) * D;
     const int64_t ko = kDecode ? (int64_t(b) * a.Hkv + hkv) * D : ((int64_t(b) * a.L + i) * a.Hkv + hkv) * D;
-    const float lg = kDecode ? a.log_gamma[a.gate_per_head ? b * a.Hq + hq : b]
-                             : a.log_gamma[a.gate_per_head ? (int64_t(b) * a.L + i) * a.Hq + hq : int64_t(b) * a.L + i];
+    const float lg = kDecode ? a.log_gamma[a.gate_per_head ? b * a.Hq + hq : b] : lg_at(i);
+    const int tj = skip ? i - w : i;  // the key joining the gated state this step
+    const bool joins = tj >= 0;
+    // where that key's feature-map k and its v are: this token, the ring's slot i % w, or the input
+    const T* jk = !skip ? kf + ko : kDecode ? ring_kf + (ring_row0 + i % w) * D : kf + ((int64_t(b) * a.L + tj) * a.Hkv + hkv) * D;
+    const T* jv = !skip ? v + ko : kDecode ? ring_v + (ring_row0 + i % w) * D : v + ((int64_t(b) * a.L + tj) * a.Hkv + hkv) * D;
     __syncthreads();
-    for (int d = tid; d < D; d += kThreads) sq[d] = to_f(q[qo + d]), sk[d] = to_f(k[ko + d]), sv[d] = to_f(v[ko + d]);
+    for (int d = tid; d < D; d += kThreads) {
+      sq[d] = to_f(q[qo + d]), sk[d] = to_f(k[ko + d]), sv[d] = to_f(v[ko + d]);
+      xq[d] = to_f(qf[qo + d]);
+      xk[d] = joins ? to_f(jk[d]) : 0.f;  // a key that does not exist gets weight 0 below (finite features)
+      xv[d] = joins ? to_f(jv[d]) : 0.f;
+    }
+    if (warp == 2) {  // the joining key's decay: exp(sum of log gamma over tj + 1 .. i); 1 without skip
+      float sum = 0.f;
+      if (skip && joins) {
+        if (kDecode) {
+          for (int j = lane; j < w; j += 32)
+            if (j != i % w) sum += r.lg[sidx * w + j];
+        } else {
+          for (int t = tj + 1 + lane; t < i; t += 32) sum += lg_at(t);
+        }
+      }
+      sum = warp_sum(sum);
+      if (lane == 0) red[2] = !joins ? 0.f : skip ? expf(sum + lg) : 1.f;
+    }
     __syncthreads();
     for (int j = tid; j < F2; j += kThreads) {
-      const float* x = j < F ? sq : sk;
+      const float* x = j < F ? xq : xk;
       const T* W = j < F ? wq : wk;
       const int c = j < F ? j : j - F;
       float s = 0.f;
@@ -140,8 +178,7 @@ __global__ void __launch_bounds__(kThreads) lizard_recurrent_kernel(const Lizard
       if (t == i) {
         for (int d = lane; d < D; d += 32) s += sq[d] * sk[d];
       } else {
-        const T* kt = kDecode ? ring_k + ((int64_t(b) * a.Hkv + hkv) * w + t % w) * D
-                              : k + ((int64_t(b) * a.L + t) * a.Hkv + hkv) * D;
+        const T* kt = kDecode ? ring_k + (ring_row0 + t % w) * D : k + ((int64_t(b) * a.L + t) * a.Hkv + hkv) * D;
         for (int d = lane; d < D; d += 32) s += sq[d] * to_f(kt[d]);
       }
       s = warp_sum(s);
@@ -165,8 +202,8 @@ __global__ void __launch_bounds__(kThreads) lizard_recurrent_kernel(const Lizard
       sm = warp_sum(sm);
       if (lane == 0) red[0] = s, red[1] = sm;
     }
-    const float gam = expf(lg);
-    for (int f = tid; f < F2; f += kThreads) z[f] = gam * z[f] + phk[f];
+    const float gam = expf(lg), cj = red[2];
+    for (int f = tid; f < F2; f += kThreads) z[f] = gam * z[f] + cj * phk[f];
     __syncthreads();
     float dz = 0.f;
     for (int f = 0; f < F2; ++f) dz += phq[f] * z[f];
@@ -180,15 +217,16 @@ __global__ void __launch_bounds__(kThreads) lizard_recurrent_kernel(const Lizard
         if (t == i) {
           vt = sv[d];
         } else if (kDecode) {
-          vt = to_f(ring_v[((int64_t(b) * a.Hkv + hkv) * w + t % w) * D + d]);
+          vt = to_f(ring_v[(ring_row0 + t % w) * D + d]);
         } else {
           vt = to_f(v[((int64_t(b) * a.L + t) * a.Hkv + hkv) * D + d]);
         }
         yw += sc[j] * vt;
       }
       float num = 0.f;
+      const float cv = cj * xv[d];
       for (int f = 0; f < F2; ++f) {
-        float s = gam * S[f * D + d] + phk[f] * sv[d];
+        float s = gam * S[f * D + d] + phk[f] * cv;
         S[f * D + d] = s;
         num += phq[f] * s;
       }
@@ -197,10 +235,12 @@ __global__ void __launch_bounds__(kThreads) lizard_recurrent_kernel(const Lizard
                                 ? (red[1] * num + alpha * yw) / (red[1] * (dz + a.eps) + (red[0] - red[1]))
                                 : pm * num / (dz + a.eps) + alpha * yw * inv_den);
     }
-    if (kDecode && hq % group == 0) {
-      // Slot pos % w holds position pos - w, which no query of this step reads.
-      T* rk = ring_k + ((int64_t(b) * a.Hkv + hkv) * w + i % w) * D;
-      T* rv = ring_v + ((int64_t(b) * a.Hkv + hkv) * w + i % w) * D;
+    if (kDecode && skip && tid == 0) r.lg[sidx * w + i % w] = lg;  // read above by this CTA only
+    if (kDecode && !skip && hq % group == 0) {
+      // Slot pos % w holds position pos - w, which no query of this step reads. (gate_skips_window reads
+      // it, from every head of the group: ring_write_kernel stores this token after the step.)
+      T* rk = static_cast<T*>(r.k) + (ring_row0 + i % w) * D;
+      T* rv = static_cast<T*>(r.v) + (ring_row0 + i % w) * D;
       for (int d = tid; d < D; d += kThreads) rk[d] = k[ko + d], rv[d] = v[ko + d];
     }
   }
@@ -211,46 +251,182 @@ __global__ void __launch_bounds__(kThreads) lizard_recurrent_kernel(const Lizard
     for (int i = tid; i < F2; i += kThreads) a.state_z[sidx * F2 + i] = z[i];
 }
 
+// gate_skips_window decode: this token's k, v and feature-map k into slot pos % w, after the step read the
+// slot's old token. One CTA per (b, kv head).
+template <typename T>
+__global__ void ring_write_kernel(const LizardAttnArgs a, const int* pos, const LizardDecodeRings r) {
+  const int hkv = blockIdx.x % a.Hkv, b = blockIdx.x / a.Hkv, D = a.D;
+  const int64_t src = (int64_t(b) * a.Hkv + hkv) * D, dst = ((int64_t(b) * a.Hkv + hkv) * a.window + pos[b] % a.window) * D;
+  const T* kf = static_cast<const T*>(a.separate_feature_qk ? a.kf : a.k);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    static_cast<T*>(r.k)[dst + d] = static_cast<const T*>(a.k)[src + d];
+    static_cast<T*>(r.v)[dst + d] = static_cast<const T*>(a.v)[src + d];
+    static_cast<T*>(r.kf)[dst + d] = kf[src + d];
+  }
+}
+
 template <typename T, bool kDecode>
-void launch_rec(const LizardAttnArgs& a, const int* pos, void* rk, void* rv, cudaStream_t stream) {
-  const size_t smem = (size_t(2 * a.F) * a.D + 2 * a.F + 3 * a.D + 6 * a.F + a.window + 4) * sizeof(float);
+void launch_rec(const LizardAttnArgs& a, const int* pos, const LizardDecodeRings& r, cudaStream_t stream) {
+  const size_t smem = (size_t(2 * a.F) * a.D + 2 * a.F + 6 * a.D + 6 * a.F + a.window + 4) * sizeof(float);
   int dev = 0, optin = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   LZ_CUDA_CHECK(smem <= size_t(optin), "lizard attention (cuda, recurrent): D=", a.D, " F=", a.F, " w=", a.window, " needs ", smem, " bytes of shared memory");
   auto kern = lizard_recurrent_kernel<T, kDecode>;
   cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  kern<<<a.B * a.Hq, kThreads, smem, stream>>>(a, pos, static_cast<T*>(rk), static_cast<T*>(rv));
+  kern<<<a.B * a.Hq, kThreads, smem, stream>>>(a, pos, r);
   cudaError_t e = cudaGetLastError();
   LZ_CUDA_CHECK(e == cudaSuccess, "lizard attention (cuda, recurrent): launch failed: ", cudaGetErrorString(e));
+  if (kDecode && a.gate_skips_window) {
+    ring_write_kernel<T><<<a.B * a.Hkv, 128, 0, stream>>>(a, pos, r);
+    e = cudaGetLastError();
+    LZ_CUDA_CHECK(e == cudaSuccess, "lizard attention (cuda, decode): ring write launch failed: ", cudaGetErrorString(e));
+  }
+}
+
+// lizard_attention_prompt_state: one CTA per (b, hq) walks the prompt's keys t <= L-1-lag backwards in tiles
+// of kTile, keeping the suffix sum of log gamma (a sum of terms <= 0: no cancellation), so each key's weight
+// e_t = exp(sum_{s=t+1}^{L-1} lg_s) is exact to rounding; each thread owns fixed elements of S in registers.
+constexpr int kTile = 32;
+constexpr int kStateRegs = 64;  // S elements per thread: 2F D <= 128 x 128 over 256 threads
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) prompt_state_kernel(const LizardAttnArgs a, const LizardDecodeRings r) {
+  const int D = a.D, F = a.F, F2 = 2 * a.F, w = a.window, L = a.L;
+  extern __shared__ float sm[];
+  float* xk = sm;               // [kTile][D] feature-map keys of the tile
+  float* xv = xk + kTile * D;   // [kTile][D] their values
+  float* u = xv + kTile * D;    // [kTile][F] pre-activations
+  float* ph = u + kTile * F;    // [kTile][F2] weighted features
+  float* lgt = ph + kTile * F2; // [kTile] log gammas of the tile
+  float* red = lgt + kTile;     // [kWarps]
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int hq = blockIdx.x % a.Hq, b = blockIdx.x / a.Hq;
+  const int group = a.Hq / a.Hkv, hkv = hq / group;
+  const T* kf = static_cast<const T*>(a.separate_feature_qk ? a.kf : a.k);
+  const T* v = static_cast<const T*>(a.v);
+  const T* wk = static_cast<const T*>(a.wk) + int64_t(hq) * D * F;
+  const int64_t sidx = int64_t(b) * a.Hq + hq;
+  auto lg_at = [&](int t) {
+    return a.log_gamma[a.gate_per_head ? (int64_t(b) * L + t) * a.Hq + hq : int64_t(b) * L + t];
+  };
+  const int tmax = L - 1 - (a.gate_skips_window ? w : 0);  // the last key in the state
+
+  // suffix: sum of log gamma over (the current tile's last key, L - 1]
+  const int first_end = tmax;  // the first tile processed ends at tmax
+  float part = 0.f;
+  for (int t = first_end + 1 + tid; t < L; t += kThreads) part += lg_at(t);
+  part = warp_sum(part);
+  if (lane == 0) red[warp] = part;
+  __syncthreads();
+  float suffix = 0.f;
+  for (int j = 0; j < kWarps; ++j) suffix += red[j];
+
+  const int n_el = F2 * D;
+  float acc[kStateRegs];
+#pragma unroll
+  for (int j = 0; j < kStateRegs; ++j) acc[j] = 0.f;
+  float zacc = 0.f;
+  for (int end = tmax; end >= 0; end -= kTile) {
+    const int t0 = max(0, end - kTile + 1), nt = end - t0 + 1;
+    __syncthreads();
+    for (int e = tid; e < kTile * D; e += kThreads) {
+      const int r_ = e / D, d = e % D;
+      const bool ok = r_ < nt;
+      const int64_t o = ((int64_t(b) * L + t0 + r_) * a.Hkv + hkv) * D + d;
+      xk[e] = ok ? to_f(kf[o]) : 0.f;
+      xv[e] = ok ? to_f(v[o]) : 0.f;
+    }
+    for (int r_ = tid; r_ < kTile; r_ += kThreads) lgt[r_] = r_ < nt ? lg_at(t0 + r_) : 0.f;
+    __syncthreads();
+    for (int e = tid; e < kTile * F; e += kThreads) {
+      const int r_ = e / F, c = e % F;
+      float s = 0.f;
+      for (int d = 0; d < D; ++d) s += xk[r_ * D + d] * to_f(wk[d * F + c]);
+      u[e] = s;
+    }
+    __syncthreads();
+    for (int r_ = warp; r_ < nt; r_ += kWarps) {
+      float within = 0.f;  // sum of log gamma over (t, end]
+      for (int m = r_ + 1 + lane; m < nt; m += 32) within += lgt[m];
+      within = warp_sum(within);
+      // phi(u) twice into ph: [softmax(u) | softmax(-u)] (or exp), then the key's weight
+      warp_feature_map(u + r_ * F, ph + r_ * F2, F, a.act);
+      __syncwarp();
+      const float e_t = expf(suffix + within);
+      for (int f = lane; f < F2; f += 32) ph[r_ * F2 + f] *= e_t;
+    }
+    for (int r_ = nt + warp; r_ < kTile; r_ += kWarps)
+      for (int f = lane; f < F2; f += 32) ph[r_ * F2 + f] = 0.f;
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kStateRegs; ++j) {
+      const int e = tid + j * kThreads;
+      if (e < n_el) {
+        const int f = e / D, d = e % D;
+        float s = acc[j];
+        for (int r_ = 0; r_ < nt; ++r_) s += ph[r_ * F2 + f] * xv[r_ * D + d];
+        acc[j] = s;
+      }
+    }
+    if (tid < F2)
+      for (int r_ = 0; r_ < nt; ++r_) zacc += ph[r_ * F2 + tid];
+    for (int r_ = 0; r_ < nt; ++r_) suffix += lgt[r_];  // every thread the same sum: the next tile's suffix
+  }
+#pragma unroll
+  for (int j = 0; j < kStateRegs; ++j) {
+    const int e = tid + j * kThreads;
+    if (e < n_el) a.state_s[sidx * n_el + e] = acc[j];
+  }
+  if (tid < F2) a.state_z[sidx * F2 + tid] = zacc;
+  if (a.gate_skips_window) {  // the rings of the prompt's last w tokens: log gammas per head, feature keys per group
+    for (int t = max(0, L - w) + tid; t < L; t += kThreads) r.lg[sidx * w + t % w] = lg_at(t);
+    if (hq % group == 0) {
+      T* rkf = static_cast<T*>(r.kf) + (int64_t(b) * a.Hkv + hkv) * w * D;
+      for (int e = tid; e < min(L, w) * D; e += kThreads) {
+        const int t = max(0, L - w) + e / D, d = e % D;
+        rkf[(t % w) * D + d] = kf[((int64_t(b) * L + t) * a.Hkv + hkv) * D + d];
+      }
+    }
+  }
 }
 
 }  // namespace
 
 void lizard_attention_forward_recurrent(const LizardAttnArgs& a, bool fp32, cudaStream_t stream) {
   check_common_args(a);
-  LZ_CUDA_CHECK(!a.gate_skips_window, "lizard attention (cuda): the recurrent form does not implement "
-                "gate_skips_window (the chunked forward and backward do)");
-  LZ_CUDA_CHECK(!a.separate_feature_qk, "lizard attention (cuda): the recurrent form does not implement "
-                "feature_on_rope != window_rope (the chunked forward and backward do)");
   if (fp32)
-    launch_rec<float, false>(a, nullptr, nullptr, nullptr, stream);
+    launch_rec<float, false>(a, nullptr, LizardDecodeRings{}, stream);
   else
-    launch_rec<__nv_bfloat16, false>(a, nullptr, nullptr, nullptr, stream);
+    launch_rec<__nv_bfloat16, false>(a, nullptr, LizardDecodeRings{}, stream);
 }
 
-void lizard_attention_decode(const LizardAttnArgs& a, bool fp32, const int* pos, void* ring_k, void* ring_v,
+void lizard_attention_decode(const LizardAttnArgs& a, bool fp32, const int* pos, const LizardDecodeRings& rings,
                              cudaStream_t stream) {
   check_common_args(a);
-  LZ_CUDA_CHECK(a.state_s && a.state_z && pos && ring_k && ring_v, "lizard attention (cuda, decode): state, positions and ring buffers are required");
-  LZ_CUDA_CHECK(!a.gate_skips_window, "lizard attention (cuda, decode): gate_skips_window is not implemented for "
-                "decoding on the GPU (use --device cpu)");
-  LZ_CUDA_CHECK(!a.separate_feature_qk, "lizard attention (cuda, decode): feature_on_rope != window_rope is not "
-                "implemented for decoding on the GPU (use --device cpu)");
+  LZ_CUDA_CHECK(a.state_s && a.state_z && pos && rings.k && rings.v, "lizard attention (cuda, decode): state, positions and ring buffers are required");
+  LZ_CUDA_CHECK(!a.gate_skips_window || (rings.kf && rings.lg),
+                "lizard attention (cuda, decode): gate_skips_window needs the rings of feature keys and log gammas");
   if (fp32)
-    launch_rec<float, true>(a, pos, ring_k, ring_v, stream);
+    launch_rec<float, true>(a, pos, rings, stream);
   else
-    launch_rec<__nv_bfloat16, true>(a, pos, ring_k, ring_v, stream);
+    launch_rec<__nv_bfloat16, true>(a, pos, rings, stream);
+}
+
+void lizard_attention_prompt_state(const LizardAttnArgs& a, const LizardDecodeRings& rings, cudaStream_t stream) {
+  check_common_args(a);
+  LZ_CUDA_CHECK(a.state_s && a.state_z, "lizard attention (cuda, prompt state): state_s and state_z are required");
+  LZ_CUDA_CHECK(!a.gate_skips_window || (rings.kf && rings.lg),
+                "lizard attention (cuda, prompt state): gate_skips_window needs the rings of feature keys and log gammas");
+  LZ_CUDA_CHECK(2 * a.F * a.D <= kStateRegs * kThreads && a.F <= 128, "lizard attention (cuda, prompt state): 2F x D = ",
+                2 * a.F * a.D, " is more than ", kStateRegs * kThreads);
+  const size_t smem = (size_t(2 * kTile) * a.D + size_t(kTile) * 3 * a.F + kTile + kWarps) * sizeof(float);
+  auto kern = prompt_state_kernel<__nv_bfloat16>;
+  cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  kern<<<a.B * a.Hq, kThreads, smem, stream>>>(a, rings);
+  const cudaError_t e = cudaGetLastError();
+  LZ_CUDA_CHECK(e == cudaSuccess, "lizard attention (cuda, prompt state): launch failed: ", cudaGetErrorString(e));
 }
 
 }  // namespace lizard::cuda
