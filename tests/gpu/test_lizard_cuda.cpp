@@ -648,6 +648,34 @@ std::vector<double> weighted_gate_dot(const Problem& P, const std::vector<double
   return out;
 }
 
+// How well the instance itself conditions its feature-map gradients: the CPU float backward's relative error
+// against the double one (the larger of dfeat_q, dfeat_k). Typical cases read ~5e-7; an instance whose
+// feature-map gradient cancels reads more, and every float or bf16 computation of it errs more in proportion
+// (seed 17710813796239044152 of a mwg + sn case: 4.5e-6 on the CPU, 10x its neighbours, where the GPU's dfeat
+// read 3.8e-2 with bf16 inputs and 1.1e-2 with fp32 ones against ~4e-3 usually).
+double feature_grad_float_err(const Problem& P, const std::vector<double>& dy, const lizard::LizardParamsT<double>& dp) {
+  const Case& c = P.c;
+  auto f32 = [](const std::vector<double>& a) { return std::vector<float>(a.begin(), a.end()); };
+  lizard::LizardParamsT<float> pf;
+  pf.feat_q = f32(P.p.feat_q), pf.feat_k = f32(P.p.feat_k), pf.gate_w = f32(P.p.gate_w), pf.gate_b = f32(P.p.gate_b);
+  pf.meta = f32(P.p.meta), pf.alpha = f32(P.p.alpha), pf.lolcats_f = f32(P.p.lolcats_f);
+  const std::vector<float> x = f32(P.x), q = f32(P.q), k = f32(P.k), v = f32(P.v), g = f32(dy);
+  lizard::LizardParamsT<float> df;
+  for (int b = 0; b < c.B; ++b) {
+    lizard::LizardInput<float> in;
+    in.L = c.L;
+    in.x = x.data() + size_t(b) * c.L * P.shape.d_model;
+    in.q = q.data() + size_t(b) * c.L * c.Hq * c.D;
+    in.k = k.data() + size_t(b) * c.L * c.Hkv * c.D;
+    in.v = v.data() + size_t(b) * c.L * c.Hkv * c.D;
+    lizard::lizard_backward_chunked<float>(P.cfg, P.shape, pf, P.rope_ptr(), in, g.data() + size_t(b) * c.L * c.Hq * c.D,
+                                           df, nullptr, nullptr, nullptr, nullptr);
+  }
+  size_t bad = 0;
+  const std::vector<double> fq(df.feat_q.begin(), df.feat_q.end()), fk(df.feat_k.begin(), df.feat_k.end());
+  return std::max(rel_err(fq, dp.feat_q, &bad), rel_err(fk, dp.feat_k, &bad));
+}
+
 // stages (chunked only): the stage variant in force, or -1 for no diagnostics; when set, the call is
 // repeated, dalpha is bisected by query block, and the tensor-core window statistics (dalpha, dmeta) are
 // compared with the parallel backward's fp32 CUDA-core ones on the same inputs (all printed, not asserted).
@@ -675,6 +703,7 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
                                             dk.data() + size_t(b) * c.L * c.Hkv * D,
                                             dv.data() + size_t(b) * c.L * c.Hkv * D);
   }
+  const double feat_cond = feature_grad_float_err(P, dy, dp);
   // GPU.
   DevInputs<T> in(P);
   Dev<T> ddy(dy);
@@ -881,10 +910,20 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     // bf16 two q/k sets: the window reads bf16(RoPE(q)), one rounding more than the reference's RoPE of the
     // bf16 q (the logits move by ~2^-9 of themselves): dalpha read 1.5e-4..3.6e-4 on the H100 (session 8).
     const double exact_tol = c.sep && round ? 2e-3 : 2e-5;
+    // The feature maps' gradients: tol, widened by the instance's own conditioning (feature_grad_float_err
+    // beyond 1e-6, twice the typical CPU float error).
+    const double feat_widen = std::max(1.0, feat_cond / 1e-6);
     const double t = nm == "dalpha" || (nm == "dmeta" && !c.mwg) ? exact_tol
                      : chunked && nm.rfind("dgate", 0) == 0 ? gate_tol
+                     : nm.rfind("dfeat", 0) == 0            ? tol * feat_widen
                                                              : tol;
     EXPECT_LT(e, t) << m.name << " " << describe(c) << " seed " << seed;
+  }
+  if (feat_cond > 1e-6) {
+    char note[96];
+    std::snprintf(note, sizeof note, ", feature maps ill-conditioned here (CPU float %.1e): bound x%.1f", feat_cond,
+                  feat_cond / 1e-6);
+    line += note;
   }
   std::printf("[lizard-cuda] backward%s %s %-40s%s%s%s (seed %llu)\n", chunked ? " chunked" : "", round ? "bf16" : "f32 ",
               describe(c).c_str(), line.c_str(), vs_parallel.c_str(), stats_check.c_str(), (unsigned long long)seed);
