@@ -380,102 +380,100 @@ TEST(LizardCuda, RecurrentFp32AndBf16MatchReference) {
 // whose chunked forward hands on none) and in the state lizard_attention_prompt_state makes from the whole
 // prompt (every case; under gate_skips_window also its rings of feature keys and log gammas).
 void decode_case(const Case& c) {
-  {
-    const uint64_t seed = fresh_seed();
-    Problem P(c, seed, true);
-    DevInputs<float> in(P);
-    const int F2 = 2 * c.F;
-    Dev<float> S(size_t(c.B) * c.Hq * F2 * c.D), z(size_t(c.B) * c.Hq * F2);
-    CK(cudaMemset(S.p, 0, S.n * 4));
-    CK(cudaMemset(z.p, 0, z.n * 4));
-    Dev<float> rk(size_t(c.B) * c.Hkv * c.w * c.D), rv(rk.n), rkf(rk.n), rlg(size_t(c.B) * c.Hq * c.w);
-    for (Dev<float>* r : {&rk, &rv, &rkf, &rlg}) CK(cudaMemset(r->p, 0, r->n * 4));
-    lizard::cuda::LizardDecodeRings rings;
-    rings.k = rk.p, rings.v = rv.p;
-    if (c.skip) rings.kf = rkf.p, rings.lg = rlg.p;
-    Dev<int> pos(c.B);
-    const int G = c.gate_per_head ? c.Hq : 1;
-    std::vector<double> yd(P.yref.size());
-    for (int t = 0; t < c.L; ++t) {
-      std::vector<double> qt, kt, vt, lt, qft, kft;
-      for (int b = 0; b < c.B; ++b) {
-        auto tok = [&](const std::vector<double>& src, int H, std::vector<double>& dst) {
-          const double* s = src.data() + (size_t(b) * c.L + t) * H * c.D;
-          dst.insert(dst.end(), s, s + size_t(H) * c.D);
-        };
-        tok(c.sep ? P.qr : P.q, c.Hq, qt);  // the window's q, k
-        tok(c.sep ? P.kr : P.k, c.Hkv, kt);
-        tok(P.q, c.Hq, qft);  // the feature maps' (two q/k sets)
-        tok(P.k, c.Hkv, kft);
-        tok(P.v, c.Hkv, vt);
-        for (int h = 0; h < G; ++h) lt.push_back(P.lg[(size_t(b) * c.L + t) * G + h]);
-      }
-      Dev<float> dq(qt), dk(kt), dv(vt), dl(lt), dy(qt.size()), dqf(qft), dkf(kft);
-      std::vector<int> ph(c.B, t);
-      CK(cudaMemcpy(pos.p, ph.data(), c.B * sizeof(int), cudaMemcpyHostToDevice));
-      LizardAttnArgs a = in.args(P, dy.p);
-      a.q = dq.p, a.k = dk.p, a.v = dv.p, a.log_gamma = dl.p, a.state_s = S.p, a.state_z = z.p;
-      if (c.sep) a.qf = dqf.p, a.kf = dkf.p;
-      lizard::cuda::lizard_attention_decode(a, true, pos.p, rings);
-      std::vector<double> yt = dy.get();
-      for (int b = 0; b < c.B; ++b)
-        for (size_t j = 0; j < size_t(c.Hq) * c.D; ++j)
-          yd[(size_t(b) * c.L + t) * c.Hq * c.D + j] = yt[size_t(b) * c.Hq * c.D + j];
+  const uint64_t seed = fresh_seed();
+  Problem P(c, seed, true);
+  DevInputs<float> in(P);
+  const int F2 = 2 * c.F;
+  Dev<float> S(size_t(c.B) * c.Hq * F2 * c.D), z(size_t(c.B) * c.Hq * F2);
+  CK(cudaMemset(S.p, 0, S.n * 4));
+  CK(cudaMemset(z.p, 0, z.n * 4));
+  Dev<float> rk(size_t(c.B) * c.Hkv * c.w * c.D), rv(rk.n), rkf(rk.n), rlg(size_t(c.B) * c.Hq * c.w);
+  for (Dev<float>* r : {&rk, &rv, &rkf, &rlg}) CK(cudaMemset(r->p, 0, r->n * 4));
+  lizard::cuda::LizardDecodeRings rings;
+  rings.k = rk.p, rings.v = rv.p;
+  if (c.skip) rings.kf = rkf.p, rings.lg = rlg.p;
+  Dev<int> pos(c.B);
+  const int G = c.gate_per_head ? c.Hq : 1;
+  std::vector<double> yd(P.yref.size());
+  for (int t = 0; t < c.L; ++t) {
+    std::vector<double> qt, kt, vt, lt, qft, kft;
+    for (int b = 0; b < c.B; ++b) {
+      auto tok = [&](const std::vector<double>& src, int H, std::vector<double>& dst) {
+        const double* s = src.data() + (size_t(b) * c.L + t) * H * c.D;
+        dst.insert(dst.end(), s, s + size_t(H) * c.D);
+      };
+      tok(c.sep ? P.qr : P.q, c.Hq, qt);  // the window's q, k
+      tok(c.sep ? P.kr : P.k, c.Hkv, kt);
+      tok(P.q, c.Hq, qft);  // the feature maps' (two q/k sets)
+      tok(P.k, c.Hkv, kft);
+      tok(P.v, c.Hkv, vt);
+      for (int h = 0; h < G; ++h) lt.push_back(P.lg[(size_t(b) * c.L + t) * G + h]);
     }
-    CK(cudaDeviceSynchronize());
-    size_t bad = 0;
-    const double e = rel_err(yd, P.yref, &bad);
-    std::printf("[lizard-cuda] decode f32    %-44s rel err %.3e (seed %llu)\n", describe(c).c_str(), e,
-                (unsigned long long)seed);
-    EXPECT_EQ(bad, 0u);
-    // two q/k sets: the window's q, k are the host's RoPE of bf16 values, rounded to bf16 again (DevInputs)
-    EXPECT_LT(e, c.sep ? 2e-2 : 2e-5) << describe(c) << " seed " << seed;
+    Dev<float> dq(qt), dk(kt), dv(vt), dl(lt), dy(qt.size()), dqf(qft), dkf(kft);
+    std::vector<int> ph(c.B, t);
+    CK(cudaMemcpy(pos.p, ph.data(), c.B * sizeof(int), cudaMemcpyHostToDevice));
+    LizardAttnArgs a = in.args(P, dy.p);
+    a.q = dq.p, a.k = dk.p, a.v = dv.p, a.log_gamma = dl.p, a.state_s = S.p, a.state_z = z.p;
+    if (c.sep) a.qf = dqf.p, a.kf = dkf.p;
+    lizard::cuda::lizard_attention_decode(a, true, pos.p, rings);
+    std::vector<double> yt = dy.get();
+    for (int b = 0; b < c.B; ++b)
+      for (size_t j = 0; j < size_t(c.Hq) * c.D; ++j)
+        yd[(size_t(b) * c.L + t) * c.Hq * c.D + j] = yt[size_t(b) * c.Hq * c.D + j];
+  }
+  CK(cudaDeviceSynchronize());
+  size_t bad = 0;
+  const double e = rel_err(yd, P.yref, &bad);
+  std::printf("[lizard-cuda] decode f32    %-44s rel err %.3e (seed %llu)\n", describe(c).c_str(), e,
+              (unsigned long long)seed);
+  EXPECT_EQ(bad, 0u);
+  // two q/k sets: the window's q, k are the host's RoPE of bf16 values, rounded to bf16 again (DevInputs)
+  EXPECT_LT(e, c.sep ? 2e-2 : 2e-5) << describe(c) << " seed " << seed;
 
-    DevInputs<__nv_bfloat16> inb(P);
-    // Final state of the chunked bf16 kernel (forward variants 0 and 3) vs the fp32 decode state.
-    for (int variant : {0, 3}) {
-      if (c.skip || c.sep) break;
-      lizard::cuda::set_forward_variant(variant);
-      Dev<__nv_bfloat16> yb(P.yref.size());
-      Dev<float> S2(S.n), z2(z.n);
-      S2.poison(), z2.poison();
-      LizardAttnArgs a = inb.args(P, yb.p);
-      a.state_s = S2.p, a.state_z = z2.p;
-      lizard::cuda::lizard_attention_forward_bf16(a);
-      CK(cudaDeviceSynchronize());
-      const double es = rel_err(S2.get(), S.get(), &bad);
-      EXPECT_EQ(bad, 0u);
-      const double ez = rel_err(z2.get(), z.get(), &bad);
-      EXPECT_EQ(bad, 0u);
-      std::printf("[lizard-cuda] chunked final state vs decode v%d: S %.3e z %.3e\n", variant, es, ez);
-      EXPECT_LT(es, 2e-2);
-      EXPECT_LT(ez, 2e-2);
-    }
-    lizard::cuda::set_forward_variant(lizard::cuda::kForwardVariantDefault);
-    {  // the prompt's state from bf16 inputs (the same values as the fp32 decode read), fp32 arithmetic
-      Dev<__nv_bfloat16> yb(P.yref.size());
-      Dev<float> S2(S.n), z2(z.n), plg(rlg.n);
-      Dev<__nv_bfloat16> pkf(rkf.n);
-      S2.poison(), z2.poison();
-      CK(cudaMemset(plg.p, 0, plg.n * 4));
-      CK(cudaMemset(pkf.p, 0, pkf.n * 2));
-      LizardAttnArgs a = inb.args(P, yb.p);
-      a.state_s = S2.p, a.state_z = z2.p;
-      lizard::cuda::LizardDecodeRings pr;
-      if (c.skip) pr.kf = pkf.p, pr.lg = plg.p;
-      lizard::cuda::lizard_attention_prompt_state(a, pr);
-      CK(cudaDeviceSynchronize());
-      const double es = rel_err(S2.get(), S.get(), &bad);
-      EXPECT_EQ(bad, 0u);
-      const double ez = rel_err(z2.get(), z.get(), &bad);
-      EXPECT_EQ(bad, 0u);
-      double er = 0;
-      if (c.skip) er = std::max(rel_err(plg.get(), rlg.get(), &bad), rel_err(pkf.get(), rkf.get(), &bad));
-      std::printf("[lizard-cuda] prompt state vs decode: S %.3e z %.3e rings (kf, lg) %.3e\n", es, ez, er);
-      EXPECT_LT(es, 1e-4);
-      EXPECT_LT(ez, 1e-4);
-      EXPECT_LT(er, 1e-6);
-    }
+  DevInputs<__nv_bfloat16> inb(P);
+  // Final state of the chunked bf16 kernel (forward variants 0 and 3) vs the fp32 decode state.
+  for (int variant : {0, 3}) {
+    if (c.skip || c.sep) break;
+    lizard::cuda::set_forward_variant(variant);
+    Dev<__nv_bfloat16> yb(P.yref.size());
+    Dev<float> S2(S.n), z2(z.n);
+    S2.poison(), z2.poison();
+    LizardAttnArgs a = inb.args(P, yb.p);
+    a.state_s = S2.p, a.state_z = z2.p;
+    lizard::cuda::lizard_attention_forward_bf16(a);
+    CK(cudaDeviceSynchronize());
+    const double es = rel_err(S2.get(), S.get(), &bad);
+    EXPECT_EQ(bad, 0u);
+    const double ez = rel_err(z2.get(), z.get(), &bad);
+    EXPECT_EQ(bad, 0u);
+    std::printf("[lizard-cuda] chunked final state vs decode v%d: S %.3e z %.3e\n", variant, es, ez);
+    EXPECT_LT(es, 2e-2);
+    EXPECT_LT(ez, 2e-2);
+  }
+  lizard::cuda::set_forward_variant(lizard::cuda::kForwardVariantDefault);
+  {  // the prompt's state from bf16 inputs (the same values as the fp32 decode read), fp32 arithmetic
+    Dev<__nv_bfloat16> yb(P.yref.size());
+    Dev<float> S2(S.n), z2(z.n), plg(rlg.n);
+    Dev<__nv_bfloat16> pkf(rkf.n);
+    S2.poison(), z2.poison();
+    CK(cudaMemset(plg.p, 0, plg.n * 4));
+    CK(cudaMemset(pkf.p, 0, pkf.n * 2));
+    LizardAttnArgs a = inb.args(P, yb.p);
+    a.state_s = S2.p, a.state_z = z2.p;
+    lizard::cuda::LizardDecodeRings pr;
+    if (c.skip) pr.kf = pkf.p, pr.lg = plg.p;
+    lizard::cuda::lizard_attention_prompt_state(a, pr);
+    CK(cudaDeviceSynchronize());
+    const double es = rel_err(S2.get(), S.get(), &bad);
+    EXPECT_EQ(bad, 0u);
+    const double ez = rel_err(z2.get(), z.get(), &bad);
+    EXPECT_EQ(bad, 0u);
+    double er = 0;
+    if (c.skip) er = std::max(rel_err(plg.get(), rlg.get(), &bad), rel_err(pkf.get(), rkf.get(), &bad));
+    std::printf("[lizard-cuda] prompt state vs decode: S %.3e z %.3e rings (kf, lg) %.3e\n", es, ez, er);
+    EXPECT_LT(es, 1e-4);
+    EXPECT_LT(ez, 1e-4);
+    EXPECT_LT(er, 1e-6);
   }
 }
 

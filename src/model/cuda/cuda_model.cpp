@@ -195,6 +195,13 @@ struct CudaModel::Impl {
     }
   }
 
+  // A slot's Lizard state (S, z) of one layer (slot s0 onwards) into a.
+  void point_at_state(LizardAttnArgs& a, CudaBatch::Impl::Layer& bl, int64_t s0) const {
+    const int64_t F2 = 2 * int64_t(a.F);
+    a.state_s = bl.s.as<float>() + s0 * H * F2 * D;
+    a.state_z = bl.z.as<float>() + s0 * H * F2;
+  }
+
   // A slot's decode rings of one layer (slot s0 onwards).
   LizardDecodeRings rings_of(CudaBatch::Impl::Layer& bl, const DeviceLizardLayer& l, int64_t s0) const {
     const int64_t w_ = l.cfg.window;
@@ -337,13 +344,11 @@ struct CudaModel::Impl {
         const int g = gates_of(*lzl);
         for (int64_t i = 0; i < n; ++i) {
           LizardAttnArgs a = lizard_args(li, 1, 1);
-          const int64_t F2 = 2 * int64_t(a.F);
           a.q = bf(q.get(), i * qd), a.k = bf(k.get(), i * kvd), a.v = bf(v.get(), i * kvd);
           if (sep_qk) a.qf = bf(qf.get(), i * qd), a.kf = bf(kf.get(), i * kvd);
           a.y = bf(y.get(), i * qd);
           a.log_gamma = log_gamma.as<float>() + i * g;
-          a.state_s = bl.s.as<float>() + int64_t(slot) * H * F2 * D;
-          a.state_z = bl.z.as<float>() + int64_t(slot) * H * F2;
+          point_at_state(a, bl, slot);
           lizard_attention_decode(a, /*fp32=*/false, positions.as<int>() + i, rings_of(bl, *lzl, slot));
         }
       } else {
@@ -358,18 +363,11 @@ struct CudaModel::Impl {
         // The state a decode continues from: the chunked forward hands on its own, except with the gated
         // branch lagging the window or on a second q/k set (then lizard_attention_prompt_state makes it).
         const bool own_state = !skips_window && !sep_qk;
-        if (b && own_state) {
-          auto& bl = b->layers[size_t(li)];
-          const int64_t F2 = 2 * int64_t(a.F);
-          a.state_s = bl.s.as<float>() + int64_t(slot) * H * F2 * D;
-          a.state_z = bl.z.as<float>() + int64_t(slot) * H * F2;
-        }
+        if (b && own_state) point_at_state(a, b->layers[size_t(li)], slot);
         lizard_attention_forward_bf16(a);
         if (b && !own_state) {
           auto& bl = b->layers[size_t(li)];
-          const int64_t F2 = 2 * int64_t(a.F);
-          a.state_s = bl.s.as<float>() + int64_t(slot) * H * F2 * D;
-          a.state_z = bl.z.as<float>() + int64_t(slot) * H * F2;
+          point_at_state(a, bl, slot);
           lizard_attention_prompt_state(a, rings_of(bl, *lzl, slot));
         }
         if (b) {
@@ -461,13 +459,11 @@ struct CudaModel::Impl {
         // The decode kernel updates every slot it is given: only active runs go in.
         for_active_runs(active, B, [&](int s0, int ns) {
           LizardAttnArgs a = lizard_args(li, ns, 1);
-          const int64_t F2 = 2 * int64_t(a.F);
           a.q = bf(b.q.get(), s0 * qd), a.k = bf(b.k.get(), s0 * kvd), a.v = bf(b.v.get(), s0 * kvd);
           if (sep_qk) a.qf = bf(b.qf.get(), s0 * qd), a.kf = bf(b.kf.get(), s0 * kvd);
           a.y = bf(b.y.get(), s0 * qd);
           a.log_gamma = b.log_gamma.as<float>() + int64_t(s0) * g;
-          a.state_s = bl.s.as<float>() + int64_t(s0) * H * F2 * D;
-          a.state_z = bl.z.as<float>() + int64_t(s0) * H * F2;
+          point_at_state(a, bl, s0);
           lizard_attention_decode(a, /*fp32=*/false, b.pos() + s0, rings_of(bl, *lzl, s0));
         });
       }
@@ -659,8 +655,9 @@ void CudaModel::download_slot(CudaBatch& b, int slot, LlamaState& st) const {
     const int64_t F2 = 2 * int64_t(lzl->cfg.feature_dim), w = lzl->cfg.window;
     LZ_CHECK(ls.cfg.feature_dim == lzl->cfg.feature_dim && ls.cfg.window == lzl->cfg.window &&
                  ls.s.S.size() == size_t(H * F2 * D) && ls.s.z.size() == size_t(H * F2) &&
-                 ls.s.ring_k.size() == size_t(w * Hkv * D) && ls.s.ring_kf.size() == bl.ring_kf.bytes() / 2 / bi.slots &&
-                 ls.s.ring_lg.size() == bl.ring_lg.bytes() / 4 / bi.slots,
+                 ls.s.ring_k.size() == size_t(w * Hkv * D) &&
+                 ls.s.ring_kf.size() == (lzl->cfg.gate_skips_window ? size_t(w * Hkv * D) : 0) &&
+                 ls.s.ring_lg.size() == (lzl->cfg.gate_skips_window ? size_t(w * H) : 0),
              "layer {}: the CPU model's Lizard layer has another shape than the GPU's", li);
     to_host(ls.s.S.data(), bl.s.as<float>() + int64_t(slot) * H * F2 * D, ls.s.S.size() * sizeof(float));
     to_host(ls.s.z.data(), bl.z.as<float>() + int64_t(slot) * H * F2, ls.s.z.size() * sizeof(float));
@@ -738,8 +735,8 @@ void CudaModel::upload_slot(CudaBatch& b, int slot, const LlamaState& st) {
     LZ_CHECK(ls->cfg.feature_dim == lzl->cfg.feature_dim && ls->cfg.window == lzl->cfg.window &&
                  ls->s.S.size() == size_t(H * F2 * D) && ls->s.z.size() == size_t(H * F2) &&
                  ls->s.log_scale.size() == size_t(H) && ls->s.ring_k.size() == size_t(w * Hkv * D) &&
-                 ls->s.ring_kf.size() == bl.ring_kf.bytes() / 2 / bi.slots &&
-                 ls->s.ring_lg.size() == bl.ring_lg.bytes() / 4 / bi.slots && ls->s.n_tokens == n,
+                 ls->s.ring_kf.size() == (lzl->cfg.gate_skips_window ? size_t(w * Hkv * D) : 0) &&
+                 ls->s.ring_lg.size() == (lzl->cfg.gate_skips_window ? size_t(w * H) : 0) && ls->s.n_tokens == n,
              "layer {}: the CPU model's Lizard layer has another shape than the GPU's", li);
     // The GPU keeps the true state: fold in the CPU's pending decay.
     std::vector<float> S(ls->s.S), z(ls->s.z);

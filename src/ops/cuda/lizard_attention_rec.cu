@@ -313,10 +313,9 @@ __global__ void __launch_bounds__(kThreads) prompt_state_kernel(const LizardAttn
   };
   const int tmax = L - 1 - (a.gate_skips_window ? w : 0);  // the last key in the state
 
-  // suffix: sum of log gamma over (the current tile's last key, L - 1]
-  const int first_end = tmax;  // the first tile processed ends at tmax
+  // suffix: sum of log gamma over (the current tile's last key, L - 1]; the first tile processed ends at tmax
   float part = 0.f;
-  for (int t = first_end + 1 + tid; t < L; t += kThreads) part += lg_at(t);
+  for (int t = tmax + 1 + tid; t < L; t += kThreads) part += lg_at(t);
   part = warp_sum(part);
   if (lane == 0) red[warp] = part;
   __syncthreads();
