@@ -35,8 +35,6 @@ __device__ __forceinline__ void sinks_share(float* pm, int ra, float meta_l, flo
   pm[ra + 8] = meta_l * exp2f(meta_m - m1) / l1;
 }
 
-// shared_normaliser: y = (p N + alpha A) / (p d + 1 - p) with d = den + eps. The gate rows hold
-// G = N / d, so G is scaled by p d / Q (into p) and the window's alpha A by 1 / Q (into w), Q = p d + 1 - p.
 // win_lse of rows ia, ib (when < L) from the running max (log2 units, sinks included) and sum of a window
 // softmax: the log-sum-exp in natural units, as the backward's statistics stage forms it.
 __device__ __forceinline__ void window_lse_out(const LizardAttnArgs& a, int b, int hq, int L, int ia, int ib, float m0,
@@ -46,6 +44,8 @@ __device__ __forceinline__ void window_lse_out(const LizardAttnArgs& a, int b, i
   if (ib < L) wl[ib] = m1 / kLog2e + logf(l1);
 }
 
+// shared_normaliser: y = (p N + alpha A) / (p d + 1 - p) with d = den + eps. The gate rows hold
+// G = N / d, so G is scaled by p d / Q (into p) and the window's alpha A by 1 / Q (into w), Q = p d + 1 - p.
 __device__ __forceinline__ void combine_shared(float& p0, float& p1, float& w0, float& w1, float d0, float d1) {
   const float q0 = 1.f / (p0 * d0 + (1.f - p0)), q1 = 1.f / (p1 * d1 + (1.f - p1));
   p0 *= d0 * q0, p1 *= d1 * q1;
