@@ -23,6 +23,7 @@ lib.lz_set_forward_variant.argtypes = [I]
 lib.lz_set_forward_split.argtypes = [I]
 lib.lz_set_backward_stage_variant.argtypes = [I]
 lib.lz_set_backward_state_variant.argtypes = [I]
+lib.lz_set_save_window_stats.argtypes = [I]
 lib.lz_flash_fwd.argtypes = [P] * 5 + [I] * 5 + [P]
 lib.lz_flash_bwd.argtypes = [P] * 10 + [I] * 5 + [P]
 
@@ -418,6 +419,8 @@ def main():
             label = f"lizard cuda (Hkv={Hkv}) chunked bwd"
             # stage variant 1: the stage kernels misaligned pointers get
             other_variant(z, tag, label, "stages1", liz[tag], lib.lz_set_backward_stage_variant, 1, 2)
+            # the window statistics kept by the forward (no statistics stage in the backward)
+            other_variant(z, tag, label, "saved-stats", liz[tag], lib.lz_set_save_window_stats, 1, 0)
             # state variant 1: the gate state passes of session 4 (32 columns per CTA, no prefetch)
             other_variant(z, tag, label, "state1", liz[tag], lib.lz_set_backward_state_variant, 1, 2)
         del z

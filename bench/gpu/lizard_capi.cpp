@@ -2,13 +2,29 @@
 // torch tensors' data_ptr()). Returns 0 on success, -1 with lz_last_error() set otherwise.
 #include <cstring>
 #include <exception>
+#include <stdexcept>
 #include <string>
+
+#include <cuda_runtime.h>
 
 #include "ops/cuda/flash_attention.h"
 #include "ops/cuda/lizard_attention.h"
 
 namespace {
 thread_local std::string g_err;
+
+// lz_set_save_window_stats(1): every call's args carry the window-statistics buffers kept here, so a chunked
+// forward writes them and the chunked backward after it reads them (bench_lizard.py's fwd_bwd_chunked).
+bool g_save_stats = false;
+float *g_lse = nullptr, *g_out = nullptr;
+size_t g_lse_n = 0, g_out_n = 0;
+void grow(float*& p, size_t& have, size_t n) {
+  if (n <= have) return;
+  cudaFree(p);
+  p = nullptr, have = 0;
+  if (cudaMalloc(&p, n * sizeof(float)) != cudaSuccess) throw std::runtime_error("cudaMalloc of the window statistics failed");
+  have = n;
+}
 
 lizard::cuda::LizardAttnArgs make(const void* q, const void* k, const void* v, const float* lg, const void* wq,
                                   const void* wk, const float* meta, const float* alpha, void* y, int B, int L,
@@ -17,6 +33,12 @@ lizard::cuda::LizardAttnArgs make(const void* q, const void* k, const void* v, c
   a.B = B, a.L = L, a.Hq = Hq, a.Hkv = Hkv, a.D = D, a.F = F, a.window = w, a.n_meta = m;
   a.act = act ? lizard::cuda::FeatureAct::Exp : lizard::cuda::FeatureAct::Softmax;
   a.q = q, a.k = k, a.v = v, a.log_gamma = lg, a.wq = wq, a.wk = wk, a.meta = meta, a.alpha = alpha, a.y = y;
+  if (g_save_stats) {
+    const size_t rows = size_t(B) * L * Hq;
+    grow(g_lse, g_lse_n, rows);
+    grow(g_out, g_out_n, rows * D);
+    a.win_lse = g_lse, a.win_out = g_out;
+  }
   return a;
 }
 
@@ -60,6 +82,12 @@ void lz_set_forward_split(int m) { lizard::cuda::set_forward_split(m); }
 // Chunked backward stage variant 2 (default) or 1; returns -1 (lz_last_error) for another.
 int lz_set_backward_stage_variant(int v) {
   return guarded([&] { lizard::cuda::set_backward_stage_variant(v); });
+}
+// 1: the chunked forward keeps the window statistics and the chunked backward reads them (no statistics stage);
+// 0 (default): the backward recomputes them. Returns 0.
+int lz_set_save_window_stats(int on) {
+  g_save_stats = on != 0;
+  return 0;
 }
 // Chunked backward gate state passes 2 (default) or 1; returns -1 (lz_last_error) for another.
 int lz_set_backward_state_variant(int v) {

@@ -64,6 +64,13 @@ struct LizardAttnArgs {
   // Optional outputs (nullptr to skip): the state after the last token, for decoding on.
   float* state_s = nullptr;
   float* state_z = nullptr;
+  // Optional, both or neither: the window branch's statistics, written by the chunked bf16 forward (v0, v3) and
+  // read by the chunked backward in place of its statistics stage (which recomputes the window softmax for
+  // them). win_lse [B, Hq, L]: each row's log-sum-exp of the scaled window scores and the meta sinks;
+  // win_out [B, L, Hq, D] fp32: the window output A (normalised, before alpha). The backward then forms dy . A
+  // from the forward's A, whose P was rounded to bf16 as the forward's own output's was.
+  float* win_lse = nullptr;
+  float* win_out = nullptr;
 };
 
 // Chunked tensor-core forward (C = 64), bf16 q/k/v/y/wq/wk. D in {64, 128}, F in {32, 64},

@@ -2832,6 +2832,27 @@ bool al16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0
 int g_stage_variant = kBackwardStageDefault;  // 2 or 1 (set_backward_stage_variant)
 int g_state_variant = kBackwardStateDefault;  // 2 or 1 (set_backward_state_variant)
 
+// The statistics stage from the forward's window statistics (LizardAttnArgs::win_lse, win_out): per row (one warp)
+// lse copied, dya = dy . A, delta = alpha dya, as wstats::stats_tc_kernel leaves them.
+template <typename T>
+__global__ void saved_stats_kernel(const LizardAttnArgs a, Dims d, Ws ws, const T* dy, float* dya_out) {
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);  // (b, i, h) order
+  const int lane = threadIdx.x & 31;
+  if (row >= int64_t(d.B) * d.L * d.Hq) return;
+  const int h = int(row % d.Hq), i = int((row / d.Hq) % d.L), b = int(row / (int64_t(d.Hq) * d.L));
+  const T* g = dy + row * d.D;
+  const float* A = a.win_out + row * d.D;
+  float s = 0.f;
+  for (int e = lane; e < d.D; e += 32) s += ld(g + e) * A[e];
+  for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+  if (lane == 0) {
+    const int64_t o = d.bh(b, h) * d.L + i;
+    ws.lse[o] = a.win_lse[o];
+    ws.delta[o] = a.alpha[a.alpha_per_head ? h : 0] * s;
+    dya_out[o] = s;
+  }
+}
+
 template <typename T>
 void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g, cudaStream_t st, bool chunked) {
   const T* dy = static_cast<const T*>(dy_);
@@ -2912,11 +2933,14 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
     feat_kernel<T><<<grid, block, 0, st>>>(a, d, ws);
   cumsum_kernel<<<a.B * a.Hq, 32, 0, st>>>(a, d, ws);
   mark(stages2 ? "feat2+cumsum" : chunked ? "feat-tc+cumsum" : "feat+cumsum");
-  if (chunked)
+  const bool saved = a.win_out != nullptr && a.win_lse != nullptr;  // the forward kept the window statistics
+  if (chunked && saved)
+    saved_stats_kernel<T><<<unsigned((int64_t(a.B) * a.L * a.Hq + 7) / 8), 256, 0, st>>>(a, d, ws, dy, dya);
+  else if (chunked)
     wstats::run_stats<T>(a, d, ws, dy, dya, st, stages2);  // window only: the gate passes do the gate's
   else
     stats_kernel<T><<<grid, block, kWarps * (F2 + 2 * a.D) * 4, st>>>(a, d, ws, dy, dya, /*gate=*/true);
-  mark(stages2 ? "stats2" : chunked ? "stats-tc" : "stats");
+  mark(chunked && saved ? "stats-saved" : stages2 ? "stats2" : chunked ? "stats-tc" : "stats");
   Ws wg = ws;  // the gate passes' workspace (gate_skips_window: the shifted rows)
   const T* dyg = dy;
   if (skip) {

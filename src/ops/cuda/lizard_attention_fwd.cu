@@ -35,6 +35,15 @@ __device__ __forceinline__ void sinks_share(float* pm, int ra, float meta_l, flo
   pm[ra + 8] = meta_l * exp2f(meta_m - m1) / l1;
 }
 
+// win_lse of rows ia, ib (when < L) from the running max (log2 units, sinks included) and sum of a window
+// softmax: the log-sum-exp in natural units, as the backward's statistics stage forms it.
+__device__ __forceinline__ void window_lse_out(const LizardAttnArgs& a, int b, int hq, int L, int ia, int ib, float m0,
+                                               float m1, float l0, float l1) {
+  float* wl = a.win_lse + (int64_t(b) * a.Hq + hq) * L;
+  if (ia < L) wl[ia] = m0 / kLog2e + logf(l0);
+  if (ib < L) wl[ib] = m1 / kLog2e + logf(l1);
+}
+
 // shared_normaliser: y = (p N + alpha A) / (p d + 1 - p) with d = den + eps. The gate rows hold
 // G = N / d, so G is scaled by p d / Q (into p) and the window's alpha A by 1 / Q (into w), Q = p d + 1 - p.
 __device__ __forceinline__ void combine_shared(float& p0, float& p1, float& w0, float& w1, float d0, float d1) {
@@ -369,6 +378,17 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       l0 = quad_sum(l0), l1 = quad_sum(l1);
       const float inv0 = alpha / l0, inv1 = alpha / l1;
       if (a.meta_weights_gate && t4 == 0) sinks_share(pmeta, r0 + g, meta_l, meta_m, m0, m1, l0, l1);
+      if (a.win_out != nullptr) {  // the window statistics for the backward (LizardAttnArgs::win_out)
+        const float w0 = 1.f / l0, w1 = 1.f / l1;
+        float* wo = a.win_out + (int64_t(b) * L * a.Hq + hq) * D + voff;
+#pragma unroll
+        for (int j = 0; j < ND; ++j) {
+          const int c = 8 * j + 2 * t4;
+          if (ia < L) *reinterpret_cast<float2*>(wo + int64_t(ia) * a.Hq * D + c) = make_float2(og[j][0] * w0, og[j][1] * w0);
+          if (ib < L) *reinterpret_cast<float2*>(wo + int64_t(ib) * a.Hq * D + c) = make_float2(og[j][2] * w1, og[j][3] * w1);
+        }
+        if (t4 == 0) window_lse_out(a, b, hq, L, ia, ib, m0, m1, l0, l1);
+      }
       __syncwarp();  // all lanes done reading this warp's Q rows
 #pragma unroll
       for (int j = 0; j < ND; ++j) {
@@ -829,6 +849,18 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       l0 = quad_sum(l0), l1 = quad_sum(l1);
       const float inv0 = alpha / l0, inv1 = alpha / l1;
       if (a.meta_weights_gate && t4 == 0) sinks_share(pmeta, r0 + g, meta_l, meta_m, m0, m1, l0, l1);
+      if (a.win_out != nullptr) {  // the window statistics for the backward (LizardAttnArgs::win_out)
+        const float w0 = 1.f / l0, w1 = 1.f / l1;
+        float* wo = a.win_out + (int64_t(b) * L * a.Hq + hq) * D;
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          const int c = 8 * j + 2 * t4;
+          if (ia < L) *reinterpret_cast<float2*>(wo + int64_t(ia) * a.Hq * D + c) = make_float2(og[4 * j] * w0, og[4 * j + 1] * w0);
+          if (ib < L)
+            *reinterpret_cast<float2*>(wo + int64_t(ib) * a.Hq * D + c) = make_float2(og[4 * j + 2] * w1, og[4 * j + 3] * w1);
+        }
+        if (t4 == 0) window_lse_out(a, b, hq, L, ia, ib, m0, m1, l0, l1);
+      }
       bar_sync(kBarQ, kThreads);   // the gate warps are done reading Q
       bar_sync(kBarPk, kThreads);  // phi_K ready (for the state update)
 #pragma unroll

@@ -117,6 +117,7 @@ struct LayerIo {
   void *y = nullptr, *dy = nullptr;  // [B*L, H*D] bf16
   float *lg = nullptr, *dlg = nullptr;  // log gamma and its gradient, [B*L, G]
   float *dq = nullptr, *dk = nullptr, *dv = nullptr;  // fp32 input-gradient scratch (Lizard only)
+  float *win_lse = nullptr, *win_out = nullptr;  // training: the forward's window statistics for the backward
   double* sum_sq = nullptr;       // += sum of squared errors
   float dy_scale = 0;             // dy = dy_scale * (y - y_teacher)
   PartTimer* timer = nullptr;
@@ -137,6 +138,7 @@ void lizard_layer(const LizardConfig& cfg, const LizardShape& shape, const Layer
   a.meta = cfg.meta_tokens > 0 ? io.p->meta : nullptr;
   a.alpha = io.p->alpha;
   a.y = io.y;
+  a.win_lse = io.win_lse, a.win_out = io.win_out;  // null for a loss-only pass
   cuda::lizard_attention_forward_bf16(a, s);
   cuda::mse_loss_grad_bf16(io.y, io.y_teacher, T * shape.n_heads * shape.head_dim, io.dy_scale, io.g ? io.dy : nullptr,
                            io.sum_sq, s);
@@ -182,6 +184,7 @@ struct Slot {
   cudaEvent_t done = nullptr;   // recorded on `stream` once the layer finished
   DeviceBuffer xn, q, k, v, y_teacher, y, dy, lg, dlg, dq, dk, dv;
   DeviceBuffer qf, kf, dqf, dkf;  // feature_on_rope != window_rope: the feature maps' q, k (and scratch)
+  DeviceBuffer win_lse, win_out;  // the forward's window statistics (Lizard, training)
   PartTimer timer;
 
   Slot() : stream(new_stream()), ready(new_event()), done(new_event()) {}
@@ -369,6 +372,8 @@ LossResult Stage1Cuda::run(const std::vector<const int32_t*>& seqs, int seq_len,
         s->dq.resize(f32(T * qd));
         s->dk.resize(f32(T * kvd));
         s->dv.resize(f32(T * kvd));
+        s->win_lse.resize(f32(T * H));
+        s->win_out.resize(f32(T * qd));
       }
     }
   }
@@ -444,6 +449,7 @@ LossResult Stage1Cuda::run(const std::vector<const int32_t*>& seqs, int seq_len,
       io.y = s.y.get(), io.dy = s.dy.get();
       io.lg = s.lg.as<float>(), io.dlg = s.dlg.as<float>();
       io.dq = s.dq.as<float>(), io.dk = s.dk.as<float>(), io.dv = s.dv.as<float>();
+      if (grads && !lolcats) io.win_lse = s.win_lse.as<float>(), io.win_out = s.win_out.as<float>();
       if (sep) {
         io.qf = s.qf.get(), io.kf = s.kf.get();
         io.dqf = s.dqf.as<float>(), io.dkf = s.dkf.as<float>();
