@@ -4,6 +4,7 @@
 # `fla/` package folder in .fla/ (carried; never committed).
 #   python3 bench/gpu/bench_lizard.py [--quick] [--with-gla]   (chunk_gla: > 4 min of autotune)
 #   python3 bench/gpu/bench_lizard.py --flash [--quick]   (flash attention only: SDPA and this repo's kernels)
+#   LIZARD_CAPI=other/liblizard_capi.so python3 bench/gpu/bench_lizard.py --quick --lizard-only   (another build)
 import ctypes, math, os, sys, time
 
 import torch
@@ -12,7 +13,8 @@ from triton.testing import do_bench
 
 root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(root, ".fla"))
-lib = ctypes.CDLL(os.path.join(root, "build-dev", "liblizard_capi.so"))
+# LIZARD_CAPI names another build of the library (to time two builds on one machine)
+lib = ctypes.CDLL(os.environ.get("LIZARD_CAPI") or os.path.join(root, "build-dev", "liblizard_capi.so"))
 lib.lz_last_error.restype = ctypes.c_char_p
 P, I, Fl = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 lib.lz_forward_bf16.argtypes = [P] * 9 + [I] * 9 + [P]
@@ -152,6 +154,8 @@ def check(rc):
 class Lizard:
     def __init__(self, B, L, H, Hkv, D, Fd=FEAT, w=WIN, m=META):
         self.shape = (B, L, H, Hkv, D, Fd, w, m)
+        # fwd_bwd_chunked as the trainers run it: the forward keeps the window statistics for the backward
+        self.saved_stats = True
         g = torch.Generator(device=dev).manual_seed(1)
         self.q = torch.randn(B, L, H, D, device=dev, dtype=bf, generator=g)
         self.k = torch.randn(B, L, Hkv, D, device=dev, dtype=bf, generator=g)
@@ -189,12 +193,16 @@ class Lizard:
 
     def fwd_bwd_chunked(self):
         B, L, H, Hkv, D, Fd, w, m = self.shape
-        self.fwd()
-        g = self.grads()
-        check(lib.lz_backward_chunked(ptr(self.q), ptr(self.k), ptr(self.v), ptr(self.lg), ptr(self.wq), ptr(self.wk),
-                                      ptr(self.meta), ptr(self.alpha), ptr(self.dy), *[ptr(t) for t in g],
-                                      B, L, H, Hkv, D, Fd, w, m, 0, 0,
-                                      ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
+        check(lib.lz_set_save_window_stats(int(self.saved_stats)))
+        try:
+            self.fwd()
+            g = self.grads()
+            check(lib.lz_backward_chunked(ptr(self.q), ptr(self.k), ptr(self.v), ptr(self.lg), ptr(self.wq),
+                                          ptr(self.wk), ptr(self.meta), ptr(self.alpha), ptr(self.dy),
+                                          *[ptr(t) for t in g], B, L, H, Hkv, D, Fd, w, m, 0, 0,
+                                          ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
+        finally:
+            check(lib.lz_set_save_window_stats(0))  # fwd() alone: the inference forward
 
     def fwd_recurrent_f32(self):
         B, L, H, Hkv, D, Fd, w, m = self.shape
@@ -316,6 +324,7 @@ def main():
     if "--flash" in sys.argv:
         return flash_only()
     quick = "--quick" in sys.argv
+    lizard_only = "--lizard-only" in sys.argv  # this repo's Lizard rows alone (to compare two builds, LIZARD_CAPI)
     card = torch.cuda.get_device_name()
     print(card, torch.__version__, flush=True)
     shapes = [(16, 32, 32, 128, 2048), (16, 32, 32, 128, 4096), (16, 32, 32, 128, 8192), (8, 9, 3, 64, 2048)]
@@ -419,12 +428,15 @@ def main():
             label = f"lizard cuda (Hkv={Hkv}) chunked bwd"
             # stage variant 1: the stage kernels misaligned pointers get
             other_variant(z, tag, label, "stages1", liz[tag], lib.lz_set_backward_stage_variant, 1, 2)
-            # the window statistics kept by the forward (no statistics stage in the backward)
-            other_variant(z, tag, label, "saved-stats", liz[tag], lib.lz_set_save_window_stats, 1, 0)
+            # the statistics stage recomputing the window statistics (the forward not keeping them)
+            other_variant(z, tag, label, "recomputed-stats", liz[tag],
+                          lambda on: setattr(z, "saved_stats", not on) or 0, 1, 0)
             # state variant 1: the gate state passes of session 4 (32 columns per CTA, no prefetch)
             other_variant(z, tag, label, "state1", liz[tag], lib.lz_set_backward_state_variant, 1, 2)
         del z
         torch.cuda.empty_cache()
+        if lizard_only:
+            continue
         q, k, v, gk, gs, do = fla_inputs(B, L, H, D)
         qt, kt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_(True) for x in (q, k, v))
         dot = do.transpose(1, 2).contiguous()
@@ -439,7 +451,7 @@ def main():
         del q, k, v, gk, gs, do, qd, kd, vd
         torch.cuda.empty_cache()
     # 2. FLA last: its first calls compile and autotune for minutes.
-    if have_fla:
+    if have_fla and not lizard_only:
         for (B, H, Hkv, D, L) in [shapes[-1]] + shapes[:-1]:
             tag = f"B{B} H{H} D{D} L{L}"
             q, k, v, gk, gs, do = fla_inputs(B, L, H, D)

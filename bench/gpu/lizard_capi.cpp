@@ -36,7 +36,7 @@ lizard::cuda::LizardAttnArgs make(const void* q, const void* k, const void* v, c
   if (g_save_stats) {
     const size_t rows = size_t(B) * L * Hq;
     grow(g_lse, g_lse_n, rows);
-    grow(g_out, g_out_n, rows * D);
+    grow(g_out, g_out_n, rows * D / 2);  // bf16
     a.win_lse = g_lse, a.win_out = g_out;
   }
   return a;

@@ -717,7 +717,8 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
   Dev<float> gqf(c.sep ? P.q.size() : 1), gkf(c.sep ? P.k.size() : 1);  // sep: the feature maps' part
   if (c.sep) g.dqf = gqf.p, g.dkf = gkf.p;
   LizardAttnArgs args = in.args(P, y.p);
-  Dev<float> wl(saved ? size_t(c.B) * c.Hq * c.L : 1), wo(saved ? P.yref.size() : 1);
+  Dev<float> wl(saved ? size_t(c.B) * c.Hq * c.L : 1);
+  Dev<__nv_bfloat16> wo(saved ? P.yref.size() : 1);
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     if (saved) {
       wl.poison(), wo.poison();
@@ -923,8 +924,9 @@ void backward_case(const Case& c, uint64_t seed, bool round, double tol, bool ch
     // bf16 two q/k sets: the window reads bf16(RoPE(q)), one rounding more than the reference's RoPE of the
     // bf16 q (the logits move by ~2^-9 of themselves): dalpha read 1.5e-4..3.6e-4 on the H100 (session 8).
     // saved: dy . A from the forward's A, whose P was rounded to bf16 (the statistics stage splits P into
-    // bf16 hi + lo): bound 2e-4 (not yet measured).
-    const double exact_tol = c.sep && round ? 2e-3 : saved ? 2e-4 : 2e-5;
+    // bf16 hi + lo) and which is stored as bf16: ~2^-8 of the terms, not ~1e-6. Read 7.6e-6..9.8e-4 over
+    // 27 cases in each of two runs (H200, H100; session 9; dmeta <= 5.3e-5): bound 4e-3.
+    const double exact_tol = c.sep && round ? 2e-3 : saved ? 4e-3 : 2e-5;
     // The feature maps' gradients: tol, widened by the instance's own conditioning (feature_grad_float_err
     // beyond 1e-6, twice the typical CPU float error).
     const double feat_widen = std::max(1.0, feat_cond / 1e-6);

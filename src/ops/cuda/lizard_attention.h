@@ -67,10 +67,12 @@ struct LizardAttnArgs {
   // Optional, both or neither: the window branch's statistics, written by the chunked bf16 forward (v0, v3) and
   // read by the chunked backward in place of its statistics stage (which recomputes the window softmax for
   // them). win_lse [B, Hq, L]: each row's log-sum-exp of the scaled window scores and the meta sinks;
-  // win_out [B, L, Hq, D] fp32: the window output A (normalised, before alpha). The backward then forms dy . A
-  // from the forward's A, whose P was rounded to bf16 as the forward's own output's was.
+  // win_out [B, L, Hq, D] bf16: the window output A (normalised, before alpha). The backward then forms dy . A
+  // from the forward's A (P rounded to bf16 as for the forward's own output, A rounded to bf16 as stored):
+  // dalpha and dmeta to ~1e-3 of their terms' scale instead of the statistics stage's ~1e-6, for half a
+  // fp32 copy's memory and traffic.
   float* win_lse = nullptr;
-  float* win_out = nullptr;
+  void* win_out = nullptr;
 };
 
 // Chunked tensor-core forward (C = 64), bf16 q/k/v/y/wq/wk. D in {64, 128}, F in {32, 64},

@@ -32,6 +32,14 @@ constexpr int kWarps = 8;
 
 __device__ __forceinline__ float ld(const float* p) { return *p; }
 __device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+// Four consecutive elements (16-byte aligned fp32, 8-byte aligned bf16) in one vector load.
+__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 ld4(const __nv_bfloat16* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
 
 __device__ __forceinline__ float wsum(float x) {
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
@@ -54,6 +62,10 @@ struct Ws {  // fp32 workspace, all [BH, L, X]
   float *phq, *phk, *bc, *dn, *dden, *lse, *delta, *dphq, *dphk, *dbq, *dbk;
   float* dya;  // dy . A per row (alpha's gradient; under shared_normaliser divided by Q)
   float* gw;   // shared_normaliser only: each row's weight of dy in the gate passes, p d / Q
+  // The chunked backward's dn ([BH, L, D] bf16, over dn's memory): its readers (the reverse state and output
+  // passes) round it to bf16 for their products anyway, so storing it rounded changes no result and halves
+  // its traffic (written once, read twice). The parallel backward keeps dn in fp32.
+  __nv_bfloat16* dn16;
 };
 
 struct Dims {
@@ -821,7 +833,7 @@ __global__ void __launch_bounds__(kGT, 4) gate_state_kernel(const LizardAttnArgs
   const int nch = (L + kC - 1) / kC;
   const float* bc = ws.bc + int64_t(bh) * L;
   const float* ph = (Rev ? ws.phq : ws.phk) + int64_t(bh) * L * P2;
-  const float* dnw = ws.dn + int64_t(bh) * L * D;
+  const bf16* dnw = ws.dn16 + int64_t(bh) * L * D;
   const T* v = static_cast<const T*>(a.v);
   float acc[MT][NJ][4];
 #pragma unroll
@@ -868,7 +880,7 @@ __global__ void __launch_bounds__(kGT, 4) gate_state_kernel(const LizardAttnArgs
       float lo = 0.f, hi = 0.f;
       if (r < ci.nvalid) {
         if (Rev) {
-          const float2 w2 = *reinterpret_cast<const float2*>(dnw + int64_t(ci.c0 + r) * D + col0 + c);
+          const float2 w2 = unpack_bf16(*reinterpret_cast<const uint32_t*>(dnw + int64_t(ci.c0 + r) * D + col0 + c));
           lo = w2.x, hi = w2.y;
         } else {
           const T* vr = v + d.k_off(b, ci.c0 + r, h) + col0 + c;
@@ -1201,8 +1213,8 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
   const bool va = ra < ci.nvalid, vb = rb < ci.nvalid;
   const int ia = ci.c0 + ra, ib = ci.c0 + rb;
   const float pwa = pw[ra], pwb = pw[rb];
-  float* dna_row = ws.dn + (int64_t(bh) * L + ia) * D;
-  float* dnb_row = ws.dn + (int64_t(bh) * L + ib) * D;
+  bf16* dna_row = ws.dn16 + (int64_t(bh) * L + ia) * D;
+  bf16* dnb_row = ws.dn16 + (int64_t(bh) * L + ib) * D;
   float dga = 0.f, dgb = 0.f;
 #pragma unroll
   for (int j = 0; j < ND; ++j) {
@@ -1226,10 +1238,11 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
       dga += ya[e] * nacc[j][e], dgb += yb[e] * nacc[j][2 + e];
       dna[e] = ya[e] * inva, dnb[e] = yb[e] * invb;
     }
-    *reinterpret_cast<uint32_t*>(DN + ra * LDD + c) = pack_bf16(dna[0], dna[1]);
-    *reinterpret_cast<uint32_t*>(DN + rb * LDD + c) = pack_bf16(dnb[0], dnb[1]);
-    if (va) *reinterpret_cast<float2*>(dna_row + c) = make_float2(dna[0], dna[1]);
-    if (vb) *reinterpret_cast<float2*>(dnb_row + c) = make_float2(dnb[0], dnb[1]);
+    const uint32_t pa = pack_bf16(dna[0], dna[1]), pb = pack_bf16(dnb[0], dnb[1]);
+    *reinterpret_cast<uint32_t*>(DN + ra * LDD + c) = pa;
+    *reinterpret_cast<uint32_t*>(DN + rb * LDD + c) = pb;
+    if (va) *reinterpret_cast<uint32_t*>(dna_row + c) = pa;
+    if (vb) *reinterpret_cast<uint32_t*>(dnb_row + c) = pb;
   }
   dden_rows(a, ws, ddn, dmeta, int64_t(bh) * L, h, ra, rb, ia, ib, va, vb, dga, dgb, inva, invb);
   __syncthreads();
@@ -1274,10 +1287,10 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
   const ChunkInfo ci = chunk_info(bc, L, n);
   const float* phq = ws.phq + (int64_t(bh) * L + ci.c0) * P2;  // the chunk's first row
   const float* phk = ws.phk + (int64_t(bh) * L + ci.c0) * P2;
-  const float* dnw = ws.dn + (int64_t(bh) * L + ci.c0) * D;
   const T* v = static_cast<const T*>(a.v);
   state_cp<D, P2>(gst + int64_t(blockIdx.x) * kStateFloats<D, P2>, Rb, rv);
   if constexpr (kCp) v2::cp_tile<kC, D, kGT>(Vt, LDD, v + d.k_off(b, 0, h), int64_t(d.Hkv) * D, ci.c0, L);
+  v2::cp_tile<kC, D, kGT>(DN, LDD, ws.dn16 + int64_t(bh) * L * D, D, ci.c0, L);  // our workspace: aligned
   cp_async_commit();
   if (tid < kC) {
     const bool ok = tid < ci.nvalid;
@@ -1285,7 +1298,6 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
     ddn[tid] = ok ? ws.dden[int64_t(bh) * L + ci.c0 + tid] : 0.f;
   }
   auto none = [](int, int, int, const float4&) {};
-  f32_rows_to_bf16<D, 1, out_loads<D, P2>()>({DN}, LDD, {dnw}, ci.nvalid, none);
   f32_rows_to_bf16<P2, 2, out_loads<D, P2>()>({PQ, PK}, LDP, {phq, phk}, ci.nvalid, none);
   if constexpr (!kCp) v_tile_scalar<D>(Vt, v, d, b, h, ci);
   cp_async_wait_all();
@@ -1347,16 +1359,20 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
 // bf16 as the fragments are built (the values variant 1 stores in XA, XB), so each state element sums the
 // same bf16 products in the same order; z sums the same fp32 terms.
 // Fragment layout: row g (g + 8) of the warp's m-tile at f0 is feature f0 + 2g (f0 + 2g + 1), so one float2
-// shared load serves both; with fp32 values (the reverse's dn, fp32 V), n-tiles 2q, 2q + 1 are columns
-// 16q + 2n, 16q + 2n + 1 (n = the B fragment's column): a float2 load again, and a thread's accumulators
-// cover 4 adjacent columns 16q + 4 t4 .. + 3 (8-byte state stores). bf16 V keeps ldmatrix (columns 8j + 2t4).
+// shared load serves both; n-tiles 2q, 2q + 1 are columns 16q + 2n, 16q + 2n + 1 (n = the B fragment's
+// column): one float2 load (fp32 V) or one 32-bit load (bf16 V, dn) per row again, and a thread's
+// accumulators cover 4 adjacent columns 16q + 4 t4 .. + 3 (8-byte state stores).
 // Row strides P2 + 4, SD + 4 floats (2 stride = 8 banks mod 32): the float2 loads of a half warp hit 32
-// distinct banks.
+// distinct banks; bf16 rows SD + 8 (36 words: the 32-bit loads of a warp hit 32 distinct banks).
 template <typename T, int D, int P2, bool Rev>
 struct State2 {
   static constexpr int SD = D < 64 ? D : 64, NY = D / SD;
-  static constexpr bool kVb = !Rev && sizeof(T) == 2;  // bf16 V tile: ldmatrix fragments
-  static constexpr int LDR = P2 + 4, LDV = kVb ? SD + 8 : SD + 4, VB = kVb ? 2 : 4;  // VB: bytes per V element
+  // The second operand's tile (V, or the reverse's dn) is bf16 for bf16 V and for dn (dn16), and its B
+  // fragments come from 32-bit loads paired up by byte permutes, in the fp32 tile's fragment layout. (B
+  // fragments by ldmatrix.trans in the ldmatrix layout were slower: at B16 H32 D128 L2048 on an H200 the
+  // forward state pass took 0.612 ms that way against 0.470, the reverse 0.460 with the permutes; session 9.)
+  static constexpr bool kVt = Rev || sizeof(T) == 2;
+  static constexpr int LDR = P2 + 4, LDV = kVt ? SD + 8 : SD + 4, VB = kVt ? 2 : 4;  // VB: bytes per V element
   static constexpr size_t r_bytes = size_t(kC) * LDR * 4, stage_bytes = r_bytes + size_t(kC) * LDV * VB;
   static constexpr size_t bytes = 2 * stage_bytes;
 };
@@ -1393,7 +1409,7 @@ __device__ __forceinline__ void put_row_factors(const RowPre& p, float* fac, flo
 
 // Chunk n's raw rows into one stage (rows past the sequence end zero-filled), one commit group.
 template <typename T, int D, int P2, bool Rev>
-__device__ __forceinline__ void state2_issue(unsigned char* stage, const float* ph, const T* v, const float* dnw,
+__device__ __forceinline__ void state2_issue(unsigned char* stage, const float* ph, const T* v, const bf16* dnw,
                                              const Dims& d, int b, int h, int col0, int n, int nv) {
   using S2 = State2<T, D, P2, Rev>;
   constexpr int P4 = P2 / 4, E = 16 / S2::VB, CPR = S2::SD / E;  // V: E elements per copy, CPR per row
@@ -1438,7 +1454,7 @@ __global__ void __launch_bounds__(kGT, 2) gate_state2_kernel(const LizardAttnArg
   const float* bc = ws.bc + int64_t(bh) * L;
   const float* dden = ws.dden + int64_t(bh) * L;
   const float* ph = (Rev ? ws.phq : ws.phk) + int64_t(bh) * L * P2;
-  const float* dnw = ws.dn + int64_t(bh) * L * D;
+  const bf16* dnw = ws.dn16 + int64_t(bh) * L * D;
   const T* v = static_cast<const T*>(a.v);
   float acc[MT][NJ][4];
 #pragma unroll
@@ -1457,22 +1473,13 @@ __global__ void __launch_bounds__(kGT, 2) gate_state2_kernel(const LizardAttnArg
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       const int f = warp * P4 + mt * 16 + 2 * g;
-      if constexpr (S2::kVb) {
 #pragma unroll
-        for (int j = 0; j < NJ; ++j) {
-          const int c = col0 + 8 * j + 2 * t4;
-          *reinterpret_cast<uint32_t*>(Sg + f * D + c) = pack_bf16(acc[mt][j][0], acc[mt][j][1]);
-          *reinterpret_cast<uint32_t*>(Sg + (f + 1) * D + c) = pack_bf16(acc[mt][j][2], acc[mt][j][3]);
-        }
-      } else {
-#pragma unroll
-        for (int q = 0; q < NJ / 2; ++q) {
-          const int c = col0 + 16 * q + 4 * t4;
-          const float(&c0)[4] = acc[mt][2 * q];
-          const float(&c1)[4] = acc[mt][2 * q + 1];
-          *reinterpret_cast<uint2*>(Sg + f * D + c) = make_uint2(pack_bf16(c0[0], c1[0]), pack_bf16(c0[1], c1[1]));
-          *reinterpret_cast<uint2*>(Sg + (f + 1) * D + c) = make_uint2(pack_bf16(c0[2], c1[2]), pack_bf16(c0[3], c1[3]));
-        }
+      for (int q = 0; q < NJ / 2; ++q) {
+        const int c = col0 + 16 * q + 4 * t4;
+        const float(&c0)[4] = acc[mt][2 * q];
+        const float(&c1)[4] = acc[mt][2 * q + 1];
+        *reinterpret_cast<uint2*>(Sg + f * D + c) = make_uint2(pack_bf16(c0[0], c1[0]), pack_bf16(c0[1], c1[1]));
+        *reinterpret_cast<uint2*>(Sg + (f + 1) * D + c) = make_uint2(pack_bf16(c0[2], c1[2]), pack_bf16(c0[3], c1[3]));
       }
     }
     if (zcta && tid < P2) slot[P2 * D / 2 + tid] = zr;
@@ -1494,13 +1501,16 @@ __global__ void __launch_bounds__(kGT, 2) gate_state2_kernel(const LizardAttnArg
     for (int ks = 0; ks < kC / 16; ++ks) {
       const int k0 = ks * 16 + 2 * t4;  // this thread's first token row
       uint32_t bq[NJ][2];
-      if constexpr (S2::kVb) {
-        const bf16* Vb = reinterpret_cast<const bf16*>(stage + S2::r_bytes);
+      if constexpr (S2::kVt) {  // bf16: rows k0, k0 + 1 (k0 + 8, k0 + 9) of columns c, c + 1 paired per column
+        const bf16* Vh = reinterpret_cast<const bf16*>(stage + S2::r_bytes);
 #pragma unroll
-        for (int np = 0; np < NJ / 2; ++np) {
-          uint32_t bb[4];
-          load_b_kn(bb, Vb, LDV, np * 16, ks * 16);
-          bq[2 * np][0] = bb[0], bq[2 * np][1] = bb[1], bq[2 * np + 1][0] = bb[2], bq[2 * np + 1][1] = bb[3];
+        for (int q = 0; q < NJ / 2; ++q) {
+          const bf16* p = Vh + k0 * LDV + 16 * q + 2 * g;
+          const uint32_t u0 = *reinterpret_cast<const uint32_t*>(p), u1 = *reinterpret_cast<const uint32_t*>(p + LDV);
+          const uint32_t u2 = *reinterpret_cast<const uint32_t*>(p + 8 * LDV);
+          const uint32_t u3 = *reinterpret_cast<const uint32_t*>(p + 9 * LDV);
+          bq[2 * q][0] = __byte_perm(u0, u1, 0x5410), bq[2 * q][1] = __byte_perm(u2, u3, 0x5410);
+          bq[2 * q + 1][0] = __byte_perm(u0, u1, 0x7632), bq[2 * q + 1][1] = __byte_perm(u2, u3, 0x7632);
         }
       } else {
         const float* Vf = reinterpret_cast<const float*>(stage + S2::r_bytes);
@@ -2841,9 +2851,12 @@ __global__ void saved_stats_kernel(const LizardAttnArgs a, Dims d, Ws ws, const 
   if (row >= int64_t(d.B) * d.L * d.Hq) return;
   const int h = int(row % d.Hq), i = int((row / d.Hq) % d.L), b = int(row / (int64_t(d.Hq) * d.L));
   const T* g = dy + row * d.D;
-  const float* A = a.win_out + row * d.D;
+  const __nv_bfloat16* A = static_cast<const __nv_bfloat16*>(a.win_out) + row * d.D;
   float s = 0.f;
-  for (int e = lane; e < d.D; e += 32) s += ld(g + e) * A[e];
+  for (int e = 4 * lane; e < d.D; e += 128) {  // vector loads: 2-byte ones left this stage at half bandwidth
+    const float4 x = ld4(g + e), y = ld4(A + e);
+    s += x.x * y.x + x.y * y.y + x.z * y.z + x.w * y.w;
+  }
   for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
   if (lane == 0) {
     const int64_t o = d.bh(b, h) * d.L + i;
@@ -2869,6 +2882,7 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
   ws.dphq = p, p += BHL * F2;
   ws.dphk = p, p += BHL * F2;
   ws.dn = p, p += BHL * a.D;
+  ws.dn16 = reinterpret_cast<__nv_bfloat16*>(ws.dn);
   ws.bc = p, p += BHL;
   ws.dden = p, p += BHL;
   ws.lse = p, p += BHL;
@@ -2933,7 +2947,8 @@ void run_bwd(const LizardAttnArgs& a, const void* dy_, const LizardAttnGrads& g,
     feat_kernel<T><<<grid, block, 0, st>>>(a, d, ws);
   cumsum_kernel<<<a.B * a.Hq, 32, 0, st>>>(a, d, ws);
   mark(stages2 ? "feat2+cumsum" : chunked ? "feat-tc+cumsum" : "feat+cumsum");
-  const bool saved = a.win_out != nullptr && a.win_lse != nullptr;  // the forward kept the window statistics
+  // the forward kept the window statistics (and dy takes saved_stats_kernel's vector loads)
+  const bool saved = a.win_out != nullptr && a.win_lse != nullptr && al16(a.win_out) && al16(dy);
   if (chunked && saved)
     saved_stats_kernel<T><<<unsigned((int64_t(a.B) * a.L * a.Hq + 7) / 8), 256, 0, st>>>(a, d, ws, dy, dya);
   else if (chunked)

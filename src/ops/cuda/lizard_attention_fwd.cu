@@ -380,12 +380,12 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       if (a.meta_weights_gate && t4 == 0) sinks_share(pmeta, r0 + g, meta_l, meta_m, m0, m1, l0, l1);
       if (a.win_out != nullptr) {  // the window statistics for the backward (LizardAttnArgs::win_out)
         const float w0 = 1.f / l0, w1 = 1.f / l1;
-        float* wo = a.win_out + (int64_t(b) * L * a.Hq + hq) * D + voff;
+        bf16* wo = static_cast<bf16*>(a.win_out) + (int64_t(b) * L * a.Hq + hq) * D + voff;
 #pragma unroll
         for (int j = 0; j < ND; ++j) {
           const int c = 8 * j + 2 * t4;
-          if (ia < L) *reinterpret_cast<float2*>(wo + int64_t(ia) * a.Hq * D + c) = make_float2(og[j][0] * w0, og[j][1] * w0);
-          if (ib < L) *reinterpret_cast<float2*>(wo + int64_t(ib) * a.Hq * D + c) = make_float2(og[j][2] * w1, og[j][3] * w1);
+          if (ia < L) *reinterpret_cast<uint32_t*>(wo + int64_t(ia) * a.Hq * D + c) = pack_bf16(og[j][0] * w0, og[j][1] * w0);
+          if (ib < L) *reinterpret_cast<uint32_t*>(wo + int64_t(ib) * a.Hq * D + c) = pack_bf16(og[j][2] * w1, og[j][3] * w1);
         }
         if (t4 == 0) window_lse_out(a, b, hq, L, ia, ib, m0, m1, l0, l1);
       }
@@ -851,13 +851,13 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       if (a.meta_weights_gate && t4 == 0) sinks_share(pmeta, r0 + g, meta_l, meta_m, m0, m1, l0, l1);
       if (a.win_out != nullptr) {  // the window statistics for the backward (LizardAttnArgs::win_out)
         const float w0 = 1.f / l0, w1 = 1.f / l1;
-        float* wo = a.win_out + (int64_t(b) * L * a.Hq + hq) * D;
+        bf16* wo = static_cast<bf16*>(a.win_out) + (int64_t(b) * L * a.Hq + hq) * D;
 #pragma unroll
         for (int j = 0; j < D / 8; ++j) {
           const int c = 8 * j + 2 * t4;
-          if (ia < L) *reinterpret_cast<float2*>(wo + int64_t(ia) * a.Hq * D + c) = make_float2(og[4 * j] * w0, og[4 * j + 1] * w0);
+          if (ia < L) *reinterpret_cast<uint32_t*>(wo + int64_t(ia) * a.Hq * D + c) = pack_bf16(og[4 * j] * w0, og[4 * j + 1] * w0);
           if (ib < L)
-            *reinterpret_cast<float2*>(wo + int64_t(ib) * a.Hq * D + c) = make_float2(og[4 * j + 2] * w1, og[4 * j + 3] * w1);
+            *reinterpret_cast<uint32_t*>(wo + int64_t(ib) * a.Hq * D + c) = pack_bf16(og[4 * j + 2] * w1, og[4 * j + 3] * w1);
         }
         if (t4 == 0) window_lse_out(a, b, hq, L, ia, ib, m0, m1, l0, l1);
       }

@@ -117,7 +117,8 @@ struct LayerIo {
   void *y = nullptr, *dy = nullptr;  // [B*L, H*D] bf16
   float *lg = nullptr, *dlg = nullptr;  // log gamma and its gradient, [B*L, G]
   float *dq = nullptr, *dk = nullptr, *dv = nullptr;  // fp32 input-gradient scratch (Lizard only)
-  float *win_lse = nullptr, *win_out = nullptr;  // training: the forward's window statistics for the backward
+  float* win_lse = nullptr;
+  void* win_out = nullptr;  // bf16  // training: the forward's window statistics for the backward
   double* sum_sq = nullptr;       // += sum of squared errors
   float dy_scale = 0;             // dy = dy_scale * (y - y_teacher)
   PartTimer* timer = nullptr;
@@ -373,7 +374,7 @@ LossResult Stage1Cuda::run(const std::vector<const int32_t*>& seqs, int seq_len,
         s->dk.resize(f32(T * kvd));
         s->dv.resize(f32(T * kvd));
         s->win_lse.resize(f32(T * H));
-        s->win_out.resize(f32(T * qd));
+        s->win_out.resize(bf(T * qd));
       }
     }
   }
@@ -449,7 +450,7 @@ LossResult Stage1Cuda::run(const std::vector<const int32_t*>& seqs, int seq_len,
       io.y = s.y.get(), io.dy = s.dy.get();
       io.lg = s.lg.as<float>(), io.dlg = s.dlg.as<float>();
       io.dq = s.dq.as<float>(), io.dk = s.dk.as<float>(), io.dv = s.dv.as<float>();
-      if (grads && !lolcats) io.win_lse = s.win_lse.as<float>(), io.win_out = s.win_out.as<float>();
+      if (grads && !lolcats) io.win_lse = s.win_lse.as<float>(), io.win_out = s.win_out.get();
       if (sep) {
         io.qf = s.qf.get(), io.kf = s.kf.get();
         io.dqf = s.dqf.as<float>(), io.dkf = s.dkf.as<float>();

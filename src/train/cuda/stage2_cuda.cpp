@@ -222,7 +222,7 @@ struct Stage2Cuda::Impl {
     la.alpha = lz.alpha;
     la.y = a.att.get();
     if (sep_qk) la.qf = a.qf.get(), la.kf = a.kf.get();
-    if (a.win_out.bytes() > 0) la.win_lse = a.win_lse.as<float>(), la.win_out = a.win_out.as<float>();
+    if (a.win_out.bytes() > 0) la.win_lse = a.win_lse.as<float>(), la.win_out = a.win_out.get();
     return la;
   }
 
@@ -290,7 +290,7 @@ struct Stage2Cuda::Impl {
         rope(a.q.get(), B, L, H, false);
         rope(a.k.get(), B, L, Hkv, false);
       }
-      f32_buf(a.win_lse, T * H), f32_buf(a.win_out, T * qd);  // kept for the backward's statistics
+      f32_buf(a.win_lse, T * H), bf16_buf(a.win_out, T * qd);  // kept for the backward's statistics
       cuda::lizard_attention_forward_bf16(lizard_args(*lz, a, B, L));
     } else {
       rope(a.q.get(), B, L, H, false);  // kept rotated: the flash backward wants q, k as the forward saw them
