@@ -275,7 +275,16 @@ __global__ void skip_out_kernel(const LizardAttnArgs a, Dims d, Ws ws, Skip sk) 
   const bool ok = j >= 0;
   const int64_t oi = int64_t(bh) * d.L + i, oj = int64_t(bh) * d.L + (ok ? j : i);
   const float sc = ok ? expf(ws.bc[oi] - ws.bc[oj]) : 0.f;
-  for (int f = lane; f < F2; f += 32) ws.dphq[oi * F2 + f] = ok ? sk.dphq[oj * F2 + f] * sc : 0.f;
+  // du_i (the first F columns of dphq_i; store_dphi's formula) from dphq_i = sc dphq'_j and phi_i
+  const float* ph = ws.phq + oi * F2;
+  const float* g = sk.dphq + oj * F2;
+  float hp = 0.f, hm = 0.f;
+  if (a.act == FeatureAct::Softmax && ok) {
+    for (int f = lane; f < d.F; f += 32) hp += ph[f] * g[f] * sc, hm += ph[d.F + f] * g[d.F + f] * sc;
+    hp = wsum(hp), hm = wsum(hm);
+  }
+  for (int f = lane; f < d.F; f += 32)
+    ws.dphq[oi * F2 + f] = ok ? ph[f] * (g[f] * sc - hp) - ph[d.F + f] * (g[d.F + f] * sc - hm) : 0.f;
   if (lane == 0) {
     ws.dbq[oi] = ok ? sk.dbq[oj] : 0.f;
     if (a.meta_weights_gate && ok) ws.delta[oi] += sk.delta[oj];
@@ -1099,10 +1108,16 @@ __device__ __forceinline__ void stage_dphi(float* stg, float (&dph)[P2 / 8][4], 
   }
 }
 
-// Its second half: the staged rows (< nvalid) to out (the chunk's first row, [.., P2]) as float4, and
-// db[r] = (kNeg ? -1 : 1) ph_r . dphi_r with ph (the chunk's first row) re-read as batched float4.
+// Its second half: db[r] = (kNeg ? -1 : 1) ph_r . dphi_r with ph (the chunk's first row) re-read as batched
+// float4, and to out (the chunk's first row, [.., P2]) for rows < nvalid: with du_only, the feature maps'
+// gradient at their input du_r (F values: the first half of the row; what the feature stages read), else
+// the whole dphi_r (gate_skips_window's shifted query rows: skip_out_kernel makes du from them). du of
+// phi = (softmax(u), softmax(-u)): phi+ (dphi+ - phi+ . dphi+) - phi- (dphi- - phi- . dphi-); of the exp
+// maps the same without the dot products. Computed here, the feature stages read F values per row instead
+// of 4F (phi and dphi) and nothing writes dphi's other half.
 template <int P2, bool kNeg>
-__device__ __forceinline__ void store_dphi(const float* stg, float* out, const float* ph, float* db, int nvalid) {
+__device__ __forceinline__ void store_dphi(const float* stg, float* out, const float* ph, float* db, int nvalid,
+                                           bool du_only, bool softmax) {
   constexpr int LDS = P2 + 8, P4 = P2 / 4, RS = kGT / P4, N = kC / RS, B = N < 8 ? N : 8;  // RS rows per step
   static_assert(kGT % P4 == 0 && N % B == 0 && (P4 == 16 || P4 == 32), "dphi float4s must split evenly");
   const int tid = threadIdx.x, f = 4 * (tid % P4), rr = tid / P4;
@@ -1118,9 +1133,22 @@ __device__ __forceinline__ void store_dphi(const float* stg, float* out, const f
     for (int k = 0; k < B; ++k) {
       const int r = rb + k * RS;
       const float4 s = *reinterpret_cast<const float4*>(stg + r * LDS + f);
-      if (r < nvalid) *reinterpret_cast<float4*>(out + int64_t(r) * P2 + f) = s;
-      const float t = row_sum<P4>(p[k].x * s.x + p[k].y * s.y + p[k].z * s.z + p[k].w * s.w);
+      const float dot = p[k].x * s.x + p[k].y * s.y + p[k].z * s.z + p[k].w * s.w;
+      const float t = row_sum<P4>(dot);
       if (tid % P4 == 0 && r < nvalid) db[r] = kNeg ? -t : t;
+      if (!du_only) {
+        if (r < nvalid) *reinterpret_cast<float4*>(out + int64_t(r) * P2 + f) = s;
+        continue;
+      }
+      // lanes tid % P4 < P4 / 2 hold phi+ (features f < F), the others phi- (feature f - F)
+      const float h = softmax ? row_sum<P4 / 2>(dot) : 0.f;  // phi+ . dphi+ (or phi- . dphi-)
+      const bool plus = tid % P4 < P4 / 2;
+      const float sg = plus ? 1.f : -1.f;
+      float4 u = make_float4(sg * p[k].x * (s.x - h), sg * p[k].y * (s.y - h), sg * p[k].z * (s.z - h),
+                             sg * p[k].w * (s.w - h));
+      u.x += __shfl_xor_sync(0xffffffffu, u.x, P4 / 2), u.y += __shfl_xor_sync(0xffffffffu, u.y, P4 / 2);
+      u.z += __shfl_xor_sync(0xffffffffu, u.z, P4 / 2), u.w += __shfl_xor_sync(0xffffffffu, u.w, P4 / 2);
+      if (plus && r < nvalid) *reinterpret_cast<float4*>(out + int64_t(r) * P2 + f) = u;
     }
   }
 }
@@ -1257,8 +1285,9 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
   float* stg = reinterpret_cast<float*>(PQ);
   stage_dphi<P2>(stg, dph, eba * dda, ebb * ddb, z, ra, rb, t4);
   __syncthreads();
+  // gate_skips_window: ws is the shifted rows' (Skip), whose dphi skip_out_kernel maps back and makes du of
   store_dphi<P2, false>(stg, ws.dphq + (int64_t(bh) * L + ci.c0) * P2, phq, ws.dbq + int64_t(bh) * L + ci.c0,
-                        ci.nvalid);
+                        ci.nvalid, !a.gate_skips_window, a.act == FeatureAct::Softmax);
 }
 
 // Reverse output pass: dphk, dbk and the gate's dv.
@@ -1344,7 +1373,7 @@ __global__ void __launch_bounds__(kGT, out_blocks<D, P2>())
   stage_dphi<P2>(stg, dph, eta, etb, rv, ra, rb, t4);
   __syncthreads();
   store_dphi<P2, true>(stg, ws.dphk + (int64_t(bh) * L + ci.c0) * P2, phk, ws.dbk + int64_t(bh) * L + ci.c0,
-                       ci.nvalid);
+                       ci.nvalid, /*du_only=*/true, a.act == FeatureAct::Softmax);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2075,7 +2104,7 @@ void run_win(const LizardAttnArgs& a, Dims d, Ws ws, const T* dy, float* dq, flo
 
 // ---------------------------------------------------------------------------------------------
 // dW[h] = X_h^T dU_h (X = q or k rows of head h over all (b, i), dU = the feature-map backward's du,
-// stored by featbwd_kernel in the first F columns of dphq / dphk) on tensor cores, split over token
+// in the first F columns of dphq / dphk: the gate output passes' store_dphi) on tensor cores, split over token
 // ranges of kDwTokens with fp32 atomicAdd into the zeroed dW. Grid (splits, Hq, 2: q then k).
 namespace dwtc {
 
@@ -2616,9 +2645,10 @@ __global__ void __launch_bounds__(kT) feat_tc_kernel(const LizardAttnArgs a, Dim
   }
 }
 
-// V2 (stage variant 2): W by cp.async (bf16 inputs: hi only); du with each lane on a float2 column pair
-// and 8 tokens' loads in flight per warp (variant 1 has one token's loads in flight: 16 dependent round
-// trips per warp per tile); dx staged in shared memory, then added to dq (and, without GQA, dk) by
+// dx = du W^T, du as the gate's output passes left it (store_dphi: the first F columns of each dphq / dphk
+// row). V2 (stage variant 2): W by cp.async (bf16 inputs: hi only); du with each lane on a float2 column
+// pair and 8 tokens' loads in flight per warp (variant 1 has one token's loads in flight); dx staged in
+// shared memory, then added to dq (and, without GQA, dk) by
 // coalesced float4 read-modify-writes (each (token, head) row has one owner), to dk by atomics under GQA.
 template <typename T, int D, int F, bool V2 = false>
 __global__ void __launch_bounds__(kT) featbwd_tc_kernel(const LizardAttnArgs a, Dims d, Ws ws, float* dq, float* dk) {
@@ -2644,42 +2674,27 @@ __global__ void __launch_bounds__(kT) featbwd_tc_kernel(const LizardAttnArgs a, 
       const bf16* Wh = W0 + which * WT * D * LDW;
       const bf16* Wl = Wh + D * LDW;
       __syncthreads();  // W loaded; previous U tile (V2: staged dx) fully read
-      // du for the tile's 64 tokens, warp per token, lanes over f (F <= 64: two columns per lane).
-      const float* ph = (which ? ws.phk : ws.phq) + int64_t(bh) * L * 2 * F;
-      float* dph = (which ? ws.dphk : ws.dphq) + int64_t(bh) * L * 2 * F;
+      // du for the tile's 64 tokens (the gate's output passes wrote it: the first F columns of dphq / dphk),
+      // warp per token, lanes over f (F <= 64: two columns per lane).
+      const float* dph = (which ? ws.dphk : ws.dphq) + int64_t(bh) * L * 2 * F;
       if constexpr (V2) {
-        constexpr int NB = 8;  // tokens per batch (4 float2 loads each, all issued before any use)
+        constexpr int NB = 8;  // tokens per batch (one float2 load each, all issued before any use)
         const int f = 2 * lane;
         const bool fok = f < F;
 #pragma unroll 1
         for (int rb = warp; rb < kB; rb += 4 * NB) {  // tokens rb + 4 u, u < NB: this warp's 16 in 2 batches
-          float2 pp[NB], pn[NB], gp[NB], gn[NB];
+          float2 du[NB];
 #pragma unroll
           for (int u = 0; u < NB; ++u) {
             const int i = tb + rb + 4 * u;
-            pp[u] = pn[u] = gp[u] = gn[u] = make_float2(0.f, 0.f);
-            if (i < L && fok) {
-              const float* pr = ph + int64_t(i) * 2 * F;
-              const float* gr = dph + int64_t(i) * 2 * F;
-              pp[u] = *reinterpret_cast<const float2*>(pr + f), pn[u] = *reinterpret_cast<const float2*>(pr + F + f);
-              gp[u] = *reinterpret_cast<const float2*>(gr + f), gn[u] = *reinterpret_cast<const float2*>(gr + F + f);
-            }
+            du[u] = i < L && fok ? *reinterpret_cast<const float2*>(dph + int64_t(i) * 2 * F + f) : make_float2(0.f, 0.f);
           }
 #pragma unroll
           for (int u = 0; u < NB; ++u) {
-            const int r = rb + 4 * u, i = tb + r;
-            float sp = 0.f, sn = 0.f;
-            if (a.act == FeatureAct::Softmax) {  // uniform: every lane takes part (padded lanes hold 0)
-              sp = wsum(pp[u].x * gp[u].x + pp[u].y * gp[u].y);
-              sn = wsum(pn[u].x * gn[u].x + pn[u].y * gn[u].y);
-            }
-            // Rows past L: every operand 0, so du = 0 (the tile's padding).
-            const float d0 = pp[u].x * (gp[u].x - sp) - pn[u].x * (gn[u].x - sn);
-            const float d1 = pp[u].y * (gp[u].y - sp) - pn[u].y * (gn[u].y - sn);
+            const int r = rb + 4 * u;  // rows past L: du = 0 (the tile's padding)
             if (fok) {
-              if (i < L) *reinterpret_cast<float2*>(dph + int64_t(i) * 2 * F + f) = make_float2(d0, d1);
               uint32_t hi, lo;
-              wstats::split_pack(hi, lo, d0, d1);
+              wstats::split_pack(hi, lo, du[u].x, du[u].y);
               *reinterpret_cast<uint32_t*>(Uh + r * LDU + f) = hi;
               *reinterpret_cast<uint32_t*>(Ul + r * LDU + f) = lo;
             }
@@ -2689,25 +2704,11 @@ __global__ void __launch_bounds__(kT) featbwd_tc_kernel(const LizardAttnArgs a, 
       for (int r = warp; r < kB; r += kT / 32) {
         const int i = tb + r;
         float du[2] = {0.f, 0.f};
-        if (i < L) {  // i is warp-uniform, so the shuffles below see every lane
-          const float* p = ph + int64_t(i) * 2 * F;
-          float* dp = dph + int64_t(i) * 2 * F;
-          float pp[2] = {}, pn[2] = {}, gp[2] = {}, gn[2] = {};
+        if (i < L) {
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
             const int f = lane + 32 * c;
-            if (f < F) pp[c] = p[f], pn[c] = p[F + f], gp[c] = dp[f], gn[c] = dp[F + f];
-          }
-          float sp = 0.f, sn = 0.f;
-          if (a.act == FeatureAct::Softmax) {
-            sp = wsum(pp[0] * gp[0] + pp[1] * gp[1]);
-            sn = wsum(pn[0] * gn[0] + pn[1] * gn[1]);
-          }
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int f = lane + 32 * c;
-            du[c] = pp[c] * (gp[c] - sp) - pn[c] * (gn[c] - sn);
-            if (f < F) dp[f] = du[c];  // du overwrites the first half (read by the dW stage)
+            if (f < F) du[c] = dph[int64_t(i) * 2 * F + f];
           }
         }
 #pragma unroll
@@ -2804,7 +2805,7 @@ void launch_feat(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, b
   LZ_CUDA_OK(cudaGetLastError());
 }
 
-// backward = false: phq, phk; true: du (over dphq / dphk) and dq, dk += du W^T.
+// backward = false: phq, phk; true: dq, dk += du W^T (du: the gate output passes', over dphq / dphk).
 template <typename T, bool V2>
 void run_feat_v(const LizardAttnArgs& a, Dims d, Ws ws, float* dq, float* dk, bool backward, cudaStream_t st) {
   if (a.D == 64 && a.F == 32) return launch_feat<T, 64, 32, V2>(a, d, ws, dq, dk, backward, st);
