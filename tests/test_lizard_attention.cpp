@@ -473,7 +473,9 @@ TEST(LizardState, DecodeContinuesAChunkedPrefill) {
           EXPECT_THROW(bad.load(bytes, c2, s), Error);
           c2 = c;
           c2.gate_skips_window = !c.gate_skips_window || comb == LizardConfig::Combine::Lolcats;
-          if (c2.combine == LizardConfig::Combine::Lizard) EXPECT_THROW(bad.load(bytes, c2, s), Error);
+          if (c2.combine == LizardConfig::Combine::Lizard) {
+            EXPECT_THROW(bad.load(bytes, c2, s), Error);
+          }
         }
         for (int64_t i = P; i < L; ++i)
           lizard_step(c, s, pb.p, &pb.rope, st, &pb.x[i * s.d_model], &pb.q[i * H * D], &pb.k[i * Hkv * D],
