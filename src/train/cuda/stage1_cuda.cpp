@@ -118,7 +118,7 @@ struct LayerIo {
   float *lg = nullptr, *dlg = nullptr;  // log gamma and its gradient, [B*L, G]
   float *dq = nullptr, *dk = nullptr, *dv = nullptr;  // fp32 input-gradient scratch (Lizard only)
   float* win_lse = nullptr;
-  void* win_out = nullptr;  // bf16  // training: the forward's window statistics for the backward
+  void* win_out = nullptr;  // bf16; with win_lse: the forward's window statistics for the backward (training)
   double* sum_sq = nullptr;       // += sum of squared errors
   float dy_scale = 0;             // dy = dy_scale * (y - y_teacher)
   PartTimer* timer = nullptr;
