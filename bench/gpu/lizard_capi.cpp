@@ -16,14 +16,14 @@ thread_local std::string g_err;
 // lz_set_save_window_stats(1): every call's args carry the window-statistics buffers kept here, so a chunked
 // forward writes them and the chunked backward after it reads them (bench_lizard.py's fwd_bwd_chunked).
 bool g_save_stats = false;
-float *g_lse = nullptr, *g_out = nullptr;
-size_t g_lse_n = 0, g_out_n = 0;
-void grow(float*& p, size_t& have, size_t n) {
-  if (n <= have) return;
+void *g_lse = nullptr, *g_out = nullptr;  // fp32 [B, Hq, L], bf16 [B, L, Hq, D]
+size_t g_lse_bytes = 0, g_out_bytes = 0;
+void grow(void*& p, size_t& have, size_t bytes) {
+  if (bytes <= have) return;
   cudaFree(p);
   p = nullptr, have = 0;
-  if (cudaMalloc(&p, n * sizeof(float)) != cudaSuccess) throw std::runtime_error("cudaMalloc of the window statistics failed");
-  have = n;
+  if (cudaMalloc(&p, bytes) != cudaSuccess) throw std::runtime_error("cudaMalloc of the window statistics failed");
+  have = bytes;
 }
 
 lizard::cuda::LizardAttnArgs make(const void* q, const void* k, const void* v, const float* lg, const void* wq,
@@ -35,9 +35,9 @@ lizard::cuda::LizardAttnArgs make(const void* q, const void* k, const void* v, c
   a.q = q, a.k = k, a.v = v, a.log_gamma = lg, a.wq = wq, a.wk = wk, a.meta = meta, a.alpha = alpha, a.y = y;
   if (g_save_stats) {
     const size_t rows = size_t(B) * L * Hq;
-    grow(g_lse, g_lse_n, rows);
-    grow(g_out, g_out_n, rows * D / 2);  // bf16
-    a.win_lse = g_lse, a.win_out = g_out;
+    grow(g_lse, g_lse_bytes, rows * sizeof(float));
+    grow(g_out, g_out_bytes, rows * D * 2);
+    a.win_lse = static_cast<float*>(g_lse), a.win_out = g_out;
   }
   return a;
 }

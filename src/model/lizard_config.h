@@ -39,8 +39,8 @@ struct LizardConfig {
   // Not in the paper: the gated branch covers only the keys outside the window (t <= i - w), as LoLCATs' linear
   // part does, instead of every key t <= i. The window's keys then reach a query through the softmax alone.
   // The recurrent state adds a ring of the window's feature keys and gammas (a token joins S w steps after it
-  // arrives). CPU: every form. GPU: chunked forward and backward (training, all_logits evaluation) where w is a
-  // multiple of 64; GPU decoding refuses it (generate on the CPU).
+  // arrives). CPU: every form. GPU: where w is a multiple of 64, the chunked forward and backward (training,
+  // all_logits evaluation) and generation (decode kernel, prompt state, state files).
   bool gate_skips_window = false;
   int chunk = 64;                                // C of the chunked algorithm
   double eps = 1e-6;                             // gate-branch normaliser: num / (den + eps)

@@ -2854,11 +2854,11 @@ __global__ void saved_stats_kernel(const LizardAttnArgs a, Dims d, Ws ws, const 
   const T* g = dy + row * d.D;
   const __nv_bfloat16* A = static_cast<const __nv_bfloat16*>(a.win_out) + row * d.D;
   float s = 0.f;
-  for (int e = 4 * lane; e < d.D; e += 128) {  // vector loads: 2-byte ones left this stage at half bandwidth
+  for (int e = 4 * lane; e < d.D; e += 128) {  // four elements per vector load
     const float4 x = ld4(g + e), y = ld4(A + e);
     s += x.x * y.x + x.y * y.y + x.z * y.z + x.w * y.w;
   }
-  for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+  s = wsum(s);
   if (lane == 0) {
     const int64_t o = d.bh(b, h) * d.L + i;
     ws.lse[o] = a.win_lse[o];
