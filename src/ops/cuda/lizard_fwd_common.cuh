@@ -39,8 +39,8 @@ __device__ __forceinline__ void feature_map(float (&acc)[F / 8][4], float (&out_
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float x0 = acc[j][e], x1 = acc[j][2 + e];
-        float p0 = __expf(x0 - mx0), p1 = __expf(x1 - mx1);
-        float m0 = __expf(mn0 - x0), m1 = __expf(mn1 - x1);
+        float p0 = mma::fast_exp(x0 - mx0), p1 = mma::fast_exp(x1 - mx1);
+        float m0 = mma::fast_exp(mn0 - x0), m1 = mma::fast_exp(mn1 - x1);
         acc[j][e] = p0, acc[j][2 + e] = p1, out_m[j][e] = m0, out_m[j][2 + e] = m1;
         sp0 += p0, sp1 += p1, sm0 += m0, sm1 += m1;
       }
@@ -62,8 +62,8 @@ __device__ __forceinline__ void feature_map(float (&acc)[F / 8][4], float (&out_
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float x = acc[j][e];
-        acc[j][e] = mma::round_bf16(__expf(x));
-        out_m[j][e] = mma::round_bf16(__expf(-x));
+        acc[j][e] = mma::round_bf16(mma::fast_exp(x));
+        out_m[j][e] = mma::round_bf16(mma::fast_exp(-x));
       }
   }
 }
