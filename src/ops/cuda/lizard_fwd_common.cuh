@@ -33,14 +33,16 @@ __device__ __forceinline__ void feature_map(float (&acc)[F / 8][4], float (&out_
       mn1 = fminf(mn1, fminf(acc[j][2], acc[j][3]));
     }
     mx0 = mma::quad_max(mx0), mx1 = mma::quad_max(mx1), mn0 = mma::quad_min(mn0), mn1 = mma::quad_min(mn1);
+    // e^(x - mx) as 2^(x log2 e - mx log2 e): one FFMA and the SFU per value
+    const float lx0 = mx0 * kLog2e, lx1 = mx1 * kLog2e, ln0 = mn0 * kLog2e, ln1 = mn1 * kLog2e;
     float sp0 = 0, sp1 = 0, sm0 = 0, sm1 = 0;
 #pragma unroll
     for (int j = 0; j < F / 8; ++j) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float x0 = acc[j][e], x1 = acc[j][2 + e];
-        float p0 = mma::fast_exp(x0 - mx0), p1 = mma::fast_exp(x1 - mx1);
-        float m0 = mma::fast_exp(mn0 - x0), m1 = mma::fast_exp(mn1 - x1);
+        float p0 = mma::fast_exp2(fmaf(x0, kLog2e, -lx0)), p1 = mma::fast_exp2(fmaf(x1, kLog2e, -lx1));
+        float m0 = mma::fast_exp2(fmaf(-x0, kLog2e, ln0)), m1 = mma::fast_exp2(fmaf(-x1, kLog2e, ln1));
         acc[j][e] = p0, acc[j][2 + e] = p1, out_m[j][e] = m0, out_m[j][2 + e] = m1;
         sp0 += p0, sp1 += p1, sm0 += m0, sm1 += m1;
       }
