@@ -626,9 +626,9 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         cp_async16(Wk + r * LDW + c, wk + r * F + c, 16);
       }
     }
-    tile_async_sw<D>(base, qb, qstride, 0, L, tid, kThreads);
-    tile_async_sw<D>(base + oK, kb, kstride, 0, L, tid, kThreads);
-    tile_async_sw<D>(base + oV, vb, kstride, 0, L, tid, kThreads);
+    tile_async_sw<D, kThreads>(base, qb, qstride, 0, L, tid);
+    tile_async_sw<D, kThreads>(base + oK, kb, kstride, 0, L, tid);
+    tile_async_sw<D, kThreads>(base + oV, vb, kstride, 0, L, tid);
     cp_async_commit();
   }
   for (int i = tid; i < F2 * D / 8; i += kThreads) reinterpret_cast<uint4*>(S16)[i] = make_uint4(0, 0, 0, 0);
@@ -656,7 +656,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
     unsigned char* Qs = base + (n & 1) * kTile;
     const uint32_t sQ = sbase + (n & 1) * kTile;
     const uint32_t sKc = sbase + oK + (n % ring) * kTile, sVc = sbase + oV + (n % ring) * kTile;
-    if (n + 1 < nchunks) tile_async_sw<D>(base + ((n + 1) & 1) * kTile, qb, qstride, n + 1, L, tid, kThreads);
+    if (n + 1 < nchunks) tile_async_sw<D, kThreads>(base + ((n + 1) & 1) * kTile, qb, qstride, n + 1, L, tid);
     cp_async_commit();
     const float bC = bsum[kC - 1];
     const int r0 = (warp & 3) * 16;  // the 16 rows this warp works on
@@ -783,8 +783,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       const bool more = n + 1 < nchunks;
       const int pslot = (n + 1) % ring;
       if (ring > nb + 1 && more) {
-        tile_async_sw<D>(base + oK + pslot * kTile, kb, kstride, n + 1, L, wt, 128);
-        tile_async_sw<D>(base + oV + pslot * kTile, vb, kstride, n + 1, L, wt, 128);
+        tile_async_sw<D, 128>(base + oK + pslot * kTile, kb, kstride, n + 1, L, wt);
+        tile_async_sw<D, 128>(base + oV + pslot * kTile, vb, kstride, n + 1, L, wt);
       }
       for (int jb = nb; jb >= 0; --jb) {
         const int cn = n - jb, t0 = cn * kC;
@@ -853,8 +853,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         }
         if (jb == nb && ring == nb + 1 && more) {  // the oldest slot is done: fetch chunk n+1 into it
           bar_sync(kBarWindow, 128);
-          tile_async_sw<D>(base + oK + pslot * kTile, kb, kstride, n + 1, L, wt, 128);
-          tile_async_sw<D>(base + oV + pslot * kTile, vb, kstride, n + 1, L, wt, 128);
+          tile_async_sw<D, 128>(base + oK + pslot * kTile, kb, kstride, n + 1, L, wt);
+          tile_async_sw<D, 128>(base + oV + pslot * kTile, vb, kstride, n + 1, L, wt);
         }
       }
       cp_async_commit();

@@ -169,12 +169,18 @@ __device__ __forceinline__ void rows_times_w_wg(float (&acc)[8][4], uint32_t X, 
   wg::fence_regs(d);
 }
 
-// One chunk's rows of a [L][stride] bf16 matrix into an SW128 chunk tile (rows past L zero-filled).
-template <int D>
-__device__ __forceinline__ void tile_async_sw(unsigned char* dst, const mma::bf16* src, int64_t stride, int n, int L, int t,
-                                              int nt) {
-  for (int p = t; p < kC * D / 8; p += nt) {
-    const int r = p / (D / 8), c = p % (D / 8), pos = n * kC + r;
+// One chunk's rows of a [L][stride] bf16 matrix into an SW128 chunk tile (rows past L zero-filled), by the NT
+// threads t = 0 .. NT - 1. NT a compile-time multiple of 8 D / 8: each thread keeps its 16-byte column c and
+// its row's swizzle phase, so the loop unrolls to one row step (an add) per copy.
+template <int D, int NT>
+__device__ __forceinline__ void tile_async_sw(unsigned char* dst, const mma::bf16* src, int64_t stride, int n, int L,
+                                              int t) {
+  constexpr int CPR = D / 8, RS = NT / CPR;  // 16-byte copies per row, rows per step
+  static_assert(NT % CPR == 0 && RS % 8 == 0 && kC % RS == 0, "tile copies must split evenly");
+  const int c = t % CPR, r0 = t / CPR;
+#pragma unroll
+  for (int k = 0; k < kC / RS; ++k) {
+    const int r = r0 + k * RS, pos = n * kC + r;
     const bool ok = pos < L;
     mma::cp_async16(dst + wg::sw128_offset(kC, r, c), src + int64_t(ok ? pos : 0) * stride + c * 8, ok ? 16 : 0);
   }
