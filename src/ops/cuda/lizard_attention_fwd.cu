@@ -547,7 +547,7 @@ struct Fwd3Smem {
            + size_t(F2) * D * 2                                     // S16 (SW128, F2 rows)
            + size_t(kC) * F2 * 2                                    // phi_K (SW128, 64 rows x F2)
            + size_t(2) * kWBytes                                    // Wq, Wk
-           + size_t(3 * kC + F2 + 4 * F2) * 4                       // b, next log gamma, z, z partials, p_meta
+           + size_t(3 * kC + F2) * 4                                // b, next log gamma, z, p_meta
            + 1024;                                                  // aligning the swizzle atoms
   }
 };
@@ -588,8 +588,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
   float* bsum = reinterpret_cast<float*>(base + oW + 2 * S::kWBytes);
   float* lgn = bsum + kC;
   float* zs = lgn + kC;
-  float* zpart = zs + F2;
-  float* pmeta = zpart + 4 * F2;  // meta_weights_gate: as in v0
+  float* pmeta = zs + F2;  // meta_weights_gate: as in v0
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const int hq = blockIdx.x % a.Hq, b = blockIdx.x / a.Hq;
@@ -664,7 +663,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
     float og[D / 2];  // accumulator layout: og[4j + e] = v0's og[j][e]
     float l0 = 0.f, l1 = 0.f;
     if (warp < 4) {
-      {  // phi_K of rows r0.. into shared memory, with the normaliser's decayed key sums
+      {  // phi_K of rows r0.. into shared memory (the state owners sum the normaliser's part from it)
         float ap[F / 8][4], am[F / 8][4];
         if constexpr (S::kWgFeat)
           rows_times_w_wg<D>(ap, sKc, sWk, r0);
@@ -672,10 +671,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           rows_times_w_sw<D, F>(ap, sKc, Wk, r0);
         feature_map<F>(ap, am, a.act);
         const bool v0 = n * kC + r0 + g < L, v1 = n * kC + r0 + g + 8 < L;
-        const float d0 = v0 ? fast_exp(bC - bsum[r0 + g]) : 0.f, d1 = v1 ? fast_exp(bC - bsum[r0 + g + 8]) : 0.f;
 #pragma unroll
         for (int j = 0; j < F / 8; ++j) {
-          int c = 8 * j + 2 * t4;
           float p00 = v0 ? ap[j][0] : 0.f, p01 = v0 ? ap[j][1] : 0.f;
           float p10 = v1 ? ap[j][2] : 0.f, p11 = v1 ? ap[j][3] : 0.f;
           float m00 = v0 ? am[j][0] : 0.f, m01 = v0 ? am[j][1] : 0.f;
@@ -685,19 +682,6 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4) = pack_bf16(p10, p11);
           *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g, F / 8 + j) + 4 * t4) = pack_bf16(m00, m01);
           *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g + 8, F / 8 + j) + 4 * t4) = pack_bf16(m10, m11);
-          float zp0 = p00 * d0 + p10 * d1, zp1 = p01 * d0 + p11 * d1;
-          float zm0 = m00 * d0 + m10 * d1, zm1 = m01 * d0 + m11 * d1;
-#pragma unroll
-          for (int o = 4; o < 32; o <<= 1) {
-            zp0 += __shfl_xor_sync(0xffffffffu, zp0, o);
-            zp1 += __shfl_xor_sync(0xffffffffu, zp1, o);
-            zm0 += __shfl_xor_sync(0xffffffffu, zm0, o);
-            zm1 += __shfl_xor_sync(0xffffffffu, zm1, o);
-          }
-          if (g == 0) {
-            float* zp = zpart + warp * F2;
-            zp[c] = zp0, zp[c + 1] = zp1, zp[F + c] = zm0, zp[F + c + 1] = zm1;
-          }
         }
       }
       wg::fence_proxy_async();       // phi_K stores -> visible to the intra-score wgmma (after kBarGate)
@@ -887,6 +871,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
     // State update S = exp(b_C) S + (phi_K * exp(b_C - b_t))^T V on wgmma: warpgroup i owns feature
     // rows 64 i .. 64 i + 63 (warp w: rows 16 w .., as in v0), A = decayed phi_K^T from registers
     // (load_a_t fragments by ldmatrix.trans), B = V MN-major. F = 32: warpgroup 0 alone (uniform branch).
+    float zc[4];  // owners: the chunk's z of features f0 + g (zc[0]) and f0 + g + 8 (zc[2])
     if (owns_s) {
       const float eC = fast_exp(bC);
 #pragma unroll
@@ -911,6 +896,14 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       wg::commit();
       wg::wait<0>();
       wg::fence_regs(sreg);
+      // The normaliser's part of the chunk, z_f = sum_t phi_K[t][f] exp(b_C - b_t), for this warp's 16 features
+      // from the same bf16 decayed values the state sums: mma.sync against an all-ones B (every column the row
+      // sum; lanes t4 == 0 keep column 0: rows g, g + 8). Replaces 96 shuffles per gate thread per chunk.
+#pragma unroll
+      for (int e = 0; e < 4; ++e) zc[e] = 0.f;
+      constexpr uint32_t kOnes = 0x3F803F80u;  // bf16 1.0, 1.0
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s) mma16816(zc, pk[s], kOnes, kOnes);
     }
     __syncthreads();  // (D) S16, z, b and the window output may now be touched
 
@@ -922,9 +915,10 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
             pack_bf16(sreg[4 * j + 2], sreg[4 * j + 3]);
       }
     }
-    if (tid < F2) {
+    if (owns_s && t4 == 0) {
       const float eC = fast_exp(bC);
-      zs[tid] = eC * zs[tid] + zpart[tid] + zpart[F2 + tid] + zpart[2 * F2 + tid] + zpart[3 * F2 + tid];
+      zs[f0 + g] = eC * zs[f0 + g] + zc[0];
+      zs[f0 + g + 8] = eC * zs[f0 + g + 8] + zc[2];
     }
     if (warp < 4) {
       float wa = 1.f, wb = 1.f;  // the window part's factor (shared_normaliser)
