@@ -19,8 +19,9 @@ namespace {
 constexpr int kC = 64;  // chunk length (rows of a chunk tile)
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Feature map of 16 rows held as C fragments acc[F/8][4] (pre-activations x W) -> phi in fp32,
-// rounded to bf16 values: acc becomes the plus half, out_m the minus half (same fragment layout).
+// Feature map of 16 rows held as C fragments acc[F/8][4] (pre-activations x W) -> phi in fp32: acc becomes the
+// plus half, out_m the minus half (same fragment layout). Not rounded here: every product takes phi as bf16
+// through its packing (round to nearest, the same values), the normaliser's dots take the fp32 values.
 template <int F>
 __device__ __forceinline__ void feature_map(float (&acc)[F / 8][4], float (&out_m)[F / 8][4], FeatureAct act) {
   if (act == FeatureAct::Softmax) {
@@ -52,10 +53,8 @@ __device__ __forceinline__ void feature_map(float (&acc)[F / 8][4], float (&out_
     for (int j = 0; j < F / 8; ++j) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        acc[j][e] = mma::round_bf16(acc[j][e] * sp0);
-        acc[j][2 + e] = mma::round_bf16(acc[j][2 + e] * sp1);
-        out_m[j][e] = mma::round_bf16(out_m[j][e] * sm0);
-        out_m[j][2 + e] = mma::round_bf16(out_m[j][2 + e] * sm1);
+        acc[j][e] *= sp0, acc[j][2 + e] *= sp1;
+        out_m[j][e] *= sm0, out_m[j][2 + e] *= sm1;
       }
     }
   } else {
@@ -64,8 +63,8 @@ __device__ __forceinline__ void feature_map(float (&acc)[F / 8][4], float (&out_
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float x = acc[j][e];
-        acc[j][e] = mma::round_bf16(mma::fast_exp(x));
-        out_m[j][e] = mma::round_bf16(mma::fast_exp(-x));
+        acc[j][e] = mma::fast_exp(x);
+        out_m[j][e] = mma::fast_exp(-x);
       }
   }
 }
