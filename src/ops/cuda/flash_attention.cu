@@ -18,13 +18,6 @@ namespace {
 using namespace mma;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// 2^x by the SFU (ex2.approx, flush-to-zero): -inf gives 0; ~2 ulp, far below the bf16 rounding of P.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
 // Hopper warpgroup MMA (wgmma, sm_90a). CTA = kWG = 2 warpgroups (128 threads each), each owning 64
 // query rows (one m64 tile); no producer warps: all threads issue the cp.async copies.
 // Q (64 kWG x D) and double-buffered K, V blocks (BK x D) sit in shared memory in the SW128 layout of

@@ -31,8 +31,8 @@ constexpr int kThreads = 256;
 // meta_l at max meta_m, the rows' running max m and full sum l) into pm[ra], pm[ra + 8].
 __device__ __forceinline__ void sinks_share(float* pm, int ra, float meta_l, float meta_m, float m0, float m1,
                                             float l0, float l1) {
-  pm[ra] = meta_l * exp2f(meta_m - m0) / l0;
-  pm[ra + 8] = meta_l * exp2f(meta_m - m1) / l1;
+  pm[ra] = meta_l * fast_exp2(meta_m - m0) / l0;
+  pm[ra + 8] = meta_l * fast_exp2(meta_m - m1) / l1;
 }
 
 // win_lse of rows ia, ib (when < L) from the running max (log2 units, sinks included) and sum of a window
@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
   if (a.n_meta > 0) {
     const float* mu = a.meta + (a.meta_per_head ? hq * a.n_meta : 0);
     for (int j = 0; j < a.n_meta; ++j) meta_m = fmaxf(meta_m, mu[j] * kLog2e);
-    for (int j = 0; j < a.n_meta; ++j) meta_l += exp2f(mu[j] * kLog2e - meta_m);
+    for (int j = 0; j < a.n_meta; ++j) meta_l += fast_exp2(mu[j] * kLog2e - meta_m);
   }
 
   // Feature weights, once.
@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         float tot = 0.f;         // log gamma summed over chunks m .. n - 1
         for (int c = m; c < n; ++c) tot += bring[(c % ring) * kC + kC - 1];
         const int i0 = r0 + g, i1 = i0 + 8;
-        const float s0 = __expf(bsum_n[i0] - bsum[i0] + tot), s1 = __expf(bsum_n[i1] - bsum[i1] + tot);
+        const float s0 = fast_exp(bsum_n[i0] - bsum[i0] + tot), s1 = fast_exp(bsum_n[i1] - bsum[i1] + tot);
 #pragma unroll
         for (int j = 0; j < F / 8; ++j) {
 #pragma unroll
@@ -235,7 +235,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       rows_times_w<D, F>(ap, sep ? KFs : Kg, Wk, r0);
       feature_map<F>(ap, am, a.act);
       const bool v0 = m * kC + r0 + g < L, v1 = m * kC + r0 + g + 8 < L;
-      const float d0 = v0 ? __expf(bC - bsum[r0 + g]) : 0.f, d1 = v1 ? __expf(bC - bsum[r0 + g + 8]) : 0.f;
+      const float d0 = v0 ? fast_exp(bC - bsum[r0 + g]) : 0.f, d1 = v1 ? fast_exp(bC - bsum[r0 + g + 8]) : 0.f;
 #pragma unroll
       for (int j = 0; j < F / 8; ++j) {
         int c = 8 * j + 2 * t4;
@@ -283,8 +283,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         for (int e = 0; e < 2; ++e) {
           int tt = 8 * j + 2 * t4 + e;
           float bt = bsum[tt];
-          float x0 = tt <= i0 ? sc[j][e] * __expf(bi0 - bt) : 0.f;
-          float x1 = tt <= i1 ? sc[j][2 + e] * __expf(bi1 - bt) : 0.f;
+          float x0 = tt <= i0 ? sc[j][e] * fast_exp(bi0 - bt) : 0.f;
+          float x1 = tt <= i1 ? sc[j][2 + e] * fast_exp(bi1 - bt) : 0.f;
           sc[j][e] = round_bf16(x0), sc[j][2 + e] = round_bf16(x1);
           l0 += sc[j][e], l1 += sc[j][2 + e];
         }
@@ -309,7 +309,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
           mma16816(og[2 * np + 1], phq[s], bb[2], bb[3]);
         }
       }
-      const float e0 = __expf(bi0), e1 = __expf(bi1);
+      const float e0 = fast_exp(bi0), e1 = fast_exp(bi1);
 #pragma unroll
       for (int j = 0; j < ND; ++j) og[j][0] *= e0, og[j][1] *= e0, og[j][2] *= e1, og[j][3] *= e1;
 #pragma unroll
@@ -357,7 +357,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         }
         const float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
         const float u0 = mn0 == -INFINITY ? 0.f : mn0, u1 = mn1 == -INFINITY ? 0.f : mn1;
-        const float c0 = exp2f(m0 - u0), c1 = exp2f(m1 - u1);
+        const float c0 = fast_exp2(m0 - u0), c1 = fast_exp2(m1 - u1);
         m0 = mn0, m1 = mn1;
         l0 *= c0, l1 *= c1;
 #pragma unroll
@@ -367,8 +367,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         for (int j = 0; j < NK; ++j) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            sc[j][e] = round_bf16(exp2f(sc[j][e] - u0));
-            sc[j][2 + e] = round_bf16(exp2f(sc[j][2 + e] - u1));
+            sc[j][e] = round_bf16(fast_exp2(sc[j][e] - u0));
+            sc[j][2 + e] = round_bf16(fast_exp2(sc[j][2 + e] - u1));
             l0 += sc[j][e], l1 += sc[j][2 + e];
           }
         }
@@ -400,7 +400,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
 
     // State update S = exp(b_C) S + (phi_K * exp(b_C - b_t))^T V for this warp's 16 feature rows.
     if (owns_s && gate_on) {
-      const float eC = __expf(bC);
+      const float eC = fast_exp(bC);
 #pragma unroll
       for (int j = 0; j < ND; ++j) sreg[j][0] *= eC, sreg[j][1] *= eC, sreg[j][2] *= eC, sreg[j][3] *= eC;
 #pragma unroll
@@ -408,8 +408,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
         uint32_t pa[4];
         load_a_t(pa, Pk, LDF, f0, s * 16);
         const int tt = s * 16 + 2 * t4;
-        const float dk0 = __expf(bC - bsum[tt]), dk1 = __expf(bC - bsum[tt + 1]);
-        const float dk2 = __expf(bC - bsum[tt + 8]), dk3 = __expf(bC - bsum[tt + 9]);
+        const float dk0 = fast_exp(bC - bsum[tt]), dk1 = fast_exp(bC - bsum[tt + 1]);
+        const float dk2 = fast_exp(bC - bsum[tt + 8]), dk3 = fast_exp(bC - bsum[tt + 9]);
         pa[0] = scale_bf16x2(pa[0], dk0, dk1);
         pa[1] = scale_bf16x2(pa[1], dk0, dk1);
         pa[2] = scale_bf16x2(pa[2], dk2, dk3);
@@ -434,7 +434,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       }
     }
     if (tid < F2 && gate_on) {
-      const float eC = __expf(bC);
+      const float eC = fast_exp(bC);
       zs[tid] = eC * zs[tid] + zpart[tid] + zpart[F2 + tid] + zpart[2 * F2 + tid] + zpart[3 * F2 + tid];
     }
     if (warp < 4) {
@@ -547,7 +547,7 @@ struct Fwd3Smem {
            + size_t(F2) * D * 2                                     // S16 (SW128, F2 rows)
            + size_t(kC) * F2 * 2                                    // phi_K (SW128, 64 rows x F2)
            + size_t(2) * kWBytes                                    // Wq, Wk
-           + size_t(3 * kC + F2 + 4 * F2) * 4                       // b, next log gamma, z, z partials, p_meta
+           + size_t(3 * kC + F2) * 4                                // b, next log gamma, z, p_meta
            + 1024;                                                  // aligning the swizzle atoms
   }
 };
@@ -588,8 +588,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
   float* bsum = reinterpret_cast<float*>(base + oW + 2 * S::kWBytes);
   float* lgn = bsum + kC;
   float* zs = lgn + kC;
-  float* zpart = zs + F2;
-  float* pmeta = zpart + 4 * F2;  // meta_weights_gate: as in v0
+  float* pmeta = zs + F2;  // meta_weights_gate: as in v0
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const int hq = blockIdx.x % a.Hq, b = blockIdx.x / a.Hq;
@@ -609,7 +608,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
   if (a.n_meta > 0) {
     const float* mu = a.meta + (a.meta_per_head ? hq * a.n_meta : 0);
     for (int j = 0; j < a.n_meta; ++j) meta_m = fmaxf(meta_m, mu[j] * kLog2e);
-    for (int j = 0; j < a.n_meta; ++j) meta_l += exp2f(mu[j] * kLog2e - meta_m);
+    for (int j = 0; j < a.n_meta; ++j) meta_l += fast_exp2(mu[j] * kLog2e - meta_m);
   }
 
   const int nchunks = (L + kC - 1) / kC;
@@ -626,9 +625,9 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         cp_async16(Wk + r * LDW + c, wk + r * F + c, 16);
       }
     }
-    tile_async_sw<D>(base, qb, qstride, 0, L, tid, kThreads);
-    tile_async_sw<D>(base + oK, kb, kstride, 0, L, tid, kThreads);
-    tile_async_sw<D>(base + oV, vb, kstride, 0, L, tid, kThreads);
+    tile_async_sw<D, kThreads>(base, qb, qstride, 0, L, tid);
+    tile_async_sw<D, kThreads>(base + oK, kb, kstride, 0, L, tid);
+    tile_async_sw<D, kThreads>(base + oV, vb, kstride, 0, L, tid);
     cp_async_commit();
   }
   for (int i = tid; i < F2 * D / 8; i += kThreads) reinterpret_cast<uint4*>(S16)[i] = make_uint4(0, 0, 0, 0);
@@ -656,7 +655,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
     unsigned char* Qs = base + (n & 1) * kTile;
     const uint32_t sQ = sbase + (n & 1) * kTile;
     const uint32_t sKc = sbase + oK + (n % ring) * kTile, sVc = sbase + oV + (n % ring) * kTile;
-    if (n + 1 < nchunks) tile_async_sw<D>(base + ((n + 1) & 1) * kTile, qb, qstride, n + 1, L, tid, kThreads);
+    if (n + 1 < nchunks) tile_async_sw<D, kThreads>(base + ((n + 1) & 1) * kTile, qb, qstride, n + 1, L, tid);
     cp_async_commit();
     const float bC = bsum[kC - 1];
     const int r0 = (warp & 3) * 16;  // the 16 rows this warp works on
@@ -664,7 +663,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
     float og[D / 2];  // accumulator layout: og[4j + e] = v0's og[j][e]
     float l0 = 0.f, l1 = 0.f;
     if (warp < 4) {
-      {  // phi_K of rows r0.. into shared memory, with the normaliser's decayed key sums
+      {  // phi_K of rows r0.. into shared memory (the state owners sum the normaliser's part from it)
         float ap[F / 8][4], am[F / 8][4];
         if constexpr (S::kWgFeat)
           rows_times_w_wg<D>(ap, sKc, sWk, r0);
@@ -672,10 +671,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           rows_times_w_sw<D, F>(ap, sKc, Wk, r0);
         feature_map<F>(ap, am, a.act);
         const bool v0 = n * kC + r0 + g < L, v1 = n * kC + r0 + g + 8 < L;
-        const float d0 = v0 ? __expf(bC - bsum[r0 + g]) : 0.f, d1 = v1 ? __expf(bC - bsum[r0 + g + 8]) : 0.f;
 #pragma unroll
         for (int j = 0; j < F / 8; ++j) {
-          int c = 8 * j + 2 * t4;
           float p00 = v0 ? ap[j][0] : 0.f, p01 = v0 ? ap[j][1] : 0.f;
           float p10 = v1 ? ap[j][2] : 0.f, p11 = v1 ? ap[j][3] : 0.f;
           float m00 = v0 ? am[j][0] : 0.f, m01 = v0 ? am[j][1] : 0.f;
@@ -685,19 +682,6 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4) = pack_bf16(p10, p11);
           *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g, F / 8 + j) + 4 * t4) = pack_bf16(m00, m01);
           *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g + 8, F / 8 + j) + 4 * t4) = pack_bf16(m10, m11);
-          float zp0 = p00 * d0 + p10 * d1, zp1 = p01 * d0 + p11 * d1;
-          float zm0 = m00 * d0 + m10 * d1, zm1 = m01 * d0 + m11 * d1;
-#pragma unroll
-          for (int o = 4; o < 32; o <<= 1) {
-            zp0 += __shfl_xor_sync(0xffffffffu, zp0, o);
-            zp1 += __shfl_xor_sync(0xffffffffu, zp1, o);
-            zm0 += __shfl_xor_sync(0xffffffffu, zm0, o);
-            zm1 += __shfl_xor_sync(0xffffffffu, zm1, o);
-          }
-          if (g == 0) {
-            float* zp = zpart + warp * F2;
-            zp[c] = zp0, zp[c + 1] = zp1, zp[F + c] = zm0, zp[F + c + 1] = zm1;
-          }
         }
       }
       wg::fence_proxy_async();       // phi_K stores -> visible to the intra-score wgmma (after kBarGate)
@@ -745,8 +729,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         for (int e = 0; e < 2; ++e) {
           int tt = 8 * j + 2 * t4 + e;
           float bt = bsum[tt];
-          float x0 = tt <= i0 ? sc[4 * j + e] * __expf(bi0 - bt) : 0.f;
-          float x1 = tt <= i1 ? sc[4 * j + 2 + e] * __expf(bi1 - bt) : 0.f;
+          float x0 = tt <= i0 ? sc[4 * j + e] * fast_exp(bi0 - bt) : 0.f;
+          float x1 = tt <= i1 ? sc[4 * j + 2 + e] * fast_exp(bi1 - bt) : 0.f;
           sc[4 * j + e] = round_bf16(x0), sc[4 * j + 2 + e] = round_bf16(x1);
           l0 += sc[4 * j + e], l1 += sc[4 * j + 2 + e];
         }
@@ -754,7 +738,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       acc_to_a(pa, sc);
       wg::wait<0>();
       wg::fence_regs(og);
-      const float e0 = __expf(bi0), e1 = __expf(bi1);
+      const float e0 = fast_exp(bi0), e1 = fast_exp(bi1);
 #pragma unroll
       for (int j = 0; j < D / 8; ++j) og[4 * j] *= e0, og[4 * j + 1] *= e0, og[4 * j + 2] *= e1, og[4 * j + 3] *= e1;
       // Intra part (A .* decay) V on wgmma (V MN-major).
@@ -783,8 +767,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       const bool more = n + 1 < nchunks;
       const int pslot = (n + 1) % ring;
       if (ring > nb + 1 && more) {
-        tile_async_sw<D>(base + oK + pslot * kTile, kb, kstride, n + 1, L, wt, 128);
-        tile_async_sw<D>(base + oV + pslot * kTile, vb, kstride, n + 1, L, wt, 128);
+        tile_async_sw<D, 128>(base + oK + pslot * kTile, kb, kstride, n + 1, L, wt);
+        tile_async_sw<D, 128>(base + oV + pslot * kTile, vb, kstride, n + 1, L, wt);
       }
       for (int jb = nb; jb >= 0; --jb) {
         const int cn = n - jb, t0 = cn * kC;
@@ -802,19 +786,31 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           wg::wait<0>();
           wg::fence_regs(sc);
           float mx0 = -INFINITY, mx1 = -INFINITY;
+          // Raw scores stay unscaled: the max of the raw scores times scale2 is the max of the scaled ones
+          // (scale2 > 0), and each exp takes its scaling in an FFMA. A block every query of the chunk sees
+          // whole (keys before the chunk, none older than the last query's window: the middle block at
+          // w 128) needs no mask.
+          if (t0 + kC - 1 < wmin && t0 > wmax - w) {  // warpgroup-uniform
 #pragma unroll
-          for (int j = 0; j < NK; ++j) {
+            for (int j = 0; j < NK; ++j) {
+              mx0 = fmaxf(mx0, fmaxf(sc[4 * j], sc[4 * j + 1]));
+              mx1 = fmaxf(mx1, fmaxf(sc[4 * j + 2], sc[4 * j + 3]));
+            }
+          } else {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              int tt = t0 + 8 * j + 2 * t4 + e;
-              sc[4 * j + e] = (tt <= ia && tt > ia - w) ? sc[4 * j + e] * scale2 : -INFINITY;
-              sc[4 * j + 2 + e] = (tt <= ib && tt > ib - w) ? sc[4 * j + 2 + e] * scale2 : -INFINITY;
-              mx0 = fmaxf(mx0, sc[4 * j + e]), mx1 = fmaxf(mx1, sc[4 * j + 2 + e]);
+            for (int j = 0; j < NK; ++j) {
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                int tt = t0 + 8 * j + 2 * t4 + e;
+                sc[4 * j + e] = (tt <= ia && tt > ia - w) ? sc[4 * j + e] : -INFINITY;
+                sc[4 * j + 2 + e] = (tt <= ib && tt > ib - w) ? sc[4 * j + 2 + e] : -INFINITY;
+                mx0 = fmaxf(mx0, sc[4 * j + e]), mx1 = fmaxf(mx1, sc[4 * j + 2 + e]);
+              }
             }
           }
-          const float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
+          const float mn0 = fmaxf(m0, quad_max(mx0) * scale2), mn1 = fmaxf(m1, quad_max(mx1) * scale2);
           const float u0 = mn0 == -INFINITY ? 0.f : mn0, u1 = mn1 == -INFINITY ? 0.f : mn1;
-          const float c0 = exp2f(m0 - u0), c1 = exp2f(m1 - u1);
+          const float c0 = fast_exp2(m0 - u0), c1 = fast_exp2(m1 - u1);
           m0 = mn0, m1 = mn1;
           l0 *= c0, l1 *= c1;
 #pragma unroll
@@ -823,8 +819,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           for (int j = 0; j < NK; ++j) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-              sc[4 * j + e] = round_bf16(exp2f(sc[4 * j + e] - u0));
-              sc[4 * j + 2 + e] = round_bf16(exp2f(sc[4 * j + 2 + e] - u1));
+              sc[4 * j + e] = round_bf16(fast_exp2(fmaf(sc[4 * j + e], scale2, -u0)));
+              sc[4 * j + 2 + e] = round_bf16(fast_exp2(fmaf(sc[4 * j + 2 + e], scale2, -u1)));
               l0 += sc[4 * j + e], l1 += sc[4 * j + 2 + e];
             }
           }
@@ -841,8 +837,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         }
         if (jb == nb && ring == nb + 1 && more) {  // the oldest slot is done: fetch chunk n+1 into it
           bar_sync(kBarWindow, 128);
-          tile_async_sw<D>(base + oK + pslot * kTile, kb, kstride, n + 1, L, wt, 128);
-          tile_async_sw<D>(base + oV + pslot * kTile, vb, kstride, n + 1, L, wt, 128);
+          tile_async_sw<D, 128>(base + oK + pslot * kTile, kb, kstride, n + 1, L, wt);
+          tile_async_sw<D, 128>(base + oV + pslot * kTile, vb, kstride, n + 1, L, wt);
         }
       }
       cp_async_commit();
@@ -875,8 +871,9 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
     // State update S = exp(b_C) S + (phi_K * exp(b_C - b_t))^T V on wgmma: warpgroup i owns feature
     // rows 64 i .. 64 i + 63 (warp w: rows 16 w .., as in v0), A = decayed phi_K^T from registers
     // (load_a_t fragments by ldmatrix.trans), B = V MN-major. F = 32: warpgroup 0 alone (uniform branch).
+    float zc[4];  // owners: the chunk's z of features f0 + g (zc[0]) and f0 + g + 8 (zc[2])
     if (owns_s) {
-      const float eC = __expf(bC);
+      const float eC = fast_exp(bC);
 #pragma unroll
       for (int j = 0; j < D / 2; ++j) sreg[j] *= eC;
       uint32_t pk[NK / 2][4];
@@ -884,8 +881,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       for (int s = 0; s < NK / 2; ++s) {
         load_a_t_sw(pk[s], sPk, f0, s * 16);
         const int tt = s * 16 + 2 * t4;
-        const float dk0 = __expf(bC - bsum[tt]), dk1 = __expf(bC - bsum[tt + 1]);
-        const float dk2 = __expf(bC - bsum[tt + 8]), dk3 = __expf(bC - bsum[tt + 9]);
+        const float dk0 = fast_exp(bC - bsum[tt]), dk1 = fast_exp(bC - bsum[tt + 1]);
+        const float dk2 = fast_exp(bC - bsum[tt + 8]), dk3 = fast_exp(bC - bsum[tt + 9]);
         pk[s][0] = scale_bf16x2(pk[s][0], dk0, dk1);
         pk[s][1] = scale_bf16x2(pk[s][1], dk0, dk1);
         pk[s][2] = scale_bf16x2(pk[s][2], dk2, dk3);
@@ -899,6 +896,14 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       wg::commit();
       wg::wait<0>();
       wg::fence_regs(sreg);
+      // The normaliser's part of the chunk, z_f = sum_t phi_K[t][f] exp(b_C - b_t), for this warp's 16 features
+      // from the same bf16 decayed values the state sums: mma.sync against an all-ones B (every column the row
+      // sum; lanes t4 == 0 keep column 0: rows g, g + 8). Replaces 96 shuffles per gate thread per chunk.
+#pragma unroll
+      for (int e = 0; e < 4; ++e) zc[e] = 0.f;
+      constexpr uint32_t kOnes = 0x3F803F80u;  // bf16 1.0, 1.0
+#pragma unroll
+      for (int s = 0; s < NK / 2; ++s) mma16816(zc, pk[s], kOnes, kOnes);
     }
     __syncthreads();  // (D) S16, z, b and the window output may now be touched
 
@@ -910,9 +915,10 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
             pack_bf16(sreg[4 * j + 2], sreg[4 * j + 3]);
       }
     }
-    if (tid < F2) {
-      const float eC = __expf(bC);
-      zs[tid] = eC * zs[tid] + zpart[tid] + zpart[F2 + tid] + zpart[2 * F2 + tid] + zpart[3 * F2 + tid];
+    if (owns_s && t4 == 0) {
+      const float eC = fast_exp(bC);
+      zs[f0 + g] = eC * zs[f0 + g] + zc[0];
+      zs[f0 + g + 8] = eC * zs[f0 + g + 8] + zc[2];
     }
     if (warp < 4) {
       float wa = 1.f, wb = 1.f;  // the window part's factor (shared_normaliser)

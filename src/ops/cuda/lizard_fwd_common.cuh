@@ -19,8 +19,9 @@ namespace {
 constexpr int kC = 64;  // chunk length (rows of a chunk tile)
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Feature map of 16 rows held as C fragments acc[F/8][4] (pre-activations x W) -> phi in fp32,
-// rounded to bf16 values: acc becomes the plus half, out_m the minus half (same fragment layout).
+// Feature map of 16 rows held as C fragments acc[F/8][4] (pre-activations x W) -> phi in fp32: acc becomes the
+// plus half, out_m the minus half (same fragment layout). Not rounded here: every product takes phi as bf16
+// through its packing (round to nearest, the same values), the normaliser's dots take the fp32 values.
 template <int F>
 __device__ __forceinline__ void feature_map(float (&acc)[F / 8][4], float (&out_m)[F / 8][4], FeatureAct act) {
   if (act == FeatureAct::Softmax) {
@@ -33,14 +34,16 @@ __device__ __forceinline__ void feature_map(float (&acc)[F / 8][4], float (&out_
       mn1 = fminf(mn1, fminf(acc[j][2], acc[j][3]));
     }
     mx0 = mma::quad_max(mx0), mx1 = mma::quad_max(mx1), mn0 = mma::quad_min(mn0), mn1 = mma::quad_min(mn1);
+    // e^(x - mx) as 2^(x log2 e - mx log2 e): one FFMA and the SFU per value
+    const float lx0 = mx0 * kLog2e, lx1 = mx1 * kLog2e, ln0 = mn0 * kLog2e, ln1 = mn1 * kLog2e;
     float sp0 = 0, sp1 = 0, sm0 = 0, sm1 = 0;
 #pragma unroll
     for (int j = 0; j < F / 8; ++j) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float x0 = acc[j][e], x1 = acc[j][2 + e];
-        float p0 = __expf(x0 - mx0), p1 = __expf(x1 - mx1);
-        float m0 = __expf(mn0 - x0), m1 = __expf(mn1 - x1);
+        float p0 = mma::fast_exp2(fmaf(x0, kLog2e, -lx0)), p1 = mma::fast_exp2(fmaf(x1, kLog2e, -lx1));
+        float m0 = mma::fast_exp2(fmaf(-x0, kLog2e, ln0)), m1 = mma::fast_exp2(fmaf(-x1, kLog2e, ln1));
         acc[j][e] = p0, acc[j][2 + e] = p1, out_m[j][e] = m0, out_m[j][2 + e] = m1;
         sp0 += p0, sp1 += p1, sm0 += m0, sm1 += m1;
       }
@@ -50,10 +53,8 @@ __device__ __forceinline__ void feature_map(float (&acc)[F / 8][4], float (&out_
     for (int j = 0; j < F / 8; ++j) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        acc[j][e] = mma::round_bf16(acc[j][e] * sp0);
-        acc[j][2 + e] = mma::round_bf16(acc[j][2 + e] * sp1);
-        out_m[j][e] = mma::round_bf16(out_m[j][e] * sm0);
-        out_m[j][2 + e] = mma::round_bf16(out_m[j][2 + e] * sm1);
+        acc[j][e] *= sp0, acc[j][2 + e] *= sp1;
+        out_m[j][e] *= sm0, out_m[j][2 + e] *= sm1;
       }
     }
   } else {
@@ -62,8 +63,8 @@ __device__ __forceinline__ void feature_map(float (&acc)[F / 8][4], float (&out_
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float x = acc[j][e];
-        acc[j][e] = mma::round_bf16(__expf(x));
-        out_m[j][e] = mma::round_bf16(__expf(-x));
+        acc[j][e] = mma::fast_exp(x);
+        out_m[j][e] = mma::fast_exp(-x);
       }
   }
 }
@@ -167,12 +168,18 @@ __device__ __forceinline__ void rows_times_w_wg(float (&acc)[8][4], uint32_t X, 
   wg::fence_regs(d);
 }
 
-// One chunk's rows of a [L][stride] bf16 matrix into an SW128 chunk tile (rows past L zero-filled).
-template <int D>
-__device__ __forceinline__ void tile_async_sw(unsigned char* dst, const mma::bf16* src, int64_t stride, int n, int L, int t,
-                                              int nt) {
-  for (int p = t; p < kC * D / 8; p += nt) {
-    const int r = p / (D / 8), c = p % (D / 8), pos = n * kC + r;
+// One chunk's rows of a [L][stride] bf16 matrix into an SW128 chunk tile (rows past L zero-filled), by the NT
+// threads t = 0 .. NT - 1. NT a compile-time multiple of 8 D / 8: each thread keeps its 16-byte column c and
+// its row's swizzle phase, so the loop unrolls to one row step (an add) per copy.
+template <int D, int NT>
+__device__ __forceinline__ void tile_async_sw(unsigned char* dst, const mma::bf16* src, int64_t stride, int n, int L,
+                                              int t) {
+  constexpr int CPR = D / 8, RS = NT / CPR;  // 16-byte copies per row, rows per step
+  static_assert(NT % CPR == 0 && RS % 8 == 0 && kC % RS == 0, "tile copies must split evenly");
+  const int c = t % CPR, r0 = t / CPR;
+#pragma unroll
+  for (int k = 0; k < kC / RS; ++k) {
+    const int r = r0 + k * RS, pos = n * kC + r;
     const bool ok = pos < L;
     mma::cp_async16(dst + wg::sw128_offset(kC, r, c), src + int64_t(ok ? pos : 0) * stride + c * 8, ok ? 16 : 0);
   }
