@@ -250,7 +250,9 @@ struct Stage2Cuda::Impl {
   }
 
   // One decoder layer: x_in [T, d] -> x_out [T, d]; a receives what the backward needs.
-  void layer_forward(int li, int B, int L, const void* x_in, void* x_out, Acts& a) {
+  // stats: a backward of this layer follows on these activations (the Lizard forward then keeps its window
+  // statistics for it; evaluation and the first pass of recomputation skip them)
+  void layer_forward(int li, int B, int L, const void* x_in, void* x_out, Acts& a, bool stats) {
     const int64_t T = int64_t(B) * L;
     const int d = mc.d_model, H = mc.n_heads, Hkv = mc.n_kv_heads, D = mc.head_dim, qd = H * D, kvd = Hkv * D,
               F = mc.d_ff;
@@ -290,8 +292,10 @@ struct Stage2Cuda::Impl {
         rope(a.q.get(), B, L, H, false);
         rope(a.k.get(), B, L, Hkv, false);
       }
-      f32_buf(a.win_lse, T * H), bf16_buf(a.win_out, T * qd);  // kept for the backward's statistics
-      cuda::lizard_attention_forward_bf16(lizard_args(*lz, a, B, L));
+      if (stats) f32_buf(a.win_lse, T * H), bf16_buf(a.win_out, T * qd);  // kept for the backward's statistics
+      cuda::LizardAttnArgs la = lizard_args(*lz, a, B, L);
+      if (!stats) la.win_lse = nullptr, la.win_out = nullptr;
+      cuda::lizard_attention_forward_bf16(la);
     } else {
       rope(a.q.get(), B, L, H, false);  // kept rotated: the flash backward wants q, k as the forward saw them
       rope(a.k.get(), B, L, Hkv, false);
@@ -473,7 +477,7 @@ struct Stage2Cuda::Impl {
     const bool keep = grads && !opt.recompute;
     for (auto& x : xs) bf16_buf(x, T * d);
     cuda::embedding_fwd(kBF16, tw->embedding(), static_cast<const int32_t*>(ids.get()), xs[0].get(), T, d);
-    for (int li = 0; li < nl; ++li) layer_forward(li, B, L, xs[li].get(), xs[li + 1].get(), acts[keep ? li : 0]);
+    for (int li = 0; li < nl; ++li) layer_forward(li, B, L, xs[li].get(), xs[li + 1].get(), acts[keep ? li : 0], keep);
     void* xfb = bf16_buf(xf, T * d);
     float* rstdfp = f32_buf(rstdf, T);
     cuda::rmsnorm_fwd(kBF16, xs[nl].get(), tw->out_norm(), xfb, rstdfp, T, d, eps);
@@ -509,7 +513,7 @@ struct Stage2Cuda::Impl {
       void* dresb = bf16_buf(dres, T * d);
       cuda::rmsnorm_bwd(kBF16, xs[nl].get(), tw->out_norm(), rstdfp, dxfb, dresb, nullptr, T, d);
       for (int li = nl - 1; li >= 0; --li) {
-        if (!keep) layer_forward(li, B, L, xs[li].get(), bf16_buf(x_scratch, T * d), acts[0]);  // recompute
+        if (!keep) layer_forward(li, B, L, xs[li].get(), bf16_buf(x_scratch, T * d), acts[0], true);  // recompute
         layer_backward(li, B, L, xs[li].get(), acts[keep ? li : 0], dresb);
       }
       lap(opt.recompute ? "backward_with_recompute" : "backward");
