@@ -553,6 +553,33 @@ struct Fwd3Smem {
 };
 static_assert(Fwd3Smem<128, 64>::bytes(3) <= 227 * 1024, "v3 must fit the sm_90 opt-in limit at w = 128");
 
+// v3's window: masks a key block's raw scores (C fragments, rows ia, ib = ia + 8, keys t0 + 8 j + 2 t4 + e) and
+// takes the rows' maxima. kCausal: keys after a row's query exist in the block (the diagonal block); kOld: keys
+// older than a row's window exist (the oldest block). Each block tests only the bound it can cross.
+template <bool kCausal, bool kOld>
+__device__ __forceinline__ void mask_block_max(float (&sc)[kC / 2], int t0, int t4, int ia, int w, float& mx0, float& mx1) {
+  const int ib = ia + 8;
+#pragma unroll
+  for (int j = 0; j < kC / 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int tt = t0 + 8 * j + 2 * t4 + e;
+      if constexpr (kCausal || kOld) {
+        const bool v0 = (!kCausal || tt <= ia) && (!kOld || tt > ia - w);
+        const bool v1 = (!kCausal || tt <= ib) && (!kOld || tt > ib - w);
+        sc[4 * j + e] = v0 ? sc[4 * j + e] : -INFINITY;
+        sc[4 * j + 2 + e] = v1 ? sc[4 * j + 2 + e] : -INFINITY;
+      }
+      mx0 = fmaxf(mx0, sc[4 * j + e]), mx1 = fmaxf(mx1, sc[4 * j + 2 + e]);
+    }
+  }
+}
+
+// v3's window rescales lazily: a row's reference max moves only when a key block's max exceeds it by more
+// than this (log2 units), so P = 2^(s - m) stays below 2^8 (exact in fp32, within bf16's range) and most
+// blocks skip the 64 rescaling multiplies per thread; l, the output and the statistics share the reference.
+constexpr float kLazyRescale = 8.f;
+
 // mma.cuh's load_a_t (A fragment of a matrix stored transposed, [k][m]) from an SW128 chunk tile of
 // 64 k-rows.
 __device__ __forceinline__ void load_a_t_sw(uint32_t (&a)[4], uint32_t base, int m0, int k0) {
@@ -646,7 +673,10 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
 #pragma unroll
   for (int j = 0; j < D / 2; ++j) sreg[j] = 0.f;
   const bool owns_s = warp < F2 / 16;
+
   const int f0 = warp * 16;
+  // wgmma descriptors of the fixed tiles; each k-step's slice is desc_advance from them
+  const uint64_t dS16 = wg::desc_sw128(sS16, F2 * 128, 1024), dPk = wg::desc_sw128(sPk, 16, 1024);
 
   for (int n = 0; n < nchunks; ++n) {
     cp_async_wait_all();
@@ -655,9 +685,11 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
     unsigned char* Qs = base + (n & 1) * kTile;
     const uint32_t sQ = sbase + (n & 1) * kTile;
     const uint32_t sKc = sbase + oK + (n % ring) * kTile, sVc = sbase + oV + (n % ring) * kTile;
+    const uint64_t dVc = wg::desc_sw128(sVc, kC * 128, 1024);  // V of chunk n, MN-major
     if (n + 1 < nchunks) tile_async_sw<D, kThreads>(base + ((n + 1) & 1) * kTile, qb, qstride, n + 1, L, tid);
     cp_async_commit();
-    const float bC = bsum[kC - 1];
+    const float* bs = bsum;
+    const float bC = bs[kC - 1];
     const int r0 = (warp & 3) * 16;  // the 16 rows this warp works on
 
     float og[D / 2];  // accumulator layout: og[4j + e] = v0's og[j][e]
@@ -707,7 +739,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       wg::wgmma_fence();
 #pragma unroll
       for (int s = 0; s < F2 / 16; ++s)
-        wg::wgmma_rs_tb<D>(og, phq[s], wg::desc_sw128(sS16 + s * (16 * 128), F2 * 128, 1024));
+        wg::wgmma_rs_tb<D>(og, phq[s], wg::desc_advance(dS16, s * (16 * 128)));
       wg::commit();
       bar_sync(kBarGate, 128);  // every gate warp's phi_K rows visible
       float sc[kC / 2];         // sc[4j + e] = v0's sc[j][e]
@@ -716,23 +748,23 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       wg::wgmma_fence();
 #pragma unroll
       for (int s = 0; s < F2 / 16; ++s)
-        wg::wgmma_rs_kb<64>(sc, phq[s], wg::desc_sw128(sPk + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024));
+        wg::wgmma_rs_kb<64>(sc, phq[s], wg::desc_advance(dPk, (s >> 2) * (kC * 128) + (s & 3) * 32));
       wg::commit();
       wg::wait<0>();
       wg::fence_regs(sc);
       const int i0 = r0 + g, i1 = r0 + g + 8;
-      const float bi0 = bsum[i0], bi1 = bsum[i1];
+      const float bi0 = bs[i0], bi1 = bs[i1];
       uint32_t pa[NK / 2][4];
 #pragma unroll
       for (int j = 0; j < NK; ++j) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           int tt = 8 * j + 2 * t4 + e;
-          float bt = bsum[tt];
+          float bt = bs[tt];
           float x0 = tt <= i0 ? sc[4 * j + e] * fast_exp(bi0 - bt) : 0.f;
           float x1 = tt <= i1 ? sc[4 * j + 2 + e] * fast_exp(bi1 - bt) : 0.f;
-          sc[4 * j + e] = round_bf16(x0), sc[4 * j + 2 + e] = round_bf16(x1);
-          l0 += sc[4 * j + e], l1 += sc[4 * j + 2 + e];
+          sc[4 * j + e] = x0, sc[4 * j + 2 + e] = x1;  // packed to bf16 for the product; fp32 for the sums
+          l0 += x0, l1 += x1;
         }
       }
       acc_to_a(pa, sc);
@@ -746,7 +778,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       wg::wgmma_fence();
 #pragma unroll
       for (int s = 0; s < NK / 2; ++s)
-        wg::wgmma_rs_tb<D>(og, pa[s], wg::desc_sw128(sVc + s * (16 * 128), kC * 128, 1024));
+        wg::wgmma_rs_tb<D>(og, pa[s], wg::desc_advance(dVc, s * (16 * 128)));
       wg::commit();
       wg::wait<0>();
       wg::fence_regs(og);
@@ -764,6 +796,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
 #pragma unroll
       for (int j = 0; j < D / 2; ++j) og[j] = 0.f;
       const int wmin = n * kC, wmax = wmin + kC - 1;  // the warpgroup's query positions (uniform)
+      const uint64_t dq = wg::desc_sw128(sQ, 16, 1024);  // Q of chunk n, K-major
+      bool fresh = true;                                  // no key block processed yet (og still zero)
       const bool more = n + 1 < nchunks;
       const int pslot = (n + 1) % ring;
       if (ring > nb + 1 && more) {
@@ -773,54 +807,52 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       for (int jb = nb; jb >= 0; --jb) {
         const int cn = n - jb, t0 = cn * kC;
         if (cn >= 0 && t0 + kC - 1 >= wmin - w + 1 && t0 <= wmax) {  // warpgroup-uniform
-          const uint32_t kbase = sbase + oK + (cn % ring) * kTile, vbase = sbase + oV + (cn % ring) * kTile;
+          const uint32_t slot = (cn % ring) * kTile;
+          const uint64_t dk = wg::desc_sw128(sbase + oK + slot, 16, 1024), dv = wg::desc_sw128(sbase + oV + slot, kC * 128, 1024);
           float sc[kC / 2];
           wg::wgmma_fence();
 #pragma unroll
           for (int s = 0; s < D / 16; ++s) {
-            const uint64_t da = wg::desc_sw128(sQ + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024);
-            const uint64_t db = wg::desc_sw128(kbase + (s >> 2) * (kC * 128) + (s & 3) * 32, 16, 1024);
-            wg::wgmma_ss<kC>(sc, da, db, s > 0 ? 1 : 0);
+            const uint32_t ks = (s >> 2) * (kC * 128) + (s & 3) * 32;  // k-step s of a K-major chunk tile
+            wg::wgmma_ss<kC>(sc, wg::desc_advance(dq, ks), wg::desc_advance(dk, ks), s > 0 ? 1 : 0);
           }
           wg::commit();
           wg::wait<0>();
           wg::fence_regs(sc);
           float mx0 = -INFINITY, mx1 = -INFINITY;
           // Raw scores stay unscaled: the max of the raw scores times scale2 is the max of the scaled ones
-          // (scale2 > 0), and each exp takes its scaling in an FFMA. A block every query of the chunk sees
-          // whole (keys before the chunk, none older than the last query's window: the middle block at
-          // w 128) needs no mask.
-          if (t0 + kC - 1 < wmin && t0 > wmax - w) {  // warpgroup-uniform
+          // (scale2 > 0), and each exp takes its scaling in an FFMA. Masks by block kind (warpgroup-uniform):
+          // the diagonal block needs the causal bound (and the window's where w < 64), the oldest the window's, a block
+          // every query sees whole (the middle one at w 128) none.
+          const bool causal = t0 + kC - 1 > wmin, old = t0 <= wmax - w;
+          if (causal && old)
+            mask_block_max<true, true>(sc, t0, t4, ia, w, mx0, mx1);
+          else if (causal)
+            mask_block_max<true, false>(sc, t0, t4, ia, w, mx0, mx1);
+          else if (old)
+            mask_block_max<false, true>(sc, t0, t4, ia, w, mx0, mx1);
+          else
+            mask_block_max<false, false>(sc, t0, t4, ia, w, mx0, mx1);
+          const float bm0 = quad_max(mx0) * scale2, bm1 = quad_max(mx1) * scale2;
+          const bool up0 = bm0 > m0 + kLazyRescale, up1 = bm1 > m1 + kLazyRescale;
+          if (__any_sync(0xffffffffu, up0 || up1)) {  // warp-uniform: some row's reference max moves
+            const float c0 = up0 ? fast_exp2(m0 - bm0) : 1.f, c1 = up1 ? fast_exp2(m1 - bm1) : 1.f;
+            m0 = up0 ? bm0 : m0, m1 = up1 ? bm1 : m1;
+            l0 *= c0, l1 *= c1;
+            if (!fresh) {  // the output is still zero before the first block
 #pragma unroll
-            for (int j = 0; j < NK; ++j) {
-              mx0 = fmaxf(mx0, fmaxf(sc[4 * j], sc[4 * j + 1]));
-              mx1 = fmaxf(mx1, fmaxf(sc[4 * j + 2], sc[4 * j + 3]));
-            }
-          } else {
-#pragma unroll
-            for (int j = 0; j < NK; ++j) {
-#pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                int tt = t0 + 8 * j + 2 * t4 + e;
-                sc[4 * j + e] = (tt <= ia && tt > ia - w) ? sc[4 * j + e] : -INFINITY;
-                sc[4 * j + 2 + e] = (tt <= ib && tt > ib - w) ? sc[4 * j + 2 + e] : -INFINITY;
-                mx0 = fmaxf(mx0, sc[4 * j + e]), mx1 = fmaxf(mx1, sc[4 * j + 2 + e]);
-              }
+              for (int j = 0; j < D / 8; ++j) og[4 * j] *= c0, og[4 * j + 1] *= c0, og[4 * j + 2] *= c1, og[4 * j + 3] *= c1;
             }
           }
-          const float mn0 = fmaxf(m0, quad_max(mx0) * scale2), mn1 = fmaxf(m1, quad_max(mx1) * scale2);
-          const float u0 = mn0 == -INFINITY ? 0.f : mn0, u1 = mn1 == -INFINITY ? 0.f : mn1;
-          const float c0 = fast_exp2(m0 - u0), c1 = fast_exp2(m1 - u1);
-          m0 = mn0, m1 = mn1;
-          l0 *= c0, l1 *= c1;
-#pragma unroll
-          for (int j = 0; j < D / 8; ++j) og[4 * j] *= c0, og[4 * j + 1] *= c0, og[4 * j + 2] *= c1, og[4 * j + 3] *= c1;
+          fresh = false;
+          const float u0 = m0 == -INFINITY ? 0.f : m0, u1 = m1 == -INFINITY ? 0.f : m1;
+          // P in fp32 for the sums; the product takes it packed to bf16 (acc_to_a, round to nearest)
 #pragma unroll
           for (int j = 0; j < NK; ++j) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-              sc[4 * j + e] = round_bf16(fast_exp2(fmaf(sc[4 * j + e], scale2, -u0)));
-              sc[4 * j + 2 + e] = round_bf16(fast_exp2(fmaf(sc[4 * j + 2 + e], scale2, -u1)));
+              sc[4 * j + e] = fast_exp2(fmaf(sc[4 * j + e], scale2, -u0));
+              sc[4 * j + 2 + e] = fast_exp2(fmaf(sc[4 * j + 2 + e], scale2, -u1));
               l0 += sc[4 * j + e], l1 += sc[4 * j + 2 + e];
             }
           }
@@ -830,7 +862,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           wg::wgmma_fence();
 #pragma unroll
           for (int s = 0; s < NK / 2; ++s)
-            wg::wgmma_rs_tb<D>(og, pa[s], wg::desc_sw128(vbase + s * (16 * 128), kC * 128, 1024));
+            wg::wgmma_rs_tb<D>(og, pa[s], wg::desc_advance(dv, s * (16 * 128)));
           wg::commit();
           wg::wait<0>();
           wg::fence_regs(og);
@@ -881,8 +913,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       for (int s = 0; s < NK / 2; ++s) {
         load_a_t_sw(pk[s], sPk, f0, s * 16);
         const int tt = s * 16 + 2 * t4;
-        const float dk0 = fast_exp(bC - bsum[tt]), dk1 = fast_exp(bC - bsum[tt + 1]);
-        const float dk2 = fast_exp(bC - bsum[tt + 8]), dk3 = fast_exp(bC - bsum[tt + 9]);
+        const float dk0 = fast_exp(bC - bs[tt]), dk1 = fast_exp(bC - bs[tt + 1]);
+        const float dk2 = fast_exp(bC - bs[tt + 8]), dk3 = fast_exp(bC - bs[tt + 9]);
         pk[s][0] = scale_bf16x2(pk[s][0], dk0, dk1);
         pk[s][1] = scale_bf16x2(pk[s][1], dk0, dk1);
         pk[s][2] = scale_bf16x2(pk[s][2], dk2, dk3);
@@ -892,7 +924,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       wg::wgmma_fence();
 #pragma unroll
       for (int s = 0; s < NK / 2; ++s)
-        wg::wgmma_rs_tb<D>(sreg, pk[s], wg::desc_sw128(sVc + s * (16 * 128), kC * 128, 1024));
+        wg::wgmma_rs_tb<D>(sreg, pk[s], wg::desc_advance(dVc, s * (16 * 128)));
       wg::commit();
       wg::wait<0>();
       wg::fence_regs(sreg);

@@ -161,8 +161,9 @@ __device__ __forceinline__ void rows_times_w_wg(float (&acc)[8][4], uint32_t X, 
 #pragma unroll
   for (int j = 0; j < 32; ++j) d[j] = 0.f;
   wg::wgmma_fence();
+  const uint64_t dw = wg::desc_sw128(W, D * 128, 1024);
 #pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) wg::wgmma_rs_tb<64>(d, a[ks], wg::desc_sw128(W + ks * (16 * 128), D * 128, 1024));
+  for (int ks = 0; ks < D / 16; ++ks) wg::wgmma_rs_tb<64>(d, a[ks], wg::desc_advance(dw, ks * (16 * 128)));
   wg::commit();
   wg::wait<0>();
   wg::fence_regs(d);
@@ -177,11 +178,19 @@ __device__ __forceinline__ void tile_async_sw(unsigned char* dst, const mma::bf1
   constexpr int CPR = D / 8, RS = NT / CPR;  // 16-byte copies per row, rows per step
   static_assert(NT % CPR == 0 && RS % 8 == 0 && kC % RS == 0, "tile copies must split evenly");
   const int c = t % CPR, r0 = t / CPR;
+  unsigned char* d0 = dst + wg::sw128_offset(kC, r0, c);  // RS % 8 == 0: row r0 + k RS has r0's swizzle phase
+  if ((n + 1) * kC <= L) {  // a whole chunk (uniform): one pointer step per copy, no bounds
+    const mma::bf16* p = src + int64_t(n * kC + r0) * stride + c * 8;
+    const int64_t step = int64_t(RS) * stride;
+#pragma unroll
+    for (int k = 0; k < kC / RS; ++k) mma::cp_async16(d0 + k * RS * 128, p + k * step, 16);
+    return;
+  }
 #pragma unroll
   for (int k = 0; k < kC / RS; ++k) {
-    const int r = r0 + k * RS, pos = n * kC + r;
+    const int pos = n * kC + r0 + k * RS;
     const bool ok = pos < L;
-    mma::cp_async16(dst + wg::sw128_offset(kC, r, c), src + int64_t(ok ? pos : 0) * stride + c * 8, ok ? 16 : 0);
+    mma::cp_async16(d0 + k * RS * 128, src + int64_t(ok ? pos : 0) * stride + c * 8, ok ? 16 : 0);
   }
 }
 

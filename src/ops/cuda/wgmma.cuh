@@ -36,6 +36,14 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t smem_byte_addr, uint32_t
          (uint64_t((sbo_bytes >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);
 }
 
+// A descriptor moved by `bytes` within its tile (a k-step's slice): the start-address field (bits 0-13, the
+// address >> 4) cannot carry into the next field because shared memory addresses stay below 2^18, so one 32-bit
+// add on the low word does it (building each k-step's descriptor from its address cost ~12 instructions).
+__device__ __forceinline__ uint64_t desc_advance(uint64_t d, uint32_t bytes) {
+  const uint32_t lo = uint32_t(d) + (bytes >> 4), hi = uint32_t(d >> 32);
+  return (uint64_t(hi) << 32) | lo;
+}
+
 // Byte offset of (row r, 16-byte chunk c) in an SW128 tile of R rows.
 __host__ __device__ constexpr uint32_t sw128_offset(int R, int r, int c) {
   return uint32_t((c >> 3) * R * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
