@@ -533,6 +533,8 @@ constexpr int kBarPk = 1;      // gate warps arrive when phi_K is in shared memo
 constexpr int kBarGate = 2;    // the 4 gate warps
 constexpr int kBarWindow = 3;  // the 4 window warps
 constexpr int kBarQ = 4;       // gate warps arrive when done reading Q, window warps wait to overwrite it
+constexpr int kBarS16 = 5;     // gate warps arrive when their phi_Q S_n has read S16, window owners wait to rewrite it
+constexpr int kBarWout = 6;    // window warps arrive when their output is in the Q tile, gate warps wait to combine
 
 template <int D, int F>
 struct Fwd3Smem {
@@ -547,7 +549,7 @@ struct Fwd3Smem {
            + size_t(F2) * D * 2                                     // S16 (SW128, F2 rows)
            + size_t(kC) * F2 * 2                                    // phi_K (SW128, 64 rows x F2)
            + size_t(2) * kWBytes                                    // Wq, Wk
-           + size_t(3 * kC + F2) * 4                                // b, next log gamma, z, p_meta
+           + size_t(4 * kC + F2) * 4                                // b x 2, next log gamma, z, p_meta
            + 1024;                                                  // aligning the swizzle atoms
   }
 };
@@ -612,8 +614,10 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
   bf16* Wq = reinterpret_cast<bf16*>(base + oW);
   bf16* Wk = reinterpret_cast<bf16*>(base + oW + S::kWBytes);
   const uint32_t sWq = sbase + oW, sWk = sbase + oW + S::kWBytes;
+  // b (the chunk's inclusive log-gamma sums) double-buffered: chunk n reads bsum + (n & 1) kC while warp 0
+  // scans chunk n + 1's into the other buffer (no chunk-end barrier orders them)
   float* bsum = reinterpret_cast<float*>(base + oW + 2 * S::kWBytes);
-  float* lgn = bsum + kC;
+  float* lgn = bsum + 2 * kC;
   float* zs = lgn + kC;
   float* pmeta = zs + F2;  // meta_weights_gate: as in v0
 
@@ -673,7 +677,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
 #pragma unroll
   for (int j = 0; j < D / 2; ++j) sreg[j] = 0.f;
   const bool owns_s = warp < F2 / 16;
-
+  constexpr bool kWindowOwnsS = F2 / 16 > 4;  // F = 64: the window warps own S rows 64 .. 127
   const int f0 = warp * 16;
   // wgmma descriptors of the fixed tiles; each k-step's slice is desc_advance from them
   const uint64_t dS16 = wg::desc_sw128(sS16, F2 * 128, 1024), dPk = wg::desc_sw128(sPk, 16, 1024);
@@ -688,7 +692,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
     const uint64_t dVc = wg::desc_sw128(sVc, kC * 128, 1024);  // V of chunk n, MN-major
     if (n + 1 < nchunks) tile_async_sw<D, kThreads>(base + ((n + 1) & 1) * kTile, qb, qstride, n + 1, L, tid);
     cp_async_commit();
-    const float* bs = bsum;
+    const float* bs = bsum + (n & 1) * kC;
     const float bC = bs[kC - 1];
     const int r0 = (warp & 3) * 16;  // the 16 rows this warp works on
 
@@ -752,6 +756,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       wg::commit();
       wg::wait<0>();
       wg::fence_regs(sc);
+      if constexpr (kWindowOwnsS) bar_arrive(kBarS16, kThreads);  // S16 read: the window owners may rewrite it
       const int i0 = r0 + g, i1 = r0 + g + 8;
       const float bi0 = bs[i0], bi1 = bs[i1];
       uint32_t pa[NK / 2][4];
@@ -898,6 +903,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         *reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4) =
             pack_bf16(og[4 * j + 2] * inv1, og[4 * j + 3] * inv1);
       }
+      bar_arrive(kBarWout, kThreads);  // the window output (and p_meta) in place: the gate warps may combine
     }
 
     // State update S = exp(b_C) S + (phi_K * exp(b_C - b_t))^T V on wgmma: warpgroup i owns feature
@@ -937,9 +943,14 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
 #pragma unroll
       for (int s = 0; s < NK / 2; ++s) mma16816(zc, pk[s], kOnes, kOnes);
     }
-    __syncthreads();  // (D) S16, z, b and the window output may now be touched
-
+    // No chunk-end barrier: each warpgroup rewrites its own S16 rows and z once every reader of S16 (the gate's
+    // phi_Q S_n) is done, and the gate warps combine once the window output is in place, so the window owners'
+    // state update overlaps the gate's combine and y stores. (A) of the next chunk orders the rest.
     if (owns_s) {
+      if (warp < 4)
+        bar_sync(kBarGate, 128);  // every gate warp's phi_Q S_n done
+      else
+        bar_sync(kBarS16, kThreads);
 #pragma unroll
       for (int j = 0; j < ND; ++j) {
         *reinterpret_cast<uint32_t*>(S16 + wg::sw128_offset(F2, f0 + g, j) + 4 * t4) = pack_bf16(sreg[4 * j], sreg[4 * j + 1]);
@@ -947,12 +958,13 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
             pack_bf16(sreg[4 * j + 2], sreg[4 * j + 3]);
       }
     }
-    if (owns_s && t4 == 0) {
+    if (owns_s && t4 == 0) {  // z: read by the gate's phi_Q dots only, done before kBarGate / kBarQ
       const float eC = fast_exp(bC);
       zs[f0 + g] = eC * zs[f0 + g] + zc[0];
       zs[f0 + g + 8] = eC * zs[f0 + g + 8] + zc[2];
     }
     if (warp < 4) {
+      bar_sync(kBarWout, kThreads);
       float wa = 1.f, wb = 1.f;  // the window part's factor (shared_normaliser)
       if (a.meta_weights_gate) {
         float p0 = pmeta[r0 + g], p1 = pmeta[r0 + g + 8];
@@ -977,9 +989,9 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
               *reinterpret_cast<const uint4*>(Qs + wg::sw128_offset(kC, r0 + r, c));
       }
     }
-    if (warp == 0 && n + 1 < nchunks) {  // b of the next chunk (nobody reads bsum past (D))
+    if (warp == 0 && n + 1 < nchunks) {  // b of the next chunk, into the other buffer
       cp_async_wait_all();
-      scan_log_gamma(bsum, lgn, lane);
+      scan_log_gamma(bsum + ((n + 1) & 1) * kC, lgn, lane);
       __syncwarp();
       if (n + 2 < nchunks) log_gamma_async(lgn, lgb, gts, n + 2, L, lane);
       cp_async_commit();
