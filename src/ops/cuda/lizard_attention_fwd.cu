@@ -621,7 +621,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
   float* zs = lgn + kC;
   float* pmeta = zs + F2;  // meta_weights_gate: as in v0
 
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  // warp via a shuffle from lane 0: provably warp-uniform (uniform-datapath descriptors and addresses)
+  const int tid = threadIdx.x, warp = __shfl_sync(0xffffffffu, tid >> 5, 0), lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const int hq = blockIdx.x % a.Hq, b = blockIdx.x / a.Hq;
   const int hkv = hq / (a.Hq / a.Hkv);
   const int L = a.L, w = a.window;
