@@ -904,7 +904,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         *reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4) =
             pack_bf16(og[4 * j + 2] * inv1, og[4 * j + 3] * inv1);
       }
-      bar_arrive(kBarWout, kThreads);  // the window output (and p_meta) in place: the gate warps may combine
+      if constexpr (kWindowOwnsS) bar_arrive(kBarWout, kThreads);  // the window output (and p_meta) in place
     }
 
     // State update S = exp(b_C) S + (phi_K * exp(b_C - b_t))^T V on wgmma: warpgroup i owns feature
@@ -944,9 +944,12 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
 #pragma unroll
       for (int s = 0; s < NK / 2; ++s) mma16816(zc, pk[s], kOnes, kOnes);
     }
-    // No chunk-end barrier: each warpgroup rewrites its own S16 rows and z once every reader of S16 (the gate's
-    // phi_Q S_n) is done, and the gate warps combine once the window output is in place, so the window owners'
-    // state update overlaps the gate's combine and y stores. (A) of the next chunk orders the rest.
+    // F = 64, no chunk-end barrier: each warpgroup rewrites its own S16 rows and z once every reader of S16
+    // (the gate's phi_Q S_n) is done, and the gate warps combine once the window output is in place, so the
+    // window owners' state update overlaps the gate's combine and y stores. (A) of the next chunk orders the
+    // rest. F = 32: the window warps own no state and have nothing to overlap, so one barrier (D) as before
+    // (racecheck flagged the window output -> combine hand-over through kBarWout at <64, 32> only; not resolved).
+    if constexpr (!kWindowOwnsS) __syncthreads();  // (D)
     if (owns_s) {
       if (warp < 4)
         bar_sync(kBarGate, 128);  // every gate warp's phi_Q S_n done
@@ -965,7 +968,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       zs[f0 + g + 8] = eC * zs[f0 + g + 8] + zc[2];
     }
     if (warp < 4) {
-      bar_sync(kBarWout, kThreads);
+      if constexpr (kWindowOwnsS) bar_sync(kBarWout, kThreads);
       float wa = 1.f, wb = 1.f;  // the window part's factor (shared_normaliser)
       if (a.meta_weights_gate) {
         float p0 = pmeta[r0 + g], p1 = pmeta[r0 + g + 8];
