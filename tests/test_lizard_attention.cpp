@@ -750,7 +750,13 @@ TEST(LizardBackward, FloatMatchesDouble) {
       // gate gradients are sums of suffix sums of dB_i = dOut.out - Vh.dVh (a difference of O(1)
       // terms): fp32 loses about 1e-4 of their size to cancellation.
       EXPECT_LT(rel_err(tod(dxf), dxd), 1e-3);
-      EXPECT_LT(rel_err(tod(dpf.gate_b), dpd.gate_b), 1e-3);
+      // The gate's gradient as one vector (w and b): the bias alone is a single sum that can cancel to near
+      // zero, so its own relative error has no bound (2e-3..4e-3 at about 1 seed in 100, with absolute
+      // errors like the other entries'); over 400 seeds the joint error stayed below 8e-5.
+      std::vector<double> gf = tod(dpf.gate_w), gd = dpd.gate_w;
+      gf.insert(gf.end(), dpf.gate_b.begin(), dpf.gate_b.end());
+      gd.insert(gd.end(), dpd.gate_b.begin(), dpd.gate_b.end());
+      EXPECT_LT(rel_err(gf, gd), 5e-4);
     }
   }
 }
