@@ -966,7 +966,7 @@ TEST(LizardCuda, ChunkedBackwardVsReference) {
   static_assert(lizard::cuda::kBackwardStageDefault == 2, "the first pass below is the default");
   constexpr int kState = lizard::cuda::kBackwardStateDefault, kStateOther = 3 - kState;
   static_assert(kState == 1 || kState == 2, "state variants 1 and 2");
-  for (const auto [stages, statev] : {std::pair{2, kState}, std::pair{1, kState}, std::pair{2, kStateOther}}) {
+  for (const auto& [stages, statev] : {std::pair{2, kState}, std::pair{1, kState}, std::pair{2, kStateOther}}) {
     lizard::cuda::set_backward_stage_variant(stages);
     lizard::cuda::set_backward_state_variant(statev);
     std::printf("[lizard-cuda] chunked backward, stage variant %d (%s), state variant %d: state passes + "
@@ -1014,7 +1014,7 @@ TEST(LizardCuda, ChunkedBackwardWithForwardStats) {
 // state-pass variant (cp.async stages of raw rows, rows past L zero-filled) under the default stages.
 TEST(LizardCuda, SanitizerSmallChunkedBackward) {
   constexpr int kState = lizard::cuda::kBackwardStateDefault, kStateOther = 3 - kState;
-  for (const auto [stages, statev] : {std::pair{2, kState}, std::pair{1, kState}, std::pair{2, kStateOther}}) {
+  for (const auto& [stages, statev] : {std::pair{2, kState}, std::pair{1, kState}, std::pair{2, kStateOther}}) {
     lizard::cuda::set_backward_stage_variant(stages);
     lizard::cuda::set_backward_state_variant(statev);
     std::printf("[lizard-cuda] small chunked backward, stage variant %d, state variant %d\n", stages, statev);
