@@ -608,7 +608,6 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
   unsigned char* S16 = base + oS;
   const uint32_t sS16 = sbase + oS;
   const uint32_t oPk = oS + F2 * D * 2;  // phi_K, SW128 (64 keys x F2 features)
-  unsigned char* Pk = base + oPk;
   const uint32_t sPk = sbase + oPk;
   const uint32_t oW = oPk + kC * F2 * 2;  // Wq, Wk (SW128 when S::kWgFeat: 1024-aligned here)
   bf16* Wq = reinterpret_cast<bf16*>(base + oW);
@@ -708,17 +707,13 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           rows_times_w_sw<D, F>(ap, sKc, Wk, r0);
         feature_map<F>(ap, am, a.act);
         const bool v0 = n * kC + r0 + g < L, v1 = n * kC + r0 + g + 8 < L;
+        // rows past L stored as zeros; columns: the plus half in chunks 0 .. F/8 - 1, the minus half after
+        auto top = [&](const float(&x)[4]) { return pack_bf16(v0 ? x[0] : 0.f, v0 ? x[1] : 0.f); };
+        auto bot = [&](const float(&x)[4]) { return pack_bf16(v1 ? x[2] : 0.f, v1 ? x[3] : 0.f); };
 #pragma unroll
-        for (int j = 0; j < F / 8; ++j) {
-          float p00 = v0 ? ap[j][0] : 0.f, p01 = v0 ? ap[j][1] : 0.f;
-          float p10 = v1 ? ap[j][2] : 0.f, p11 = v1 ? ap[j][3] : 0.f;
-          float m00 = v0 ? am[j][0] : 0.f, m01 = v0 ? am[j][1] : 0.f;
-          float m10 = v1 ? am[j][2] : 0.f, m11 = v1 ? am[j][3] : 0.f;
-          // (row, column c) of the SW128 phi_K tile: chunk c / 8, byte 2 (c % 8) in it (c % 8 = 2 t4)
-          *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g, j) + 4 * t4) = pack_bf16(p00, p01);
-          *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4) = pack_bf16(p10, p11);
-          *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g, F / 8 + j) + 4 * t4) = pack_bf16(m00, m01);
-          *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g + 8, F / 8 + j) + 4 * t4) = pack_bf16(m10, m11);
+        for (int j = 0; j < F / 8; j += 2) {
+          stsm4_at(frag_rows_sw<kC>(sPk, r0, j), top(ap[j]), bot(ap[j]), top(ap[j + 1]), bot(ap[j + 1]));
+          stsm4_at(frag_rows_sw<kC>(sPk, r0, F / 8 + j), top(am[j]), bot(am[j]), top(am[j + 1]), bot(am[j + 1]));
         }
       }
       wg::fence_proxy_async();       // phi_K stores -> visible to the intra-score wgmma (after kBarGate)
@@ -898,12 +893,10 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       bar_sync(kBarQ, kThreads);   // the gate warps are done reading Q
       bar_sync(kBarPk, kThreads);  // phi_K ready (for the state update)
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        *reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g, j) + 4 * t4) =
-            pack_bf16(og[4 * j] * inv0, og[4 * j + 1] * inv0);
-        *reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4) =
-            pack_bf16(og[4 * j + 2] * inv1, og[4 * j + 3] * inv1);
-      }
+      for (int j = 0; j < D / 8; j += 2)
+        stsm4_at(frag_rows_sw<kC>(sQ, r0, j), pack_bf16(og[4 * j] * inv0, og[4 * j + 1] * inv0),
+                 pack_bf16(og[4 * j + 2] * inv1, og[4 * j + 3] * inv1), pack_bf16(og[4 * j + 4] * inv0, og[4 * j + 5] * inv0),
+                 pack_bf16(og[4 * j + 6] * inv1, og[4 * j + 7] * inv1));
       if constexpr (kWindowOwnsS) bar_arrive(kBarWout, kThreads);  // the window output (and p_meta) in place
     }
 
@@ -956,11 +949,9 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       else
         bar_sync(kBarS16, kThreads);
 #pragma unroll
-      for (int j = 0; j < ND; ++j) {
-        *reinterpret_cast<uint32_t*>(S16 + wg::sw128_offset(F2, f0 + g, j) + 4 * t4) = pack_bf16(sreg[4 * j], sreg[4 * j + 1]);
-        *reinterpret_cast<uint32_t*>(S16 + wg::sw128_offset(F2, f0 + g + 8, j) + 4 * t4) =
-            pack_bf16(sreg[4 * j + 2], sreg[4 * j + 3]);
-      }
+      for (int j = 0; j < ND; j += 2)
+        stsm4_at(frag_rows_sw<F2>(sS16, f0, j), pack_bf16(sreg[4 * j], sreg[4 * j + 1]), pack_bf16(sreg[4 * j + 2], sreg[4 * j + 3]),
+                 pack_bf16(sreg[4 * j + 4], sreg[4 * j + 5]), pack_bf16(sreg[4 * j + 6], sreg[4 * j + 7]));
     }
     if (owns_s && t4 == 0) {  // z: read by the gate's phi_Q dots only, done before kBarGate / kBarQ
       const float eC = fast_exp(bC);
@@ -977,12 +968,15 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         for (int j = 0; j < D / 8; ++j) og[4 * j] *= p0, og[4 * j + 1] *= p0, og[4 * j + 2] *= p1, og[4 * j + 3] *= p1;
       }
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        uint32_t* p0 = reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g, j) + 4 * t4);
-        uint32_t* p1 = reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4);
-        float2 w0 = unpack_bf16(*p0), w1 = unpack_bf16(*p1);
-        *p0 = pack_bf16(og[4 * j] + w0.x * wa, og[4 * j + 1] + w0.y * wa);
-        *p1 = pack_bf16(og[4 * j + 2] + w1.x * wb, og[4 * j + 3] + w1.y * wb);
+      for (int j = 0; j < D / 8; j += 2) {  // ldmatrix / stmatrix in the fragment layout: the window rows in, y out
+        const uint32_t ad = frag_rows_sw<kC>(sQ, r0, j);
+        uint32_t w4[4];
+        ldsm4_at(w4, ad);
+        const float2 a0 = unpack_bf16(w4[0]), a1 = unpack_bf16(w4[1]), a2 = unpack_bf16(w4[2]), a3 = unpack_bf16(w4[3]);
+        stsm4_at(ad, pack_bf16(og[4 * j] + a0.x * wa, og[4 * j + 1] + a0.y * wa),
+                 pack_bf16(og[4 * j + 2] + a1.x * wb, og[4 * j + 3] + a1.y * wb),
+                 pack_bf16(og[4 * j + 4] + a2.x * wa, og[4 * j + 5] + a2.y * wa),
+                 pack_bf16(og[4 * j + 6] + a3.x * wb, og[4 * j + 7] + a3.y * wb));
       }
       __syncwarp();
       for (int p = lane; p < 16 * D / 8; p += 32) {
