@@ -532,9 +532,9 @@ void launch_fwd0(const LizardAttnArgs& a, cudaStream_t stream) {
 constexpr int kBarPk = 1;      // gate warps arrive when phi_K is in shared memory, window warps wait
 constexpr int kBarGate = 2;    // the 4 gate warps
 constexpr int kBarWindow = 3;  // the 4 window warps
-constexpr int kBarQ = 4;       // gate warps arrive when done reading Q, window warps wait to overwrite it
+constexpr int kBarQ = 4;       // the Q tile's last reader arrives, the warpgroup that writes an output into it waits
 constexpr int kBarS16 = 5;     // gate warps arrive when their phi_Q S_n has read S16, window owners wait to rewrite it
-constexpr int kBarWout = 6;    // window warps arrive when their output is in the Q tile, gate warps wait to combine
+constexpr int kBarOut = 6;     // F = 64: gate warps arrive when their output is in the Q tile, window warps wait
 
 template <int D, int F>
 struct Fwd3Smem {
@@ -698,6 +698,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
 
     float og[D / 2];  // accumulator layout: og[4j + e] = v0's og[j][e]
     float l0 = 0.f, l1 = 0.f;
+    float sc0 = 1.f, sc1 = 1.f, mp0 = 1.f, mp1 = 1.f;  // F = 64, window warps: W's row scales, the sinks' share
     if (warp < 4) {
       {  // phi_K of rows r0.. into shared memory (the state owners sum the normaliser's part from it)
         float ap[F / 8][4], am[F / 8][4];
@@ -730,7 +731,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         const float2 qz = phi_q_frags<F>(phq, ap, am, zs, t4);
         qz0 = qz.x, qz1 = qz.y;
       }
-      bar_arrive(kBarQ, kThreads);  // Q read: the window warps may overwrite it
+      if constexpr (!kWindowOwnsS) bar_arrive(kBarQ, kThreads);  // Q read: the window warps may write their output
       // Inter-chunk phi_Q S_n (A = phi_Q from registers, B = S16 MN-major, F2 rows), issued before the
       // barrier on phi_K, then the intra-chunk scores phi_Q phi_K^T (B = phi_K K-major), both on wgmma.
       // (Scores first, decayed while phi_Q S runs, was the deleted v4: slower on the H200.)
@@ -788,6 +789,15 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       const float inv0 = 1.f / (l0 + a.eps), inv1 = 1.f / (l1 + a.eps);
 #pragma unroll
       for (int j = 0; j < D / 8; ++j) og[4 * j] *= inv0, og[4 * j + 1] *= inv0, og[4 * j + 2] *= inv1, og[4 * j + 3] *= inv1;
+      if constexpr (kWindowOwnsS) {  // hand G (and d = den + eps per row) to the window warps, which combine
+        bar_sync(kBarQ, kThreads);   // the window warps' S = Q K^T are done: the Q tile is free
+#pragma unroll
+        for (int j = 0; j < D / 8; j += 2)
+          stsm4_at(frag_rows_sw<kC>(sQ, r0, j), pack_bf16(og[4 * j], og[4 * j + 1]), pack_bf16(og[4 * j + 2], og[4 * j + 3]),
+                   pack_bf16(og[4 * j + 4], og[4 * j + 5]), pack_bf16(og[4 * j + 6], og[4 * j + 7]));
+        if (t4 == 0) pmeta[r0 + g] = l0 + a.eps, pmeta[r0 + g + 8] = l1 + a.eps;
+        bar_arrive(kBarOut, kThreads);
+      }
     } else {
       // Sliding window with meta sinks on wgmma, online softmax over key blocks (log2 domain).
       const int wt = tid - 128;
@@ -874,10 +884,16 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           tile_async_sw<D, 128>(base + oV + pslot * kTile, vb, kstride, n + 1, L, wt);
         }
       }
+      if constexpr (kWindowOwnsS) bar_arrive(kBarQ, kThreads);  // the Q tile read (every S = Q K^T waited)
       cp_async_commit();
       l0 = quad_sum(l0), l1 = quad_sum(l1);
       const float inv0 = alpha / l0, inv1 = alpha / l1;
-      if (a.meta_weights_gate && t4 == 0) sinks_share(pmeta, r0 + g, meta_l, meta_m, m0, m1, l0, l1);
+      if constexpr (kWindowOwnsS) {  // kept for the combine: W = og inv, the sinks' share p
+        sc0 = inv0, sc1 = inv1;
+        if (a.meta_weights_gate) mp0 = meta_l * fast_exp2(meta_m - m0) / l0, mp1 = meta_l * fast_exp2(meta_m - m1) / l1;
+      } else if (a.meta_weights_gate && t4 == 0) {
+        sinks_share(pmeta, r0 + g, meta_l, meta_m, m0, m1, l0, l1);
+      }
       if (a.win_out != nullptr) {  // the window statistics for the backward (LizardAttnArgs::win_out)
         const float w0 = 1.f / l0, w1 = 1.f / l1;
         bf16* wo = static_cast<bf16*>(a.win_out) + (int64_t(b) * L * a.Hq + hq) * D;
@@ -890,14 +906,15 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         }
         if (t4 == 0) window_lse_out(a, b, hq, L, ia, ib, m0, m1, l0, l1);
       }
-      bar_sync(kBarQ, kThreads);   // the gate warps are done reading Q
-      bar_sync(kBarPk, kThreads);  // phi_K ready (for the state update)
+      if constexpr (!kWindowOwnsS) {  // F = 32: W into the Q tile for the gate warps' combine
+        bar_sync(kBarQ, kThreads);  // the gate warps are done reading Q
 #pragma unroll
-      for (int j = 0; j < D / 8; j += 2)
-        stsm4_at(frag_rows_sw<kC>(sQ, r0, j), pack_bf16(og[4 * j] * inv0, og[4 * j + 1] * inv0),
-                 pack_bf16(og[4 * j + 2] * inv1, og[4 * j + 3] * inv1), pack_bf16(og[4 * j + 4] * inv0, og[4 * j + 5] * inv0),
-                 pack_bf16(og[4 * j + 6] * inv1, og[4 * j + 7] * inv1));
-      if constexpr (kWindowOwnsS) bar_arrive(kBarWout, kThreads);  // the window output (and p_meta) in place
+        for (int j = 0; j < D / 8; j += 2)
+          stsm4_at(frag_rows_sw<kC>(sQ, r0, j), pack_bf16(og[4 * j] * inv0, og[4 * j + 1] * inv0),
+                   pack_bf16(og[4 * j + 2] * inv1, og[4 * j + 3] * inv1), pack_bf16(og[4 * j + 4] * inv0, og[4 * j + 5] * inv0),
+                   pack_bf16(og[4 * j + 6] * inv1, og[4 * j + 7] * inv1));
+      }
+      bar_sync(kBarPk, kThreads);  // phi_K ready (for the state update; at F = 32 it also orders the W stores)
     }
 
     // State update S = exp(b_C) S + (phi_K * exp(b_C - b_t))^T V on wgmma: warpgroup i owns feature
@@ -938,10 +955,10 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       for (int s = 0; s < NK / 2; ++s) mma16816(zc, pk[s], kOnes, kOnes);
     }
     // F = 64, no chunk-end barrier: each warpgroup rewrites its own S16 rows and z once every reader of S16
-    // (the gate's phi_Q S_n) is done, and the gate warps combine once the window output is in place, so the
-    // window owners' state update overlaps the gate's combine and y stores. (A) of the next chunk orders the
-    // rest. F = 32: the window warps own no state and have nothing to overlap, so one barrier (D) as before
-    // (racecheck flagged the window output -> combine hand-over through kBarWout at <64, 32> only; not resolved).
+    // (the gate's phi_Q S_n) is done (z too: the gate's phi_Q dots come before kBarS16), and the window warps
+    // combine once the gate output is in place. (A) of the next chunk orders the rest. F = 32: the window warps
+    // own no state, so one barrier (D) and the gate warps combine (racecheck flagged the session-10 window ->
+    // gate hand-over through a named barrier at <64, 32> only; not resolved).
     if constexpr (!kWindowOwnsS) __syncthreads();  // (D)
     if (owns_s) {
       if (warp < 4)
@@ -953,30 +970,41 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         stsm4_at(frag_rows_sw<F2>(sS16, f0, j), pack_bf16(sreg[4 * j], sreg[4 * j + 1]), pack_bf16(sreg[4 * j + 2], sreg[4 * j + 3]),
                  pack_bf16(sreg[4 * j + 4], sreg[4 * j + 5]), pack_bf16(sreg[4 * j + 6], sreg[4 * j + 7]));
     }
-    if (owns_s && t4 == 0) {  // z: read by the gate's phi_Q dots only, done before kBarGate / kBarQ
+    if (owns_s && t4 == 0) {  // z: read by the gate's phi_Q dots only, done before kBarGate / kBarS16
       const float eC = fast_exp(bC);
       zs[f0 + g] = eC * zs[f0 + g] + zc[0];
       zs[f0 + g + 8] = eC * zs[f0 + g + 8] + zc[2];
     }
-    if (warp < 4) {
-      if constexpr (kWindowOwnsS) bar_sync(kBarWout, kThreads);
-      float wa = 1.f, wb = 1.f;  // the window part's factor (shared_normaliser)
-      if (a.meta_weights_gate) {
-        float p0 = pmeta[r0 + g], p1 = pmeta[r0 + g + 8];
-        if (a.shared_normaliser) combine_shared(p0, p1, wa, wb, l0 + a.eps, l1 + a.eps);
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j) og[4 * j] *= p0, og[4 * j + 1] *= p0, og[4 * j + 2] *= p1, og[4 * j + 3] *= p1;
+    // y = p G + wa W (G the gated branch's normalised output, W the window's alpha-weighted one; p the sinks' share
+    // with meta_weights_gate, wa from shared_normaliser), stored as 16-byte rows through the Q tile. F = 64: by
+    // the window warps (W in registers, G from the gate warps through the Q tile: the combine and y stores moved
+    // off the gate warps, the longer chain); F = 32: by the gate warps (G in registers, W through the Q tile).
+    if (kWindowOwnsS ? warp >= 4 : warp < 4) {
+      float p0 = 1.f, p1 = 1.f, wa = 1.f, wb = 1.f, rs0, rs1, ss0, ss1;  // y = og rs + (Q tile) ss
+      if constexpr (kWindowOwnsS) {
+        bar_sync(kBarOut, kThreads);  // G and d in place
+        if (a.meta_weights_gate) {
+          p0 = mp0, p1 = mp1;
+          if (a.shared_normaliser) combine_shared(p0, p1, wa, wb, pmeta[r0 + g], pmeta[r0 + g + 8]);
+        }
+        rs0 = sc0 * wa, rs1 = sc1 * wb, ss0 = p0, ss1 = p1;
+      } else {
+        if (a.meta_weights_gate) {
+          p0 = pmeta[r0 + g], p1 = pmeta[r0 + g + 8];
+          if (a.shared_normaliser) combine_shared(p0, p1, wa, wb, l0 + a.eps, l1 + a.eps);
+        }
+        rs0 = p0, rs1 = p1, ss0 = wa, ss1 = wb;
       }
 #pragma unroll
-      for (int j = 0; j < D / 8; j += 2) {  // ldmatrix / stmatrix in the fragment layout: the window rows in, y out
+      for (int j = 0; j < D / 8; j += 2) {  // ldmatrix / stmatrix in the fragment layout: the tile's rows in, y out
         const uint32_t ad = frag_rows_sw<kC>(sQ, r0, j);
         uint32_t w4[4];
         ldsm4_at(w4, ad);
-        const float2 a0 = unpack_bf16(w4[0]), a1 = unpack_bf16(w4[1]), a2 = unpack_bf16(w4[2]), a3 = unpack_bf16(w4[3]);
-        stsm4_at(ad, pack_bf16(og[4 * j] + a0.x * wa, og[4 * j + 1] + a0.y * wa),
-                 pack_bf16(og[4 * j + 2] + a1.x * wb, og[4 * j + 3] + a1.y * wb),
-                 pack_bf16(og[4 * j + 4] + a2.x * wa, og[4 * j + 5] + a2.y * wa),
-                 pack_bf16(og[4 * j + 6] + a3.x * wb, og[4 * j + 7] + a3.y * wb));
+        const float2 u0 = unpack_bf16(w4[0]), u1 = unpack_bf16(w4[1]), u2 = unpack_bf16(w4[2]), u3 = unpack_bf16(w4[3]);
+        stsm4_at(ad, pack_bf16(og[4 * j] * rs0 + u0.x * ss0, og[4 * j + 1] * rs0 + u0.y * ss0),
+                 pack_bf16(og[4 * j + 2] * rs1 + u1.x * ss1, og[4 * j + 3] * rs1 + u1.y * ss1),
+                 pack_bf16(og[4 * j + 4] * rs0 + u2.x * ss0, og[4 * j + 5] * rs0 + u2.y * ss0),
+                 pack_bf16(og[4 * j + 6] * rs1 + u3.x * ss1, og[4 * j + 7] * rs1 + u3.y * ss1));
       }
       __syncwarp();
       for (int p = lane; p < 16 * D / 8; p += 32) {
