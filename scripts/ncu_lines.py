@@ -4,7 +4,7 @@
 Input: the per-SASS-instruction CSV that `ncu -i REP --page source --csv --print-source sass` writes on the GPU
 machine (scripts/device/fwd_probe.sh keeps it, gzipped), and the object the profiled kernel came from (built
 with -lineinfo; the same build). SASS offsets (address minus the kernel's first address) are mapped to source
-lines with nvdisasm -gi (via scripts/sass_stats.py's tool fetcher), and instructions executed and warp-stall
+lines with nvdisasm -gi (scripts/sass_stats.py's sass_lines), and instructions executed and warp-stall
 samples are summed per line: where a latency-bound kernel spends its issue slots and its waits.
 
   python3 scripts/ncu_lines.py fwd3_source.csv.gz build-dev/obj/lizard_attention_fwd.cu.o --kernel fwd3_kernelILi128ELi64E
@@ -12,47 +12,25 @@ samples are summed per line: where a latency-bound kernel spends its issue slots
 import argparse
 import collections
 import csv
-import glob
 import gzip
 import io
 import os
-import re
-import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sass_stats import tool  # noqa: E402
-
-OFF = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)")
+from sass_stats import sass_lines  # noqa: E402
 
 
 def offsets_to_lines(obj, kernel):
-    """{sass offset: (file, line)} for the first kernel matching `kernel`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([tool("cuobjdump"), "-xelf", "all", os.path.abspath(obj)], cwd=tmp, capture_output=True)
-        for cubin in glob.glob(os.path.join(tmp, "*.cubin")):
-            text = subprocess.run([tool("nvdisasm"), "-gi", cubin], capture_output=True, text=True).stdout
-            res, on, cur, found = {}, False, None, False
-            for line in text.splitlines():
-                if line.startswith("//--------------------- .text."):
-                    if found and on:
-                        return res
-                    on = re.search(kernel, line) is not None
-                    found = found or on
-                    continue
-                if not on:
-                    continue
-                m = re.search(r'//## File "([^"]+)", line (\d+)', line)
-                if m:
-                    cur = (os.path.basename(m.group(1)), int(m.group(2)))
-                    continue
-                m = OFF.search(line)
-                if m and cur:
-                    res[int(m.group(1), 16)] = (cur, m.group(2))
-            if found:
-                return res
-    sys.exit(f"ncu_lines: no kernel matching {kernel!r} in {obj}")
+    """{sass offset: ((file, line), opcode)} for the one kernel matching `kernel`."""
+    res = {}
+    for off, (f, ln), op in sass_lines(obj, kernel):
+        if off in res:
+            sys.exit(f"ncu_lines: {kernel!r} matches several kernels in {obj}; name one")
+        res[off] = ((os.path.basename(f), ln), op)
+    if not res:
+        sys.exit(f"ncu_lines: no kernel matching {kernel!r} in {obj} (or no line info: build with -lineinfo)")
+    return res
 
 
 def main():

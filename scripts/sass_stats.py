@@ -24,6 +24,7 @@ import zipfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, ".tools", "cuda-bin")
 INSN = re.compile(r"\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)")
+OFFSET_INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)")
 
 
 def tool(name):
@@ -72,23 +73,31 @@ def short(fn):
     return re.sub(r"^_ZN.*?_cu_[0-9a-f]+", "", fn)[:64]
 
 
-def source_lines(obj, kernel, top):
+def sass_lines(obj, kernel):
+    """(offset, (file, line), opcode) for every SASS instruction of the kernels matching `kernel` in `obj`, with the
+    source line nvdisasm -gi gives it (the object needs -lineinfo). Offsets restart at 0 for each kernel."""
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([tool("cuobjdump"), "-xelf", "all", os.path.abspath(obj)], cwd=tmp, capture_output=True)
-        hist, on, cur = collections.Counter(), False, None
         for cubin in glob.glob(os.path.join(tmp, "*.cubin")):
             text = subprocess.run([tool("nvdisasm"), "-gi", cubin], capture_output=True, text=True).stdout
+            on, cur = False, None
             for line in text.splitlines():
                 if line.startswith("//--------------------- .text."):
-                    on = re.search(kernel, line) is not None
+                    on, cur = re.search(kernel, line) is not None, None
                     continue
                 if not on:
                     continue
                 m = re.search(r'//## File "([^"]+)", line (\d+)', line)
                 if m:
                     cur = (m.group(1), int(m.group(2)))
-                elif cur and INSN.match(line):
-                    hist[cur] += 1
+                    continue
+                m = OFFSET_INSN.search(line)
+                if m and cur:
+                    yield int(m.group(1), 16), cur, m.group(2)
+
+
+def source_lines(obj, kernel, top):
+    hist = collections.Counter(line for _, line, _ in sass_lines(obj, kernel))
     if not hist:
         sys.exit(f"sass_stats: no kernel matching {kernel!r} (or no line info: build with -lineinfo)")
     print(f"\n{sum(hist.values())} instructions in kernels matching {kernel!r}; top source lines (text as in the "

@@ -2,11 +2,9 @@
 // torch tensors' data_ptr()). Returns 0 on success, -1 with lz_last_error() set otherwise.
 #include <cstring>
 #include <exception>
-#include <stdexcept>
 #include <string>
 
-#include <cuda_runtime.h>
-
+#include "ops/cuda/device_buffer.h"
 #include "ops/cuda/flash_attention.h"
 #include "ops/cuda/lizard_attention.h"
 
@@ -16,15 +14,7 @@ thread_local std::string g_err;
 // lz_set_save_window_stats(1): every call's args carry the window-statistics buffers kept here, so a chunked
 // forward writes them and the chunked backward after it reads them (bench_lizard.py's fwd_bwd_chunked).
 bool g_save_stats = false;
-void *g_lse = nullptr, *g_out = nullptr;  // fp32 [B, Hq, L], bf16 [B, L, Hq, D]
-size_t g_lse_bytes = 0, g_out_bytes = 0;
-void grow(void*& p, size_t& have, size_t bytes) {
-  if (bytes <= have) return;
-  cudaFree(p);
-  p = nullptr, have = 0;
-  if (cudaMalloc(&p, bytes) != cudaSuccess) throw std::runtime_error("cudaMalloc of the window statistics failed");
-  have = bytes;
-}
+lizard::cuda::DeviceBuffer g_lse, g_out;  // fp32 [B, Hq, L], bf16 [B, L, Hq, D]
 
 lizard::cuda::LizardAttnArgs make(const void* q, const void* k, const void* v, const float* lg, const void* wq,
                                   const void* wk, const float* meta, const float* alpha, void* y, int B, int L,
@@ -35,9 +25,9 @@ lizard::cuda::LizardAttnArgs make(const void* q, const void* k, const void* v, c
   a.q = q, a.k = k, a.v = v, a.log_gamma = lg, a.wq = wq, a.wk = wk, a.meta = meta, a.alpha = alpha, a.y = y;
   if (g_save_stats) {
     const size_t rows = size_t(B) * L * Hq;
-    grow(g_lse, g_lse_bytes, rows * sizeof(float));
-    grow(g_out, g_out_bytes, rows * D * 2);
-    a.win_lse = static_cast<float*>(g_lse), a.win_out = g_out;
+    g_lse.resize(rows * sizeof(float));
+    g_out.resize(rows * D * 2);
+    a.win_lse = g_lse.as<float>(), a.win_out = g_out.get();
   }
   return a;
 }

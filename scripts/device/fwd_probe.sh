@@ -6,23 +6,14 @@
 #   device: LIZARD_CAPI=path/to/liblizard_capi.so bash scripts/device/fwd_probe.sh   -> $OUT/fwd3_source.csv.gz
 #   here:   python3 scripts/ncu_lines.py fwd3_source.csv.gz build-dev/obj/lizard_attention_fwd.cu.o \
 #             --kernel fwd3_kernelILi128ELi64E
-# PROBE_SHAPE="B L H Hkv D" picks another shape (default 16 2048 32 32 128).
+# PROFILE_SHAPE="B L H Hkv D" picks another shape (default 16 2048 32 32 128; bench/gpu/profile_lizard.py runs it).
 set -uo pipefail
 o=${OUT:-/tmp/out}
 mkdir -p "$o" /tmp/probe
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
-cat >/tmp/probe/fwd_only.py <<'PY'
-import os, sys, torch
-sys.path.insert(0, "bench/gpu")
-import bench_lizard as bl
-B, L, H, Hkv, D = (int(x) for x in os.environ.get("PROBE_SHAPE", "16 2048 32 32 128").split())
-z = bl.Lizard(B, L, H, Hkv, D)
-z.fwd(); torch.cuda.synchronize()
-torch.cuda.cudart().cudaProfilerStart(); z.fwd(); torch.cuda.synchronize(); torch.cuda.cudart().cudaProfilerStop()
-PY
-timeout 240 ncu --clock-control none --profile-from-start off -k regex:lizard_fwd3 \
+PROFILE_PARTS=fwd timeout 240 ncu --clock-control none --profile-from-start off -k regex:lizard_fwd3 \
   --section SourceCounters --section WarpStateStats --section LaunchStats --section Occupancy --section SpeedOfLight \
-  -o /tmp/probe/fwd3 -f python3 /tmp/probe/fwd_only.py 2>&1 | tail -2
+  -o /tmp/probe/fwd3 -f python3 bench/gpu/profile_lizard.py 2>&1 | tail -2
 ncu -i /tmp/probe/fwd3.ncu-rep --page details 2>&1 |
   grep -E "Duration|Executed Ipc|Warp Cycles Per Issued|Registers Per|Achieved Active Warps" | head -8
 ncu -i /tmp/probe/fwd3.ncu-rep --page source --csv --print-source sass 2>/dev/null | gzip >"$o/fwd3_source.csv.gz"

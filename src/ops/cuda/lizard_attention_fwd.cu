@@ -35,13 +35,28 @@ __device__ __forceinline__ void sinks_share(float* pm, int ra, float meta_l, flo
   pm[ra + 8] = meta_l * fast_exp2(meta_m - m1) / l1;
 }
 
-// win_lse of rows ia, ib (when < L) from the running max (log2 units, sinks included) and sum of a window
-// softmax: the log-sum-exp in natural units, as the backward's statistics stage forms it.
-__device__ __forceinline__ void window_lse_out(const LizardAttnArgs& a, int b, int hq, int L, int ia, int ib, float m0,
-                                               float m1, float l0, float l1) {
-  float* wl = a.win_lse + (int64_t(b) * a.Hq + hq) * L;
-  if (ia < L) wl[ia] = m0 / kLog2e + logf(l0);
-  if (ib < L) wl[ib] = m1 / kLog2e + logf(l1);
+// The window statistics for the backward (LizardAttnArgs::win_out, win_lse) of rows ia, ib = ia + 8 (when < L):
+// the window output normalised by its softmax sum (og: the unnormalised C fragments of value columns
+// voff + 8 j + 2 t4, +1) and the log-sum-exp in natural units from the running max (log2 units, sinks included)
+// and sum, as the backward's statistics stage forms them. Variants 0 and 3 hold og in the same fragment layout.
+template <int ND>
+__device__ __forceinline__ void window_stats_out(const LizardAttnArgs& a, int b, int hq, int L, int D, int voff, int ia,
+                                                 int t4, const float (&og)[ND][4], float m0, float m1, float l0,
+                                                 float l1) {
+  const int ib = ia + 8;
+  const float w0 = 1.f / l0, w1 = 1.f / l1;
+  bf16* wo = static_cast<bf16*>(a.win_out) + (int64_t(b) * L * a.Hq + hq) * D + voff;
+#pragma unroll
+  for (int j = 0; j < ND; ++j) {
+    const int c = 8 * j + 2 * t4;
+    if (ia < L) *reinterpret_cast<uint32_t*>(wo + int64_t(ia) * a.Hq * D + c) = pack_bf16(og[j][0] * w0, og[j][1] * w0);
+    if (ib < L) *reinterpret_cast<uint32_t*>(wo + int64_t(ib) * a.Hq * D + c) = pack_bf16(og[j][2] * w1, og[j][3] * w1);
+  }
+  if (t4 == 0) {
+    float* wl = a.win_lse + (int64_t(b) * a.Hq + hq) * L;
+    if (ia < L) wl[ia] = m0 / kLog2e + logf(l0);
+    if (ib < L) wl[ib] = m1 / kLog2e + logf(l1);
+  }
 }
 
 // shared_normaliser: y = (p N + alpha A) / (p d + 1 - p) with d = den + eps. The gate rows hold
@@ -378,17 +393,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       l0 = quad_sum(l0), l1 = quad_sum(l1);
       const float inv0 = alpha / l0, inv1 = alpha / l1;
       if (a.meta_weights_gate && t4 == 0) sinks_share(pmeta, r0 + g, meta_l, meta_m, m0, m1, l0, l1);
-      if (a.win_out != nullptr) {  // the window statistics for the backward (LizardAttnArgs::win_out)
-        const float w0 = 1.f / l0, w1 = 1.f / l1;
-        bf16* wo = static_cast<bf16*>(a.win_out) + (int64_t(b) * L * a.Hq + hq) * D + voff;
-#pragma unroll
-        for (int j = 0; j < ND; ++j) {
-          const int c = 8 * j + 2 * t4;
-          if (ia < L) *reinterpret_cast<uint32_t*>(wo + int64_t(ia) * a.Hq * D + c) = pack_bf16(og[j][0] * w0, og[j][1] * w0);
-          if (ib < L) *reinterpret_cast<uint32_t*>(wo + int64_t(ib) * a.Hq * D + c) = pack_bf16(og[j][2] * w1, og[j][3] * w1);
-        }
-        if (t4 == 0) window_lse_out(a, b, hq, L, ia, ib, m0, m1, l0, l1);
-      }
+      if (a.win_out != nullptr) window_stats_out(a, b, hq, L, D, voff, ia, t4, og, m0, m1, l0, l1);
       __syncwarp();  // all lanes done reading this warp's Q rows
 #pragma unroll
       for (int j = 0; j < ND; ++j) {
@@ -801,7 +806,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
     } else {
       // Sliding window with meta sinks on wgmma, online softmax over key blocks (log2 domain).
       const int wt = tid - 128;
-      const int ia = n * kC + r0 + g, ib = ia + 8;
+      const int ia = n * kC + r0 + g;  // this thread's first row (the second: ia + 8)
       float m0 = meta_m, m1 = meta_m;
       l0 = t4 == 0 ? meta_l : 0.f, l1 = l0;
 #pragma unroll
@@ -894,18 +899,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       } else if (a.meta_weights_gate && t4 == 0) {
         sinks_share(pmeta, r0 + g, meta_l, meta_m, m0, m1, l0, l1);
       }
-      if (a.win_out != nullptr) {  // the window statistics for the backward (LizardAttnArgs::win_out)
-        const float w0 = 1.f / l0, w1 = 1.f / l1;
-        bf16* wo = static_cast<bf16*>(a.win_out) + (int64_t(b) * L * a.Hq + hq) * D;
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-          const int c = 8 * j + 2 * t4;
-          if (ia < L) *reinterpret_cast<uint32_t*>(wo + int64_t(ia) * a.Hq * D + c) = pack_bf16(og[4 * j] * w0, og[4 * j + 1] * w0);
-          if (ib < L)
-            *reinterpret_cast<uint32_t*>(wo + int64_t(ib) * a.Hq * D + c) = pack_bf16(og[4 * j + 2] * w1, og[4 * j + 3] * w1);
-        }
-        if (t4 == 0) window_lse_out(a, b, hq, L, ia, ib, m0, m1, l0, l1);
-      }
+      if (a.win_out != nullptr)  // og[4 j + e] is v0's og[j][e]
+        window_stats_out(a, b, hq, L, D, 0, ia, t4, reinterpret_cast<const float(&)[D / 8][4]>(og), m0, m1, l0, l1);
       if constexpr (!kWindowOwnsS) {  // F = 32: W into the Q tile for the gate warps' combine
         bar_sync(kBarQ, kThreads);  // the gate warps are done reading Q
 #pragma unroll

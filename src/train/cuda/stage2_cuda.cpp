@@ -210,7 +210,8 @@ struct Stage2Cuda::Impl {
     return jt == it->second.end() ? nullptr : &jt->second;
   }
 
-  cuda::LizardAttnArgs lizard_args(const cuda::DeviceLizardLayer& lz, const Acts& a, int B, int L) const {
+  // stats: the forward keeps the window statistics in a.win_lse / a.win_out and the backward reads them
+  cuda::LizardAttnArgs lizard_args(const cuda::DeviceLizardLayer& lz, const Acts& a, int B, int L, bool stats) const {
     cuda::LizardAttnArgs la = cuda::lizard_cuda_args(lz.cfg, lz.shape, B, L);
     la.q = a.q.get();
     la.k = a.k.get();
@@ -222,7 +223,7 @@ struct Stage2Cuda::Impl {
     la.alpha = lz.alpha;
     la.y = a.att.get();
     if (sep_qk) la.qf = a.qf.get(), la.kf = a.kf.get();
-    if (a.win_out.bytes() > 0) la.win_lse = a.win_lse.as<float>(), la.win_out = a.win_out.get();
+    if (stats && a.win_out.bytes() > 0) la.win_lse = a.win_lse.as<float>(), la.win_out = a.win_out.get();
     return la;
   }
 
@@ -293,9 +294,7 @@ struct Stage2Cuda::Impl {
         rope(a.k.get(), B, L, Hkv, false);
       }
       if (stats) f32_buf(a.win_lse, T * H), bf16_buf(a.win_out, T * qd);  // kept for the backward's statistics
-      cuda::LizardAttnArgs la = lizard_args(*lz, a, B, L);
-      if (!stats) la.win_lse = nullptr, la.win_out = nullptr;
-      cuda::lizard_attention_forward_bf16(la);
+      cuda::lizard_attention_forward_bf16(lizard_args(*lz, a, B, L, stats));
     } else {
       rope(a.q.get(), B, L, H, false);  // kept rotated: the flash backward wants q, k as the forward saw them
       rope(a.k.get(), B, L, Hkv, false);
@@ -378,7 +377,8 @@ struct Stage2Cuda::Impl {
         gr.dalpha = static_cast<float*>(g.alpha.get());
       }
       if (sep_qk) gr.dqf = f32_buf(dqf32, T * qd), gr.dkf = f32_buf(dkf32, T * kvd);
-      cuda::lizard_attention_backward_chunked(lizard_args(*lz, a, B, L), false, dattb, gr);
+      // the forward before it kept the statistics (layer_forward with stats: training, or the recompute)
+      cuda::lizard_attention_backward_chunked(lizard_args(*lz, a, B, L, true), false, dattb, gr);
       if (sep_qk) {  // d q = the window's part + the feature maps', each rotated back where it was RoPE'd (fp32)
         if (rope_lizard) rope(gr.dq, B, L, H, true, true), rope(gr.dk, B, L, Hkv, true, true);
         if (base.config.feature_on_rope) rope(gr.dqf, B, L, H, true, true), rope(gr.dkf, B, L, Hkv, true, true);
