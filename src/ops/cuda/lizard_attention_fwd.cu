@@ -537,9 +537,9 @@ void launch_fwd0(const LizardAttnArgs& a, cudaStream_t stream) {
 constexpr int kBarPk = 1;      // gate warps arrive when phi_K is in shared memory, window warps wait
 constexpr int kBarGate = 2;    // the 4 gate warps
 constexpr int kBarWindow = 3;  // the 4 window warps
-constexpr int kBarQ = 4;       // gate warps arrive when done reading Q, window warps wait to overwrite it
+constexpr int kBarQ = 4;       // the Q tile's last reader arrives, the warpgroup that writes an output into it waits
 constexpr int kBarS16 = 5;     // gate warps arrive when their phi_Q S_n has read S16, window owners wait to rewrite it
-constexpr int kBarWout = 6;    // window warps arrive when their output is in the Q tile, gate warps wait to combine
+constexpr int kBarOut = 6;     // F = 64: gate warps arrive when their output is in the Q tile, window warps wait
 
 template <int D, int F>
 struct Fwd3Smem {
@@ -613,7 +613,6 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
   unsigned char* S16 = base + oS;
   const uint32_t sS16 = sbase + oS;
   const uint32_t oPk = oS + F2 * D * 2;  // phi_K, SW128 (64 keys x F2 features)
-  unsigned char* Pk = base + oPk;
   const uint32_t sPk = sbase + oPk;
   const uint32_t oW = oPk + kC * F2 * 2;  // Wq, Wk (SW128 when S::kWgFeat: 1024-aligned here)
   bf16* Wq = reinterpret_cast<bf16*>(base + oW);
@@ -704,6 +703,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
 
     float og[D / 2];  // accumulator layout: og[4j + e] = v0's og[j][e]
     float l0 = 0.f, l1 = 0.f;
+    float sc0 = 1.f, sc1 = 1.f, mp0 = 1.f, mp1 = 1.f;  // F = 64, window warps: W's row scales, the sinks' share
     if (warp < 4) {
       {  // phi_K of rows r0.. into shared memory (the state owners sum the normaliser's part from it)
         float ap[F / 8][4], am[F / 8][4];
@@ -713,17 +713,13 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           rows_times_w_sw<D, F>(ap, sKc, Wk, r0);
         feature_map<F>(ap, am, a.act);
         const bool v0 = n * kC + r0 + g < L, v1 = n * kC + r0 + g + 8 < L;
+        // rows past L stored as zeros; columns: the plus half in chunks 0 .. F/8 - 1, the minus half after
+        auto top = [&](const float(&x)[4]) { return pack_bf16(v0 ? x[0] : 0.f, v0 ? x[1] : 0.f); };
+        auto bot = [&](const float(&x)[4]) { return pack_bf16(v1 ? x[2] : 0.f, v1 ? x[3] : 0.f); };
 #pragma unroll
-        for (int j = 0; j < F / 8; ++j) {
-          float p00 = v0 ? ap[j][0] : 0.f, p01 = v0 ? ap[j][1] : 0.f;
-          float p10 = v1 ? ap[j][2] : 0.f, p11 = v1 ? ap[j][3] : 0.f;
-          float m00 = v0 ? am[j][0] : 0.f, m01 = v0 ? am[j][1] : 0.f;
-          float m10 = v1 ? am[j][2] : 0.f, m11 = v1 ? am[j][3] : 0.f;
-          // (row, column c) of the SW128 phi_K tile: chunk c / 8, byte 2 (c % 8) in it (c % 8 = 2 t4)
-          *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g, j) + 4 * t4) = pack_bf16(p00, p01);
-          *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4) = pack_bf16(p10, p11);
-          *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g, F / 8 + j) + 4 * t4) = pack_bf16(m00, m01);
-          *reinterpret_cast<uint32_t*>(Pk + wg::sw128_offset(kC, r0 + g + 8, F / 8 + j) + 4 * t4) = pack_bf16(m10, m11);
+        for (int j = 0; j < F / 8; j += 2) {
+          stsm4_at(frag_rows_sw<kC>(sPk, r0, j), top(ap[j]), bot(ap[j]), top(ap[j + 1]), bot(ap[j + 1]));
+          stsm4_at(frag_rows_sw<kC>(sPk, r0, F / 8 + j), top(am[j]), bot(am[j]), top(am[j + 1]), bot(am[j + 1]));
         }
       }
       wg::fence_proxy_async();       // phi_K stores -> visible to the intra-score wgmma (after kBarGate)
@@ -740,7 +736,7 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
         const float2 qz = phi_q_frags<F>(phq, ap, am, zs, t4);
         qz0 = qz.x, qz1 = qz.y;
       }
-      bar_arrive(kBarQ, kThreads);  // Q read: the window warps may overwrite it
+      if constexpr (!kWindowOwnsS) bar_arrive(kBarQ, kThreads);  // Q read: the window warps may write their output
       // Inter-chunk phi_Q S_n (A = phi_Q from registers, B = S16 MN-major, F2 rows), issued before the
       // barrier on phi_K, then the intra-chunk scores phi_Q phi_K^T (B = phi_K K-major), both on wgmma.
       // (Scores first, decayed while phi_Q S runs, was the deleted v4: slower on the H200.)
@@ -798,6 +794,15 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       const float inv0 = 1.f / (l0 + a.eps), inv1 = 1.f / (l1 + a.eps);
 #pragma unroll
       for (int j = 0; j < D / 8; ++j) og[4 * j] *= inv0, og[4 * j + 1] *= inv0, og[4 * j + 2] *= inv1, og[4 * j + 3] *= inv1;
+      if constexpr (kWindowOwnsS) {  // hand G (and d = den + eps per row) to the window warps, which combine
+        bar_sync(kBarQ, kThreads);   // the window warps' S = Q K^T are done: the Q tile is free
+#pragma unroll
+        for (int j = 0; j < D / 8; j += 2)
+          stsm4_at(frag_rows_sw<kC>(sQ, r0, j), pack_bf16(og[4 * j], og[4 * j + 1]), pack_bf16(og[4 * j + 2], og[4 * j + 3]),
+                   pack_bf16(og[4 * j + 4], og[4 * j + 5]), pack_bf16(og[4 * j + 6], og[4 * j + 7]));
+        if (t4 == 0) pmeta[r0 + g] = l0 + a.eps, pmeta[r0 + g + 8] = l1 + a.eps;
+        bar_arrive(kBarOut, kThreads);
+      }
     } else {
       // Sliding window with meta sinks on wgmma, online softmax over key blocks (log2 domain).
       const int wt = tid - 128;
@@ -884,22 +889,27 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
           tile_async_sw<D, 128>(base + oV + pslot * kTile, vb, kstride, n + 1, L, wt);
         }
       }
+      if constexpr (kWindowOwnsS) bar_arrive(kBarQ, kThreads);  // the Q tile read (every S = Q K^T waited)
       cp_async_commit();
       l0 = quad_sum(l0), l1 = quad_sum(l1);
       const float inv0 = alpha / l0, inv1 = alpha / l1;
-      if (a.meta_weights_gate && t4 == 0) sinks_share(pmeta, r0 + g, meta_l, meta_m, m0, m1, l0, l1);
+      if constexpr (kWindowOwnsS) {  // kept for the combine: W = og inv, the sinks' share p
+        sc0 = inv0, sc1 = inv1;
+        if (a.meta_weights_gate) mp0 = meta_l * fast_exp2(meta_m - m0) / l0, mp1 = meta_l * fast_exp2(meta_m - m1) / l1;
+      } else if (a.meta_weights_gate && t4 == 0) {
+        sinks_share(pmeta, r0 + g, meta_l, meta_m, m0, m1, l0, l1);
+      }
       if (a.win_out != nullptr)  // og[4 j + e] is v0's og[j][e]
         window_stats_out(a, b, hq, L, D, 0, ia, t4, reinterpret_cast<const float(&)[D / 8][4]>(og), m0, m1, l0, l1);
-      bar_sync(kBarQ, kThreads);   // the gate warps are done reading Q
-      bar_sync(kBarPk, kThreads);  // phi_K ready (for the state update)
+      if constexpr (!kWindowOwnsS) {  // F = 32: W into the Q tile for the gate warps' combine
+        bar_sync(kBarQ, kThreads);  // the gate warps are done reading Q
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        *reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g, j) + 4 * t4) =
-            pack_bf16(og[4 * j] * inv0, og[4 * j + 1] * inv0);
-        *reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4) =
-            pack_bf16(og[4 * j + 2] * inv1, og[4 * j + 3] * inv1);
+        for (int j = 0; j < D / 8; j += 2)
+          stsm4_at(frag_rows_sw<kC>(sQ, r0, j), pack_bf16(og[4 * j] * inv0, og[4 * j + 1] * inv0),
+                   pack_bf16(og[4 * j + 2] * inv1, og[4 * j + 3] * inv1), pack_bf16(og[4 * j + 4] * inv0, og[4 * j + 5] * inv0),
+                   pack_bf16(og[4 * j + 6] * inv1, og[4 * j + 7] * inv1));
       }
-      if constexpr (kWindowOwnsS) bar_arrive(kBarWout, kThreads);  // the window output (and p_meta) in place
+      bar_sync(kBarPk, kThreads);  // phi_K ready (for the state update; at F = 32 it also orders the W stores)
     }
 
     // State update S = exp(b_C) S + (phi_K * exp(b_C - b_t))^T V on wgmma: warpgroup i owns feature
@@ -940,10 +950,10 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       for (int s = 0; s < NK / 2; ++s) mma16816(zc, pk[s], kOnes, kOnes);
     }
     // F = 64, no chunk-end barrier: each warpgroup rewrites its own S16 rows and z once every reader of S16
-    // (the gate's phi_Q S_n) is done, and the gate warps combine once the window output is in place, so the
-    // window owners' state update overlaps the gate's combine and y stores. (A) of the next chunk orders the
-    // rest. F = 32: the window warps own no state and have nothing to overlap, so one barrier (D) as before
-    // (racecheck flagged the window output -> combine hand-over through kBarWout at <64, 32> only; not resolved).
+    // (the gate's phi_Q S_n) is done (z too: the gate's phi_Q dots come before kBarS16), and the window warps
+    // combine once the gate output is in place. (A) of the next chunk orders the rest. F = 32: the window warps
+    // own no state, so one barrier (D) and the gate warps combine (racecheck flagged the session-10 window ->
+    // gate hand-over through a named barrier at <64, 32> only; not resolved).
     if constexpr (!kWindowOwnsS) __syncthreads();  // (D)
     if (owns_s) {
       if (warp < 4)
@@ -951,33 +961,45 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       else
         bar_sync(kBarS16, kThreads);
 #pragma unroll
-      for (int j = 0; j < ND; ++j) {
-        *reinterpret_cast<uint32_t*>(S16 + wg::sw128_offset(F2, f0 + g, j) + 4 * t4) = pack_bf16(sreg[4 * j], sreg[4 * j + 1]);
-        *reinterpret_cast<uint32_t*>(S16 + wg::sw128_offset(F2, f0 + g + 8, j) + 4 * t4) =
-            pack_bf16(sreg[4 * j + 2], sreg[4 * j + 3]);
-      }
+      for (int j = 0; j < ND; j += 2)
+        stsm4_at(frag_rows_sw<F2>(sS16, f0, j), pack_bf16(sreg[4 * j], sreg[4 * j + 1]), pack_bf16(sreg[4 * j + 2], sreg[4 * j + 3]),
+                 pack_bf16(sreg[4 * j + 4], sreg[4 * j + 5]), pack_bf16(sreg[4 * j + 6], sreg[4 * j + 7]));
     }
-    if (owns_s && t4 == 0) {  // z: read by the gate's phi_Q dots only, done before kBarGate / kBarQ
+    if (owns_s && t4 == 0) {  // z: read by the gate's phi_Q dots only, done before kBarGate / kBarS16
       const float eC = fast_exp(bC);
       zs[f0 + g] = eC * zs[f0 + g] + zc[0];
       zs[f0 + g + 8] = eC * zs[f0 + g + 8] + zc[2];
     }
-    if (warp < 4) {
-      if constexpr (kWindowOwnsS) bar_sync(kBarWout, kThreads);
-      float wa = 1.f, wb = 1.f;  // the window part's factor (shared_normaliser)
-      if (a.meta_weights_gate) {
-        float p0 = pmeta[r0 + g], p1 = pmeta[r0 + g + 8];
-        if (a.shared_normaliser) combine_shared(p0, p1, wa, wb, l0 + a.eps, l1 + a.eps);
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j) og[4 * j] *= p0, og[4 * j + 1] *= p0, og[4 * j + 2] *= p1, og[4 * j + 3] *= p1;
+    // y = p G + wa W (G the gated branch's normalised output, W the window's alpha-weighted one; p the sinks' share
+    // with meta_weights_gate, wa from shared_normaliser), stored as 16-byte rows through the Q tile. F = 64: by
+    // the window warps (W in registers, G from the gate warps through the Q tile: the combine and y stores moved
+    // off the gate warps, the longer chain); F = 32: by the gate warps (G in registers, W through the Q tile).
+    if (kWindowOwnsS ? warp >= 4 : warp < 4) {
+      float p0 = 1.f, p1 = 1.f, wa = 1.f, wb = 1.f, rs0, rs1, ss0, ss1;  // y = og rs + (Q tile) ss
+      if constexpr (kWindowOwnsS) {
+        bar_sync(kBarOut, kThreads);  // G and d in place
+        if (a.meta_weights_gate) {
+          p0 = mp0, p1 = mp1;
+          if (a.shared_normaliser) combine_shared(p0, p1, wa, wb, pmeta[r0 + g], pmeta[r0 + g + 8]);
+        }
+        rs0 = sc0 * wa, rs1 = sc1 * wb, ss0 = p0, ss1 = p1;
+      } else {
+        if (a.meta_weights_gate) {
+          p0 = pmeta[r0 + g], p1 = pmeta[r0 + g + 8];
+          if (a.shared_normaliser) combine_shared(p0, p1, wa, wb, l0 + a.eps, l1 + a.eps);
+        }
+        rs0 = p0, rs1 = p1, ss0 = wa, ss1 = wb;
       }
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        uint32_t* p0 = reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g, j) + 4 * t4);
-        uint32_t* p1 = reinterpret_cast<uint32_t*>(Qs + wg::sw128_offset(kC, r0 + g + 8, j) + 4 * t4);
-        float2 w0 = unpack_bf16(*p0), w1 = unpack_bf16(*p1);
-        *p0 = pack_bf16(og[4 * j] + w0.x * wa, og[4 * j + 1] + w0.y * wa);
-        *p1 = pack_bf16(og[4 * j + 2] + w1.x * wb, og[4 * j + 3] + w1.y * wb);
+      for (int j = 0; j < D / 8; j += 2) {  // ldmatrix / stmatrix in the fragment layout: the tile's rows in, y out
+        const uint32_t ad = frag_rows_sw<kC>(sQ, r0, j);
+        uint32_t w4[4];
+        ldsm4_at(w4, ad);
+        const float2 u0 = unpack_bf16(w4[0]), u1 = unpack_bf16(w4[1]), u2 = unpack_bf16(w4[2]), u3 = unpack_bf16(w4[3]);
+        stsm4_at(ad, pack_bf16(og[4 * j] * rs0 + u0.x * ss0, og[4 * j + 1] * rs0 + u0.y * ss0),
+                 pack_bf16(og[4 * j + 2] * rs1 + u1.x * ss1, og[4 * j + 3] * rs1 + u1.y * ss1),
+                 pack_bf16(og[4 * j + 4] * rs0 + u2.x * ss0, og[4 * j + 5] * rs0 + u2.y * ss0),
+                 pack_bf16(og[4 * j + 6] * rs1 + u3.x * ss1, og[4 * j + 7] * rs1 + u3.y * ss1));
       }
       __syncwarp();
       for (int p = lane; p < 16 * D / 8; p += 32) {

@@ -137,6 +137,23 @@ __device__ __forceinline__ void ldsm4_at(uint32_t (&r)[4], uint32_t addr) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
 }
+// stmatrix (sm_90): four 8x8 bf16 matrices stored from fragment registers (lane l's r_m holds row l / 4, columns
+// 2 (l % 4), + 1 of matrix m; lanes 8 m .. 8 m + 7 address matrix m's rows): one instruction where four 32-bit
+// stores per lane, each with its own swizzled address, did the same.
+__device__ __forceinline__ void stsm4_at(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+}
+// The lane's row address for ldsm4_at / stsm4_at over rows m0 .. m0 + 15 and 16-byte chunks c, c + 1 (two 8-column
+// n-tiles) of an SW128 tile of R rows, matrices in C-fragment order: {rows 0-7 of chunk c, rows 8-15 of chunk c,
+// rows 0-7 of chunk c + 1, rows 8-15 of chunk c + 1} = packed {d[4j], d[4j+1] | d[4j+2], d[4j+3] | the same at j+1}.
+template <int R>
+__device__ __forceinline__ uint32_t frag_rows_sw(uint32_t base, int m0, int c) {
+  const int l = threadIdx.x & 31, m = l >> 3;
+  return base + wg::sw128_offset(R, m0 + 8 * (m & 1) + (l & 7), c + (m >> 1));
+}
+
 template <int R>
 __device__ __forceinline__ void load_a_sw(uint32_t (&a)[4], uint32_t base, int m0, int k0) {
   const int l = threadIdx.x & 31;
