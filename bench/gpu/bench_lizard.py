@@ -4,6 +4,7 @@
 # `fla/` package folder in .fla/ (carried; never committed).
 #   python3 bench/gpu/bench_lizard.py [--quick] [--with-gla]   (chunk_gla: > 4 min of autotune)
 #   python3 bench/gpu/bench_lizard.py --flash [--quick]   (flash attention only: SDPA and this repo's kernels)
+#   python3 bench/gpu/bench_lizard.py --gla-fb   (fwd+bwd vs chunk_gla in one run: minutes of FLA autotune)
 #   LIZARD_CAPI=other/liblizard_capi.so python3 bench/gpu/bench_lizard.py --quick --lizard-only   (another build)
 import ctypes, math, os, sys, time
 
@@ -326,7 +327,40 @@ def final():
                   f"({fla[0]:.3f} / {min(ours):.3f} ms)", flush=True)
 
 
+def gla_fwd_bwd():
+    """Issue 4 (a)'s training comparison in one run: our default forward+backward (v3 forward, chunked backward)
+    against FLA chunk_gla's forward+backward (the paper's baseline; its backward runs on this stack, unlike
+    chunk_simple_gla's). Ours first at every shape (fast); chunk_gla then compiles and autotunes for minutes
+    per new shape, so each shape's RATIO line is printed as soon as it is known."""
+    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    shapes = [(8, 9, 3, 64, 2048), (16, 32, 32, 128, 2048), (16, 32, 32, 128, 8192)]
+    ours = {}
+    for (B, H, Hkv, D, L) in shapes:
+        tag = f"B{B} H{H} D{D} L{L}"
+        z = Lizard(B, L, H, Hkv, D)
+        ours[tag] = med(z.fwd_bwd_chunked, warmup=3, rep=20)
+        print(f"ROW {tag:20s} lizard fwd+bwd (default chunked) {ours[tag]:8.3f} ms", flush=True)
+        del z
+        torch.cuda.empty_cache()
+    if not have_fla:
+        print("no FLA (.fla/fla): nothing to compare with")
+        return
+    for (B, H, Hkv, D, L) in shapes:
+        tag = f"B{B} H{H} D{D} L{L}"
+        q, k, v, gk, gs, do = fla_inputs(B, L, H, D)
+        t0 = time.time()
+        f, fb = fwd_and_bwd("gla", lambda: chunk_gla(q, k, v, gk)[0], do)
+        print(f"ROW {tag:20s} fla chunk_gla fwd {f:8.3f} fwd+bwd {fb:8.3f} ms ({time.time() - t0:.0f} s incl. "
+              f"compile/autotune)", flush=True)
+        print(f"RATIO {tag:20s} chunk_gla / lizard fwd+bwd: {fb / ours[tag]:.3f} ({fb:.3f} / {ours[tag]:.3f} ms)",
+              flush=True)
+        del q, k, v, gk, gs, do
+        torch.cuda.empty_cache()
+
+
 def main():
+    if "--gla-fb" in sys.argv:
+        return gla_fwd_bwd()
     if "--final" in sys.argv:
         return final()
     if "--flash" in sys.argv:
