@@ -16,7 +16,6 @@ namespace lizard::cuda {
 namespace {
 
 using namespace mma;
-constexpr float kLog2e = 1.4426950408889634f;
 
 // Hopper warpgroup MMA (wgmma, sm_90a). CTA = kWG = 2 warpgroups (128 threads each), each owning 64
 // query rows (one m64 tile); no producer warps: all threads issue the cp.async copies.

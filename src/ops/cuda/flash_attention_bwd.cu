@@ -35,7 +35,6 @@ namespace {
 
 using namespace mma;
 constexpr int kB = 64, kThreads = 128;  // one warpgroup (4 warps) per CTA
-constexpr float kLog2e = 1.4426950408889634f;
 
 // delta[(b * H + h) * L + i] = dot(dout row, out row), rows of [B, L, H, D] bf16.
 __global__ void flash_bwd_delta_kernel(const bf16* __restrict__ out, const bf16* __restrict__ dout,

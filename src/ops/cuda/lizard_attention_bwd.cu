@@ -1653,7 +1653,6 @@ namespace win {
 
 using namespace mma;
 constexpr int kB = 64, kWT = 128;
-constexpr float kLog2e = 1.4426950408889634f;
 
 // 64 rows (row0..) of a [.., stride] T matrix into a bf16 tile (row stride D + 8), times mul.
 template <typename T, int D>
@@ -2310,7 +2309,6 @@ namespace wstats {
 
 using namespace mma;
 constexpr int kB = 64, kT = 128;
-constexpr float kLog2e = 1.4426950408889634f;
 
 // 64 rows (row0..) of a [.., stride] T matrix into bf16 tiles hi (and lo = x - hi), row stride D + 8.
 template <typename T, int D, bool kLo>

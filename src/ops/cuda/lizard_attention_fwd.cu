@@ -27,12 +27,10 @@ namespace {
 using namespace mma;
 constexpr int kThreads = 256;
 
-// meta_weights_gate: the sinks' share of rows ra, ra + 8's window softmax (log2 domain: the sinks' sum
-// meta_l at max meta_m, the rows' running max m and full sum l) into pm[ra], pm[ra + 8].
-__device__ __forceinline__ void sinks_share(float* pm, int ra, float meta_l, float meta_m, float m0, float m1,
-                                            float l0, float l1) {
-  pm[ra] = meta_l * fast_exp2(meta_m - m0) / l0;
-  pm[ra + 8] = meta_l * fast_exp2(meta_m - m1) / l1;
+// meta_weights_gate: the sinks' share of a row's window softmax (log2 domain: the sinks' sum meta_l at max
+// meta_m, the row's running max m and full sum l).
+__device__ __forceinline__ float sinks_share(float meta_l, float meta_m, float m, float l) {
+  return meta_l * fast_exp2(meta_m - m) / l;
 }
 
 // The window statistics for the backward (LizardAttnArgs::win_out, win_lse) of rows ia, ib = ia + 8 (when < L):
@@ -392,7 +390,8 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd_kernel(const LizardAtt
       }
       l0 = quad_sum(l0), l1 = quad_sum(l1);
       const float inv0 = alpha / l0, inv1 = alpha / l1;
-      if (a.meta_weights_gate && t4 == 0) sinks_share(pmeta, r0 + g, meta_l, meta_m, m0, m1, l0, l1);
+      if (a.meta_weights_gate && t4 == 0)
+        pmeta[r0 + g] = sinks_share(meta_l, meta_m, m0, l0), pmeta[r0 + g + 8] = sinks_share(meta_l, meta_m, m1, l1);
       if (a.win_out != nullptr) window_stats_out(a, b, hq, L, D, voff, ia, t4, og, m0, m1, l0, l1);
       __syncwarp();  // all lanes done reading this warp's Q rows
 #pragma unroll
@@ -895,9 +894,9 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
       const float inv0 = alpha / l0, inv1 = alpha / l1;
       if constexpr (kWindowOwnsS) {  // kept for the combine: W = og inv, the sinks' share p
         sc0 = inv0, sc1 = inv1;
-        if (a.meta_weights_gate) mp0 = meta_l * fast_exp2(meta_m - m0) / l0, mp1 = meta_l * fast_exp2(meta_m - m1) / l1;
+        if (a.meta_weights_gate) mp0 = sinks_share(meta_l, meta_m, m0, l0), mp1 = sinks_share(meta_l, meta_m, m1, l1);
       } else if (a.meta_weights_gate && t4 == 0) {
-        sinks_share(pmeta, r0 + g, meta_l, meta_m, m0, m1, l0, l1);
+        pmeta[r0 + g] = sinks_share(meta_l, meta_m, m0, l0), pmeta[r0 + g + 8] = sinks_share(meta_l, meta_m, m1, l1);
       }
       if (a.win_out != nullptr)  // og[4 j + e] is v0's og[j][e]
         window_stats_out(a, b, hq, L, D, 0, ia, t4, reinterpret_cast<const float(&)[D / 8][4]>(og), m0, m1, l0, l1);
@@ -956,10 +955,12 @@ __global__ void __launch_bounds__(kThreads, 1) lizard_fwd3_kernel(const LizardAt
     // gate hand-over through a named barrier at <64, 32> only; not resolved).
     if constexpr (!kWindowOwnsS) __syncthreads();  // (D)
     if (owns_s) {
-      if (warp < 4)
-        bar_sync(kBarGate, 128);  // every gate warp's phi_Q S_n done
-      else
-        bar_sync(kBarS16, kThreads);
+      if constexpr (kWindowOwnsS) {  // (F = 32: (D) above already ordered every reader)
+        if (warp < 4)
+          bar_sync(kBarGate, 128);  // every gate warp's phi_Q S_n done
+        else
+          bar_sync(kBarS16, kThreads);
+      }
 #pragma unroll
       for (int j = 0; j < ND; j += 2)
         stsm4_at(frag_rows_sw<F2>(sS16, f0, j), pack_bf16(sreg[4 * j], sreg[4 * j + 1]), pack_bf16(sreg[4 * j + 2], sreg[4 * j + 3]),

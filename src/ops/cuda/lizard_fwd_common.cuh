@@ -17,7 +17,7 @@ namespace lizard::cuda {
 namespace {
 
 constexpr int kC = 64;  // chunk length (rows of a chunk tile)
-constexpr float kLog2e = 1.4426950408889634f;
+using mma::kLog2e;
 
 // Feature map of 16 rows held as C fragments acc[F/8][4] (pre-activations x W) -> phi in fp32: acc becomes the
 // plus half, out_m the minus half (same fragment layout). Not rounded here: every product takes phi as bf16

@@ -63,6 +63,8 @@ __device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const bf16* base, in
   ldsm4t(b, base + (k0 + (mi & 1) * 8 + rr) * ld + n0 + (mi >> 1) * 8);
 }
 
+constexpr float kLog2e = 1.4426950408889634f;  // log2(e): e^x = 2^(x log2 e)
+
 // 2^x by the SFU (ex2.approx, flush-to-zero): -inf gives 0; ~2 ulp, far below any bf16 rounding. exp2f and
 // __expf compile to the same MUFU.EX2 on the same argument plus a guard for results below 2^-126 (an FSETP
 // and two predicated FMULs per call); here those flush to 0, every other result is bit-identical.
@@ -72,7 +74,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 // e^x as __expf forms it (x times log2(e) rounded to float, then 2^x), without the guard.
-__device__ __forceinline__ float fast_exp(float x) { return fast_exp2(x * 1.4426950408889634f); }
+__device__ __forceinline__ float fast_exp(float x) { return fast_exp2(x * kLog2e); }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
